@@ -1,0 +1,74 @@
+"""The ``ctrbench`` command line: a thin click group; each command wraps one library call.
+
+Command modules live in ``ctrbench/commands/``; each exposes click commands that are added here.
+User errors (:class:`ctrbench.errors.CtrbenchError`) become one message and exit status 1;
+usage errors exit 2 (click); bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from ctrbench import __version__
+from ctrbench.errors import CtrbenchError
+
+# (module, attribute) of each command, in help order
+_COMMANDS = (
+    ("ctrbench.commands.data", "download"),
+    ("ctrbench.commands.data", "prepare"),
+    ("ctrbench.commands.data", "stats"),
+    ("ctrbench.commands.data", "generate"),
+    ("ctrbench.commands.run", "run"),
+    ("ctrbench.commands.run", "plan"),
+    ("ctrbench.commands.report", "report"),
+    ("ctrbench.commands.report", "check"),
+    ("ctrbench.commands.tune", "tune"),
+    ("ctrbench.commands.listing", "list_"),
+)
+
+
+class CtrbenchGroup(click.Group):
+    """Turns user errors into clean messages; Ctrl-C into exit 130 without a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CtrbenchError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted; finished results are kept, the next run resumes.", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=CtrbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ctrbench")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+def main(verbose: int) -> None:
+    """Benchmark sequential CTR models honestly: seeds, significance, timings.
+
+    \b
+    Examples:
+      ctrbench run --models table2 --dataset synthetic --seeds 3
+      ctrbench report
+      ctrbench check --baseline results/reference/synthetic.csv
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+
+for _module, _attr in _COMMANDS:
+    try:
+        _cmd = getattr(importlib.import_module(_module), _attr)
+    except ModuleNotFoundError as _exc:  # a command module not written yet
+        if _exc.name != _module:
+            raise
+        continue
+    main.add_command(_cmd)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Click commands, one module per area; registered in ctrbench.cli."""

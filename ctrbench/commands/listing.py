@@ -1,0 +1,53 @@
+"""``ctrbench list datasets|models``."""
+
+from __future__ import annotations
+
+import click
+from tabulate import tabulate
+
+
+@click.group(name="list")
+def list_() -> None:
+    """List what is registered: datasets or models."""
+
+
+@list_.command(name="datasets")
+def list_datasets() -> None:
+    """Every dataset card: name, reader, protocol, description.
+
+    \b
+    Example:
+      ctrbench list datasets
+    """
+    from ctrbench.cards import dataset_names, load_dataset_card
+
+    rows = []
+    for name in dataset_names():
+        card = load_dataset_card(name)
+        rows.append([name, card.reader, card.protocol, card.description.split("\n")[0]])
+    click.echo(tabulate(rows, headers=["dataset", "reader", "protocol", "description"]))
+
+
+@list_.command(name="models")
+@click.option("--group", default=None, help="Only this group or glob (e.g. baselines, mian*).")
+def list_models(group: str | None) -> None:
+    """Every model card: name, architecture, parameters on a reference schema, description.
+
+    \b
+    Example:
+      ctrbench list models --group ablations
+    """
+    from ctrbench.cards import load_model_card, model_names, resolve_model_spec
+    from ctrbench.models import build_model, count_parameters
+    from ctrbench.schema import reference_schema
+
+    schema = reference_schema()
+    names = resolve_model_spec(group) if group else model_names()
+    rows = []
+    for name in names:
+        card = load_model_card(name)
+        n_params = count_parameters(build_model(card.arch, schema, card.params))
+        rows.append([name, card.arch, f"{n_params:,}", ",".join(card.groups),
+                     card.description.split("\n")[0]])
+    click.echo(tabulate(rows, headers=["model", "arch", "params*", "groups", "description"]))
+    click.echo("\n* parameters on the reference schema (1,000 items, 50 categories, T = 30)")

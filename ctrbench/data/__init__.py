@@ -1,0 +1,1 @@
+"""The data side: sources, downloads, readers, protocols, and the prepared store."""

@@ -1,0 +1,141 @@
+"""The run record: one structured, versioned JSON per (dataset, model, seed), written atomically.
+
+``results/runs/<dataset>/<model>/seed-<k>.json`` plus ``seed-<k>.npz`` with the test scores
+(``scores``, ``labels``, ``groups`` and, on synthetic data, ``oracle``). A record whose ``status``
+is not ``"finished"`` never enters a mean. Records of an older ``schema_version`` that this code
+cannot read are refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctrbench.errors import CtrbenchError
+
+SCHEMA_VERSION = 1
+STATUSES = ("finished", "failed", "running")
+
+
+@dataclass
+class EpochRow:
+    """One epoch of training and validation (the paper's Section 4.5 timings)."""
+
+    epoch: int
+    train_loss: float
+    train_aux_loss: float
+    valid_auc: float
+    valid_logloss: float
+    train_seconds: float
+    eval_seconds: float
+    train_samples_per_s: float
+    eval_samples_per_s: float
+    peak_memory_mb: float
+
+
+@dataclass
+class RunRecord:
+    """Everything a run produced; the unit of every report and check."""
+
+    run_id: str
+    dataset: str
+    model: str
+    seed: int
+    status: str  # "finished" | "failed" | "running"
+    dataset_config: dict[str, Any]
+    dataset_identity: dict[str, Any]  # PreparedData.identity: name, hashes, protocol, version
+    model_config: dict[str, Any]  # ModelCard.resolved() after overrides
+    model_hash: str
+    environment: dict[str, Any]  # ctrbench/torch/python versions, device, git commit + dirty
+    epochs: list[EpochRow] = field(default_factory=list)
+    best_epoch: int | None = None
+    test: dict[str, float] = field(default_factory=dict)  # auc, logloss, gauc, rows
+    valid: dict[str, float] = field(default_factory=dict)  # best epoch's valid metrics
+    n_parameters: int = 0
+    error: str | None = None
+    started_at: str = ""
+    finished_at: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "") -> RunRecord:
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise CtrbenchError(
+                f"run record {source or data.get('run_id')} has schema_version {version}; "
+                f"this ctrbench reads version {SCHEMA_VERSION}",
+                hint="re-run it with --force, or read it with the ctrbench that wrote it",
+            )
+        data = dict(data)
+        data["epochs"] = [EpochRow(**row) for row in data.get("epochs", [])]
+        return cls(**data)
+
+
+def record_path(results_root: Path, dataset: str, model: str, seed: int) -> Path:
+    return Path(results_root) / "runs" / dataset / model / f"seed-{seed}.json"
+
+
+def scores_path(record_file: Path) -> Path:
+    return Path(record_file).with_suffix(".npz")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a unique temporary file beside ``path``, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with tmp.open("w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_record(path: Path, record: RunRecord) -> None:
+    text = json.dumps(record.to_dict(), indent=2, sort_keys=True, allow_nan=True, default=str)
+    atomic_write_text(path, text + "\n")
+
+
+def write_scores(path: Path, **arrays: np.ndarray) -> None:
+    """Test scores beside the record (``.npz``), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.npz")
+    try:
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_record(path: Path) -> RunRecord:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CtrbenchError(f"cannot read run record {path}: {exc}") from None
+    return RunRecord.from_dict(data, source=str(path))
+
+
+def read_scores(record_file: Path) -> dict[str, np.ndarray]:
+    with np.load(scores_path(record_file)) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def iter_records(results_root: Path) -> Iterable[tuple[Path, RunRecord]]:
+    """Every readable record under ``results_root/runs`` (sorted by path)."""
+    for path in sorted((Path(results_root) / "runs").rglob("seed-*.json")):
+        yield path, read_record(path)
