@@ -42,6 +42,7 @@ def card_paths(kind: str) -> dict[str, Path]:
     """Card name -> file for ``kind`` ("models" or "datasets"); earlier directories win.
 
     Cards in subdirectories (``models/tuned/mian@books.toml``) are named by their file stem.
+    Names starting with ``_`` are abstract bases: they can be extended but are never listed.
     """
     found: dict[str, Path] = {}
     for directory in card_dirs(kind):
@@ -217,7 +218,7 @@ def load_model_card(name: str) -> ModelCard:
 
 
 def model_names() -> list[str]:
-    return sorted(card_paths("models"))
+    return sorted(n for n in card_paths("models") if not n.startswith("_"))
 
 
 def model_groups() -> dict[str, list[str]]:
@@ -359,4 +360,4 @@ def load_dataset_card(name: str) -> DatasetCard:
 
 
 def dataset_names() -> list[str]:
-    return sorted(card_paths("datasets"))
+    return sorted(n for n in card_paths("datasets") if not n.startswith("_"))

@@ -18,7 +18,7 @@ from ctrbench.errors import CtrbenchError
 
 # (module, attribute) of each command, in help order
 _COMMANDS = (
-    ("ctrbench.commands.data", "download"),
+    ("ctrbench.commands.download", "download"),
     ("ctrbench.commands.data", "prepare"),
     ("ctrbench.commands.data", "stats"),
     ("ctrbench.commands.data", "generate"),
