@@ -20,8 +20,8 @@ from ctrbench.errors import CtrbenchError
 _COMMANDS = (
     ("ctrbench.commands.download", "download"),
     ("ctrbench.commands.data", "prepare"),
-    ("ctrbench.commands.data", "stats"),
-    ("ctrbench.commands.data", "generate"),
+    ("ctrbench.commands.stats", "stats"),
+    ("ctrbench.commands.stats", "generate"),
     ("ctrbench.commands.run", "run"),
     ("ctrbench.commands.run", "plan"),
     ("ctrbench.commands.report", "report"),
