@@ -78,7 +78,12 @@ def load_raw_card(kind: str, name: str, _chain: tuple[str, ...] = ()) -> dict[st
         base = load_raw_card(kind, parent, (*_chain, name))
         for inherited_only in ("name", "groups", "paper", "description"):
             base.pop(inherited_only, None)
+        child_search = data.get("search")
         data = _merge(base, data)
+        if isinstance(child_search, Mapping):
+            # a [search] entry restated by the child replaces the parent's whole (merging
+            # {type = "categorical", choices} into {type = "float", low, high, log} is nonsense)
+            data["search"] = {**base.get("search", {}), **copy.deepcopy(child_search)}
         data.setdefault("extends_chain", [])
         data["extends_chain"] = [parent, *base.get("extends_chain", [])]
     data["_path"] = str(paths[name])

@@ -1,0 +1,100 @@
+"""AUGRU speed: ms per forward + backward at B = 128, T = 30, D = H = 32 (DIEN's evolution layer).
+
+Variants, slowest first:
+  naive       input projection inside the time loop, autograd through every step (peers' way)
+  hoisted     input projections for all steps at once, autograd through the recurrent loop
+  fast-eager  hoisted + hand-written backward (one reverse loop), loops in eager Python
+  fast        the same with the loops compiled by torch.jit.script (what DIEN uses)
+  fast-trim   fast, skipping steps beyond the longest history in the batch (lengths ~U[0, T])
+
+Figures only; nothing is asserted. Usage:
+  python benchmarks/augru_speed.py [--threads 1] [--repeats 50] [--batch 128] [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+
+from ctrbench.models import sequence
+
+
+def naive_augru(x: torch.Tensor, attention: torch.Tensor, layer: sequence.AUGRU) -> torch.Tensor:
+    """The peers' loop: every step projects its own input and records ops for autograd."""
+    h = x.new_zeros(x.shape[0], layer.hidden_dim)
+    for t in range(x.shape[1]):
+        gx = layer.input_proj(x[:, t])
+        gh = layer.hidden_proj(h)
+        x_r, x_u, x_n = gx.chunk(3, dim=1)
+        h_r, h_u, h_n = gh.chunk(3, dim=1)
+        r = torch.sigmoid(x_r + h_r)
+        u = torch.sigmoid(x_u + h_u) * attention[:, t : t + 1]
+        n = torch.tanh(x_n + r * h_n)
+        h = (1 - u) * h + u * n
+    return h
+
+
+def time_ms(step: Callable[[], None], repeats: int) -> float:
+    for _ in range(3):  # warm-up (also lets TorchScript specialise)
+        step()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return (time.perf_counter() - start) / repeats * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--dim", type=int, default=32)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    layer = sequence.AUGRU(args.dim, args.dim)
+    x = torch.randn(args.batch, args.steps, args.dim, requires_grad=True)
+    lengths = torch.randint(0, args.steps + 1, (args.batch,))
+    mask = torch.arange(args.steps)[None, :] < lengths[:, None]
+    attention = torch.softmax(torch.randn(args.batch, args.steps), 1) * mask
+    longest = max(1, int(lengths.max()))
+    scripted = sequence.AUGRU_SCRIPTED
+
+    def run(kind: str) -> Callable[[], None]:
+        def step() -> None:
+            layer.zero_grad(set_to_none=True)
+            w, b = layer.hidden_proj.weight, layer.hidden_proj.bias
+            if kind == "naive":
+                out = naive_augru(x, attention, layer)
+            elif kind == "hoisted":
+                out = sequence.augru_reference(layer.input_proj(x), attention, w, b)
+            elif kind == "fast-eager":
+                out = sequence.augru_recurrence(layer.input_proj(x), attention, w, b,
+                                                scripted=False)
+            elif kind == "fast":
+                out = sequence.augru_recurrence(layer.input_proj(x), attention, w, b)
+            else:  # fast-trim
+                gx = layer.input_proj(x[:, :longest])
+                out = sequence.augru_recurrence(gx, attention[:, :longest], w, b)
+            out.sum().backward()
+
+        return step
+
+    print(f"AUGRU forward+backward, B={args.batch} T={args.steps} D=H={args.dim}, "
+          f"threads={args.threads}, torch {torch.__version__}, "
+          f"TorchScript loops: {'yes' if scripted else 'no (eager fallback)'}")
+    baseline = None
+    for kind in ("naive", "hoisted", "fast-eager", "fast", "fast-trim"):
+        ms = time_ms(run(kind), args.repeats)
+        baseline = baseline or ms
+        note = f" (longest history {longest})" if kind == "fast-trim" else ""
+        print(f"  {kind:<11} {ms:8.2f} ms   x{baseline / ms:4.1f}{note}")
+
+
+if __name__ == "__main__":
+    main()

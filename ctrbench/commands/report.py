@@ -1,0 +1,133 @@
+"""``ctrbench report`` (leaderboards, paper tables, timing, plots) and ``ctrbench check``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ctrbench.paths import default_results_root
+
+
+def _paper_map(items: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, paper = item.partition("=")
+        if not sep or not name or not paper:
+            raise click.BadParameter(f"{item!r}: expected DATASET=PAPER_DATASET "
+                                     "(e.g. books-small=books)", param_hint="--paper-map")
+        out[name.strip()] = paper.strip()
+    return out
+
+
+@click.command(name="report")
+@click.option("--dataset", "datasets", multiple=True,
+              help="Only these datasets (repeatable). Default: every dataset with records.")
+@click.option("--reference", default=None, metavar="MODEL",
+              help="Compare against this model. Default: the best baseline by mean AUC.")
+@click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Results root holding runs/ (default: ./results).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Where to write the tables and plots (default: <results>/report).")
+@click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=1000,
+              show_default=True,
+              help="Bootstrap resamples for the AUC-difference CI (0 = skip). Costs about "
+                   "records x resamples x test rows.")
+@click.option("--bootstrap-seed", type=int, default=0, show_default=True)
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=0.05, show_default=True, help="Significance level.")
+@click.option("--paper-map", multiple=True, metavar="DATASET=PAPER",
+              help="Map a dataset to the paper's (books, electronics, commercial); names "
+                   "containing one of these (books-dien) map automatically.")
+@click.option("--plots/--no-plots", default=True, show_default=True, help="Write PNG figures.")
+def report(datasets: tuple[str, ...], reference: str | None, results_dir: Path | None,
+           out_dir: Path | None, n_boot: int, bootstrap_seed: int, alpha: float,
+           paper_map: tuple[str, ...], plots: bool) -> None:
+    """Leaderboards with significance, ablation/variant/timing/paper tables and plots.
+
+    Tables go to stdout; each is also written as Markdown and CSV under --out (columns are
+    documented in results/README.md), figures as PNG under <out>/plots. Failed runs and
+    records that mix dataset identities are listed and never averaged.
+
+    \b
+    Examples:
+      ctrbench report
+      ctrbench report --dataset books --reference din --out report/
+      ctrbench report --results runs-gpu/ --bootstrap 200 --no-plots
+    """
+    from ctrbench.report import build_report
+
+    root = results_dir if results_dir is not None else default_results_root()
+    result = build_report(root, out_dir, datasets=list(datasets) or None, reference=reference,
+                          alpha=alpha, n_boot=n_boot, boot_seed=bootstrap_seed,
+                          paper_map=_paper_map(paper_map), make_plots=plots)
+    for table in result.tables:
+        if table.text:
+            click.echo(f"== {table.title}\n{table.text}")
+    out = out_dir if out_dir is not None else root / "report"
+    click.echo(f"wrote {len(result.files)} file(s) under {out}", err=True)
+
+
+@click.command(name="check")
+@click.option("--baseline", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Reference CSV (e.g. results/reference/synthetic.csv).")
+@click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Results root holding runs/ (default: ./results).")
+@click.option("--dataset", "datasets", multiple=True, help="Only these datasets (repeatable).")
+@click.option("--update", is_flag=True,
+              help="Rewrite the baseline from the current runs (on purpose), then exit 0.")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=0.001, show_default=True,
+              help="Smallest AUC change that counts.")
+@click.option("--k", "k", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="A change must also exceed k x the pooled seed std of AUC.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=0.05, show_default=True, help="Significance level of the seed test.")
+def check(baseline: Path, results_dir: Path | None, datasets: tuple[str, ...], update: bool,
+          tolerance: float, k: float, alpha: float) -> None:
+    """Regression gate: compare current runs with a committed reference leaderboard.
+
+    A model is worse when its mean test AUC drops by more than max(tolerance, k x pooled seed
+    std) AND a test over seeds (paired t-test on the same seeds, else Welch) finds the drop
+    significant; better is the mirror image. Different dataset identity or protocol version,
+    or a model without finished runs, is incomparable.
+
+    \b
+    Exit codes:
+      0  no regression (better / unchanged / new models only); also after --update
+      1  at least one model regressed (worse)
+      2  usage error: bad option, missing or malformed baseline file
+      3  incomparable (and no regression): missing runs, other dataset or protocol version
+    \b
+    Examples:
+      ctrbench check --baseline results/reference/synthetic.csv
+      ctrbench check --baseline results/reference/synthetic.csv --update
+    """
+    from tabulate import tabulate
+
+    from ctrbench.check import BaselineError, check_results, exit_code, read_reference
+    from ctrbench.check import rows_frame, update_reference
+    from ctrbench.report import num, pvalue
+
+    root = results_dir if results_dir is not None else default_results_root()
+    if update:
+        frame = update_reference(baseline, root, datasets=list(datasets) or None)
+        click.echo(f"wrote {baseline}: {len(frame)} row(s) from {root}")
+        return
+    try:
+        reference = read_reference(baseline)
+        rows = check_results(reference, root, tolerance=tolerance, k=k, alpha=alpha,
+                             datasets=list(datasets) or None)
+    except BaselineError as exc:
+        raise click.BadParameter(str(exc), param_hint="--baseline") from None
+    frame = rows_frame(rows)
+    shown = [[r.dataset, r.model, r.verdict.upper() if r.verdict == "worse" else r.verdict,
+              f"{num(r.ref_auc)} ({r.ref_seeds})", f"{num(r.cur_auc)} ({r.cur_seeds})",
+              num(r.delta, signed=True), num(r.threshold), r.test or "–", pvalue(r.p), r.note]
+             for r in frame.itertuples(index=False)]
+    click.echo(tabulate(shown, headers=["dataset", "model", "verdict", "ref AUC (n)",
+                                        "AUC (n)", "Δ", "threshold", "test", "p", "note"],
+                        disable_numparse=True))
+    code = exit_code(rows)
+    summary = {0: "ok: no regression", 1: "REGRESSION", 3: "incomparable results"}[code]
+    click.echo(summary, err=True)
+    raise click.exceptions.Exit(code)

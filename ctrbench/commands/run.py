@@ -1,0 +1,164 @@
+"""``ctrbench run`` (the multi-run protocol) and ``ctrbench plan`` (one command per pending run)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+from tabulate import tabulate
+
+
+def _parse_seeds(seeds: int | None, seed_list: str | None) -> list[int]:
+    if seed_list is not None:
+        try:
+            out = [int(s) for s in seed_list.split(",") if s.strip()]
+        except ValueError:
+            raise click.BadParameter(f"{seed_list!r}: expected integers like 0,1,2",
+                                     param_hint="--seed-list") from None
+        if not out or min(out) < 0:
+            raise click.BadParameter("give one or more seeds >= 0", param_hint="--seed-list")
+        return list(dict.fromkeys(out))
+    n = 3 if seeds is None else seeds
+    if n < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--seeds")
+    return list(range(n))
+
+
+def selection_options(func: Callable) -> Callable:
+    """The options `run` and `plan` share (the selection of runs and their configuration)."""
+    options = [
+        click.option("--models", "-m", required=True,
+                     help="Model names, groups or globs, comma-separated (mian,dien | table2 | "
+                          "'mian*')."),
+        click.option("--dataset", "-d", required=True, help="Dataset card name (e.g. synthetic)."),
+        click.option("--seeds", type=int, default=None,
+                     help="Run seeds 0..N-1 (default 3)."),
+        click.option("--seed-list", default=None, help="Explicit seeds, e.g. 0,1,2."),
+        click.option("--epochs", type=int, default=None,
+                     help="Cap every model's train.epochs at N (part of the run's identity)."),
+        click.option("--device", default="auto", show_default=True,
+                     help="auto | cpu | cuda | cuda:N."),
+        click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path),
+                     default=None, help="Results root (default ./results or $CTRBENCH_RESULTS)."),
+        click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
+                     help="Override a card value: train.lr=0.01, params.embedding_dim=8, or for "
+                          "one model mian:train.lr=0.01. Repeatable; wins over --config."),
+        click.option("--config", "config_file",
+                     type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                     help="TOML overrides: [train], [params], [models.<name>.train|params]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _prepare_selection(models: str, dataset: str, seeds: int | None, seed_list: str | None,
+                       epochs: int | None, results_dir: Path | None, set_items: tuple[str, ...],
+                       config_file: Path | None):
+    from ctrbench import runner
+    from ctrbench.paths import default_results_root
+
+    seed_values = _parse_seeds(seeds, seed_list)
+    overrides = runner.load_overrides(config_file, set_items)
+    cards = runner.resolve_cards(models, overrides, epochs)
+    handle = runner.default_dataset_loader(dataset)
+    results_root = results_dir or default_results_root()
+    specs = runner.plan_runs(handle, cards, seed_values, results_root)
+    return handle, specs, results_root
+
+
+def _quiet_option(func: Callable) -> Callable:
+    return click.option("-q", "--quiet", is_flag=True, help="No progress output on stderr.")(func)
+
+
+@click.command(name="run")
+@selection_options
+@click.option("--jobs", "-j", type=int, default=1, show_default=True,
+              help="Independent runs in parallel worker processes.")
+@click.option("--devices", default=None,
+              help="Devices for the workers, round-robin, e.g. cuda:0,cuda:1.")
+@click.option("--force", is_flag=True, help="Rerun runs that already have a finished record.")
+@_quiet_option
+def run(models: str, dataset: str, seeds: int | None, seed_list: str | None, epochs: int | None,
+        device: str, results_dir: Path | None, set_items: tuple[str, ...],
+        config_file: Path | None, jobs: int, devices: str | None, force: bool,
+        quiet: bool) -> None:
+    """Train and evaluate models x seeds on a dataset; record each run once.
+
+    Prepares the dataset when needed; skips runs whose finished record has the same run id
+    (dataset identity + resolved model config + seed) unless --force; a failed run (NaN loss,
+    OOM, error) is recorded as failed and the others go on. Ctrl-C keeps every finished record;
+    the next `run` does only what is missing. Ends with a leaderboard on stdout.
+
+    \b
+    Examples:
+      ctrbench run --models table2 --dataset synthetic --seeds 3
+      ctrbench run -m mian,din -d synthetic --seed-list 0,1 --set train.optimizer=lazy_adam
+      ctrbench run -m baselines -d electronics --jobs 2 --devices cuda:0,cuda:1
+    """
+    from ctrbench import progress, runner
+    from ctrbench.train import resolve_device
+
+    if quiet:
+        progress.set_mode("quiet")
+    if jobs < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--jobs")
+    device_list = [d.strip() for d in devices.split(",") if d.strip()] if devices else []
+    for d in [device, *device_list]:
+        resolve_device(d)  # unknown or unavailable devices fail before any work
+    runner.install_termination_handler()
+    handle, specs, _ = _prepare_selection(models, dataset, seeds, seed_list, epochs, results_dir,
+                                          set_items, config_file)
+    results = runner.execute(specs, handle, device=device, jobs=jobs, devices=device_list,
+                             force=force, show_progress=not quiet)
+    _print_summary(results, specs)
+
+
+def _print_summary(results, specs) -> None:
+    from ctrbench import runner
+
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result.status] = counts.get(result.status, 0) + 1
+    rows, failed = runner.leaderboard(specs)
+    click.echo(tabulate(rows, headers=["model", "seeds", "test AUC", "test logloss", "s/epoch"]))
+    if failed:
+        click.echo("\nFailed runs (not in the means):")
+        click.echo(tabulate(failed, headers=["model", "seed", "error"]))
+    click.echo("\n" + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    locked = [r for r in results if r.status == "locked"]
+    for r in locked:
+        click.echo(f"{r.spec.model} seed {r.spec.seed}: {r.detail}; not run here", err=True)
+
+
+@click.command(name="plan")
+@selection_options
+@click.option("--force", is_flag=True,
+              help="List every run, finished or not (the commands get --force).")
+def plan(models: str, dataset: str, seeds: int | None, seed_list: str | None, epochs: int | None,
+         device: str, results_dir: Path | None, set_items: tuple[str, ...],
+         config_file: Path | None, force: bool) -> None:
+    """Print one self-contained `ctrbench run` command per pending run (for a batch system).
+
+    Prepares the dataset first (so that the jobs do not race to prepare it), then lists the runs
+    without a finished record of the same run id, one command per line, e.g. for a Slurm array:
+
+    \b
+      ctrbench plan -m table2 -d synthetic --seeds 5 > runs.txt
+      sbatch --array=1-$(wc -l < runs.txt) job.sh   # job.sh: sed -n "${SLURM_ARRAY_TASK_ID}p"
+                                                    #   runs.txt | bash
+    """
+    from ctrbench import runner
+
+    _, specs, results_root = _prepare_selection(models, dataset, seeds, seed_list, epochs,
+                                                results_dir, set_items, config_file)
+    todo = runner.pending(specs, force)
+    for line in runner.plan_commands(todo, results_root=results_root, device=device,
+                                     config_file=config_file, set_items=set_items,
+                                     epochs=epochs, force=force):
+        click.echo(line)
+    click.echo(f"{len(todo)} of {len(specs)} runs pending", err=True)
+
+
+__all__ = ["plan", "run"]

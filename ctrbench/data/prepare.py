@@ -1,0 +1,154 @@
+"""``prepare``: dataset card -> verified raw files -> canonical tables -> samples -> store.
+
+A store lives at ``paths.prepared_root()/<card-name>-<key>`` where ``key`` hashes everything that
+produced it: the resolved card (sources with their pinned checksums, reader, protocol and its
+parameters, fields), the builder's :data:`~ctrbench.data.build.DATA_CODE_VERSION` and the sha256
+of the raw files actually used. A finished store with that key is reused (unless ``force``); any
+changed parameter, raw file or builder version gives a new key, so stale data is never reused.
+Stores are written under a temporary name and renamed when complete (``store.write_store``);
+temporary directories left by killed runs are removed once they are :data:`STALE_SECONDS` old.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from ctrbench import __version__, paths
+from ctrbench.cards import DatasetCard, config_hash, load_dataset_card
+from ctrbench.data.build import DATA_CODE_VERSION, build_samples
+from ctrbench.data.sources import read_source
+from ctrbench.data.store import PreparedData, open_store, write_store
+from ctrbench.errors import DataError
+from ctrbench.progress import message
+
+STALE_SECONDS = 3600.0
+
+
+@dataclass
+class PrepareResult:
+    """What ``prepare`` did: the store, whether it was reused, and how long it took."""
+
+    data: PreparedData
+    reused: bool
+    seconds: float
+
+
+def _card(name_or_card: str | DatasetCard) -> DatasetCard:
+    return load_dataset_card(name_or_card) if isinstance(name_or_card, str) else name_or_card
+
+
+def card_hash(card: DatasetCard) -> str:
+    return config_hash(card.resolved())
+
+
+def store_key(card: DatasetCard, raw_sha: dict[str, str]) -> str:
+    """The store's key: resolved card + builder version + raw files' sha256."""
+    return config_hash({"card": card.resolved(), "code_version": DATA_CODE_VERSION,
+                        "raw_sha256": dict(sorted(raw_sha.items()))})
+
+
+def store_path(card: DatasetCard, raw_sha: dict[str, str]) -> Path:
+    return paths.prepared_root() / f"{card.name}-{store_key(card, raw_sha)}"
+
+
+def _open_finished(path: Path) -> PreparedData | None:
+    if not (path / "meta.json").is_file():
+        return None
+    try:
+        return open_store(path)
+    except DataError:  # written by an incompatible version: rebuild
+        return None
+
+
+def clean_stale_temp(name: str, older_than: float = STALE_SECONDS) -> list[Path]:
+    """Remove temporary store directories of ``name`` left by interrupted runs."""
+    root = paths.prepared_root()
+    removed = []
+    if not root.is_dir():
+        return removed
+    now = time.time()
+    for tmp in root.glob(f".{name}-*.tmp-*"):
+        try:
+            if now - tmp.stat().st_mtime >= older_than:
+                shutil.rmtree(tmp, ignore_errors=True)
+                removed.append(tmp)
+        except FileNotFoundError:  # another process removed it first
+            continue
+    return removed
+
+
+def find_prepared(name_or_card: str | DatasetCard) -> PreparedData | None:
+    """The newest finished store built from this card by this builder version, if any.
+
+    Matches on the card hash and the builder version without touching the raw files; when the
+    raw files are not pinned by checksum, ``prepare_dataset`` is the exact lookup.
+    """
+    card = _card(name_or_card)
+    root = paths.prepared_root()
+    if not root.is_dir():
+        return None
+    wanted = card_hash(card)
+    found = []
+    for path in root.glob(f"{card.name}-*"):
+        data = _open_finished(path)
+        if (data is not None and data.meta.get("card_hash") == wanted
+                and data.meta.get("code_version") == DATA_CODE_VERSION):
+            found.append((path.stat().st_mtime, str(path), data))
+    return max(found)[2] if found else None
+
+
+def _replace_store(path: Path, built, meta: dict) -> PreparedData:
+    """Write ``built`` at ``path``, replacing a finished store there (``--force``)."""
+    trash = None
+    if path.exists():
+        trash = path.with_name(f".{path.name}.tmp-old-{uuid.uuid4().hex[:8]}")
+        os.replace(path, trash)
+    try:
+        data = write_store(path, built.schema, built.splits, meta)
+    except BaseException:
+        if trash is not None and not path.exists():
+            os.replace(trash, path)
+        raise
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+    return data
+
+
+def prepare(name_or_card: str | DatasetCard, *, force: bool = False, strict: bool = False,
+            from_dir: Path | None = None) -> PrepareResult:
+    """Prepare (or reuse) the store of a dataset card; see the module docstring."""
+    from ctrbench.data.download import fetch_sources, raw_sha256
+
+    start = time.perf_counter()
+    card = _card(name_or_card)
+    files = fetch_sources(card, from_dir=Path(from_dir) if from_dir is not None else None)
+    raw_sha = raw_sha256(files)
+    path = store_path(card, raw_sha)
+    clean_stale_temp(card.name)
+    if not force:
+        existing = _open_finished(path)
+        if existing is not None:
+            return PrepareResult(existing, True, time.perf_counter() - start)
+    message(f"preparing {card.name}: reading {', '.join(sorted(files)) or 'generated data'}")
+    tables = read_source(card, files, strict=strict)
+    for report in tables.reports:
+        message(report.summary())
+    built = build_samples(tables, card)
+    meta = {**built.meta, "card_hash": card_hash(card), "store_key": path.name,
+            "raw_sha256": raw_sha, "ctrbench_version": __version__,
+            "card": card.resolved(), "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                  time.gmtime())}
+    meta["prepare_seconds"] = round(time.perf_counter() - start, 3)
+    data = _replace_store(path, built, meta)
+    return PrepareResult(data, False, time.perf_counter() - start)
+
+
+def prepare_dataset(name_or_card: str | DatasetCard, *, force: bool = False,
+                    strict: bool = False, from_dir: Path | None = None) -> PreparedData:
+    """The prepared store of a dataset card, built if needed (see :func:`prepare`)."""
+    return prepare(name_or_card, force=force, strict=strict, from_dir=from_dir).data

@@ -1,0 +1,267 @@
+"""MovieLens reader (GroupLens ml-100k and ml-1m), straight from the published zip archive.
+
+The layout is detected from the archive's members (``ml-100k/u.data`` or ``ml-1m/ratings.dat``);
+members are streamed through :mod:`zipfile` (nothing is extracted to disk). An extracted directory
+works too. Files are latin-1 text; lines are parsed in chunks with vectorised pandas string
+operations, and malformed lines (wrong field count, non-numeric id/rating/time) are counted in a
+:class:`ReadReport` with their line numbers and skipped (``strict`` raises at the first).
+
+- interactions: ``u.data`` (``user<TAB>item<TAB>rating<TAB>unix``) or ``ratings.dat``
+  (``UserID::MovieID::Rating::Timestamp``); ``line`` is the 0-based line in that file.
+- items: ``u.item`` (``id|title|release|video|url|`` + 19 genre flags) or ``movies.dat``
+  (``MovieID::Title::Genres``, ``|``-separated). Category = the first listed genre (for ml-100k
+  the first flag set, in the order of ``u.genre``); items without genre: ``<unknown>``.
+- users: ``u.user`` (``id|age|gender|occupation|zip``) or ``users.dat``
+  (``UserID::Gender::Age::Occupation::Zip``) -> columns gender, age, occupation, zip (first 3
+  characters), all strings. In ml-1m, age and occupation are the published codes.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import re
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import pandas as pd
+
+from ctrbench.cards import DatasetCard, check_keys
+from ctrbench.data.canonical import CanonicalTables, ReadReport
+from ctrbench.data.features import UNKNOWN_CATEGORY
+from ctrbench.data.sources import READERS
+from ctrbench.errors import DataError
+
+log = logging.getLogger(__name__)
+
+ENCODING = "latin-1"
+CHUNK_LINES = 200_000
+
+# ml-100k u.genre, in flag order
+ML100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
+    "Sci-Fi", "Thriller", "War", "Western",
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a MovieLens variant keeps its three files, and how they are delimited."""
+
+    name: str
+    ratings: str
+    items: str
+    users: str
+    sep: str  # of the ratings file
+    meta_sep: str  # of the items and users files
+
+
+ML_100K = Layout("ml-100k", "u.data", "u.item", "u.user", "\t", "|")
+ML_1M = Layout("ml-1m", "ratings.dat", "movies.dat", "users.dat", "::", "::")
+
+
+# --------------------------------------------------------------------------- archive access
+class _Archive:
+    """Members of a zip file (or of an extracted directory) by base name."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._zip: zipfile.ZipFile | None = None
+        if path.is_dir():
+            self.members = {p.name: str(p) for p in sorted(path.rglob("*")) if p.is_file()}
+        else:
+            try:
+                self._zip = zipfile.ZipFile(path)
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise DataError(f"{path.name} is not a readable zip archive: {exc}",
+                                hint="delete it from the cache and run `ctrbench download` "
+                                     "again") from None
+            self.members = {Path(n).name: n for n in self._zip.namelist() if not n.endswith("/")}
+
+    def layout(self) -> Layout:
+        for layout in (ML_100K, ML_1M):
+            if layout.ratings in self.members:
+                missing = [m for m in (layout.items, layout.users) if m not in self.members]
+                if missing:
+                    raise DataError(f"{self.path.name}: {layout.name} layout without "
+                                    f"{', '.join(missing)}")
+                return layout
+        raise DataError(
+            f"{self.path.name}: neither an ml-100k (u.data) nor an ml-1m (ratings.dat) archive",
+            hint=f"members found: {', '.join(sorted(self.members)[:12]) or '(none)'}",
+        )
+
+    @contextmanager
+    def open(self, name: str) -> Iterator[IO[bytes]]:
+        member = self.members[name]
+        if self._zip is None:
+            with open(member, "rb") as fh:
+                yield fh
+        else:
+            with self._zip.open(member) as fh:
+                yield fh
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+
+
+# --------------------------------------------------------------------------- chunked parsing
+def _line_chunks(stream: IO[bytes]) -> Iterator[tuple[int, list[str]]]:
+    """(0-based index of the first line, lines) in chunks of CHUNK_LINES."""
+    text = io.TextIOWrapper(stream, encoding=ENCODING, newline=None)
+    start = 0
+    while lines := list(itertools.islice(text, CHUNK_LINES)):
+        yield start, lines
+        start += len(lines)
+
+
+def parse_delimited(lines: Sequence[str], start: int, *, sep: str, names: Sequence[str],
+                    integer: Sequence[str] = (), numeric: Sequence[str] = (),
+                    report: ReadReport, strict: bool) -> pd.DataFrame:
+    """Split ``lines`` on ``sep`` into columns ``names`` (strings), vectorised.
+
+    Lines with another field count, or a non-numeric value in an ``integer``/``numeric`` column,
+    are recorded in ``report`` (1-based line numbers) and dropped; blank lines are skipped.
+    The result has a ``line`` column (0-based line number) and the ``names`` columns, with
+    ``integer`` columns as int64 and ``numeric`` ones as float64.
+    """
+    report.lines += len(lines)
+    series = pd.Series(lines, dtype=object).str.rstrip("\r\n")
+    line_no = np.arange(start, start + len(lines), dtype=np.int64)
+    keep = series.str.strip().str.len().to_numpy() > 0
+    series, line_no = series[keep].reset_index(drop=True), line_no[keep]
+    n_fields = series.str.count(re.escape(sep)).to_numpy() + 1
+    reason = np.full(len(series), "", dtype=object)
+    wrong_count = n_fields != len(names)
+    reason[wrong_count] = [f"expected {len(names)} fields, found {n}"
+                           for n in n_fields[wrong_count]]  # rare: malformed lines only
+    parts = series.str.split(sep, regex=False, expand=True)
+    parts = parts.reindex(columns=range(len(names))).astype(object)  # absent fields: NaN
+    parts.columns = list(names)
+    out = pd.DataFrame({"line": line_no})
+    for col in names:
+        values = parts[col]
+        if col in integer or col in numeric:
+            as_num = pd.to_numeric(values.str.strip(), errors="coerce")
+            not_ok = as_num.isna().to_numpy()
+            if col in integer:
+                not_ok = not_ok | ((as_num.to_numpy() % 1 != 0) & ~not_ok)
+            reason[(reason == "") & not_ok] = f"{col} is not a number"
+            out[col] = as_num
+        else:
+            out[col] = values.to_numpy(dtype=object)
+    bad = reason != ""
+    for idx in np.flatnonzero(bad):
+        report.add_bad(int(line_no[idx]) + 1, str(reason[idx]), strict)
+    out = out[~bad].reset_index(drop=True)
+    for col in integer:
+        out[col] = out[col].astype(np.int64)
+    return out
+
+
+def _read_file(archive: _Archive, member: str, *, sep: str, names: Sequence[str],
+               integer: Sequence[str] = (), numeric: Sequence[str] = (),
+               strict: bool) -> tuple[pd.DataFrame, ReadReport]:
+    report = ReadReport(file=member)
+    frames = []
+    with archive.open(member) as stream:
+        for start, lines in _line_chunks(stream):
+            frames.append(parse_delimited(lines, start, sep=sep, names=names, integer=integer,
+                                          numeric=numeric, report=report, strict=strict))
+    if not frames:
+        return pd.DataFrame({"line": np.array([], np.int64), **{n: [] for n in names}}), report
+    return pd.concat(frames, ignore_index=True), report
+
+
+# --------------------------------------------------------------------------- the three files
+def _ratings(archive: _Archive, layout: Layout, strict: bool
+             ) -> tuple[pd.DataFrame, ReadReport]:
+    df, report = _read_file(archive, layout.ratings, sep=layout.sep,
+                            names=("user", "item", "rating", "ts"),
+                            integer=("user", "item", "ts"), numeric=("rating",), strict=strict)
+    interactions = pd.DataFrame({
+        "user": df["user"].astype(str),
+        "item": df["item"].astype(str),
+        "ts": df["ts"].astype(np.int64),
+        "rating": df["rating"].astype(np.float32),
+        "line": df["line"].astype(np.int64),
+    })
+    return interactions, report
+
+
+def _items(archive: _Archive, layout: Layout, strict: bool) -> tuple[pd.DataFrame, ReadReport]:
+    if layout is ML_100K:
+        flags = tuple(f"g{i}" for i in range(len(ML100K_GENRES)))
+        df, report = _read_file(archive, layout.items, sep=layout.meta_sep,
+                                names=("item", "title", "release", "video", "url", *flags),
+                                integer=("item", *flags), strict=strict)
+        matrix = df[list(flags)].to_numpy(dtype=np.int64) > 0  # (N, 19)
+        genre = np.asarray(ML100K_GENRES, dtype=object)[matrix.argmax(axis=1)]
+        category = np.where(matrix.any(axis=1), genre, UNKNOWN_CATEGORY)
+    else:
+        df, report = _read_file(archive, layout.items, sep=layout.meta_sep,
+                                names=("item", "title", "genres"), integer=("item",),
+                                strict=strict)
+        first = df["genres"].str.split("|", regex=False).str[0].str.strip()
+        category = first.where(first.str.len() > 0, UNKNOWN_CATEGORY).to_numpy(dtype=object)
+    items = pd.DataFrame({"item": df["item"].astype(str), "category": category.astype(str)})
+    return items.drop_duplicates("item", keep="first"), report
+
+
+def _users(archive: _Archive, layout: Layout, strict: bool) -> tuple[pd.DataFrame, ReadReport]:
+    names = (("user", "age", "gender", "occupation", "zip") if layout is ML_100K
+             else ("user", "gender", "age", "occupation", "zip"))
+    df, report = _read_file(archive, layout.users, sep=layout.meta_sep, names=names,
+                            integer=("user",), strict=strict)
+    users = pd.DataFrame({
+        "user": df["user"].astype(str),
+        "gender": df["gender"].str.strip().astype(str),
+        "age": df["age"].str.strip().astype(str),
+        "occupation": df["occupation"].str.strip().astype(str),
+        "zip": df["zip"].str.strip().str[:3].astype(str),
+    })
+    return users.drop_duplicates("user", keep="first"), report
+
+
+def read_movielens(archive_path: Path, *, strict: bool = False) -> CanonicalTables:
+    """Canonical tables of an ml-100k or ml-1m archive (zip file or extracted directory)."""
+    archive = _Archive(Path(archive_path))
+    try:
+        layout = archive.layout()
+        interactions, ratings_report = _ratings(archive, layout, strict)
+        items, items_report = _items(archive, layout, strict)
+        users, users_report = _users(archive, layout, strict)
+    finally:
+        archive.close()
+
+    rated = pd.DataFrame({"item": pd.unique(interactions["item"])})
+    items = rated.merge(items, on="item", how="left")
+    no_meta = int(items["category"].isna().sum())
+    if no_meta:
+        log.warning("%s: %d rated items have no line in %s; category %s", archive_path.name,
+                    no_meta, layout.items, UNKNOWN_CATEGORY)
+    items["category"] = items["category"].fillna(UNKNOWN_CATEGORY)
+    users = users[users["user"].isin(pd.unique(interactions["user"]))].reset_index(drop=True)
+    reports = [ratings_report, items_report, users_report]
+    for report in reports:
+        log.info("%s", report.summary())
+    return CanonicalTables(interactions=interactions, items=items, users=users, reports=reports)
+
+
+@READERS.register("movielens")
+def read(card: DatasetCard, files: Mapping[str, Path], *, strict: bool = False
+         ) -> CanonicalTables:
+    """The registered reader: the card's ``archive`` source (reader_params: none)."""
+    check_keys(f"dataset card {card.name!r} [reader_params]", card.reader_params, ())
+    if "archive" not in files:
+        raise DataError(f"dataset card {card.name!r}: the movielens reader needs a source with "
+                        f"role 'archive' (the GroupLens zip); got {sorted(files)}")
+    return read_movielens(files["archive"], strict=strict)

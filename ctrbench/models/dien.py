@@ -1,0 +1,111 @@
+"""DIEN ("dien", Zhou et al. AAAI'19): interest extraction (GRU + auxiliary loss) and interest
+evolution (attention + AUGRU) over the left-aligned history.
+
+- extractor: ``h_t = GRU(e_1..e_t)`` over behaviour embeddings ``e_t = [item; cate]``;
+- auxiliary loss (training only, weight ``aux_weight``): ``h_t`` must score the next clicked
+  behaviour ``e_{t+1}`` above the stored negative ``e^-_{t+1}`` (inner products, binary log loss,
+  mean over pairs with ``t + 1 < hist_len``), DIEN paper Eq. 4;
+- attention ``a_t = softmax_t(h_t W e_i)`` over valid steps (DIEN paper Eq. 6);
+- evolution: AUGRU with ``u'_t = a_t u_t``; its state after the last valid step is the final
+  interest (``a_t = 0`` on padding carries the state; an empty history gives zeros);
+- prediction: ``MLP([e_u; e_i; h'; mean_t e_t; e_c])``, Dice [200, 80]; the pooled history
+  ``mean_t e_t`` follows the authors' code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ctrbench.errors import CardError, CtrbenchError
+from ctrbench.models.base import CTRModel
+from ctrbench.models.inputs import checked_dropout, checked_positive, checked_widths
+from ctrbench.models.layers import INIT_STD, MLP, EmbeddingBank, masked_mean, masked_softmax
+from ctrbench.models.registry import register
+from ctrbench.models.sequence import AUGRU, effective_length, embed_history, pad_steps
+from ctrbench.schema import Batch, Schema, history_mask
+
+
+@register("dien")
+class DIEN(CTRModel):
+    """Deep Interest Evolution Network; ``aux_weight = 0`` is DIEN without the auxiliary loss."""
+
+    has_auxiliary_loss = True
+
+    def __init__(self, schema: Schema, *, embedding_dim: int = 16, aux_weight: float = 1.0,
+                 hidden_units: Sequence[int] = (200, 80), activation: str = "dice",
+                 dropout: float = 0.0, init_std: float = INIT_STD, sparse: bool = False) -> None:
+        super().__init__(schema)
+        if isinstance(aux_weight, bool) or not isinstance(aux_weight, (int, float)) or not (
+                aux_weight >= 0.0):
+            raise CardError(f"model parameter aux_weight must be a number >= 0, got {aux_weight!r}")
+        if aux_weight > 0 and not schema.has_neg_history:
+            raise CtrbenchError(
+                "DIEN's auxiliary loss needs negative histories (neg_hist_* fields), "
+                "and this dataset has none",
+                hint="prepare the data with negative histories, or use the model "
+                     "'dien_no_aux' (or --set params.aux_weight=0)")
+        self.aux_weight = float(aux_weight)
+        self.has_auxiliary_loss = self.aux_weight > 0
+        dim = checked_positive("embedding_dim", embedding_dim)
+        self.bank = EmbeddingBank(schema, dim, sparse=sparse, init_std=init_std)
+        width = len(schema.item) * dim  # behaviour step width = candidate width = GRU width
+        self.extractor = nn.GRU(width, width, batch_first=True)
+        self.attention = nn.Linear(width, width, bias=False)  # W in h_t W e_i
+        self.evolution = AUGRU(width, width)
+        in_width = (len(schema.user) + len(schema.context)) * dim + 3 * width
+        self.mlp = MLP(in_width, checked_widths("hidden_units", hidden_units),
+                       checked_dropout(dropout), activation, out_dim=1)
+
+    def _interests(self, batch: Batch) -> dict[str, torch.Tensor]:
+        steps = effective_length(batch, self.schema.max_len)
+        mask = history_mask(batch, steps)  # (B, T')
+        behaviours = embed_history(self.bank, batch, self.schema.behavior, steps)  # (B, T', I)
+        candidate = self.bank.concat(batch, self.schema.item)  # (B, I)
+        states, _ = self.extractor(behaviours)  # (B, T', I); valid steps never see padding
+        scores = (states * self.attention(candidate).unsqueeze(1)).sum(-1)  # (B, T')
+        attention = masked_softmax(scores, mask, dim=1)  # (B, T'), exactly 0 on padding
+        final = self.evolution(states, attention)  # (B, I)
+        return {"mask": mask, "behaviours": behaviours, "candidate": candidate,
+                "states": states, "attention": attention, "final": final}
+
+    def _logits(self, batch: Batch, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        pooled = masked_mean(parts["behaviours"], parts["mask"])  # (B, I)
+        inputs = [*self.bank.fields(batch, self.schema.user), parts["candidate"], parts["final"],
+                  pooled, *self.bank.fields(batch, self.schema.context)]
+        return self.mlp(torch.cat(inputs, dim=-1)).squeeze(-1)  # (B,)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self._logits(batch, self._interests(batch))
+
+    def forward_train(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        parts = self._interests(batch)
+        logits = self._logits(batch, parts)
+        if not self.has_auxiliary_loss:
+            return logits, {}
+        aux = self.auxiliary_loss(batch, parts["states"], parts["behaviours"], parts["mask"])
+        return logits, {"aux": self.aux_weight * aux}
+
+    def auxiliary_loss(self, batch: Batch, states: torch.Tensor, behaviours: torch.Tensor,
+                       mask: torch.Tensor) -> torch.Tensor:
+        """Unweighted auxiliary loss: mean over valid ``(t, t + 1)`` pairs of
+        ``-log sigmoid(<h_t, e_{t+1}>) - log(1 - sigmoid(<h_t, e^-_{t+1}>))``."""
+        steps = mask.shape[1]
+        negatives = embed_history(self.bank, batch, self.schema.neg_behavior, steps)  # (B,T',I)
+        pair_mask = mask[:, 1:].to(states.dtype)  # (B, T'-1): t + 1 < hist_len
+        current = states[:, :-1]  # (B, T'-1, I)
+        pos_logit = (current * behaviours[:, 1:]).sum(-1)  # (B, T'-1)
+        neg_logit = (current * negatives[:, 1:]).sum(-1)  # (B, T'-1)
+        pair_loss = (F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit),
+                                                        reduction="none")
+                     + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit),
+                                                          reduction="none"))
+        return (pair_loss * pair_mask).sum() / pair_mask.sum().clamp_min(1.0)
+
+    def explain(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """``attention``: the candidate's attention on each interest state ``[B, T]``."""
+        return {"attention": pad_steps(self._interests(batch)["attention"],
+                                       self.schema.max_len)}

@@ -1,0 +1,65 @@
+"""DIN ("din", Zhou et al. KDD'18): attention pooling of the history by a local activation unit.
+
+``logit = MLP([e_u; e_i; sum_t w_t e_t; e_c])`` where ``w_t = LAU(e_i, e_t)`` (unnormalised by
+default, as in the DIN paper) over the valid steps of the left-aligned history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ctrbench.models.base import CTRModel
+from ctrbench.models.inputs import checked_dropout, checked_positive, checked_widths
+from ctrbench.models.layers import INIT_STD, MLP, EmbeddingBank
+from ctrbench.models.registry import register
+from ctrbench.models.sequence import (
+    LocalActivationUnit,
+    effective_length,
+    embed_history,
+    pad_steps,
+)
+from ctrbench.schema import Batch, Schema, history_mask
+
+
+@register("din")
+class DIN(CTRModel):
+    """Deep Interest Network. Inputs: user fields, candidate item, history, context fields."""
+
+    def __init__(self, schema: Schema, *, embedding_dim: int = 16,
+                 attention_hidden: Sequence[int] = (80, 40), attention_activation: str = "dice",
+                 attention_softmax: bool = False, hidden_units: Sequence[int] = (200, 80),
+                 activation: str = "dice", dropout: float = 0.0, init_std: float = INIT_STD,
+                 sparse: bool = False) -> None:
+        super().__init__(schema)
+        dim = checked_positive("embedding_dim", embedding_dim)
+        self.bank = EmbeddingBank(schema, dim, sparse=sparse, init_std=init_std)
+        item_width = len(schema.item) * dim
+        self.attention = LocalActivationUnit(
+            item_width, checked_widths("attention_hidden", attention_hidden, allow_empty=False),
+            attention_activation, softmax=bool(attention_softmax))
+        in_width = (len(schema.user) + len(schema.context)) * dim + 2 * item_width
+        self.mlp = MLP(in_width, checked_widths("hidden_units", hidden_units),
+                       checked_dropout(dropout), activation, out_dim=1)
+
+    def _attend(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Candidate ``[B, I]``, pooled interest ``[B, I]``, attention weights ``[B, T']``."""
+        steps = effective_length(batch, self.schema.max_len)
+        candidate = self.bank.concat(batch, self.schema.item)  # (B, I)
+        history = embed_history(self.bank, batch, self.schema.behavior, steps)  # (B, T', I)
+        mask = history_mask(batch, steps)  # (B, T')
+        pooled, weights = self.attention(candidate, history, mask)  # (B, I), (B, T')
+        return candidate, pooled, weights
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        candidate, pooled, _ = self._attend(batch)
+        parts = [*self.bank.fields(batch, self.schema.user), candidate, pooled,
+                 *self.bank.fields(batch, self.schema.context)]
+        return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)  # (B,)
+
+    def explain(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """``attention``: the local activation unit's weight per history step ``[B, T]``."""
+        _, _, weights = self._attend(batch)
+        return {"attention": pad_steps(weights, self.schema.max_len)}
+

@@ -1,0 +1,103 @@
+"""Input assembly for the non-sequential baselines (LR, Wide&Deep, DCN, DeepFM, xDeepFM).
+
+As DeepCTR-Torch fed them for the MIAN paper, these models see the history as ONE field per
+behaviour field: the masked mean of its embeddings over the ``hist_len`` valid steps. The field
+order is: item fields, one pooled field per behaviour field, user fields, context fields.
+Negative histories (DIEN's training-only input) are never read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ctrbench.errors import CardError
+from ctrbench.models.layers import INIT_STD, EmbeddingBank, first_order_bank, masked_mean
+from ctrbench.schema import HIST_LEN, Batch, FieldSpec, Schema
+
+
+def pooled_fields(schema: Schema) -> tuple[FieldSpec, ...]:
+    """The fields a non-sequential model sees, in order (behaviour fields stand for their mean)."""
+    return (*schema.item, *schema.behavior, *schema.user, *schema.context)
+
+
+def num_fields(schema: Schema) -> int:
+    """F: the number of fields (not embedding tables; fields may share a table)."""
+    return len(pooled_fields(schema))
+
+
+def embed_pooled_fields(bank: EmbeddingBank, schema: Schema, batch: Batch) -> torch.Tensor:
+    """Batch -> ``[B, F, D]`` with ``D = bank.dim``: one embedding per field, histories pooled."""
+    columns = []
+    mask = None
+    for spec in pooled_fields(schema):
+        emb = bank(batch, spec.name)  # (B, D) or (B, T, D)
+        if spec.group == "behavior":
+            if mask is None:
+                steps = torch.arange(emb.shape[1], device=emb.device)
+                mask = steps.unsqueeze(0) < batch[HIST_LEN].unsqueeze(1)  # (B, T)
+            emb = masked_mean(emb, mask)  # (B, D)
+        columns.append(emb)
+    return torch.stack(columns, dim=1)  # (B, F, D)
+
+
+class FieldEmbedding(nn.Module):
+    """Batch -> ``[B, F, D]``; owns one embedding table per vocabulary (``sparse`` optional)."""
+
+    def __init__(self, schema: Schema, dim: int, *, sparse: bool = False,
+                 init_std: float = INIT_STD) -> None:
+        super().__init__()
+        self.schema = schema
+        self.bank = EmbeddingBank(schema, dim, sparse=sparse, init_std=init_std)
+        self.num_fields = num_fields(schema)
+        self.dim = dim
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return embed_pooled_fields(self.bank, self.schema, batch)  # (B, F, D)
+
+
+class LinearTerm(nn.Module):
+    """The first-order (wide / LR) part: ``bias + sum_f w_f[id_f]``, pooled histories -> ``[B]``.
+
+    One scalar weight per vocabulary row (1-wide embedding tables, see
+    :func:`ctrbench.models.layers.first_order_bank`); a history contributes the mean of its valid
+    steps' weights.
+    """
+
+    def __init__(self, schema: Schema, *, sparse: bool = False,
+                 init_std: float = INIT_STD) -> None:
+        super().__init__()
+        self.schema = schema
+        self.bank = first_order_bank(schema, sparse=sparse, init_std=init_std)
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        weights = embed_pooled_fields(self.bank, self.schema, batch)  # (B, F, 1)
+        return weights.sum(dim=(1, 2)) + self.bias  # (B,)
+
+
+def checked_widths(name: str, value: Sequence[int], *, allow_empty: bool = True) -> tuple[int, ...]:
+    """A card's list of layer widths as a tuple; a bad value is a CardError (a user's mistake)."""
+    try:
+        widths = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise CardError(
+            f"model parameter {name} must be a list of integers, got {value!r}"
+        ) from None
+    if any(w < 1 for w in widths) or (not widths and not allow_empty):
+        raise CardError(f"model parameter {name} must hold positive integers, got {list(widths)}")
+    return widths
+
+
+def checked_dropout(value: float) -> float:
+    if not 0.0 <= float(value) < 1.0:
+        raise CardError(f"model parameter dropout must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+def checked_positive(name: str, value: int) -> int:
+    if int(value) != value or value < 1:
+        raise CardError(f"model parameter {name} must be a positive integer, got {value!r}")
+    return int(value)

@@ -1,0 +1,210 @@
+"""MIAN ("mian", Zhang et al. WSDM'21): Multi-Interactive Attention Network, with flags for the
+paper's ablations (Table 3) and transformer variants (Table 4).
+
+Parts (``GIM_PARTS``), with ``D`` the embedding width and ``I = 2D`` the item width:
+  item      e_i = [item_id; cate_id]                                   (B, I)
+  context   e_c = concatenation of the K context fields                (B, K D)
+  behavior  e_b = mean of the behaviour embeddings over valid steps    (B, I)
+  user      e_u = concatenation of the J user fields                   (B, J D)
+  ibim      IBIM: h = Transformer([item; cate]_t); V_t = [e_i; h_t];
+            a_t = softmax_t(tanh(V_t w + b)) (valid steps); R = sum_t a_t V_t        (B, 2I)
+  iuim      IUIM: V^j = [e_i; e^j] per user field, per-field (w_j, b_j);
+            a_j = softmax_j(tanh(V^j w_j + b_j)); R = sum_j a_j V^j                 (B, I + D)
+  icim      ICIM: the same over the context fields                                  (B, I + D)
+GIM (our reading of the paper, whose parts have different widths): each part p is projected to
+a common width G (``P_p = W_p x_p + c_p``), scored ``s_p = tanh(P_p . w_p + b_p)``,
+``a = softmax_p(s)``, and ``R_gim = sum_p a_p P_p`` (B, G) feeds the prediction MLP [32, 8]
+(ReLU, dropout 0.2) and one logit. Without GIM the raw parts are concatenated into the MLP.
+
+Ablation flags remove a module entirely (no parameters, never computed): ``use_ibim``,
+``use_iuim``, ``use_icim``, ``use_gim``. The transformer only feeds IBIM, so without IBIM it is
+absent too (the pooled ``e_b`` part stays). ``transformer`` is "pre_ln" (the paper), "post_ln"
+or "none" (``h_t = e_t``). The paper uses no position information, so (as published) MIAN is
+invariant to the order of the history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ctrbench.errors import CardError
+from ctrbench.models.base import CTRModel
+from ctrbench.models.inputs import checked_dropout, checked_positive, checked_widths
+from ctrbench.models.layers import (
+    INIT_STD,
+    MLP,
+    EmbeddingBank,
+    init_truncated_normal,
+    masked_mean,
+    masked_softmax,
+)
+from ctrbench.models.registry import register
+from ctrbench.models.sequence import TransformerBlock, effective_length, embed_history, pad_steps
+from ctrbench.schema import Batch, Schema, history_mask
+
+TRANSFORMERS = ("pre_ln", "post_ln", "none")
+
+
+class BehaviorInteraction(nn.Module):
+    """IBIM's attention: ``e_i [B, I]``, ``h [B, T, I]``, ``mask [B, T]`` ->
+    ``R [B, 2I]``, ``a [B, T]`` (exactly 0 on padding; all 0 for an empty history)."""
+
+    def __init__(self, item_width: int, init_std: float = INIT_STD) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(init_truncated_normal(torch.empty(2 * item_width), init_std))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, item: torch.Tensor, states: torch.Tensor,
+                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = torch.cat([item.unsqueeze(1).expand(-1, states.shape[1], -1), states], -1)
+        scores = torch.tanh(pairs @ self.weight + self.bias)  # (B, T)
+        alpha = masked_softmax(scores, mask, dim=1)  # (B, T)
+        return torch.bmm(alpha.unsqueeze(1), pairs).squeeze(1), alpha  # (B, 2I), (B, T)
+
+
+class FieldInteraction(nn.Module):
+    """IUIM / ICIM: ``e_i [B, I]``, ``fields [B, F, D]`` -> ``R [B, I + D]``, ``a [B, F]``,
+    with a separate scoring vector and bias per field."""
+
+    def __init__(self, num_fields: int, item_width: int, dim: int,
+                 init_std: float = INIT_STD) -> None:
+        super().__init__()
+        width = item_width + dim
+        self.weight = nn.Parameter(init_truncated_normal(torch.empty(num_fields, width),
+                                                         init_std))
+        self.bias = nn.Parameter(torch.zeros(num_fields))
+
+    def forward(self, item: torch.Tensor,
+                fields: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = torch.cat([item.unsqueeze(1).expand(-1, fields.shape[1], -1), fields], -1)
+        scores = torch.tanh((pairs * self.weight).sum(-1) + self.bias)  # (B, F)
+        alpha = torch.softmax(scores, dim=1)  # (B, F)
+        return torch.bmm(alpha.unsqueeze(1), pairs).squeeze(1), alpha  # (B, I + D), (B, F)
+
+
+class GlobalInteraction(nn.Module):
+    """GIM: parts of widths ``part_widths`` -> ``R [B, G]`` and part weights ``a [B, P]``."""
+
+    def __init__(self, part_widths: Sequence[int], width: int,
+                 init_std: float = INIT_STD) -> None:
+        super().__init__()
+        self.projections = nn.ModuleList(nn.Linear(w, width) for w in part_widths)
+        self.weight = nn.Parameter(init_truncated_normal(torch.empty(len(part_widths), width),
+                                                         init_std))
+        self.bias = nn.Parameter(torch.zeros(len(part_widths)))
+
+    def forward(self, parts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        projected = torch.stack([proj(p) for proj, p in zip(self.projections, parts)], 1)
+        scores = torch.tanh((projected * self.weight).sum(-1) + self.bias)  # (B, P)
+        alpha = torch.softmax(scores, dim=1)  # (B, P)
+        return torch.bmm(alpha.unsqueeze(1), projected).squeeze(1), alpha  # (B, G), (B, P)
+
+
+@register("mian")
+class MIAN(CTRModel):
+    """Multi-Interactive Attention Network (see the module docstring for the parts)."""
+
+    GIM_PARTS = ("item", "context", "behavior", "user", "ibim", "iuim", "icim")
+
+    def __init__(self, schema: Schema, *, embedding_dim: int = 16, use_ibim: bool = True,
+                 use_iuim: bool = True, use_icim: bool = True, use_gim: bool = True,
+                 transformer: str = "pre_ln", heads: int = 8, ffn_mult: int = 4,
+                 transformer_dropout: float = 0.2, gim_dim: int = 64,
+                 hidden_units: Sequence[int] = (32, 8), activation: str = "relu",
+                 dropout: float = 0.2, init_std: float = INIT_STD, sparse: bool = False) -> None:
+        super().__init__(schema)
+        dim = checked_positive("embedding_dim", embedding_dim)
+        if transformer not in TRANSFORMERS:
+            raise CardError(f"model parameter transformer must be one of {TRANSFORMERS}, "
+                            f"got {transformer!r}")
+        for flag, wanted, group in (("use_iuim", use_iuim, "user"),
+                                    ("use_icim", use_icim, "context")):
+            if wanted and not schema.group(group):
+                raise CardError(f"MIAN with {flag} = true needs {group} fields; the dataset has "
+                                "none", hint=f"use --set params.{flag}=false")
+        self.bank = EmbeddingBank(schema, dim, sparse=sparse, init_std=init_std)
+        item_width = len(schema.item) * dim
+        widths = {"item": item_width, "context": len(schema.context) * dim,
+                  "behavior": item_width, "user": len(schema.user) * dim,
+                  "ibim": 2 * item_width, "iuim": item_width + dim, "icim": item_width + dim}
+        enabled = {"ibim": use_ibim, "iuim": use_iuim, "icim": use_icim,
+                   "context": bool(schema.context), "user": bool(schema.user)}
+        #: the parts this instance combines, in GIM_PARTS order (explain's "gim" columns)
+        self.gim_parts = tuple(p for p in self.GIM_PARTS if enabled.get(p, True))
+
+        self.transformer: TransformerBlock | None = None
+        self.ibim: BehaviorInteraction | None = None
+        if use_ibim:
+            if transformer != "none":
+                heads = checked_positive("heads", heads)
+                if item_width % heads:
+                    raise CardError(f"MIAN's behaviour width {item_width} is not divisible by "
+                                    f"heads = {heads}", hint="change embedding_dim or heads")
+                self.transformer = TransformerBlock(
+                    item_width, heads, checked_positive("ffn_mult", ffn_mult),
+                    checked_dropout(transformer_dropout), pre_ln=transformer == "pre_ln")
+            self.ibim = BehaviorInteraction(item_width, init_std)
+        self.iuim = FieldInteraction(len(schema.user), item_width, dim, init_std) \
+            if use_iuim else None
+        self.icim = FieldInteraction(len(schema.context), item_width, dim, init_std) \
+            if use_icim else None
+        part_widths = [widths[p] for p in self.gim_parts]
+        self.gim: GlobalInteraction | None = None
+        if use_gim:
+            gim_width = checked_positive("gim_dim", gim_dim)
+            self.gim = GlobalInteraction(part_widths, gim_width, init_std)
+            mlp_in = gim_width
+        else:
+            mlp_in = sum(part_widths)
+        self.mlp = MLP(mlp_in, checked_widths("hidden_units", hidden_units),
+                       checked_dropout(dropout), activation, out_dim=1)
+
+    def _parts(self, batch: Batch) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """The enabled parts (``self.gim_parts`` order) and the local attention weights."""
+        schema = self.schema
+        steps = effective_length(batch, schema.max_len)
+        mask = history_mask(batch, steps)  # (B, T')
+        item = self.bank.concat(batch, schema.item)  # (B, I)
+        behaviours = embed_history(self.bank, batch, schema.behavior, steps)  # (B, T', I)
+        parts: dict[str, torch.Tensor] = {"item": item,
+                                          "behavior": masked_mean(behaviours, mask)}  # (B, I)
+        weights: dict[str, torch.Tensor] = {}
+        if schema.user:
+            user = torch.stack(self.bank.fields(batch, schema.user), 1)  # (B, J, D)
+            parts["user"] = user.flatten(1)  # (B, J D)
+            if self.iuim is not None:
+                parts["iuim"], weights["iuim"] = self.iuim(item, user)  # (B, I + D), (B, J)
+        if schema.context:
+            context = torch.stack(self.bank.fields(batch, schema.context), 1)  # (B, K, D)
+            parts["context"] = context.flatten(1)  # (B, K D)
+            if self.icim is not None:
+                parts["icim"], weights["icim"] = self.icim(item, context)  # (B, I+D), (B, K)
+        if self.ibim is not None:
+            states = behaviours if self.transformer is None else \
+                self.transformer(behaviours, mask)  # (B, T', I)
+            parts["ibim"], alpha = self.ibim(item, states, mask)  # (B, 2I), (B, T')
+            weights["ibim"] = pad_steps(alpha, schema.max_len)  # (B, T)
+        return [parts[p] for p in self.gim_parts], weights
+
+    def _combine(self, parts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.gim is None:
+            return torch.cat(parts, dim=-1), None  # (B, sum of widths)
+        return self.gim(parts)  # (B, G), (B, P)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        parts, _ = self._parts(batch)
+        combined, _ = self._combine(parts)
+        return self.mlp(combined).squeeze(-1)  # (B,)
+
+    def explain(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """``gim``: part weights ``[B, P]`` (columns ``self.gim_parts``; P = 7 for full MIAN),
+        ``ibim``: weight per history step ``[B, T]`` (0 on padding), ``iuim`` ``[B, J]`` and
+        ``icim`` ``[B, K]``: weight per field. Modules that are switched off are absent."""
+        parts, weights = self._parts(batch)
+        _, gim_alpha = self._combine(parts)
+        if gim_alpha is not None:
+            weights["gim"] = gim_alpha
+        return weights

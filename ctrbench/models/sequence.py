@@ -1,0 +1,306 @@
+"""Sequential building blocks: DIN's local activation unit, the AUGRU of DIEN, and the Pre-LN /
+Post-LN transformer blocks of MIAN.
+
+B = batch, T = history length, D = width of one step, H = hidden width, N = valid steps.
+Histories are left-aligned (``ctrbench.schema``): a ``[B, T]`` bool mask marks valid steps.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from ctrbench.models.layers import MLP, EmbeddingBank, masked_softmax
+from ctrbench.schema import HIST_LEN, Batch, FieldSpec
+
+
+# --------------------------------------------------------------------------- helpers
+def effective_length(batch: Batch, max_len: int) -> int:
+    """The longest valid history in the batch (at least 1): steps beyond it are all padding.
+
+    Models slice their ``[B, T]`` histories to this length so that no work is spent on columns
+    that are padding in every row (the mean Amazon history is about half of T = 30).
+    """
+    longest = int(batch[HIST_LEN].max()) if batch[HIST_LEN].numel() else 0
+    return max(1, min(max_len, longest))
+
+
+def embed_history(bank: EmbeddingBank, batch: Batch, specs: Sequence[FieldSpec],
+                  steps: int) -> torch.Tensor:
+    """The first ``steps`` steps of the history fields ``specs``, embedded and concatenated:
+    ``[B, steps, len(specs) * D]`` (ids are sliced before the lookup)."""
+    columns = [bank.tables[spec.vocab](batch[spec.name][:, :steps]) for spec in specs]
+    return torch.cat(columns, dim=-1)
+
+
+def pad_steps(weights: torch.Tensor, max_len: int) -> torch.Tensor:
+    """``[B, T']`` -> ``[B, T]``, zeros for the trimmed steps (padding in every row)."""
+    return nn.functional.pad(weights, (0, max_len - weights.shape[1]))
+
+
+# --------------------------------------------------------------------------- DIN
+class LocalActivationUnit(nn.Module):
+    """DIN's attention pooling: weight per step from an MLP over ``[q, k, q - k, q * k]``.
+
+    ``query [B, D]``, ``keys [B, T, D]``, ``mask [B, T]`` -> pooled ``[B, D]``, weights ``[B, T]``.
+    Weights are unnormalised by default (the DIN paper keeps the intensity of interest);
+    ``softmax=True`` normalises them over valid steps. The MLP runs on the valid steps only
+    (gathered with the mask), so padded steps cost nothing and never enter Dice's batch
+    statistics; their weight is exactly 0.
+    """
+
+    def __init__(self, dim: int, hidden: Sequence[int] = (80, 40), activation: str = "dice",
+                 softmax: bool = False) -> None:
+        super().__init__()
+        self.softmax = softmax
+        self.mlp = MLP(4 * dim, hidden, activation=activation, out_dim=1)
+
+    def scores(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Raw scores ``[B, T]`` (0 at padding)."""
+        q = query.unsqueeze(1).expand_as(keys)[mask]  # (N, D)
+        k = keys[mask]  # (N, D)
+        valid_scores = self.mlp(torch.cat([q, k, q - k, q * k], dim=-1)).squeeze(-1)  # (N,)
+        return keys.new_zeros(mask.shape).masked_scatter(mask, valid_scores)  # (B, T)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor,
+                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self.scores(query, keys, mask)  # (B, T)
+        weights = masked_softmax(scores, mask, dim=1) if self.softmax else scores
+        pooled = torch.bmm(weights.unsqueeze(1), keys).squeeze(1)  # (B, D)
+        return pooled, weights
+
+
+# --------------------------------------------------------------------------- AUGRU
+# Gate layout of the fused projections (3H wide): [reset | update | candidate].
+# One step, with gx = W x + b_x (all steps at once) and gh = U h + b_h:
+#   r = sigmoid(gx_r + gh_r); u = a * sigmoid(gx_u + gh_u); n = tanh(gx_n + r * gh_n)
+#   h' = (1 - u) * h + u * n          (DIEN's convention: u weights the new candidate)
+# The reset gate multiplies U_n h + b_hn (the cuDNN / PyTorch GRU form), so the recurrent
+# projection of all three gates is a single matmul per step.
+
+
+def augru_reference(gx: torch.Tensor, attention: torch.Tensor, w_hh: torch.Tensor,
+                    b_hh: torch.Tensor) -> torch.Tensor:
+    """Plain autograd AUGRU recurrence (the readable reference): final state ``[B, H]``.
+
+    ``gx [B, T, 3H]`` input projections, ``attention [B, T]``, ``w_hh [3H, H]``, ``b_hh [3H]``.
+    """
+    h = gx.new_zeros(gx.shape[0], w_hh.shape[1])  # (B, H)
+    for t in range(gx.shape[1]):
+        gh = torch.addmm(b_hh, h, w_hh.t())  # (B, 3H)
+        x_r, x_u, x_n = gx[:, t].chunk(3, dim=1)
+        h_r, h_u, h_n = gh.chunk(3, dim=1)
+        r = torch.sigmoid(x_r + h_r)
+        u = torch.sigmoid(x_u + h_u) * attention[:, t : t + 1]
+        n = torch.tanh(x_n + r * h_n)
+        h = h + u * (n - h)
+    return h
+
+
+def _augru_forward_loop(gx: torch.Tensor, attention: torch.Tensor, w_hh: torch.Tensor,
+                        b_hh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward without autograd; returns (states ``[T+1, B, H]``, gates ``[T, B, 3H]``
+    holding r, z (update before attention) and n, recurrent candidate part ``[T, B, H]``)."""
+    steps, batch_size, hidden = gx.shape[1], gx.shape[0], w_hh.shape[1]
+    states = gx.new_zeros(steps + 1, batch_size, hidden)
+    gates = gx.new_empty(steps, batch_size, 3 * hidden)
+    h_cand = gx.new_empty(steps, batch_size, hidden)
+    w_t = w_hh.t()
+    for t in range(steps):
+        h = states[t]
+        gh = torch.addmm(b_hh, h, w_t)  # (B, 3H)
+        xt = gx[:, t]
+        rz = torch.sigmoid(xt[:, : 2 * hidden] + gh[:, : 2 * hidden])  # (B, 2H)
+        r = rz[:, :hidden]
+        n = torch.tanh(xt[:, 2 * hidden :] + r * gh[:, 2 * hidden :])  # (B, H)
+        u = rz[:, hidden:] * attention[:, t : t + 1]
+        states[t + 1] = h + u * (n - h)
+        gates[t, :, : 2 * hidden] = rz
+        gates[t, :, 2 * hidden :] = n
+        h_cand[t] = gh[:, 2 * hidden :]
+    return states, gates, h_cand
+
+
+def _augru_backward_loop(grad_h: torch.Tensor, states: torch.Tensor, gates: torch.Tensor,
+                         h_cand: torch.Tensor, attention: torch.Tensor,
+                         w_hh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reverse pass: gradients of the gate pre-activations ``[B, T, 3H]`` and of attention."""
+    steps, hidden = gates.shape[0], w_hh.shape[1]
+    batch_size = grad_h.shape[0]
+    d_pre = gates.new_empty(batch_size, steps, 3 * hidden)  # d(gx), == d(gh) for r and u
+    d_att = gates.new_empty(batch_size, steps)
+    dh = grad_h
+    for t in range(steps - 1, -1, -1):
+        h = states[t]
+        r = gates[t, :, :hidden]
+        z = gates[t, :, hidden : 2 * hidden]
+        n = gates[t, :, 2 * hidden :]
+        a = attention[:, t : t + 1]
+        u = z * a
+        diff = n - h
+        d_u = dh * diff
+        d_att[:, t] = (d_u * z).sum(dim=1)
+        d_pre_z = d_u * a * z * (1 - z)
+        d_pre_n = dh * u * (1 - n * n)
+        d_pre_r = d_pre_n * h_cand[t] * r * (1 - r)
+        d_pre[:, t, :hidden] = d_pre_r
+        d_pre[:, t, hidden : 2 * hidden] = d_pre_z
+        d_pre[:, t, 2 * hidden :] = d_pre_n
+        d_gh = torch.cat([d_pre_r, d_pre_z, d_pre_n * r], dim=1)  # (B, 3H)
+        dh = dh * (1 - u) + d_gh @ w_hh
+    return d_pre, d_att
+
+
+def _try_script(fn: Callable) -> Callable:
+    """``torch.jit.script(fn)`` when it works; the eager function otherwise."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.jit.script(fn)
+    except Exception:  # any scripting failure (old/new torch) falls back to eager
+        return fn
+
+
+_FORWARD_LOOP = _try_script(_augru_forward_loop)
+_BACKWARD_LOOP = _try_script(_augru_backward_loop)
+
+
+class _AUGRUFunction(torch.autograd.Function):
+    """AUGRU recurrence with a hand-written backward.
+
+    Autograd through the time loop records ~15 small ops per step and replays them in Python;
+    here the forward saves the gates, the backward walks the steps once in reverse, and the
+    recurrent weight's gradient is one matmul over all steps after the loop.
+    """
+
+    @staticmethod
+    def forward(ctx, gx, attention, w_hh, b_hh, scripted):  # type: ignore[override]
+        forward_loop = _FORWARD_LOOP if scripted else _augru_forward_loop
+        states, gates, h_cand = forward_loop(gx, attention, w_hh, b_hh)
+        ctx.save_for_backward(states, gates, h_cand, attention, w_hh)
+        ctx.scripted = scripted
+        return states[-1]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_h):  # type: ignore[override]
+        states, gates, h_cand, attention, w_hh = ctx.saved_tensors
+        hidden = w_hh.shape[1]
+        backward_loop = _BACKWARD_LOOP if ctx.scripted else _augru_backward_loop
+        d_pre, d_att = backward_loop(grad_h.contiguous(), states, gates, h_cand, attention, w_hh)
+        # Recurrent projection gradient over all steps at once.
+        d_gh = d_pre.clone()  # (B, T, 3H)
+        d_gh[..., 2 * hidden :] *= gates.transpose(0, 1)[..., :hidden]  # times r
+        h_prev = states[:-1].transpose(0, 1)  # (B, T, H)
+        d_w = d_gh.reshape(-1, 3 * hidden).t() @ h_prev.reshape(-1, hidden)  # (3H, H)
+        d_b = d_gh.reshape(-1, 3 * hidden).sum(dim=0)  # (3H,)
+        return d_pre, d_att, d_w, d_b, None
+
+
+def augru_recurrence(gx: torch.Tensor, attention: torch.Tensor, w_hh: torch.Tensor,
+                     b_hh: torch.Tensor, scripted: bool = True) -> torch.Tensor:
+    """Final AUGRU state ``[B, H]`` (fast path; same values and gradients as the reference).
+
+    ``scripted=False`` runs the eager Python loops instead of the TorchScript ones (benchmark).
+    """
+    return _AUGRUFunction.apply(gx, attention.to(gx.dtype), w_hh.to(gx.dtype),
+                                b_hh.to(gx.dtype), scripted)
+
+
+#: whether the AUGRU loops compiled with TorchScript (else the eager loops are used)
+AUGRU_SCRIPTED = isinstance(_FORWARD_LOOP, torch.jit.ScriptFunction) and isinstance(
+    _BACKWARD_LOOP, torch.jit.ScriptFunction)
+
+
+class AUGRU(nn.Module):
+    """GRU with attentional update gate (DIEN): ``u'_t = a_t * u_t``.
+
+    ``x [B, T, D]``, ``attention [B, T]`` -> final state ``[B, H]``. Where ``a_t = 0`` (padding
+    of a left-aligned history) the state is carried unchanged, so the final state is the state
+    at the last valid step, and zeros for an empty history. The input projections of all steps
+    are computed at once before the loop; only the recurrent part runs step by step.
+    ``fast=False`` uses the plain autograd loop (reference; used by tests and the benchmark).
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int, fast: bool = True) -> None:
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.fast = fast
+        self.input_proj = nn.Linear(input_dim, 3 * hidden_dim)
+        self.hidden_proj = nn.Linear(hidden_dim, 3 * hidden_dim)
+        bound = 1.0 / math.sqrt(hidden_dim)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def forward(self, x: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        gx = self.input_proj(x)  # (B, T, 3H), every step at once
+        recurrence = augru_recurrence if self.fast else augru_reference
+        return recurrence(gx, attention, self.hidden_proj.weight, self.hidden_proj.bias)
+
+
+# --------------------------------------------------------------------------- transformer
+class MaskedSelfAttention(nn.Module):
+    """Multi-head self-attention with a key padding mask: ``x [B, T, D]``, ``mask [B, T]``.
+
+    Padded keys get weight exactly 0; a row with no valid key gives zeros (not NaN).
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch_size, steps, dim = x.shape
+        qkv = self.qkv(x).view(batch_size, steps, 3, self.heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, T, d)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, h, T, T)
+        weights = masked_softmax(scores, mask[:, None, None, :], dim=-1)  # (B, h, T, T)
+        context = self.dropout(weights) @ v  # (B, h, T, d)
+        context = context.transpose(1, 2).reshape(batch_size, steps, dim)  # (B, T, D)
+        return self.out(context)
+
+
+class FeedForward(nn.Module):
+    """Position-wise ``Linear -> ReLU -> Linear``: ``[..., D] -> [..., D]``."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class TransformerBlock(nn.Module):
+    """One transformer encoder block over a behaviour sequence: ``[B, T, D] -> [B, T, D]``.
+
+    ``pre_ln=True`` (MIAN): ``x + MHSA(LN(x))`` then ``x + FFN(LN(x))``.
+    ``pre_ln=False`` (Post-LN, Table 4): ``LN(x + MHSA(x))`` then ``LN(x + FFN(x))``.
+    Outputs at valid steps never depend on padded steps (key padding mask).
+    """
+
+    def __init__(self, dim: int, heads: int = 8, ffn_mult: int = 4, dropout: float = 0.0,
+                 pre_ln: bool = True) -> None:
+        super().__init__()
+        self.pre_ln = pre_ln
+        self.attention = MaskedSelfAttention(dim, heads, dropout)
+        self.ffn = FeedForward(dim, ffn_mult * dim)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.pre_ln:
+            x = x + self.dropout(self.attention(self.norm1(x), mask))  # (B, T, D)
+            return x + self.dropout(self.ffn(self.norm2(x)))  # (B, T, D)
+        x = self.norm1(x + self.dropout(self.attention(x, mask)))  # (B, T, D)
+        return self.norm2(x + self.dropout(self.ffn(x)))  # (B, T, D)

@@ -1,0 +1,42 @@
+"""Wide & Deep ("wide_deep"): LR's linear part plus an MLP over the field embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ctrbench.models.base import CTRModel
+from ctrbench.models.inputs import (
+    FieldEmbedding,
+    LinearTerm,
+    checked_dropout,
+    checked_positive,
+    checked_widths,
+)
+from ctrbench.models.layers import INIT_STD, MLP
+from ctrbench.models.registry import register
+from ctrbench.schema import Batch, Schema
+
+
+@register("wide_deep")
+class WideDeep(CTRModel):
+    """``logit = wide(x) + MLP(flatten(E))`` with ``E [B, F, D]`` (histories mean-pooled)."""
+
+    def __init__(self, schema: Schema, *, embedding_dim: int = 16,
+                 hidden_units: Sequence[int] = (256, 128), dropout: float = 0.2,
+                 activation: str = "relu", init_std: float = INIT_STD,
+                 sparse: bool = False) -> None:
+        super().__init__(schema)
+        dim = checked_positive("embedding_dim", embedding_dim)
+        hidden = checked_widths("hidden_units", hidden_units, allow_empty=False)
+        self.linear = LinearTerm(schema, sparse=sparse, init_std=init_std)
+        self.embedding = FieldEmbedding(schema, dim, sparse=sparse, init_std=init_std)
+        self.deep = MLP(self.embedding.num_fields * dim, hidden, checked_dropout(dropout),
+                        activation, out_dim=1)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        wide = self.linear(batch)  # (B,)
+        fields = self.embedding(batch)  # (B, F, D)
+        deep = self.deep(fields.flatten(1)).squeeze(-1)  # (B,)
+        return wide + deep

@@ -1,0 +1,272 @@
+"""``ctrbench report``: leaderboards, paper tables, timing and plots from run records.
+
+:func:`build_report` is the one library call: it loads the records (:mod:`ctrbench.report_data`),
+builds the tables (:mod:`ctrbench.report_tables`), writes each as Markdown and CSV under the
+output directory (atomically) and draws the figures (:mod:`ctrbench.plots`). It returns the
+tables, rendered, so that the CLI can print them; the library itself never prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from ctrbench import plots
+from ctrbench import report_tables as rt
+from ctrbench.progress import message
+from ctrbench.report_data import CardBook, ResultSet, load_results
+from ctrbench.results import atomic_write_text
+
+DASH = "–"
+DEFAULT_GIM_PARTS = ("item", "context", "behavior", "user", "ibim", "iuim", "icim")
+
+
+# --------------------------------------------------------------------------- formatting
+def num(x: float | None, digits: int = 4, signed: bool = False) -> str:
+    if x is None or pd.isna(x) or not np.isfinite(float(x)):
+        return DASH
+    return f"{float(x):+.{digits}f}" if signed else f"{float(x):.{digits}f}"
+
+
+def mean_std(mean: float, std: float, digits: int = 4) -> str:
+    if pd.isna(mean):
+        return DASH
+    return f"{num(mean, digits)} ± {num(std, digits)}"
+
+
+def interval(low: float, high: float, digits: int = 4, signed: bool = False) -> str:
+    if pd.isna(low) or pd.isna(high):
+        return DASH
+    return f"[{num(low, digits, signed)}, {num(high, digits, signed)}]"
+
+
+def pvalue(p: float) -> str:
+    if p is None or pd.isna(p):
+        return DASH
+    return "<0.001" if p < 0.001 else f"{p:.3g}"
+
+
+def mark(significant: str) -> str:
+    return {"yes": " *", "no": " n.s.", "": ""}.get(significant, "")
+
+
+def seeds_cell(n: int, failed: int) -> str:
+    return f"{n} (+{failed} failed)" if failed else str(n)
+
+
+# --------------------------------------------------------------------------- display frames
+def leaderboard_display(frame: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for r in frame.itertuples(index=False):
+        if r.significant == "reference":
+            vs = "(reference)"
+        elif pd.isna(r.rel_impr_pct):
+            vs = DASH
+        else:
+            vs = f"{r.rel_impr_pct:+.2f}%" + (mark(r.significant) or " (no test)")
+        delong = (DASH if pd.isna(r.delong_seeds)
+                  else f"{int(r.delong_significant_seeds)}/{int(r.delong_seeds)}")
+        rows.append({
+            "model": r.model, "seeds": seeds_cell(r.n_seeds, r.n_failed),
+            "AUC": mean_std(r.auc_mean, r.auc_std), "AUC 95% CI": interval(r.auc_ci_low,
+                                                                           r.auc_ci_high),
+            "gAUC": mean_std(r.gauc_mean, r.gauc_std),
+            "logloss": mean_std(r.logloss_mean, r.logloss_std), "vs ref": vs,
+            "t-test p": pvalue(r.ttest_p_holm), "Wilcoxon p": pvalue(r.wilcoxon_p_holm),
+            "DeLong": delong,
+            "ΔAUC 95% CI": interval(r.boot_delta_low, r.boot_delta_high, signed=True),
+            "note": r.note,
+        })
+    return pd.DataFrame(rows)
+
+
+def delta_display(frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "model": r.model, "seeds": r.n_seeds, "AUC": mean_std(r.auc_mean, r.auc_std),
+        "ΔAUC": num(r.delta_auc, signed=True) + mark(r.significant),
+        "logloss": mean_std(r.logloss_mean, r.logloss_std),
+        "Δlogloss": num(r.delta_logloss, signed=True), "t-test p": pvalue(r.ttest_p_holm),
+        "note": r.note,
+    } for r in frame.itertuples(index=False)])
+
+
+def timing_display(frame: pd.DataFrame) -> pd.DataFrame:
+    def rate(x: float) -> str:
+        return DASH if pd.isna(x) else f"{x:,.0f}"
+
+    return pd.DataFrame([{
+        "model": r.model, "seeds": r.n_seeds, "train s/epoch": num(r.train_s_per_epoch, 1),
+        "eval s/epoch": num(r.eval_s_per_epoch, 1),
+        "train samples/s": rate(r.train_samples_per_s),
+        "eval samples/s": rate(r.eval_samples_per_s), "peak MB": num(r.peak_memory_mb, 0),
+        "params": DASH if pd.isna(r.n_parameters) else f"{int(r.n_parameters):,}",
+        "best / run epochs": f"{num(r.best_epoch_mean, 1)} / {num(r.epochs_run_mean, 1)}",
+        "time vs DIN": DASH if pd.isna(r.time_vs_din) else f"{r.time_vs_din:.2f}x",
+        "note": r.note,
+    } for r in frame.itertuples(index=False)])
+
+
+def paper_display(frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "model": r.model, "seeds": r.n_seeds, "AUC": num(r.auc_mean),
+        "paper AUC": num(r.paper_auc), "ΔAUC": num(r.delta_auc, signed=True),
+        "logloss": num(r.logloss_mean), "paper logloss": num(r.paper_logloss),
+        "Δlogloss": num(r.delta_logloss, signed=True),
+    } for r in frame.itertuples(index=False)])
+
+
+def ordering_sentence(r: pd.Series) -> str:
+    pairs = int(r["concordant_pairs"]) + int(r["discordant_pairs"])
+    verdict = {"yes": "the paper's ordering holds", "no": "the paper's ordering does not hold",
+               "": "too few models to compare orderings"}[r["ordering_holds"]]
+    return (f"Kendall's tau = {num(r['kendall_tau'], 3)} (p = {pvalue(r['kendall_p'])}); "
+            f"{int(r['concordant_pairs'])} of {pairs} model pairs in the paper's AUC order: "
+            f"{verdict}.")
+
+
+# --------------------------------------------------------------------------- rendering
+@dataclass
+class Table:
+    """One report table: the CSV frame and its rendered Markdown / terminal text."""
+
+    name: str
+    title: str
+    frame: pd.DataFrame
+    markdown: str
+    text: str
+
+
+def _grid(shown: pd.DataFrame, fmt: str) -> str:
+    """A table of preformatted strings (no number re-parsing: "0.6000" stays as written)."""
+    return tabulate(shown, headers="keys", tablefmt=fmt, showindex=False,
+                    disable_numparse=True) + "\n"
+
+
+def _sections(frame: pd.DataFrame, display: Callable[[pd.DataFrame], pd.DataFrame],
+              header: Callable[[str], str] | None = None,
+              footer: Callable[[str], str] | None = None) -> tuple[str, str]:
+    """Per-dataset sections rendered as Markdown (github tables) and terminal text."""
+    md, txt = [], []
+    if frame.empty:
+        return "_No rows._\n", "(no rows)\n"
+    for ds, part in frame.groupby("dataset", sort=True):
+        shown = display(part.reset_index(drop=True))
+        head = header(ds) if header else ""
+        foot = footer(ds) if footer else ""
+        md.append(f"## {ds}\n\n" + (f"{head}\n\n" if head else "")
+                  + _grid(shown, "github").rstrip("\n")
+                  + (f"\n\n{foot}" if foot else "") + "\n")
+        txt.append(f"[{ds}]" + (f" {head}" if head else "") + "\n"
+                   + _grid(shown, "simple").rstrip("\n")
+                   + (f"\n{foot}" if foot else "") + "\n")
+    return "\n".join(md), "\n".join(txt)
+
+
+LEADERBOARD_LEGEND = (
+    "Test metrics over seeds: mean ± sample std; AUC 95% CI: t-interval of the mean over "
+    "seeds. vs ref: relative AUC improvement over the reference; * = paired t-test over seeds "
+    "significant after Holm correction (p < {alpha}), n.s. = not significant, – = not "
+    "computable. t-test and Wilcoxon p are paired by seed and Holm-adjusted across the "
+    "dataset's comparisons (Wilcoxon cannot reach p < 0.05 below 6 seeds). DeLong: seeds whose "
+    "DeLong test of the AUC difference on the shared test set gives p < {alpha}. ΔAUC 95% CI: "
+    "paired, label-stratified bootstrap over test rows of the seed-mean AUC difference "
+    "({n_boot} resamples, seed {boot_seed}). Rows whose records mix dataset identities are "
+    "refused, never averaged; failed runs are listed in failed.md."
+)
+
+
+@dataclass
+class Report:
+    """Everything ``build_report`` produced."""
+
+    tables: list[Table]
+    files: list[Path] = field(default_factory=list)
+
+
+def build_report(
+    results_root: Path, out_dir: Path | None = None, *, datasets: Sequence[str] | None = None,
+    reference: str | None = None, alpha: float = 0.05, n_boot: int = 1000, boot_seed: int = 0,
+    paper_map: Mapping[str, str] | None = None, make_plots: bool = True,
+    cards: CardBook | None = None,
+) -> Report:
+    """Build every table and plot from the records under ``results_root`` and write them."""
+    rs = load_results(Path(results_root), datasets)
+    cards = cards or CardBook()
+    out = Path(out_dir) if out_dir is not None else Path(results_root) / "report"
+    message(f"report: {len(rs.finished)} finished run(s), {len(rs.not_finished)} other(s)")
+
+    board, why = rt.leaderboard(rs, cards, reference=reference, alpha=alpha, n_boot=n_boot,
+                                boot_seed=boot_seed)
+    md, txt = _sections(board, leaderboard_display, header=lambda ds: f"Reference: {why[ds]}")
+    legend = LEADERBOARD_LEGEND.format(alpha=alpha, n_boot=n_boot, boot_seed=boot_seed)
+    tables = [Table("leaderboard", "Leaderboard (Table 2)", board, f"{legend}\n\n{md}", txt)]
+
+    for kind, title in (("ablations", "Ablations vs mian (Table 3)"),
+                        ("variants", "Transformer variants vs mian (Table 4)")):
+        frame = rt.delta_table(rs, cards, kind, alpha=alpha)
+        md, txt = _sections(frame, delta_display)
+        tables.append(Table(kind, title, frame, md, txt))
+
+    timing = rt.timing_table(rs)
+    md, txt = _sections(timing, timing_display)
+    tables.append(Table("timing", "Timing (§4.5)", timing, md, txt))
+
+    paper, ordering = rt.paper_tables(rs, cards, paper_map)
+    sentences = {r["dataset"]: f"Paper dataset: {r['paper_dataset']}. " + ordering_sentence(r)
+                 for _, r in ordering.iterrows()}
+    md, txt = _sections(paper, paper_display, footer=lambda ds: sentences.get(ds, ""))
+    tables.append(Table("paper", "Paper comparison", paper, md, txt))
+    tables.append(Table("paper_ordering", "Paper ordering", ordering, "", ""))
+
+    failed = rt.failed_table(rs)
+    shown = failed.drop(columns=["path"])
+    md = _grid(shown, "github") if not failed.empty else "_No failed or unreadable runs._\n"
+    txt = _grid(shown, "simple") if not failed.empty else "(none)\n"
+    tables.append(Table("failed", "Runs not finished (never averaged)", failed, md, txt))
+
+    report = Report(tables)
+    for t in tables:
+        report.files.append(out / f"{t.name}.csv")
+        atomic_write_text(report.files[-1], rt.csv_text(t.frame))
+        if t.markdown:
+            report.files.append(out / f"{t.name}.md")
+            atomic_write_text(report.files[-1], f"# {t.title}\n\n{t.markdown}")
+    if make_plots:
+        report.files.extend(_plots(rs, board, out / "plots"))
+    return report
+
+
+def _plots(rs: ResultSet, board: pd.DataFrame, out: Path) -> list[Path]:
+    """Learning curves per dataset and GIM heatmaps for models whose records carry them."""
+    files = []
+    usable = set(zip(board.loc[board["status"] == "ok", "dataset"],
+                     board.loc[board["status"] == "ok", "model"]))
+    keep = [(d, m) in usable for d, m in zip(rs.curves["dataset"], rs.curves["model"])]
+    curves = rs.curves[keep]
+    for ds, part in curves.groupby("dataset", sort=True):
+        path = out / f"learning-{ds}.png"
+        plots.learning_curves(part, path, f"Learning curves on {ds} (mean over seeds)")
+        files.append(path)
+    fin = rs.finished.sort_values(["dataset", "model", "seed"])
+    for (ds, model), grp in fin.groupby(["dataset", "model"], sort=True):
+        if (ds, model) not in usable:
+            continue
+        for rec in grp.itertuples(index=False):
+            scores = rs.scores(rec.path)
+            if scores is None or "explain__gim" not in scores:
+                continue
+            weights = scores["explain__gim"]  # (S, P)
+            parts = rs.explain_parts.get(rec.path, {}).get("gim") or list(DEFAULT_GIM_PARTS)
+            if len(parts) != weights.shape[1]:
+                parts = [f"part {i}" for i in range(weights.shape[1])]
+            path = out / f"gim-{ds}-{model}.png"
+            plots.gim_heatmap(weights, parts, path, f"GIM part weights: {model} on {ds} "
+                              f"(seed {rec.seed}, {len(weights)} sampled test cases)")
+            files.append(path)
+            break  # one seed's sample per model
+    return files

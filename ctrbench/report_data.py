@@ -1,0 +1,189 @@
+"""Run records loaded into pandas for reports and checks (one row per record file).
+
+:func:`load_results` reads ``<results>/runs/**/seed-*.json`` into a :class:`ResultSet`: finished,
+failed, running and unreadable records alike (only finished ones are ever averaged), per-epoch
+curves of finished runs, and lazily the test scores (``.npz``) beside each record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ctrbench.cards import config_hash, load_model_card
+from ctrbench.errors import CtrbenchError, UnknownNameError
+from ctrbench.results import RunRecord, read_record, read_scores
+
+#: the paper's dataset keys (model cards' ``[paper]`` tables)
+PAPER_DATASETS = ("books", "electronics", "commercial")
+
+RUN_COLUMNS = (
+    "dataset", "model", "seed", "status", "error", "identity", "protocol", "version", "arch",
+    "test_auc", "test_gauc", "test_logloss", "test_rows", "best_epoch", "epochs_run",
+    "train_s_per_epoch", "eval_s_per_epoch", "train_samples_per_s", "eval_samples_per_s",
+    "peak_memory_mb", "n_parameters", "path",
+)
+CURVE_COLUMNS = ("dataset", "model", "seed", "epoch", "valid_auc", "train_loss")
+
+
+# --------------------------------------------------------------------------- cards
+@dataclass(frozen=True)
+class CardInfo:
+    """What a report needs from a model card: its groups and the paper's numbers."""
+
+    groups: tuple[str, ...] = ()
+    paper: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+
+class CardBook:
+    """Model name -> :class:`CardInfo`, or None for a model without a card (cached)."""
+
+    def __init__(self, cards: Mapping[str, CardInfo | None] | None = None) -> None:
+        self._cards: dict[str, CardInfo | None] = dict(cards or {})
+        self._fixed = cards is not None
+
+    def get(self, model: str) -> CardInfo | None:
+        if model not in self._cards and not self._fixed:
+            try:
+                card = load_model_card(model)
+                self._cards[model] = CardInfo(tuple(card.groups), dict(card.paper))
+            except UnknownNameError:
+                self._cards[model] = None
+        return self._cards.get(model)
+
+    def in_group(self, model: str, group: str) -> bool:
+        info = self.get(model)
+        return info is not None and group in info.groups
+
+
+# --------------------------------------------------------------------------- loading
+def identity_key(identity: Mapping[str, Any]) -> str:
+    """Short stable hash of a record's dataset identity (name, hashes, protocol, version)."""
+    return config_hash(dict(identity))
+
+
+def _run_row(path: Path, rec: RunRecord) -> dict[str, Any]:
+    epochs = rec.epochs
+
+    def mean_of(attr: str) -> float:
+        vals = [getattr(e, attr) for e in epochs]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    ident = rec.dataset_identity or {}
+    return {
+        "dataset": rec.dataset, "model": rec.model, "seed": int(rec.seed), "status": rec.status,
+        "error": rec.error or "", "identity": identity_key(ident),
+        "protocol": str(ident.get("protocol", "")), "version": str(ident.get("version", "")),
+        "arch": str((rec.model_config or {}).get("arch", "")),
+        "test_auc": float(rec.test.get("auc", np.nan)),
+        "test_gauc": float(rec.test.get("gauc", np.nan)),
+        "test_logloss": float(rec.test.get("logloss", np.nan)),
+        "test_rows": float(rec.test.get("rows", np.nan)),
+        "best_epoch": float(rec.best_epoch) if rec.best_epoch is not None else np.nan,
+        "epochs_run": float(len(epochs)),
+        "train_s_per_epoch": mean_of("train_seconds"),
+        "eval_s_per_epoch": mean_of("eval_seconds"),
+        "train_samples_per_s": mean_of("train_samples_per_s"),
+        "eval_samples_per_s": mean_of("eval_samples_per_s"),
+        "peak_memory_mb": max((e.peak_memory_mb for e in epochs), default=float("nan")),
+        "n_parameters": int(rec.n_parameters), "path": str(path),
+    }
+
+
+def _unreadable_row(path: Path, root: Path, error: str) -> dict[str, Any]:
+    rel = path.relative_to(root / "runs").parts
+    dataset, model = (rel[0], rel[1]) if len(rel) >= 3 else ("?", "?")
+    try:
+        seed = int(path.stem.split("-", 1)[1])
+    except (IndexError, ValueError):
+        seed = -1
+    row: dict[str, Any] = dict.fromkeys(RUN_COLUMNS, np.nan)
+    row.update(dataset=dataset, model=model, seed=seed, status="unreadable", error=error,
+               identity="", protocol="", version="", arch="", n_parameters=0, path=str(path))
+    return row
+
+
+@dataclass
+class ResultSet:
+    """All run records under a results root: one row per record, plus per-epoch curves."""
+
+    root: Path
+    runs: pd.DataFrame  # RUN_COLUMNS
+    curves: pd.DataFrame  # CURVE_COLUMNS (finished runs only)
+    explain_parts: dict[str, dict[str, list[str]]]  # record path -> extra["explain_parts"]
+    _scores: dict[str, dict[str, np.ndarray] | None] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> pd.DataFrame:
+        return self.runs[self.runs["status"] == "finished"]
+
+    @property
+    def not_finished(self) -> pd.DataFrame:
+        return self.runs[self.runs["status"] != "finished"]
+
+    def datasets(self) -> list[str]:
+        return sorted(self.runs["dataset"].unique())
+
+    def scores(self, path: str) -> dict[str, np.ndarray] | None:
+        """The record's test scores (.npz), or None when missing or unreadable (cached)."""
+        if path not in self._scores:
+            try:
+                self._scores[path] = read_scores(Path(path))
+            except (OSError, ValueError, KeyError):
+                self._scores[path] = None
+        return self._scores[path]
+
+
+def load_results(results_root: Path, datasets: Sequence[str] | None = None) -> ResultSet:
+    """Read every ``seed-*.json`` under ``results_root/runs`` (optionally only ``datasets``).
+
+    An unreadable record (bad JSON, old schema version) is kept as status ``unreadable`` with
+    its error, so that it is listed rather than silently dropped.
+    """
+    root = Path(results_root)
+    runs_dir = root / "runs"
+    if not runs_dir.is_dir():
+        raise CtrbenchError(f"no run records under {runs_dir}",
+                            hint="run `ctrbench run ...` first, or pass --results DIR")
+    rows: list[dict[str, Any]] = []
+    curves: list[tuple] = []
+    parts: dict[str, dict[str, list[str]]] = {}
+    for path in sorted(runs_dir.rglob("seed-*.json")):
+        if datasets and path.relative_to(runs_dir).parts[0] not in datasets:
+            continue
+        try:
+            rec = read_record(path)
+        except (CtrbenchError, TypeError) as exc:  # TypeError: keys the dataclass lacks
+            rows.append(_unreadable_row(path, root, str(exc).splitlines()[0]))
+            continue
+        rows.append(_run_row(path, rec))
+        if rec.status == "finished":
+            curves.extend((rec.dataset, rec.model, int(rec.seed), int(e.epoch),
+                           float(e.valid_auc), float(e.train_loss)) for e in rec.epochs)
+            if isinstance(rec.extra.get("explain_parts"), Mapping):
+                parts[str(path)] = {k: list(v) for k, v in rec.extra["explain_parts"].items()}
+    if datasets:
+        missing = sorted(set(datasets) - {r["dataset"] for r in rows})
+        if missing:
+            raise CtrbenchError(f"no run records for dataset(s) {', '.join(missing)} in {root}")
+    runs = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+    runs = runs.sort_values(["dataset", "model", "seed"], kind="stable").reset_index(drop=True)
+    return ResultSet(root, runs, pd.DataFrame(curves, columns=list(CURVE_COLUMNS)), parts)
+
+
+# --------------------------------------------------------------------------- paper datasets
+def paper_dataset(name: str, mapping: Mapping[str, str] | None = None) -> str | None:
+    """The paper's dataset for one of ours: explicit mapping first, then the name itself, then
+    a name token (``books-dien`` -> ``books``, ``amazon-electronics`` -> ``electronics``)."""
+    if mapping and name in mapping:
+        return mapping[name]
+    if name in PAPER_DATASETS:
+        return name
+    tokens = name.replace("_", "-").split("-")
+    found = [t for t in tokens if t in PAPER_DATASETS]
+    return found[0] if len(found) == 1 else None

@@ -1,0 +1,433 @@
+"""The multi-run protocol: models x seeds on one dataset, each run recorded once.
+
+- Expansion: model specs (names, groups, globs) x seeds; each card resolved with overrides
+  (card < config file < ``--set``; ``--epochs`` caps ``train.epochs``).
+- Identity: run id = ``config_hash`` of the prepared data's identity, the resolved model config
+  and the seed (not the device). A run whose record is finished with the same run id is skipped
+  (unless ``force``); a changed config runs again and replaces the old record when it ends.
+- Safety: a per-run lock file (:mod:`ctrbench.runlock`) so that concurrent processes never run
+  the same run; records and scores are written atomically, scores first, then the record, so an
+  interrupted run leaves either the old record or the new one, never a partial one. A run that
+  raises (NaN loss, OOM, any exception) is recorded as ``failed`` and the protocol goes on.
+- Parallelism: ``jobs > 1`` runs independent runs in spawned worker processes, each with
+  ``cores // jobs`` torch threads and one device from ``devices`` (round-robin).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime as dt
+import multiprocessing as mp
+import os
+import signal
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctrbench import progress as progress_mod
+from ctrbench.cards import (
+    ModelCard,
+    _merge,
+    _read_toml,
+    check_keys,
+    config_hash,
+    load_model_card,
+    model_names,
+    parse_set_option,
+    resolve_model_spec,
+)
+from ctrbench.data.store import PreparedData
+from ctrbench.errors import CardError
+from ctrbench.results import (
+    EpochRow,
+    RunRecord,
+    read_record,
+    record_path,
+    scores_path,
+    write_record,
+    write_scores,
+)
+from ctrbench.runlock import RunLock
+
+
+@dataclass(frozen=True)
+class DatasetHandle:
+    """A prepared dataset and the resolved card that produced it."""
+
+    name: str
+    data: PreparedData
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One (dataset, model, seed) with its resolved card and identity."""
+
+    dataset: str
+    model: str
+    seed: int
+    card: ModelCard
+    run_id: str
+    record_file: Path
+
+
+@dataclass
+class RunResult:
+    spec: RunSpec
+    status: str  # finished | failed | skipped | locked | interrupted
+    detail: str = ""
+
+
+@dataclass
+class Overrides:
+    """Configuration overrides: for every model, and per model name."""
+
+    common: dict[str, Any] = field(default_factory=dict)
+    per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def for_model(self, name: str) -> dict[str, Any]:
+        return _merge(self.common, self.per_model.get(name, {}))
+
+
+# --------------------------------------------------------------------------- configuration
+def load_overrides(config_file: Path | None = None, set_items: Sequence[str] = ()) -> Overrides:
+    """Merge a config TOML file and ``--set`` items (``key=value`` or ``model:key=value``).
+
+    Config file layout: ``[train]`` / ``[params]`` for every model, ``[models.<name>.train]``
+    / ``[models.<name>.params]`` for one model. ``--set`` wins over the file.
+    """
+    out = Overrides()
+    if config_file is not None:
+        data = _read_toml(Path(config_file))
+        check_keys(f"config file {config_file}", data, ["train", "params", "models"])
+        out.common = {k: data[k] for k in ("train", "params") if k in data}
+        for name, table in data.get("models", {}).items():
+            check_keys(f"config file {config_file} [models.{name}]", table, ["train", "params"])
+            out.per_model[name] = dict(table)
+    for item in set_items:
+        key = item.split("=", 1)[0]
+        if ":" in key:
+            model, rest = item.split(":", 1)
+            out.per_model[model] = _merge(out.per_model.get(model, {}), parse_set_option([rest]))
+        else:
+            out.common = _merge(out.common, parse_set_option([item]))
+    return out
+
+
+def _check_params(card: ModelCard) -> None:
+    """Reject parameters the architecture does not take before any run starts."""
+    import inspect
+
+    from ctrbench.models import ARCHITECTURES
+
+    init = ARCHITECTURES.get(card.arch).__init__
+    allowed = [p for p in inspect.signature(init).parameters if p not in ("self", "schema")]
+    check_keys(f"model {card.name!r} params (architecture {card.arch!r})", card.params, allowed)
+
+
+def resolve_cards(models: str | Sequence[str], overrides: Overrides | None = None,
+                  epochs: int | None = None) -> list[ModelCard]:
+    """Selected model cards with overrides applied and ``epochs`` as a cap."""
+    overrides = overrides or Overrides()
+    names = resolve_model_spec(models)
+    unknown = sorted(set(overrides.per_model) - set(model_names()))
+    if unknown:
+        raise CardError(f"overrides name unknown model(s): {', '.join(unknown)}",
+                        hint="per-model overrides are `model:key=value` or [models.<name>]")
+    cards = []
+    for name in names:
+        card = load_model_card(name).with_overrides(overrides.for_model(name))
+        if epochs is not None:
+            if epochs < 1:
+                raise CardError("--epochs must be >= 1")
+            card = card.with_overrides({"train": {"epochs": min(card.train.epochs, epochs)}})
+        _check_params(card)
+        cards.append(card)
+    return cards
+
+
+def run_id(dataset: DatasetHandle, card: ModelCard, seed: int) -> str:
+    return config_hash({"dataset": dataset.data.identity, "model": card.resolved(),
+                        "seed": int(seed)})
+
+
+def plan_runs(dataset: DatasetHandle, cards: Sequence[ModelCard], seeds: Sequence[int],
+              results_root: Path) -> list[RunSpec]:
+    """Every (model, seed) as a RunSpec, models in the given order, seeds within."""
+    return [RunSpec(dataset=dataset.name, model=card.name, seed=int(seed), card=card,
+                    run_id=run_id(dataset, card, seed),
+                    record_file=record_path(results_root, dataset.name, card.name, int(seed)))
+            for card in cards for seed in seeds]
+
+
+def finished_record(spec: RunSpec) -> RunRecord | None:
+    """The spec's record if it is finished with the same run id (else None)."""
+    if not spec.record_file.is_file():
+        return None
+    try:
+        record = read_record(spec.record_file)
+    except Exception:  # unreadable or an old schema: it will be rerun
+        return None
+    if record.status == "finished" and record.run_id == spec.run_id:
+        return record
+    return None
+
+
+def pending(specs: Sequence[RunSpec], force: bool = False) -> list[RunSpec]:
+    return [s for s in specs if force or finished_record(s) is None]
+
+
+def lock_path(record_file: Path) -> Path:
+    return record_file.with_suffix(".lock")
+
+
+# --------------------------------------------------------------------------- one run
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _clean_stale_temporaries(record_file: Path) -> None:
+    """Temporary files of this run left by a killed writer (we hold the run's lock)."""
+    for pattern in (f".{record_file.name}.tmp-*", f".{record_file.stem}.tmp-*.npz"):
+        for tmp in record_file.parent.glob(pattern):
+            tmp.unlink(missing_ok=True)
+
+
+def _base_record(spec: RunSpec, dataset: DatasetHandle, env: dict[str, Any]) -> RunRecord:
+    return RunRecord(run_id=spec.run_id, dataset=spec.dataset, model=spec.model, seed=spec.seed,
+                     status="running", dataset_config=dataset.config,
+                     dataset_identity=dataset.data.identity, model_config=spec.card.resolved(),
+                     model_hash=config_hash(spec.card.resolved()), environment=env,
+                     started_at=_now())
+
+
+def execute_one(spec: RunSpec, dataset: DatasetHandle, *, device: str = "auto",
+                force: bool = False, show_progress: bool = True) -> RunResult:
+    """Run one spec under its lock and write its record (finished or failed)."""
+    from ctrbench.environment import environment
+    from ctrbench.train import resolve_device, train_and_evaluate
+
+    spec.record_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(lock_path(spec.record_file))
+    if not lock.acquire():
+        holder = lock.holder or {}
+        return RunResult(spec, "locked", f"in progress (pid {holder.get('pid')} on "
+                                         f"{holder.get('host', '?')})")
+    try:
+        if not force and finished_record(spec) is not None:
+            return RunResult(spec, "skipped", "finished meanwhile by another process")
+        _clean_stale_temporaries(spec.record_file)
+        record = _base_record(spec, dataset, environment(resolve_device(device)))
+        epochs: list[EpochRow] = []
+        try:
+            outcome = train_and_evaluate(dataset.data, spec.card, spec.seed, device=device,
+                                         on_epoch=epochs.append, progress=show_progress)
+        except Exception as exc:  # recorded; KeyboardInterrupt/SystemExit propagate
+            record.status = "failed"
+            record.error = f"{type(exc).__name__}: {exc}"
+            record.epochs = epochs
+            record.extra["traceback"] = traceback.format_exc(limit=8)
+            record.finished_at = _now()
+            write_record(spec.record_file, record)
+            scores_path(spec.record_file).unlink(missing_ok=True)
+            return RunResult(spec, "failed", record.error)
+        record.status = "finished"
+        record.epochs = outcome.epochs
+        record.best_epoch = outcome.best_epoch
+        record.valid = outcome.valid
+        record.test = outcome.test
+        record.n_parameters = outcome.n_parameters
+        record.extra["device"] = outcome.device
+        if outcome.explain_parts:
+            record.extra["explain_parts"] = outcome.explain_parts
+        record.finished_at = _now()
+        arrays = dict(outcome.test_scores)
+        arrays.update({f"explain__{k}": v for k, v in outcome.explain.items()})
+        if outcome.explain:
+            arrays["explain_rows"] = outcome.explain_rows
+        arrays["run_id"] = np.array(spec.run_id)
+        write_scores(scores_path(spec.record_file), **arrays)
+        write_record(spec.record_file, record)
+        auc = outcome.test.get("auc", float("nan"))
+        return RunResult(spec, "finished", f"test AUC {auc:.4f}, best epoch {outcome.best_epoch}")
+    finally:
+        lock.release()
+
+
+# --------------------------------------------------------------------------- many runs
+def _raise_system_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def install_termination_handler() -> None:
+    """SIGTERM -> SystemExit, so that locks are released and no partial record is left."""
+    signal.signal(signal.SIGTERM, _raise_system_exit)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(device_queue: Any, threads: int, modules: Sequence[str], mode: str) -> None:
+    import torch
+
+    install_termination_handler()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates us
+    torch.set_num_threads(threads)
+    for module in modules:  # architectures registered outside ctrbench.models
+        __import__(module)
+    progress_mod.set_mode(mode)
+    _WORKER["device"] = device_queue.get()
+
+
+def _worker_run(spec: RunSpec, dataset: DatasetHandle, force: bool) -> RunResult:
+    return execute_one(spec, dataset, device=_WORKER["device"], force=force, show_progress=True)
+
+
+def _plugin_modules(specs: Sequence[RunSpec]) -> list[str]:
+    from ctrbench.models import ARCHITECTURES
+
+    modules = {ARCHITECTURES.get(s.card.arch).__module__ for s in specs}
+    return sorted(m for m in modules if not m.startswith("ctrbench.") and m != "__main__")
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def execute(specs: Sequence[RunSpec], dataset: DatasetHandle, *, device: str = "auto",
+            jobs: int = 1, devices: Sequence[str] = (), force: bool = False,
+            show_progress: bool = True) -> list[RunResult]:
+    """Run every spec not finished yet (all with ``force``); returns one result per spec."""
+    todo = pending(specs, force)
+    todo_ids = {id(s) for s in todo}
+    results = {id(s): RunResult(s, "skipped", "finished")
+               for s in specs if id(s) not in todo_ids}
+    total = len(todo)
+    if jobs <= 1 or total <= 1:
+        for i, spec in enumerate(todo, 1):
+            progress_mod.message(f"[{i}/{total}] {spec.model} seed {spec.seed}: training")
+            result = execute_one(spec, dataset, device=device, force=force,
+                                 show_progress=show_progress)
+            progress_mod.message(f"[{i}/{total}] {spec.model} seed {spec.seed}: "
+                                 f"{result.status} {result.detail}")
+            results[id(spec)] = result
+    else:
+        for spec, result in zip(todo, _execute_parallel(todo, dataset, device, jobs, devices,
+                                                        force)):
+            results[id(spec)] = result
+    return [results[id(s)] for s in specs]
+
+
+def _execute_parallel(todo: Sequence[RunSpec], dataset: DatasetHandle, device: str, jobs: int,
+                      devices: Sequence[str], force: bool) -> list[RunResult]:
+    workers = min(jobs, len(todo))
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    for i in range(workers):
+        queue.put(devices[i % len(devices)] if devices else device)
+    threads = max(1, usable_cores() // workers)
+    mode = progress_mod._effective_mode()
+    mode = "lines" if mode == "bar" else mode  # one terminal, several writers
+    results: dict[int, RunResult] = {}
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                  initargs=(queue, threads, _plugin_modules(todo), mode))
+    try:
+        futures = {pool.submit(_worker_run, spec, dataset, force): i
+                   for i, spec in enumerate(todo)}
+        for done, future in enumerate(cf.as_completed(futures), 1):
+            i = futures[future]
+            spec = todo[i]
+            try:
+                results[i] = future.result()
+            except cf.process.BrokenProcessPool as exc:
+                results[i] = RunResult(spec, "interrupted", f"worker died: {exc}")
+            except Exception as exc:  # a bug outside training; keep going
+                results[i] = RunResult(spec, "failed", f"{type(exc).__name__}: {exc}")
+            progress_mod.message(f"[{done}/{len(todo)}] {spec.model} seed {spec.seed}: "
+                                 f"{results[i].status} {results[i].detail}")
+    except BaseException:
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()  # SIGTERM -> SystemExit in the worker: locks released
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return [results.get(i, RunResult(s, "interrupted")) for i, s in enumerate(todo)]
+
+
+# --------------------------------------------------------------------------- summaries
+def leaderboard(specs: Sequence[RunSpec]) -> tuple[list[list[Any]], list[list[Any]]]:
+    """Rows (model, seeds finished, test AUC mean ± std, logloss, s/epoch) and failed runs."""
+    rows: list[list[Any]] = []
+    failed: list[list[Any]] = []
+    by_model: dict[str, list[RunSpec]] = {}
+    for spec in specs:
+        by_model.setdefault(spec.model, []).append(spec)
+    for model, model_specs in by_model.items():
+        aucs, losses, epoch_seconds = [], [], []
+        for spec in model_specs:
+            if not spec.record_file.is_file():
+                continue
+            try:
+                record = read_record(spec.record_file)
+            except Exception:
+                continue
+            if record.run_id != spec.run_id:
+                continue
+            if record.status == "finished":
+                aucs.append(record.test.get("auc", float("nan")))
+                losses.append(record.test.get("logloss", float("nan")))
+                epoch_seconds.extend(e.train_seconds for e in record.epochs)
+            elif record.status == "failed":
+                failed.append([model, spec.seed, record.error or ""])
+        rows.append([model, f"{len(aucs)}/{len(model_specs)}", _mean_std(aucs),
+                     _mean_std(losses), f"{np.mean(epoch_seconds):.1f}" if epoch_seconds else "–"])
+    return rows, failed
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "–"
+    arr = np.asarray(values, dtype=np.float64)
+    std = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+    return f"{arr.mean():.4f} ± {std:.4f}"
+
+
+def plan_commands(specs: Sequence[RunSpec], *, results_root: Path, device: str,
+                  config_file: Path | None, set_items: Sequence[str],
+                  epochs: int | None, force: bool = False) -> list[str]:
+    """One self-contained ``ctrbench run`` command line per spec."""
+    import shlex
+
+    commands = []
+    for spec in specs:
+        parts = ["ctrbench", "run", "--models", spec.model, "--dataset", spec.dataset,
+                 "--seed-list", str(spec.seed), "--results", str(Path(results_root).resolve()),
+                 "--device", device]
+        if epochs is not None:
+            parts += ["--epochs", str(epochs)]
+        if force:
+            parts.append("--force")
+        if config_file is not None:
+            parts += ["--config", str(Path(config_file).resolve())]
+        for item in set_items:
+            key = item.split("=", 1)[0]
+            if ":" not in key or key.split(":", 1)[0] == spec.model:
+                parts += ["--set", item]
+        commands.append(shlex.join(parts))
+    return commands
+
+
+def default_dataset_loader(name: str) -> DatasetHandle:
+    """Prepare (or reuse) the named dataset."""
+    from ctrbench.cards import load_dataset_card
+    from ctrbench.data.prepare import prepare_dataset
+
+    card = load_dataset_card(name)
+    return DatasetHandle(name=name, data=prepare_dataset(card), config=card.resolved())

@@ -1,0 +1,312 @@
+"""Optuna studies over a model card's ``[search]`` space: seeded, pruned, resumable, shared.
+
+The objective is the best validation AUC of :func:`ctrbench.train.train_and_evaluate` with
+``evaluate_test=False``: tuning never looks at the test split. Each epoch's validation AUC is
+reported to the trial, so the pruner can stop hopeless trials early (state PRUNED). A trial that
+raises (a NaN loss, a bad sampled value, any exception) is recorded FAIL with its error in the
+user attribute ``error``, and the study goes on.
+
+Counting: ``n_trials`` means "until the study holds ``n_trials`` COMPLETE or PRUNED trials",
+counting those already in the storage, so re-running the same command resumes an interrupted
+study and several workers (processes, machines) on one storage share the work without
+overshooting: a worker starts a trial only while fewer than ``n_trials`` trials are done, running
+or queued, and a trial whose lower-numbered peers already make up ``n_trials`` is dropped (FAIL,
+``surplus``) — this closes the race between two workers asking at the same moment.
+
+Seeds: the sampler that draws trial ``k`` is seeded with ``derive_seed(seed, "sampler", k)`` and
+the trial trains with ``derive_seed(seed, "train", k)`` (user attribute ``train_seed``). A single
+worker therefore draws the same parameters whether the study ran in one go or was interrupted and
+resumed; with several workers the order of trials is not reproducible, each trial still is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import optuna
+from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner
+from optuna.samplers import BaseSampler, GridSampler, RandomSampler, TPESampler
+from optuna.trial import FrozenTrial, TrialState
+
+from ctrbench import tune_space
+from ctrbench.cards import ModelCard, config_hash
+from ctrbench.data.store import PreparedData
+from ctrbench.errors import CtrbenchError
+from ctrbench.results import EpochRow
+from ctrbench.tune_space import Dimension
+from ctrbench.tune_storage import StudyStorage, fail_stale
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "hyperband", "none")
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+ACTIVE = (TrialState.RUNNING, TrialState.WAITING)
+POLL_SECONDS = 2.0  # how often a worker re-checks while other workers finish the last trials
+MAX_ERROR_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """How a study is run (the command-line options of ``ctrbench tune``)."""
+
+    n_trials: int = 20
+    timeout: float | None = None  # seconds after which no new trial starts
+    sampler: str = "tpe"
+    pruner: str = "median"
+    seed: int = 0
+    max_epochs: int | None = None  # cap on train.epochs per trial
+    device: str = "auto"
+    prune_after: int = 5  # median pruner: complete trials needed before it prunes
+    card_first: bool = True  # queue the card's own values as the study's first trial
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise CtrbenchError(f"unknown sampler {self.sampler!r}; use one of {SAMPLERS}")
+        if self.pruner not in PRUNERS:
+            raise CtrbenchError(f"unknown pruner {self.pruner!r}; use one of {PRUNERS}")
+        if self.n_trials < 0:
+            raise CtrbenchError("--trials must be >= 0")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise CtrbenchError("--epochs must be >= 1")
+        if self.timeout is not None and self.timeout <= 0:
+            raise CtrbenchError("--timeout must be > 0 seconds")
+        if self.prune_after < 0:
+            raise CtrbenchError("--prune-after must be >= 0")
+
+
+@dataclass
+class TuneSummary:
+    """Where a study stands after this worker stopped."""
+
+    study_name: str
+    storage: str
+    n_complete: int
+    n_pruned: int
+    n_failed: int
+    n_running: int
+    stop_reason: str
+    best: FrozenTrial | None
+
+
+class SurplusTrial(Exception):
+    """A trial asked for after other workers had already started the requested number."""
+
+
+def derive_seed(seed: int, purpose: str, number: int) -> int:
+    """A 31-bit seed for ``purpose`` ("sampler" or "train") of trial ``number``."""
+    digest = hashlib.sha256(f"ctrbench-tune:{purpose}:{seed}:{number}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def make_sampler(kind: str, space: list[Dimension], seed: int) -> BaseSampler:
+    if kind == "tpe":
+        # constant_liar: workers running in parallel avoid proposing the same point
+        return TPESampler(seed=seed, constant_liar=True)
+    if kind == "random":
+        return RandomSampler(seed=seed)
+    return GridSampler(tune_space.grid(space), seed=seed)
+
+
+def make_pruner(kind: str, max_epochs: int, prune_after: int) -> BasePruner:
+    if kind == "median":
+        return MedianPruner(n_startup_trials=prune_after, n_warmup_steps=0)
+    if kind == "hyperband":
+        return HyperbandPruner(min_resource=1, max_resource=max(1, max_epochs),
+                               reduction_factor=3)
+    return NopPruner()
+
+
+def study_signature(card: ModelCard, data: PreparedData, settings: TuneSettings) -> dict[str, Any]:
+    """What every trial of one study must share (checked when a study is loaded)."""
+    return {
+        "model": card.name,
+        "dataset": str(data.meta.get("dataset", data.path.name)),
+        "data_hash": str(data.meta.get("data_hash") or config_hash(data.identity)),
+        "model_hash": config_hash(card.resolved()),
+        "space_hash": config_hash(card.search),
+        "max_epochs": settings.max_epochs or 0,
+    }
+
+
+def open_study(handle: StudyStorage, name: str, signature: dict[str, Any]) -> optuna.Study:
+    """Create the study or load it (``load_if_exists``); refuse one made for other settings."""
+    try:
+        study = optuna.create_study(study_name=name, storage=handle.storage,
+                                    direction="maximize", load_if_exists=True)
+    except Exception as exc:
+        raise CtrbenchError(f"cannot open study {name!r} in {handle.display}: {exc}") from None
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise CtrbenchError(f"study {name!r} in {handle.display} minimises its objective",
+                            hint="choose another --study name")
+    stored = {k[len("ctrbench_"):]: v for k, v in study.user_attrs.items()
+              if k.startswith("ctrbench_")}
+    differ = {k: (stored[k], v) for k, v in signature.items() if k in stored and stored[k] != v}
+    if differ:
+        what = "; ".join(f"{k}: study has {a!r}, this run {b!r}" for k, (a, b) in differ.items())
+        raise CtrbenchError(
+            f"study {name!r} in {handle.display} was made for other settings ({what})",
+            hint="give this search its own --study name (or its own --storage)",
+        )
+    for key, value in signature.items():
+        if key not in stored:
+            study.set_user_attr(f"ctrbench_{key}", value)
+    return study
+
+
+def count_states(study: optuna.Study) -> dict[TrialState, int]:
+    counts = dict.fromkeys(TrialState, 0)
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state] += 1
+    return counts
+
+
+def worker_label() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class TrialObjective:
+    """Trains one sampled configuration; reports each epoch's validation AUC to the pruner."""
+
+    def __init__(self, data: PreparedData, card: ModelCard, space: list[Dimension],
+                 settings: TuneSettings) -> None:
+        self.data, self.card, self.space, self.settings = data, card, space, settings
+        self.predicted_number = -1  # the number the sampler was seeded for (run_study sets it)
+        self.worker = worker_label()
+
+    def _check_surplus(self, trial: optuna.Trial) -> None:
+        ahead = sum(1 for t in trial.study.get_trials(deepcopy=False, states=(*DONE, *ACTIVE))
+                    if t.number < trial.number)
+        if ahead >= self.settings.n_trials:
+            trial.set_user_attr("error", "surplus: other workers had already started the "
+                                         f"{self.settings.n_trials} requested trials")
+            raise SurplusTrial(f"trial {trial.number} is not needed")
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        s = self.settings
+        self._check_surplus(trial)
+        if trial.number != self.predicted_number and s.sampler != "grid":
+            # another worker took the predicted number: reseed for this trial's own number
+            trial.study.sampler = make_sampler(s.sampler, self.space,
+                                               derive_seed(s.seed, "sampler", trial.number))
+        train_seed = derive_seed(s.seed, "train", trial.number)
+        trial.set_user_attr("train_seed", train_seed)
+        trial.set_user_attr("worker", self.worker)
+        try:
+            values = tune_space.suggest(trial, self.space)
+            card = self.card.with_overrides(tune_space.to_overrides(values))
+            outcome = self._train(trial, card, train_seed)
+        except optuna.TrialPruned:
+            raise
+        except CtrbenchError as exc:  # NaN loss, an invalid sampled value: one clear line
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("error", "interrupted")
+            raise
+        except Exception as exc:  # a bug: keep its traceback for the table and the log
+            text = "".join(traceback.format_exception(exc))
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
+            trial.set_user_attr("traceback", text[-MAX_ERROR_CHARS:])
+            log.warning("trial %d raised an unexpected error:\n%s", trial.number, text)
+            raise
+        value = float(outcome.valid.get("auc", math.nan))
+        trial.set_user_attr("best_epoch", outcome.best_epoch)
+        trial.set_user_attr("epochs_run", len(outcome.epochs))
+        trial.set_user_attr("valid_logloss", float(outcome.valid.get("logloss", math.nan)))
+        if not math.isfinite(value):
+            trial.set_user_attr("error", f"validation AUC is {value}")
+            raise CtrbenchError(f"trial {trial.number}: validation AUC is {value}")
+        return value
+
+    def _train(self, trial: optuna.Trial, card: ModelCard, seed: int):
+        from ctrbench.train import train_and_evaluate
+
+        def on_epoch(row: EpochRow) -> None:
+            trial.report(float(row.valid_auc), row.epoch)
+            if trial.should_prune():
+                trial.set_user_attr("pruned_at_epoch", row.epoch)
+                raise optuna.TrialPruned(
+                    f"validation AUC {row.valid_auc:.5f} at epoch {row.epoch} is below the "
+                    "pruner's threshold")
+
+        return train_and_evaluate(self.data, card, seed, device=self.settings.device,
+                                  max_epochs=self.settings.max_epochs, on_epoch=on_epoch,
+                                  evaluate_test=False, progress=self.settings.progress)
+
+
+def run_study(
+    study: optuna.Study,
+    handle: StudyStorage,
+    data: PreparedData,
+    card: ModelCard,
+    space: list[Dimension],
+    settings: TuneSettings,
+    on_trial: Callable[[FrozenTrial, dict[TrialState, int]], None] | None = None,
+) -> TuneSummary:
+    """Run trials until the study holds ``settings.n_trials`` complete or pruned trials."""
+    epochs = settings.max_epochs or card.train.epochs
+    study.pruner = make_pruner(settings.pruner, epochs, settings.prune_after)
+    target = settings.n_trials
+    if settings.sampler == "grid":
+        size = math.prod(len(v) for v in tune_space.grid(space).values())
+        target = min(target, size)
+    else:
+        size = 0
+    objective = TrialObjective(data, card, space, replace(settings, n_trials=target))
+    if settings.card_first and settings.sampler != "grid" and target > 0:
+        defaults = tune_space.card_values(card, space)
+        if defaults is not None and not study.get_trials(deepcopy=False):
+            study.enqueue_trial(defaults, user_attrs={"origin": "card"}, skip_if_exists=True)
+
+    def after_trial(study: optuna.Study, frozen: FrozenTrial) -> None:
+        if on_trial is not None:
+            on_trial(frozen, count_states(study))
+
+    start = time.monotonic()
+    stop_reason = ""
+    while not stop_reason:
+        fail_stale(study, handle)
+        counts = count_states(study)
+        done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+        active = counts[TrialState.RUNNING] + counts[TrialState.WAITING]
+        if done >= target:
+            stop_reason = f"the study has {done} complete or pruned trials (asked for {target})"
+        elif settings.timeout is not None and time.monotonic() - start >= settings.timeout:
+            stop_reason = f"timeout of {settings.timeout:g} s reached"
+        elif settings.sampler == "grid" and done >= size:
+            stop_reason = "the grid is exhausted"
+        elif done + active >= target:
+            if not handle.heartbeat:
+                stop_reason = (f"the remaining trials are running in other workers ({active}); "
+                               "if they are dead, re-run with --fail-running")
+            else:  # others finish the last trials; if one fails or dies, take its place
+                time.sleep(POLL_SECONDS)
+        else:
+            number = len(study.get_trials(deepcopy=False))
+            objective.predicted_number = number
+            study.sampler = make_sampler(settings.sampler, space,
+                                         derive_seed(settings.seed, "sampler", number))
+            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[after_trial],
+                           gc_after_trial=False)
+    counts = count_states(study)
+    try:
+        best = study.best_trial
+    except ValueError:  # no complete trial
+        best = None
+    return TuneSummary(
+        study_name=study.study_name, storage=handle.display,
+        n_complete=counts[TrialState.COMPLETE], n_pruned=counts[TrialState.PRUNED],
+        n_failed=counts[TrialState.FAIL], n_running=counts[TrialState.RUNNING],
+        stop_reason=stop_reason, best=best,
+    )

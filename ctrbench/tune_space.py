@@ -1,0 +1,238 @@
+"""A model card's ``[search]`` table: validated dimensions, Optuna suggestions, grids, overrides.
+
+A card's search space maps a dotted key to a distribution::
+
+    [search]
+    "train.lr" = { type = "float", low = 1e-4, high = 1e-2, log = true }
+    "train.batch_size" = { type = "int", low = 64, high = 512, step = 64 }
+    "params.embedding_dim" = { type = "categorical", choices = [8, 16, 32] }
+
+Keys are ``train.<TrainConfig field>`` or ``params.<architecture parameter>``. Types:
+``float`` (low, high, log | step), ``int`` (low, high, log | step) and ``categorical`` (choices).
+Anything else (an unknown type, key or option, an empty range) is a :class:`CardError`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+from ctrbench.cards import ModelCard, TrainConfig, check_keys
+from ctrbench.errors import CardError
+
+SECTIONS = ("params", "train")
+_OPTIONS = {
+    "float": ("type", "low", "high", "log", "step"),
+    "int": ("type", "low", "high", "log", "step"),
+    "categorical": ("type", "choices"),
+}
+Scalar = bool | int | float | str
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched hyperparameter: ``key`` = ``"<section>.<name>"`` and its distribution."""
+
+    key: str
+    type: str  # "float" | "int" | "categorical"
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple[Scalar, ...] = ()
+
+    @property
+    def section(self) -> str:
+        return self.key.split(".", 1)[0]
+
+    @property
+    def name(self) -> str:
+        return self.key.split(".", 1)[1]
+
+    @property
+    def is_discrete(self) -> bool:
+        return self.type != "float" or self.step is not None
+
+    def distribution(self) -> BaseDistribution:
+        if self.type == "categorical":
+            return CategoricalDistribution(list(self.choices))
+        if self.type == "int":
+            return IntDistribution(int(self.low), int(self.high), log=self.log,
+                                   step=int(self.step or 1))
+        return FloatDistribution(float(self.low), float(self.high), log=self.log, step=self.step)
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is a point of this dimension."""
+        if self.type == "categorical":
+            return any(type(c) is type(value) and c == value for c in self.choices)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.type == "int" and not isinstance(value, int):
+            return False
+        if not self.low <= value <= self.high:
+            return False
+        if self.step is None:
+            return True
+        offset = (value - self.low) / self.step
+        return abs(offset - round(offset)) < 1e-9
+
+    def grid(self) -> list[Scalar]:
+        """Every value of a discrete dimension (GridSampler); a continuous one is an error."""
+        if self.type == "categorical":
+            return list(self.choices)
+        if self.type == "int":
+            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        if self.step is None:
+            raise CardError(
+                f"search dimension {self.key!r} is continuous: the grid sampler needs a discrete "
+                "space",
+                hint=f"give {self.key!r} a step (or make it categorical), or use --sampler tpe",
+            )
+        count = math.floor((self.high - self.low) / self.step + 1e-9) + 1
+        return [round(self.low + i * self.step, 12) for i in range(count)]
+
+
+def _number(where: str, value: Any, integer: bool) -> float | int:
+    ok = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok:
+        kind = "an integer" if integer else "a number"
+        raise CardError(f"{where} must be {kind}, not {value!r}")
+    return value
+
+
+def parse_dimension(key: str, spec: Any) -> Dimension:
+    """Validate one ``[search]`` entry."""
+    where = f"[search] {key!r}"
+    if not isinstance(spec, Mapping):
+        raise CardError(f"{where} must be a table such as "
+                        '{ type = "float", low = 1e-4, high = 1e-2, log = true }')
+    kind = spec.get("type")
+    if kind not in _OPTIONS:
+        raise CardError(f"{where}: unknown type {kind!r}",
+                        hint="type must be 'float', 'int' or 'categorical'")
+    check_keys(where, spec, _OPTIONS[kind])
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise CardError(f"{where}: 'choices' must be a non-empty list")
+        for choice in choices:
+            if not isinstance(choice, bool | int | float | str):
+                raise CardError(f"{where}: choice {choice!r} is not a number, string or boolean")
+        if len({(type(c), c) for c in choices}) != len(choices):
+            raise CardError(f"{where}: 'choices' has duplicates")
+        return Dimension(key=key, type=kind, choices=tuple(choices))
+    integer = kind == "int"
+    for option in ("low", "high"):
+        if option not in spec:
+            raise CardError(f"{where}: missing {option!r}")
+    low = _number(f"{where} low", spec["low"], integer)
+    high = _number(f"{where} high", spec["high"], integer)
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise CardError(f"{where}: 'log' must be true or false")
+    step = spec.get("step")
+    if step is not None:
+        step = _number(f"{where} step", step, integer)
+        if step <= 0:
+            raise CardError(f"{where}: 'step' must be > 0")
+        if log:
+            raise CardError(f"{where}: 'log' and 'step' cannot be combined")
+    if low > high:
+        raise CardError(f"{where}: low ({low}) is greater than high ({high})")
+    if log and low <= 0:
+        raise CardError(f"{where}: a log scale needs low > 0 (got {low})")
+    return Dimension(key=key, type=kind, low=low, high=high, log=log, step=step)
+
+
+def _architecture_parameters(arch: str) -> list[str] | None:
+    """The constructor parameters of ``arch``, or None when it is not registered."""
+    from ctrbench.models import ARCHITECTURES
+
+    try:
+        cls = ARCHITECTURES.get(arch)
+    except Exception:  # unknown architecture: building the model reports it
+        return None
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return [p for p in params if p not in ("self", "schema")]
+
+
+def parse_search_space(card: ModelCard) -> list[Dimension]:
+    """The card's ``[search]`` table as validated dimensions (sorted by key)."""
+    if not card.search:
+        raise CardError(f"model card {card.name!r} has no [search] table: nothing to tune",
+                        hint='add e.g. [search] "train.lr" = { type = "float", low = 1e-4, '
+                             "high = 1e-2, log = true } to the card")
+    train_keys = [f.name for f in fields(TrainConfig)]
+    arch_keys = _architecture_parameters(card.arch)
+    dims = []
+    for key in sorted(card.search):
+        section, _, name = key.partition(".")
+        if section not in SECTIONS or not name:
+            raise CardError(f"model card {card.name!r} [search]: key {key!r} must be "
+                            "'params.<name>' or 'train.<name>'")
+        allowed = train_keys if section == "train" else arch_keys
+        if allowed is not None:
+            check_keys(f"model card {card.name!r} [search] {section}", {name: None}, allowed)
+        dims.append(parse_dimension(key, card.search[key]))
+    return dims
+
+
+def distributions(space: list[Dimension]) -> dict[str, BaseDistribution]:
+    return {d.key: d.distribution() for d in space}
+
+
+def suggest(trial: optuna.Trial, space: list[Dimension]) -> dict[str, Any]:
+    """Sample every dimension for ``trial``: key -> value."""
+    values: dict[str, Any] = {}
+    for d in space:
+        if d.type == "categorical":
+            values[d.key] = trial.suggest_categorical(d.key, list(d.choices))
+        elif d.type == "int":
+            values[d.key] = trial.suggest_int(d.key, int(d.low), int(d.high),
+                                              step=int(d.step or 1), log=d.log)
+        else:
+            values[d.key] = trial.suggest_float(d.key, float(d.low), float(d.high),
+                                                step=d.step, log=d.log)
+    return values
+
+
+def grid(space: list[Dimension]) -> dict[str, list[Scalar]]:
+    """The full grid for optuna's GridSampler (every dimension must be discrete)."""
+    return {d.key: d.grid() for d in space}
+
+
+def to_overrides(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{"train.lr": 0.01, "params.embedding_dim": 8}`` -> ``ModelCard.with_overrides`` input."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def card_values(card: ModelCard, space: list[Dimension]) -> dict[str, Any] | None:
+    """The card's own values for ``space`` (to evaluate the untuned card first).
+
+    None when a value is missing from the card or lies outside its dimension.
+    """
+    train = asdict(card.train)
+    values: dict[str, Any] = {}
+    for d in space:
+        source = card.params if d.section == "params" else train
+        if d.name not in source or not d.contains(source[d.name]):
+            return None
+        values[d.key] = source[d.name]
+    return values

@@ -1,0 +1,283 @@
+"""Downloads through pooch against a real local HTTP server, offline mirrors, local files, CLI."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ctrbench import paths
+from ctrbench.cards import load_dataset_card
+from ctrbench.cli import main
+from ctrbench.data import download as dl
+from ctrbench.data.download import fetch_report, fetch_sources, raw_sha256
+from ctrbench.errors import ChecksumError, DataError
+
+GOOD = b"user\titem\n" + b"".join(f"u{i}\ti{i % 7}\n".encode() for i in range(500))
+BAD = GOOD[:-40] + b"corrupted tail\n"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """Isolated cache and card roots; returns the card root's datasets/ directory."""
+    monkeypatch.setenv("CTRBENCH_HOME", str(tmp_path / "home"))
+    cards = tmp_path / "cards"
+    (cards / "datasets").mkdir(parents=True)
+    monkeypatch.setenv("CTRBENCH_CARDS", str(cards))
+    return cards / "datasets"
+
+
+def write_card(datasets: Path, name: str, sources: str, reader: str = "amazon") -> None:
+    (datasets / f"{name}.toml").write_text(
+        f'name = "{name}"\nreader = "{reader}"\nprotocol = "din"\n\n{sources}'
+    )
+
+
+def source(file: str, **keys) -> str:
+    lines = ["[[sources]]", 'role = "reviews"', f'file = "{file}"']
+    for key, value in keys.items():
+        lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def raw_files(name: str) -> list[str]:
+    """Files in the raw cache of ``name`` (temporary leftovers included), ledger excluded."""
+    folder = paths.raw_dir(name)
+    if not folder.exists():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.name != dl.LEDGER_NAME)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- downloads
+def test_good_download_then_cached(home, http_server):
+    http_server.files["r.tsv"] = GOOD
+    write_card(home, "toy", source("r.tsv", url=http_server.url("r.tsv"), sha256=sha(GOOD),
+                                   size=len(GOOD)))
+    card = load_dataset_card("toy")
+    report = fetch_report(card)
+    assert [(f.role, f.status, f.sha256, f.size) for f in report] == [
+        ("reviews", "downloaded", sha(GOOD), len(GOOD))]
+    path = fetch_sources(card)["reviews"]  # second call: from the cache
+    assert path == paths.raw_dir("toy") / "r.tsv"
+    assert path.read_bytes() == GOOD
+    assert http_server.requests["r.tsv"] == 1
+    assert fetch_report(card)[0].status == "cached"
+    ledger = json.loads((paths.raw_dir("toy") / dl.LEDGER_NAME).read_text())
+    assert ledger["r.tsv"]["sha256"] == sha(GOOD) and ledger["r.tsv"]["md5"] == md5(GOOD)
+
+
+def test_corrupt_download_is_rejected_and_removed(home, http_server):
+    http_server.files["r.tsv"] = BAD
+    write_card(home, "toy", source("r.tsv", url=http_server.url("r.tsv"), sha256=sha(GOOD)))
+    card = load_dataset_card("toy")
+    with pytest.raises(ChecksumError) as err:
+        fetch_sources(card)
+    message = str(err.value)
+    assert "r.tsv" in message and sha(GOOD) in message and sha(BAD) in message
+    assert raw_files("toy") == []  # no final file, no temporary leftover
+    http_server.files["r.tsv"] = GOOD  # the server is repaired: a later fetch works
+    assert fetch_sources(card)["reviews"].read_bytes() == GOOD
+    assert http_server.requests["r.tsv"] == 2
+
+
+def test_md5_only_card_is_verified(home, http_server):
+    http_server.files["r.tsv"] = BAD
+    write_card(home, "toy", source("r.tsv", url=http_server.url("r.tsv"), md5=md5(GOOD)))
+    with pytest.raises(ChecksumError) as err:
+        fetch_sources(load_dataset_card("toy"))
+    assert f"expected md5 {md5(GOOD)}" in str(err.value)
+    assert f"actual md5 {md5(BAD)}" in str(err.value)
+
+
+def test_mirror_used_after_failing_url(home, http_server):
+    http_server.files["mirror/r.tsv"] = GOOD
+    write_card(home, "toy", source("r.tsv", url=http_server.url("missing/r.tsv"),
+                                   mirrors=[http_server.url("mirror/r.tsv")], sha256=sha(GOOD)))
+    report = fetch_report(load_dataset_card("toy"))
+    assert report[0].status == "downloaded"
+    assert report[0].origin == http_server.url("mirror/r.tsv")
+    assert http_server.requests["missing/r.tsv"] == 1
+    assert http_server.requests["mirror/r.tsv"] == 1
+
+
+def test_unreachable_url_is_a_data_error(home):
+    url = f"http://127.0.0.1:{closed_port()}/r.tsv"
+    write_card(home, "toy", source("r.tsv", url=url, sha256=sha(GOOD)))
+    with pytest.raises(DataError) as err:
+        fetch_sources(load_dataset_card("toy"))
+    assert not isinstance(err.value, ChecksumError)
+    assert url in str(err.value) and "--from" in str(err.value)
+    assert raw_files("toy") == []
+
+
+def test_http_error_is_a_data_error(home, http_server):
+    write_card(home, "toy", source("r.tsv", url=http_server.url("nope"), sha256=sha(GOOD)))
+    with pytest.raises(DataError, match="404"):
+        fetch_sources(load_dataset_card("toy"))
+
+
+def test_cached_file_corrupted_on_disk_is_fetched_again(home, http_server):
+    http_server.files["r.tsv"] = GOOD
+    write_card(home, "toy", source("r.tsv", url=http_server.url("r.tsv"), sha256=sha(GOOD)))
+    card = load_dataset_card("toy")
+    path = fetch_sources(card)["reviews"]
+    path.write_bytes(BAD)  # bit rot / a truncated copy
+    assert fetch_report(card)[0].status == "downloaded"
+    assert path.read_bytes() == GOOD
+    assert http_server.requests["r.tsv"] == 2
+
+
+def test_size_mismatch_is_rejected(home, http_server):
+    http_server.files["r.tsv"] = GOOD
+    write_card(home, "toy", source("r.tsv", url=http_server.url("r.tsv"), size=len(GOOD) + 1))
+    with pytest.raises(ChecksumError, match="size mismatch"):
+        fetch_sources(load_dataset_card("toy"))
+    assert raw_files("toy") == []
+
+
+def test_lenient_mode_keeps_a_mismatching_file(home, http_server):
+    http_server.files["r.tsv"] = BAD
+    write_card(home, "toy", source("r.tsv", url=http_server.url("r.tsv"), sha256=sha(GOOD)))
+    path = fetch_sources(load_dataset_card("toy"), strict_hash=False)["reviews"]
+    assert path.read_bytes() == BAD
+
+
+# --------------------------------------------------------------------------- unpinned files
+def test_unpinned_file_records_sha256_and_checks_lines(home, http_server):
+    body = gzip.compress(GOOD)
+    http_server.files["meta.gz"] = body
+    write_card(home, "toy", source("meta.gz", url=http_server.url("meta.gz"), lines=501))
+    card = load_dataset_card("toy")
+    report = fetch_report(card)
+    assert report[0].sha256 == sha(body) and not report[0].pinned
+    entry = json.loads((paths.raw_dir("toy") / dl.LEDGER_NAME).read_text())["meta.gz"]
+    assert entry["recorded_sha256"] == sha(body) and entry["lines"] == 501
+    # the server now sends other content: once the cache is gone, the new file is refused
+    (paths.raw_dir("toy") / "meta.gz").unlink()
+    http_server.files["meta.gz"] = gzip.compress(GOOD + b"x\n")
+    with pytest.raises(ChecksumError, match="changed since its sha256 was first recorded"):
+        fetch_sources(card)
+    assert raw_files("toy") == []
+
+
+def test_unpinned_file_with_wrong_line_count(home, http_server):
+    http_server.files["meta.gz"] = gzip.compress(GOOD)
+    write_card(home, "toy", source("meta.gz", url=http_server.url("meta.gz"), lines=400))
+    with pytest.raises(ChecksumError, match="expected 400 lines, actual 501 lines"):
+        fetch_sources(load_dataset_card("toy"))
+    assert raw_files("toy") == []
+
+
+def test_raw_sha256_hashes_each_file_once(home, http_server, monkeypatch):
+    http_server.files["r.tsv"] = GOOD
+    write_card(home, "toy", source("r.tsv", url=http_server.url("r.tsv"), sha256=sha(GOOD)))
+    files = fetch_sources(load_dataset_card("toy"))
+    calls = []
+    real_hash = dl.hash_file
+    monkeypatch.setattr(dl, "hash_file", lambda p: calls.append(p) or real_hash(p))
+    assert raw_sha256(files) == {"reviews": sha(GOOD)}
+    assert raw_sha256(files) == {"reviews": sha(GOOD)}
+    assert calls == []  # the download already recorded the digests
+    files["reviews"].write_bytes(BAD)  # a changed file is hashed again
+    assert raw_sha256(files) == {"reviews": sha(BAD)}
+    assert len(calls) == 1
+
+
+# --------------------------------------------------------------------------- offline mirror
+def test_from_dir_good_corrupt_and_missing(home, tmp_path, http_server):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "r.tsv").write_bytes(GOOD)
+    write_card(home, "toy", source("r.tsv", url=http_server.url("r.tsv"), sha256=sha(GOOD)))
+    card = load_dataset_card("toy")
+    report = fetch_report(card, from_dir=mirror)
+    assert report[0].status == "copied" and report[0].path.read_bytes() == GOOD
+    assert http_server.requests["r.tsv"] == 0
+
+    write_card(home, "toy2", source("r.tsv", sha256=sha(GOOD)))
+    (mirror / "r.tsv").write_bytes(BAD)
+    with pytest.raises(ChecksumError) as err:
+        fetch_sources(load_dataset_card("toy2"), from_dir=mirror)
+    assert sha(GOOD) in str(err.value) and sha(BAD) in str(err.value)
+    assert raw_files("toy2") == []
+
+    (mirror / "r.tsv").unlink()
+    with pytest.raises(DataError, match=r"r\.tsv is not there"):
+        fetch_sources(load_dataset_card("toy2"), from_dir=mirror)
+    with pytest.raises(DataError, match="no such directory"):
+        fetch_sources(card, from_dir=tmp_path / "nowhere")
+
+
+def test_no_url_and_no_mirror_dir_asks_for_from(home):
+    write_card(home, "toy", source("r.tsv", sha256=sha(GOOD)))
+    with pytest.raises(DataError) as err:
+        fetch_sources(load_dataset_card("toy"))
+    assert "no download URL" in str(err.value) and "--from" in str(err.value)
+
+
+# --------------------------------------------------------------------------- local files
+def test_local_file_used_in_place_and_verified(home):
+    (home / "data").mkdir()
+    (home / "data" / "log.csv").write_bytes(GOOD)
+    write_card(home, "mine", source("data/log.csv", sha256=sha(GOOD)), reader="table")
+    report = fetch_report(load_dataset_card("mine"))
+    assert report[0].status == "local" and report[0].path == home / "data" / "log.csv"
+    assert raw_files("mine") == []  # nothing copied into the cache
+    (home / "data" / "log.csv").write_bytes(BAD)
+    with pytest.raises(ChecksumError):
+        fetch_sources(load_dataset_card("mine"))
+
+
+def test_card_without_sources_gives_nothing(home):
+    write_card(home, "gen", "", reader="synthetic")
+    assert fetch_sources(load_dataset_card("gen")) == {}
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli_download_table(home, http_server):
+    http_server.files["r.tsv"] = GOOD
+    write_card(home, "toy", source("r.tsv", url=http_server.url("r.tsv"), sha256=sha(GOOD)))
+    result = CliRunner().invoke(main, ["download", "toy"])
+    assert result.exit_code == 0, result.output
+    assert "reviews" in result.stdout and "r.tsv" in result.stdout
+    assert sha(GOOD) in result.stdout and "downloaded" in result.stdout
+    again = CliRunner().invoke(main, ["download", "toy"])
+    assert again.exit_code == 0 and "cached" in again.stdout
+
+
+def test_cli_unknown_name_suggests(home, http_server):
+    write_card(home, "toy", source("r.tsv", url=http_server.url("r.tsv"), sha256=sha(GOOD)))
+    result = CliRunner().invoke(main, ["download", "tyo"])
+    assert result.exit_code == 1
+    assert "Did you mean: toy" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_checksum_mismatch_is_clean(home, http_server):
+    http_server.files["r.tsv"] = BAD
+    write_card(home, "toy", source("r.tsv", url=http_server.url("r.tsv"), sha256=sha(GOOD)))
+    result = CliRunner().invoke(main, ["download", "toy"])
+    assert result.exit_code == 1
+    assert "r.tsv" in result.output
+    assert sha(GOOD) in result.output and sha(BAD) in result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(
+        result.exception, SystemExit)

@@ -1,0 +1,321 @@
+"""DIN, DIEN and MIAN: auxiliary loss, ablations, attention weights (explain), errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from ctrbench.cards import load_model_card, resolve_model_spec
+from ctrbench.errors import CardError, CtrbenchError
+from ctrbench.models import build_model
+from ctrbench.models.layers import masked_softmax
+from ctrbench.models.mian import MIAN, BehaviorInteraction, FieldInteraction, GlobalInteraction
+from ctrbench.models.sequence import TransformerBlock
+from ctrbench.schema import HIST_LEN, LABEL, random_batch, reference_schema
+
+T = 8
+SCHEMA = reference_schema(n_items=200, n_cates=12, max_len=T,
+                          user_fields={"user_id": 30, "segment": 6, "tenure": 5},
+                          context_fields={"weekday": 9, "hour": 6})
+ABLATIONS = {  # card -> modules it removes
+    "mian_wo_iuim": {"iuim"},
+    "mian_wo_icim": {"icim"},
+    "mian_wo_ibim": {"ibim", "transformer"},
+    "mian_wo_gim": {"gim"},
+    "mian_wo_iuim_icim": {"iuim", "icim"},
+    "mian_no_transformer": {"transformer"},
+}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("CTRBENCH_HOME", str(tmp_path / "home"))
+
+
+def card_model(name: str, schema=SCHEMA, seed: int = 0, **overrides):
+    card = load_model_card(name)
+    torch.manual_seed(seed)
+    return build_model(card.arch, schema, {**card.params, **overrides})
+
+
+def batch_with_lengths(seed: int = 0, size: int = 16, schema=SCHEMA) -> dict[str, torch.Tensor]:
+    batch = random_batch(schema, size, torch.Generator().manual_seed(seed))
+    lengths = batch[HIST_LEN]
+    lengths[0], lengths[1], lengths[2] = 0, T, 1
+    mask = torch.arange(T)[None, :] < lengths[:, None]
+    for f in (*schema.behavior, *schema.neg_behavior):
+        batch[f.name] = batch[f.name].clamp_min(2) * mask
+    return batch
+
+
+def grads(model, loss) -> dict[str, torch.Tensor]:
+    params = dict(model.named_parameters())
+    values = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    return {n: (torch.zeros_like(p) if g is None else g)
+            for (n, p), g in zip(params.items(), values)}
+
+
+def bce(logits: torch.Tensor, batch) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, batch[LABEL])
+
+
+# --------------------------------------------------------------------------- cards
+def test_groups_and_paper_numbers():
+    assert {"din", "dien"} <= set(resolve_model_spec("baselines"))
+    assert {"din", "dien", "mian"} <= set(resolve_model_spec("table2"))
+    assert set(resolve_model_spec("ablations")) >= {n for n in ABLATIONS if "wo" in n}
+    assert {"mian_postln", "mian_no_transformer", "dien_no_aux"} <= set(
+        resolve_model_spec("variants"))
+    assert load_model_card("mian").paper["books"] == {"auc": 0.8209, "logloss": 0.4018}
+    assert load_model_card("mian_wo_ibim").paper["electronics"]["auc"] == 0.8843
+    assert load_model_card("mian_postln").paper == {"commercial": {"auc": 0.7662,
+                                                                   "logloss": 0.3103}}
+    assert load_model_card("dien_no_aux").params["aux_weight"] == 0.0
+
+
+# --------------------------------------------------------------------------- DIEN
+def test_dien_auxiliary_loss_changes_the_extractor_gradients():
+    model = card_model("dien").train()
+    batch = batch_with_lengths()
+    torch.manual_seed(1)
+    logits, aux = model.forward_train(batch)
+    assert set(aux) == {"aux"} and aux["aux"] > 0
+    with_aux = grads(model, bce(logits, batch) + aux["aux"])
+    torch.manual_seed(1)
+    logits, _ = model.forward_train(batch)
+    without = grads(model, bce(logits, batch))
+    for name in ("extractor.weight_ih_l0", "extractor.weight_hh_l0", "extractor.bias_hh_l0"):
+        assert not torch.allclose(with_aux[name], without[name]), name
+    # the aux loss reads nothing after the extractor: evolution and MLP grads are unchanged
+    for name in ("evolution.hidden_proj.weight", "mlp.net.0.weight"):
+        torch.testing.assert_close(with_aux[name], without[name])
+
+
+def test_dien_no_aux_removes_exactly_the_auxiliary_term():
+    full, no_aux = card_model("dien", seed=3).train(), card_model("dien_no_aux", seed=3).train()
+    for (name, p), q in zip(full.state_dict().items(), no_aux.state_dict().values()):
+        assert torch.equal(p, q), name  # same parameters: only the loss differs
+    assert full.has_auxiliary_loss and not no_aux.has_auxiliary_loss
+    batch = batch_with_lengths(seed=2)
+    torch.manual_seed(4)
+    logits_full, _ = full.forward_train(batch)
+    main_only = grads(full, bce(logits_full, batch))
+    torch.manual_seed(4)
+    logits, aux = no_aux.forward_train(batch)
+    assert aux == {}
+    total = grads(no_aux, bce(logits, batch) + sum(aux.values(), torch.zeros(())))
+    for name, grad in main_only.items():
+        torch.testing.assert_close(total[name], grad, rtol=0, atol=0)
+
+
+def test_dien_aux_weight_scales_and_eval_forward_never_computes_it(monkeypatch):
+    batch = batch_with_lengths(seed=5)
+    half = card_model("dien", aux_weight=0.5).eval()
+    one = card_model("dien").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(half.forward_train(batch)[1]["aux"] * 2,
+                                   one.forward_train(batch)[1]["aux"])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("forward() computed the auxiliary loss")
+
+    monkeypatch.setattr(type(one), "auxiliary_loss", refuse)
+    with torch.no_grad():
+        assert one(batch).shape == (16,)
+
+
+def test_dien_aux_loss_matches_a_per_sample_computation():
+    model = card_model("dien").eval()
+    batch = batch_with_lengths(seed=6)
+    parts = model._interests(batch)
+    value = model.auxiliary_loss(batch, parts["states"], parts["behaviours"], parts["mask"])
+    bank, terms = model.bank, []
+    for b in range(16):
+        for t in range(int(batch[HIST_LEN][b]) - 1):  # pairs (t, t + 1), both valid
+            h = parts["states"][b, t]
+            pos = torch.cat([bank.tables["item"].weight[batch["hist_item_id"][b, t + 1]],
+                             bank.tables["cate"].weight[batch["hist_cate_id"][b, t + 1]]])
+            neg = torch.cat([bank.tables["item"].weight[batch["neg_hist_item_id"][b, t + 1]],
+                             bank.tables["cate"].weight[batch["neg_hist_cate_id"][b, t + 1]]])
+            terms.append(-F.logsigmoid(h @ pos) - F.logsigmoid(-(h @ neg)))
+    torch.testing.assert_close(value, torch.stack(terms).mean())
+
+
+def test_dien_aux_ignores_unused_negatives():
+    model = card_model("dien").eval()
+    batch = batch_with_lengths(seed=7)
+    base = model.forward_train(batch)[1]["aux"]
+    unused = dict(batch)  # position 0 has no predecessor; positions >= hist_len are padding
+    valid = torch.arange(T)[None, :] < batch[HIST_LEN][:, None]
+    keep = valid & (torch.arange(T)[None, :] > 0)
+    for name in ("neg_hist_item_id", "neg_hist_cate_id"):
+        unused[name] = torch.where(keep, batch[name], torch.full_like(batch[name], 3))
+    torch.testing.assert_close(model.forward_train(unused)[1]["aux"], base)
+    used = dict(batch)
+    used["neg_hist_item_id"] = torch.where(keep, torch.full_like(batch["neg_hist_item_id"], 5),
+                                           batch["neg_hist_item_id"])
+    assert not torch.allclose(model.forward_train(used)[1]["aux"], base)
+
+
+def test_dien_needs_negative_histories_for_its_aux_loss():
+    schema = reference_schema(n_items=200, n_cates=12, max_len=T, neg_history=False)
+    with pytest.raises(CtrbenchError, match="negative histories") as info:
+        card_model("dien", schema=schema)
+    assert "dien_no_aux" in str(info.value)
+    model = card_model("dien_no_aux", schema=schema)
+    batch = batch_with_lengths(schema=schema)
+    assert model.forward_train(batch)[0].shape == (16,)
+    with pytest.raises(CardError, match="aux_weight"):
+        card_model("dien", aux_weight=-1.0)
+
+
+def test_dien_fast_augru_matches_the_reference_loop_in_the_model():
+    fast = card_model("dien").train()
+    slow = card_model("dien").train()
+    slow.evolution.fast = False
+    batch = batch_with_lengths(seed=8)
+    torch.manual_seed(0)
+    g_fast = grads(fast, bce(fast(batch), batch))
+    torch.manual_seed(0)
+    g_slow = grads(slow, bce(slow(batch), batch))
+    for name, grad in g_slow.items():
+        torch.testing.assert_close(g_fast[name], grad, rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- DIN
+def test_din_attention_is_unnormalised_by_default_and_softmax_with_the_flag():
+    batch = batch_with_lengths(seed=9)
+    valid = torch.arange(T)[None, :] < batch[HIST_LEN][:, None]
+    raw = card_model("din").eval().explain(batch)["attention"]
+    soft = card_model("din", attention_softmax=True).eval().explain(batch)["attention"]
+    for weights in (raw, soft):
+        assert weights.shape == (16, T)
+        assert torch.equal(weights[~valid], torch.zeros(int((~valid).sum())))
+    nonempty = batch[HIST_LEN] > 0
+    torch.testing.assert_close(soft.sum(1)[nonempty], torch.ones(int(nonempty.sum())))
+    assert not torch.allclose(raw.sum(1)[nonempty], torch.ones(int(nonempty.sum())))
+    # same seed, same parameters: the flag only normalises the same raw scores
+    torch.testing.assert_close(soft, masked_softmax(raw, valid, dim=1))
+    long_rows = batch[HIST_LEN] >= 4  # unnormalised: more history, more total weight
+    assert raw.sum(1)[long_rows].mean() > raw.sum(1)[nonempty & ~long_rows].mean()
+
+
+# --------------------------------------------------------------------------- MIAN
+def submodule_names(model) -> set[str]:
+    return {name.split(".")[0] for name, _ in model.named_parameters()}
+
+
+def test_full_mian_has_every_module_and_part():
+    model = card_model("mian")
+    assert {"transformer", "ibim", "iuim", "icim", "gim", "mlp", "bank"} == submodule_names(model)
+    assert model.gim_parts == MIAN.GIM_PARTS
+    assert len(model.gim.projections) == 7
+    assert model.transformer.pre_ln
+    assert not card_model("mian_postln").transformer.pre_ln
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_ablation_removes_its_module(name, monkeypatch):
+    removed = ABLATIONS[name]
+    model = card_model(name).eval()
+    full_keys = set(card_model("mian").state_dict())
+    keys = set(model.state_dict())
+    for module in removed:
+        assert getattr(model, module) is None
+        assert not any(k.startswith(module + ".") for k in keys), module
+    kept = {k for k in full_keys if k.split(".")[0] not in removed | {"gim", "mlp"}}
+    assert kept <= keys  # nothing else was removed
+    removed_parts = removed & {"ibim", "iuim", "icim"}
+    assert set(model.gim_parts) == set(MIAN.GIM_PARTS) - removed_parts
+
+    # count calls of every interaction module while scoring a batch
+    calls: dict[str, list[torch.Size]] = {"field": [], "behavior": [], "global": [],
+                                          "transformer": []}
+    for cls, key in ((FieldInteraction, "field"), (BehaviorInteraction, "behavior"),
+                     (GlobalInteraction, "global"), (TransformerBlock, "transformer")):
+        original = cls.forward
+
+        def spy(self, *args, _original=original, _key=key):
+            out = _original(self, *args)
+            calls[_key].append(args[-1].shape if _key != "global" else len(args[0]))
+            return out
+
+        monkeypatch.setattr(cls, "forward", spy)
+    batch = batch_with_lengths(seed=10)
+    with torch.no_grad():
+        model(batch)
+    assert len(calls["field"]) == 2 - len(removed & {"iuim", "icim"})
+    assert len(calls["behavior"]) == (0 if "ibim" in removed else 1)
+    assert len(calls["transformer"]) == (0 if removed & {"ibim", "transformer"} else 1)
+    assert calls["global"] == ([] if "gim" in removed else [len(model.gim_parts)])
+
+
+def test_without_gim_the_parts_are_concatenated_into_the_mlp():
+    model = card_model("mian_wo_gim").eval()
+    batch = batch_with_lengths(seed=11)
+    seen = []
+    model.mlp.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        model(batch)
+        parts, _ = model._parts(batch)
+    torch.testing.assert_close(seen[0], torch.cat(parts, dim=-1))
+    widths = [p.shape[1] for p in parts]  # item 2D, context K D, behavior 2D, user J D, ...
+    assert widths == [32, 2 * 16, 32, 3 * 16, 64, 48, 48]
+
+
+def test_without_ibim_the_history_only_enters_through_its_mean():
+    model = card_model("mian_wo_ibim").eval()
+    batch = batch_with_lengths(seed=12)
+    shuffled = dict(batch)
+    perm = torch.tensor([1, 0, 3, 2, 5, 4, 7, 6])
+    full_rows = batch[HIST_LEN] == T  # reorder the valid steps of full histories
+    for f in SCHEMA.behavior:
+        shuffled[f.name] = torch.where(full_rows[:, None], batch[f.name][:, perm],
+                                       batch[f.name])
+    with torch.no_grad():
+        torch.testing.assert_close(model(shuffled), model(batch))
+
+
+def test_no_transformer_feeds_raw_behaviours_to_ibim():
+    model = card_model("mian_no_transformer").eval()
+    batch = batch_with_lengths(seed=13)
+    seen = []
+    model.ibim.register_forward_hook(lambda m, args, out: seen.append(args[1]))
+    with torch.no_grad():
+        model(batch)
+    raw = torch.cat([model.bank(batch, "hist_item_id"), model.bank(batch, "hist_cate_id")], -1)
+    torch.testing.assert_close(seen[0], raw[:, : seen[0].shape[1]])
+
+
+def test_mian_explain_weights():
+    model = card_model("mian").eval()
+    batch = batch_with_lengths(seed=14)
+    with torch.no_grad():
+        weights = model.explain(batch)
+    assert set(weights) == {"gim", "ibim", "iuim", "icim"}
+    gim, ibim = weights["gim"], weights["ibim"]
+    assert gim.shape == (16, 7) and (gim >= 0).all()
+    torch.testing.assert_close(gim.sum(1), torch.ones(16))
+    assert ibim.shape == (16, T)
+    valid = torch.arange(T)[None, :] < batch[HIST_LEN][:, None]
+    assert torch.equal(ibim[~valid], torch.zeros(int((~valid).sum())))
+    nonempty = batch[HIST_LEN] > 0
+    torch.testing.assert_close(ibim.sum(1)[nonempty], torch.ones(int(nonempty.sum())))
+    assert weights["iuim"].shape == (16, 3) and weights["icim"].shape == (16, 2)
+    assert set(card_model("mian_wo_gim").explain(batch)) == {"ibim", "iuim", "icim"}
+    assert card_model("mian_wo_ibim").explain(batch)["gim"].shape == (16, 6)
+
+
+def test_mian_bad_parameters_are_card_errors():
+    with pytest.raises(CardError, match="transformer"):
+        card_model("mian", transformer="postln")
+    with pytest.raises(CardError, match="divisible"):
+        card_model("mian", heads=5)
+    no_users = reference_schema(n_items=50, n_cates=5, max_len=T, user_fields={"a": 3},
+                                context_fields={"b": 3})
+    no_users = type(no_users)(tuple(f for f in no_users.fields if f.group != "user"), T)
+    with pytest.raises(CardError, match="use_iuim"):
+        card_model("mian", schema=no_users)
+    model = card_model("mian_wo_iuim", schema=no_users)  # works without user fields
+    assert "user" not in model.gim_parts

@@ -1,0 +1,190 @@
+"""Sequential layers against hand-computed values: AUGRU, DIN's activation unit, transformer."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ctrbench.models.layers import EmbeddingBank
+from ctrbench.models.sequence import (
+    AUGRU,
+    LocalActivationUnit,
+    MaskedSelfAttention,
+    TransformerBlock,
+    augru_recurrence,
+    augru_reference,
+    effective_length,
+    embed_history,
+)
+from ctrbench.schema import HIST_LEN, random_batch, reference_schema
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+# --------------------------------------------------------------------------- AUGRU
+def scalar_augru(fast: bool) -> AUGRU:
+    """1-wide AUGRU with hand-set weights; gate rows are [reset, update, candidate]."""
+    layer = AUGRU(1, 1, fast=fast)
+    with torch.no_grad():
+        layer.input_proj.weight.copy_(torch.tensor([[0.5], [1.0], [2.0]]))
+        layer.input_proj.bias.copy_(torch.tensor([0.1, -0.2, 0.0]))
+        layer.hidden_proj.weight.copy_(torch.tensor([[1.0], [-1.0], [0.5]]))
+        layer.hidden_proj.bias.copy_(torch.tensor([0.0, 0.3, 0.2]))
+    return layer
+
+
+def hand_augru(xs: list[float], attention: list[float]) -> float:
+    """The AUGRU equations written out for scalars (h_0 = 0)."""
+    h = 0.0
+    for x, a in zip(xs, attention):
+        r = sigmoid(0.5 * x + 0.1 + 1.0 * h + 0.0)
+        u = a * sigmoid(1.0 * x - 0.2 + -1.0 * h + 0.3)
+        n = math.tanh(2.0 * x + 0.0 + r * (0.5 * h + 0.2))
+        h = (1 - u) * h + u * n
+    return h
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_augru_one_and_two_steps_match_hand_values(fast):
+    layer = scalar_augru(fast)
+    x = torch.tensor([[[1.0], [-0.5]]])  # (B=1, T=2, 1)
+    attention = torch.tensor([[0.4, 0.9]])
+    one = layer(x[:, :1], attention[:, :1])
+    two = layer(x, attention)
+    # step 1 by hand: r = s(0.6), u = 0.4 s(1.1), n = tanh(2 + 0.2 r), h = u n
+    r1, u1 = sigmoid(0.6), 0.4 * sigmoid(1.1)
+    h1 = u1 * math.tanh(2.0 + 0.2 * r1)
+    assert one.item() == pytest.approx(h1, abs=1e-6)
+    assert one.item() == pytest.approx(hand_augru([1.0], [0.4]), abs=1e-6)
+    assert two.item() == pytest.approx(hand_augru([1.0, -0.5], [0.4, 0.9]), abs=1e-6)
+
+
+def test_augru_zero_attention_carries_the_state():
+    layer = scalar_augru(fast=True)
+    x = torch.tensor([[[1.0], [-0.5], [3.0], [7.0]]])
+    short = layer(x[:, :2], torch.tensor([[0.4, 0.9]]))
+    padded = layer(x, torch.tensor([[0.4, 0.9, 0.0, 0.0]]))  # trailing padding: a_t = 0
+    assert torch.equal(short, padded)
+    empty = layer(x, torch.zeros(1, 4))
+    assert torch.equal(empty, torch.zeros(1, 1))
+
+
+def test_augru_fast_path_matches_autograd_reference_values_and_gradients():
+    gen = torch.Generator().manual_seed(0)
+    gx = torch.randn(5, 7, 12, generator=gen, dtype=torch.double, requires_grad=True)
+    attention = torch.rand(5, 7, generator=gen, dtype=torch.double, requires_grad=True)
+    w_hh = torch.randn(12, 4, generator=gen, dtype=torch.double, requires_grad=True)
+    b_hh = torch.randn(12, generator=gen, dtype=torch.double, requires_grad=True)
+    inputs = (gx, attention, w_hh, b_hh)
+    assert torch.autograd.gradcheck(augru_recurrence, inputs)
+    weights = torch.randn(5, 4, generator=gen, dtype=torch.double)
+    fast_grads = torch.autograd.grad((augru_recurrence(*inputs) * weights).sum(), inputs)
+    ref_grads = torch.autograd.grad((augru_reference(*inputs) * weights).sum(), inputs)
+    for fast, ref in zip(fast_grads, ref_grads):
+        torch.testing.assert_close(fast, ref)
+    eager = augru_recurrence(*inputs, scripted=False)
+    torch.testing.assert_close(eager, augru_reference(*inputs))
+
+
+# --------------------------------------------------------------------------- DIN unit
+def fixed_unit(softmax: bool) -> LocalActivationUnit:
+    """D = 1; score = 2 * relu(q * k) + 0.5 (the MLP reads only the q * k feature)."""
+    unit = LocalActivationUnit(1, hidden=(1,), activation="relu", softmax=softmax)
+    first, last = unit.mlp.net[0], unit.mlp.net[-1]
+    with torch.no_grad():
+        first.weight.copy_(torch.tensor([[0.0, 0.0, 0.0, 1.0]]))  # [q, k, q - k, q * k]
+        first.bias.zero_()
+        last.weight.fill_(2.0)
+        last.bias.fill_(0.5)
+    return unit
+
+
+def test_din_unit_unnormalised_weights_match_hand_values():
+    query = torch.tensor([[2.0], [1.0]])
+    keys = torch.tensor([[[1.0], [-1.0], [3.0]], [[5.0], [5.0], [5.0]]])
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    pooled, weights = fixed_unit(softmax=False)(query, keys, mask)
+    # row 0: scores 2 * relu(2) + 0.5 = 4.5 and 2 * relu(-2) + 0.5 = 0.5; padding 0
+    torch.testing.assert_close(weights, torch.tensor([[4.5, 0.5, 0.0], [0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(pooled, torch.tensor([[4.5 * 1 - 0.5], [0.0]]))
+
+
+def test_din_unit_softmax_weights_match_hand_values():
+    query = torch.tensor([[2.0]])
+    keys = torch.tensor([[[1.0], [-1.0], [3.0]]])
+    mask = torch.tensor([[True, True, False]])
+    pooled, weights = fixed_unit(softmax=True)(query, keys, mask)
+    w0 = math.exp(4.5) / (math.exp(4.5) + math.exp(0.5))
+    torch.testing.assert_close(weights, torch.tensor([[w0, 1 - w0, 0.0]]))
+    torch.testing.assert_close(pooled, torch.tensor([[w0 - (1 - w0)]]))
+
+
+def test_din_unit_with_dice_ignores_padding_even_in_training():
+    """Dice's batch statistics are taken over valid steps only."""
+    torch.manual_seed(0)
+    unit = LocalActivationUnit(4, hidden=(8, 4), activation="dice").train()
+    query, keys = torch.randn(6, 4), torch.randn(6, 5, 4)
+    mask = torch.arange(5)[None, :] < torch.tensor([0, 1, 2, 3, 5, 4])[:, None]
+    noisy = torch.where(mask.unsqueeze(-1), keys, torch.randn(6, 5, 4) * 10)
+    pooled, _ = unit(query, keys, mask)
+    pooled_noisy, _ = unit(query, noisy, mask)
+    torch.testing.assert_close(pooled, pooled_noisy)
+
+
+# --------------------------------------------------------------------------- transformer
+@pytest.mark.parametrize("pre_ln", [True, False])
+def test_transformer_block_respects_key_padding_mask(pre_ln):
+    torch.manual_seed(0)
+    block = TransformerBlock(8, heads=4, ffn_mult=2, dropout=0.0, pre_ln=pre_ln).eval()
+    x = torch.randn(3, 6, 8)
+    mask = torch.arange(6)[None, :] < torch.tensor([6, 2, 0])[:, None]
+    noisy = torch.where(mask.unsqueeze(-1), x, torch.randn(3, 6, 8) * 5)
+    out, out_noisy = block(x, mask), block(noisy, mask)
+    assert out.shape == (3, 6, 8) and torch.isfinite(out).all()
+    torch.testing.assert_close(out[mask], out_noisy[mask])
+    assert not torch.allclose(out[0], x[0])  # the block does something
+
+
+def test_post_ln_output_is_normalised_and_pre_ln_keeps_the_residual_stream():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8) * 3 + 1
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    post = TransformerBlock(8, heads=2, pre_ln=False).eval()(x, mask)
+    torch.testing.assert_close(post.mean(-1), torch.zeros(2, 5), atol=1e-5, rtol=0)
+    pre = TransformerBlock(8, heads=2, pre_ln=True).eval()(x, mask)
+    assert pre.mean(-1).abs().max() > 0.1  # Pre-LN adds to the raw input, no final LN
+
+
+def test_self_attention_hand_case_and_empty_rows():
+    attention = MaskedSelfAttention(2, heads=1)
+    with torch.no_grad():  # q = k = 0, v = x, out = identity: uniform average of valid steps
+        attention.qkv.weight.copy_(torch.cat([torch.zeros(4, 2), torch.eye(2)]))
+        attention.qkv.bias.zero_()
+        attention.out.weight.copy_(torch.eye(2))
+        attention.out.bias.zero_()
+    x = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [100.0, 100.0]]] * 2)
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    out = attention(x, mask)
+    torch.testing.assert_close(out[0], torch.tensor([[2.0, 1.0]] * 3))
+    torch.testing.assert_close(out[1], torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="divisible"):
+        MaskedSelfAttention(6, heads=4)
+
+
+# --------------------------------------------------------------------------- helpers
+def test_effective_length_and_embed_history_trim_all_padding_columns():
+    schema = reference_schema(n_items=50, n_cates=5, max_len=8)
+    batch = random_batch(schema, 4, torch.Generator().manual_seed(0))
+    batch[HIST_LEN] = torch.tensor([0, 3, 1, 2])
+    assert effective_length(batch, 8) == 3
+    batch[HIST_LEN] = torch.zeros(4, dtype=torch.long)
+    assert effective_length(batch, 8) == 1
+    bank = EmbeddingBank(schema, 3)
+    out = embed_history(bank, batch, schema.behavior, 3)
+    assert out.shape == (4, 3, 6)
+    full = bank.concat(batch, schema.behavior)
+    torch.testing.assert_close(out, full[:, :3])
