@@ -5,10 +5,12 @@ Variants, slowest first:
   hoisted     input projections for all steps at once, autograd through the recurrent loop
   fast-eager  hoisted + hand-written backward (one reverse loop), loops in eager Python
   fast        the same with the loops compiled by torch.jit.script (what DIEN uses)
-  fast-trim   fast, skipping steps beyond the longest history in the batch (lengths ~U[0, T])
+  fast-trim   fast on a batch whose histories are all <= T/2: DIEN runs only the steps up to
+              the longest history in the batch (the other variants use lengths ~ U[0, T])
 
+Each figure is the best of --rounds rounds of --repeats steps (the machine may be shared).
 Figures only; nothing is asserted. Usage:
-  python benchmarks/augru_speed.py [--threads 1] [--repeats 50] [--batch 128] [--steps 30]
+  OMP_NUM_THREADS=1 python benchmarks/augru_speed.py [--threads 1] [--repeats 30] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -37,19 +39,24 @@ def naive_augru(x: torch.Tensor, attention: torch.Tensor, layer: sequence.AUGRU)
     return h
 
 
-def time_ms(step: Callable[[], None], repeats: int) -> float:
+def time_ms(step: Callable[[], None], repeats: int, rounds: int) -> float:
+    """Best mean over ``rounds`` rounds of ``repeats`` calls, in milliseconds."""
     for _ in range(3):  # warm-up (also lets TorchScript specialise)
         step()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    return (time.perf_counter() - start) / repeats * 1e3
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        best = min(best, (time.perf_counter() - start) / repeats * 1e3)
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--dim", type=int, default=32)
@@ -62,7 +69,9 @@ def main() -> None:
     lengths = torch.randint(0, args.steps + 1, (args.batch,))
     mask = torch.arange(args.steps)[None, :] < lengths[:, None]
     attention = torch.softmax(torch.randn(args.batch, args.steps), 1) * mask
-    longest = max(1, int(lengths.max()))
+    short = torch.randint(0, args.steps // 2 + 1, (args.batch,))  # the fast-trim batch
+    short_attention = attention * (torch.arange(args.steps)[None, :] < short[:, None])
+    longest = max(1, int(short.max()))
     scripted = sequence.AUGRU_SCRIPTED
 
     def run(kind: str) -> Callable[[], None]:
@@ -80,7 +89,7 @@ def main() -> None:
                 out = sequence.augru_recurrence(layer.input_proj(x), attention, w, b)
             else:  # fast-trim
                 gx = layer.input_proj(x[:, :longest])
-                out = sequence.augru_recurrence(gx, attention[:, :longest], w, b)
+                out = sequence.augru_recurrence(gx, short_attention[:, :longest], w, b)
             out.sum().backward()
 
         return step
@@ -90,7 +99,7 @@ def main() -> None:
           f"TorchScript loops: {'yes' if scripted else 'no (eager fallback)'}")
     baseline = None
     for kind in ("naive", "hoisted", "fast-eager", "fast", "fast-trim"):
-        ms = time_ms(run(kind), args.repeats)
+        ms = time_ms(run(kind), args.repeats, args.rounds)
         baseline = baseline or ms
         note = f" (longest history {longest})" if kind == "fast-trim" else ""
         print(f"  {kind:<11} {ms:8.2f} ms   x{baseline / ms:4.1f}{note}")

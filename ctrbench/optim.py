@@ -124,7 +124,7 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig) -> Optimizers:
     weight_decay = cfg.l2 if cfg.l2_target == "all" else 0.0
     optimizers: list[torch.optim.Optimizer] = []
     if dense:
-        optimizers.append(torch.optim.Adam(dense, lr=cfg.lr, betas=cfg.betas,
+        optimizers.append(torch.optim.Adam(dense, lr=cfg.lr, betas=cfg.betas, fused=True,
                                            weight_decay=weight_decay))
     if sparse_params:
         optimizers.append(torch.optim.SparseAdam(sparse_params, lr=cfg.lr, betas=cfg.betas))

@@ -20,7 +20,6 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 
-
 def _save(fig: Figure, path: Path) -> None:
     """Render to a temporary PNG beside ``path``, then rename it (never a half-written file)."""
     path = Path(path)

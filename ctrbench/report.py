@@ -19,6 +19,7 @@ from tabulate import tabulate
 from ctrbench import plots
 from ctrbench import report_tables as rt
 from ctrbench.progress import message
+from ctrbench.registry import did_you_mean
 from ctrbench.report_data import CardBook, ResultSet, load_results
 from ctrbench.results import atomic_write_text
 
@@ -196,6 +197,9 @@ def build_report(
 ) -> Report:
     """Build every table and plot from the records under ``results_root`` and write them."""
     rs = load_results(Path(results_root), datasets)
+    if reference and reference not in set(rs.finished["model"]):
+        raise did_you_mean("reference model", reference,
+                           sorted(set(rs.finished["model"])))
     cards = cards or CardBook()
     out = Path(out_dir) if out_dir is not None else Path(results_root) / "report"
     message(f"report: {len(rs.finished)} finished run(s), {len(rs.not_finished)} other(s)")

@@ -238,6 +238,12 @@ def leaderboard(rs: ResultSet, cards: CardBook, *, reference: str | None = None,
         groups = group_models(rs, ds)
         ref, reason = choose_reference(groups, cards, reference)
         why[ds] = f"{ref} ({reason})" if ref else f"none ({reason})"
+        if ref:
+            g = groups[ref]
+            why[ds] += f"; dataset identity {g.identity[:8]}, protocol {g.protocol} v{g.version}"
+            oracle = _oracle_auc(rs, g)
+            if oracle is not None:
+                why[ds] += f"; oracle test AUC {oracle:.4f} (the generator's exact probabilities)"
         others = [m for m in groups if m != ref]
         comp = compare_to_reference(rs, groups, ref, others, alpha=alpha, n_boot=n_boot,
                                     boot_seed=boot_seed)
@@ -266,6 +272,14 @@ def leaderboard(rs: ResultSet, cards: CardBook, *, reference: str | None = None,
     return frame.astype({"delong_significant_seeds": "Int64", "delong_seeds": "Int64"}), why
 
 
+def _oracle_auc(rs: ResultSet, group: ModelRuns) -> float | None:
+    """AUC of the stored ``oracle`` column (synthetic data) on the group's first test set."""
+    scores = rs.scores(str(group.runs.iloc[0]["path"]))
+    if scores is None or "oracle" not in scores:
+        return None
+    return stats.auc_score(scores["oracle"], scores["labels"])
+
+
 def _sort_by_auc(frame: pd.DataFrame) -> pd.DataFrame:
     key = -frame["auc_mean"].where(frame["status"] == "ok").fillna(-np.inf)
     order = frame.assign(_k=key).sort_values(["dataset", "_k", "model"], kind="stable").index
@@ -286,11 +300,11 @@ def delta_table(rs: ResultSet, cards: CardBook, kind: str, *, alpha: float = 0.0
                 ) -> pd.DataFrame:
     """Table 3 (``kind="ablations"``) or Table 4 (``kind="variants"``): deltas vs mian."""
     rows = []
+    arch = rs.runs.groupby(["dataset", "model"])["arch"].first()
     for ds in rs.datasets():
         groups = group_models(rs, ds)
         if ABLATION_BASE not in groups:
             continue
-        arch = rs.runs.groupby(["dataset", "model"])["arch"].first()
         members = [m for m in groups if m != ABLATION_BASE and (
             is_ablation(m, cards) if kind == "ablations" else is_variant(m, arch[ds, m], cards))]
         if not members:
@@ -311,6 +325,14 @@ def delta_table(rs: ResultSet, cards: CardBook, kind: str, *, alpha: float = 0.0
     return pd.DataFrame(rows, columns=list(DELTA_COLUMNS))
 
 
+# run column -> timing column (means over seeds of the per-run epoch means)
+_TIMING_MEANS = {
+    "train_s_per_epoch": "train_s_per_epoch", "eval_s_per_epoch": "eval_s_per_epoch",
+    "train_samples_per_s": "train_samples_per_s", "eval_samples_per_s": "eval_samples_per_s",
+    "best_epoch": "best_epoch_mean", "epochs_run": "epochs_run_mean",
+}
+
+
 def timing_table(rs: ResultSet) -> pd.DataFrame:
     """§4.5: seconds per epoch, throughput, memory, parameters, early stopping, time vs DIN."""
     rows = []
@@ -319,24 +341,14 @@ def timing_table(rs: ResultSet) -> pd.DataFrame:
         base = groups.get(TIMING_BASE)
         base_s = base.runs["train_s_per_epoch"].mean() if base and base.status == "ok" else NAN
         for m, g in groups.items():
-            ok = g.status == "ok"
-            r = g.runs
-
-            def mean(col: str, runs: pd.DataFrame = r, ok: bool = ok) -> float:
-                return float(runs[col].mean()) if ok else NAN
-
-            s_epoch = mean("train_s_per_epoch")
-            rows.append({
-                "dataset": ds, "model": m, "n_seeds": len(r), "train_s_per_epoch": s_epoch,
-                "eval_s_per_epoch": mean("eval_s_per_epoch"),
-                "train_samples_per_s": mean("train_samples_per_s"),
-                "eval_samples_per_s": mean("eval_samples_per_s"),
-                "peak_memory_mb": float(r["peak_memory_mb"].max()) if ok else NAN,
-                "n_parameters": int(r["n_parameters"].max()) if ok else None,
-                "best_epoch_mean": mean("best_epoch"), "epochs_run_mean": mean("epochs_run"),
-                "time_vs_din": s_epoch / base_s if np.isfinite(base_s) else NAN,
-                "note": g.note,
-            })
+            row = {"dataset": ds, "model": m, "n_seeds": len(g.runs), "note": g.note}
+            if g.status == "ok":  # refused and empty groups keep only their note
+                means = g.runs[list(_TIMING_MEANS)].mean()
+                row.update({col: float(means[src]) for src, col in _TIMING_MEANS.items()})
+                row["peak_memory_mb"] = float(g.runs["peak_memory_mb"].max())
+                row["n_parameters"] = int(g.runs["n_parameters"].max())
+                row["time_vs_din"] = row["train_s_per_epoch"] / base_s
+            rows.append(row)
     frame = pd.DataFrame(rows, columns=list(TIMING_COLUMNS))
     return frame.astype({"n_parameters": "Int64"})
 

@@ -24,6 +24,8 @@ import numpy as np
 from scipy import stats as sps
 
 NAN = float("nan")
+#: differences of metrics below this are float noise (AUCs are stored to 8 significant digits)
+CONSTANT_ATOL = 1e-12
 
 
 # --------------------------------------------------------------------------- summaries
@@ -69,14 +71,14 @@ def pooled_std(a: Sequence[float], b: Sequence[float]) -> float:
 def paired_ttest(a: Sequence[float], b: Sequence[float]) -> float:
     """Two-sided p of the paired t-test of ``a - b`` (pairs = seeds).
 
-    nan for n < 2. Constant differences make t infinite: p = 1 when they are all zero, and
-    p = 0 otherwise (every seed moved by exactly the same non-zero amount).
+    nan for n < 2. Constant differences (up to ``CONSTANT_ATOL``, float noise) make t infinite:
+    p = 1 when they are all zero, and p = 0 otherwise (every seed moved by the same amount).
     """
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     if d.size < 2 or not np.all(np.isfinite(d)):
         return NAN
-    if np.ptp(d) == 0.0:
-        return 1.0 if d[0] == 0.0 else 0.0
+    if np.ptp(d) <= CONSTANT_ATOL:
+        return 1.0 if abs(d.mean()) <= CONSTANT_ATOL else 0.0
     return float(sps.ttest_rel(a, b).pvalue)
 
 
@@ -101,8 +103,8 @@ def welch_ttest(a: Sequence[float], b: Sequence[float]) -> float:
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.size < 2 or y.size < 2:
         return NAN
-    if np.ptp(x) == 0.0 and np.ptp(y) == 0.0:
-        return 1.0 if x[0] == y[0] else 0.0
+    if np.ptp(x) <= CONSTANT_ATOL and np.ptp(y) <= CONSTANT_ATOL:
+        return 1.0 if abs(x.mean() - y.mean()) <= CONSTANT_ATOL else 0.0
     return float(sps.ttest_ind(x, y, equal_var=False).pvalue)
 
 
@@ -151,15 +153,15 @@ def delong_components(
     s = np.atleast_2d(np.asarray(scores, dtype=float))
     y = np.asarray(labels).astype(bool)
     pos, neg = s[:, y], s[:, ~y]
-    m, l = pos.shape[1], neg.shape[1]
-    if m == 0 or l == 0:
+    n_pos, n_neg = pos.shape[1], neg.shape[1]
+    if n_pos == 0 or n_neg == 0:
         k = s.shape[0]
-        return np.full(k, np.nan), np.empty((k, m)), np.empty((k, l))
+        return np.full(k, np.nan), np.empty((k, n_pos)), np.empty((k, n_neg))
     t_pos = _midranks(pos)  # (k, m) ranks among positives
     t_neg = _midranks(neg)  # (k, l) ranks among negatives
     t_all = _midranks(np.concatenate([pos, neg], axis=1))  # (k, m + l)
-    v10 = (t_all[:, :m] - t_pos) / l  # negatives ranked below each positive (ties half)
-    v01 = 1.0 - (t_all[:, m:] - t_neg) / m  # positives ranked above each negative
+    v10 = (t_all[:, :n_pos] - t_pos) / n_neg  # negatives below each positive (ties half)
+    v01 = 1.0 - (t_all[:, n_pos:] - t_neg) / n_pos  # positives above each negative
     auc = v10.mean(axis=1)
     return auc, v10, v01
 

@@ -162,11 +162,33 @@ def test_baseline_paper_numbers_present(name):
     ("deepfm", {"dropout": 1.5}, "dropout"),
     ("xdeepfm", {"cin_layer_sizes": [3, 4]}, "even"),
     ("lr", {"embedding_dim": 0}, "embedding_dim"),
+    ("wide_deep", {"activation": "tanh"}, "activation"),
+    ("dcn", {"hidden_units": 5}, "hidden_units"),
 ])
 def test_bad_baseline_params_are_card_errors(name, bad, message):
     card = load_model_card(name)
     with pytest.raises(CardError, match=message):
         build_model(card.arch, SCHEMA, {**card.params, **bad})
+
+
+def test_dcn_without_deep_tower_is_cross_only():
+    model = card_model("dcn", hidden_units=[]).eval()
+    assert model.deep is None
+    # F = 2 item + 2 pooled histories + 3 user + 2 context = 9 fields (3 of them share the
+    # cate table); the output layer sees only the cross network's F * D = 144 features
+    assert model.embedding.num_fields == 9
+    assert model.output.in_features == 9 * 16
+    with torch.no_grad():
+        assert model(random_inputs(4, seed=0)).shape == (4,)
+
+
+def test_xdeepfm_cin_counts_fields_not_tables():
+    # DeepCTR-Torch's xDeepFM sized its CIN by embedding tables and broke when history fields
+    # shared them. Here 9 fields share 6 tables (item, cate, user_id, segment, weekday, hour).
+    model = card_model("xdeepfm")
+    assert len(model.embedding.bank.tables) == 6
+    assert model.cin.num_fields == 9
+    assert model.cin.layers[0].in_features == 9 * 9
 
 
 def test_cli_list_models_lists_every_card():
@@ -191,6 +213,17 @@ def test_initial_logits_near_zero(name):
     assert logits.shape == (128,)
     assert torch.isfinite(logits).all()
     assert logits.abs().mean() < 0.5, "initial logits far from 0 (initialisation too wide?)"
+
+
+def test_lr_starts_at_chance_level():
+    """FuxiCTR's N(0, 1) first-order init started LR at logloss 1.3-2.3; ours starts at ln 2."""
+    model = card_model("lr").eval()
+    batch = random_inputs(512, seed=2)
+    with torch.no_grad():
+        logits = model(batch)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch[LABEL])
+    assert logits.abs().max() < 0.3
+    assert abs(loss.item() - np.log(2)) < 0.01
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -245,6 +278,24 @@ def test_padding_and_negative_history_do_not_change_scores(name):
     with torch.no_grad():
         after = model(changed)
     torch.testing.assert_close(after, before, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("group", ["item", "behavior", "user", "context"])
+def test_every_input_group_reaches_the_score(name, group):
+    """Re-drawing one group's ids (valid history steps only) changes most samples' scores."""
+    model = card_model(name).eval()
+    batch = random_inputs(48, seed=13)
+    gen = torch.Generator().manual_seed(14)
+    changed = dict(batch)
+    for f in SCHEMA.group(group):
+        noise = torch.randint(2, f.vocab_size, batch[f.name].shape, generator=gen)
+        changed[f.name] = torch.where(batch[f.name] > 0, noise, batch[f.name])
+    with torch.no_grad():
+        moved = (model(changed) - model(batch)).abs() > 1e-7
+    eligible = batch[HIST_LEN] > 0 if group == "behavior" else torch.ones(48, dtype=torch.bool)
+    assert moved[eligible].float().mean() > 0.5, f"{group} fields barely reach the output"
+    assert not moved[~eligible].any(), "an empty history changed when its padding was redrawn"
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -319,3 +319,18 @@ def test_mian_bad_parameters_are_card_errors():
         card_model("mian", schema=no_users)
     model = card_model("mian_wo_iuim", schema=no_users)  # works without user fields
     assert "user" not in model.gim_parts
+
+
+@pytest.mark.parametrize(("name", "bad", "message"), [
+    ("din", {"attention_activation": "gelu"}, "attention_activation"),
+    ("din", {"attention_softmax": "yes"}, "attention_softmax"),
+    ("din", {"attention_hidden": []}, "attention_hidden"),
+    ("dien", {"activation": "tanh"}, "activation"),
+    ("dien", {"aux_weight": "one"}, "aux_weight"),
+    ("mian", {"use_gim": "false"}, "use_gim"),
+    ("mian", {"dropout": 1.0}, "dropout"),
+    ("mian", {"gim_dim": 0}, "gim_dim"),
+])
+def test_bad_sequential_params_are_card_errors(name, bad, message):
+    with pytest.raises(CardError, match=message):
+        card_model(name, **bad)

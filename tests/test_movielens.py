@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from ctrbench.cards import load_dataset_card
+from ctrbench.data.canonical import ReadReport
 from ctrbench.data.sources import read_source
-from ctrbench.data.sources.movielens import read_movielens
+from ctrbench.data.sources.movielens import parse_delimited, read_movielens
 from ctrbench.errors import CardError, DataError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "movielens"
@@ -111,3 +112,20 @@ def test_registered_reader_through_the_card(tmp_path, name):
     with pytest.raises(CardError, match="unknown key"):
         read_source(replace(card, reader_params={"rating_min": 4}),
                     {"archive": make_zip(tmp_path, layout)})
+
+
+def test_parse_delimited_blank_and_overlong_lines():
+    lines = ["1::10::4::100\n", "\n", "2::" + "::".join(["9"] * 20) + "\n", "3::30::5::300"]
+    report = ReadReport(file="ratings.dat")
+    frame = parse_delimited(lines, 10, sep="::", names=("user", "item", "rating", "ts"),
+                            integer=("user", "item", "ts"), numeric=("rating",),
+                            report=report, strict=False)
+    assert frame["user"].tolist() == [1, 3] and frame["line"].tolist() == [10, 13]
+    assert frame["ts"].tolist() == [100, 300]  # the last line has no newline: still read
+    assert report.lines == 4 and report.first_bad == [(13, "more than 12 fields")]
+
+
+def test_card_members_must_be_in_the_archive(tmp_path):
+    card = load_dataset_card("movielens-1m")  # names ml-1m members
+    with pytest.raises(DataError, match=r"lacks ml-1m/ratings\.dat"):
+        read_source(card, {"archive": make_zip(tmp_path, "ml-100k")})

@@ -179,6 +179,17 @@ def test_cli_prepare_reports_malformed_lines(env):
     assert "line 3: invalid JSON" in strict.output and "Traceback" not in strict.output
 
 
+def test_expected_statistics_are_checked(env):
+    tmp, _ = env
+    write_card(tmp / "cards", name="stats", extra=(
+        "\n[expected]\nusers = 12\ninteractions = 60\nrows_test = 24\n"))
+    result = CliRunner().invoke(main, ["prepare", "stats"])
+    assert result.exit_code == 0, result.output
+    assert "differs from the card's [expected]: interactions: expected 60, got 59" in (
+        result.output)
+    assert "users:" not in result.output and "rows_test:" not in result.output
+
+
 def test_cli_unknown_name_and_bad_card(env):
     tmp, _ = env
     result = CliRunner().invoke(main, ["prepare", "fixtur"])

@@ -177,3 +177,33 @@ def test_bad_protocol_params_and_fields_are_card_errors():
         build_samples(tiny_tables(), card)
     with pytest.raises(CardError, match="split"):
         build_samples(tiny_tables(), tiny_card("dien", split=[0.9, 0.2, 0.1]))
+
+
+def test_users_table_columns_and_oracle():
+    tables = tiny_tables()
+    tables.users = pd.DataFrame({"user": ["u1", "u2"], "gender": ["F", "M"]})
+
+    class RecordingOracle:
+        calls: list = []
+
+        def score(self, event_lines, candidate_items):
+            self.calls.append((np.asarray(event_lines).copy(), list(candidate_items)))
+            return np.arange(len(event_lines)) / 10.0
+
+    tables.oracle = RecordingOracle()
+    card = dataset_card_from_dict({
+        "name": "tiny", "reader": "amazon", "protocol": "din",
+        "protocol_params": {"max_len": 2},
+        "fields": {"user": ["user_id", "gender"], "context": ["weekday"]},
+    })
+    built = build_samples(tables, card)
+    tr, te = built.splits["train"], built.splits["test"]
+    assert [f.name for f in built.schema.user] == ["user_id", "gender"]
+    np.testing.assert_array_equal(tr["gender"], [2, 2, 3, 3])  # F, M in train
+    np.testing.assert_array_equal(te["gender"], [2, 2, 3, 3])
+    # the oracle scored every row: the target event's line and the candidate's raw id
+    train_lines, train_items = RecordingOracle.calls[0]
+    np.testing.assert_array_equal(train_lines, [3, 3, 6, 6])  # u1's b (line 3), u2's a (line 6)
+    assert train_items == ["b", "e", "a", "d"]
+    np.testing.assert_allclose(tr["oracle"], [0.0, 0.1, 0.2, 0.3])
+    assert tr["oracle"].dtype == np.float32

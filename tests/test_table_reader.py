@@ -134,3 +134,25 @@ def test_worked_example_card_reads_in_place(monkeypatch, tmp_path):
     assert len(tables.interactions) == example.expected["interactions"]
     assert tables.items["category"].nunique() == example.expected["categories"]
     assert sum(r.bad for r in tables.reports) == 0
+
+
+def test_worked_example_prepares_and_follows_edits(monkeypatch, tmp_path):
+    """The example end to end through `ctrbench prepare`; an edited log gives a new store."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from ctrbench.cli import main
+
+    root = tmp_path / "own-data"
+    shutil.copytree(EXAMPLE, root)
+    monkeypatch.setenv("CTRBENCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CTRBENCH_CARDS", str(root))
+    first = CliRunner().invoke(main, ["prepare", "my-shop"])
+    assert first.exit_code == 0, first.output
+    orders = root / "data" / "orders.csv"
+    orders.write_text(orders.read_text() + "cust001,sku001,2023-06-01 10:00:00,5\n")
+    second = CliRunner().invoke(main, ["prepare", "my-shop"])
+    assert second.exit_code == 0, second.output
+    stores = sorted(p.name for p in (tmp_path / "home" / "prepared").iterdir())
+    assert len([s for s in stores if s.startswith("my-shop-")]) == 2

@@ -57,6 +57,8 @@ def prepare(name: str, from_dir: Path | None, strict: bool, force: bool) -> None
     if counts:
         click.echo(", ".join(f"{k} {counts[k]:,}" for k in
                              ("users", "items", "categories", "interactions") if k in counts))
+    for problem in meta.get("expected_mismatches", []):
+        click.echo(f"warning: differs from the card's [expected]: {problem}")
     click.echo("raw files:")
     for line in _report_lines(meta.get("read_reports", [])) or ["  (generated, none read)"]:
         click.echo(line)

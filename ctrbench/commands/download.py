@@ -44,7 +44,6 @@ def download(name: str, from_dir: Path | None, lenient: bool) -> None:
       ctrbench download movielens-100k
       ctrbench download digital-music --from /data/amazon2014
     """
-    from ctrbench import paths
     from ctrbench.cards import load_dataset_card
     from ctrbench.data.download import fetch_report
 
@@ -57,5 +56,5 @@ def download(name: str, from_dir: Path | None, lenient: bool) -> None:
     rows = [[f.role, f.file, _human_size(f.size), f.sha256, _status(f.status, f.pinned)]
             for f in fetched]
     click.echo(tabulate(rows, headers=["role", "file", "size", "sha256", "status"]))
-    if any(f.status != "local" for f in fetched):
-        click.echo(f"\nraw files in {paths.raw_dir(card.name)}")
+    for folder in sorted({str(f.path.parent) for f in fetched if f.status != "local"}):
+        click.echo(f"\nraw files in {folder}")

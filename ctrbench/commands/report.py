@@ -104,8 +104,14 @@ def check(baseline: Path, results_dir: Path | None, datasets: tuple[str, ...], u
     """
     from tabulate import tabulate
 
-    from ctrbench.check import BaselineError, check_results, exit_code, read_reference
-    from ctrbench.check import rows_frame, update_reference
+    from ctrbench.check import (
+        BaselineError,
+        check_results,
+        exit_code,
+        read_reference,
+        rows_frame,
+        update_reference,
+    )
     from ctrbench.report import num, pvalue
 
     root = results_dir if results_dir is not None else default_results_root()

@@ -326,9 +326,13 @@ def build_schema(fields: FieldChoice, vocabs: Vocabularies, params: ProtocolPara
 
 
 # --------------------------------------------------------------------------- columns
-def _gather_histories(ev_values: np.ndarray, e: np.ndarray, n_before: np.ndarray, T: int,
-                      lut: Vocab, out: np.ndarray, reps: int) -> None:
-    """Fill ``out`` (``[S * reps, T]`` int32) with left-aligned, vocabulary-mapped histories."""
+def _gather_histories(event_ids: np.ndarray, e: np.ndarray, n_before: np.ndarray, T: int,
+                      out: np.ndarray, reps: int) -> None:
+    """Fill ``out`` (``[S * reps, T]``) with the left-aligned histories of targets ``e``.
+
+    ``event_ids`` holds the (vocabulary-mapped, int32) value of every sorted event; the history
+    of target ``e`` is the events ``[e - L, e)`` with ``L = min(n_before, T)``, one 2-D gather.
+    """
     view = out.reshape(len(e), reps, T)
     steps = np.arange(T)
     for lo in range(0, len(e), GATHER_CHUNK):
@@ -336,14 +340,24 @@ def _gather_histories(ev_values: np.ndarray, e: np.ndarray, n_before: np.ndarray
         first, length = history_windows(chunk, n_before, T)
         mask = steps[None, :] < length[:, None]  # (S, T)
         idx = np.where(mask, first[:, None] + steps[None, :], 0)  # (S, T)
-        ids = np.where(mask, lut.ids(ev_values[idx]), PAD_ID).astype(np.int32)
-        view[lo:lo + GATHER_CHUNK] = ids[:, None, :]
+        view[lo:lo + GATHER_CHUNK] = np.where(mask, event_ids[idx], PAD_ID)[:, None, :]
+
+
+def history_event_ids(ev: Events, neg_hist: np.ndarray | None, vocabs: Vocabularies
+                      ) -> dict[str, np.ndarray]:
+    """History column -> the vocabulary id (int32) of every sorted event, mapped once."""
+    out = {"hist_item_id": vocabs.item.ids(ev.item), "hist_cate_id": vocabs.cate.ids(ev.cate)}
+    if neg_hist is not None:
+        out["neg_hist_item_id"] = vocabs.item.ids(neg_hist)
+        out["neg_hist_cate_id"] = vocabs.cate.ids(ev.item_cate[neg_hist])
+    return out
 
 
 def assemble_split(e: np.ndarray, cands: np.ndarray, ev: Events, stats: HistoryStats,
-                   neg_hist: np.ndarray | None, vocabs: Vocabularies, fields: FieldChoice,
-                   params: ProtocolParams, user_columns: Mapping[str, np.ndarray],
-                   oracle: Any) -> dict[str, np.ndarray]:
+                   event_ids: Mapping[str, np.ndarray], vocabs: Vocabularies,
+                   fields: FieldChoice, params: ProtocolParams,
+                   user_columns: Mapping[str, np.ndarray], oracle: Any
+                   ) -> dict[str, np.ndarray]:
     """The column arrays of one split: ``S`` samples x ``1 + neg_per_pos`` rows each."""
     reps = 1 + params.neg_per_pos
     rows = len(e) * reps
@@ -357,13 +371,9 @@ def assemble_split(e: np.ndarray, cands: np.ndarray, ev: Events, stats: HistoryS
         "item_id": vocabs.item.ids(flat),
         "cate_id": vocabs.cate.ids(ev.item_cate[flat]),
     }
-    hist_sources = {"hist_item_id": (ev.item, vocabs.item), "hist_cate_id": (ev.cate, vocabs.cate)}
-    if neg_hist is not None:
-        hist_sources["neg_hist_item_id"] = (neg_hist, vocabs.item)
-        hist_sources["neg_hist_cate_id"] = (ev.item_cate[neg_hist], vocabs.cate)
-    for name, (values, lut) in hist_sources.items():
+    for name, ids in event_ids.items():
         cols[name] = np.empty((rows, T), dtype=np.int32)
-        _gather_histories(values, e, stats.n_before, T, lut, cols[name], reps)
+        _gather_histories(ids, e, stats.n_before, T, cols[name], reps)
     for name in fields.user:
         raw = _user_raw(name, e, ev, stats, user_columns)
         mapper = vocabs.cate if name == "fav_cate" else vocabs.user_values[name]
@@ -431,9 +441,10 @@ def build_samples(tables: CanonicalTables, card: DatasetCard) -> BuiltData:
     vocabs = fit_vocabularies(ev, stats, targets["train"], cands["train"], neg_hist, fields,
                               params, user_columns)
     schema = build_schema(fields, vocabs, params)
+    event_ids = history_event_ids(ev, neg_hist, vocabs)
     splits = {}
     for split in SPLITS:
-        splits[split] = assemble_split(targets[split], cands[split], ev, stats, neg_hist,
+        splits[split] = assemble_split(targets[split], cands[split], ev, stats, event_ids,
                                        vocabs, fields, params, user_columns, tables.oracle)
     built = BuiltData(schema, splits)
     rows = built.rows()

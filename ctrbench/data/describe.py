@@ -70,19 +70,24 @@ def _positive_rows(labels: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.asarray(labels) > 0.5)
 
 
-def absent_share(candidates: np.ndarray, histories: np.ndarray, hist_len: np.ndarray) -> float:
-    """Share of rows whose candidate id is not among the first ``hist_len`` history ids."""
-    n = len(candidates)
-    if n == 0:
+def absent_share(candidates: np.ndarray, histories: np.ndarray, hist_len: np.ndarray,
+                 rows: np.ndarray | None = None) -> float:
+    """Share of ``rows`` whose candidate id is not among its first ``hist_len`` history ids.
+
+    Columns may be memory-mapped: only ``ROW_CHUNK`` rows are read at a time.
+    """
+    rows = np.arange(len(candidates)) if rows is None else np.asarray(rows)
+    if len(rows) == 0:
         return math.nan
     absent = 0
-    for lo in range(0, n, ROW_CHUNK):
-        cand = np.asarray(candidates[lo:lo + ROW_CHUNK])
-        hist = np.asarray(histories[lo:lo + ROW_CHUNK])  # (N, T)
-        valid = np.arange(hist.shape[1])[None, :] < np.asarray(hist_len[lo:lo + ROW_CHUNK])[:, None]
-        present = ((hist == cand[:, None]) & valid & (cand[:, None] != OOV_ID)).any(axis=1)
+    for lo in range(0, len(rows), ROW_CHUNK):
+        take = rows[lo:lo + ROW_CHUNK]
+        cand = np.asarray(candidates[take])[:, None]  # (N, 1)
+        hist = np.asarray(histories[take])  # (N, T)
+        valid = np.arange(hist.shape[1])[None, :] < np.asarray(hist_len[take])[:, None]
+        present = ((hist == cand) & valid & (cand != OOV_ID)).any(axis=1)
         absent += int((~present).sum())
-    return absent / n
+    return absent / len(rows)
 
 
 def history_length_stats(hist_len: np.ndarray, max_len: int) -> dict[str, float]:
@@ -121,10 +126,9 @@ def split_stats(columns: Mapping[str, np.ndarray], max_len: int, popularity: np.
     out: dict[str, float] = {"rows": float(len(labels)),
                              "positive_rate": float(labels.mean()) if len(labels) else math.nan}
     out.update(history_length_stats(hist_len, max_len))
-    out["new_item_share"] = absent_share(np.asarray(columns["item_id"])[pos],
-                                         np.asarray(columns["hist_item_id"])[pos], hist_len)
-    out["new_cate_share"] = absent_share(np.asarray(columns["cate_id"])[pos],
-                                         np.asarray(columns["hist_cate_id"])[pos], hist_len)
+    for key, item, hist in (("new_item_share", "item_id", "hist_item_id"),
+                            ("new_cate_share", "cate_id", "hist_cate_id")):
+        out[key] = absent_share(columns[item], columns[hist], columns[HIST_LEN], pos)
     out["inactive_share"] = (inactive_share(np.asarray(columns[GAP_DAYS])[pos])
                              if GAP_DAYS in columns else math.nan)
     out["oracle_auc"] = auc(labels, columns[ORACLE]) if ORACLE in columns else math.nan

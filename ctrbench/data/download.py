@@ -4,7 +4,8 @@ Each card source is resolved in this order:
 
 1. a *local* source (no ``url``/``mirrors``, ``file`` is an absolute path or a path relative to
    the card's directory that exists) is used in place;
-2. a file already in the raw cache (``paths.raw_dir(card.name)``) whose checksum verifies;
+2. a file already in the raw cache (:func:`raw_cache_dir`: ``paths.raw_dir(card.name)``, or that
+   of the card it extends when the sources are the same) whose checksum verifies;
 3. ``from_dir`` (an offline mirror holding the files by their ``file`` names) is copied in;
 4. ``url``, then each of ``mirrors``, is downloaded through pooch.
 
@@ -33,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from ctrbench import paths, progress
-from ctrbench.cards import DatasetCard, SourceSpec
-from ctrbench.errors import ChecksumError, DataError
+from ctrbench.cards import DatasetCard, SourceSpec, load_dataset_card
+from ctrbench.errors import ChecksumError, CtrbenchError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +266,20 @@ def _verify(src: SourceSpec, path: Path, entry: dict[str, Any], *, origin: str,
 
 
 # --------------------------------------------------------------------------- obtaining files
+def raw_cache_dir(card: DatasetCard) -> Path:
+    """Where ``card``'s downloads live: the raw dir of the furthest card it extends that has
+    the same sources (``electronics-dien`` shares ``electronics``'s files), else its own."""
+    owner = card.name
+    for ancestor in card.extends_chain:
+        try:
+            if load_dataset_card(ancestor).sources != card.sources:
+                break
+        except CtrbenchError:  # an ancestor that no longer loads: keep the files apart
+            break
+        owner = ancestor
+    return paths.raw_dir(owner)
+
+
 def _local_path(card: DatasetCard, src: SourceSpec) -> Path | None:
     """The in-place path of a source without URL: absolute, or relative to the card's dir."""
     if src.url or src.mirrors:
@@ -432,7 +447,7 @@ def _fetch_one(card: DatasetCard, src: SourceSpec, from_dir: Path | None,
         return FetchedSource(src.role, src.file, local, int(entry["size"]), str(entry["sha256"]),
                              "local", pinned)
 
-    target = paths.raw_dir(card.name) / Path(src.file).name
+    target = raw_cache_dir(card) / Path(src.file).name
     if target.is_file():
         try:
             entry = _verify(src, target, file_digests(target), origin="", strict_hash=strict_hash)
@@ -480,7 +495,8 @@ def fetch_sources(card: DatasetCard, *, from_dir: Path | None = None,
                   strict_hash: bool = True) -> dict[str, Path]:
     """Verified local path per source role (``{}`` for cards without sources, e.g. synthetic).
 
-    Downloads through pooch into ``paths.raw_dir(card.name)``, or copies from the offline mirror
+    Downloads through pooch into ``raw_cache_dir(card)`` (``paths.raw_dir(card.name)``, shared
+    with the card it extends when the sources are the same), or copies from the offline mirror
     ``from_dir``, verifying sha256 (else md5) and size; cached files that verify are not fetched
     again. A source without URL whose ``file`` is a local path (absolute or relative to the card's
     directory) is used in place. ``strict_hash=False`` warns about a mismatch instead of failing.

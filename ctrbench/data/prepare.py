@@ -102,6 +102,23 @@ def find_prepared(name_or_card: str | DatasetCard) -> PreparedData | None:
     return max(found)[2] if found else None
 
 
+EXPECTED_KEYS = {"users": ("counts", "users"), "items": ("counts", "items"),
+                 "categories": ("counts", "categories"),
+                 "interactions": ("counts", "interactions"), "rows_train": ("rows", "train"),
+                 "rows_valid": ("rows", "valid"), "rows_test": ("rows", "test")}
+
+
+def check_expected(card: DatasetCard, meta: dict) -> list[str]:
+    """Differences between the card's ``[expected]`` statistics and the built data."""
+    problems = []
+    for key, (group, name) in EXPECTED_KEYS.items():
+        want = card.expected.get(key)
+        got = meta.get(group, {}).get(name)
+        if want is not None and got is not None and int(want) != int(got):
+            problems.append(f"{key}: expected {int(want):,}, got {int(got):,}")
+    return problems
+
+
 def _replace_store(path: Path, built, meta: dict) -> PreparedData:
     """Write ``built`` at ``path``, replacing a finished store there (``--force``)."""
     trash = None
@@ -143,6 +160,9 @@ def prepare(name_or_card: str | DatasetCard, *, force: bool = False, strict: boo
             "raw_sha256": raw_sha, "ctrbench_version": __version__,
             "card": card.resolved(), "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                   time.gmtime())}
+    meta["expected_mismatches"] = check_expected(card, meta)
+    for problem in meta["expected_mismatches"]:
+        message(f"warning: {card.name}: {problem} (card [expected])")
     meta["prepare_seconds"] = round(time.perf_counter() - start, 3)
     data = _replace_store(path, built, meta)
     return PrepareResult(data, False, time.perf_counter() - start)

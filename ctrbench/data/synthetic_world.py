@@ -13,8 +13,8 @@ items (plus never-reviewed items that only appear in the meta file, as in the re
 - **Time.** A user starts on a uniform day in 2004-2013; before each later review the user is
   inactive for a *long gap* (31 + Exp(``long_gap_days``) days) with a user-specific probability
   ``r_u ~ Beta`` (mean ``long_gap_rate``; some users are often inactive), otherwise for
-  1 + Exp(``short_gap_days``) days (whole days, at least 1, so per-user times are strictly
-  increasing).
+  1 + Exp(``short_gap_days``) days, at most 30 (whole days, at least 1, so per-user times are
+  strictly increasing; a gap exceeds 30 days exactly when it is a long one).
 - **Seasons.** A share ``seasonal_share`` of the categories peaks in a random month:
   ``S[m, c] = season_strength * cos(2 pi (m - peak_c) / 12)``.
 - **Next item.** Given the state before review ``k`` (past items, occupation ``o``, age ``a``,
@@ -389,14 +389,13 @@ def _category_probs(world: World, mix_row, group_row, hist_cats_row, k) -> np.nd
     return probs
 
 
-def simulate_chunk(world: World, users: Users, rows: slice, rng: np.random.Generator
-                   ) -> ChunkEvents:
+def simulate_chunk(world: World, sampler: _Sampler, users: Users, rows: slice,
+                   rng: np.random.Generator) -> ChunkEvents:
     """Simulate every review of users ``rows`` (lengths descending, so actives are a prefix)."""
     p = world.params
     C = world.n_cates
     lengths = users.lengths[rows]
     n_users, max_len = len(lengths), int(lengths.max())
-    sampler = _Sampler(world)
     mix = mixture_table(p)
     weights = sampler.weights
 
@@ -404,8 +403,9 @@ def simulate_chunk(world: World, users: Users, rows: slice, rng: np.random.Gener
     valid = steps[None, :] < lengths[:, None]
     is_long = rng.random((n_users, max_len)) < users.long_gap_rate[rows, None]
     is_long[:, 0] = False
+    short = np.minimum(np.floor(rng.exponential(p.short_gap_days, (n_users, max_len))), 29)
     gaps = np.where(is_long, 31 + np.floor(rng.exponential(p.long_gap_days, (n_users, max_len))),
-                    1 + np.floor(rng.exponential(p.short_gap_days, (n_users, max_len))))
+                    1 + short)  # a gap is > 30 days exactly when it is a long one
     gaps[:, 0] = 0
     days = users.start_day[rows, None] + np.cumsum(gaps, axis=1).astype(np.int64)
     group = group_index(users.occupation[rows, None], users.age[rows, None], months_of(days))
@@ -617,6 +617,7 @@ def _generate_into(params: WorldParams, out: Path,
     asins = world.asins()
     total = int(users.lengths.sum())
     chunk = max(256, CHUNK_CELLS // params.n_cates)
+    sampler = _Sampler(world)
 
     per_line: dict[str, list[np.ndarray]] = {k: [] for k in (
         "item", "user", "pos", "group", "long_gap", "seen_mass")}
@@ -624,7 +625,7 @@ def _generate_into(params: WorldParams, out: Path,
     with _gzip_writer(out / REVIEWS_FILE, params.gzip_level) as fh:
         for start in range(0, params.n_users, chunk):
             rows = slice(start, min(start + chunk, params.n_users))
-            ev = simulate_chunk(world, users, rows, event_rng)
+            ev = simulate_chunk(world, sampler, users, rows, event_rng)
             done += write_reviews(fh, ev, uid, users, rows, world, asins, text_rng)
             valid = np.arange(ev.items.shape[1])[None, :] < ev.lengths[:, None]
             per_line["item"].append(ev.items[valid].astype(np.int32))
@@ -700,7 +701,7 @@ class SyntheticOracle:
             raise DataError("oracle asked about a review line the generator did not write")
         return self.score_index(lines, self.item_index(candidate_items))
 
-    def score_index(self, lines: np.ndarray, cand: np.ndarray, chunk: int = 1_000_000
+    def score_index(self, lines: np.ndarray, cand: np.ndarray, chunk: int = 250_000
                     ) -> np.ndarray:
         """Like :meth:`score` with item rows instead of asins; processed in chunks."""
         out = np.empty(len(lines), dtype=np.float64)

@@ -8,13 +8,8 @@ import torch
 from torch import nn
 
 from ctrbench.models.base import CTRModel
-from ctrbench.models.inputs import (
-    FieldEmbedding,
-    checked_dropout,
-    checked_positive,
-    checked_widths,
-)
-from ctrbench.models.layers import INIT_STD, MLP, CrossNetwork
+from ctrbench.models.inputs import FieldEmbedding, checked_positive, checked_widths, deep_tower
+from ctrbench.models.layers import INIT_STD, CrossNetwork
 from ctrbench.models.registry import register
 from ctrbench.schema import Batch, Schema
 
@@ -33,12 +28,11 @@ class DCN(CTRModel):
                  sparse: bool = False) -> None:
         super().__init__(schema)
         dim = checked_positive("embedding_dim", embedding_dim)
-        hidden = checked_widths("hidden_units", hidden_units)
         self.embedding = FieldEmbedding(schema, dim, sparse=sparse, init_std=init_std)
         width = self.embedding.num_fields * dim
         self.cross = CrossNetwork(width, checked_positive("cross_layers", cross_layers), init_std)
-        self.deep = (MLP(width, hidden, checked_dropout(dropout), activation) if hidden
-                     else None)
+        hidden = checked_widths("hidden_units", hidden_units)
+        self.deep = deep_tower(width, hidden, dropout, activation, out_dim=None) if hidden else None
         self.output = nn.Linear(width + (self.deep.out_dim if self.deep else 0), 1)
 
     def forward(self, batch: Batch) -> torch.Tensor:

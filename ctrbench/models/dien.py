@@ -25,7 +25,13 @@ from ctrbench.models.base import CTRModel
 from ctrbench.models.inputs import checked_dropout, checked_positive, checked_widths
 from ctrbench.models.layers import INIT_STD, MLP, EmbeddingBank, masked_mean, masked_softmax
 from ctrbench.models.registry import register
-from ctrbench.models.sequence import AUGRU, effective_length, embed_history, pad_steps
+from ctrbench.models.sequence import (
+    AUGRU,
+    checked_activation,
+    effective_length,
+    embed_history,
+    pad_steps,
+)
 from ctrbench.schema import Batch, Schema, history_mask
 
 
@@ -58,7 +64,8 @@ class DIEN(CTRModel):
         self.evolution = AUGRU(width, width)
         in_width = (len(schema.user) + len(schema.context)) * dim + 3 * width
         self.mlp = MLP(in_width, checked_widths("hidden_units", hidden_units),
-                       checked_dropout(dropout), activation, out_dim=1)
+                       checked_dropout(dropout), checked_activation("activation", activation),
+                       out_dim=1)
 
     def _interests(self, batch: Batch) -> dict[str, torch.Tensor]:
         steps = effective_length(batch, self.schema.max_len)

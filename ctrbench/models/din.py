@@ -16,6 +16,8 @@ from ctrbench.models.layers import INIT_STD, MLP, EmbeddingBank
 from ctrbench.models.registry import register
 from ctrbench.models.sequence import (
     LocalActivationUnit,
+    checked_activation,
+    checked_flag,
     effective_length,
     embed_history,
     pad_steps,
@@ -38,10 +40,12 @@ class DIN(CTRModel):
         item_width = len(schema.item) * dim
         self.attention = LocalActivationUnit(
             item_width, checked_widths("attention_hidden", attention_hidden, allow_empty=False),
-            attention_activation, softmax=bool(attention_softmax))
+            checked_activation("attention_activation", attention_activation),
+            softmax=checked_flag("attention_softmax", attention_softmax))
         in_width = (len(schema.user) + len(schema.context)) * dim + 2 * item_width
         self.mlp = MLP(in_width, checked_widths("hidden_units", hidden_units),
-                       checked_dropout(dropout), activation, out_dim=1)
+                       checked_dropout(dropout), checked_activation("activation", activation),
+                       out_dim=1)
 
     def _attend(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Candidate ``[B, I]``, pooled interest ``[B, I]``, attention weights ``[B, T']``."""

@@ -4,6 +4,9 @@ As DeepCTR-Torch fed them for the MIAN paper, these models see the history as ON
 behaviour field: the masked mean of its embeddings over the ``hist_len`` valid steps. The field
 order is: item fields, one pooled field per behaviour field, user fields, context fields.
 Negative histories (DIEN's training-only input) are never read.
+
+Initialisation: embedding and first-order tables are truncated-normal with ``init_std`` (the
+paper's 0.02); dense layers keep PyTorch's default initialisation.
 """
 
 from __future__ import annotations
@@ -14,7 +17,13 @@ import torch
 from torch import nn
 
 from ctrbench.errors import CardError
-from ctrbench.models.layers import INIT_STD, EmbeddingBank, first_order_bank, masked_mean
+from ctrbench.models.layers import (
+    INIT_STD,
+    MLP,
+    EmbeddingBank,
+    first_order_bank,
+    masked_mean,
+)
 from ctrbench.schema import HIST_LEN, Batch, FieldSpec, Schema
 
 
@@ -101,3 +110,14 @@ def checked_positive(name: str, value: int) -> int:
     if int(value) != value or value < 1:
         raise CardError(f"model parameter {name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def deep_tower(in_dim: int, hidden_units: Sequence[int], dropout: float, activation: str,
+               out_dim: int | None = 1) -> MLP:
+    """The baselines' MLP (no BatchNorm): ``[B, in_dim] -> [B, out_dim]`` (or the last width
+    when ``out_dim`` is None); bad widths, dropout or activation are CardErrors."""
+    hidden = checked_widths("hidden_units", hidden_units, allow_empty=out_dim is not None)
+    try:
+        return MLP(in_dim, hidden, checked_dropout(dropout), activation, out_dim=out_dim)
+    except ValueError as exc:
+        raise CardError(f"model parameter activation: {exc}") from None

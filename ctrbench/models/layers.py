@@ -150,7 +150,7 @@ def first_order_bank(schema: Schema, sparse: bool = False,
     (FuxiCTR's LR began at logloss 1.3-2.3). Row 0 (padding) is zero. Embed fields with it as
     with any bank: ``[B] -> [B, 1]``.
     """
-    bank = EmbeddingBank(schema, 1, sparse=sparse, init_std=max(init_std, 1e-12))
+    bank = EmbeddingBank(schema, 1, sparse=sparse, init_std=init_std if init_std > 0 else INIT_STD)
     if init_std <= 0:
         with torch.no_grad():
             for table in bank.tables.values():

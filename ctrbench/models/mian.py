@@ -42,7 +42,14 @@ from ctrbench.models.layers import (
     masked_softmax,
 )
 from ctrbench.models.registry import register
-from ctrbench.models.sequence import TransformerBlock, effective_length, embed_history, pad_steps
+from ctrbench.models.sequence import (
+    TransformerBlock,
+    checked_activation,
+    checked_flag,
+    effective_length,
+    embed_history,
+    pad_steps,
+)
 from ctrbench.schema import Batch, Schema, history_mask
 
 TRANSFORMERS = ("pre_ln", "post_ln", "none")
@@ -117,6 +124,10 @@ class MIAN(CTRModel):
                  dropout: float = 0.2, init_std: float = INIT_STD, sparse: bool = False) -> None:
         super().__init__(schema)
         dim = checked_positive("embedding_dim", embedding_dim)
+        use_ibim = checked_flag("use_ibim", use_ibim)
+        use_iuim = checked_flag("use_iuim", use_iuim)
+        use_icim = checked_flag("use_icim", use_icim)
+        use_gim = checked_flag("use_gim", use_gim)
         if transformer not in TRANSFORMERS:
             raise CardError(f"model parameter transformer must be one of {TRANSFORMERS}, "
                             f"got {transformer!r}")
@@ -160,7 +171,8 @@ class MIAN(CTRModel):
         else:
             mlp_in = sum(part_widths)
         self.mlp = MLP(mlp_in, checked_widths("hidden_units", hidden_units),
-                       checked_dropout(dropout), activation, out_dim=1)
+                       checked_dropout(dropout), checked_activation("activation", activation),
+                       out_dim=1)
 
     def _parts(self, batch: Batch) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         """The enabled parts (``self.gim_parts`` order) and the local attention weights."""

@@ -10,11 +10,10 @@ from ctrbench.models.base import CTRModel
 from ctrbench.models.inputs import (
     FieldEmbedding,
     LinearTerm,
-    checked_dropout,
     checked_positive,
-    checked_widths,
+    deep_tower,
 )
-from ctrbench.models.layers import INIT_STD, MLP
+from ctrbench.models.layers import INIT_STD
 from ctrbench.models.registry import register
 from ctrbench.schema import Batch, Schema
 
@@ -29,11 +28,10 @@ class WideDeep(CTRModel):
                  sparse: bool = False) -> None:
         super().__init__(schema)
         dim = checked_positive("embedding_dim", embedding_dim)
-        hidden = checked_widths("hidden_units", hidden_units, allow_empty=False)
         self.linear = LinearTerm(schema, sparse=sparse, init_std=init_std)
         self.embedding = FieldEmbedding(schema, dim, sparse=sparse, init_std=init_std)
-        self.deep = MLP(self.embedding.num_fields * dim, hidden, checked_dropout(dropout),
-                        activation, out_dim=1)
+        self.deep = deep_tower(self.embedding.num_fields * dim, hidden_units, dropout,
+                               activation)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         wide = self.linear(batch)  # (B,)

@@ -12,11 +12,11 @@ from ctrbench.models.base import CTRModel
 from ctrbench.models.inputs import (
     FieldEmbedding,
     LinearTerm,
-    checked_dropout,
     checked_positive,
     checked_widths,
+    deep_tower,
 )
-from ctrbench.models.layers import CIN, INIT_STD, MLP
+from ctrbench.models.layers import CIN, INIT_STD
 from ctrbench.models.registry import register
 from ctrbench.schema import Batch, Schema
 
@@ -36,7 +36,6 @@ class XDeepFM(CTRModel):
                  sparse: bool = False) -> None:
         super().__init__(schema)
         dim = checked_positive("embedding_dim", embedding_dim)
-        hidden = checked_widths("hidden_units", hidden_units, allow_empty=False)
         cin_sizes = checked_widths("cin_layer_sizes", cin_layer_sizes, allow_empty=False)
         self.linear = LinearTerm(schema, sparse=sparse, init_std=init_std)
         self.embedding = FieldEmbedding(schema, dim, sparse=sparse, init_std=init_std)
@@ -46,8 +45,8 @@ class XDeepFM(CTRModel):
         except ValueError as exc:
             raise CardError(f"xdeepfm parameters: {exc}") from None
         self.cin_output = nn.Linear(self.cin.out_dim, 1)
-        self.deep = MLP(self.embedding.num_fields * dim, hidden, checked_dropout(dropout),
-                        activation, out_dim=1)
+        self.deep = deep_tower(self.embedding.num_fields * dim, hidden_units, dropout,
+                               activation)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         fields = self.embedding(batch)  # (B, F, D)

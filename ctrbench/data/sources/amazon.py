@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ast
 import gzip
+import io
 import json
 import re
 import zlib
@@ -48,6 +49,7 @@ READER_PARAM_KEYS = ("category_rule", "keep_snapshot_fields")
 
 _ASIN_RE = re.compile(r"""'asin': (?:'([^'\\]*)'|"([^"\\]*)")""")
 _CATS_KEY = "'categories': "
+_JSON = json.JSONDecoder()
 # one token of a list of lists of Python string literals
 _TOKEN_RE = re.compile(r"""\s*(\[|\]|,|'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
 
@@ -57,13 +59,15 @@ def _gzip_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """(0-based line number, raw line) of a gzip file; corrupt/truncated gzip -> DataError."""
     step = 1 << 16
     try:
-        with gzip.open(path, "rb") as fh, progress(f"reading {path.name}", unit="lines") as bar:
+        # the outer buffer makes line iteration C-level (GzipFile.readline is Python)
+        with io.BufferedReader(gzip.GzipFile(path, "rb"), 1 << 20) as fh, \
+                progress(f"reading {path.name}", unit="lines") as bar:
             line_no = -1
             for line_no, line in enumerate(fh):
                 if line_no % step == step - 1:
                     bar.update(step)
                 yield line_no, line
-            bar.update((line_no + 1) % step)
+            bar.done += (line_no + 1) % step  # counted, shown once by close()
     except FileNotFoundError:
         raise DataError(f"raw file not found: {path}") from None
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
@@ -165,7 +169,7 @@ def pick_category(categories: list[list[str]], rule: str) -> str:
 def _parse_review(raw: bytes) -> tuple[str, str, int, float, dict]:
     """``(user, item, unix time, rating, record)`` of one review line; ValueError says why not."""
     try:
-        record = json.loads(raw)
+        record = _JSON.decode(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ValueError("invalid JSON") from None
     if not isinstance(record, dict):
@@ -239,6 +243,14 @@ def _read_reviews(path: Path, strict: bool, keep_snapshot: bool):
     return pd.DataFrame(columns), items, report
 
 
+def _sales_rank(value: object) -> float:
+    """The best (smallest) rank of ``salesRank = {top category: rank}``; NaN when absent."""
+    try:
+        return float(min(value.values())) if value else float("nan")  # type: ignore[union-attr]
+    except (AttributeError, TypeError, ValueError):
+        return float("nan")
+
+
 def _read_meta(path: Path, wanted: Mapping[str, int], rule: str, strict: bool,
                keep_snapshot: bool):
     """Categories (and snapshot fields) of the items in ``wanted``; others are skipped unparsed."""
@@ -261,8 +273,7 @@ def _read_meta(path: Path, wanted: Mapping[str, int], rule: str, strict: bool,
         try:
             asin, cats = parse_meta_line(text)
             if keep_snapshot:
-                ranks = _literal_dict(text.strip()).get("salesRank") or {}
-                sales_rank[asin] = float(min(ranks.values())) if ranks else float("nan")
+                sales_rank[asin] = _sales_rank(_literal_dict(text.strip()).get("salesRank"))
         except ValueError as exc:
             report.add_bad(line_no + 1, str(exc), strict)
             continue

@@ -18,10 +18,10 @@ operations, and malformed lines (wrong field count, non-numeric id/rating/time) 
 
 from __future__ import annotations
 
+import csv
 import io
 import itertools
 import logging
-import re
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -123,45 +123,75 @@ def _line_chunks(stream: IO[bytes]) -> Iterator[tuple[int, list[str]]]:
         start += len(lines)
 
 
+FIELD_SEP = "\x1f"  # ASCII unit separator: the parser's one-character delimiter
+END_MARK = "\x1e"  # appended to every line: the column it lands in is the line's field count
+EXTRA_FIELDS = 8  # surplus columns that let the parser keep lines with too many fields
+
+
+def _parse_with_marks(lines: Sequence[str], sep: str, names: Sequence[str],
+                      text_columns: Sequence[str]) -> pd.DataFrame | None:
+    """pandas' C parser over the chunk; ``None`` if it dropped a line (far too many fields)."""
+    text = "".join(lines)
+    if not text.endswith("\n"):
+        text += "\n"
+    text = text.replace(sep, FIELD_SEP).replace("\n", FIELD_SEP + END_MARK + "\n")
+    frame = pd.read_csv(
+        io.StringIO(text), sep=FIELD_SEP, header=None, engine="c", quoting=csv.QUOTE_NONE,
+        names=range(len(names) + EXTRA_FIELDS + 1), skip_blank_lines=False, low_memory=False,
+        dtype={i: str for i, n in enumerate(names) if n in text_columns},
+        keep_default_na=False, na_values=[""], on_bad_lines="skip",
+    )
+    return frame if len(frame) == len(lines) else None
+
+
 def parse_delimited(lines: Sequence[str], start: int, *, sep: str, names: Sequence[str],
                     integer: Sequence[str] = (), numeric: Sequence[str] = (),
                     report: ReadReport, strict: bool) -> pd.DataFrame:
-    """Split ``lines`` on ``sep`` into columns ``names`` (strings), vectorised.
+    """Split ``lines`` on ``sep`` into columns ``names`` with pandas' C parser (no Python loop
+    over lines unless the chunk has a line with more than ``EXTRA_FIELDS`` surplus fields).
 
     Lines with another field count, or a non-numeric value in an ``integer``/``numeric`` column,
     are recorded in ``report`` (1-based line numbers) and dropped; blank lines are skipped.
-    The result has a ``line`` column (0-based line number) and the ``names`` columns, with
-    ``integer`` columns as int64 and ``numeric`` ones as float64.
+    The result has a ``line`` column (0-based line number) and the ``names`` columns: text
+    columns as str (NaN when empty), ``integer`` ones as int64 and ``numeric`` ones as float64.
     """
     report.lines += len(lines)
-    series = pd.Series(lines, dtype=object).str.rstrip("\r\n")
+    k = len(names)
     line_no = np.arange(start, start + len(lines), dtype=np.int64)
-    keep = series.str.strip().str.len().to_numpy() > 0
-    series, line_no = series[keep].reset_index(drop=True), line_no[keep]
-    n_fields = series.str.count(re.escape(sep)).to_numpy() + 1
-    reason = np.full(len(series), "", dtype=object)
-    wrong_count = n_fields != len(names)
-    reason[wrong_count] = [f"expected {len(names)} fields, found {n}"
-                           for n in n_fields[wrong_count]]  # rare: malformed lines only
-    parts = series.str.split(sep, regex=False, expand=True)
-    parts = parts.reindex(columns=range(len(names))).astype(object)  # absent fields: NaN
-    parts.columns = list(names)
+    text_columns = [n for n in names if n not in integer and n not in numeric]
+    reason = np.full(len(lines), "", dtype=object)
+    frame = _parse_with_marks(lines, sep, names, text_columns)
+    if frame is None:  # rare: find the overlong lines, then parse the others
+        overlong = np.array([line.count(sep) + 1 > k + EXTRA_FIELDS for line in lines])
+        reason[overlong] = f"more than {k + EXTRA_FIELDS} fields"
+        frame = _parse_with_marks([ln for ln, o in zip(lines, overlong) if not o], sep, names,
+                                  text_columns)
+        if frame is None:
+            raise DataError(f"{report.file}: cannot split lines {start + 1}-"
+                            f"{start + len(lines)} on {sep!r}")
+        frame.index = np.flatnonzero(~overlong)
+        frame = frame.reindex(range(len(lines)))
+    marks = (frame == END_MARK).to_numpy()  # (N, k + EXTRA_FIELDS + 1)
+    n_fields = marks.argmax(axis=1)
+    blank = (n_fields == 1) & frame[0].isna().to_numpy() & (reason == "")
+    wrong = (n_fields != k) & ~blank & (reason == "")
+    reason[wrong] = [f"expected {k} fields, found {n}" for n in n_fields[wrong]]  # rare
     out = pd.DataFrame({"line": line_no})
-    for col in names:
-        values = parts[col]
-        if col in integer or col in numeric:
-            as_num = pd.to_numeric(values.str.strip(), errors="coerce")
-            not_ok = as_num.isna().to_numpy()
-            if col in integer:
-                not_ok = not_ok | ((as_num.to_numpy() % 1 != 0) & ~not_ok)
-            reason[(reason == "") & not_ok] = f"{col} is not a number"
-            out[col] = as_num
-        else:
-            out[col] = values.to_numpy(dtype=object)
+    for i, col in enumerate(names):
+        values = frame[i]
+        if col in text_columns:
+            out[col] = values.to_numpy(dtype=object, na_value=np.nan)
+            continue
+        as_num = pd.to_numeric(values.where(values != END_MARK), errors="coerce")
+        not_ok = as_num.isna().to_numpy()
+        if col in integer:
+            not_ok = not_ok | ((as_num.to_numpy() % 1 != 0) & ~not_ok)
+        reason[(reason == "") & not_ok & ~blank] = f"{col} is not a number"
+        out[col] = as_num.to_numpy(dtype=np.float64, na_value=np.nan)
     bad = reason != ""
-    for idx in np.flatnonzero(bad):
+    for idx in np.flatnonzero(bad):  # malformed lines only
         report.add_bad(int(line_no[idx]) + 1, str(reason[idx]), strict)
-    out = out[~bad].reset_index(drop=True)
+    out = out[~bad & ~blank].reset_index(drop=True)
     for col in integer:
         out[col] = out[col].astype(np.int64)
     return out
@@ -231,10 +261,18 @@ def _users(archive: _Archive, layout: Layout, strict: bool) -> tuple[pd.DataFram
     return users.drop_duplicates("user", keep="first"), report
 
 
-def read_movielens(archive_path: Path, *, strict: bool = False) -> CanonicalTables:
-    """Canonical tables of an ml-100k or ml-1m archive (zip file or extracted directory)."""
+def read_movielens(archive_path: Path, *, strict: bool = False,
+                   members: Sequence[str] = ()) -> CanonicalTables:
+    """Canonical tables of an ml-100k or ml-1m archive (zip file or extracted directory).
+
+    ``members``: files the archive must contain (the card's ``members``, compared by name).
+    """
     archive = _Archive(Path(archive_path))
     try:
+        missing = [m for m in members if Path(m).name not in archive.members]
+        if missing:
+            raise DataError(f"{Path(archive_path).name} lacks {', '.join(missing)}",
+                            hint="is it the archive the card names? run `ctrbench download`")
         layout = archive.layout()
         interactions, ratings_report = _ratings(archive, layout, strict)
         items, items_report = _items(archive, layout, strict)
@@ -264,4 +302,6 @@ def read(card: DatasetCard, files: Mapping[str, Path], *, strict: bool = False
     if "archive" not in files:
         raise DataError(f"dataset card {card.name!r}: the movielens reader needs a source with "
                         f"role 'archive' (the GroupLens zip); got {sorted(files)}")
-    return read_movielens(files["archive"], strict=strict)
+    source = card.source("archive")
+    return read_movielens(files["archive"], strict=strict,
+                          members=source.members if source is not None else ())

@@ -1,0 +1,158 @@
+"""Preparation from raw at real-data scale: wall time per stage and peak memory.
+
+Generates synthetic raw files the size of Amazon Electronics (1,689,188 reviews, 498,196 meta
+lines) and/or Books (8,898,041 reviews, 2,370,585 meta lines), then prepares them through the real
+path: the synthetic reader hands the files to the Amazon reader, then the protocol builder
+(with the oracle scoring every sample) and the store writer. Each of the two steps runs in its
+own subprocess, so its peak RSS (``VmHWM`` from /proc/self/status, ``ru_maxrss`` as a fallback)
+is its own. Prints figures; asserts nothing (timings are not tests).
+
+Targets: Electronics < 3 min and < 4 GB; Books < 15 min and < 16 GB (preparation).
+
+Usage:
+    python benchmarks/prepare_scale.py                      # electronics
+    python benchmarks/prepare_scale.py --scale electronics --scale books --work /data/bench
+    OMP_NUM_THREADS=2 python benchmarks/prepare_scale.py --json results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGETS = {"electronics": (180.0, 4096.0), "books": (900.0, 16384.0)}  # seconds, MB
+
+CARD = """reader = "synthetic"
+protocol = "din"
+description = "synthetic data at {scale} scale (benchmark)"
+[reader_params]
+scale = "{scale}"
+seed = {seed}
+[fields]
+user = ["user_id", "hist_len_bucket", "mean_rating_bucket", "fav_cate", "tenure_bucket",
+        "occupation", "age"]
+context = ["year", "month", "weekday", "gap_bucket"]
+"""
+
+# Runs in a child process: one step, timed per stage, reporting its own peak memory.
+CHILD = r"""
+import json, resource, sys, time
+from pathlib import Path
+
+def peak_mb():
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+stages = []
+def timed(name, fn):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        stages.append({"stage": name, "seconds": time.perf_counter() - start,
+                       "peak_mb": peak_mb()})
+        return out
+    return wrapper
+
+from ctrbench.cards import load_dataset_card
+from ctrbench.progress import set_mode
+set_mode("quiet")
+card = load_dataset_card(sys.argv[2])
+start = time.perf_counter()
+if sys.argv[1] == "generate":
+    from ctrbench.data.sources.synthetic import ensure_generated, world_dir
+    from ctrbench.data.synthetic_world import world_params
+    params = world_params(card.reader_params)
+    timed("generate raw files", ensure_generated)(world_dir(card.name, params), params)
+else:
+    import ctrbench.data.prepare as prepare
+    prepare.read_source = timed("read (amazon reader + users + oracle)", prepare.read_source)
+    prepare.build_samples = timed("build (din protocol + oracle scores)", prepare.build_samples)
+    prepare._replace_store = timed("write store", prepare._replace_store)
+    data = prepare.prepare(card, force=True).data
+    stages.append({"rows": {s: data.num_rows(s) for s in ("train", "valid", "test")}})
+print(json.dumps({"total_seconds": time.perf_counter() - start, "peak_mb": peak_mb(),
+                  "stages": stages}))
+"""
+
+
+def run_step(step: str, card_name: str, env: dict[str, str]) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, step, card_name], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit(f"{step} failed with exit status {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_scale(scale: str, work: Path, seed: int) -> dict:
+    cards = work / "cards" / "datasets"
+    cards.mkdir(parents=True, exist_ok=True)
+    name = f"synthetic-{scale}-bench"
+    (cards / f"{name}.toml").write_text(CARD.format(scale=scale, seed=seed))
+    env = dict(os.environ, CTRBENCH_HOME=str(work / "home"), CTRBENCH_CARDS=str(work / "cards"))
+    generated = run_step("generate", name, env)
+    prepared = run_step("prepare", name, env)
+    return {"scale": scale, "generate": generated, "prepare": prepared}
+
+
+def print_report(result: dict) -> None:
+    scale = result["scale"]
+    seconds_target, mb_target = TARGETS[scale]
+    print(f"\n== {scale} scale ==")
+    for step in ("generate", "prepare"):
+        info = result[step]
+        for stage in info["stages"]:
+            if "rows" in stage:
+                rows = ", ".join(f"{k} {v:,}" for k, v in stage["rows"].items())
+                print(f"  rows: {rows}")
+                continue
+            print(f"  {stage['stage']:<40s} {stage['seconds']:8.1f} s   peak so far "
+                  f"{stage['peak_mb']:8.0f} MB")
+        line = (f"  {step + ' total':<40s} {info['total_seconds']:8.1f} s   peak "
+                f"{info['peak_mb']:8.0f} MB")
+        if step == "prepare":
+            ok = info["total_seconds"] < seconds_target and info["peak_mb"] < mb_target
+            line += (f"   target < {seconds_target / 60:.0f} min, < {mb_target / 1024:.0f} GB: "
+                     f"{'met' if ok else 'NOT met'}")
+        print(line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scale", action="append", choices=sorted(TARGETS),
+                        help="electronics (default) and/or books; repeat for both")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="work directory (default: a temporary one, removed afterwards)")
+    parser.add_argument("--seed", type=int, default=2021)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args()
+    scales = args.scale or ["electronics"]
+    work = args.work or Path(tempfile.mkdtemp(prefix="ctrbench-prepare-scale-"))
+    print(f"work directory: {work}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}; "
+          f"cpus {os.cpu_count()}; started {time.strftime('%H:%M:%S')}")
+    results = []
+    try:
+        for scale in scales:
+            results.append(bench_scale(scale, work, args.seed))
+            print_report(results[-1])
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
