@@ -8,9 +8,10 @@ Variants, slowest first:
   fast-trim   fast on a batch whose histories are all <= T/2: DIEN runs only the steps up to
               the longest history in the batch (the other variants use lengths ~ U[0, T])
 
-Each figure is the best of --rounds rounds of --repeats steps (the machine may be shared).
+Each figure is the best of --rounds rounds of --repeats steps, the variants taking turns in
+every round (the machine may be shared).
 Figures only; nothing is asserted. Usage:
-  OMP_NUM_THREADS=1 python benchmarks/augru_speed.py [--threads 1] [--repeats 30] [--rounds 3]
+  OMP_NUM_THREADS=1 python benchmarks/augru_speed.py [--threads 1] [--repeats 10] [--rounds 10]
 """
 
 from __future__ import annotations
@@ -39,24 +40,28 @@ def naive_augru(x: torch.Tensor, attention: torch.Tensor, layer: sequence.AUGRU)
     return h
 
 
-def time_ms(step: Callable[[], None], repeats: int, rounds: int) -> float:
-    """Best mean over ``rounds`` rounds of ``repeats`` calls, in milliseconds."""
-    for _ in range(3):  # warm-up (also lets TorchScript specialise)
-        step()
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(repeats):
+def best_times_ms(steps: dict[str, Callable[[], None]], repeats: int,
+                  rounds: int) -> dict[str, float]:
+    """Best mean per call (ms) over ``rounds``; the variants take turns within each round so
+    that a burst of load from other processes hits them all alike."""
+    for step in steps.values():  # warm-up (also lets TorchScript specialise)
+        for _ in range(3):
             step()
-        best = min(best, (time.perf_counter() - start) / repeats * 1e3)
+    best = dict.fromkeys(steps, float("inf"))
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(repeats):
+                step()
+            best[name] = min(best[name], (time.perf_counter() - start) / repeats * 1e3)
     return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--dim", type=int, default=32)
@@ -97,10 +102,10 @@ def main() -> None:
     print(f"AUGRU forward+backward, B={args.batch} T={args.steps} D=H={args.dim}, "
           f"threads={args.threads}, torch {torch.__version__}, "
           f"TorchScript loops: {'yes' if scripted else 'no (eager fallback)'}")
-    baseline = None
-    for kind in ("naive", "hoisted", "fast-eager", "fast", "fast-trim"):
-        ms = time_ms(run(kind), args.repeats, args.rounds)
-        baseline = baseline or ms
+    kinds = ("naive", "hoisted", "fast-eager", "fast", "fast-trim")
+    times = best_times_ms({kind: run(kind) for kind in kinds}, args.repeats, args.rounds)
+    baseline = times["naive"]
+    for kind, ms in times.items():
         note = f" (longest history {longest})" if kind == "fast-trim" else ""
         print(f"  {kind:<11} {ms:8.2f} ms   x{baseline / ms:4.1f}{note}")
 

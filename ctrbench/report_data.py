@@ -7,6 +7,7 @@ curves of finished runs, and lazily the test scores (``.npz``) beside each recor
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,12 +131,19 @@ class ResultSet:
         return sorted(self.runs["dataset"].unique())
 
     def scores(self, path: str) -> dict[str, np.ndarray] | None:
-        """The record's test scores (.npz), or None when missing or unreadable (cached)."""
+        """The record's test scores (.npz), or None when missing or unreadable (cached).
+
+        Cached without ``groups`` (the largest array, unused here) to bound memory on
+        400k-row test sets; None also when ``scores`` or ``labels`` is missing.
+        """
         if path not in self._scores:
             try:
-                self._scores[path] = read_scores(Path(path))
-            except (OSError, ValueError, KeyError):
-                self._scores[path] = None
+                arrays = read_scores(Path(path))
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+                arrays = {}
+            arrays.pop("groups", None)
+            ok = "scores" in arrays and "labels" in arrays
+            self._scores[path] = arrays if ok else None
         return self._scores[path]
 
 

@@ -16,12 +16,14 @@ import numpy as np
 import pandas as pd
 
 from ctrbench import stats
+from ctrbench.progress import message
 from ctrbench.report_data import CardBook, ResultSet, paper_dataset
 
 NAN = float("nan")
 ABLATION_BASE = "mian"
 DEFAULT_VARIANTS = ("mian_postln", "mian_no_transformer")
 TIMING_BASE = "din"
+BOOTSTRAP_BUDGET = 2_400_000_000  # row-evaluations; ~25 ns each measured on one CPU core
 
 LEADERBOARD_COLUMNS = (
     "dataset", "model", "status", "n_seeds", "n_failed", "auc_mean", "auc_std", "auc_ci_low",
@@ -156,7 +158,7 @@ def _paired_scores(rs: ResultSet, model: ModelRuns, ref: ModelRuns, seeds: Seque
 
 def compare_to_reference(
     rs: ResultSet | None, groups: Mapping[str, ModelRuns], reference: str | None,
-    models: Sequence[str], *, alpha: float = 0.05, n_boot: int = 0, boot_seed: int = 0,
+    models: Sequence[str], *, alpha: float = 0.05, n_boot: int | None = 0, boot_seed: int = 0,
 ) -> dict[str, Comparison]:
     """Paired t-test and Wilcoxon (Holm across ``models``), and with ``rs`` DeLong per seed and
     the bootstrap CI of the seed-mean AUC difference on the shared test set."""
@@ -166,9 +168,10 @@ def compare_to_reference(
         return out
     ref_auc = ref.seed_values("test_auc")
     ref_mean = ref.summary("test_auc").mean
-    labels = None
+    labels = None  # the shared test set: the first reference record with scores
     if rs is not None:
-        first = rs.scores(str(ref.runs.iloc[0]["path"]))
+        found = (rs.scores(str(p)) for p in ref.runs["path"])
+        first = next((f for f in found if f is not None), None)
         labels = first["labels"] if first is not None else None
     boot_jobs: dict[str, list[tuple[str, str]]] = {}
     for m in models:
@@ -204,15 +207,18 @@ def compare_to_reference(
         adjusted = stats.holm([getattr(out[m], key) for m in models])
         for m, p in zip(models, adjusted):
             setattr(out[m], attr, float(p))
-    if boot_jobs and n_boot > 0:
+    if boot_jobs and n_boot != 0:
         _bootstrap(rs, boot_jobs, labels, out, n_boot, boot_seed)
     return out
 
 
 def _bootstrap(rs: ResultSet, jobs: Mapping[str, list[tuple[str, str]]], labels: np.ndarray,
-               out: dict[str, Comparison], n_boot: int, seed: int) -> None:
+               out: dict[str, Comparison], n_boot: int | None, seed: int) -> None:
     """One shared set of resamples for every record of the dataset (so all pairs are paired)."""
     paths = sorted({p for pairs in jobs.values() for pair in pairs for p in pair})
+    if n_boot is None:
+        n_boot = auto_resamples(len(paths), labels.size)
+    message(f"bootstrap: {n_boot} resamples x {len(paths)} score vectors x {labels.size:,} rows")
     reps = stats.bootstrap_aucs([rs.scores(p)["scores"] for p in paths], labels,
                                 n_boot=n_boot, seed=seed)
     row = {p: i for i, p in enumerate(paths)}
@@ -220,6 +226,12 @@ def _bootstrap(rs: ResultSet, jobs: Mapping[str, list[tuple[str, str]]], labels:
         diffs = np.mean([reps[row[mp]] - reps[row[rp]] for mp, rp in pairs], axis=0)
         out[m].boot_low, out[m].boot_high = stats.percentile_interval(diffs)
         out[m].boot_n = int(reps.shape[1])
+
+
+def auto_resamples(n_vectors: int, n_rows: int) -> int:
+    """Resamples for ``--bootstrap auto``: 1000 when the work (vectors x rows x resamples) fits
+    ``BOOTSTRAP_BUDGET`` row-evaluations (about a minute on one CPU core), else fewer, >= 200."""
+    return int(np.clip(BOOTSTRAP_BUDGET // max(1, n_vectors * n_rows), 200, 1000))
 
 
 def significance_label(p_holm: float, alpha: float) -> str:
@@ -230,9 +242,12 @@ def significance_label(p_holm: float, alpha: float) -> str:
 
 # --------------------------------------------------------------------------- tables
 def leaderboard(rs: ResultSet, cards: CardBook, *, reference: str | None = None,
-                alpha: float = 0.05, n_boot: int = 1000, boot_seed: int = 0
+                alpha: float = 0.05, n_boot: int | None = None, boot_seed: int = 0
                 ) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Table 2 done properly; returns the frame and, per dataset, how the reference was chosen."""
+    """Table 2 done properly; returns the frame and, per dataset, how the reference was chosen.
+
+    ``n_boot``: bootstrap resamples; None = automatic (:func:`auto_resamples`), 0 = none.
+    """
     rows, why = [], {}
     for ds in rs.datasets():
         groups = group_models(rs, ds)
@@ -247,6 +262,9 @@ def leaderboard(rs: ResultSet, cards: CardBook, *, reference: str | None = None,
         others = [m for m in groups if m != ref]
         comp = compare_to_reference(rs, groups, ref, others, alpha=alpha, n_boot=n_boot,
                                     boot_seed=boot_seed)
+        boot_n = max((c.boot_n for c in comp.values()), default=0)
+        if boot_n:
+            why[ds] += f"; bootstrap: {boot_n} resamples (seed {boot_seed})"
         for m, g in groups.items():
             auc, gauc, ll = g.summary("test_auc"), g.summary("test_gauc"), g.summary("test_logloss")
             c = comp.get(m, Comparison())

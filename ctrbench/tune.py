@@ -279,16 +279,16 @@ def run_study(
         fail_stale(study, handle)
         counts = count_states(study)
         done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-        active = counts[TrialState.RUNNING] + counts[TrialState.WAITING]
+        running = counts[TrialState.RUNNING]  # queued (WAITING) trials are ours to run
         if done >= target:
             stop_reason = f"the study has {done} complete or pruned trials (asked for {target})"
         elif settings.timeout is not None and time.monotonic() - start >= settings.timeout:
             stop_reason = f"timeout of {settings.timeout:g} s reached"
         elif settings.sampler == "grid" and done >= size:
             stop_reason = "the grid is exhausted"
-        elif done + active >= target:
+        elif done + running >= target:
             if not handle.heartbeat:
-                stop_reason = (f"the remaining trials are running in other workers ({active}); "
+                stop_reason = (f"the remaining trials are running in other workers ({running}); "
                                "if they are dead, re-run with --fail-running")
             else:  # others finish the last trials; if one fails or dies, take its place
                 time.sleep(POLL_SECONDS)

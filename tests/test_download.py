@@ -237,6 +237,16 @@ def test_from_dir_good_corrupt_and_missing(home, tmp_path, http_server):
         fetch_sources(card, from_dir=tmp_path / "nowhere")
 
 
+def test_from_dir_unpinned_file_with_wrong_line_count_is_removed(home, tmp_path):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "meta.gz").write_bytes(gzip.compress(GOOD))
+    write_card(home, "toy", source("meta.gz", lines=7))
+    with pytest.raises(ChecksumError, match="expected 7 lines, actual 501 lines"):
+        fetch_sources(load_dataset_card("toy"), from_dir=mirror)
+    assert raw_files("toy") == []
+
+
 def test_no_url_and_no_mirror_dir_asks_for_from(home):
     write_card(home, "toy", source("r.tsv", sha256=sha(GOOD)))
     with pytest.raises(DataError) as err:

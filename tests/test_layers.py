@@ -281,3 +281,17 @@ def test_linear_term_hand_values_ignore_padding_and_negatives():
     batch["hist_item_id"] = torch.tensor([[3, 4, 5], [5, 5, 5]])  # padded positions changed
     batch["neg_hist_item_id"] = torch.tensor([[2, 2, 2], [3, 3, 3]])
     torch.testing.assert_close(linear(batch), torch.tensor([15.5, 12.5]))
+
+
+def test_dice_bf16_input_keeps_float32_statistics():
+    # Under bf16 autocast the input arrives in bf16; the statistics stay float32 (same numbers
+    # as the float32 test above: mean 3, var 4 -> running 0.03 and 1.03).
+    dice = Dice(1, momentum=0.01).train()
+    with torch.no_grad():
+        dice.alpha.fill_(0.5)
+    out = dice(torch.tensor([[1.0], [5.0]], dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(dice.running_mean, torch.tensor([0.03]))
+    torch.testing.assert_close(dice.running_var, torch.tensor([1.03]))
+    torch.testing.assert_close(out.float(), torch.tensor([[0.634470], [4.327646]]),
+                               atol=0.03, rtol=0)

@@ -28,6 +28,10 @@ BASELINES = ("lr", "wide_deep", "dcn", "deepfm", "xdeepfm")  # this file's owner
 
 # Parameters whose gradient may legitimately be zero on the test batches (none so far).
 ZERO_GRAD_ALLOWED: dict[str, set[str]] = {}
+# Known failures under bf16 autocast, to be fixed by the model's owner (strict: a fix must
+# remove the entry). DIEN: the scripted AUGRU loop's backward mixes float32 and bf16 in addmm.
+BF16_KNOWN_FAILURES = {"dien": "scripted AUGRU backward: float32 x bf16 addmm",
+                       "dien_no_aux": "scripted AUGRU backward: float32 x bf16 addmm"}
 
 
 @pytest.fixture(autouse=True)
@@ -244,6 +248,24 @@ def test_forward_backward_every_parameter_learns(name):
         if table.padding_idx is not None:
             assert torch.equal(dense_grad(table.weight)[table.padding_idx],
                                torch.zeros(table.embedding_dim))
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(reason=BF16_KNOWN_FAILURES[n], strict=True))
+    if n in BF16_KNOWN_FAILURES else n for n in MODELS])
+def test_bf16_autocast_forward_backward(name):
+    """The trainer autocasts to bf16 on CUDA; CPU autocast catches the same dtype mix-ups."""
+    model = card_model(name).train()
+    batch = planted_batch(32, seed=15)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, aux = model.forward_train(batch)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), batch[LABEL])
+    (loss + sum((a.float() for a in aux.values()), torch.zeros(()))).backward()
+    assert torch.isfinite(loss)
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = model(random_inputs(16, seed=16))
+    assert scores.shape == (16,) and torch.isfinite(scores.float()).all()
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -304,7 +304,11 @@ def test_mian_explain_weights():
     torch.testing.assert_close(ibim.sum(1)[nonempty], torch.ones(int(nonempty.sum())))
     assert weights["iuim"].shape == (16, 3) and weights["icim"].shape == (16, 2)
     assert set(card_model("mian_wo_gim").explain(batch)) == {"ibim", "iuim", "icim"}
-    assert card_model("mian_wo_ibim").explain(batch)["gim"].shape == (16, 6)
+    ablated = card_model("mian_wo_ibim")
+    assert ablated.explain(batch)["gim"].shape == (16, 6)
+    # the trainer names the "gim" columns with getattr(model, "GIM_PARTS")
+    assert ablated.GIM_PARTS == ("item", "context", "behavior", "user", "iuim", "icim")
+    assert model.GIM_PARTS == MIAN.GIM_PARTS
 
 
 def test_mian_bad_parameters_are_card_errors():

@@ -129,3 +129,17 @@ def test_card_members_must_be_in_the_archive(tmp_path):
     card = load_dataset_card("movielens-1m")  # names ml-1m members
     with pytest.raises(DataError, match=r"lacks ml-1m/ratings\.dat"):
         read_source(card, {"archive": make_zip(tmp_path, "ml-100k")})
+
+
+@pytest.mark.parametrize("name", ["movielens-100k", "movielens-1m"])
+def test_card_fields_build_on_movielens_tables(tmp_path, name):
+    """The card's demographic and context fields are accepted by the protocol builder."""
+    from ctrbench.data.build import build_samples
+
+    card = load_dataset_card(name)
+    layout = "ml-100k" if name.endswith("100k") else "ml-1m"
+    built = build_samples(read_source(card, {"archive": make_zip(tmp_path, layout)}), card)
+    names = [f.name for f in built.schema.group("user")]
+    assert {"gender", "age", "occupation", "zip"} <= set(names)
+    assert "hour" in [f.name for f in built.schema.group("context")]
+    assert built.rows()["test"] == 2 * 5  # one positive + one negative per user

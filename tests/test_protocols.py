@@ -183,11 +183,11 @@ def test_users_table_columns_and_oracle():
     tables = tiny_tables()
     tables.users = pd.DataFrame({"user": ["u1", "u2"], "gender": ["F", "M"]})
 
-    class RecordingOracle:
-        calls: list = []
+    calls = []
 
+    class RecordingOracle:
         def score(self, event_lines, candidate_items):
-            self.calls.append((np.asarray(event_lines).copy(), list(candidate_items)))
+            calls.append((np.asarray(event_lines).copy(), list(candidate_items)))
             return np.arange(len(event_lines)) / 10.0
 
     tables.oracle = RecordingOracle()
@@ -202,7 +202,7 @@ def test_users_table_columns_and_oracle():
     np.testing.assert_array_equal(tr["gender"], [2, 2, 3, 3])  # F, M in train
     np.testing.assert_array_equal(te["gender"], [2, 2, 3, 3])
     # the oracle scored every row: the target event's line and the candidate's raw id
-    train_lines, train_items = RecordingOracle.calls[0]
+    train_lines, train_items = calls[0]
     np.testing.assert_array_equal(train_lines, [3, 3, 6, 6])  # u1's b (line 3), u2's a (line 6)
     assert train_items == ["b", "e", "a", "d"]
     np.testing.assert_allclose(tr["oracle"], [0.0, 0.1, 0.2, 0.3])

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from ctrbench.cli import main
+from ctrbench.report_tables import auto_resamples
 from ctrbench.results import read_record
 
 HERE = Path(__file__).resolve().parent
@@ -158,6 +159,18 @@ def test_no_baseline_gives_dashes_and_unreadable_records_are_listed(tmp_path):
     assert failed["status"].tolist() == ["unreadable"] and failed["seed"].tolist() == [9]
 
 
+def test_corrupt_scores_reduce_delong_seeds_not_the_report(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(FIXTURES / "runs" / "books", results / "runs" / "books")
+    (results / "runs" / "books" / "din" / "seed-0.npz").write_bytes(b"not a zip file")
+    result = run_report(results, tmp_path / "o", "--bootstrap", "0", "--no-plots")
+    assert result.exit_code == 0, result.output
+    board = pd.read_csv(tmp_path / "o" / "leaderboard.csv").set_index("model")
+    assert (board.loc["din", "delong_seeds"], board.loc["mian", "delong_seeds"]) == (3, 4)
+    assert "test scores for 3 of 4 paired seed(s)" in board.loc["din", "note"]
+    assert board["boot_n"].eq(0).all()
+
+
 def test_user_errors_are_clean(tmp_path):
     missing = run_report(tmp_path / "nothing", tmp_path / "o")
     assert missing.exit_code == 1 and "no run records" in missing.output
@@ -165,3 +178,11 @@ def test_user_errors_are_clean(tmp_path):
     assert unknown.exit_code == 1 and "movies" in unknown.output
     bad_map = run_report(FIXTURES, tmp_path / "o", "--paper-map", "books")
     assert bad_map.exit_code == 2
+    bad_boot = run_report(FIXTURES, tmp_path / "o", "--bootstrap", "many")
+    assert bad_boot.exit_code == 2 and "auto" in bad_boot.output
+
+
+def test_automatic_bootstrap_size():
+    assert auto_resamples(30, 400) == 1000  # small test sets: the full 1000
+    assert auto_resamples(50, 384_806) == 200  # Electronics-sized: capped work, at least 200
+    assert 200 < auto_resamples(10, 400_000) < 1000

@@ -69,6 +69,7 @@ def test_csv_tables():
 
 
 def test_parquet_matches_csv(tmp_path):
+    pytest.importorskip("pyarrow")  # the `parquet` extra
     csv = read({"interactions": FILES["interactions"]}).interactions
     frame = pd.DataFrame({"customer": csv["user"], "product": csv["item"],
                           "when": pd.to_datetime(csv["ts"], unit="s"), "stars": csv["rating"]})

@@ -1,8 +1,8 @@
 """Helpers for the trainer/runner tests: a tiny planted prepared store and a test architecture.
 
-The planted problem: the click probability rises when the candidate's category occurs in the
-history and when the user's "taste" field matches the candidate's category; everything is
-generated with numpy from a seed, so the store is identical on every call.
+The planted problem: the click probability rises with an item effect (even categories), when
+the candidate's category occurs in the history, and when the user's "taste" field matches the
+candidate's category; everything is generated with numpy from a seed (identical on every call).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _planted_split(rng: np.random.Generator, rows: int) -> dict[str, np.ndarray]
     user = rng.integers(2, 60, rows)
     taste = (user % (N_CATES - 2)) + 2
     in_hist = (hist_cate == cate[:, None]).any(axis=1)
-    logit = -1.0 + 2.5 * in_hist + 2.0 * (taste == cate)
+    logit = -1.5 + 2.5 * in_hist + 2.0 * (taste == cate) + 1.5 * (cate % 2 == 0)
     prob = 1 / (1 + np.exp(-logit))
     label = (rng.random(rows) < prob).astype(np.float32)
     return {

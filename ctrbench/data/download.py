@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -306,16 +305,21 @@ def _copy_from_mirror(src: SourceSpec, mirror_dir: Path, target: Path) -> tuple[
     sha, md5 = hashlib.sha256(), hashlib.md5()
     size = 0
     try:
-        with origin.open("rb") as fin, tmp.open("wb") as fout:
+        with origin.open("rb") as fin, tmp.open("wb") as fout, progress.progress(
+                f"copying {origin.name}", total=origin.stat().st_size, unit="B",
+                interval=0.5) as bar:
             while chunk := fin.read(CHUNK):
                 fout.write(chunk)
                 sha.update(chunk)
                 md5.update(chunk)
                 size += len(chunk)
+                bar.update(len(chunk))
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise DataError(f"cannot copy {origin} to {target.parent}: {exc}") from None
-    shutil.copystat(origin, tmp)
+    except BaseException:  # Ctrl-C: leave no partial copy behind
+        tmp.unlink(missing_ok=True)
+        raise
     return tmp, Digests(sha.hexdigest(), md5.hexdigest(), size)
 
 
@@ -437,6 +441,30 @@ def _fetch_remote(card: DatasetCard, src: SourceSpec, target: Path, *,
     )
 
 
+def _fetch_from_mirror(src: SourceSpec, from_dir: Path, target: Path, *,
+                       strict_hash: bool) -> FetchedSource:
+    """Copy a source from the offline mirror ``from_dir``; the pinned hash and size are checked
+    before the final name, the rest (first-seen hash, line count) right after it."""
+    origin = str(from_dir / Path(src.file).name)
+    tmp, digests = _copy_from_mirror(src, from_dir, target)
+    try:
+        _check(src, tmp, {"sha256": digests.sha256, "md5": digests.md5, "size": digests.size},
+               origin)
+    except ChecksumError:
+        if strict_hash:
+            tmp.unlink(missing_ok=True)
+            raise
+    os.replace(tmp, target)
+    try:
+        entry = _verify(src, target, _remember(target, digests), origin=origin,
+                        strict_hash=strict_hash)
+    except ChecksumError:
+        target.unlink(missing_ok=True)
+        raise
+    return FetchedSource(src.role, src.file, target, int(entry["size"]), str(entry["sha256"]),
+                         "copied", _expected_hash(src) is not None, str(from_dir))
+
+
 def _fetch_one(card: DatasetCard, src: SourceSpec, from_dir: Path | None,
                strict_hash: bool) -> FetchedSource:
     pinned = _expected_hash(src) is not None
@@ -463,21 +491,7 @@ def _fetch_one(card: DatasetCard, src: SourceSpec, from_dir: Path | None,
     except OSError as exc:
         raise DataError(f"cannot create the raw cache {target.parent}: {exc}") from None
     if from_dir is not None:
-        tmp, digests = _copy_from_mirror(src, from_dir, target)
-        try:
-            entry = {"sha256": digests.sha256, "md5": digests.md5, "size": digests.size}
-            _check(src, tmp, entry, origin=str(from_dir / Path(src.file).name))
-            os.replace(tmp, target)
-        except ChecksumError:
-            if strict_hash:
-                raise
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        entry = _verify(src, target, _remember(target, digests), origin=str(from_dir),
-                        strict_hash=strict_hash)
-        return FetchedSource(src.role, src.file, target, int(entry["size"]),
-                             str(entry["sha256"]), "copied", pinned, str(from_dir))
+        return _fetch_from_mirror(src, from_dir, target, strict_hash=strict_hash)
     return _fetch_remote(card, src, target, strict_hash=strict_hash)
 
 

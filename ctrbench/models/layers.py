@@ -100,17 +100,18 @@ class Dice(nn.Module):
         self.register_buffer("running_var", torch.ones(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Statistics in float32 (the running buffers' dtype) also under bf16 autocast.
         if self.training:
-            flat = x.reshape(-1, x.shape[-1])
-            mean = flat.mean(dim=0)
-            var = flat.var(dim=0, unbiased=False)
+            flat = x.reshape(-1, x.shape[-1]).float()  # (N, H)
+            mean = flat.mean(dim=0)  # (H,)
+            var = flat.var(dim=0, unbiased=False)  # (H,)
             with torch.no_grad():
                 self.running_mean.lerp_(mean.detach(), self.momentum)
                 self.running_var.lerp_(var.detach(), self.momentum)
         else:
             mean, var = self.running_mean, self.running_var
-        p = torch.sigmoid((x - mean) / torch.sqrt(var + self.eps))
-        return p * x + (1 - p) * self.alpha * x
+        p = torch.sigmoid((x.float() - mean) / torch.sqrt(var + self.eps)).to(x.dtype)
+        return p * x + (1 - p) * self.alpha.to(x.dtype) * x
 
 
 def make_activation(name: str, width: int) -> nn.Module:

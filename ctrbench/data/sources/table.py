@@ -117,10 +117,13 @@ def require_columns(path: Path, role: str, needed: Mapping[str, str],
     return found
 
 
-def iter_chunks(path: Path, columns: Sequence[str], params: TableParams
-                ) -> Iterator[pd.DataFrame]:
-    """``columns`` of ``path`` in DataFrames of at most ``CHUNK_ROWS`` rows (CSV values as
-    strings, parquet values in their stored types)."""
+def iter_chunks(path: Path, columns: Sequence[str], params: TableParams,
+                text_columns: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
+    """``columns`` of ``path`` in DataFrames of at most ``CHUNK_ROWS`` rows.
+
+    CSV: ``text_columns`` (default: all) are read as strings, the others typed by pandas' C
+    parser (numbers stay numbers); parquet: the stored types.
+    """
     try:
         if _is_parquet(path):
             import pyarrow.parquet as pq
@@ -129,9 +132,11 @@ def iter_chunks(path: Path, columns: Sequence[str], params: TableParams
             for batch in parquet.iter_batches(batch_size=CHUNK_ROWS, columns=list(columns)):
                 yield batch.to_pandas()
             return
-        reader = pd.read_csv(path, sep=_sep(path, params), usecols=list(columns), dtype=str,
-                             keep_default_na=False, na_values=[""], chunksize=CHUNK_ROWS,
-                             encoding=params.encoding)
+        as_text = columns if text_columns is None else text_columns
+        reader = pd.read_csv(path, sep=_sep(path, params), usecols=list(columns),
+                             dtype={c: str for c in as_text}, keep_default_na=False,
+                             na_values=[""], chunksize=CHUNK_ROWS, encoding=params.encoding,
+                             low_memory=False)
         with reader:
             yield from reader
     except (OSError, ValueError, UnicodeDecodeError, EOFError) as exc:
@@ -139,16 +144,24 @@ def iter_chunks(path: Path, columns: Sequence[str], params: TableParams
 
 
 def _text(values: pd.Series) -> pd.Series:
-    """Object strings with surrounding blanks removed; missing or empty -> NaN."""
-    present = values.notna().to_numpy()
-    text = values.where(present, "").astype(str).str.strip().astype(object)
-    return text.where(present & (text.str.len() > 0).to_numpy(dtype=bool), np.nan)
+    """Strings with surrounding blanks removed; missing or empty -> missing (NaN/NA)."""
+    text = values.astype(str).where(values.notna()).str.strip()
+    return text.where(text.str.len() > 0)
+
+
+def _numbers(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """(float64 values with NaN where not a number, mask of values present but not numbers)."""
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return values.astype("float64"), np.zeros(len(values), dtype=bool)
+    text = _text(values)
+    numbers = pd.to_numeric(text, errors="coerce").astype("float64")
+    return numbers, (numbers.isna() & text.notna()).to_numpy()
 
 
 def _seconds_from_text(text: pd.Series, params: TableParams, numeric: bool) -> pd.Series:
     """Unix seconds (float, NaN where unparseable) from numbers or date/time strings."""
     if numeric:
-        return np.floor(pd.to_numeric(text, errors="coerce") / TIME_UNITS[params.time_unit])
+        return np.floor(_numbers(text)[0] / TIME_UNITS[params.time_unit])
     parsed = pd.to_datetime(text, errors="coerce", utc=True, format=params.time_format or None)
     return _seconds_from_datetimes(parsed)
 
@@ -161,6 +174,8 @@ def _seconds_from_datetimes(values: pd.Series) -> pd.Series:
 
 
 def _looks_numeric(values: pd.Series) -> bool:
+    if pd.api.types.is_numeric_dtype(values):
+        return True
     present = values.dropna()
     return len(present) > 0 and bool(pd.to_numeric(present, errors="coerce").notna().all())
 
@@ -180,29 +195,31 @@ def read_interactions(path: Path, params: TableParams, *, strict: bool
     report = ReadReport(file=path.name)
     header_lines = 0 if _is_parquet(path) else 1
     frames, numeric_time = [], None
-    for chunk in iter_chunks(path, columns, params):
+    text_columns = [c for c in columns if c not in (params.time_col, params.rating_col)]
+    for chunk in iter_chunks(path, columns, params, text_columns):
         start = report.lines
         report.lines += len(chunk)
         row = np.arange(start, start + len(chunk), dtype=np.int64)
         user, item = _text(chunk[params.user_col]), _text(chunk[params.item_col])
         raw_time = chunk[params.time_col]
         if pd.api.types.is_datetime64_any_dtype(raw_time):  # parquet timestamp column
-            time_text = raw_time.astype(object).where(raw_time.notna(), np.nan)
+            time_present = raw_time.notna().to_numpy()
             ts = _seconds_from_datetimes(raw_time)
         else:
-            time_text = _text(raw_time)
-            if numeric_time is None and time_text.notna().any():
+            numeric_dtype = pd.api.types.is_numeric_dtype(raw_time)
+            time_text = raw_time if numeric_dtype else _text(raw_time)
+            time_present = time_text.notna().to_numpy()
+            if numeric_time is None and time_present.any():
                 numeric_time = _looks_numeric(time_text)  # decided once, on the first values
             ts = _seconds_from_text(time_text, params, bool(numeric_time))
         reason = np.full(len(chunk), "", dtype=object)
         if params.rating_col:
-            rating_text = _text(chunk[params.rating_col])
-            rating = pd.to_numeric(rating_text, errors="coerce")
-            reason[(rating.isna() & rating_text.notna()).to_numpy()] = "rating is not a number"
+            rating, not_number = _numbers(chunk[params.rating_col])
+            reason[not_number] = "rating is not a number"
         else:
             rating = pd.Series(np.nan, index=chunk.index)
-        reason[ts.isna().to_numpy() & time_text.notna().to_numpy()] = "unparseable time"
-        reason[time_text.isna().to_numpy()] = "missing time"
+        reason[ts.isna().to_numpy() & time_present] = "unparseable time"
+        reason[~time_present] = "missing time"
         reason[item.isna().to_numpy()] = "missing item"
         reason[user.isna().to_numpy()] = "missing user"
         bad = reason != ""
@@ -213,7 +230,7 @@ def read_interactions(path: Path, params: TableParams, *, strict: bool
             "user": user[ok].astype(str).to_numpy(dtype=object),
             "item": item[ok].astype(str).to_numpy(dtype=object),
             "ts": ts[ok].to_numpy(dtype=np.int64),
-            "rating": rating[ok].to_numpy(dtype=np.float32, na_value=np.nan),
+            "rating": rating[ok].to_numpy(dtype=np.float32),
             "line": row[ok],
         })
         if category_here:

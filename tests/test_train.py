@@ -1,0 +1,269 @@
+"""The trainer: learning, early stopping, test isolation, determinism, divergence, lazy Adam."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import train_fixtures as tf
+
+import ctrbench.train as train_mod
+from ctrbench.cards import load_model_card, model_card_from_dict
+from ctrbench.errors import CardError, CtrbenchError
+from ctrbench.optim import TouchedRows, build_optimizers, clip_grad_norm
+from ctrbench.train import (
+    SplitTensors,
+    TrainingDiverged,
+    TrainStep,
+    build_for_training,
+    model_inputs,
+    resolve_device,
+    train_and_evaluate,
+)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    return tf.make_planted_store(tmp_path_factory.mktemp("store") / "planted")
+
+
+def tiny_card(**train) -> object:
+    data = {"name": "tiny", "arch": "tiny_logistic", "params": {"embedding_dim": 4},
+            "train": {"lr": 0.05, "batch_size": 64, "eval_batch_size": 256, "epochs": 3,
+                      "patience": 2, "l2": 1e-4, **train}}
+    return model_card_from_dict(data)
+
+
+def test_loss_decreases_and_model_learns_planted_signal(planted):
+    out = train_and_evaluate(planted, tiny_card(epochs=4, patience=4), seed=0, device="cpu",
+                             progress=False)
+    losses = [row.train_loss for row in out.epochs]
+    assert len(losses) == 4 and losses[-1] < losses[0] - 0.02
+    # the tiny logistic model can only learn the additive item effect (the oracle's AUC, with
+    # the history and taste interactions, is ~0.85); a constant scores 0.5
+    assert out.test["auc"] > 0.57
+    assert out.test["rows"] == 400 and 0.5 < out.test["gauc"] <= 1
+    assert set(out.test_scores) == {"scores", "labels", "groups", "oracle"}
+    assert out.test_scores["scores"].shape == (400,)
+    assert out.test["oracle_auc"] > out.test["auc"] + 0.1
+    row = out.epochs[0]
+    assert row.train_seconds > 0 and row.train_samples_per_s > 0 and row.peak_memory_mb > 0
+    assert out.n_parameters > 0 and out.device == "cpu"
+
+
+def test_early_stopping_restores_the_best_epoch(planted, monkeypatch):
+    scripted = [0.60, 0.70, 0.65, 0.64, 0.99]  # best at epoch 2; patience 2 stops after 4
+
+    def fake_auc_factory(sequence):
+        values = list(sequence)
+        real = train_mod.auc
+
+        def fake_auc(labels, scores):
+            return values.pop(0) if values else real(labels, scores)
+
+        return fake_auc
+
+    monkeypatch.setattr(train_mod, "auc", fake_auc_factory(scripted))
+    seen = []
+    long_run = train_and_evaluate(planted, tiny_card(epochs=5), seed=3, device="cpu",
+                                  on_epoch=seen.append, progress=False)
+    assert [r.epoch for r in seen] == [1, 2, 3, 4]
+    assert long_run.best_epoch == 2 and long_run.valid["auc"] == 0.70
+    monkeypatch.setattr(train_mod, "auc", fake_auc_factory(scripted[:2]))
+    two_epochs = train_and_evaluate(planted, tiny_card(epochs=2), seed=3, device="cpu",
+                                    progress=False)
+    # the test scores come from epoch 2's weights, not from the last epoch trained
+    np.testing.assert_array_equal(long_run.test_scores["scores"],
+                                  two_epochs.test_scores["scores"])
+
+
+def test_test_split_never_loaded_when_tuning(planted, monkeypatch):
+    calls = []
+    original = type(planted).tensors
+
+    def spy(self, split, device="cpu"):
+        calls.append(split)
+        return original(self, split, device)
+
+    monkeypatch.setattr(type(planted), "tensors", spy)
+    out = train_and_evaluate(planted, tiny_card(epochs=1), seed=0, device="cpu",
+                             evaluate_test=False, progress=False)
+    assert "test" not in calls and set(calls) == {"train", "valid"}
+    assert out.test == {} and out.test_scores == {} and out.valid["auc"] > 0
+
+
+def test_on_epoch_exceptions_propagate(planted):
+    class Prune(Exception):
+        pass
+
+    def on_epoch(row):
+        raise Prune(row.epoch)
+
+    with pytest.raises(Prune):
+        train_and_evaluate(planted, tiny_card(), seed=0, device="cpu", on_epoch=on_epoch,
+                           progress=False)
+
+
+def _strip_timings(rows):
+    return [(r.epoch, r.train_loss, r.train_aux_loss, r.valid_auc, r.valid_logloss) for r in rows]
+
+
+@pytest.mark.parametrize("name,optimizer", [("tiny", "adam"), ("mian", "lazy_adam"),
+                                            ("dien", "adam")])
+def test_cpu_runs_are_bit_for_bit_repeatable(planted, name, optimizer):
+    if name == "tiny":
+        card = tiny_card(optimizer=optimizer)
+    else:
+        card = load_model_card(name).with_overrides(
+            {"train": {"optimizer": optimizer, "epochs": 1, "batch_size": 256}})
+    a = train_and_evaluate(planted, card, seed=11, device="cpu", progress=False)
+    b = train_and_evaluate(planted, card, seed=11, device="cpu", progress=False)
+    assert _strip_timings(a.epochs) == _strip_timings(b.epochs)
+    assert torch.equal(torch.from_numpy(a.test_scores["scores"]),
+                       torch.from_numpy(b.test_scores["scores"]))
+    assert a.test == b.test
+    for key in a.explain:
+        np.testing.assert_array_equal(a.explain[key], b.explain[key])
+    c = train_and_evaluate(planted, card, seed=12, device="cpu", progress=False)
+    assert not np.array_equal(a.test_scores["scores"], c.test_scores["scores"])
+
+
+def test_mian_explain_sample_and_part_names(planted):
+    card = load_model_card("mian").with_overrides({"train": {"epochs": 1, "batch_size": 512}})
+    out = train_and_evaluate(planted, card, seed=0, device="cpu", progress=False)
+    assert len(out.explain_rows) == 256 and np.all(np.diff(out.explain_rows) > 0)
+    assert out.explain["gim"].shape == (256, 7)
+    np.testing.assert_allclose(out.explain["gim"].sum(axis=1), 1.0, rtol=1e-5)
+    assert out.explain_parts["gim"] == list(type(build_for_training(card, planted.schema))
+                                            .GIM_PARTS)
+
+
+def test_nan_loss_raises_training_diverged(planted):
+    card = model_card_from_dict({"name": "nan", "arch": "tiny_logistic",
+                                 "params": {"nan_after": 3}, "train": {"batch_size": 64}})
+    with pytest.raises(TrainingDiverged) as info:
+        train_and_evaluate(planted, card, seed=0, device="cpu", progress=False)
+    assert info.value.epoch == 1 and info.value.step == 3
+    assert "diverged" in str(info.value) and isinstance(info.value, CtrbenchError)
+
+
+def test_huge_learning_rate_diverges(planted):
+    card = load_model_card("lr").with_overrides({"train": {"lr": 1e30, "epochs": 2,
+                                                           "l2_target": "all", "l2": 1e30}})
+    with pytest.raises(TrainingDiverged):
+        train_and_evaluate(planted, card, seed=0, device="cpu", progress=False)
+
+
+class KeySpy(tf.TinyLogistic):
+    seen: set[str] = set()
+
+    def forward(self, batch):
+        KeySpy.seen.update(batch)
+        return super().forward(batch)
+
+
+if "key_spy" not in train_mod.ARCHITECTURES:
+    train_mod.ARCHITECTURES.add("key_spy", KeySpy)
+
+
+def test_model_sees_only_schema_fields_and_hist_len(planted):
+    card = model_card_from_dict({"name": "spy", "arch": "key_spy", "train": {"epochs": 1}})
+    train_and_evaluate(planted, card, seed=0, device="cpu", progress=False)
+    assert KeySpy.seen == set(model_inputs(planted.schema))
+    assert not KeySpy.seen & {"label", "group", "oracle", "gap_days"}
+
+
+def _step_setup(planted, optimizer):
+    card = tiny_card(optimizer=optimizer, l2=0.0, l2_target="none")
+    torch.manual_seed(0)
+    model = build_for_training(card, planted.schema)
+    split = SplitTensors(planted, "train", torch.device("cpu"), model_inputs(planted.schema))
+    return model, TrainStep(model, card.train, torch.device("cpu")), split
+
+
+def test_lazy_adam_updates_only_touched_rows(planted):
+    model, step, split = _step_setup(planted, "lazy_adam")
+    assert model.tables["item_id"].sparse
+    table = model.tables["item_id"].weight
+    batch_a, label_a = split.take(torch.arange(0, 16))
+    batch_b, label_b = split.take(torch.arange(16, 32))
+    step(batch_a, label_a)
+    before = table.detach().clone()
+    step(batch_b, label_b)
+    touched = torch.unique(batch_b["item_id"])
+    untouched = torch.ones(table.shape[0], dtype=torch.bool)
+    untouched[touched] = False
+    assert torch.equal(table[untouched], before[untouched])
+    assert not torch.equal(table[touched], before[touched])
+
+
+def test_dense_adam_moves_rows_by_momentum(planted):
+    model, step, split = _step_setup(planted, "adam")
+    assert not model.tables["item_id"].sparse
+    table = model.tables["item_id"].weight
+    batch_a, label_a = split.take(torch.arange(0, 16))
+    batch_b, label_b = split.take(torch.arange(16, 32))
+    step(batch_a, label_a)
+    before = table.detach().clone()
+    step(batch_b, label_b)
+    only_a = sorted(set(batch_a["item_id"].tolist()) - set(batch_b["item_id"].tolist()))
+    assert not torch.equal(table[only_a], before[only_a])  # Adam's momentum moves them
+
+
+def test_touched_rows_penalty_counts_unique_non_padding_rows():
+    table = torch.nn.Embedding(6, 2, padding_idx=0)
+    with torch.no_grad():
+        table.weight.copy_(torch.arange(12.0).reshape(6, 2))
+    touched = TouchedRows([table])
+    table(torch.tensor([[1, 1, 0], [3, 0, 0]]))
+    table(torch.tensor([3, 4]))
+    # unique non-padding rows 1, 3, 4: (4 + 9) + (36 + 49) + (64 + 81) = 243
+    assert touched.penalty().item() == pytest.approx(243.0)
+    touched.clear()
+    assert touched.penalty() is None
+    touched.remove()
+
+
+def test_sparse_penalty_keeps_gradients_sparse():
+    table = torch.nn.Embedding(10, 3, padding_idx=0, sparse=True)
+    touched = TouchedRows([table])
+    out = table(torch.tensor([2, 5, 5])).sum()
+    (out + touched.penalty()).backward()
+    assert table.weight.grad.is_sparse
+    grad = table.weight.grad.coalesce().to_dense()
+    expected = torch.zeros(10, 3)
+    expected[2] = 1 + 2 * table.weight[2].detach()
+    expected[5] = 2 + 2 * table.weight[5].detach()
+    torch.testing.assert_close(grad, expected)
+
+
+def test_clip_grad_norm_handles_sparse_and_dense():
+    dense = torch.nn.Parameter(torch.zeros(2))
+    dense.grad = torch.tensor([3.0, 0.0])
+    sparse = torch.nn.Parameter(torch.zeros(4, 1))
+    sparse.grad = torch.sparse_coo_tensor([[1, 1]], torch.tensor([[2.0], [2.0]]), (4, 1))
+    # coalesced sparse grad: row 1 = 4 -> total norm sqrt(9 + 16) = 5
+    assert clip_grad_norm([dense, sparse], 1.0) == pytest.approx(5.0)
+    total = math.sqrt(float(dense.grad.pow(2).sum()) + float(sparse.grad.to_dense().pow(2).sum()))
+    assert total == pytest.approx(1.0, rel=1e-4)
+
+
+def test_optimizer_choice_sets_sparse_and_conflicts_are_card_errors(planted):
+    lazy = build_for_training(tiny_card(optimizer="lazy_adam"), planted.schema)
+    opts = build_optimizers(lazy, tiny_card(optimizer="lazy_adam").train)
+    assert [type(o).__name__ for o in opts.optimizers] == ["Adam", "SparseAdam"]
+    bad = model_card_from_dict({"name": "x", "arch": "tiny_logistic",
+                                "params": {"sparse": True}, "train": {"optimizer": "adam"}})
+    with pytest.raises(CardError, match="conflicts"):
+        build_for_training(bad, planted.schema)
+
+
+def test_device_resolution():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(CtrbenchError, match="unknown device|unsupported device"):
+        resolve_device("tpu-please")
+    with pytest.raises(CtrbenchError):
+        resolve_device("cuda:99")
