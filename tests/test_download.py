@@ -306,7 +306,8 @@ def test_cli_checksum_mismatch_is_clean(home, http_server):
 # --------------------------------------------------------------------------- the real cards
 REAL_CARDS = ("electronics", "books", "electronics-dien", "books-dien", "digital-music",
               "movielens-100k", "movielens-1m")
-SHARED_AMAZON = Path("/work/shared/data/amazon2014")
+# the shared data folder lies beside the checkout (../shared), in CI as on a developer machine
+SHARED_AMAZON = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2014"
 
 
 @pytest.mark.parametrize("name", REAL_CARDS)

@@ -40,8 +40,10 @@ def run_report(results: Path, out: Path, *extra: str):
 @pytest.fixture(scope="module")
 def golden_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp:  # module scope: the autouse fixture is not active
         mp.setenv("CTRBENCH_CARDS", str(FIXTURES / "cards"))
+        mp.setenv("CTRBENCH_HOME", str(out / "home"))
+        mp.chdir(out)  # no ./models cards from the working directory
         result = run_report(FIXTURES, out, *GOLDEN_ARGS)
     assert result.exit_code == 0, result.output
     return out, result.output

@@ -680,7 +680,13 @@ class SyntheticOracle:
         self.mixture = data["mixture"]
         self.window = data["window"]
         self.n_cates = self.prior.shape[1]
-        self.asin_index = pd.Index(asin_strings(data["item_perm"]))
+        self.line_cate = self.item_cate[self.item]  # category of each review's item
+        self._cum_window = np.concatenate([[0.0], np.cumsum(self.window)])
+        # asin number -> item row (asins are "B" + the 9-digit number item_perm[row])
+        perm = data["item_perm"].astype(np.int64)
+        self._perm_base = int(perm.min()) if len(perm) else 0
+        self._row_of_number = np.full(int(perm.max(initial=0)) - self._perm_base + 1, -1, np.int64)
+        self._row_of_number[perm - self._perm_base] = np.arange(len(perm))
         n_items = len(self.item_cate)
         # (user, item) -> line of that review: to tell whether a candidate was already seen
         keys = self.user * n_items + self.item
@@ -692,8 +698,18 @@ class SyntheticOracle:
         return len(self.item)
 
     def item_index(self, candidate_items: np.ndarray) -> np.ndarray:
-        """Row of each raw asin in the world's item tables (-1 when unknown)."""
-        return self.asin_index.get_indexer(np.asarray(candidate_items, dtype=object))
+        """Row of each raw asin in the world's item tables (-1 when unknown), vectorised.
+
+        An asin is ``B`` + 9 digits; anything else (wrong length or characters) is unknown.
+        """
+        text = np.asarray(candidate_items).astype("U11")  # one spare char detects longer ids
+        codes = text.view(np.uint32).reshape(len(text), 11).astype(np.int64)
+        digits = codes[:, 1:10] - ord("0")
+        well_formed = ((codes[:, 0] == ord("B")) & (codes[:, 10] == 0)
+                       & ((digits >= 0) & (digits <= 9)).all(axis=1))
+        number = digits @ (10 ** np.arange(8, -1, -1, dtype=np.int64)) - self._perm_base
+        inside = well_formed & (number >= 0) & (number < len(self._row_of_number))
+        return np.where(inside, self._row_of_number[np.where(inside, number, 0)], -1)
 
     def score(self, event_lines: np.ndarray, candidate_items: np.ndarray) -> np.ndarray:
         lines = np.asarray(event_lines, dtype=np.int64)
@@ -720,12 +736,11 @@ class SyntheticOracle:
 
         span = np.minimum(pos, len(self.window))  # (N,)
         ages = np.arange(len(self.window))
-        valid = ages[None, :] < span[:, None]  # (N, W)
-        prev = np.clip(lines[:, None] - 1 - ages[None, :], 0, None)
-        prev_cate = self.item_cate[self.item[prev]]
-        w = np.where(valid, self.window[None, :], 0.0)
-        total_w = w.sum(axis=1)
-        hist = (w * (prev_cate == cate[:, None])).sum(axis=1) / np.where(total_w > 0, total_w, 1)
+        valid = ages[None, :] < span[:, None]  # (N, W): the user's previous reviews
+        prev_cate = self.line_cate[np.clip(lines[:, None] - 1 - ages[None, :], 0, None)]
+        match = (prev_cate == cate[:, None]) & valid  # (N, W)
+        total_w = self._cum_window[span]
+        hist = (match @ self.window) / np.where(total_w > 0, total_w, 1.0)
 
         p_cate = (weights[:, 0] * hist + weights[:, 1] * self.prior[self.group[lines], cate]
                   + weights[:, 2] / self.n_cates)
