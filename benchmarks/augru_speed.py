@@ -1,6 +1,6 @@
 """AUGRU speed: ms per forward + backward at B = 128, T = 30, D = H = 32 (DIEN's evolution layer).
 
-Variants, slowest first:
+Variants:
   naive       input projection inside the time loop, autograd through every step (peers' way)
   hoisted     input projections for all steps at once, autograd through the recurrent loop
   fast-eager  hoisted + hand-written backward (one reverse loop), loops in eager Python

@@ -3,19 +3,20 @@
 - ``adam``: ``torch.optim.Adam`` over every parameter (dense embedding gradients: every step
   reads and writes every row of every table, whatever the batch touched).
 - ``lazy_adam``: the model is built with ``sparse=True`` so embedding tables emit sparse
-  gradients; ``torch.optim.SparseAdam`` updates (and keeps moments for) only the rows a batch
-  touched ("row-wise lazy Adam"), plain Adam the dense rest.
+  gradients; :class:`RowWiseAdam` (SparseAdam's update) changes the moments and weights of only
+  the rows a batch touched ("row-wise lazy Adam"), plain Adam the dense rest.
 
 L2 (``TrainConfig.l2_target``):
 
 - ``batch_embeddings``: DIN's mini-batch-aware regularisation, simplified: each step adds
   ``l2 * sum ||w_r||^2`` over the UNIQUE rows ``r`` of every embedding table that the batch
-  looked up (padding rows excluded) to the mean BCE of the batch. It is not divided by the batch
-  size nor weighted by feature frequency (DIN's ``1/n_j``): a row seen in many batches is
-  decayed in each of them, so frequent ids are regularised more, as in DIN. Dense layers are not
-  regularised.
+  looked up (padding rows excluded) to the mean BCE of the batch (for dense tables as a loss
+  term; for lazy_adam's sparse tables as its gradient ``2 l2 w_r`` inside RowWiseAdam). It is
+  not divided by the batch size nor weighted by feature frequency (DIN's ``1/n_j``): a row seen
+  in many batches is decayed in each of them, so frequent ids are regularised more, as in DIN.
+  Dense layers are not regularised.
 - ``all``: coupled weight decay ``l2`` (Adam's ``weight_decay``) on every dense parameter; under
-  ``lazy_adam`` the sparse tables get the touched-row penalty above instead (a lazy optimiser
+  ``lazy_adam`` the sparse tables get the touched-row L2 above instead (a lazy optimiser
   cannot decay rows it does not touch).
 - ``none``.
 """
@@ -30,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctrbench.cards import TrainConfig
+
+MASK_FACTOR = 32  # find touched rows with a boolean mask when rows <= this x lookups
 
 
 class TouchedRows:
@@ -62,7 +65,15 @@ class TouchedRows:
         ids = self._ids[id(module)]
         if not ids:
             return torch.empty(0, dtype=torch.long, device=module.weight.device)
-        rows = torch.unique(torch.cat(ids).long())
+        flat = torch.cat(ids) if len(ids) > 1 else ids[0]
+        if module.num_embeddings <= MASK_FACTOR * flat.numel():
+            # cheaper than a sort when the table is small relative to the lookups
+            touched = torch.zeros(module.num_embeddings, dtype=torch.bool, device=flat.device)
+            touched[flat] = True
+            if module.padding_idx is not None:
+                touched[module.padding_idx] = False
+            return touched.nonzero().squeeze(1)
+        rows = torch.unique(flat.long())
         if module.padding_idx is not None:
             rows = rows[rows != module.padding_idx]
         return rows
@@ -83,6 +94,51 @@ class TouchedRows:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+class RowWiseAdam(torch.optim.Optimizer):
+    """Lazy Adam for embedding tables with sparse gradients: only the rows in the gradient move.
+
+    The same update as ``torch.optim.SparseAdam`` (moments and parameters change only on the
+    rows a batch touched; the step count is global), with fewer passes over the rows; and
+    ``l2`` adds the gradient of ``l2 * ||w_r||^2`` (``2 * l2 * w_r``) to each touched row, i.e.
+    the mini-batch-aware L2 of the module docstring without an extra autograd term.
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 l2: float = 0.0) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "l2": l2})
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not p.grad.is_sparse:
+                    raise RuntimeError("RowWiseAdam needs sparse gradients (sparse=True tables)")
+                grad = p.grad.coalesce()  # unique touched rows, duplicates summed
+                rows = grad.indices()[0]
+                values = grad.values()  # (R, D)
+                if group["l2"] > 0:
+                    values = values.add(p.index_select(0, rows), alpha=2 * group["l2"])
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                m = state["exp_avg"].index_select(0, rows).lerp_(values, 1 - beta1)
+                v = state["exp_avg_sq"].index_select(0, rows).mul_(beta2)
+                v.addcmul_(values, values, value=1 - beta2)
+                state["exp_avg"].index_copy_(0, rows, m)
+                state["exp_avg_sq"].index_copy_(0, rows, v)
+                bias1 = 1 - beta1 ** state["step"]
+                bias2 = 1 - beta2 ** state["step"]
+                step_size = group["lr"] * math.sqrt(bias2) / bias1
+                p.index_add_(0, rows, m.div_(v.sqrt_().add_(group["eps"])), alpha=-step_size)
 
 
 class Optimizers:
@@ -124,21 +180,29 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig) -> Optimizers:
     weight_decay = cfg.l2 if cfg.l2_target == "all" else 0.0
     optimizers: list[torch.optim.Optimizer] = []
     if dense:
-        optimizers.append(torch.optim.Adam(dense, lr=cfg.lr, betas=cfg.betas, fused=True,
-                                           weight_decay=weight_decay))
+        try:  # one fused kernel for all dense parameters (torch >= 2.4 on CPU)
+            adam = torch.optim.Adam(dense, lr=cfg.lr, betas=cfg.betas, fused=True,
+                                    weight_decay=weight_decay)
+        except (RuntimeError, TypeError):
+            adam = torch.optim.Adam(dense, lr=cfg.lr, betas=cfg.betas, weight_decay=weight_decay)
+        optimizers.append(adam)
     if sparse_params:
-        optimizers.append(torch.optim.SparseAdam(sparse_params, lr=cfg.lr, betas=cfg.betas))
+        row_l2 = cfg.l2 if cfg.l2_target in ("batch_embeddings", "all") else 0.0
+        optimizers.append(RowWiseAdam(sparse_params, lr=cfg.lr, betas=cfg.betas, l2=row_l2))
     return Optimizers(optimizers)
 
 
 def penalised_tables(model: nn.Module, cfg: TrainConfig) -> list[nn.Embedding]:
-    """The embedding tables that get the touched-row L2 penalty under ``cfg``."""
-    if cfg.l2 <= 0 or cfg.l2_target == "none":
+    """The dense embedding tables that get the touched-row L2 penalty in the loss under ``cfg``.
+
+    Sparse tables under ``lazy_adam`` get the same L2 inside :class:`RowWiseAdam`; under
+    ``all`` dense tables are decayed by Adam's ``weight_decay`` instead.
+    """
+    if cfg.l2 <= 0 or cfg.l2_target != "batch_embeddings":
         return []
-    tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
-    if cfg.l2_target == "batch_embeddings":
-        return tables
-    return [m for m in tables if m.sparse and cfg.optimizer == "lazy_adam"]  # "all"
+    lazy = cfg.optimizer == "lazy_adam"
+    return [m for m in model.modules()
+            if isinstance(m, nn.Embedding) and not (lazy and m.sparse)]
 
 
 def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> float:

@@ -1,7 +1,10 @@
 """The run record: one structured, versioned JSON per (dataset, model, seed), written atomically.
 
 ``results/runs/<dataset>/<model>/seed-<k>.json`` plus ``seed-<k>.npz`` with the test scores
-(``scores``, ``labels``, ``groups`` and, on synthetic data, ``oracle``). A record whose ``status``
+(``scores``, ``labels``, ``groups`` and, on synthetic data, ``oracle``), the ``run_id`` that wrote
+them, and for models with ``explain()`` its outputs on a seeded sample of test rows
+(``explain__<name>``, row indices in ``explain_rows``; part names in
+``record.extra["explain_parts"]``). A failed run has no ``.npz``. A record whose ``status``
 is not ``"finished"`` never enters a mean. Records of an older ``schema_version`` that this code
 cannot read are refused with a clear message.
 """
@@ -29,8 +32,8 @@ class EpochRow:
     """One epoch of training and validation (the paper's Section 4.5 timings)."""
 
     epoch: int
-    train_loss: float
-    train_aux_loss: float
+    train_loss: float  # mean BCE per training sample (no auxiliary or L2 terms)
+    train_aux_loss: float  # mean of the model's weighted auxiliary loss terms
     valid_auc: float
     valid_logloss: float
     train_seconds: float

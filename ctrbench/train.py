@@ -133,8 +133,11 @@ def model_inputs(schema: Schema) -> list[str]:
 class SplitTensors:
     """One split's columns as tensors: on the compute device when they fit, else on the CPU.
 
-    ``inputs`` are handed to the model (integer ids widened to int64 per batch); ``extras``
-    (label, group, oracle) stay separate and never reach the model.
+    ``inputs`` are handed to the model; ``extras`` (label, group, oracle) stay separate and never
+    reach the model. Input columns of the same shape and dtype are packed into one tensor with
+    the column as the first axis (``[K, N]`` and ``[K, N, T]``), so that a batch is one
+    ``index_select`` per pack plus one widening to int64, and each column of the batch is a
+    contiguous view.
     """
 
     def __init__(self, data: PreparedData, split: str, device: torch.device,
@@ -155,27 +158,49 @@ class SplitTensors:
             free, _ = torch.cuda.mem_get_info(device)
             if need > CUDA_FIT_FRACTION * free:
                 self.storage = torch.device("cpu")
-                wanted = {n: t.pin_memory() for n, t in wanted.items()}
-        self.inputs = {n: wanted[n].to(self.storage) for n in inputs}
+        groups: dict[tuple, list[str]] = {}
+        for name in inputs:
+            t = wanted[name]
+            groups.setdefault((tuple(t.shape[1:]), t.dtype), []).append(name)
+        self.packs: list[tuple[list[str], torch.Tensor]] = []
+        for names in groups.values():
+            packed = torch.stack([wanted[n] for n in names])  # (K, N, ...)
+            if self.storage.type == "cpu" and device.type == "cuda":
+                packed = packed.pin_memory()
+            self.packs.append((names, packed.to(self.storage)))
         self.extras = {n: wanted[n].to(self.storage) for n in extras if n in wanted}
+        del columns, wanted
 
-    def _to_batch(self, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    @property
+    def inputs(self) -> dict[str, torch.Tensor]:
+        """Input columns by name (views into the packs)."""
+        return {n: packed[k] for names, packed in self.packs for k, n in enumerate(names)}
+
+    def _unpack(self, parts: list[tuple[list[str], torch.Tensor]]) -> dict[str, torch.Tensor]:
         out = {}
-        for name, t in parts.items():
+        for names, t in parts:
             t = t.to(self.device, non_blocking=True)
-            out[name] = t if t.is_floating_point() else t.long()
+            t = t if t.is_floating_point() else t.long()
+            out.update((n, t[k]) for k, n in enumerate(names))
         return out
 
     def take(self, idx: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Rows ``idx`` (on ``self.storage``): the model batch and the labels ``[B]``."""
-        batch = self._to_batch({n: t.index_select(0, idx) for n, t in self.inputs.items()})
+        batch = self._unpack([(names, p.index_select(1, idx)) for names, p in self.packs])
         label = self.extras[LABEL].index_select(0, idx).to(self.device, non_blocking=True)
         return batch, label.float()
 
     def slices(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
         """Consecutive model batches of at most ``batch_size`` rows, in row order."""
         for start in range(0, self.rows, batch_size):
-            yield self._to_batch({n: t[start:start + batch_size] for n, t in self.inputs.items()})
+            stop = start + batch_size
+            yield self._unpack([(names, p[:, start:stop]) for names, p in self.packs])
+
+    def truncate(self, rows: int) -> None:
+        """Keep only the first ``rows`` rows (benchmarks)."""
+        self.rows = min(self.rows, rows)
+        self.packs = [(names, p[:, :self.rows]) for names, p in self.packs]
+        self.extras = {n: t[:self.rows] for n, t in self.extras.items()}
 
     def extra_numpy(self, name: str) -> np.ndarray | None:
         t = self.extras.get(name)

@@ -16,7 +16,9 @@ storage has no heartbeat: there, ``ctrbench tune --fail-running`` marks RUNNING 
 from __future__ import annotations
 
 import importlib.util
+import random
 import re
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,9 @@ from ctrbench.errors import CtrbenchError
 
 JOURNAL_PREFIX = "journal:"
 SQLITE_TIMEOUT_S = 60  # seconds a writer waits for SQLite's lock (several workers on one file)
+OPEN_ATTEMPTS = 5  # workers starting together race to create optuna's tables: retry that
+_CREATION_RACE = re.compile(r"already exists|UNIQUE constraint|duplicate key|UniqueViolation|"
+                            r"database is locked", re.IGNORECASE)
 
 
 @dataclass
@@ -104,24 +109,34 @@ def open_storage(url: str | None, results_root: Path, study_name: str,
         engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            beat = {}
-            if heartbeat:
-                retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
-                beat = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
-                        "heartbeat_stale_trial_callback": retry}
-            storage = RDBStorage(rdb_url, engine_kwargs=engine_kwargs, **beat)
-    except ImportError as exc:
-        raise CtrbenchError(f"cannot open storage {redact(url)}: {exc}",
-                            hint="install the database driver (e.g. ctrbench[postgres])") from None
-    except Exception as exc:  # sqlalchemy OperationalError, bad database, refused connection
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CtrbenchError(f"cannot open storage {redact(url)}: {message}",
-                            hint="check the URL, that the server is running, and the "
-                                 "user's password") from None
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            storage = _rdb_storage(rdb_url, engine_kwargs, heartbeat)
+            break
+        except ImportError as exc:
+            raise CtrbenchError(f"cannot open storage {redact(url)}: {exc}",
+                                hint="install the database driver (e.g. ctrbench[postgres])"
+                                ) from None
+        except Exception as exc:  # sqlalchemy OperationalError, bad database, refused connection
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if _CREATION_RACE.search(message) and attempt + 1 < OPEN_ATTEMPTS:
+                time.sleep(0.2 + random.random())  # another worker is creating the tables
+                continue
+            raise CtrbenchError(f"cannot open storage {redact(url)}: {message}",
+                                hint="check the URL, that the server is running, and the "
+                                     "user's password") from None
     return StudyStorage(storage=storage, display=redact(url), heartbeat=bool(heartbeat))
+
+
+def _rdb_storage(rdb_url: str, engine_kwargs: dict, heartbeat: int) -> RDBStorage:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        beat = {}
+        if heartbeat:
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
+            beat = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
+                    "heartbeat_stale_trial_callback": retry}
+        return RDBStorage(rdb_url, engine_kwargs=engine_kwargs, **beat)
 
 
 def _open_journal(path: Path) -> StudyStorage:

@@ -66,7 +66,8 @@ def tiny_store(tmp_path):
 
 def test_describe_matches_hand_counts(tiny_store):
     card = dataset_card_from_dict({"name": "tiny", "reader": "synthetic",
-                                   "expected": {"users": 3, "oracle_auc_test": 0.5}})
+                                   "expected": {"users": 3, "oracle_auc_test": 0.5,
+                                                "oracle_auc_tset": 0.5}})
     stats = describe(tiny_store, card)
     assert stats.counts == {"users": 3, "items": 8, "categories": 4, "interactions": 12}
     test = stats.splits["test"]
@@ -88,6 +89,7 @@ def test_describe_matches_hand_counts(tiny_store):
     assert "3 [3]" in text  # users, with the card's expectation
     assert "0.6667 [0.5000]" in text
     assert "inactive > 30 days" in text
+    assert "no measured statistic: oracle_auc_tset" in text  # a typo in the card is shown
 
 
 # --------------------------------------------------------------------------- CLI

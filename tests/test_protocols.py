@@ -13,7 +13,7 @@ from ctrbench.data.build import build_samples
 from ctrbench.data.canonical import CanonicalTables
 from ctrbench.data.negatives import popular_excluding, reviewed_keys, stream, uniform_unreviewed
 from ctrbench.data.sources.amazon import read_amazon
-from ctrbench.errors import CardError
+from ctrbench.errors import CardError, DataError
 
 DAY = 86_400
 BASE = 1388534400  # 2014-01-01 00:00 UTC, a Wednesday
@@ -109,6 +109,25 @@ def test_din_several_negatives_share_history_and_context():
         assert (block == block[:, :1]).all(), name
 
 
+def test_dien_rows_hand_checked():
+    built = build_samples(tiny_tables(), tiny_card("dien", split=[1.0, 0.0, 0.0]))
+    tr = built.splits["train"]
+    assert built.rows() == {"train": 4, "valid": 0, "test": 0}  # u3 (one event) is dropped
+    # every item is in a train row -> ids a2 b3 c4 d5 e6; categories X2 Y3 Z4
+    np.testing.assert_array_equal(tr["label"], [1, 0, 1, 0])
+    np.testing.assert_array_equal(tr["group"], [0, 0, 1, 1])
+    np.testing.assert_array_equal(tr["item_id"][[0, 2]], [5, 4])  # u1 -> d, u2 -> c
+    np.testing.assert_array_equal(tr["hist_item_id"], [[3, 4], [3, 4], [2, 6], [2, 6]])
+    np.testing.assert_array_equal(tr["hist_cate_id"], [[3, 2], [3, 2], [2, 3], [2, 3]])
+    np.testing.assert_array_equal(tr["neg_hist_item_id"], [[6, 6], [6, 6], [5, 5], [5, 5]])
+    np.testing.assert_array_equal(tr["neg_hist_cate_id"], [[3, 3], [3, 3], [4, 4], [4, 4]])
+    np.testing.assert_array_equal(tr["hist_len"], [2, 2, 2, 2])
+    np.testing.assert_array_equal(tr["user_id"], [2, 2, 3, 3])
+    np.testing.assert_array_equal(tr["gap_days"], [4, 4, 1, 1])
+    # popularity negatives: any other item (a is the most popular), never the target
+    assert tr["item_id"][1] in {2, 3, 4, 6} and tr["item_id"][3] in {2, 3, 5, 6}
+
+
 def test_dien_one_sample_per_user_popularity_negatives():
     card = tiny_card("dien", max_len=3, split=[0.5, 0.0, 0.5])
     built = build_samples(tiny_tables(), card)
@@ -175,6 +194,8 @@ def test_bad_protocol_params_and_fields_are_card_errors():
                                    "fields": {"user": ["gender"]}})
     with pytest.raises(CardError, match="unknown user field 'gender'"):
         build_samples(tiny_tables(), card)
+    with pytest.raises(CardError, match="max_len must be an integer"):
+        build_samples(tiny_tables(), tiny_card("din", max_len="30"))
     with pytest.raises(CardError, match="split"):
         build_samples(tiny_tables(), tiny_card("dien", split=[0.9, 0.2, 0.1]))
 
@@ -207,3 +228,6 @@ def test_users_table_columns_and_oracle():
     assert train_items == ["b", "e", "a", "d"]
     np.testing.assert_allclose(tr["oracle"], [0.0, 0.1, 0.2, 0.3])
     assert tr["oracle"].dtype == np.float32
+    tables.users = pd.DataFrame({"user": ["u1", "u1"], "gender": ["F", "M"]})
+    with pytest.raises(DataError, match="more than once"):
+        build_samples(tables, card)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import train_fixtures as tf
 import ctrbench.train as train_mod
 from ctrbench.cards import load_model_card, model_card_from_dict
 from ctrbench.errors import CardError, CtrbenchError
-from ctrbench.optim import TouchedRows, build_optimizers, clip_grad_norm
+from ctrbench.optim import RowWiseAdam, TouchedRows, build_optimizers, clip_grad_norm
 from ctrbench.train import (
     SplitTensors,
     TrainingDiverged,
@@ -171,7 +172,7 @@ def test_huge_learning_rate_diverges(planted):
 
 
 class KeySpy(tf.TinyLogistic):
-    seen: set[str] = set()
+    seen: ClassVar[set[str]] = set()
 
     def forward(self, batch):
         KeySpy.seen.update(batch)
@@ -253,11 +254,45 @@ def test_sparse_penalty_keeps_gradients_sparse():
     torch.testing.assert_close(grad, expected)
 
 
+def _sparse_steps(optimizer_factory, penalty_l2: float = 0.0, steps: int = 3):
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(20, 3, padding_idx=0, sparse=True)
+    opt = optimizer_factory([table.weight])
+    touched = TouchedRows([table]) if penalty_l2 else None
+    for ids in ([1, 2, 2, 0], [2, 5], [7, 1, 0, 0]):
+        opt.zero_grad()
+        if touched:
+            touched.clear()
+        loss = (table(torch.tensor(ids)) * torch.arange(1.0, 4.0)).sum()
+        if touched:
+            loss = loss + penalty_l2 * touched.penalty()
+        loss.backward()
+        opt.step()
+    return table.weight.detach()
+
+
+def test_row_wise_adam_matches_sparse_adam():
+    ours = _sparse_steps(lambda p: RowWiseAdam(p, lr=0.1, betas=(0.8, 0.9)))
+    reference = _sparse_steps(lambda p: torch.optim.SparseAdam(p, lr=0.1, betas=(0.8, 0.9)))
+    torch.testing.assert_close(ours, reference)
+    untouched = [3, 4, 6, *range(8, 20)]
+    torch.manual_seed(0)
+    initial = torch.nn.Embedding(20, 3, padding_idx=0).weight.detach()
+    assert torch.equal(ours[untouched], initial[untouched]) and torch.all(ours[0] == 0)
+
+
+def test_row_wise_adam_l2_equals_the_touched_row_penalty():
+    ours = _sparse_steps(lambda p: RowWiseAdam(p, lr=0.1, l2=0.3))
+    reference = _sparse_steps(lambda p: torch.optim.SparseAdam(p, lr=0.1), penalty_l2=0.3)
+    torch.testing.assert_close(ours, reference)
+
+
 def test_clip_grad_norm_handles_sparse_and_dense():
     dense = torch.nn.Parameter(torch.zeros(2))
     dense.grad = torch.tensor([3.0, 0.0])
     sparse = torch.nn.Parameter(torch.zeros(4, 1))
-    sparse.grad = torch.sparse_coo_tensor([[1, 1]], torch.tensor([[2.0], [2.0]]), (4, 1))
+    sparse.grad = torch.sparse_coo_tensor([[1, 1]], torch.tensor([[2.0], [2.0]]), (4, 1),
+                                          check_invariants=True)
     # coalesced sparse grad: row 1 = 4 -> total norm sqrt(9 + 16) = 5
     assert clip_grad_norm([dense, sparse], 1.0) == pytest.approx(5.0)
     total = math.sqrt(float(dense.grad.pow(2).sum()) + float(sparse.grad.to_dense().pow(2).sum()))
@@ -267,7 +302,7 @@ def test_clip_grad_norm_handles_sparse_and_dense():
 def test_optimizer_choice_sets_sparse_and_conflicts_are_card_errors(planted):
     lazy = build_for_training(tiny_card(optimizer="lazy_adam"), planted.schema)
     opts = build_optimizers(lazy, tiny_card(optimizer="lazy_adam").train)
-    assert [type(o).__name__ for o in opts.optimizers] == ["Adam", "SparseAdam"]
+    assert [type(o).__name__ for o in opts.optimizers] == ["Adam", "RowWiseAdam"]
     bad = model_card_from_dict({"name": "x", "arch": "tiny_logistic",
                                 "params": {"sparse": True}, "train": {"optimizer": "adam"}})
     with pytest.raises(CardError, match="conflicts"):
@@ -277,7 +312,7 @@ def test_optimizer_choice_sets_sparse_and_conflicts_are_card_errors(planted):
 def test_device_resolution():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in ("cpu", "cuda")
-    with pytest.raises(CtrbenchError, match="unknown device|unsupported device"):
+    with pytest.raises(CtrbenchError, match=r"unknown device|unsupported device"):
         resolve_device("tpu-please")
     with pytest.raises(CtrbenchError):
         resolve_device("cuda:99")

@@ -161,6 +161,9 @@ def tune(model: str, dataset: str, n_trials: int, timeout: float | None, storage
     for what, where in plots.items():
         click.echo(f"{what}: {where}")
     if summary.best is None:
+        if n_trials == 0 or summary.n_failed == 0:
+            click.echo("no trial has completed yet: no tuned card written")
+            return
         from ctrbench.errors import CtrbenchError
 
         raise CtrbenchError(f"no trial of study {name!r} has completed, so no tuned card",

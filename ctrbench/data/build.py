@@ -95,8 +95,16 @@ class ProtocolParams:
         where = f"dataset card {card.name!r} [protocol_params]"
         data = dict(card.protocol_params)
         check_keys(where, data, [f for f in cls.__dataclass_fields__])
+        for key in ("seed", "max_len", "neg_per_pos", "rating_bins"):
+            if key in data and (isinstance(data[key], bool) or not isinstance(data[key], int)):
+                raise CardError(f"{where}: {key} must be an integer, not {data[key]!r}")
+        if "neg_history" in data and not isinstance(data["neg_history"], bool):
+            raise CardError(f"{where}: neg_history must be true or false")
         if "split" in data:
-            data["split"] = tuple(float(x) for x in data["split"])
+            try:
+                data["split"] = tuple(float(x) for x in data["split"])
+            except (TypeError, ValueError):
+                raise CardError(f"{where}: split must be a list of three numbers") from None
         params = cls(**data)
         if params.max_len < 1 or params.neg_per_pos < 1 or params.rating_bins < 1:
             raise CardError(f"{where}: max_len, neg_per_pos and rating_bins must be >= 1")
@@ -117,6 +125,10 @@ class FieldChoice:
     def from_card(cls, card: DatasetCard, users: pd.DataFrame | None) -> FieldChoice:
         where = f"dataset card {card.name!r} [fields]"
         check_keys(where, card.fields, ["user", "context"])
+        for key in ("user", "context"):
+            value = card.fields.get(key, [])
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise CardError(f"{where}: {key} must be a list of field names")
         user = tuple(card.fields.get("user", DEFAULT_USER_FIELDS))
         context = tuple(card.fields.get("context", DEFAULT_CONTEXT_FIELDS))
         table_cols = [c for c in (users.columns if users is not None else []) if c != "user"]
@@ -302,7 +314,11 @@ def _users_table_columns(tables: CanonicalTables, ev: Events, names: Sequence[st
     if not names:
         return {}
     users = tables.users
-    row = pd.Index(users["user"].astype(str)).get_indexer(ev.user_names.astype(str))
+    index = pd.Index(users["user"].astype(str))
+    if index.has_duplicates:
+        dupes = index[index.duplicated()].unique()[:3].tolist()
+        raise DataError(f"the users table lists some users more than once: {dupes}")
+    row = index.get_indexer(ev.user_names.astype(str))
     out = {}
     for name in names:
         codes, _ = pd.factorize(users[name].astype(str))

@@ -202,6 +202,9 @@ def format_stats(stats: DatasetStats, tablefmt: str = "simple") -> str:
         rows.append([_LABELS[key], *(cell(f"{key}_{s}", stats.splits[s].get(key, math.nan), key)
                                      for s in stats.splits)])
     note = "[expected values from the dataset card in brackets]" if expected else ""
+    unmatched = sorted(set(expected) - set(stats.values()))
+    if unmatched:
+        note += f"\n[card [expected] keys with no measured statistic: {', '.join(unmatched)}]"
     table = {"tablefmt": tablefmt, "disable_numparse": True}
     split_align = ("left", *("right" for _ in stats.splits))
     parts = [header,

@@ -81,6 +81,7 @@ START_DAY = 12418  # 2004-01-01 (days since the epoch)
 START_SPAN_DAYS = 3653  # users start within ten years
 CHUNK_CELLS = 8_000_000  # users per chunk x categories: bounds the per-chunk state matrices
 MAX_REJECTION_ROUNDS = 64
+SCORE_CHUNK = 250_000  # oracle rows per chunk (bounds the (N, window) temporaries)
 
 _PHRASES = ("works as described", "good value for the money", "arrived quickly",
             "does the job", "better than expected", "not what I hoped for", "solid build",
@@ -107,13 +108,13 @@ class WorldParams:
     total_events: int = 0  # 0 = whatever the lengths sum to; else adjusted to exactly this
     cate_size_zipf: float = 0.6
     item_zipf: float = 1.0
-    profile_strength: float = 2.5
+    profile_strength: float = 3.0
     age_strength: float = 1.0
-    season_strength: float = 1.5
-    seasonal_share: float = 0.5
+    season_strength: float = 2.5
+    seasonal_share: float = 0.7
     window: int = 20
     decay: float = 0.8
-    mix: tuple[float, float, float] = (0.55, 0.35, 0.10)
+    mix: tuple[float, float, float] = (0.40, 0.50, 0.10)
     mix_after_gap: tuple[float, float, float] = (0.15, 0.65, 0.20)
     long_gap_rate: float = 0.12
     long_gap_days: float = 90.0
@@ -703,8 +704,8 @@ class SyntheticOracle:
         An asin is ``B`` + 9 digits; anything else (wrong length or characters) is unknown.
         """
         text = np.asarray(candidate_items).astype("U11")  # one spare char detects longer ids
-        codes = text.view(np.uint32).reshape(len(text), 11).astype(np.int64)
-        digits = codes[:, 1:10] - ord("0")
+        codes = text.view(np.uint32).reshape(len(text), 11)
+        digits = codes[:, 1:10].astype(np.int64) - ord("0")  # (N, 9)
         well_formed = ((codes[:, 0] == ord("B")) & (codes[:, 10] == 0)
                        & ((digits >= 0) & (digits <= 9)).all(axis=1))
         number = digits @ (10 ** np.arange(8, -1, -1, dtype=np.int64)) - self._perm_base
@@ -715,15 +716,16 @@ class SyntheticOracle:
         lines = np.asarray(event_lines, dtype=np.int64)
         if len(lines) and (lines.min() < 0 or lines.max() >= self.n_lines):
             raise DataError("oracle asked about a review line the generator did not write")
-        return self.score_index(lines, self.item_index(candidate_items))
+        return self.score_index(lines, candidate_items, by_asin=True)
 
-    def score_index(self, lines: np.ndarray, cand: np.ndarray, chunk: int = 250_000
-                    ) -> np.ndarray:
-        """Like :meth:`score` with item rows instead of asins; processed in chunks."""
+    def score_index(self, lines: np.ndarray, cand: np.ndarray, *, by_asin: bool = False,
+                    chunk: int = SCORE_CHUNK) -> np.ndarray:
+        """Like :meth:`score` with item rows (or asins) as candidates; processed in chunks."""
         out = np.empty(len(lines), dtype=np.float64)
         for start in range(0, len(lines), chunk):
             sl = slice(start, start + chunk)
-            out[sl] = self._score_rows(lines[sl], cand[sl])
+            rows = self.item_index(cand[sl]) if by_asin else np.asarray(cand[sl])
+            out[sl] = self._score_rows(np.asarray(lines[sl], dtype=np.int64), rows)
         return out
 
     def _score_rows(self, lines: np.ndarray, cand: np.ndarray) -> np.ndarray:

@@ -1,0 +1,192 @@
+"""Training and evaluation throughput of every model through ctrbench's one trainer.
+
+For each model card x optimizer (adam | lazy_adam) x batch size, times ``--steps`` full training
+steps exactly as ``ctrbench.train`` runs them (seeded permutation, batch = index slices of the
+split's tensors, forward_train, BCE + aux + L2, backward, optimiser step) and a full evaluation
+pass over ``--eval-rows`` rows, and prints samples/s, peak RSS and parameter counts, next to the
+peers' measured train samples/s at batch 128 on this kind of machine (DeepCTR-Torch 0.3.0 /
+FuxiCTR 2.3.10; the target is >= 3x the faster peer), and the per-epoch train-time ratios
+MIAN/DIN and DIEN/DIN beside the MIAN paper's §4.5 (3,700/3,143 = 1.18; 4,073/3,143 = 1.30).
+
+Data: ``--data generated`` (default) is an in-memory dataset shaped like Amazon Electronics
+(200k rows, T = 30, 63,001 items with Zipf popularity, 801 categories, 192,403 users, the
+reference schema's other fields), matching the peers' measurement; ``--data synthetic`` uses the
+prepared ``synthetic`` card. Embedding width 16 (the cards' default).
+
+Figures only; nothing is asserted. The figure for each setting is the best of ``--rounds``
+rounds (the machine may be shared: say so when quoting). Usage:
+  OMP_NUM_THREADS=2 python benchmarks/train_throughput.py --threads 2
+  python benchmarks/train_throughput.py --models din,mian --batch-sizes 128 --steps 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tabulate import tabulate
+
+from ctrbench.cards import load_model_card, resolve_model_spec
+from ctrbench.data.store import PreparedData, write_store
+from ctrbench.models import count_parameters
+from ctrbench.schema import reference_schema
+from ctrbench.train import (
+    SplitTensors,
+    TrainStep,
+    build_for_training,
+    model_inputs,
+    peak_memory_mb,
+    predict,
+    reset_peak_memory,
+)
+
+PAPER_MODELS = "lr,wide_deep,dcn,deepfm,xdeepfm,din,dien,mian"
+# peers' train samples/s at batch 128 (DeepCTR-Torch 0.3.0, FuxiCTR 2.3.10), same machine type
+PEERS = {"lr": (16_700, 25_200), "wide_deep": (4_700, 6_200), "dcn": (3_900, 6_900),
+         "deepfm": (3_800, 6_200), "xdeepfm": (2_000, 1_500), "din": (3_300, 4_600),
+         "dien": (1_200, 1_300)}
+PAPER_RATIOS = {"mian": 3700 / 3143, "dien": 4073 / 3143}
+
+
+def generated_store(root: Path, rows: int, seed: int = 0) -> PreparedData:
+    """An Electronics-shaped random store (ids int32, left-aligned histories)."""
+    n_items, n_cates, n_users, T = 63_001, 801, 192_403, 30
+    schema = reference_schema(n_items=n_items, n_cates=n_cates, max_len=T, user_fields={
+        "user_id": n_users, "hist_len_bucket": 8, "mean_rating_bucket": 7, "fav_cate": n_cates,
+        "tenure_bucket": 8})
+    rng = np.random.default_rng(seed)
+    popularity = 1.0 / np.arange(1, n_items - 1) ** 0.9
+    popularity /= popularity.sum()
+    item_cate = rng.integers(2, n_cates, n_items)
+
+    def split(n: int) -> dict[str, np.ndarray]:
+        hist_len = np.minimum(rng.geometric(1 / 16, n), T)  # mean history ~16 of 30
+        mask = np.arange(T)[None, :] < hist_len[:, None]
+        cols = {"item_id": rng.choice(n_items - 2, n, p=popularity) + 2,
+                "hist_item_id": (rng.choice(n_items - 2, (n, T), p=popularity) + 2) * mask,
+                "neg_hist_item_id": rng.integers(2, n_items, (n, T)) * mask}
+        cols["cate_id"] = item_cate[cols["item_id"]]
+        cols["hist_cate_id"] = item_cate[cols["hist_item_id"]] * mask
+        cols["neg_hist_cate_id"] = item_cate[cols["neg_hist_item_id"]] * mask
+        for f in schema.user + schema.context:
+            cols[f.name] = rng.integers(2, f.vocab_size, n)
+        out = {k: v.astype(np.int32) for k, v in cols.items()}
+        out["hist_len"] = hist_len.astype(np.int32)
+        out["label"] = rng.integers(0, 2, n).astype(np.float32)
+        out["group"] = cols["user_id"].astype(np.int64)
+        return out
+
+    n_eval = max(1, rows // 10)
+    splits = {"train": split(rows), "valid": split(n_eval), "test": split(n_eval)}
+    meta = {"dataset": "generated", "card_hash": "benchmark", "data_hash": f"gen-{rows}-{seed}"}
+    return write_store(root / "generated", schema, splits, meta)
+
+
+def measure(data: PreparedData, name: str, optimizer: str, batch_size: int, steps: int,
+            rounds: int, train: SplitTensors, valid: SplitTensors) -> dict[str, float]:
+    """Best train and eval samples/s over ``rounds``; peak RSS; parameters."""
+    card = load_model_card(name).with_overrides(
+        {"train": {"optimizer": optimizer, "batch_size": batch_size}})
+    device = torch.device("cpu")
+    reset_peak_memory(device)
+    torch.manual_seed(0)
+    model = build_for_training(card, data.schema)
+    step = TrainStep(model, card.train, device)
+    generator = torch.Generator().manual_seed(0)
+    perm = torch.randperm(train.rows, generator=generator)
+    model.train()
+
+    def run(first: int, n: int) -> None:
+        for i in range(first, first + n):
+            start = (i * batch_size) % max(1, train.rows - batch_size)
+            batch, label = train.take(perm[start:start + batch_size])
+            step(batch, label)
+
+    run(0, 3)  # warm-up
+    best_train = 0.0
+    for r in range(rounds):
+        start = time.perf_counter()
+        run(3 + r * steps, steps)
+        best_train = max(best_train, steps * batch_size / (time.perf_counter() - start))
+    best_eval = 0.0
+    for _ in range(max(1, rounds // 2)):
+        start = time.perf_counter()
+        predict(model, valid, card.train.eval_batch_size)
+        best_eval = max(best_eval, valid.rows / (time.perf_counter() - start))
+    step.close()
+    return {"train": best_train, "eval": best_eval, "rss": peak_memory_mb(device),
+            "params": count_parameters(model)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default=PAPER_MODELS, help="names, groups or globs")
+    parser.add_argument("--data", choices=("generated", "synthetic"), default="generated")
+    parser.add_argument("--rows", type=int, default=200_000, help="generated train rows")
+    parser.add_argument("--eval-rows", type=int, default=20_000)
+    parser.add_argument("--batch-sizes", default="128,1024")
+    parser.add_argument("--optimizers", default="adam,lazy_adam")
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    models = resolve_model_spec(args.models)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    optimizers = args.optimizers.split(",")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.data == "generated":
+            data = generated_store(Path(tmp), args.rows)
+        else:
+            from ctrbench.data.prepare import prepare_dataset
+
+            data = prepare_dataset("synthetic")
+        inputs = model_inputs(data.schema)
+        train = SplitTensors(data, "train", torch.device("cpu"), inputs)
+        valid = SplitTensors(data, "valid", torch.device("cpu"), inputs)
+        valid.truncate(args.eval_rows)
+        results: dict[tuple[str, str, int], dict[str, float]] = {}
+        for name in models:
+            for optimizer in optimizers:
+                for batch_size in batch_sizes:
+                    results[name, optimizer, batch_size] = measure(
+                        data, name, optimizer, batch_size, args.steps, args.rounds, train, valid)
+                    r = results[name, optimizer, batch_size]
+                    print(f"{name:>12} {optimizer:>9} B={batch_size:<5} train {r['train']:>9,.0f}"
+                          f"/s eval {r['eval']:>9,.0f}/s", flush=True)
+    print_tables(results, models, optimizers, batch_sizes, args)
+
+
+def print_tables(results, models, optimizers, batch_sizes, args) -> None:
+    rows = []
+    for (name, optimizer, batch_size), r in results.items():
+        peers = PEERS.get(name.split("@")[0]) if batch_size == 128 else None
+        versus = f"{r['train'] / max(peers):.1f}x" if peers else ""
+        rows.append([name, optimizer, batch_size, f"{r['train']:,.0f}", f"{r['eval']:,.0f}",
+                     f"{r['rss']:,.0f}", f"{r['params']:,}",
+                     f"{peers[0]:,} / {peers[1]:,}" if peers else "", versus])
+    print(f"\nthreads={args.threads}, data={args.data}, best of {args.rounds} rounds x "
+          f"{args.steps} steps")
+    print(tabulate(rows, headers=["model", "optimizer", "batch", "train samples/s",
+                                  "eval samples/s", "peak RSS MB", "params",
+                                  "peers train/s @128 (DeepCTR/Fuxi)", "vs faster peer"]))
+    ratio_rows = []
+    for optimizer in optimizers:
+        for batch_size in batch_sizes:
+            din = results.get(("din", optimizer, batch_size))
+            for name, paper in PAPER_RATIOS.items():
+                other = results.get((name, optimizer, batch_size))
+                if din and other:
+                    ratio_rows.append([f"{name.upper()}/DIN", optimizer, batch_size,
+                                       f"{din['train'] / other['train']:.2f}", f"{paper:.2f}"])
+    if ratio_rows:
+        print("\nper-epoch train time relative to DIN (paper §4.5)")
+        print(tabulate(ratio_rows, headers=["ratio", "optimizer", "batch", "ours", "paper"]))
+
+
+if __name__ == "__main__":
+    main()
