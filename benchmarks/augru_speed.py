@@ -11,7 +11,8 @@ Variants:
 Each figure is the best of --rounds rounds of --repeats steps, the variants taking turns in
 every round (the machine may be shared).
 Figures only; nothing is asserted. Usage:
-  OMP_NUM_THREADS=1 python benchmarks/augru_speed.py [--threads 1] [--repeats 10] [--rounds 10]
+  OMP_NUM_THREADS=1 python benchmarks/augru_speed.py [--threads 1] [--repeats 10] \\
+      [--rounds 10] [--clock wall|cpu]
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def naive_augru(x: torch.Tensor, attention: torch.Tensor, layer: sequence.AUGRU)
     return h
 
 
-def best_times_ms(steps: dict[str, Callable[[], None]], repeats: int,
-                  rounds: int) -> dict[str, float]:
+def best_times_ms(steps: dict[str, Callable[[], None]], repeats: int, rounds: int,
+                  clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Best mean per call (ms) over ``rounds``; the variants take turns within each round so
     that a burst of load from other processes hits them all alike."""
     for step in steps.values():  # warm-up (also lets TorchScript specialise)
@@ -50,10 +51,10 @@ def best_times_ms(steps: dict[str, Callable[[], None]], repeats: int,
     best = dict.fromkeys(steps, float("inf"))
     for _ in range(rounds):
         for name, step in steps.items():
-            start = time.perf_counter()
+            start = clock()
             for _ in range(repeats):
                 step()
-            best[name] = min(best[name], (time.perf_counter() - start) / repeats * 1e3)
+            best[name] = min(best[name], (clock() - start) / repeats * 1e3)
     return best
 
 
@@ -65,6 +66,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall: perf_counter; cpu: this process's CPU time (steadier on a "
+                             "shared machine, meaningful with --threads 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -100,10 +104,11 @@ def main() -> None:
         return step
 
     print(f"AUGRU forward+backward, B={args.batch} T={args.steps} D=H={args.dim}, "
-          f"threads={args.threads}, torch {torch.__version__}, "
+          f"threads={args.threads}, {args.clock} clock, torch {torch.__version__}, "
           f"TorchScript loops: {'yes' if scripted else 'no (eager fallback)'}")
     kinds = ("naive", "hoisted", "fast-eager", "fast", "fast-trim")
-    times = best_times_ms({kind: run(kind) for kind in kinds}, args.repeats, args.rounds)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    times = best_times_ms({kind: run(kind) for kind in kinds}, args.repeats, args.rounds, clock)
     baseline = times["naive"]
     for kind, ms in times.items():
         note = f" (longest history {longest})" if kind == "fast-trim" else ""

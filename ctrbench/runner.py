@@ -284,7 +284,11 @@ def _init_worker(device_queue: Any, threads: int, modules: Sequence[str], mode: 
 
 
 def _worker_run(spec: RunSpec, dataset: DatasetHandle, force: bool) -> RunResult:
-    return execute_one(spec, dataset, device=_WORKER["device"], force=force, show_progress=True)
+    try:
+        return execute_one(spec, dataset, device=_WORKER["device"], force=force,
+                           show_progress=True)
+    except SystemExit as exc:  # SIGTERM from the parent: the run's lock is already released
+        os._exit(exc.code if isinstance(exc.code, int) else 1)  # never start another run
 
 
 def _plugin_modules(specs: Sequence[RunSpec]) -> list[str]:
@@ -352,10 +356,15 @@ def _execute_parallel(todo: Sequence[RunSpec], dataset: DatasetHandle, device: s
                 results[i] = RunResult(spec, "failed", f"{type(exc).__name__}: {exc}")
             progress_mod.message(f"[{done}/{len(todo)}] {spec.model} seed {spec.seed}: "
                                  f"{results[i].status} {results[i].detail}")
-    except BaseException:
-        for process in list(getattr(pool, "_processes", {}).values()):
-            process.terminate()  # SIGTERM -> SystemExit in the worker: locks released
-        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:  # Ctrl-C or SIGTERM in the parent: stop the workers cleanly
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()  # SIGTERM -> SystemExit in the worker: its lock is released
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()  # its lock becomes stale and is taken over next time
         raise
     pool.shutdown(wait=True)
     return [results.get(i, RunResult(s, "interrupted")) for i, s in enumerate(todo)]

@@ -139,11 +139,20 @@ def study_signature(card: ModelCard, data: PreparedData, settings: TuneSettings)
     }
 
 
-def open_study(handle: StudyStorage, name: str, signature: dict[str, Any]) -> optuna.Study:
-    """Create the study or load it (``load_if_exists``); refuse one made for other settings."""
+def open_study(handle: StudyStorage, name: str,
+               signature: dict[str, Any]) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it if it exists; refuse one made for other settings.
+
+    Returns the study and whether this call created it (exactly one worker does).
+    """
+    created = False
     try:
-        study = optuna.create_study(study_name=name, storage=handle.storage,
-                                    direction="maximize", load_if_exists=True)
+        try:
+            study = optuna.create_study(study_name=name, storage=handle.storage,
+                                        direction="maximize")
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(study_name=name, storage=handle.storage)
     except Exception as exc:
         raise CtrbenchError(f"cannot open study {name!r} in {handle.display}: {exc}") from None
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
@@ -161,7 +170,7 @@ def open_study(handle: StudyStorage, name: str, signature: dict[str, Any]) -> op
     for key, value in signature.items():
         if key not in stored:
             study.set_user_attr(f"ctrbench_{key}", value)
-    return study
+    return study, created
 
 
 def count_states(study: optuna.Study) -> dict[TrialState, int]:
@@ -253,20 +262,24 @@ def run_study(
     space: list[Dimension],
     settings: TuneSettings,
     on_trial: Callable[[FrozenTrial, dict[TrialState, int]], None] | None = None,
+    new_study: bool = False,
 ) -> TuneSummary:
-    """Run trials until the study holds ``settings.n_trials`` complete or pruned trials."""
+    """Run trials until the study holds ``settings.n_trials`` complete or pruned trials.
+
+    ``new_study``: this worker created the study, so it queues the card's own values as the
+    first trial (``settings.card_first``; not with the grid sampler, whose grid covers them).
+    """
     epochs = settings.max_epochs or card.train.epochs
     study.pruner = make_pruner(settings.pruner, epochs, settings.prune_after)
     target = settings.n_trials
+    grid_check = None
     if settings.sampler == "grid":
-        size = math.prod(len(v) for v in tune_space.grid(space).values())
-        target = min(target, size)
-    else:
-        size = 0
+        grid_check = make_sampler("grid", space, settings.seed)
+        target = min(target, math.prod(len(v) for v in tune_space.grid(space).values()))
     objective = TrialObjective(data, card, space, replace(settings, n_trials=target))
-    if settings.card_first and settings.sampler != "grid" and target > 0:
+    if new_study and settings.card_first and settings.sampler != "grid":
         defaults = tune_space.card_values(card, space)
-        if defaults is not None and not study.get_trials(deepcopy=False):
+        if defaults is not None:
             study.enqueue_trial(defaults, user_attrs={"origin": "card"}, skip_if_exists=True)
 
     def after_trial(study: optuna.Study, frozen: FrozenTrial) -> None:
@@ -284,8 +297,8 @@ def run_study(
             stop_reason = f"the study has {done} complete or pruned trials (asked for {target})"
         elif settings.timeout is not None and time.monotonic() - start >= settings.timeout:
             stop_reason = f"timeout of {settings.timeout:g} s reached"
-        elif settings.sampler == "grid" and done >= size:
-            stop_reason = "the grid is exhausted"
+        elif grid_check is not None and grid_check.is_exhausted(study):
+            stop_reason = "every point of the grid has been tried"
         elif done + running >= target:
             if not handle.heartbeat:
                 stop_reason = (f"the remaining trials are running in other workers ({running}); "

@@ -24,8 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import TrialState
+
+try:  # optuna >= 4.9
+    from optuna.storages import RetryHeartbeatStaleTrialCallback as _RetryStale
+
+    _STALE_CALLBACK_ARG = "heartbeat_stale_trial_callback"
+except ImportError:  # pragma: no cover - older optuna
+    from optuna.storages import RetryFailedTrialCallback as _RetryStale
+
+    _STALE_CALLBACK_ARG = "failed_trial_callback"
 
 from ctrbench.errors import CtrbenchError
 
@@ -133,9 +142,8 @@ def _rdb_storage(rdb_url: str, engine_kwargs: dict, heartbeat: int) -> RDBStorag
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         beat = {}
         if heartbeat:
-            retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
             beat = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
-                    "heartbeat_stale_trial_callback": retry}
+                    _STALE_CALLBACK_ARG: _RetryStale(max_retry=1)}
         return RDBStorage(rdb_url, engine_kwargs=engine_kwargs, **beat)
 
 

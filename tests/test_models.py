@@ -30,8 +30,8 @@ BASELINES = ("lr", "wide_deep", "dcn", "deepfm", "xdeepfm")  # this file's owner
 ZERO_GRAD_ALLOWED: dict[str, set[str]] = {}
 # Known failures under bf16 autocast, to be fixed by the model's owner (strict: a fix must
 # remove the entry). DIEN: the scripted AUGRU loop's backward mixes float32 and bf16 in addmm.
-BF16_KNOWN_FAILURES = {"dien": "scripted AUGRU backward: float32 x bf16 addmm",
-                       "dien_no_aux": "scripted AUGRU backward: float32 x bf16 addmm"}
+# Models known to fail under bf16 autocast (strict xfail: a fix turns them into failures).
+BF16_KNOWN_FAILURES: dict[str, str] = {}
 
 
 @pytest.fixture(autouse=True)

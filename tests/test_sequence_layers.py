@@ -90,6 +90,21 @@ def test_augru_fast_path_matches_autograd_reference_values_and_gradients():
     torch.testing.assert_close(eager, augru_reference(*inputs))
 
 
+@pytest.mark.parametrize("scripted", [True, False])
+def test_augru_under_bf16_autocast(scripted):
+    layer = AUGRU(4, 3)
+    x = torch.randn(2, 5, 4, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        gx = layer.input_proj(x)
+        out = augru_recurrence(gx, torch.rand(2, 5), layer.hidden_proj.weight,
+                               layer.hidden_proj.bias, scripted=scripted)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    for param in (x, *layer.parameters()):
+        assert param.grad is not None and param.grad.dtype == torch.float32
+        assert torch.isfinite(param.grad).all()
+
+
 # --------------------------------------------------------------------------- DIN unit
 def fixed_unit(softmax: bool) -> LocalActivationUnit:
     """D = 1; score = 2 * relu(q * k) + 0.5 (the MLP reads only the q * k feature)."""

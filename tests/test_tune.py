@@ -23,6 +23,7 @@ import numpy as np
 import optuna
 import pytest
 from click.testing import CliRunner
+from optuna.pruners import HyperbandPruner, MedianPruner, NopPruner
 from optuna.trial import TrialState
 
 from ctrbench import cards
@@ -30,8 +31,8 @@ from ctrbench.cli import main
 from ctrbench.data.store import PreparedData, write_store
 from ctrbench.errors import CardError, CtrbenchError
 from ctrbench.schema import reference_schema
-from ctrbench.tune import derive_seed
-from ctrbench.tune_space import card_values, grid, parse_dimension, parse_search_space
+from ctrbench.tune import derive_seed, make_pruner, make_sampler
+from ctrbench.tune_space import card_values, grid, parse_dimension, parse_search_space, suggest
 from ctrbench.tune_storage import open_storage, redact
 
 MODEL = "lr_tunetest"
@@ -102,8 +103,8 @@ def tune(*args: str, store: Path, expect: int = 0):
     return result
 
 
-def load(study: str = f"{MODEL}@tiny", storage: str | None = None) -> optuna.Study:
-    url = storage or f"sqlite:///{Path('res/tuning').resolve()}/{study}.db"
+def load(study: str = f"{MODEL}@tiny") -> optuna.Study:
+    url = f"sqlite:///{Path('res/tuning').resolve()}/{study}.db"
     return optuna.load_study(study_name=study, storage=url)
 
 
@@ -150,6 +151,12 @@ def test_search_keys_are_checked_against_the_card(work):
     assert card_values(outside, parse_search_space(outside)) is None  # lr above 0.3
 
 
+def test_every_model_card_has_a_valid_search_space():
+    for name in cards.model_names():
+        dims = parse_search_space(cards.load_model_card(name))
+        assert dims, name
+
+
 def test_grid_needs_a_discrete_space(work):
     space = parse_search_space(cards.load_model_card("lr_gridtest"))
     assert grid(space) == {"params.embedding_dim": [16], "train.l2": [1e-6, 2e-6],
@@ -164,6 +171,24 @@ def test_trial_seeds_are_derived_and_distinct():
     assert derive_seed(0, "train", 3) == derive_seed(0, "train", 3)
     assert derive_seed(0, "train", 3) != derive_seed(1, "train", 3)
     assert derive_seed(0, "train", 3) != derive_seed(0, "sampler", 3)
+
+
+def test_samplers_are_seeded(work):
+    space = parse_search_space(cards.load_model_card(MODEL))
+
+    def draws(kind: str, seed: int) -> list[dict]:
+        study = optuna.create_study(direction="maximize", sampler=make_sampler(kind, space, seed))
+        for _ in range(4):
+            trial = study.ask()
+            study.tell(trial, suggest(trial, space)["train.lr"])
+        return [t.params for t in study.trials]
+
+    for kind in ("tpe", "random"):
+        assert draws(kind, 7) == draws(kind, 7)
+        assert draws(kind, 7) != draws(kind, 8)
+    assert isinstance(make_pruner("median", 3, 1), MedianPruner)
+    assert isinstance(make_pruner("hyperband", 3, 1), HyperbandPruner)
+    assert isinstance(make_pruner("none", 3, 1), NopPruner)
 
 
 # --------------------------------------------------------------------------- storages
@@ -238,35 +263,36 @@ def test_hopeless_trial_is_pruned(work, store_dir):
 
 
 def test_diverging_trial_fails_and_the_study_goes_on(work, store_dir):
-    tune("--trials", "0", store=store_dir)  # creates the (empty) study
+    tune("--trials", "0", store=store_dir)  # creates the study; trial 0 (the card) is queued
     with pytest.warns(UserWarning, match="out of range"):
         load().enqueue_trial({"train.lr": 1e30})  # outside the space: an inf/NaN loss
         result = tune("--trials", "2", "--pruner", "none", store=store_dir)
     trials = load().trials
     states = [t.state for t in trials]
-    assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
-    assert trials[0].params["train.lr"] == 1e30
-    assert "TrainingDiverged" in trials[0].user_attrs["error"]
-    assert "TrainingDiverged" in table()[0]["error"]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].params["train.lr"] == 1e30
+    assert "TrainingDiverged" in trials[1].user_attrs["error"]
+    assert "TrainingDiverged" in table()[1]["error"]
     assert "2 complete, 0 pruned, 1 failed" in result.output
 
 
 def test_interrupted_study_resumes_as_if_uninterrupted(work, store_dir):
-    tune("--trials", "2", "--study", "once", store=store_dir)
-    tune("--trials", "4", "--study", "once", store=store_dir)
-    tune("--trials", "4", "--study", "straight", store=store_dir)
+    tune("--trials", "1", "--study", "once", store=store_dir)
+    tune("--trials", "3", "--study", "once", store=store_dir)
+    tune("--trials", "3", "--study", "straight", store=store_dir)
     resumed, straight = load("once"), load("straight")
-    assert len(resumed.trials) == 4
-    assert [t.state for t in resumed.trials] == [TrialState.COMPLETE] * 4
+    assert len(resumed.trials) == 3
+    assert [t.state for t in resumed.trials] == [TrialState.COMPLETE] * 3
     # same seed: the resumed study drew and trained exactly what an uninterrupted one did
     assert [t.params for t in resumed.trials] == [t.params for t in straight.trials]
     assert [t.value for t in resumed.trials] == [t.value for t in straight.trials]
-    # --trials counts the study's trials: asking for 3 when 4 are done runs nothing
-    result = tune("--trials", "3", "--study", "once", store=store_dir)
-    assert "the study has 4 complete or pruned trials" in result.output
-    assert len(load("once").trials) == 4
+    # --trials counts the study's trials: asking for 2 when 3 are done runs nothing
+    result = tune("--trials", "2", "--study", "once", store=store_dir)
+    assert "the study has 3 complete or pruned trials" in result.output
+    assert len(load("once").trials) == 3
 
 
+@pytest.mark.slow
 def test_trial_of_a_killed_worker_is_failed_and_retried(work, store_dir):
     """A worker killed mid-trial leaves it RUNNING; its heartbeat stops; the next worker fails
     it (heartbeat grace = 2 x 1 s) and re-queues its parameters once."""
@@ -393,14 +419,17 @@ def _check_shared(study: optuna.Study, n_trials: int) -> None:
     # the only other trials are ones dropped because the other worker started them first
     assert all("surplus" in t.user_attrs.get("error", "") for t in trials if t not in done)
     assert len({t.user_attrs["worker"] for t in done}) == 2  # both workers ran trials
+    assert sum(t.user_attrs.get("origin") == "card" for t in trials) == 1  # queued once
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_sqlite_study(work, store_dir):
     storage = f"sqlite:///{work / 'shared.db'}"
-    _two_workers(work, store_dir, storage, "shared", 6)
-    _check_shared(optuna.load_study(study_name="shared", storage=storage), 6)
+    _two_workers(work, store_dir, storage, "shared", 4)
+    _check_shared(optuna.load_study(study_name="shared", storage=storage), 4)
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.skipif(not os.environ.get("CTRBENCH_TEST_POSTGRES_URL"),
                     reason="CTRBENCH_TEST_POSTGRES_URL is not set (eval \"$(.ci/postgres.sh)\" "
@@ -409,9 +438,9 @@ def test_two_workers_share_a_postgres_study(work, store_dir):
     url = os.environ["CTRBENCH_TEST_POSTGRES_URL"]
     study_name = f"ctrbench-test-{uuid.uuid4().hex[:12]}"
     try:
-        _two_workers(work, store_dir, url, study_name, 6)
+        _two_workers(work, store_dir, url, study_name, 4)
         storage = open_storage(url, work, study_name, heartbeat=0).storage
-        _check_shared(optuna.load_study(study_name=study_name, storage=storage), 6)
+        _check_shared(optuna.load_study(study_name=study_name, storage=storage), 4)
     finally:
         storage = open_storage(url, work, study_name, heartbeat=0).storage
         try:

@@ -137,7 +137,7 @@ def tune(model: str, dataset: str, n_trials: int, timeout: float | None, storage
     name = study_name or f"{card.name}@{dataset_name}"
     results_root = results_root or default_results_root()
     handle = open_storage(storage, results_root, name, heartbeat=heartbeat)
-    study = open_study(handle, name, signature)
+    study, created = open_study(handle, name, signature)
     if fail_running:
         failed = fail_running_trials(study)
         progress_mod.message(f"marked {len(failed)} RUNNING trial(s) FAIL: {failed}")
@@ -149,7 +149,8 @@ def tune(model: str, dataset: str, n_trials: int, timeout: float | None, storage
 
     out_dir = study_dir(results_root, name)
     try:
-        summary = run_study(study, handle, data, card, space, settings, on_trial=on_trial)
+        summary = run_study(study, handle, data, card, space, settings, on_trial=on_trial,
+                            new_study=created)
     finally:  # also after Ctrl-C: the table shows what is finished
         write_trials_table(study, out_dir)
     plots = write_plots(study, out_dir)
@@ -172,7 +173,9 @@ def tune(model: str, dataset: str, n_trials: int, timeout: float | None, storage
     tuned_from = tuned_from_table(study, summary.storage, best, dataset_name, signature, settings)
     card_path = write_tuned_card(card, dataset_name, best, tuned_from)
     click.echo(f"best:   trial {best.number}, valid AUC {best.value:.5f}")
-    click.echo(tabulate(sorted(best.params.items()), headers=["parameter", "value"]))
+    rows = [(k, f"{v:.6g}" if isinstance(v, float) else str(v))
+            for k, v in sorted(best.params.items())]
+    click.echo(tabulate(rows, headers=["parameter", "value"], disable_numparse=True))
     click.echo(f"tuned card: {card_path}")
     click.echo(f"next:   ctrbench run --models '{tuned_card_name(card, dataset_name)}' "
                f"--dataset {dataset_name} --seeds 5")

@@ -354,8 +354,12 @@ class _Sampler:
         self.item_cdf[np.r_[block_start[1:] - 1, n - 1]] = np.arange(1, C + 1)  # exact ends
         self.weights = window_weights(world.params)
 
-    def categories(self, rng, comp, group, hist_cats, k) -> np.ndarray:
-        """Category per row for mixture component ``comp`` (0 history, 1 prior, 2 uniform)."""
+    def categories(self, rng: np.random.Generator, comp: np.ndarray, group: np.ndarray,
+                   cats: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+        """Category per row for mixture component ``comp`` (0 history, 1 prior, 2 uniform).
+
+        ``cats[rows[i], :k]`` holds row i's past categories (oldest first).
+        """
         C = self.world.n_cates
         n = len(comp)
         out = rng.integers(0, C, n)  # uniform component (overwritten for the others)
@@ -370,10 +374,10 @@ class _Sampler:
             cw = np.cumsum(self.weights[:span])
             age = np.searchsorted(cw, rng.random(len(hist_rows)) * cw[-1], side="right")
             age = np.minimum(age, span - 1)
-            out[hist_rows] = hist_cats[hist_rows, k - 1 - age]
+            out[hist_rows] = cats[rows[hist_rows], k - 1 - age]
         return out
 
-    def items(self, rng, cates: np.ndarray) -> np.ndarray:
+    def items(self, rng: np.random.Generator, cates: np.ndarray) -> np.ndarray:
         pos = np.searchsorted(self.item_cdf, cates + rng.random(len(cates)), side="right")
         return self.items_by_cate[np.minimum(pos, len(self.items_by_cate) - 1)]
 
@@ -430,7 +434,7 @@ def simulate_chunk(world: World, sampler: _Sampler, users: Users, rows: slice,
             u = rng.random(len(todo))
             w = weights_k[todo]
             comp = (u >= w[:, 0]).astype(np.int64) + (u >= w[:, 0] + w[:, 1])
-            cat = sampler.categories(rng, comp, g[todo], cats[todo], k)
+            cat = sampler.categories(rng, comp, g[todo], cats, todo, k)
             draw = sampler.items(rng, cat)
             repeat = (items[todo, :k] == draw[:, None]).any(axis=1) if k else np.zeros(
                 len(todo), dtype=bool)

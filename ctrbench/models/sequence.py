@@ -201,7 +201,9 @@ class _AUGRUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gx, attention, w_hh, b_hh, scripted):  # type: ignore[override]
         forward_loop = _FORWARD_LOOP if scripted else _augru_forward_loop
-        states, gates, h_cand = forward_loop(gx, attention, w_hh, b_hh)
+        # Inputs all arrive in gx's dtype (bf16 under autocast); keep autocast out of the loop.
+        with torch.autocast(device_type=gx.device.type, enabled=False):
+            states, gates, h_cand = forward_loop(gx, attention, w_hh, b_hh)
         ctx.save_for_backward(states, gates, h_cand, attention, w_hh)
         ctx.scripted = scripted
         return states[-1]
@@ -212,7 +214,8 @@ class _AUGRUFunction(torch.autograd.Function):
         states, gates, h_cand, attention, w_hh = ctx.saved_tensors
         hidden = w_hh.shape[1]
         backward_loop = _BACKWARD_LOOP if ctx.scripted else _augru_backward_loop
-        d_pre, d_att = backward_loop(grad_h.contiguous(), states, gates, h_cand, attention, w_hh)
+        d_pre, d_att = backward_loop(grad_h.to(states.dtype).contiguous(), states, gates, h_cand,
+                                     attention, w_hh)
         # Recurrent projection gradient over all steps at once.
         d_gh = d_pre.clone()  # (B, T, 3H)
         d_gh[..., 2 * hidden :] *= gates.transpose(0, 1)[..., :hidden]  # times r
