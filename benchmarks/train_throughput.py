@@ -14,7 +14,8 @@ reference schema's other fields), matching the peers' measurement; ``--data synt
 prepared ``synthetic`` card. Embedding width 16 (the cards' default).
 
 Figures only; nothing is asserted. The figure for each setting is the best of ``--rounds``
-rounds (the machine may be shared: say so when quoting). Usage:
+rounds, a model's settings taking turns in every round; eval samples/s and peak RSS are per
+model (all its settings held at once). The machine may be shared: say so when quoting. Usage:
   OMP_NUM_THREADS=2 python benchmarks/train_throughput.py --threads 2
   python benchmarks/train_throughput.py --models din,mian --batch-sizes 128 --steps 30
 """
@@ -86,40 +87,62 @@ def generated_store(root: Path, rows: int, seed: int = 0) -> PreparedData:
     return write_store(root / "generated", schema, splits, meta)
 
 
-def measure(data: PreparedData, name: str, optimizer: str, batch_size: int, steps: int,
-            rounds: int, train: SplitTensors, valid: SplitTensors) -> dict[str, float]:
-    """Best train and eval samples/s over ``rounds``; peak RSS; parameters."""
-    card = load_model_card(name).with_overrides(
-        {"train": {"optimizer": optimizer, "batch_size": batch_size}})
+class Variant:
+    """One (optimizer, batch size) setting of a model: its own model copy and optimiser."""
+
+    def __init__(self, data: PreparedData, name: str, optimizer: str, batch_size: int,
+                 train: SplitTensors) -> None:
+        self.card = load_model_card(name).with_overrides(
+            {"train": {"optimizer": optimizer, "batch_size": batch_size}})
+        torch.manual_seed(0)
+        self.model = build_for_training(self.card, data.schema)
+        self.step = TrainStep(self.model, self.card.train, torch.device("cpu"))
+        self.train = train
+        self.batch_size = batch_size
+        self.perm = torch.randperm(train.rows, generator=torch.Generator().manual_seed(0))
+        self.position = 0
+        self.best = 0.0
+
+    def run(self, steps: int) -> float:
+        """Train ``steps`` steps; returns samples/s (and keeps the best)."""
+        self.model.train()
+        start = time.perf_counter()
+        for _ in range(steps):
+            if self.position + self.batch_size > self.train.rows:
+                self.position = 0
+            idx = self.perm[self.position:self.position + self.batch_size]
+            self.position += self.batch_size
+            batch, label = self.train.take(idx)
+            self.step(batch, label)
+        rate = steps * self.batch_size / (time.perf_counter() - start)
+        self.best = max(self.best, rate)
+        return rate
+
+
+def measure_model(data: PreparedData, name: str, optimizers: list[str], batch_sizes: list[int],
+                  steps: int, rounds: int, train: SplitTensors, valid: SplitTensors
+                  ) -> dict[str, object]:
+    """Best train samples/s per (optimizer, batch) with the settings taking turns in every
+    round (a burst of load from other processes hits them alike); eval samples/s; peak RSS."""
     device = torch.device("cpu")
     reset_peak_memory(device)
-    torch.manual_seed(0)
-    model = build_for_training(card, data.schema)
-    step = TrainStep(model, card.train, device)
-    generator = torch.Generator().manual_seed(0)
-    perm = torch.randperm(train.rows, generator=generator)
-    model.train()
-
-    def run(first: int, n: int) -> None:
-        for i in range(first, first + n):
-            start = (i * batch_size) % max(1, train.rows - batch_size)
-            batch, label = train.take(perm[start:start + batch_size])
-            step(batch, label)
-
-    run(0, 3)  # warm-up
-    best_train = 0.0
-    for r in range(rounds):
-        start = time.perf_counter()
-        run(3 + r * steps, steps)
-        best_train = max(best_train, steps * batch_size / (time.perf_counter() - start))
+    variants = {(o, b): Variant(data, name, o, b, train) for o in optimizers for b in batch_sizes}
+    for variant in variants.values():
+        variant.run(3)  # warm-up
+    for _ in range(rounds):
+        for variant in variants.values():
+            variant.run(steps)
+    first = next(iter(variants.values()))
     best_eval = 0.0
     for _ in range(max(1, rounds // 2)):
         start = time.perf_counter()
-        predict(model, valid, card.train.eval_batch_size)
+        predict(first.model, valid, first.card.train.eval_batch_size)
         best_eval = max(best_eval, valid.rows / (time.perf_counter() - start))
-    step.close()
-    return {"train": best_train, "eval": best_eval, "rss": peak_memory_mb(device),
-            "params": count_parameters(model)}
+    out = {"train": {key: v.best for key, v in variants.items()}, "eval": best_eval,
+           "rss": peak_memory_mb(device), "params": count_parameters(first.model)}
+    for variant in variants.values():
+        variant.step.close()
+    return out
 
 
 def main() -> None:
@@ -151,13 +174,14 @@ def main() -> None:
         valid.truncate(args.eval_rows)
         results: dict[tuple[str, str, int], dict[str, float]] = {}
         for name in models:
-            for optimizer in optimizers:
-                for batch_size in batch_sizes:
-                    results[name, optimizer, batch_size] = measure(
-                        data, name, optimizer, batch_size, args.steps, args.rounds, train, valid)
-                    r = results[name, optimizer, batch_size]
-                    print(f"{name:>12} {optimizer:>9} B={batch_size:<5} train {r['train']:>9,.0f}"
-                          f"/s eval {r['eval']:>9,.0f}/s", flush=True)
+            measured = measure_model(data, name, optimizers, batch_sizes, args.steps,
+                                     args.rounds, train, valid)
+            for (optimizer, batch_size), rate in measured["train"].items():
+                results[name, optimizer, batch_size] = {
+                    "train": rate, "eval": measured["eval"], "rss": measured["rss"],
+                    "params": measured["params"]}
+                print(f"{name:>12} {optimizer:>9} B={batch_size:<5} train {rate:>9,.0f}/s "
+                      f"eval {measured['eval']:>9,.0f}/s", flush=True)
     print_tables(results, models, optimizers, batch_sizes, args)
 
 
