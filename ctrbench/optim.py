@@ -24,13 +24,14 @@ L2 (``TrainConfig.l2_target``):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ctrbench.cards import TrainConfig
+from ctrbench.models.layers import FusedEmbedding
 
 MASK_FACTOR = 32  # find touched rows with a boolean mask when rows <= this x lookups
 
@@ -96,6 +97,73 @@ class TouchedRows:
         self._handles = []
 
 
+class FusedRowL2:
+    """The touched-row L2 of fused bank tables (:class:`FusedEmbedding`), as a gradient hook.
+
+    A fused table's backward yields ONE sparse gradient per step (autograd sums its lookups
+    before the hook runs); the hook coalesces it (its indices are then the unique touched rows,
+    padding excluded by the lookup) and adds ``2 * l2 * w_r`` to each touched row: the gradient
+    of ``l2 * sum ||w_r||^2`` without a second lookup, ``unique`` or loss term. The penalty is
+    therefore not part of the loss value the trainer sees.
+    """
+
+    def __init__(self, modules: Iterable[FusedEmbedding], l2: float) -> None:
+        self.l2 = l2
+        self._handles = []
+        seen: set[int] = set()
+        for module in modules:
+            if id(module.weight) not in seen:
+                seen.add(id(module.weight))
+                self._handles.append(module.weight.register_hook(self._hook_for(module.weight)))
+
+    def _hook_for(self, weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        def add_l2(grad: torch.Tensor) -> torch.Tensor:
+            if not grad.is_sparse:
+                raise RuntimeError("FusedRowL2 needs the sparse gradient of a fused table")
+            grad = grad.coalesce()  # (R unique rows, D)
+            rows = grad.indices()[0]
+            values = grad.values().add(weight.detach().index_select(0, rows), alpha=2 * self.l2)
+            return torch.sparse_coo_tensor(grad.indices(), values, grad.shape,
+                                           is_coalesced=True, check_invariants=False)
+        return add_l2
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+class BatchEmbeddingL2:
+    """DIN's touched-row L2 over a model's embedding tables, whatever their kind: fused bank
+    tables through :class:`FusedRowL2` (gradient hook), plain ``nn.Embedding`` modules through
+    :class:`TouchedRows` (a loss term, :meth:`penalty`)."""
+
+    def __init__(self, modules: Iterable[nn.Embedding], l2: float) -> None:
+        modules = list(modules)
+        self.l2 = l2
+        fused = [m for m in modules if isinstance(m, FusedEmbedding)]
+        plain = [m for m in modules if not isinstance(m, FusedEmbedding)]
+        self.fused = FusedRowL2(fused, l2) if fused else None
+        self.touched = TouchedRows(plain) if plain else None
+
+    def clear(self) -> None:
+        if self.touched is not None:
+            self.touched.clear()
+
+    def penalty(self) -> torch.Tensor | None:
+        """``l2 * sum ||w_r||^2`` over the plain tables' touched rows, or None."""
+        if self.touched is None:
+            return None
+        penalty = self.touched.penalty()
+        return None if penalty is None else self.l2 * penalty
+
+    def remove(self) -> None:
+        if self.fused is not None:
+            self.fused.remove()
+        if self.touched is not None:
+            self.touched.remove()
+
+
 class RowWiseAdam(torch.optim.Optimizer):
     """Lazy Adam for embedding tables with sparse gradients: only the rows in the gradient move.
 
@@ -142,14 +210,30 @@ class RowWiseAdam(torch.optim.Optimizer):
 
 
 class Optimizers:
-    """One or two torch optimisers stepped together (dense Adam + SparseAdam for tables)."""
+    """One or two torch optimisers stepped together (dense Adam + RowWiseAdam for tables).
 
-    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    ``keep_grads``: parameters whose dense gradient is zeroed in place instead of freed (the
+    dense fused tables: their sparse per-step gradient then adds into it in place, so no
+    full-table gradient is allocated per step).
+    """
+
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer],
+                 keep_grads: Sequence[torch.Tensor] = ()) -> None:
         self.optimizers = list(optimizers)
+        self.keep_grads = list(keep_grads)
 
     def zero_grad(self) -> None:
+        for p in self.keep_grads:
+            if p.grad is None or p.grad.is_sparse:
+                p.grad = torch.zeros_like(p)
+            else:
+                p.grad.zero_()
+        keep = {id(p) for p in self.keep_grads}
         for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if id(p) not in keep:
+                        p.grad = None
 
     def step(self) -> None:
         for opt in self.optimizers:
@@ -189,7 +273,10 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig) -> Optimizers:
     if sparse_params:
         row_l2 = cfg.l2 if cfg.l2_target in ("batch_embeddings", "all") else 0.0
         optimizers.append(RowWiseAdam(sparse_params, lr=cfg.lr, betas=cfg.betas, l2=row_l2))
-    return Optimizers(optimizers)
+    dense_ids = {id(p) for p in dense}
+    fused_dense = [m.weight for m in model.modules()
+                   if isinstance(m, FusedEmbedding) and id(m.weight) in dense_ids]
+    return Optimizers(optimizers, keep_grads=list({id(p): p for p in fused_dense}.values()))
 
 
 def penalised_tables(model: nn.Module, cfg: TrainConfig) -> list[nn.Embedding]:

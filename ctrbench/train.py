@@ -30,7 +30,12 @@ from ctrbench.data.store import PreparedData
 from ctrbench.errors import CardError, CtrbenchError, DataError
 from ctrbench.metrics import auc, classification_metrics, logloss
 from ctrbench.models import ARCHITECTURES, CTRModel, build_model, count_parameters
-from ctrbench.optim import TouchedRows, build_optimizers, clip_grad_norm, penalised_tables
+from ctrbench.optim import (
+    BatchEmbeddingL2,
+    build_optimizers,
+    clip_grad_norm,
+    penalised_tables,
+)
 from ctrbench.progress import progress as progress_bar
 from ctrbench.results import EpochRow
 from ctrbench.schema import GROUP_KEY, HIST_LEN, LABEL, ORACLE, Schema
@@ -229,14 +234,15 @@ class TrainStep:
         self.model, self.cfg, self.device = model, cfg, device
         self.optimizers = build_optimizers(model, cfg)
         tables = penalised_tables(model, cfg)
-        self.touched = TouchedRows(tables) if tables else None
+        self.l2 = BatchEmbeddingL2(tables, cfg.l2) if tables else None
 
     def __call__(self, batch: dict[str, torch.Tensor], label: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (total loss, BCE, aux), detached scalars."""
+        """Returns (loss, BCE, aux), detached scalars; ``loss`` = BCE + aux + the L2 of plain
+        embedding tables (a fused bank's L2 is a gradient hook, not in the value)."""
         self.optimizers.zero_grad()
-        if self.touched is not None:
-            self.touched.clear()
+        if self.l2 is not None:
+            self.l2.clear()
         with _autocast(self.device):
             logits, aux_terms = self.model.forward_train(batch)  # (B,), {name: scalar}
         bce = F.binary_cross_entropy_with_logits(logits.float(), label)
@@ -244,10 +250,10 @@ class TrainStep:
         for term in aux_terms.values():
             aux = aux + term.float()
         loss = bce + aux
-        if self.touched is not None:
-            penalty = self.touched.penalty()
+        if self.l2 is not None:
+            penalty = self.l2.penalty()
             if penalty is not None:
-                loss = loss + self.cfg.l2 * penalty
+                loss = loss + penalty
         loss.backward()
         if self.cfg.grad_clip > 0:
             clip_grad_norm(self.optimizers.params, self.cfg.grad_clip)
@@ -255,8 +261,8 @@ class TrainStep:
         return loss.detach(), bce.detach(), aux.detach()
 
     def close(self) -> None:
-        if self.touched is not None:
-            self.touched.remove()
+        if self.l2 is not None:
+            self.l2.remove()
 
 
 @torch.inference_mode()

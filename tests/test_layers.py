@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import accumulate
 
 import pytest
 import torch
@@ -216,20 +217,60 @@ def test_embedding_bank_padding_row_zero_and_shared_tables():
     # shared table: fav_cate id 3 == cate_id 3 (sample 0's candidate category)
     assert torch.equal(bank(batch, "fav_cate")[1], bank(batch, "cate_id")[0])
     (cand.sum() + hist.sum()).backward()
-    assert torch.equal(bank.tables["item"].weight.grad[0], torch.zeros(4))  # no grad to padding
-    assert bank.tables["item"].weight.grad[3].abs().sum() > 0
+    grad = bank.weight.grad  # one fused table: one gradient
+    assert not grad.is_sparse  # sparse=False: a dense gradient, as nn.Embedding gives
+    item = grad[bank.vocab_rows("item")]  # (6, 4)
+    assert torch.equal(grad[0], torch.zeros(4))  # no grad to padding
+    # item 3 is looked up once in the history and item 2 / 5 as candidates: grad = count
+    torch.testing.assert_close(item[:, 0], torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0, 1.0]))
+
+
+def test_embedding_bank_fuses_vocabularies_into_one_table():
+    schema = tiny_schema()
+    bank = EmbeddingBank(schema, dim=2)
+    sizes = schema.vocab_sizes
+    assert bank.weight.shape == (sum(sizes.values()), 2)
+    assert [m for m in bank.modules() if isinstance(m, torch.nn.Embedding)] == [bank.embedding]
+    blocks = [bank.vocab_rows(v) for v in sizes]
+    assert [b.start for b in blocks] == [0, *accumulate(list(sizes.values())[:-1])]
+    for vocab in sizes:
+        assert torch.equal(bank.tables[vocab].weight[0], torch.zeros(2))  # every block's row 0
+        assert bank.tables[vocab].num_embeddings == sizes[vocab]
+    with torch.no_grad():  # the per-vocabulary view writes through to the fused table
+        bank.tables["cate"].weight[2] = torch.tensor([7.0, 8.0])
+    assert torch.equal(bank.weight[bank.vocab_rows("cate").start + 2], torch.tensor([7.0, 8.0]))
+    ids = torch.tensor([[2, 0], [0, 1]])
+    out = bank.tables["cate"](ids)  # (2, 2, 2)
+    assert torch.equal(out[0, 0], torch.tensor([7.0, 8.0]))
+    assert torch.equal(out[0, 1], torch.zeros(2)) and torch.equal(out[1, 0], torch.zeros(2))
+    # one lookup for several same-shaped fields == the concatenation of separate lookups
+    batch = tiny_batch()
+    specs = [f for f in schema.fields if f.name in ("hist_item_id", "hist_cate_id")]
+    fused = bank.concat(batch, specs)  # (2, 3, 4)
+    torch.testing.assert_close(fused, torch.cat(bank.fields(batch, specs), dim=-1), rtol=0, atol=0)
+    fused.sum().backward()
+    grad = bank.weight.grad
+    padding_rows = [bank.vocab_rows(v).start for v in sizes]
+    assert torch.equal(grad[padding_rows], torch.zeros(len(padding_rows), 2))
 
 
 def test_embedding_bank_sparse_gradients():
     bank = EmbeddingBank(tiny_schema(), dim=4, sparse=True)
-    bank(tiny_batch(), "item_id").sum().backward()
-    assert bank.tables["item"].weight.grad.is_sparse
+    batch = tiny_batch()
+    (bank(batch, "item_id").sum() + bank(batch, "hist_cate_id").sum()).backward()
+    grad = bank.weight.grad
+    assert grad.is_sparse
+    rows = set(grad.coalesce().indices()[0].tolist())
+    item, cate = bank.vocab_rows("item").start, bank.vocab_rows("cate").start
+    # items 2, 5; history cates 2, 3 (sample 0); padding (row 0) never in the gradient
+    assert rows == {item + 2, item + 5, cate + 2, cate + 3}
 
 
 def test_first_order_bank_initialisation():
     schema = tiny_schema()
     zero = first_order_bank(schema, init_std=0.0)
-    assert all(torch.equal(t.weight, torch.zeros_like(t.weight)) for t in zero.tables.values())
+    assert torch.equal(zero.weight, torch.zeros_like(zero.weight))
+    assert zero.weight.shape == (sum(schema.vocab_sizes.values()), 1)
     small = first_order_bank(schema)  # truncated normal, std 0.02, cut at 2 std
     for table in small.tables.values():
         assert table.weight.shape[1] == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ctrbench.schema import Batch, FieldSpec, Schema
@@ -20,38 +21,147 @@ def init_truncated_normal(tensor: torch.Tensor, std: float = INIT_STD) -> torch.
     return nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-2 * std, b=2 * std)
 
 
-class EmbeddingBank(nn.Module):
-    """One embedding table per vocabulary; fields sharing a vocabulary share a table.
+class FusedEmbedding(nn.Embedding):
+    """One table holding the rows of several vocabularies (see :class:`EmbeddingBank`).
 
-    Row 0 (padding) is zero and receives no gradient. ``sparse=True`` makes the tables emit
-    sparse gradients (for row-wise lazy Adam).
+    Row 0 is the one padding row: zero, and never in a gradient. Its backward always builds a
+    SPARSE gradient (one per lookup, summed by autograd into one per step), whatever ``sparse``
+    says: ``sparse`` only says what ``weight.grad`` ends up as. For ``sparse=False`` the sparse
+    gradient is added in place into a dense ``weight.grad`` (a full-table dense gradient per
+    lookup, as ``nn.Embedding`` builds it, costs a zero-fill of the whole table per field).
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, sparse: bool = False) -> None:
+        super().__init__(num_embeddings, embedding_dim, padding_idx=0, sparse=sparse)
+        if not sparse:
+            self.weight.register_post_accumulate_grad_hook(_densify_grad)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Global row ids ``[...]`` -> ``[..., D]``."""
+        return F.embedding(ids, self.weight, padding_idx=0, sparse=True)
+
+
+def _densify_grad(weight: torch.Tensor) -> None:
+    """A dense table's first gradient arrives sparse: make it dense (later ones add in place)."""
+    if weight.grad is not None and weight.grad.is_sparse:
+        weight.grad = weight.grad.to_dense()
+
+
+class VocabTable:
+    """One vocabulary's rows of a bank, called like its old ``nn.Embedding``: local ids -> rows."""
+
+    def __init__(self, bank: EmbeddingBank, vocab: str) -> None:
+        self._bank, self.vocab = bank, vocab
+
+    @property
+    def num_embeddings(self) -> int:
+        return self._bank.vocab_sizes[self.vocab]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """This vocabulary's block of the fused table, ``[V, D]``: a view (writes go through).
+        Its row 0 is zero and unused (id 0 embeds as the shared padding row 0)."""
+        return self._bank.weight[self._bank.vocab_rows(self.vocab)]
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._bank.lookup(self.vocab, ids)
+
+
+class EmbeddingBank(nn.Module):
+    """The embeddings of all vocabularies of a schema, fused into one table.
+
+    Fields sharing a vocabulary share its rows. Vocabulary ``v`` (``V`` ids, id 0 = padding)
+    owns the block of global rows ``offset_v .. offset_v + V - 1`` (id ``i`` -> row
+    ``offset_v + i``), but id 0 of every vocabulary maps to the one global padding row 0 (the
+    first block's row 0), which stays zero and receives no gradient; the other blocks' row 0 is
+    zero and never looked up, so that a block is a view shaped like the old per-vocabulary
+    table (``bank.tables[vocab].weight``). One table means one
+    gradient, one L2 pass and one optimiser update per bank and step instead of one per
+    vocabulary. ``sparse=True`` makes ``weight.grad`` sparse (for row-wise lazy Adam).
+
+    ``bank.tables[vocab](ids)`` still embeds a vocabulary's local ids (see :class:`VocabTable`);
+    :meth:`lookup_concat` embeds several same-shaped id tensors in one lookup.
     """
 
     def __init__(self, schema: Schema, dim: int, sparse: bool = False,
                  init_std: float = INIT_STD) -> None:
         super().__init__()
         self.dim = dim
-        self.tables = nn.ModuleDict()
-        for vocab, size in schema.vocab_sizes.items():
-            table = nn.Embedding(size, dim, padding_idx=0, sparse=sparse)
-            with torch.no_grad():
-                init_truncated_normal(table.weight, init_std)
-                table.weight[0].zero_()
-            self.tables[vocab] = table
+        self.sparse = sparse
+        self.vocab_sizes = dict(schema.vocab_sizes)
+        self.offsets: dict[str, int] = {}
+        total = 0
+        for vocab, size in self.vocab_sizes.items():
+            self.offsets[vocab] = total  # local id i >= 1 -> global row offset + i
+            total += size
+        self.embedding = FusedEmbedding(total, dim, sparse=sparse)
+        with torch.no_grad():
+            init_truncated_normal(self.embedding.weight, init_std)
+            self.embedding.weight[list(self.offsets.values())] = 0.0  # every block's row 0
+        self.tables = {vocab: VocabTable(self, vocab) for vocab in self.vocab_sizes}
         self._vocab_of = {f.name: f.vocab for f in schema.fields}
+
+    @property
+    def weight(self) -> nn.Parameter:
+        """The fused table ``[sum_v V_v, D]``."""
+        return self.embedding.weight
+
+    def vocab_rows(self, vocab: str) -> slice:
+        """The global rows of ``vocab``'s block: local id ``i`` is row ``start + i``."""
+        start = self.offsets[vocab]
+        return slice(start, start + self.vocab_sizes[vocab])
+
+    def global_ids(self, vocab: str, ids: torch.Tensor) -> torch.Tensor:
+        """Local ids of ``vocab`` -> global rows (0 stays 0); same shape."""
+        offset = self.offsets[vocab]
+        if offset == 0:
+            return ids
+        return torch.where(ids > 0, ids + offset, 0)
+
+    def lookup(self, vocab: str, ids: torch.Tensor) -> torch.Tensor:
+        """Embed local ids of ``vocab``: ``[...]`` -> ``[..., D]``."""
+        return self.embedding(self.global_ids(vocab, ids))
+
+    def lookup_concat(self, pairs: Sequence[tuple[str, torch.Tensor]]) -> torch.Tensor:
+        """Embed same-shaped id tensors ``[(vocab, ids [...]), ...]`` in one lookup and
+        concatenate them on the last axis: ``[..., len(pairs) * D]``."""
+        if not pairs:
+            raise ValueError("no fields to concatenate")
+        if len(pairs) == 1:
+            return self.lookup(*pairs[0])
+        ids = torch.stack([self.global_ids(v, t) for v, t in pairs], dim=-1)  # (..., K)
+        return self.embedding(ids).flatten(-2)  # (..., K * D)
 
     def forward(self, batch: Batch, name: str) -> torch.Tensor:
         """Embed field ``name``: ``[B]`` -> ``[B, D]`` or ``[B, T]`` -> ``[B, T, D]``."""
-        return self.tables[self._vocab_of[name]](batch[name])
+        return self.lookup(self._vocab_of[name], batch[name])
 
     def fields(self, batch: Batch, specs: Sequence[FieldSpec]) -> list[torch.Tensor]:
-        """Embed several fields; returns a list of ``[B, D]`` (or ``[B, T, D]``)."""
-        return [self(batch, f.name) for f in specs]
+        """Embed several fields; returns a list of ``[B, D]`` (or ``[B, T, D]``), in order.
+
+        Fields whose id tensors have the same shape share one lookup."""
+        groups: dict[tuple, list[int]] = {}
+        for k, spec in enumerate(specs):
+            groups.setdefault(tuple(batch[spec.name].shape), []).append(k)
+        out: list[torch.Tensor | None] = [None] * len(specs)
+        for members in groups.values():
+            if len(members) == 1:
+                out[members[0]] = self(batch, specs[members[0]].name)
+                continue
+            ids = torch.stack([self.global_ids(specs[k].vocab, batch[specs[k].name])
+                               for k in members], dim=-1)  # (..., K)
+            embedded = self.embedding(ids)  # (..., K, D)
+            for k, column in zip(members, embedded.unbind(-2)):
+                out[k] = column
+        return out  # type: ignore[return-value]
 
     def concat(self, batch: Batch, specs: Sequence[FieldSpec]) -> torch.Tensor:
         """Concatenate several fields' embeddings on the last axis: ``[B, (T,) len(specs)*D]``."""
         if not specs:
             raise ValueError("no fields to concatenate")
+        shapes = {batch[f.name].shape for f in specs}
+        if len(shapes) == 1:
+            return self.lookup_concat([(f.vocab, batch[f.name]) for f in specs])
         return torch.cat(self.fields(batch, specs), dim=-1)
 
 
@@ -144,7 +254,7 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> t
 # --------------------------------------------------------------------------- feature interactions
 def first_order_bank(schema: Schema, sparse: bool = False,
                      init_std: float = INIT_STD) -> EmbeddingBank:
-    """The linear (first-order) weights: a 1-wide embedding table per vocabulary.
+    """The linear (first-order) weights: a 1-wide embedding bank (one fused table).
 
     Initialised truncated-normal with ``init_std`` (0.02 by default; ``0`` gives exact zeros),
     never N(0, 1): with a dozen fields, unit-variance weights start the logits far from 0
@@ -154,8 +264,7 @@ def first_order_bank(schema: Schema, sparse: bool = False,
     bank = EmbeddingBank(schema, 1, sparse=sparse, init_std=init_std if init_std > 0 else INIT_STD)
     if init_std <= 0:
         with torch.no_grad():
-            for table in bank.tables.values():
-                table.weight.zero_()
+            bank.weight.zero_()
     return bank
 
 
