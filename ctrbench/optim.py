@@ -1,7 +1,9 @@
 """Optimisers and regularisation for the trainer.
 
-- ``adam``: ``torch.optim.Adam`` over every parameter (dense embedding gradients: every step
-  reads and writes every row of every table, whatever the batch touched).
+- ``adam``: ``torch.optim.Adam`` (fused) over every parameter (dense embedding gradients: every
+  step reads and writes every row of every table, whatever the batch touched). A bank's fused
+  table keeps one dense gradient buffer, zeroed in place, into which its per-step sparse
+  gradient is added (see :class:`ctrbench.models.layers.FusedEmbedding`).
 - ``lazy_adam``: the model is built with ``sparse=True`` so embedding tables emit sparse
   gradients; :class:`RowWiseAdam` (SparseAdam's update) changes the moments and weights of only
   the rows a batch touched ("row-wise lazy Adam"), plain Adam the dense rest.
@@ -10,8 +12,10 @@ L2 (``TrainConfig.l2_target``):
 
 - ``batch_embeddings``: DIN's mini-batch-aware regularisation, simplified: each step adds
   ``l2 * sum ||w_r||^2`` over the UNIQUE rows ``r`` of every embedding table that the batch
-  looked up (padding rows excluded) to the mean BCE of the batch (for dense tables as a loss
-  term; for lazy_adam's sparse tables as its gradient ``2 l2 w_r`` inside RowWiseAdam). It is
+  looked up (padding rows excluded) to the mean BCE of the batch: as its gradient ``2 l2 w_r``
+  (a fused bank table under adam: :class:`FusedRowL2`, a hook on the table's one sparse
+  gradient per step; lazy_adam's sparse tables: inside RowWiseAdam), or as a loss term for a
+  plain dense ``nn.Embedding`` (:class:`TouchedRows`). It is
   not divided by the batch size nor weighted by feature frequency (DIN's ``1/n_j``): a row seen
   in many batches is decayed in each of them, so frequent ids are regularised more, as in DIN.
   Dense layers are not regularised.
@@ -190,8 +194,9 @@ class RowWiseAdam(torch.optim.Optimizer):
                 grad = p.grad.coalesce()  # unique touched rows, duplicates summed
                 rows = grad.indices()[0]
                 values = grad.values()  # (R, D)
+                weights = p.index_select(0, rows)  # (R, D)
                 if group["l2"] > 0:
-                    values = values.add(p.index_select(0, rows), alpha=2 * group["l2"])
+                    values = values.add(weights, alpha=2 * group["l2"])
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
@@ -206,7 +211,9 @@ class RowWiseAdam(torch.optim.Optimizer):
                 bias1 = 1 - beta1 ** state["step"]
                 bias2 = 1 - beta2 ** state["step"]
                 step_size = group["lr"] * math.sqrt(bias2) / bias1
-                p.index_add_(0, rows, m.div_(v.sqrt_().add_(group["eps"])), alpha=-step_size)
+                # rows are unique: read-update-write (index_add_ costs ~4x more on the CPU)
+                weights.add_(m.div_(v.sqrt_().add_(group["eps"])), alpha=-step_size)
+                p.index_copy_(0, rows, weights)
 
 
 class Optimizers:

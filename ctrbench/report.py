@@ -274,7 +274,8 @@ def _plots(rs: ResultSet, board: pd.DataFrame, out: Path) -> list[Path]:
                 parts = [f"part {i}" for i in range(weights.shape[1])]
             path = out / f"gim-{ds}-{model}.png"
             plots.gim_heatmap(weights, parts, path, f"GIM part weights: {model} on {ds} "
-                              f"(seed {rec.seed}, {len(weights)} sampled test cases)")
+                              f"(seed {rec.seed}, {min(len(weights), 40)} of "
+                              f"{len(weights)} sampled test cases)")
             files.append(path)
             break  # one seed's sample per model
     return files

@@ -247,7 +247,12 @@ def test_embedding_bank_fuses_vocabularies_into_one_table():
     batch = tiny_batch()
     specs = [f for f in schema.fields if f.name in ("hist_item_id", "hist_cate_id")]
     fused = bank.concat(batch, specs)  # (2, 3, 4)
-    torch.testing.assert_close(fused, torch.cat(bank.fields(batch, specs), dim=-1), rtol=0, atol=0)
+    one_by_one = [bank(batch, f.name) for f in specs]  # one lookup per field
+    torch.testing.assert_close(fused, torch.cat(one_by_one, dim=-1), rtol=0, atol=0)
+    pooled = [f for f in schema.fields if f.name in ("item_id", "hist_item_id", "fav_cate",
+                                                       "cate_id", "weekday")]
+    for grouped, single in zip(bank.fields(batch, pooled), [bank(batch, f.name) for f in pooled]):
+        assert torch.equal(grouped, single)
     fused.sum().backward()
     grad = bank.weight.grad
     padding_rows = [bank.vocab_rows(v).start for v in sizes]
@@ -336,3 +341,19 @@ def test_dice_bf16_input_keeps_float32_statistics():
     torch.testing.assert_close(dice.running_var, torch.tensor([1.03]))
     torch.testing.assert_close(out.float(), torch.tensor([[0.634470], [4.327646]]),
                                atol=0.03, rtol=0)
+
+
+def test_embedding_bank_copy_keeps_its_gradient_hooks():
+    """The gradient is built by hooks on the fused weight; a deep copy must hook its own."""
+    import copy
+
+    bank = EmbeddingBank(tiny_schema(), dim=2)
+    twin = copy.deepcopy(bank)
+    ids = torch.tensor([[1, 2, 0], [3, 0, 0]])
+    twin.tables["cate"](ids).sum().backward()
+    bank.tables["cate"](ids).sum().backward()
+    assert not twin.weight.grad.is_sparse
+    torch.testing.assert_close(twin.weight.grad, bank.weight.grad, rtol=0, atol=0)
+    cate = bank.vocab_rows("cate").start
+    assert twin.weight.grad[[cate + 1, cate + 2, cate + 3]].eq(1.0).all()
+    assert twin.weight.grad.sum().item() == 3 * 2

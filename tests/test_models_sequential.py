@@ -1,4 +1,5 @@
-"""DIN, DIEN and MIAN: auxiliary loss, ablations, attention weights (explain), errors."""
+"""DIN, DIEN and MIAN: auxiliary loss, ablations, attention weights (explain), errors;
+xDeepFM's fast CIN paths."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from torch.nn import functional as F
 from ctrbench.cards import load_model_card, resolve_model_spec
 from ctrbench.errors import CardError, CtrbenchError
 from ctrbench.models import build_model
-from ctrbench.models.layers import masked_softmax
+from ctrbench.models import xdeepfm as xdeepfm_module
+from ctrbench.models.layers import CIN, masked_softmax
 from ctrbench.models.mian import MIAN, BehaviorInteraction, FieldInteraction, GlobalInteraction
 from ctrbench.models.sequence import TransformerBlock
+from ctrbench.models.xdeepfm import BatchedCIN
 from ctrbench.schema import HIST_LEN, LABEL, random_batch, reference_schema
 
 T = 8
@@ -247,7 +250,9 @@ def test_ablation_removes_its_module(name, monkeypatch):
         model(batch)
     assert len(calls["field"]) == 2 - len(removed & {"iuim", "icim"})
     assert len(calls["behavior"]) == (0 if "ibim" in removed else 1)
-    assert len(calls["transformer"]) == (0 if removed & {"ibim", "transformer"} else 1)
+    # the transformer runs once per history-length group (sequence.apply_by_length): 1 or 2
+    expected_calls = {0} if removed & {"ibim", "transformer"} else {1, 2}
+    assert len(calls["transformer"]) in expected_calls
     assert calls["global"] == ([] if "gim" in removed else [len(model.gim_parts)])
 
 
@@ -338,3 +343,46 @@ def test_mian_bad_parameters_are_card_errors():
 def test_bad_sequential_params_are_card_errors(name, bad, message):
     with pytest.raises(CardError, match=message):
         card_model(name, **bad)
+
+
+# --------------------------------------------------------------------------- xDeepFM fast paths
+def test_batched_cin_equals_the_reference_cin_values_and_gradients():
+    torch.manual_seed(0)
+    reference = CIN(5, [6, 4], split_half=True, activation="relu")
+    batched = BatchedCIN(5, [6, 4], split_half=True, activation="relu")
+    batched.load_state_dict(reference.state_dict())  # same parameters, same names
+    x = torch.randn(7, 5, 3, requires_grad=True)
+    out_ref, out = reference(x), batched(x)
+    torch.testing.assert_close(out, out_ref)
+    weight = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad((out * weight).sum(), [x, *batched.parameters()]),
+                    torch.autograd.grad((out_ref * weight).sum(), [x, *reference.parameters()])):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="fields"):
+        batched(torch.randn(2, 4, 3))
+
+
+def test_xdeepfm_eval_in_cin_chunks_equals_one_pass(monkeypatch):
+    model = card_model("xdeepfm").eval()
+    assert isinstance(model.cin, BatchedCIN)
+    batch = batch_with_lengths(seed=3, size=10)
+    with torch.no_grad():
+        whole = model(batch)
+        monkeypatch.setattr(xdeepfm_module, "CIN_EVAL_ROWS", 3)  # 4 blocks: 3 + 3 + 3 + 1
+        chunked = model(batch)
+    torch.testing.assert_close(chunked, whole)
+    assert model(batch).requires_grad  # with autograd: one pass, differentiable
+
+
+def test_mian_eval_in_row_blocks_equals_one_pass(monkeypatch):
+    model = card_model("mian").eval()
+    batch = batch_with_lengths(seed=4, size=10)
+    with torch.no_grad():
+        whole = model(batch)
+        monkeypatch.setattr(MIAN, "EVAL_ROWS", 3)  # blocks of 3, 3, 3, 1 rows
+        blocks = model(batch)
+    torch.testing.assert_close(blocks, whole)
+    model.train()
+    torch.manual_seed(0)
+    train_logits = model(batch)
+    assert train_logits.shape == (10,) and train_logits.requires_grad

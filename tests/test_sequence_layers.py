@@ -13,6 +13,8 @@ from ctrbench.models.sequence import (
     LocalActivationUnit,
     MaskedSelfAttention,
     TransformerBlock,
+    UniformDropout,
+    apply_by_length,
     augru_recurrence,
     augru_reference,
     effective_length,
@@ -212,3 +214,92 @@ def test_effective_length_and_embed_history_trim_all_padding_columns():
     assert out.shape == (4, 3, 6)
     full = bank.concat(batch, schema.behavior)
     torch.testing.assert_close(out, full[:, :3])
+
+
+# --------------------------------------------------------------------------- fast paths
+def test_din_unit_split_first_layer_equals_the_concatenated_mlp():
+    """The per-sample / per-step split of the first Linear is the same function and gradient
+    as the MLP on [q, k, q - k, q * k]."""
+    torch.manual_seed(0)
+    unit = LocalActivationUnit(3, hidden=(5, 4), activation="dice").train()  # batch statistics
+    query = torch.randn(4, 3, requires_grad=True)
+    keys = torch.randn(4, 6, 3, requires_grad=True)
+    mask = torch.arange(6)[None, :] < torch.tensor([6, 2, 0, 3])[:, None]
+    fast = unit.scores(query, keys, mask)
+    q, k = query.unsqueeze(1).expand_as(keys)[mask], keys[mask]
+    plain = unit.mlp(torch.cat([q, k, q - k, q * k], dim=-1)).squeeze(-1)
+    plain = plain.new_zeros(mask.shape).masked_scatter(mask, plain)
+    torch.testing.assert_close(fast, plain)
+    inputs = [query, keys, *unit.parameters()]
+    weight = torch.randn(4, 6)
+    for a, b in zip(torch.autograd.grad((fast * weight).sum(), inputs, retain_graph=True),
+                    torch.autograd.grad((plain * weight).sum(), inputs)):
+        torch.testing.assert_close(a, b)
+    assert all(g.abs().sum() > 0 for g in torch.autograd.grad(fast.sum(), inputs[2:]))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_unfused_attention_equals_the_fused_kernel(training):
+    torch.manual_seed(0)
+    attention = MaskedSelfAttention(8, heads=4).train(training)
+    x = torch.randn(3, 5, 8, requires_grad=True)
+    mask = torch.arange(5)[None, :] < torch.tensor([5, 2, 0])[:, None]
+    outs = []
+    for fused in (True, False):
+        attention.fused = fused
+        out = attention(x, mask)
+        outs.append((out, torch.autograd.grad(out[mask].sum(), [x, *attention.parameters()])))
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    for a, b in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(a, b)
+
+
+def test_apply_by_length_equals_one_pass_at_valid_steps():
+    torch.manual_seed(0)
+    block = TransformerBlock(8, heads=2, ffn_mult=2).eval()
+    x = torch.randn(5, 6, 8, requires_grad=True)
+    mask = torch.arange(6)[None, :] < torch.tensor([6, 1, 3, 0, 4])[:, None]  # half = 3
+    split = apply_by_length(block, x, mask)
+    whole = block(x, mask)
+    assert split.shape == whole.shape
+    torch.testing.assert_close(split[mask], whole[mask])
+    short = torch.tensor([False, True, True, True, False])
+    assert torch.equal(split[short, 3:], torch.zeros(3, 3, 8))  # trimmed padding: zeros
+    grads_split = torch.autograd.grad(split[mask].sum(), [x, *block.parameters()])
+    grads_whole = torch.autograd.grad(whole[mask].sum(), [x, *block.parameters()])
+    for a, b in zip(grads_split, grads_whole):
+        torch.testing.assert_close(a, b)
+    calls = []
+    apply_by_length(lambda xs, ms: calls.append(xs.shape) or xs, x, mask)
+    assert calls == [(3, 3, 8), (2, 6, 8)]  # short group trimmed to T // 2, long group full
+    calls.clear()
+    apply_by_length(lambda xs, ms: calls.append(xs.shape) or xs, x, torch.ones(5, 6).bool())
+    assert calls == [(5, 6, 8)]  # one group only: a single pass
+
+
+def test_uniform_dropout_behaves_like_dropout():
+    x = torch.ones(200, 50)
+    drop = UniformDropout(0.2)
+    torch.manual_seed(0)
+    out = drop(x)
+    kept = out != 0
+    assert torch.allclose(out[kept], torch.full_like(out[kept], 1.25))
+    assert abs(kept.float().mean().item() - 0.8) < 0.02
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), out)  # seeded: deterministic
+    assert torch.equal(drop.eval()(x), x)
+    assert torch.equal(UniformDropout(0.0)(x), x)
+    assert torch.equal(UniformDropout(1.0)(x), torch.zeros_like(x))
+
+
+def test_din_unit_scores_eval_blocks_like_one_pass(monkeypatch):
+    torch.manual_seed(0)
+    unit = LocalActivationUnit(3, hidden=(5, 4), activation="dice")
+    unit.train()(torch.randn(6, 3), torch.randn(6, 4, 3), torch.ones(6, 4, dtype=torch.bool))
+    unit.eval()  # running statistics are no longer the initial ones
+    query, keys = torch.randn(5, 3), torch.randn(5, 4, 3)
+    mask = torch.arange(4)[None, :] < torch.tensor([4, 0, 2, 3, 1])[:, None]  # N = 10
+    whole = unit.scores(query, keys, mask)
+    monkeypatch.setattr(LocalActivationUnit, "EVAL_ROWS", 3)  # blocks of 3, 3, 3, 1 steps
+    torch.testing.assert_close(unit.scores(query, keys, mask), whole)
+    assert torch.equal(whole[~mask], torch.zeros(int((~mask).sum())))

@@ -11,9 +11,18 @@ import torch
 import train_fixtures as tf
 
 import ctrbench.train as train_mod
-from ctrbench.cards import load_model_card, model_card_from_dict
+from ctrbench.cards import TrainConfig, load_model_card, model_card_from_dict
 from ctrbench.errors import CardError, CtrbenchError
-from ctrbench.optim import RowWiseAdam, TouchedRows, build_optimizers, clip_grad_norm
+from ctrbench.models.layers import EmbeddingBank
+from ctrbench.optim import (
+    BatchEmbeddingL2,
+    RowWiseAdam,
+    TouchedRows,
+    build_optimizers,
+    clip_grad_norm,
+    penalised_tables,
+)
+from ctrbench.schema import FieldSpec, Schema
 from ctrbench.train import (
     SplitTensors,
     TrainingDiverged,
@@ -316,3 +325,94 @@ def test_device_resolution():
         resolve_device("tpu-please")
     with pytest.raises(CtrbenchError):
         resolve_device("cuda:99")
+
+
+# --------------------------------------------------------------------------- fused embedding banks
+def _bank_schema() -> Schema:
+    return Schema((
+        FieldSpec("item_id", "item", "item", 7),
+        FieldSpec("cate_id", "item", "cate", 4),
+        FieldSpec("hist_item_id", "behavior", "item", 7),
+        FieldSpec("hist_cate_id", "behavior", "cate", 4),
+        FieldSpec("fav_cate", "user", "cate", 4),
+        FieldSpec("weekday", "context", "weekday", 3),
+    ), max_len=3)
+
+
+BANK_BATCHES = [
+    {"item_id": [2, 5, 2], "cate_id": [3, 1, 3], "hist_item_id": [[3, 2, 0], [0, 0, 0], [6, 6, 6]],
+     "hist_cate_id": [[1, 3, 0], [0, 0, 0], [2, 2, 2]], "fav_cate": [2, 3, 0],
+     "weekday": [1, 2, 2]},
+    {"item_id": [4, 4, 1], "cate_id": [2, 2, 1], "hist_item_id": [[1, 0, 0], [5, 4, 0], [2, 0, 0]],
+     "hist_cate_id": [[1, 0, 0], [2, 2, 0], [3, 0, 0]], "fav_cate": [1, 1, 3],
+     "weekday": [2, 0, 1]},
+]
+
+
+def _bank_loss(embed, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A fixed nonlinear function of every field's embedding (the same for both layouts)."""
+    total = torch.zeros(())
+    for k, (name, ids) in enumerate(batch.items()):
+        out = embed(name, ids)  # (B, D) or (B, T, D)
+        total = total + ((k + 1) * out).tanh().sum()
+    return total
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lazy_adam"])
+def test_fused_bank_trains_like_separate_tables_with_touched_row_l2(optimizer):
+    """One fused table + gradient-hook L2 (+ reused dense grad) == one nn.Embedding per
+    vocabulary + the TouchedRows loss penalty, over several Adam steps."""
+    schema, l2, lazy = _bank_schema(), 0.05, optimizer == "lazy_adam"
+    cfg = TrainConfig(optimizer=optimizer, lr=0.05, l2=l2, l2_target="batch_embeddings")
+    torch.manual_seed(0)
+    bank = EmbeddingBank(schema, dim=3, sparse=lazy)
+    tables = torch.nn.ModuleDict({v: torch.nn.Embedding(n, 3, padding_idx=0, sparse=lazy)
+                                  for v, n in schema.vocab_sizes.items()})
+    with torch.no_grad():
+        for vocab, table in tables.items():
+            table.weight.copy_(bank.tables[vocab].weight)
+    vocab_of = {f.name: f.vocab for f in schema.fields}
+    fused_opt = build_optimizers(bank, cfg)
+    fused_l2 = BatchEmbeddingL2(penalised_tables(bank, cfg), l2)
+    ref_opt = build_optimizers(tables, cfg)
+    ref_l2 = TouchedRows(tables.values()) if not lazy else None
+    grads = []
+    for raw in BANK_BATCHES * 2:
+        batch = {k: torch.tensor(v) for k, v in raw.items()}
+        fused_opt.zero_grad()
+        _bank_loss(lambda n, ids: bank.tables[vocab_of[n]](ids), batch).backward()
+        fused_opt.step()
+        grads.append(bank.weight.grad)
+        ref_opt.zero_grad()
+        if ref_l2 is not None:
+            ref_l2.clear()
+        loss = _bank_loss(lambda n, ids: tables[vocab_of[n]](ids), batch)
+        if ref_l2 is not None:
+            loss = loss + l2 * ref_l2.penalty()
+        loss.backward()
+        ref_opt.step()
+    for vocab, table in tables.items():
+        torch.testing.assert_close(bank.tables[vocab].weight.detach(), table.weight.detach())
+    assert all(torch.equal(bank.tables[v].weight[0].detach(), torch.zeros(3)) for v in tables)
+    if lazy:
+        assert all(g.is_sparse for g in grads)
+    else:  # the dense gradient is one buffer zeroed in place, never a sparse one
+        assert not grads[0].is_sparse and len({g.data_ptr() for g in grads}) == 1
+    fused_l2.remove()
+
+
+def test_fused_l2_hook_adds_the_gradient_of_the_unique_touched_rows():
+    schema = _bank_schema()
+    torch.manual_seed(1)
+    bank = EmbeddingBank(schema, dim=2)
+    hook = BatchEmbeddingL2([bank.embedding], 0.5)
+    ids = torch.tensor([[3, 3, 0], [5, 0, 0]])
+    bank.tables["item"](ids).sum().backward()
+    assert hook.penalty() is None  # not a loss term: it is in the gradient
+    weight = bank.tables["item"].weight.detach()
+    expected = torch.zeros_like(weight)
+    expected[3] = 2 + 2 * 0.5 * weight[3]  # looked up twice, decayed once
+    expected[5] = 1 + 2 * 0.5 * weight[5]
+    torch.testing.assert_close(bank.weight.grad[bank.vocab_rows("item")], expected)
+    assert torch.equal(bank.weight.grad[0], torch.zeros(2))
+    hook.remove()

@@ -5,6 +5,7 @@ B = batch, T = history length, D = embedding width, F = number of fields.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -24,21 +25,81 @@ def init_truncated_normal(tensor: torch.Tensor, std: float = INIT_STD) -> torch.
 class FusedEmbedding(nn.Embedding):
     """One table holding the rows of several vocabularies (see :class:`EmbeddingBank`).
 
-    Row 0 is the one padding row: zero, and never in a gradient. Its backward always builds a
-    SPARSE gradient (one per lookup, summed by autograd into one per step), whatever ``sparse``
-    says: ``sparse`` only says what ``weight.grad`` ends up as. For ``sparse=False`` the sparse
-    gradient is added in place into a dense ``weight.grad`` (a full-table dense gradient per
-    lookup, as ``nn.Embedding`` builds it, costs a zero-fill of the whole table per field).
+    Row 0 is the one padding row: zero, and never in a gradient. However many lookups a step
+    makes, the table gets ONE sparse gradient: each lookup's backward only records its ids and
+    output gradient, and a hook on ``weight`` builds the gradient from all of them at once when
+    autograd delivers it (summing one sparse gradient per lookup costs ~8x more). ``sparse``
+    says what ``weight.grad`` ends up as: for ``sparse=False`` the sparse gradient is added in
+    place into a dense ``weight.grad`` (made dense on first use), never a full-table dense
+    gradient per lookup as ``nn.Embedding`` builds it.
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, sparse: bool = False) -> None:
         super().__init__(num_embeddings, embedding_dim, padding_idx=0, sparse=sparse)
-        if not sparse:
-            self.weight.register_post_accumulate_grad_hook(_densify_grad)
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (ids [N], grads [N, D])
+        self._hooked: weakref.ref | None = None  # the weight the gradient hooks are on
+        self._ensure_hooks()
+
+    def _ensure_hooks(self) -> None:
+        """Hook the current ``weight`` (again after a copy, unpickling or a replaced weight:
+        tensor hooks do not travel with a parameter)."""
+        weight = self.weight
+        if (self._hooked is not None and self._hooked() is weight) or not weight.requires_grad:
+            return
+        weight.register_hook(self._collect_gradient)
+        if not self.sparse:
+            weight.register_post_accumulate_grad_hook(_densify_grad)
+        self._hooked = weakref.ref(weight)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_hooked"], state["_pending"] = None, []
+        return state
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Global row ids ``[...]`` -> ``[..., D]``."""
-        return F.embedding(ids, self.weight, padding_idx=0, sparse=True)
+        self._ensure_hooks()
+        return _RecordedLookup.apply(self.weight, ids, self)
+
+    def _collect_gradient(self, grad: torch.Tensor) -> torch.Tensor:
+        """The weight's summed gradient (empty from the lookups) + the recorded lookups'."""
+        if not self._pending:
+            return grad
+        ids = torch.cat([i for i, _ in self._pending])  # (N,)
+        values = torch.cat([g for _, g in self._pending])  # (N, D)
+        self._pending.clear()
+        keep = ids != self.padding_idx
+        ids, values = ids[keep], values[keep]
+        collected = torch.sparse_coo_tensor(ids.long().unsqueeze(0), values, self.weight.shape,
+                                            check_invariants=False)
+        if grad.is_sparse and grad._nnz() == 0:
+            return collected
+        return grad + collected
+
+
+class _RecordedLookup(torch.autograd.Function):
+    """``weight[ids]`` whose backward records ``(ids, grad)`` on the table (see
+    :class:`FusedEmbedding`) and hands autograd an empty sparse gradient for ``weight``."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, ids: torch.Tensor,  # type: ignore[override]
+                table: FusedEmbedding) -> torch.Tensor:
+        ctx.save_for_backward(ids)
+        ctx.table = table
+        return F.embedding(ids, weight, padding_idx=table.padding_idx)  # (..., D)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (ids,) = ctx.saved_tensors
+        table = ctx.table
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        dim = grad.shape[-1]
+        table._pending.append((ids.reshape(-1), grad.reshape(-1, dim)))
+        empty = torch.sparse_coo_tensor(torch.empty(1, 0, dtype=torch.long, device=grad.device),
+                                        grad.new_empty(0, dim), table.weight.shape,
+                                        is_coalesced=True, check_invariants=False)
+        return empty, None, None
 
 
 def _densify_grad(weight: torch.Tensor) -> None:
@@ -75,9 +136,11 @@ class EmbeddingBank(nn.Module):
     ``offset_v + i``), but id 0 of every vocabulary maps to the one global padding row 0 (the
     first block's row 0), which stays zero and receives no gradient; the other blocks' row 0 is
     zero and never looked up, so that a block is a view shaped like the old per-vocabulary
-    table (``bank.tables[vocab].weight``). One table means one
-    gradient, one L2 pass and one optimiser update per bank and step instead of one per
-    vocabulary. ``sparse=True`` makes ``weight.grad`` sparse (for row-wise lazy Adam).
+    table (``bank.tables[vocab].weight``). One table means one gradient, one L2 pass and one
+    optimiser update per bank and step instead of one per vocabulary. ``sparse=True`` makes
+    ``weight.grad`` sparse (for row-wise lazy Adam). Ids are not range-checked per lookup: a
+    local id ``>= V`` would read the next vocabulary's rows (the data builder guarantees the
+    ranges; ``nn.Embedding`` used to raise).
 
     ``bank.tables[vocab](ids)`` still embeds a vocabulary's local ids (see :class:`VocabTable`);
     :meth:`lookup_concat` embeds several same-shaped id tensors in one lookup.
@@ -142,7 +205,8 @@ class EmbeddingBank(nn.Module):
         Fields whose id tensors have the same shape share one lookup."""
         groups: dict[tuple, list[int]] = {}
         for k, spec in enumerate(specs):
-            groups.setdefault(tuple(batch[spec.name].shape), []).append(k)
+            ids = batch[spec.name]
+            groups.setdefault((tuple(ids.shape), ids.dtype), []).append(k)
         out: list[torch.Tensor | None] = [None] * len(specs)
         for members in groups.values():
             if len(members) == 1:
