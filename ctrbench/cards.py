@@ -149,7 +149,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "lazy_adam"):
-            raise CardError(f"train.optimizer must be 'adam' or 'lazy_adam', not {self.optimizer!r}")
+            raise CardError(
+                f"train.optimizer must be 'adam' or 'lazy_adam', not {self.optimizer!r}")
         if self.l2_target not in ("batch_embeddings", "all", "none"):
             raise CardError("train.l2_target must be 'batch_embeddings', 'all' or 'none'")
         if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0:

@@ -57,7 +57,8 @@ def main(verbose: int) -> None:
       ctrbench check --baseline results/reference/synthetic.csv
     """
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
 
 
 for _module, _attr in _COMMANDS:

@@ -169,7 +169,8 @@ def reference_schema(
     return Schema(tuple(fields), max_len=max_len)
 
 
-def random_batch(schema: Schema, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def random_batch(schema: Schema, batch_size: int,
+                 generator: torch.Generator) -> dict[str, torch.Tensor]:
     """A random but well-formed batch for ``schema`` (tests and benchmarks)."""
     T = schema.max_len
     batch: dict[str, torch.Tensor] = {}

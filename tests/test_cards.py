@@ -52,7 +52,7 @@ def test_model_card_extends_and_unknown_key(card_root):
     assert card.train.lr == 0.01 and card.train.batch_size == 64
     assert card.groups == ()  # groups are not inherited
     (card_root / "models" / "bad_x.toml").write_text('arch = "lr"\n[train]\nbatchsize = 64\n')
-    with pytest.raises(CardError, match="batchsize.*did you mean 'batch_size'"):
+    with pytest.raises(CardError, match=r"batchsize.*did you mean 'batch_size'"):
         load_model_card("bad_x")
 
 

