@@ -6,7 +6,6 @@ import shlex
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from ctrbench.cli import main
@@ -16,12 +15,7 @@ FAST = ["--epochs", "1", "--set", "train.batch_size=2048", "--set", "train.eval_
         "--device", "cpu", "-q"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

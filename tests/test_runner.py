@@ -27,12 +27,7 @@ SLOW_CARD = tf.TINY_CARD.replace("epochs = 3", "epochs = 10").replace("patience 
                                                                        "patience = 10")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -33,14 +33,7 @@ from ctrbench.train import (
     train_and_evaluate,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these tests are tiny and the CI machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
