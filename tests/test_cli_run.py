@@ -70,12 +70,13 @@ def test_run_plan_and_rerun_on_synthetic(cli):
     assert np.isin(["scores", "labels", "groups", "oracle"], list(scores)).all()
 
 
-def test_nan_run_is_listed_as_failed_and_exit_is_clean(cli):
+def test_nan_run_is_listed_as_failed_and_exit_is_1(cli):
     invoke, results = cli
     result = invoke("run", "-m", "lr", "-d", "synthetic", "--seeds", "1", *FAST,
                     "--set", "train.lr=1e30", "--set", "train.l2_target='all'",
                     "--set", "train.l2=1e30")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
     assert "Failed runs" in result.output and "diverged" in result.output
     assert read_record(record_path(results, "synthetic", "lr", 0)).status == "failed"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -89,7 +90,8 @@ def run(models: str, dataset: str, seeds: int | None, seed_list: str | None, epo
     Prepares the dataset when needed; skips runs whose finished record has the same run id
     (dataset identity + resolved model config + seed) unless --force; a failed run (NaN loss,
     OOM, error) is recorded as failed and the others go on. Ctrl-C keeps every finished record;
-    the next `run` does only what is missing. Ends with a leaderboard on stdout.
+    the next `run` does only what is missing. Ends with a leaderboard on stdout; the exit
+    status is 1 when any run of this invocation failed (after all the others ran).
 
     \b
     Examples:
@@ -113,6 +115,11 @@ def run(models: str, dataset: str, seeds: int | None, seed_list: str | None, epo
     results = runner.execute(specs, handle, device=device, jobs=jobs, devices=device_list,
                              force=force, show_progress=not quiet)
     _print_summary(results, specs)
+    failed = sum(r.status == "failed" for r in results)
+    if failed:
+        click.echo(f"{failed} run(s) failed (recorded as failed, never averaged); "
+                   "the other runs finished.", err=True)
+        sys.exit(1)
 
 
 def _print_summary(results, specs) -> None:
