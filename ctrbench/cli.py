@@ -62,13 +62,7 @@ def main(verbose: int) -> None:
 
 
 for _module, _attr in _COMMANDS:
-    try:
-        _cmd = getattr(importlib.import_module(_module), _attr)
-    except ModuleNotFoundError as _exc:  # a command module not written yet
-        if _exc.name != _module:
-            raise
-        continue
-    main.add_command(_cmd)
+    main.add_command(getattr(importlib.import_module(_module), _attr))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,10 +14,6 @@ from ctrbench.models.registry import ARCHITECTURES, register
 _FAMILIES = ("linear", "wide_deep", "dcn", "deepfm", "xdeepfm", "din", "dien", "mian")
 
 for _family in _FAMILIES:
-    try:
-        importlib.import_module(f"ctrbench.models.{_family}")
-    except ModuleNotFoundError as exc:  # a family not written yet; remove once all exist
-        if exc.name != f"ctrbench.models.{_family}":
-            raise
+    importlib.import_module(f"ctrbench.models.{_family}")
 
 __all__ = ["ARCHITECTURES", "CTRModel", "build_model", "count_parameters", "register"]

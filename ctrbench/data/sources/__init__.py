@@ -23,13 +23,7 @@ _MODULES = ("amazon", "movielens", "synthetic", "table")
 
 def _load_all() -> None:
     for name in _MODULES:
-        if name in READERS:
-            continue
-        try:
-            importlib.import_module(f"ctrbench.data.sources.{name}")
-        except ModuleNotFoundError as exc:  # a reader module not written yet
-            if exc.name != f"ctrbench.data.sources.{name}":
-                raise
+        importlib.import_module(f"ctrbench.data.sources.{name}")
 
 
 def read_source(card: DatasetCard, files: Mapping[str, Path], *, strict: bool = False
