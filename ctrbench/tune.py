@@ -42,13 +42,11 @@ from ctrbench.cards import ModelCard, config_hash
 from ctrbench.data.store import PreparedData
 from ctrbench.errors import CtrbenchError
 from ctrbench.results import EpochRow
-from ctrbench.tune_space import Dimension
+from ctrbench.tune_space import PRUNERS, SAMPLERS, Dimension
 from ctrbench.tune_storage import StudyStorage, fail_stale
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("tpe", "random", "grid")
-PRUNERS = ("median", "hyperband", "none")
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 ACTIVE = (TrialState.RUNNING, TrialState.WAITING)
 POLL_SECONDS = 2.0  # how often a worker re-checks while other workers finish the last trials

@@ -31,6 +31,10 @@ from optuna.distributions import (
 from ctrbench.cards import ModelCard, TrainConfig, check_keys
 from ctrbench.errors import CardError
 
+# Choices of `ctrbench tune` (here, not in tune.py, so that the CLI starts without torch).
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "hyperband", "none")
+
 SECTIONS = ("params", "train")
 _OPTIONS = {
     "float": ("type", "low", "high", "log", "step"),

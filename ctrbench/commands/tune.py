@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from tabulate import tabulate
 
-from ctrbench.tune import PRUNERS, SAMPLERS
+from ctrbench.tune_space import PRUNERS, SAMPLERS
 
 
 def _load_data(spec: str):
