@@ -7,13 +7,12 @@ import math
 import pytest
 import torch
 
-from ctrbench.models.layers import EmbeddingBank
+from ctrbench.models.layers import EmbeddingBank, UniformDropout
 from ctrbench.models.sequence import (
     AUGRU,
     LocalActivationUnit,
     MaskedSelfAttention,
     TransformerBlock,
-    UniformDropout,
     apply_by_length,
     augru_recurrence,
     augru_reference,

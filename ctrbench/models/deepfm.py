@@ -9,7 +9,6 @@ import torch
 from ctrbench.models.base import CTRModel
 from ctrbench.models.inputs import (
     FieldEmbedding,
-    LinearTerm,
     checked_positive,
     deep_tower,
 )
@@ -28,15 +27,14 @@ class DeepFM(CTRModel):
                  sparse: bool = False) -> None:
         super().__init__(schema)
         dim = checked_positive("embedding_dim", embedding_dim)
-        self.linear = LinearTerm(schema, sparse=sparse, init_std=init_std)
-        self.embedding = FieldEmbedding(schema, dim, sparse=sparse, init_std=init_std)
+        self.embedding = FieldEmbedding(schema, dim, sparse=sparse, init_std=init_std,
+                                        first_order=True)
         self.fm = FactorizationMachine()
         self.deep = deep_tower(self.embedding.num_fields * dim, hidden_units, dropout,
                                activation)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        fields = self.embedding(batch)  # (B, F, D)
-        first = self.linear(batch)  # (B,)
+        first, fields = self.embedding.with_first_order(batch)  # (B,), (B, F, D)
         second = self.fm(fields)  # (B,)
         deep = self.deep(fields.flatten(1)).squeeze(-1)  # (B,)
         return first + second + deep

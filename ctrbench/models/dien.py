@@ -72,18 +72,20 @@ class DIEN(CTRModel):
         steps = effective_length(batch, self.schema.max_len)
         mask = history_mask(batch, steps)  # (B, T')
         behaviours = embed_history(self.bank, batch, self.schema.behavior, steps)  # (B, T', I)
-        candidate = self.bank.concat(batch, self.schema.item)  # (B, I)
+        item, user, context = self.bank.single_fields(
+            batch, (self.schema.item, self.schema.user, self.schema.context))  # (B, ., D)
+        candidate = item.flatten(1)  # (B, I)
         states, _ = self.extractor(behaviours)  # (B, T', I); valid steps never see padding
         scores = (states * self.attention(candidate).unsqueeze(1)).sum(-1)  # (B, T')
         attention = masked_softmax(scores, mask, dim=1)  # (B, T'), exactly 0 on padding
         final = self.evolution(states, attention)  # (B, I)
         return {"mask": mask, "behaviours": behaviours, "candidate": candidate,
+                "user": user.flatten(1), "context": context.flatten(1),
                 "states": states, "attention": attention, "final": final}
 
     def _logits(self, batch: Batch, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         pooled = masked_mean(parts["behaviours"], parts["mask"])  # (B, I)
-        inputs = [*self.bank.fields(batch, self.schema.user), parts["candidate"], parts["final"],
-                  pooled, *self.bank.fields(batch, self.schema.context)]
+        inputs = [parts["user"], parts["candidate"], parts["final"], pooled, parts["context"]]
         return self.mlp(torch.cat(inputs, dim=-1)).squeeze(-1)  # (B,)
 
     def forward(self, batch: Batch) -> torch.Tensor:

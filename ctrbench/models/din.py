@@ -47,23 +47,28 @@ class DIN(CTRModel):
                        checked_dropout(dropout), checked_activation("activation", activation),
                        out_dim=1)
 
-    def _attend(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Candidate ``[B, I]``, pooled interest ``[B, I]``, attention weights ``[B, T']``."""
+    def _singles(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Candidate ``[B, I]``, user ``[B, J D]`` and context ``[B, K D]`` in one lookup."""
+        item, user, context = self.bank.single_fields(
+            batch, (self.schema.item, self.schema.user, self.schema.context))  # (B, ., D)
+        return item.flatten(1), user.flatten(1), context.flatten(1)
+
+    def _attend(self, batch: Batch, candidate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled interest ``[B, I]`` and attention weights ``[B, T']`` for ``candidate``."""
         steps = effective_length(batch, self.schema.max_len)
-        candidate = self.bank.concat(batch, self.schema.item)  # (B, I)
         history = embed_history(self.bank, batch, self.schema.behavior, steps)  # (B, T', I)
         mask = history_mask(batch, steps)  # (B, T')
-        pooled, weights = self.attention(candidate, history, mask)  # (B, I), (B, T')
-        return candidate, pooled, weights
+        return self.attention(candidate, history, mask)  # (B, I), (B, T')
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        candidate, pooled, _ = self._attend(batch)
-        parts = [*self.bank.fields(batch, self.schema.user), candidate, pooled,
-                 *self.bank.fields(batch, self.schema.context)]
-        return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)  # (B,)
+        candidate, user, context = self._singles(batch)
+        pooled, _ = self._attend(batch, candidate)
+        inputs = torch.cat([user, candidate, pooled, context], dim=-1)  # (B, in_width)
+        return self.mlp(inputs).squeeze(-1)  # (B,)
 
     def explain(self, batch: Batch) -> dict[str, torch.Tensor]:
         """``attention``: the local activation unit's weight per history step ``[B, T]``."""
-        _, _, weights = self._attend(batch)
+        candidate, _, _ = self._singles(batch)
+        _, weights = self._attend(batch, candidate)
         return {"attention": pad_steps(weights, self.schema.max_len)}
 

@@ -38,33 +38,58 @@ def num_fields(schema: Schema) -> int:
 
 
 def embed_pooled_fields(bank: EmbeddingBank, schema: Schema, batch: Batch) -> torch.Tensor:
-    """Batch -> ``[B, F, D]`` with ``D = bank.dim``: one embedding per field, histories pooled."""
-    columns = []
-    mask = None
-    for spec in pooled_fields(schema):
-        emb = bank(batch, spec.name)  # (B, D) or (B, T, D)
-        if spec.group == "behavior":
-            if mask is None:
-                steps = torch.arange(emb.shape[1], device=emb.device)
-                mask = steps.unsqueeze(0) < batch[HIST_LEN].unsqueeze(1)  # (B, T)
-            emb = masked_mean(emb, mask)  # (B, D)
-        columns.append(emb)
-    return torch.stack(columns, dim=1)  # (B, F, D)
+    """Batch -> ``[B, F, W]`` with ``W = bank.dim``: one embedding per field, histories pooled.
+
+    Two lookups whatever the number of fields: one for every single-valued field (``[B, K]``
+    ids) and one for every behaviour field (``[B, T, K']`` ids), then one masked mean over T.
+    """
+    singles = [spec for spec in pooled_fields(schema) if spec.group != "behavior"]
+    behaviours = list(schema.behavior)
+    n_item = len(schema.item)
+    single = bank.lookup_stacked([(s.vocab, batch[s.name]) for s in singles])  # (B, K, W)
+    if behaviours:
+        seq = bank.lookup_stacked([(s.vocab, batch[s.name]) for s in behaviours])  # (B, T, K', W)
+        steps = torch.arange(seq.shape[1], device=seq.device)
+        mask = steps.unsqueeze(0) < batch[HIST_LEN].unsqueeze(1)  # (B, T)
+        pooled = masked_mean(seq.flatten(2), mask).unflatten(1, seq.shape[2:])  # (B, K', W)
+        parts = [single[:, :n_item], pooled, single[:, n_item:]]
+    else:
+        parts = [single]
+    return torch.cat(parts, dim=1)  # (B, F, W)
 
 
 class FieldEmbedding(nn.Module):
-    """Batch -> ``[B, F, D]``; owns one embedding table per vocabulary (``sparse`` optional)."""
+    """Batch -> ``[B, F, D]``; owns one embedding table per vocabulary (``sparse`` optional).
+
+    ``first_order=True`` adds LR's first-order weights as one more column of the SAME fused
+    table (width ``D + 1``, column 0 = the weight): :meth:`with_first_order` then returns the
+    first-order sum and the embeddings from the same two lookups, one gradient and one optimiser
+    update per step. It is the same model as a separate 1-wide :class:`LinearTerm` (Adam and the
+    touched-row L2 act per element and row, and the two tables are touched on the same rows);
+    only the random initial values differ.
+    """
 
     def __init__(self, schema: Schema, dim: int, *, sparse: bool = False,
-                 init_std: float = INIT_STD) -> None:
+                 init_std: float = INIT_STD, first_order: bool = False) -> None:
         super().__init__()
         self.schema = schema
-        self.bank = EmbeddingBank(schema, dim, sparse=sparse, init_std=init_std)
+        self.first_order = first_order
+        self.bank = EmbeddingBank(schema, dim + int(first_order), sparse=sparse,
+                                  init_std=init_std)
+        self.bias = nn.Parameter(torch.zeros(1)) if first_order else None
         self.num_fields = num_fields(schema)
         self.dim = dim
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        return embed_pooled_fields(self.bank, self.schema, batch)  # (B, F, D)
+        fields = embed_pooled_fields(self.bank, self.schema, batch)  # (B, F, W)
+        return fields[..., int(self.first_order):]  # (B, F, D)
+
+    def with_first_order(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(bias + sum_f w_f [B], embeddings [B, F, D])`` (needs ``first_order=True``)."""
+        if self.bias is None:
+            raise RuntimeError("built without first_order=True")
+        fields = embed_pooled_fields(self.bank, self.schema, batch)  # (B, F, D + 1)
+        return fields[..., 0].sum(dim=1) + self.bias, fields[..., 1:]
 
 
 class LinearTerm(nn.Module):

@@ -184,18 +184,18 @@ class MIAN(CTRModel):
         schema = self.schema
         steps = effective_length(batch, schema.max_len)
         mask = history_mask(batch, steps)  # (B, T')
-        item = self.bank.concat(batch, schema.item)  # (B, I)
+        item, user, context = self.bank.single_fields(
+            batch, (schema.item, schema.user, schema.context))  # (B, ., D): one lookup
+        item = item.flatten(1)  # (B, I)
         behaviours = embed_history(self.bank, batch, schema.behavior, steps)  # (B, T', I)
         parts: dict[str, torch.Tensor] = {"item": item,
                                           "behavior": masked_mean(behaviours, mask)}  # (B, I)
         weights: dict[str, torch.Tensor] = {}
         if schema.user:
-            user = torch.stack(self.bank.fields(batch, schema.user), 1)  # (B, J, D)
             parts["user"] = user.flatten(1)  # (B, J D)
             if self.iuim is not None:
                 parts["iuim"], weights["iuim"] = self.iuim(item, user)  # (B, I + D), (B, J)
         if schema.context:
-            context = torch.stack(self.bank.fields(batch, schema.context), 1)  # (B, K, D)
             parts["context"] = context.flatten(1)  # (B, K D)
             if self.icim is not None:
                 parts["icim"], weights["icim"] = self.icim(item, context)  # (B, I+D), (B, K)

@@ -16,7 +16,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ctrbench.errors import CardError
-from ctrbench.models.layers import MLP, EmbeddingBank, masked_softmax
+from ctrbench.models.layers import MLP, EmbeddingBank, UniformDropout, masked_softmax
 from ctrbench.schema import HIST_LEN, Batch, FieldSpec
 
 # --------------------------------------------------------------------------- helpers
@@ -52,8 +52,8 @@ def embed_history(bank: EmbeddingBank, batch: Batch, specs: Sequence[FieldSpec],
                   steps: int) -> torch.Tensor:
     """The first ``steps`` steps of the history fields ``specs``, embedded and concatenated:
     ``[B, steps, len(specs) * D]`` (ids are sliced before the lookup)."""
-    columns = [bank.tables[spec.vocab](batch[spec.name][:, :steps]) for spec in specs]
-    return torch.cat(columns, dim=-1)
+    pairs = [(spec.vocab, batch[spec.name][:, :steps]) for spec in specs]
+    return bank.lookup_stacked(pairs).flatten(-2)  # one lookup: (B, steps, len(specs) * D)
 
 
 def pad_steps(weights: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -352,19 +352,6 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-
-class UniformDropout(nn.Dropout):
-    """``nn.Dropout`` (same parameters, same train/eval behaviour) drawing its keep mask from
-    ``rand`` instead of ``bernoulli_``, about 2x cheaper on the CPU (not in place)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        if self.p == 1.0:
-            return torch.zeros_like(x)
-        keep = torch.rand_like(x) >= self.p  # (..., D)
-        return x * (keep.to(x.dtype) * (1.0 / (1.0 - self.p)))
 
 
 class TransformerBlock(nn.Module):

@@ -9,7 +9,6 @@ import torch
 from ctrbench.models.base import CTRModel
 from ctrbench.models.inputs import (
     FieldEmbedding,
-    LinearTerm,
     checked_positive,
     deep_tower,
 )
@@ -28,13 +27,12 @@ class WideDeep(CTRModel):
                  sparse: bool = False) -> None:
         super().__init__(schema)
         dim = checked_positive("embedding_dim", embedding_dim)
-        self.linear = LinearTerm(schema, sparse=sparse, init_std=init_std)
-        self.embedding = FieldEmbedding(schema, dim, sparse=sparse, init_std=init_std)
+        self.embedding = FieldEmbedding(schema, dim, sparse=sparse, init_std=init_std,
+                                        first_order=True)
         self.deep = deep_tower(self.embedding.num_fields * dim, hidden_units, dropout,
                                activation)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        wide = self.linear(batch)  # (B,)
-        fields = self.embedding(batch)  # (B, F, D)
+        wide, fields = self.embedding.with_first_order(batch)  # (B,), (B, F, D)
         deep = self.deep(fields.flatten(1)).squeeze(-1)  # (B,)
         return wide + deep

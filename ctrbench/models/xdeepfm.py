@@ -11,7 +11,6 @@ from ctrbench.errors import CardError
 from ctrbench.models.base import CTRModel
 from ctrbench.models.inputs import (
     FieldEmbedding,
-    LinearTerm,
     checked_positive,
     checked_widths,
     deep_tower,
@@ -70,8 +69,8 @@ class XDeepFM(CTRModel):
         super().__init__(schema)
         dim = checked_positive("embedding_dim", embedding_dim)
         cin_sizes = checked_widths("cin_layer_sizes", cin_layer_sizes, allow_empty=False)
-        self.linear = LinearTerm(schema, sparse=sparse, init_std=init_std)
-        self.embedding = FieldEmbedding(schema, dim, sparse=sparse, init_std=init_std)
+        self.embedding = FieldEmbedding(schema, dim, sparse=sparse, init_std=init_std,
+                                        first_order=True)
         try:
             self.cin = BatchedCIN(self.embedding.num_fields, cin_sizes, bool(cin_split_half),
                            cin_activation)
@@ -91,8 +90,7 @@ class XDeepFM(CTRModel):
                           for chunk in fields.split(CIN_EVAL_ROWS)])  # (B,)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        fields = self.embedding(batch)  # (B, F, D)
-        first = self.linear(batch)  # (B,)
+        first, fields = self.embedding.with_first_order(batch)  # (B,), (B, F, D)
         cin = self.cin_logit(fields)  # (B,)
         deep = self.deep(fields.flatten(1)).squeeze(-1)  # (B,)
         return first + cin + deep
