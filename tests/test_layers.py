@@ -392,3 +392,32 @@ def test_embedding_bank_copy_keeps_its_gradient_hooks():
     cate = bank.vocab_rows("cate").start
     assert twin.weight.grad[[cate + 1, cate + 2, cate + 3]].eq(1.0).all()
     assert twin.weight.grad.sum().item() == 3 * 2
+
+
+def test_unique_rows_matches_torch_unique():
+    from ctrbench.models.layers import unique_rows
+
+    gen = torch.Generator().manual_seed(3)
+    scratch = torch.full((50,), 7, dtype=torch.long)  # stale contents must not matter
+    for n in (1, 5, 200):
+        ids = torch.randint(0, 50, (n,), generator=gen)
+        rows, inverse = unique_rows(ids, scratch)
+        assert torch.equal(rows, torch.unique(ids))
+        assert torch.equal(rows[inverse], ids)
+
+
+def test_fused_table_gradient_is_coalesced_and_exact():
+    """The bank's one sparse gradient: sorted unique rows, duplicates summed, no padding row."""
+    bank = EmbeddingBank(tiny_schema(), dim=3, sparse=True)
+    ids = torch.tensor([[2, 2, 0], [4, 2, 1]])
+    weights = torch.randn(2, 3, 3)
+    (bank.lookup("item", ids) * weights).sum().backward()
+    grad = bank.weight.grad
+    assert grad.is_sparse and grad.is_coalesced()
+    dense = torch.zeros_like(bank.weight)
+    global_ids = bank.global_ids("item", ids)
+    for position, row in enumerate(global_ids.reshape(-1).tolist()):
+        if row != 0:
+            dense[row] += weights.reshape(-1, 3)[position]
+    torch.testing.assert_close(grad.to_dense(), dense)
+    assert 0 not in grad.indices()[0].tolist()

@@ -38,6 +38,8 @@ class FusedEmbedding(nn.Embedding):
         super().__init__(num_embeddings, embedding_dim, padding_idx=0, sparse=sparse)
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (ids [N], grads [N, D])
         self._hooked: weakref.ref | None = None  # the weight the gradient hooks are on
+        self._scratch: torch.Tensor | None = None  # [num_embeddings] int64, for unique_rows
+        self._collected_indices: torch.Tensor | None = None  # the last sparse gradient's rows
         self._ensure_hooks()
 
     def _ensure_hooks(self) -> None:
@@ -47,13 +49,14 @@ class FusedEmbedding(nn.Embedding):
         if (self._hooked is not None and self._hooked() is weight) or not weight.requires_grad:
             return
         weight.register_hook(self._collect_gradient)
-        if not self.sparse:
-            weight.register_post_accumulate_grad_hook(_densify_grad)
+        weight.register_post_accumulate_grad_hook(
+            self._mark_coalesced if self.sparse else _densify_grad)
         self._hooked = weakref.ref(weight)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_hooked"], state["_pending"] = None, []
+        state["_scratch"] = state["_collected_indices"] = None
         return state
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -62,19 +65,61 @@ class FusedEmbedding(nn.Embedding):
         return _RecordedLookup.apply(self.weight, ids, self)
 
     def _collect_gradient(self, grad: torch.Tensor) -> torch.Tensor:
-        """The weight's summed gradient (empty from the lookups) + the recorded lookups'."""
+        """The weight's summed gradient (empty from the lookups) + the recorded lookups', as a
+        COALESCED sparse tensor (unique sorted rows, padding row excluded) when ``grad`` is
+        sparse: its consumers (touched-row L2, row-wise Adam) need no sort of their own."""
         if not self._pending:
             return grad
         ids = torch.cat([i for i, _ in self._pending])  # (N,)
         values = torch.cat([g for _, g in self._pending])  # (N, D)
         self._pending.clear()
+        if grad.is_sparse and grad._nnz() > 0:  # other uses of the weight: merge them in
+            ids = torch.cat([ids, grad._indices()[0]])
+            values = torch.cat([values, grad._values()])
         keep = ids != self.padding_idx
-        ids, values = ids[keep], values[keep]
-        collected = torch.sparse_coo_tensor(ids.long().unsqueeze(0), values, self.weight.shape,
-                                            check_invariants=False)
-        if grad.is_sparse and grad._nnz() == 0:
-            return collected
-        return grad + collected
+        ids, values = ids[keep].long(), values[keep]
+        if not grad.is_sparse:  # a dense gradient from elsewhere: add the rows into it
+            return grad.index_add(0, ids, values.to(grad.dtype))
+        if self._scratch is None or self._scratch.device != ids.device:
+            self._scratch = torch.empty(self.num_embeddings, dtype=torch.long, device=ids.device)
+        rows, inverse = unique_rows(ids, self._scratch)  # (R,), (N,)
+        summed = values.new_zeros(rows.shape[0], values.shape[1]).index_add_(0, inverse, values)
+        self._collected_indices = rows.unsqueeze(0)  # (1, R)
+        return torch.sparse_coo_tensor(self._collected_indices, summed, self.weight.shape,
+                                       is_coalesced=True, check_invariants=False)
+
+    def _mark_coalesced(self, weight: torch.Tensor) -> None:
+        """Autograd stores a stolen sparse gradient without its coalesced flag: restore it when
+        ``weight.grad`` holds exactly the indices :meth:`_collect_gradient` made (unique, sorted;
+        not after an accumulation over several backward passes, which concatenates)."""
+        grad, made = weight.grad, self._collected_indices
+        self._collected_indices = None
+        if (grad is None or not grad.is_sparse or grad.is_coalesced() or made is None
+                or grad._indices().data_ptr() != made.data_ptr()
+                or grad._nnz() != made.shape[1]):
+            return
+        weight.grad = torch.sparse_coo_tensor(grad._indices(), grad._values(), grad.shape,
+                                              is_coalesced=True, check_invariants=False)
+
+
+def unique_rows(ids: torch.Tensor, scratch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sorted distinct values ``rows [R]`` of ``ids [N]`` (int64 in ``[0, len(scratch))``)
+    and ``inverse [N]`` with ``rows[inverse] == ids``, without sorting all N ids.
+
+    ``scratch`` is any int64 buffer of one slot per possible id (its contents are ignored and
+    overwritten): each id's slot receives the position of one of its occurrences, which marks
+    that occurrence as the id's representative; only the R representatives are sorted (about
+    2x cheaper than ``torch.unique`` / ``coalesce`` on lookups with repeated ids).
+    """
+    n = ids.shape[0]
+    positions = torch.arange(n, device=ids.device)
+    scratch[ids] = positions  # with repeated ids one position wins; any winner will do
+    representative = scratch[ids]  # (N,): position of the winning occurrence of each id
+    winners = (representative == positions).nonzero().squeeze(1)  # (R,) positions
+    rows, order = ids[winners].sort()  # (R,)
+    rank = torch.empty(n, dtype=torch.long, device=ids.device)
+    rank[winners[order]] = torch.arange(rows.shape[0], device=ids.device)
+    return rows, rank[representative]
 
 
 class _RecordedLookup(torch.autograd.Function):
@@ -163,6 +208,7 @@ class EmbeddingBank(nn.Module):
             self.embedding.weight[list(self.offsets.values())] = 0.0  # every block's row 0
         self.tables = {vocab: VocabTable(self, vocab) for vocab in self.vocab_sizes}
         self._vocab_of = {f.name: f.vocab for f in schema.fields}
+        self._offset_vectors: dict[tuple, torch.Tensor] = {}  # (vocabs, device) -> offsets [K]
 
     @property
     def weight(self) -> nn.Parameter:
@@ -199,8 +245,18 @@ class EmbeddingBank(nn.Module):
         on a new axis before the embedding axis: ``[..., len(pairs), D]``."""
         if not pairs:
             raise ValueError("no fields to embed")
-        ids = torch.stack([self.global_ids(v, t) for v, t in pairs], dim=-1)  # (..., K)
-        return self.embedding(ids)  # (..., K, D)
+        ids = torch.stack([t for _, t in pairs], dim=-1)  # (..., K) local ids
+        offsets = self._offsets_of(tuple(v for v, _ in pairs), ids.device)  # (K,)
+        return self.embedding(torch.where(ids > 0, ids + offsets, 0))  # (..., K, D)
+
+    def _offsets_of(self, vocabs: tuple[str, ...], device: torch.device) -> torch.Tensor:
+        """The global row offsets of ``vocabs`` as a cached ``[K]`` int64 tensor."""
+        key = (vocabs, device)
+        offsets = self._offset_vectors.get(key)
+        if offsets is None:
+            offsets = torch.tensor([self.offsets[v] for v in vocabs], device=device)
+            self._offset_vectors[key] = offsets
+        return offsets
 
     def single_fields(self, batch: Batch, groups: Sequence[Sequence[FieldSpec]]
                       ) -> list[torch.Tensor]:
