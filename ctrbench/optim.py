@@ -219,23 +219,20 @@ class RowWiseAdam(torch.optim.Optimizer):
 class Optimizers:
     """One or two torch optimisers stepped together (dense Adam + RowWiseAdam for tables).
 
-    ``keep_grads``: parameters whose dense gradient is zeroed in place instead of freed (the
-    dense fused tables: their sparse per-step gradient then adds into it in place, so no
-    full-table gradient is allocated per step).
+    ``dense_tables``: fused tables under dense Adam, whose dense gradient is zeroed in place
+    instead of freed (:meth:`FusedEmbedding.zero_dense_grad`: their sparse per-step gradient
+    then adds into it in place, so no full-table gradient is allocated per step).
     """
 
     def __init__(self, optimizers: Sequence[torch.optim.Optimizer],
-                 keep_grads: Sequence[torch.Tensor] = ()) -> None:
+                 dense_tables: Sequence[FusedEmbedding] = ()) -> None:
         self.optimizers = list(optimizers)
-        self.keep_grads = list(keep_grads)
+        self.dense_tables = list(dense_tables)
 
     def zero_grad(self) -> None:
-        for p in self.keep_grads:
-            if p.grad is None or p.grad.is_sparse:
-                p.grad = torch.zeros_like(p)
-            else:
-                p.grad.zero_()
-        keep = {id(p) for p in self.keep_grads}
+        for table in self.dense_tables:
+            table.zero_dense_grad()
+        keep = {id(table.weight) for table in self.dense_tables}
         for opt in self.optimizers:
             for group in opt.param_groups:
                 for p in group["params"]:
@@ -281,9 +278,9 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig) -> Optimizers:
         row_l2 = cfg.l2 if cfg.l2_target in ("batch_embeddings", "all") else 0.0
         optimizers.append(RowWiseAdam(sparse_params, lr=cfg.lr, betas=cfg.betas, l2=row_l2))
     dense_ids = {id(p) for p in dense}
-    fused_dense = [m.weight for m in model.modules()
-                   if isinstance(m, FusedEmbedding) and id(m.weight) in dense_ids]
-    return Optimizers(optimizers, keep_grads=list({id(p): p for p in fused_dense}.values()))
+    fused_dense = {id(m.weight): m for m in model.modules()
+                   if isinstance(m, FusedEmbedding) and id(m.weight) in dense_ids}
+    return Optimizers(optimizers, dense_tables=list(fused_dense.values()))
 
 
 def penalised_tables(model: nn.Module, cfg: TrainConfig) -> list[nn.Embedding]:

@@ -421,3 +421,25 @@ def test_fused_table_gradient_is_coalesced_and_exact():
             dense[row] += weights.reshape(-1, 3)[position]
     torch.testing.assert_close(grad.to_dense(), dense)
     assert 0 not in grad.indices()[0].tolist()
+
+
+def test_dense_table_gradient_zeroing_touches_written_rows_and_is_exact():
+    """zero_dense_grad clears the rows earlier sparse gradients wrote (or everything after a
+    dense use of the weight): the next step's gradient equals a fresh one."""
+    bank = EmbeddingBank(tiny_schema(), dim=2)  # dense table
+    table = bank.embedding
+    first, second = torch.tensor([[2, 3, 0]]), torch.tensor([[4, 2, 1]])
+    for dense_use in (False, True):
+        table.zero_dense_grad()
+        loss = bank.lookup("item", first).pow(2).sum()
+        if dense_use:  # the weight also used directly: every row may be non-zero
+            loss = loss + bank.weight.sum()
+        loss.backward()
+        table.zero_dense_grad()
+        assert torch.equal(bank.weight.grad, torch.zeros_like(bank.weight))
+        (bank.lookup("item", second) * 3).sum().backward()
+        expected = torch.zeros_like(bank.weight)
+        for row in bank.global_ids("item", second).reshape(-1).tolist():
+            if row != 0:
+                expected[row] += 3
+        torch.testing.assert_close(bank.weight.grad, expected)
