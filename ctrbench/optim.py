@@ -200,19 +200,20 @@ class RowWiseAdam(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
+                    # both moments in one [2, rows, D] tensor: one gather and one scatter per
+                    # step, and each moment of the gathered rows is contiguous
+                    state["moments"] = torch.zeros(2, *p.shape, dtype=p.dtype, device=p.device)
                 state["step"] += 1
-                m = state["exp_avg"].index_select(0, rows).lerp_(values, 1 - beta1)
-                v = state["exp_avg_sq"].index_select(0, rows).mul_(beta2)
-                v.addcmul_(values, values, value=1 - beta2)
-                state["exp_avg"].index_copy_(0, rows, m)
-                state["exp_avg_sq"].index_copy_(0, rows, v)
+                moments = state["moments"].index_select(1, rows)  # (2, R, D)
+                m, v = moments.unbind(0)  # contiguous (R, D) each
+                m.lerp_(values, 1 - beta1)
+                v.mul_(beta2).addcmul_(values, values, value=1 - beta2)
+                state["moments"].index_copy_(1, rows, moments)
                 bias1 = 1 - beta1 ** state["step"]
                 bias2 = 1 - beta2 ** state["step"]
                 step_size = group["lr"] * math.sqrt(bias2) / bias1
                 # rows are unique: read-update-write (index_add_ costs ~4x more on the CPU)
-                weights.add_(m.div_(v.sqrt_().add_(group["eps"])), alpha=-step_size)
+                weights.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-step_size)
                 p.index_copy_(0, rows, weights)
 
 
