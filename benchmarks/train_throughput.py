@@ -46,10 +46,16 @@ from ctrbench.train import (
 )
 
 PAPER_MODELS = "lr,wide_deep,dcn,deepfm,xdeepfm,din,dien,mian"
-# peers' train samples/s at batch 128 (DeepCTR-Torch 0.3.0, FuxiCTR 2.3.10), same machine type
-PEERS = {"lr": (16_700, 25_200), "wide_deep": (4_700, 6_200), "dcn": (3_900, 6_900),
-         "deepfm": (3_800, 6_200), "xdeepfm": (2_000, 1_500), "din": (3_300, 4_600),
-         "dien": (1_200, 1_300)}
+# Peers' train samples/s at batch 128 (DeepCTR-Torch 0.3.0, FuxiCTR 2.3.10) on this 2-core machine
+# type: the issue's figures, and benchmarks/peer_throughput.py run here on an idle machine (best of
+# its "fit" and "step" figures and of 1 and 2 threads; FuxiCTR's models are assembled from its
+# layers, see benchmarks/peers/README.md). "vs faster peer" divides by the largest of the four.
+PEERS_ISSUE = {"lr": (16_700, 25_200), "wide_deep": (4_700, 6_200), "dcn": (3_900, 6_900),
+               "deepfm": (3_800, 6_200), "xdeepfm": (2_000, 1_500), "din": (3_300, 4_600),
+               "dien": (1_200, 1_300)}
+PEERS_MEASURED = {"lr": (34_800, 37_900), "wide_deep": (3_900, 5_400), "dcn": (5_500, 6_500),
+                  "deepfm": (5_400, 5_700), "xdeepfm": (1_900, 1_300), "din": (3_800, 4_900),
+                  "dien": (1_700, 2_100)}
 PAPER_RATIOS = {"mian": 3700 / 3143, "dien": 4073 / 3143}
 
 
@@ -188,16 +194,20 @@ def main() -> None:
 def print_tables(results, models, optimizers, batch_sizes, args) -> None:
     rows = []
     for (name, optimizer, batch_size), r in results.items():
-        peers = PEERS.get(name.split("@")[0]) if batch_size == 128 else None
-        versus = f"{r['train'] / max(peers):.1f}x" if peers else ""
+        base = name.split("@")[0]
+        issue = PEERS_ISSUE.get(base) if batch_size == 128 else None
+        here = PEERS_MEASURED.get(base) if batch_size == 128 else None
+        versus = f"{r['train'] / max(*issue, *here):.1f}x" if issue and here else ""
         rows.append([name, optimizer, batch_size, f"{r['train']:,.0f}", f"{r['eval']:,.0f}",
                      f"{r['rss']:,.0f}", f"{r['params']:,}",
-                     f"{peers[0]:,} / {peers[1]:,}" if peers else "", versus])
+                     f"{issue[0]:,} / {issue[1]:,}" if issue else "",
+                     f"{here[0]:,} / {here[1]:,}" if here else "", versus])
     print(f"\nthreads={args.threads}, data={args.data}, best of {args.rounds} rounds x "
           f"{args.steps} steps")
     print(tabulate(rows, headers=["model", "optimizer", "batch", "train samples/s",
                                   "eval samples/s", "peak RSS MB", "params",
-                                  "peers train/s @128 (DeepCTR/Fuxi)", "vs faster peer"]))
+                                  "peers @128 issue (DeepCTR/Fuxi)", "peers @128 measured here",
+                                  "vs faster peer"]))
     ratio_rows = []
     for optimizer in optimizers:
         for batch_size in batch_sizes:
