@@ -261,6 +261,11 @@ def fuxictr_models() -> dict[str, type]:
                     module.init_weights()
             self.model_to_device()
 
+    def relu_tower(input_dim: int, output_dim: int | None = 1) -> MLP_Block:
+        """The cards' ReLU tower (TOWER widths, DROPOUT) as FuxiCTR's MLP_Block."""
+        return MLP_Block(input_dim=input_dim, output_dim=output_dim, hidden_units=list(TOWER),
+                         hidden_activations="ReLU", dropout_rates=DROPOUT)
+
     class LR(Model):
         def __init__(self, feature_map, embedding_dim=16, **kwargs):
             super().__init__(feature_map, **kwargs)
@@ -275,9 +280,7 @@ def fuxictr_models() -> dict[str, type]:
             super().__init__(feature_map, **kwargs)
             self.embedding_layer = FeatureEmbedding(feature_map, embedding_dim)
             self.lr_layer = LogisticRegression(feature_map, use_bias=False)
-            self.dnn = MLP_Block(input_dim=feature_map.sum_emb_out_dim(), output_dim=1,
-                                 hidden_units=list(TOWER), hidden_activations="ReLU",
-                                 dropout_rates=DROPOUT)
+            self.dnn = relu_tower(feature_map.sum_emb_out_dim())
             self.finish()
 
         def forward(self, inputs):
@@ -291,8 +294,7 @@ def fuxictr_models() -> dict[str, type]:
             width = feature_map.sum_emb_out_dim()
             self.embedding_layer = FeatureEmbedding(feature_map, embedding_dim)
             self.crossnet = CrossNet(width, CROSS_LAYERS)
-            self.dnn = MLP_Block(input_dim=width, hidden_units=list(TOWER),
-                                 hidden_activations="ReLU", dropout_rates=DROPOUT)
+            self.dnn = relu_tower(width, output_dim=None)
             self.fc = nn.Linear(width + TOWER[-1], 1)
             self.finish()
 
@@ -306,9 +308,7 @@ def fuxictr_models() -> dict[str, type]:
             super().__init__(feature_map, **kwargs)
             self.embedding_layer = FeatureEmbedding(feature_map, embedding_dim)
             self.fm = FactorizationMachine(feature_map)  # first order + FM
-            self.mlp = MLP_Block(input_dim=feature_map.sum_emb_out_dim(), output_dim=1,
-                                 hidden_units=list(TOWER), hidden_activations="ReLU",
-                                 dropout_rates=DROPOUT)
+            self.mlp = relu_tower(feature_map.sum_emb_out_dim())
             self.finish()
 
         def forward(self, inputs):
@@ -324,9 +324,7 @@ def fuxictr_models() -> dict[str, type]:
             self.lr_layer = LogisticRegression(feature_map, use_bias=False)
             # FuxiCTR's CIN: no split-half, no activation (not configurable)
             self.cin = CompressedInteractionNet(feature_map.num_fields, list(CIN_SIZES), 1)
-            self.dnn = MLP_Block(input_dim=feature_map.sum_emb_out_dim(), output_dim=1,
-                                 hidden_units=list(TOWER), hidden_activations="ReLU",
-                                 dropout_rates=DROPOUT)
+            self.dnn = relu_tower(feature_map.sum_emb_out_dim())
             self.finish()
 
         def forward(self, inputs):
