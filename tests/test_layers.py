@@ -281,13 +281,16 @@ def test_embedding_bank_fuses_vocabularies_into_one_table():
     # one lookup for several same-shaped fields == the concatenation of separate lookups
     batch = tiny_batch()
     specs = [f for f in schema.fields if f.name in ("hist_item_id", "hist_cate_id")]
-    fused = bank.concat(batch, specs)  # (2, 3, 4)
+    fused = bank.lookup_stacked([(f.vocab, batch[f.name]) for f in specs])  # (2, 3, 2, 4)
     one_by_one = [bank(batch, f.name) for f in specs]  # one lookup per field
-    torch.testing.assert_close(fused, torch.cat(one_by_one, dim=-1), rtol=0, atol=0)
-    pooled = [f for f in schema.fields if f.name in ("item_id", "hist_item_id", "fav_cate",
-                                                       "cate_id", "weekday")]
-    for grouped, single in zip(bank.fields(batch, pooled), [bank(batch, f.name) for f in pooled]):
-        assert torch.equal(grouped, single)
+    torch.testing.assert_close(fused, torch.stack(one_by_one, dim=-2), rtol=0, atol=0)
+    singles = [[f for f in schema.fields if f.name in names]
+               for names in (("item_id", "cate_id"), (), ("fav_cate", "weekday"))]
+    groups = bank.single_fields(batch, singles)  # one lookup: (2, 2, 4), (2, 0, 4), (2, 2, 4)
+    assert [g.shape[1] for g in groups] == [2, 0, 2]
+    for group, specs_of_group in zip(groups, singles):
+        for k, spec in enumerate(specs_of_group):
+            assert torch.equal(group[:, k], bank(batch, spec.name))
     fused.sum().backward()
     grad = bank.weight.grad
     padding_rows = [bank.vocab_rows(v).start for v in sizes]

@@ -210,7 +210,8 @@ class EmbeddingBank(nn.Module):
     ranges; ``nn.Embedding`` used to raise).
 
     ``bank.tables[vocab](ids)`` still embeds a vocabulary's local ids (see :class:`VocabTable`);
-    :meth:`lookup_concat` embeds several same-shaped id tensors in one lookup.
+    :meth:`lookup_stacked` embeds several same-shaped id tensors in one lookup and
+    :meth:`single_fields` groups of single-valued fields.
     """
 
     def __init__(self, schema: Schema, dim: int, sparse: bool = False,
@@ -253,15 +254,6 @@ class EmbeddingBank(nn.Module):
         """Embed local ids of ``vocab``: ``[...]`` -> ``[..., D]``."""
         return self.embedding(self.global_ids(vocab, ids))
 
-    def lookup_concat(self, pairs: Sequence[tuple[str, torch.Tensor]]) -> torch.Tensor:
-        """Embed same-shaped id tensors ``[(vocab, ids [...]), ...]`` in one lookup and
-        concatenate them on the last axis: ``[..., len(pairs) * D]``."""
-        if not pairs:
-            raise ValueError("no fields to concatenate")
-        if len(pairs) == 1:
-            return self.lookup(*pairs[0])
-        return self.lookup_stacked(pairs).flatten(-2)  # (..., K * D)
-
     def lookup_stacked(self, pairs: Sequence[tuple[str, torch.Tensor]]) -> torch.Tensor:
         """Embed same-shaped id tensors ``[(vocab, ids [...]), ...]`` in one lookup, stacked
         on a new axis before the embedding axis: ``[..., len(pairs), D]``."""
@@ -293,35 +285,6 @@ class EmbeddingBank(nn.Module):
     def forward(self, batch: Batch, name: str) -> torch.Tensor:
         """Embed field ``name``: ``[B]`` -> ``[B, D]`` or ``[B, T]`` -> ``[B, T, D]``."""
         return self.lookup(self._vocab_of[name], batch[name])
-
-    def fields(self, batch: Batch, specs: Sequence[FieldSpec]) -> list[torch.Tensor]:
-        """Embed several fields; returns a list of ``[B, D]`` (or ``[B, T, D]``), in order.
-
-        Fields whose id tensors have the same shape share one lookup."""
-        groups: dict[tuple, list[int]] = {}
-        for k, spec in enumerate(specs):
-            ids = batch[spec.name]
-            groups.setdefault((tuple(ids.shape), ids.dtype), []).append(k)
-        out: list[torch.Tensor | None] = [None] * len(specs)
-        for members in groups.values():
-            if len(members) == 1:
-                out[members[0]] = self(batch, specs[members[0]].name)
-                continue
-            ids = torch.stack([self.global_ids(specs[k].vocab, batch[specs[k].name])
-                               for k in members], dim=-1)  # (..., K)
-            embedded = self.embedding(ids)  # (..., K, D)
-            for k, column in zip(members, embedded.unbind(-2)):
-                out[k] = column
-        return out  # type: ignore[return-value]
-
-    def concat(self, batch: Batch, specs: Sequence[FieldSpec]) -> torch.Tensor:
-        """Concatenate several fields' embeddings on the last axis: ``[B, (T,) len(specs)*D]``."""
-        if not specs:
-            raise ValueError("no fields to concatenate")
-        shapes = {batch[f.name].shape for f in specs}
-        if len(shapes) == 1:
-            return self.lookup_concat([(f.vocab, batch[f.name]) for f in specs])
-        return torch.cat(self.fields(batch, specs), dim=-1)
 
 
 class MLP(nn.Module):
