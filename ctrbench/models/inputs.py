@@ -43,19 +43,15 @@ def embed_pooled_fields(bank: EmbeddingBank, schema: Schema, batch: Batch) -> to
     Two lookups whatever the number of fields: one for every single-valued field (``[B, K]``
     ids) and one for every behaviour field (``[B, T, K']`` ids), then one masked mean over T.
     """
-    singles = [spec for spec in pooled_fields(schema) if spec.group != "behavior"]
-    behaviours = list(schema.behavior)
-    n_item = len(schema.item)
-    single = bank.lookup_stacked([(s.vocab, batch[s.name]) for s in singles])  # (B, K, W)
-    if behaviours:
-        seq = bank.lookup_stacked([(s.vocab, batch[s.name]) for s in behaviours])  # (B, T, K', W)
-        steps = torch.arange(seq.shape[1], device=seq.device)
-        mask = steps.unsqueeze(0) < batch[HIST_LEN].unsqueeze(1)  # (B, T)
-        pooled = masked_mean(seq.flatten(2), mask).unflatten(1, seq.shape[2:])  # (B, K', W)
-        parts = [single[:, :n_item], pooled, single[:, n_item:]]
-    else:
-        parts = [single]
-    return torch.cat(parts, dim=1)  # (B, F, W)
+    # the order of pooled_fields: item fields, pooled behaviour fields, user and context fields
+    item, others = bank.single_fields(batch, (schema.item, (*schema.user, *schema.context)))
+    if not schema.behavior:
+        return torch.cat([item, others], dim=1)  # (B, F, W)
+    seq = bank.lookup_stacked([(s.vocab, batch[s.name]) for s in schema.behavior])  # (B,T,K',W)
+    steps = torch.arange(seq.shape[1], device=seq.device)
+    mask = steps.unsqueeze(0) < batch[HIST_LEN].unsqueeze(1)  # (B, T)
+    pooled = masked_mean(seq.flatten(2), mask).unflatten(1, seq.shape[2:])  # (B, K', W)
+    return torch.cat([item, pooled, others], dim=1)  # (B, F, W)
 
 
 class FieldEmbedding(nn.Module):
