@@ -1,7 +1,7 @@
 """Training and evaluation throughput of every model through ctrbench's one trainer.
 
 For each model card x optimizer (adam | lazy_adam) x batch size, times ``--steps`` full training
-steps exactly as ``ctrbench.train`` runs them (seeded permutation, batch = index slices of the
+steps exactly as ``engine.train`` runs them (seeded permutation, batch = index slices of the
 split's tensors, forward_train, BCE + aux + L2, backward, optimiser step) and a full evaluation
 pass over ``--eval-rows`` rows, and prints samples/s, peak RSS and parameter counts, next to the
 peers' measured train samples/s at batch 128 on this kind of machine (DeepCTR-Torch 0.3.0 /
@@ -33,9 +33,7 @@ from tabulate import tabulate
 
 from ctrbench.cards import load_model_card, resolve_model_spec
 from ctrbench.data.store import PreparedData, write_store
-from ctrbench.models import count_parameters
-from ctrbench.schema import reference_schema
-from ctrbench.train import (
+from ctrbench.engine.train import (
     SplitTensors,
     TrainStep,
     build_for_training,
@@ -44,6 +42,8 @@ from ctrbench.train import (
     predict,
     reset_peak_memory,
 )
+from ctrbench.models import count_parameters
+from ctrbench.schema import reference_schema
 
 PAPER_MODELS = "lr,wide_deep,dcn,deepfm,xdeepfm,din,dien,mian"
 # Peers' train samples/s at batch 128 (DeepCTR-Torch 0.3.0, FuxiCTR 2.3.10) on this 2-core machine

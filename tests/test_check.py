@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from ctrbench.check import read_reference
 from ctrbench.cli import main
+from ctrbench.report.check import read_reference
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "records"
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from ctrbench.cli import main
-from ctrbench.results import read_record, read_scores, record_path
+from ctrbench.record import read_record, read_scores, record_path
 
 FAST = ["--epochs", "1", "--set", "train.batch_size=2048", "--set", "train.eval_batch_size=8192",
         "--device", "cpu", "-q"]

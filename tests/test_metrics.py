@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ctrbench.metrics import auc, classification_metrics, group_auc, logloss
+from ctrbench.analysis.metrics import auc, classification_metrics, group_auc, logloss
 
 
 def brute_force_auc(labels: np.ndarray, scores: np.ndarray) -> float:

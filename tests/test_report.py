@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from ctrbench.cli import main
-from ctrbench.report_tables import auto_resamples
-from ctrbench.results import read_record
+from ctrbench.record import read_record
+from ctrbench.report.tables import auto_resamples
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures" / "records"

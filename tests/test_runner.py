@@ -16,10 +16,10 @@ import pytest
 import torch
 import train_fixtures as tf
 
-from ctrbench import runner
 from ctrbench.errors import CardError
-from ctrbench.results import read_record, read_scores, record_path
-from ctrbench.runlock import RunLock
+from ctrbench.record import read_record, read_scores, record_path
+from ctrbench.runs import runner
+from ctrbench.runs.lock import RunLock
 
 TESTS_DIR = Path(__file__).resolve().parent
 NAN_CARD = 'arch = "tiny_logistic"\n[params]\nnan_after = 2\n[train]\nbatch_size = 64\n'
@@ -170,7 +170,7 @@ import json, sys
 sys.path.insert(0, {tests!r})
 import torch
 import train_fixtures
-from ctrbench import runner
+from ctrbench.runs import runner
 from ctrbench.data.store import open_store
 torch.set_num_threads(1)
 runner.install_termination_handler()

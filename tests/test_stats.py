@@ -1,4 +1,4 @@
-"""ctrbench.stats against hand-worked examples and scipy."""
+"""ctrbench.analysis.stats against hand-worked examples and scipy."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from ctrbench import stats
+from ctrbench.analysis import stats
 
 # Hand-worked DeLong example: 3 positives, 2 negatives, two classifiers (rows shuffled below).
 #   psi(x, y) = 1 if x > y, 0.5 if x == y, else 0

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ctrbench.analysis.metrics import auc
 from ctrbench.cards import dataset_card_from_dict
 from ctrbench.data.sources.amazon import read_amazon
 from ctrbench.data.synthetic_world import (
@@ -29,7 +30,6 @@ from ctrbench.data.synthetic_world import (
     world_params,
 )
 from ctrbench.errors import CardError, DataError
-from ctrbench.metrics import auc
 
 TINY = dict(n_users=400, n_items=300, n_meta_items=330, n_cates=12, mean_events=10.0,
             max_events=40)

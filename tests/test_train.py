@@ -10,11 +10,9 @@ import pytest
 import torch
 import train_fixtures as tf
 
-import ctrbench.train as train_mod
+import ctrbench.engine.train as train_mod
 from ctrbench.cards import TrainConfig, load_model_card, model_card_from_dict
-from ctrbench.errors import CardError, CtrbenchError
-from ctrbench.models.layers import EmbeddingBank
-from ctrbench.optim import (
+from ctrbench.engine.optim import (
     BatchEmbeddingL2,
     RowWiseAdam,
     TouchedRows,
@@ -22,8 +20,7 @@ from ctrbench.optim import (
     clip_grad_norm,
     penalised_tables,
 )
-from ctrbench.schema import FieldSpec, Schema
-from ctrbench.train import (
+from ctrbench.engine.train import (
     SplitTensors,
     TrainingDiverged,
     TrainStep,
@@ -32,6 +29,9 @@ from ctrbench.train import (
     resolve_device,
     train_and_evaluate,
 )
+from ctrbench.errors import CardError, CtrbenchError
+from ctrbench.models.layers import EmbeddingBank
+from ctrbench.schema import FieldSpec, Schema
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

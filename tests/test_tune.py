@@ -1,6 +1,6 @@
 """`ctrbench tune`: search-space validation, storages, pruning, failures, resuming, workers.
 
-Every study trains the real trainer (ctrbench.train) with the real `lr` architecture on a tiny
+Every study trains the real trainer (engine.train) with the real `lr` architecture on a tiny
 prepared store written with write_store, whose label is planted on the candidate item (item id
 divisible by 3, 10% flipped): a sensible learning rate reaches a high validation AUC in one epoch,
 a learning rate of 1e-6 stays at chance. Storages are real (SQLite files, a journal file, and
@@ -31,9 +31,9 @@ from ctrbench.cli import main
 from ctrbench.data.store import PreparedData, write_store
 from ctrbench.errors import CardError, CtrbenchError
 from ctrbench.schema import reference_schema
-from ctrbench.tune import derive_seed, make_pruner, make_sampler
-from ctrbench.tune_space import card_values, grid, parse_dimension, parse_search_space, suggest
-from ctrbench.tune_storage import open_storage, redact
+from ctrbench.tune.space import card_values, grid, parse_dimension, parse_search_space, suggest
+from ctrbench.tune.storage import open_storage, redact
+from ctrbench.tune.study import derive_seed, make_pruner, make_sampler
 
 MODEL = "lr_tunetest"
 TEST_CARD = """
@@ -376,7 +376,7 @@ def test_user_errors_are_clean(work, store_dir):
 WORKER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    import ctrbench.cli, ctrbench.train, optuna, torch  # import before the start signal
+    import ctrbench.cli, ctrbench.engine.train, optuna, torch  # import before the start signal
     torch.set_num_threads(1)
     ready, go = Path(sys.argv[1]), Path(sys.argv[2])
     ready.write_text("ready")

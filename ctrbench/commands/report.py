@@ -70,7 +70,7 @@ def report(datasets: tuple[str, ...], reference: str | None, results_dir: Path |
       ctrbench report --dataset books --reference din --out report/
       ctrbench report --results runs-gpu/ --bootstrap 200 --no-plots
     """
-    from ctrbench.report import build_report
+    from ctrbench.report.build import build_report
 
     root = results_dir if results_dir is not None else default_results_root()
     result = build_report(root, out_dir, datasets=list(datasets) or None, reference=reference,
@@ -119,7 +119,8 @@ def check(baseline: Path, results_dir: Path | None, datasets: tuple[str, ...], u
     """
     from tabulate import tabulate
 
-    from ctrbench.check import (
+    from ctrbench.report.build import num, pvalue
+    from ctrbench.report.check import (
         BaselineError,
         check_results,
         exit_code,
@@ -127,7 +128,6 @@ def check(baseline: Path, results_dir: Path | None, datasets: tuple[str, ...], u
         rows_frame,
         update_reference,
     )
-    from ctrbench.report import num, pvalue
 
     root = results_dir if results_dir is not None else default_results_root()
     if update:

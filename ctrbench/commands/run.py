@@ -57,8 +57,8 @@ def selection_options(func: Callable) -> Callable:
 def _prepare_selection(models: str, dataset: str, seeds: int | None, seed_list: str | None,
                        epochs: int | None, results_dir: Path | None, set_items: tuple[str, ...],
                        config_file: Path | None):
-    from ctrbench import runner
     from ctrbench.paths import default_results_root
+    from ctrbench.runs import runner
 
     seed_values = _parse_seeds(seeds, seed_list)
     overrides = runner.load_overrides(config_file, set_items)
@@ -99,8 +99,9 @@ def run(models: str, dataset: str, seeds: int | None, seed_list: str | None, epo
       ctrbench run -m mian,din -d synthetic --seed-list 0,1 --set train.optimizer=lazy_adam
       ctrbench run -m baselines -d electronics --jobs 2 --devices cuda:0,cuda:1
     """
-    from ctrbench import progress, runner
-    from ctrbench.train import resolve_device
+    from ctrbench import progress
+    from ctrbench.engine.train import resolve_device
+    from ctrbench.runs import runner
 
     if quiet:
         progress.set_mode("quiet")
@@ -123,7 +124,7 @@ def run(models: str, dataset: str, seeds: int | None, seed_list: str | None, epo
 
 
 def _print_summary(results, specs) -> None:
-    from ctrbench import runner
+    from ctrbench.runs import runner
 
     counts: dict[str, int] = {}
     for result in results:
@@ -156,7 +157,7 @@ def plan(models: str, dataset: str, seeds: int | None, seed_list: str | None, ep
       sbatch --array=1-$(wc -l < runs.txt) job.sh   # job.sh: sed -n "${SLURM_ARRAY_TASK_ID}p"
                                                     #   runs.txt | bash
     """
-    from ctrbench import runner
+    from ctrbench.runs import runner
 
     _, specs, results_root = _prepare_selection(models, dataset, seeds, seed_list, epochs,
                                                 results_dir, set_items, config_file)

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from tabulate import tabulate
 
-from ctrbench.tune_space import PRUNERS, SAMPLERS
+from ctrbench.tune.space import PRUNERS, SAMPLERS
 
 
 def _load_data(spec: str):
@@ -103,8 +103,7 @@ def tune(model: str, dataset: str, n_trials: int, timeout: float | None, storage
     from ctrbench import progress as progress_mod
     from ctrbench.cards import load_model_card
     from ctrbench.paths import default_results_root
-    from ctrbench.tune import TuneSettings, open_study, run_study, study_signature
-    from ctrbench.tune_outputs import (
+    from ctrbench.tune.outputs import (
         study_dir,
         tuned_card_name,
         tuned_from_table,
@@ -112,9 +111,10 @@ def tune(model: str, dataset: str, n_trials: int, timeout: float | None, storage
         write_trials_table,
         write_tuned_card,
     )
-    from ctrbench.tune_space import parse_search_space
-    from ctrbench.tune_storage import fail_running as fail_running_trials
-    from ctrbench.tune_storage import open_storage
+    from ctrbench.tune.space import parse_search_space
+    from ctrbench.tune.storage import fail_running as fail_running_trials
+    from ctrbench.tune.storage import open_storage
+    from ctrbench.tune.study import TuneSettings, open_study, run_study, study_signature
 
     if quiet:
         progress_mod.set_mode("quiet")
@@ -127,7 +127,7 @@ def tune(model: str, dataset: str, n_trials: int, timeout: float | None, storage
     card = load_model_card(model)
     space = parse_search_space(card)
     if sampler == "grid":
-        from ctrbench.tune_space import grid
+        from ctrbench.tune.space import grid
 
         grid(space)  # a continuous dimension is an error before any work
     data = _load_data(dataset)

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 from tabulate import tabulate
 
+from ctrbench.analysis.metrics import auc
 from ctrbench.cards import DatasetCard
 from ctrbench.data.store import SPLITS, PreparedData
-from ctrbench.metrics import auc
 from ctrbench.schema import HIST_LEN, LABEL, OOV_ID, ORACLE
 
 INACTIVE_DAYS = 30

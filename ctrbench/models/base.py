@@ -3,7 +3,7 @@
 ``Model(schema, **params)``; ``forward(batch) -> logits [B]``; ``forward_train(batch)`` returns the
 logits and a dict of named auxiliary loss terms (already weighted; empty for most models);
 optionally ``explain(batch)`` returns named attention weights. Models are pure modules: the
-optimiser, loss, early stopping and evaluation live in ``ctrbench.train``.
+optimiser, loss, early stopping and evaluation live in ``ctrbench.engine.train``.
 """
 
 from __future__ import annotations

@@ -147,7 +147,7 @@ class MIAN(CTRModel):
                    "context": bool(schema.context), "user": bool(schema.user)}
         #: the parts this instance combines, in GIM_PARTS order (explain's "gim" columns)
         self.gim_parts = tuple(p for p in MIAN.GIM_PARTS if enabled.get(p, True))
-        # The instance's GIM_PARTS names explain()'s "gim" columns (what ctrbench.train reads):
+        # The instance's GIM_PARTS names explain()'s "gim" columns (what engine.train reads):
         # the class attribute lists all seven parts, an ablation's instance only its own.
         self.GIM_PARTS = self.gim_parts
 

@@ -32,8 +32,8 @@ from tabulate import tabulate
 from ctrbench import __version__
 from ctrbench.cards import ModelCard
 from ctrbench.errors import CtrbenchError
-from ctrbench.results import atomic_write_text
-from ctrbench.tune_storage import safe_file_name
+from ctrbench.record import atomic_write_text
+from ctrbench.tune.storage import safe_file_name
 
 TRIAL_COLUMNS = ("number", "state", "value", "duration_s", "pruned_at_epoch", "best_epoch",
                  "train_seed", "worker", "error")

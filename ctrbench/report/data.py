@@ -18,7 +18,7 @@ import pandas as pd
 
 from ctrbench.cards import config_hash, load_model_card
 from ctrbench.errors import CtrbenchError, UnknownNameError
-from ctrbench.results import RunRecord, read_record, read_scores
+from ctrbench.record import RunRecord, read_record, read_scores
 
 #: the paper's dataset keys (model cards' ``[paper]`` tables)
 PAPER_DATASETS = ("books", "electronics", "commercial")

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctrbench import stats
+from ctrbench.analysis import stats
 from ctrbench.progress import message
-from ctrbench.report_data import CardBook, ResultSet, paper_dataset
+from ctrbench.report.data import CardBook, ResultSet, paper_dataset
 
 NAN = float("nan")
 ABLATION_BASE = "mian"

@@ -5,7 +5,7 @@
 - Identity: run id = ``config_hash`` of the prepared data's identity, the resolved model config
   and the seed (not the device). A run whose record is finished with the same run id is skipped
   (unless ``force``); a changed config runs again and replaces the old record when it ends.
-- Safety: a per-run lock file (:mod:`ctrbench.runlock`) so that concurrent processes never run
+- Safety: a per-run lock file (:mod:`ctrbench.runs.lock`) so that concurrent processes never run
   the same run; records and scores are written atomically, scores first, then the record, so an
   interrupted run leaves either the old record or the new one, never a partial one. A run that
   raises (NaN loss, OOM, any exception) is recorded as ``failed`` and the protocol goes on.
@@ -42,7 +42,7 @@ from ctrbench.cards import (
 )
 from ctrbench.data.store import PreparedData
 from ctrbench.errors import CardError
-from ctrbench.results import (
+from ctrbench.record import (
     EpochRow,
     RunRecord,
     read_record,
@@ -51,7 +51,7 @@ from ctrbench.results import (
     write_record,
     write_scores,
 )
-from ctrbench.runlock import RunLock
+from ctrbench.runs.lock import RunLock
 
 
 @dataclass(frozen=True)
@@ -208,8 +208,8 @@ def _base_record(spec: RunSpec, dataset: DatasetHandle, env: dict[str, Any]) -> 
 def execute_one(spec: RunSpec, dataset: DatasetHandle, *, device: str = "auto",
                 force: bool = False, show_progress: bool = True) -> RunResult:
     """Run one spec under its lock and write its record (finished or failed)."""
+    from ctrbench.engine.train import resolve_device, train_and_evaluate
     from ctrbench.environment import environment
-    from ctrbench.train import resolve_device, train_and_evaluate
 
     spec.record_file.parent.mkdir(parents=True, exist_ok=True)
     lock = RunLock(lock_path(spec.record_file))

@@ -7,7 +7,7 @@ no per-sample Python). The model sees only the schema's fields and ``hist_len``:
 ``group``, ``oracle`` or any other bookkeeping column.
 
 Loss per step: mean BCE-with-logits + the model's (already weighted) auxiliary terms + the L2
-penalty of :mod:`ctrbench.optim`. ``EpochRow.train_loss`` is the epoch's mean BCE (per sample),
+penalty of :mod:`..optim`. ``EpochRow.train_loss`` is the epoch's mean BCE (per sample),
 ``train_aux_loss`` the mean of the auxiliary terms; the L2 penalty is in neither.
 """
 
@@ -25,19 +25,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ctrbench.analysis.metrics import auc, classification_metrics, logloss
 from ctrbench.cards import ModelCard, TrainConfig
 from ctrbench.data.store import PreparedData
-from ctrbench.errors import CardError, CtrbenchError, DataError
-from ctrbench.metrics import auc, classification_metrics, logloss
-from ctrbench.models import ARCHITECTURES, CTRModel, build_model, count_parameters
-from ctrbench.optim import (
+from ctrbench.engine.optim import (
     BatchEmbeddingL2,
     build_optimizers,
     clip_grad_norm,
     penalised_tables,
 )
+from ctrbench.errors import CardError, CtrbenchError, DataError
+from ctrbench.models import ARCHITECTURES, CTRModel, build_model, count_parameters
 from ctrbench.progress import progress as progress_bar
-from ctrbench.results import EpochRow
+from ctrbench.record import EpochRow
 from ctrbench.schema import GROUP_KEY, HIST_LEN, LABEL, ORACLE, Schema
 from ctrbench.seeding import seed_everything
 

@@ -1,6 +1,6 @@
 """Optuna studies over a model card's ``[search]`` space: seeded, pruned, resumable, shared.
 
-The objective is the best validation AUC of :func:`ctrbench.train.train_and_evaluate` with
+The objective is the best validation AUC of :func:`ctrbench.engine.train.train_and_evaluate` with
 ``evaluate_test=False``: tuning never looks at the test split. Each epoch's validation AUC is
 reported to the trial, so the pruner can stop hopeless trials early (state PRUNED). A trial that
 raises (a NaN loss, a bad sampled value, any exception) is recorded FAIL with its error in the
@@ -37,13 +37,13 @@ from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner
 from optuna.samplers import BaseSampler, GridSampler, RandomSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
 
-from ctrbench import tune_space
 from ctrbench.cards import ModelCard, config_hash
 from ctrbench.data.store import PreparedData
 from ctrbench.errors import CtrbenchError
-from ctrbench.results import EpochRow
-from ctrbench.tune_space import PRUNERS, SAMPLERS, Dimension
-from ctrbench.tune_storage import StudyStorage, fail_stale
+from ctrbench.record import EpochRow
+from ctrbench.tune import space as tune_space
+from ctrbench.tune.space import PRUNERS, SAMPLERS, Dimension
+from ctrbench.tune.storage import StudyStorage, fail_stale
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class TrialObjective:
         return value
 
     def _train(self, trial: optuna.Trial, card: ModelCard, seed: int):
-        from ctrbench.train import train_and_evaluate
+        from ctrbench.engine.train import train_and_evaluate
 
         def on_epoch(row: EpochRow) -> None:
             trial.report(float(row.valid_auc), row.epoch)

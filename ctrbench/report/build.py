@@ -1,8 +1,8 @@
 """``ctrbench report``: leaderboards, paper tables, timing and plots from run records.
 
-:func:`build_report` is the one library call: it loads the records (:mod:`ctrbench.report_data`),
-builds the tables (:mod:`ctrbench.report_tables`), writes each as Markdown and CSV under the
-output directory (atomically) and draws the figures (:mod:`ctrbench.plots`). It returns the
+:func:`build_report` is the one library call: it loads the records (:mod:`ctrbench.report.data`),
+builds the tables (:mod:`ctrbench.report.tables`), writes each as Markdown and CSV under the
+output directory (atomically) and draws the figures (:mod:`ctrbench.report.plots`). It returns the
 tables, rendered, so that the CLI can print them; the library itself never prints.
 """
 
@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from ctrbench import plots
-from ctrbench import report_tables as rt
 from ctrbench.progress import message
+from ctrbench.record import atomic_write_text
 from ctrbench.registry import did_you_mean
-from ctrbench.report_data import CardBook, ResultSet, load_results
-from ctrbench.results import atomic_write_text
+from ctrbench.report import plots
+from ctrbench.report import tables as rt
+from ctrbench.report.data import CardBook, ResultSet, load_results
 
 DASH = "–"
 DEFAULT_GIM_PARTS = ("item", "context", "behavior", "user", "ibim", "iuim", "icim")

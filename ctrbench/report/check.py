@@ -21,17 +21,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctrbench import stats
+from ctrbench.analysis import stats
 from ctrbench.errors import CtrbenchError
-from ctrbench.report_data import CardBook, load_results
-from ctrbench.report_tables import (
+from ctrbench.record import atomic_write_text
+from ctrbench.report.data import CardBook, load_results
+from ctrbench.report.tables import (
     LEADERBOARD_COLUMNS,
     ModelRuns,
     csv_text,
     group_models,
     leaderboard,
 )
-from ctrbench.results import atomic_write_text
 
 EXIT_OK, EXIT_REGRESSION, EXIT_INCOMPARABLE = 0, 1, 3
 REQUIRED_COLUMNS = ("dataset", "model", "status", "n_seeds", "auc_mean", "auc_std", "seed_aucs",

@@ -1,0 +1,1 @@
+"""Metrics and statistical tests (no ctrbench imports: the ground floor)."""

@@ -1,0 +1,1 @@
+"""Leaderboard, tables, plots and the regression gate, derived from run records."""

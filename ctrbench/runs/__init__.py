@@ -1,0 +1,1 @@
+"""Executing runs: the multi-run driver and per-run locks."""

@@ -1,0 +1,1 @@
+"""Optuna studies: search spaces, storages, the objective and tuned-card outputs."""
