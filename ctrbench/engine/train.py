@@ -338,6 +338,11 @@ def train_and_evaluate(
     n_epochs = cfg.epochs if max_epochs is None else max(1, min(cfg.epochs, int(max_epochs)))
     generators = seed_everything(seed)
     model = build_for_training(card, data.schema).to(dev)
+    if count_parameters(model) == 0:  # fitted from training statistics (pop): no steps
+        from ctrbench.engine.untrained import fit_and_evaluate
+
+        return fit_and_evaluate(model, data, card, seed, dev, on_epoch=on_epoch,
+                                evaluate_test=evaluate_test)
     inputs = model_inputs(data.schema)
     train = SplitTensors(data, "train", dev, inputs)
     valid = SplitTensors(data, "valid", dev, inputs)
