@@ -273,7 +273,10 @@ def predict(model: CTRModel, split: SplitTensors, batch_size: int) -> torch.Tens
     for batch in split.slices(batch_size):
         with _autocast(split.device):
             logits = model(batch)  # (B,)
-        outputs.append(torch.sigmoid(logits.float()))
+        # float64 sigmoid, rounded once to float32: equal logits give equal probabilities
+        # (float32 sigmoid differs by an ulp between vectorised and tail elements on CPU,
+        # which broke ties, e.g. pop's equal counts, by position in the batch)
+        outputs.append(torch.sigmoid(logits.double()).float())
     return torch.cat(outputs).cpu()
 
 

@@ -6,9 +6,9 @@ AUC). The trainer calls :meth:`Popularity.fit_statistics` once with the training
 taking optimiser steps (the model has no trainable parameters; see
 :mod:`ctrbench.engine.untrained`).
 
-Logit = log(1 + count) - log(1 + max count), so probabilities lie in (0, 0.5] and stay distinct
-in float32 for counts up to millions (a plain sigmoid of the count would saturate at 1.0 from
-about 17 and tie every popular item). The mapping is monotone, so the AUC is exactly the
+Logit = log(1 + count) - log(1 + max count), computed in float64 and cast to float32, so
+probabilities lie in (0, 0.5] and adjacent counts stay distinct in float32 up to millions (a plain
+sigmoid of the count would saturate at 1.0 from about 17 and tie every popular item). The mapping is monotone, so the AUC is exactly the
 popularity ranking's; the probabilities are not calibrated, so pop's logloss is not meaningful.
 """
 
@@ -39,8 +39,10 @@ class Popularity(CTRModel):
         super().__init__(schema)
         self.embedding_dim = checked_positive("embedding_dim", embedding_dim)  # unused
         self.item_field = schema.item[0]  # the candidate item id (the first item field)
-        self.register_buffer("counts", torch.zeros(self.item_field.vocab_size))  # (V,)
-        self.register_buffer("log_max", torch.zeros(()))
+        # float64: exact counts and logits that keep adjacent counts apart (cast at the end)
+        self.register_buffer("counts", torch.zeros(self.item_field.vocab_size,
+                                                   dtype=torch.float64))  # (V,)
+        self.register_buffer("log_max", torch.zeros((), dtype=torch.float64))
 
     @torch.no_grad()
     def fit_statistics(self, train: Mapping[str, torch.Tensor]) -> None:
@@ -54,4 +56,4 @@ class Popularity(CTRModel):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         count = self.counts[batch[self.item_field.name].long()]  # (B,)
-        return (torch.log1p(count) - self.log_max).float()  # (B,)
+        return (torch.log1p(count) - self.log_max).float()  # (B,) float64 -> float32
