@@ -8,8 +8,9 @@ taking optimiser steps (the model has no trainable parameters; see
 
 Logit = log(1 + count) - log(1 + max count), computed in float64 and cast to float32, so
 probabilities lie in (0, 0.5] and adjacent counts stay distinct in float32 up to millions (a plain
-sigmoid of the count would saturate at 1.0 from about 17 and tie every popular item). The mapping is monotone, so the AUC is exactly the
-popularity ranking's; the probabilities are not calibrated, so pop's logloss is not meaningful.
+sigmoid of the count would saturate at 1.0 from about 17 and tie every popular item). The
+mapping is monotone, so the AUC is exactly the popularity ranking's; the probabilities are not
+calibrated, so pop's logloss is not meaningful.
 """
 
 from __future__ import annotations
