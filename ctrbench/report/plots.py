@@ -76,29 +76,37 @@ def _save(fig: Figure, path: Path) -> None:
 
 
 def learning_curves(curves: pd.DataFrame, path: Path, title: str,
-                    styles: Mapping[str, Style] | None = None) -> None:
+                    styles: Mapping[str, Style] | None = None,
+                    floors: Sequence[str] = ()) -> None:
     """``curves`` has columns model, seed, epoch, valid_auc, train_loss (one dataset).
 
     Each model: the mean over seeds by epoch (its own colour, line style and marker) and a
-    ±1 std band over seeds; the legend gives each model's number of seeds.
+    ±1 std band over seeds; the legend gives each model's number of seeds. ``floors``: models
+    that are not trained (pop): their validation AUC is a horizontal line across the epochs and
+    their (uncalibrated) training loss is left out.
     """
     styles = styles or model_styles(curves["model"].unique())
-    fig = Figure(figsize=(12.5, 4.6))
+    fig = Figure(figsize=(13.5, 4.6), layout="constrained")
     ax_auc, ax_loss = fig.subplots(1, 2)
+    last_epoch = max(int(curves["epoch"].max()), 1) if len(curves) else 1
     for model, grp in curves.groupby("model", sort=True):
         by_epoch = grp.groupby("epoch").agg(
             auc_mean=("valid_auc", "mean"), auc_std=("valid_auc", "std"),
             loss_mean=("train_loss", "mean"), loss_std=("train_loss", "std"),
         )
-        epochs = by_epoch.index.to_numpy()
         style = styles[model]
         n_seeds = grp["seed"].nunique()
         label = f"{model} ({n_seeds} seed{'s' if n_seeds != 1 else ''})"
+        line = {"color": style.color, "linestyle": style.linestyle, "linewidth": 1.4}
+        if model in floors:
+            auc = float(by_epoch["auc_mean"].iloc[-1])
+            ax_auc.axhline(auc, **line, label=f"{model} (not trained)")
+            continue
+        epochs = by_epoch.index.to_numpy()
         for ax, col in ((ax_auc, "auc"), (ax_loss, "loss")):
             mean = by_epoch[f"{col}_mean"].to_numpy()
             std = by_epoch[f"{col}_std"].fillna(0.0).to_numpy()
-            ax.plot(epochs, mean, color=style.color, linestyle=style.linestyle,
-                    marker=style.marker, markersize=4, linewidth=1.4, label=label)
+            ax.plot(epochs, mean, **line, marker=style.marker, markersize=4, label=label)
             ax.fill_between(epochs, mean - std, mean + std, color=style.color, alpha=0.12,
                             linewidth=0)
     ax_auc.set(xlabel="epoch", ylabel="validation AUC",
@@ -107,10 +115,13 @@ def learning_curves(curves: pd.DataFrame, path: Path, title: str,
                 title="Training loss (mean, band ±1 std over seeds)")
     for ax in (ax_auc, ax_loss):
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, last_epoch + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        if last_epoch <= 12:
+            ax.set_xticks(range(1, last_epoch + 1))
     handles, labels = ax_auc.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small",
-               handlelength=4.0, frameon=False)
+    fig.legend(handles, labels, loc="outside right center", fontsize="small", handlelength=4.0,
+               frameon=False)
     fig.suptitle(title)
     _save(fig, path)
 
@@ -122,7 +133,7 @@ def strata_plot(frame: pd.DataFrame, path: Path, title: str,
     models = sorted(frame["model"].unique())
     styles = styles or model_styles(models)
     families = list(dict.fromkeys(frame["stratum"]))
-    fig = Figure(figsize=(3.6 * max(1, len(families)) + 1.0, 4.4))
+    fig = Figure(figsize=(3.6 * max(1, len(families)) + 2.0, 4.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, max(1, len(families)), sharey=True))
     offsets = np.linspace(-0.25, 0.25, len(models)) if len(models) > 1 else np.zeros(1)
     for ax, family in zip(axes, families):
@@ -144,8 +155,8 @@ def strata_plot(frame: pd.DataFrame, path: Path, title: str,
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test AUC (mean ± std over seeds)")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small",
-               handlelength=4.0, frameon=False)
+    fig.legend(handles, labels, loc="outside right center", fontsize="small", handlelength=4.0,
+               frameon=False)
     fig.suptitle(title)
     _save(fig, path)
 
