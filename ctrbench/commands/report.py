@@ -85,6 +85,8 @@ def report(datasets: tuple[str, ...], reference: str | None, results_dir: Path |
     for table in result.tables:
         if table.text:
             click.echo(f"== {table.title}\n{table.text}")
+    for note in result.notes:
+        click.echo(note, err=True)
     out = out_dir if out_dir is not None else root / "report"
     click.echo(f"wrote {len(result.files)} file(s) under {out}", err=True)
 

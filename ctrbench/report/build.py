@@ -187,6 +187,7 @@ class Report:
 
     tables: list[Table]
     files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was left out and why (for stderr)
 
 
 def build_report(
@@ -240,8 +241,8 @@ def build_report(
     strata_frame, notes = strata.strata_table(
         rs, {ds: (str(g["reference"].iloc[0]) or None) for ds, g in board.groupby("dataset")},
         set(zip(board.loc[ok, "dataset"], board.loc[ok, "model"])), alpha=alpha, stores=stores)
-    for ds, note in notes.items():
-        message(f"strata {ds}: {note}")
+    missing = [f"strata of {ds} not written: {n}" for ds, n in notes.items()
+               if ds not in set(strata_frame["dataset"])]
     if not strata_frame.empty:
         md, txt = strata.render(strata_frame, notes, alpha)
         tables.append(Table("strata", "Test AUC by stratum", strata_frame, md, txt))
@@ -252,7 +253,7 @@ def build_report(
     txt = _grid(shown, "simple") if not failed.empty else "(none)\n"
     tables.append(Table("failed", "Runs not finished (never averaged)", failed, md, txt))
 
-    report = Report(tables)
+    report = Report(tables, notes=missing)
     for t in tables:
         report.files.append(out / f"{t.name}.csv")
         atomic_write_text(report.files[-1], rt.csv_text(t.frame))

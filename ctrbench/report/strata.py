@@ -244,8 +244,11 @@ def strata_table(rs: ResultSet, references: Mapping[str, str | None],
         except DataError as exc:
             notes[ds] = f"strata not computed: {exc}"
             continue
-        rows.extend(_dataset_rows(rs, ds, cut, _runs_by_model(rs, ds, idents[0], usable), ref,
-                                  alpha))
+        found = _dataset_rows(rs, ds, cut, _runs_by_model(rs, ds, idents[0], usable), ref, alpha)
+        if not any(r["model"] != ORACLE_ROW for r in found):
+            notes[ds] = f"no run's test scores match the test split of store {store.path.name}"
+            continue
+        rows.extend(found)
         notes[ds] = (f"Reference: {ref or 'none'}; store {store.path.name}; "
                      f"{cut.n_samples:,} test samples")
     frame = pd.DataFrame(rows, columns=list(STRATA_COLUMNS))
