@@ -55,14 +55,20 @@ def _resamples(_ctx: click.Context, _param: click.Parameter, value: str) -> int 
               help="Map a dataset to the paper's (books, electronics, commercial); names "
                    "containing one of these (books-dien) map automatically.")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write PNG figures.")
+@click.option("--store", "stores", multiple=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Prepared store (or a directory of stores) holding the runs' test data, for "
+                   "the strata table (repeatable). The cache's prepared/ is always searched.")
 def report(datasets: tuple[str, ...], reference: str | None, results_dir: Path | None,
            out_dir: Path | None, n_boot: int | None, bootstrap_seed: int, alpha: float,
-           paper_map: tuple[str, ...], plots: bool) -> None:
+           paper_map: tuple[str, ...], plots: bool, stores: tuple[Path, ...]) -> None:
     """Leaderboards with significance, ablation/variant/timing/paper tables and plots.
 
     Tables go to stdout; each is also written as Markdown and CSV under --out (columns are
     documented in results/README.md), figures as PNG under <out>/plots. Failed runs and
-    records that mix dataset identities are listed and never averaged.
+    records that mix dataset identities are listed and never averaged. The strata table
+    (test AUC by new category, inactivity gap, history length and user activity) is written
+    for every dataset whose prepared store is found (cache or --store).
 
     \b
     Examples:
@@ -75,10 +81,12 @@ def report(datasets: tuple[str, ...], reference: str | None, results_dir: Path |
     root = results_dir if results_dir is not None else default_results_root()
     result = build_report(root, out_dir, datasets=list(datasets) or None, reference=reference,
                           alpha=alpha, n_boot=n_boot, boot_seed=bootstrap_seed,
-                          paper_map=_paper_map(paper_map), make_plots=plots)
+                          paper_map=_paper_map(paper_map), make_plots=plots, stores=stores)
     for table in result.tables:
         if table.text:
             click.echo(f"== {table.title}\n{table.text}")
+    for note in result.notes:
+        click.echo(note, err=True)
     out = out_dir if out_dir is not None else root / "report"
     click.echo(f"wrote {len(result.files)} file(s) under {out}", err=True)
 

@@ -273,7 +273,10 @@ def predict(model: CTRModel, split: SplitTensors, batch_size: int) -> torch.Tens
     for batch in split.slices(batch_size):
         with _autocast(split.device):
             logits = model(batch)  # (B,)
-        outputs.append(torch.sigmoid(logits.float()))
+        # float64 sigmoid, rounded once to float32: equal logits give equal probabilities
+        # (float32 sigmoid differs by an ulp between vectorised and tail elements on CPU,
+        # which broke ties, e.g. pop's equal counts, by position in the batch)
+        outputs.append(torch.sigmoid(logits.double()).float())
     return torch.cat(outputs).cpu()
 
 
@@ -338,6 +341,11 @@ def train_and_evaluate(
     n_epochs = cfg.epochs if max_epochs is None else max(1, min(cfg.epochs, int(max_epochs)))
     generators = seed_everything(seed)
     model = build_for_training(card, data.schema).to(dev)
+    if count_parameters(model) == 0:  # fitted from training statistics (pop): no steps
+        from ctrbench.engine.untrained import fit_and_evaluate
+
+        return fit_and_evaluate(model, data, card, seed, dev, on_epoch=on_epoch,
+                                evaluate_test=evaluate_test)
     inputs = model_inputs(data.schema)
     train = SplitTensors(data, "train", dev, inputs)
     valid = SplitTensors(data, "valid", dev, inputs)

@@ -22,6 +22,8 @@ class CTRModel(nn.Module):
 
     #: whether ``forward_train`` returns auxiliary loss terms
     has_auxiliary_loss: bool = False
+    #: False for models fitted from training statistics, never by optimiser steps (``pop``)
+    trainable: bool = True
 
     def __init__(self, schema: Schema) -> None:
         super().__init__()

@@ -19,7 +19,7 @@ from tabulate import tabulate
 from ctrbench.progress import message
 from ctrbench.record import atomic_write_text
 from ctrbench.registry import did_you_mean
-from ctrbench.report import plots
+from ctrbench.report import plots, strata, versus_pop
 from ctrbench.report import tables as rt
 from ctrbench.report.data import CardBook, ResultSet, load_results
 
@@ -187,6 +187,7 @@ class Report:
 
     tables: list[Table]
     files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was left out and why (for stderr)
 
 
 def build_report(
@@ -194,11 +195,13 @@ def build_report(
     reference: str | None = None, alpha: float = 0.05, n_boot: int | None = None,
     boot_seed: int = 0,
     paper_map: Mapping[str, str] | None = None, make_plots: bool = True,
-    cards: CardBook | None = None,
+    cards: CardBook | None = None, stores: Sequence[Path] = (),
 ) -> Report:
     """Build every table and plot from the records under ``results_root`` and write them.
 
     ``n_boot``: bootstrap resamples per dataset (None = automatic, 0 = no bootstrap).
+    ``stores``: prepared stores (or directories of them) to look for the runs' test data in,
+    besides the cache's, for the strata table.
     """
     rs = load_results(Path(results_root), datasets)
     if reference and reference not in set(rs.finished["model"]):
@@ -210,8 +213,11 @@ def build_report(
 
     board, why = rt.leaderboard(rs, cards, reference=reference, alpha=alpha, n_boot=n_boot,
                                 boot_seed=boot_seed)
-    md, txt = _sections(board, leaderboard_display, header=lambda ds: f"Reference: {why[ds]}")
-    legend = LEADERBOARD_LEGEND.format(alpha=alpha)
+    board = versus_pop.add_pop_columns(board, rs, alpha)
+    md, txt = _sections(board, lambda f: versus_pop.with_pop_column(leaderboard_display(f), f),
+                        header=lambda ds: f"Reference: {why[ds]}. "
+                        f"{versus_pop.header_note(board, ds)}.")
+    legend = LEADERBOARD_LEGEND.format(alpha=alpha) + " " + versus_pop.LEGEND.format(alpha=alpha)
     tables = [Table("leaderboard", "Leaderboard (Table 2)", board, f"{legend}\n\n{md}", txt)]
 
     for kind, title in (("ablations", "Ablations vs mian (Table 3)"),
@@ -231,13 +237,23 @@ def build_report(
     tables.append(Table("paper", "Paper comparison", paper, md, txt))
     tables.append(Table("paper_ordering", "Paper ordering", ordering, "", ""))
 
+    ok = board["status"] == "ok"
+    strata_frame, notes = strata.strata_table(
+        rs, {ds: (str(g["reference"].iloc[0]) or None) for ds, g in board.groupby("dataset")},
+        set(zip(board.loc[ok, "dataset"], board.loc[ok, "model"])), alpha=alpha, stores=stores)
+    missing = [f"strata of {ds} not written: {n}" for ds, n in notes.items()
+               if ds not in set(strata_frame["dataset"])]
+    if not strata_frame.empty:
+        md, txt = strata.render(strata_frame, notes, alpha)
+        tables.append(Table("strata", "Test AUC by stratum", strata_frame, md, txt))
+
     failed = rt.failed_table(rs)
     shown = failed.drop(columns=["path"])
     md = _grid(shown, "github") if not failed.empty else "_No failed or unreadable runs._\n"
     txt = _grid(shown, "simple") if not failed.empty else "(none)\n"
     tables.append(Table("failed", "Runs not finished (never averaged)", failed, md, txt))
 
-    report = Report(tables)
+    report = Report(tables, notes=missing)
     for t in tables:
         report.files.append(out / f"{t.name}.csv")
         atomic_write_text(report.files[-1], rt.csv_text(t.frame))
@@ -245,20 +261,33 @@ def build_report(
             report.files.append(out / f"{t.name}.md")
             atomic_write_text(report.files[-1], f"# {t.title}\n\n{t.markdown}")
     if make_plots:
-        report.files.extend(_plots(rs, board, out / "plots"))
+        report.files.extend(_plots(rs, board, out / "plots", strata_frame))
     return report
 
 
-def _plots(rs: ResultSet, board: pd.DataFrame, out: Path) -> list[Path]:
-    """Learning curves per dataset and GIM heatmaps for models whose records carry them."""
+def _plots(rs: ResultSet, board: pd.DataFrame, out: Path, strata_frame: pd.DataFrame
+           ) -> list[Path]:
+    """Learning curves and strata per dataset, GIM heatmaps for models whose records carry them.
+    A model has the same colour, line style and marker in every figure."""
     files = []
+    styles = plots.model_styles(board["model"])
     usable = set(zip(board.loc[board["status"] == "ok", "dataset"],
                      board.loc[board["status"] == "ok", "model"]))
     keep = [(d, m) in usable for d, m in zip(rs.curves["dataset"], rs.curves["model"])]
     curves = rs.curves[keep]
     for ds, part in curves.groupby("dataset", sort=True):
         path = out / f"learning-{ds}.png"
-        plots.learning_curves(part, path, f"Learning curves on {ds} (mean over seeds)")
+        untrained = rs.finished.groupby(["dataset", "model"])["n_parameters"].max() == 0
+        floors = [m for (d, m), flag in untrained.items() if flag and d == ds]
+        plots.learning_curves(part, path, f"Learning curves on {ds} (mean over seeds)", styles,
+                              floors)
+        files.append(path)
+    for ds, part in strata_frame.groupby("dataset", sort=True):
+        part = part[part["model"] != strata.ORACLE_ROW]
+        if part.empty:
+            continue
+        path = out / f"strata-{ds}.png"
+        plots.strata_plot(part, path, f"Test AUC by stratum on {ds}", styles)
         files.append(path)
     fin = rs.finished.sort_values(["dataset", "model", "seed"])
     for (ds, model), grp in fin.groupby(["dataset", "model"], sort=True):
