@@ -22,6 +22,7 @@ from ctrbench.registry import did_you_mean
 from ctrbench.report import plots
 from ctrbench.report import tables as rt
 from ctrbench.report.data import CardBook, ResultSet, load_results
+from ctrbench.report.tuned import TUNED_LEGEND, ordering_footer, tuned_display, tuned_tables
 
 DASH = "–"
 DEFAULT_GIM_PARTS = ("item", "context", "behavior", "user", "ibim", "iuim", "icim")
@@ -230,6 +231,13 @@ def build_report(
     md, txt = _sections(paper, paper_display, footer=lambda ds: sentences.get(ds, ""))
     tables.append(Table("paper", "Paper comparison", paper, md, txt))
     tables.append(Table("paper_ordering", "Paper ordering", ordering, "", ""))
+
+    pairs, orderings = tuned_tables(rs)
+    if not pairs.empty:  # only when tuned cards were run beside their defaults
+        md, txt = _sections(pairs, tuned_display,
+                            footer=lambda ds: ordering_footer(orderings, ds))
+        tables.append(Table("tuned", "Defaults vs tuned", pairs, f"{TUNED_LEGEND}\n\n{md}", txt))
+        tables.append(Table("tuned_ordering", "Orderings, defaults vs tuned", orderings, "", ""))
 
     failed = rt.failed_table(rs)
     shown = failed.drop(columns=["path"])
