@@ -167,8 +167,13 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
         for line in unequal:
             click.echo(f"UNEQUAL BUDGET: {line} (re-run the same command to complete it)")
         dataset_name = str(data.meta.get("dataset", data.path.name))
-        click.echo(f"next:   ctrbench run --models '{models_spec}@{dataset_name}' "
-                   f"--dataset {dataset_name} --seeds 5")
+        if "," in models_spec or models_spec in {r.model for r in rows}:
+            selection = ",".join(r.model if r.status == "nothing to tune"
+                                 else f"{r.model}@{dataset_name}" for r in rows)
+        else:  # a group name
+            selection = f"{models_spec}@{dataset_name}"
+        click.echo(f"next:   ctrbench run --models '{selection}' --dataset {dataset_name} "
+                   "--seeds 5")
         if any(r.status == "no complete trial" for r in rows):
             raise CtrbenchError("some studies of the group have no complete trial, so no "
                                 "tuned card", hint=f"see {budget_path.parent / 'budget.md'}")
