@@ -238,8 +238,32 @@ def model_groups() -> dict[str, list[str]]:
     return groups
 
 
+def tuned_group(group: str, dataset: str, names: Sequence[str],
+                groups: Mapping[str, list[str]]) -> list[str]:
+    """``table2@books`` -> every model of ``table2`` as its tuned card ``<model>@books``.
+
+    A model with nothing to tune (an empty ``[search]``) stands as itself; a missing tuned card
+    is an error naming every missing one and the command that writes them.
+    """
+    out, missing = [], []
+    for model in groups[group]:
+        tuned = f"{model}@{dataset}"
+        if tuned in names:
+            out.append(tuned)
+        elif not load_model_card(model).search:
+            out.append(model)
+        else:
+            missing.append(tuned)
+    if missing:
+        raise CardError(f"group {group!r} has no tuned card on {dataset!r} for: "
+                        f"{', '.join(missing)}",
+                        hint=f"ctrbench tune --models {group} --dataset {dataset} writes them")
+    return out
+
+
 def resolve_model_spec(spec: str | Sequence[str]) -> list[str]:
-    """``"mian,dien"``, ``"table2"``, ``"mian*"`` -> ordered, de-duplicated model names."""
+    """``"mian,dien"``, ``"table2"``, ``"mian*"``, ``"table2@books"`` -> ordered, de-duplicated
+    model names (``GROUP@DATASET``: the group's tuned cards)."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     names = model_names()
     groups: dict[str, list[str]] | None = None
@@ -254,6 +278,9 @@ def resolve_model_spec(spec: str | Sequence[str]) -> list[str]:
             selected = matched
         elif raw in names:
             selected = [raw]
+        elif "@" in raw and raw.rpartition("@")[0] in (groups := groups or model_groups()):
+            group, _, dataset = raw.rpartition("@")
+            selected = tuned_group(group, dataset, names, groups)
         else:
             groups = groups if groups is not None else model_groups()
             if raw not in groups:

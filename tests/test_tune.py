@@ -47,6 +47,7 @@ batch_size = 64
 "train.lr" = { type = "float", low = 1e-6, high = 0.3, log = true }
 "train.l2" = { type = "float", low = 1e-7, high = 1e-4, log = true }
 "train.patience" = { type = "int", low = 1, high = 2 }
+"train.batch_size" = { type = "categorical", choices = [64] }
 """
 GRID_CARD = """
 extends = "lr_tunetest"
@@ -135,8 +136,10 @@ def test_search_space_is_validated():
 
 def test_search_keys_are_checked_against_the_card(work):
     card = cards.load_model_card(MODEL)
+    # the shared space of _paper.toml (lr, l2, batch size; dropout is optional and LR has
+    # none) as restated by the test card
     assert [d.key for d in parse_search_space(card)] == [
-        "params.embedding_dim", "train.l2", "train.lr", "train.patience"]
+        "train.batch_size", "train.l2", "train.lr", "train.patience"]
     for key in ("train.lrr", "params.no_such_param", "lr", "model.lr"):
         broken = cards.model_card_from_dict({**cards.load_raw_card("models", MODEL),
                                              "search": {key: {"type": "int", "low": 1,
@@ -145,7 +148,7 @@ def test_search_keys_are_checked_against_the_card(work):
             parse_search_space(broken)
     # the card's own values are a point of its space (queued as the first trial)
     assert card_values(card, parse_search_space(card)) == {
-        "params.embedding_dim": 16, "train.l2": 1e-5, "train.lr": 0.05, "train.patience": 2}
+        "train.batch_size": 64, "train.l2": 1e-5, "train.lr": 0.05, "train.patience": 2}
     outside = cards.model_card_from_dict({**cards.load_raw_card("models", MODEL),
                                           "train": {"lr": 0.5}})
     assert card_values(outside, parse_search_space(outside)) is None  # lr above 0.3
@@ -164,7 +167,7 @@ def test_every_model_card_has_a_valid_search_space():
 
 def test_grid_needs_a_discrete_space(work):
     space = parse_search_space(cards.load_model_card("lr_gridtest"))
-    assert grid(space) == {"params.embedding_dim": [16], "train.l2": [1e-6, 2e-6],
+    assert grid(space) == {"train.batch_size": [64], "train.l2": [1e-6, 2e-6],
                            "train.lr": [0.05, 0.1], "train.patience": [1]}
     with pytest.raises(CardError, match="continuous"):
         grid(parse_search_space(cards.load_model_card(MODEL)))
@@ -239,7 +242,7 @@ def test_tiny_study_writes_table_card_and_plots(work, store_dir, monkeypatch):
     assert tuned.train.lr == best.params["train.lr"]
     assert tuned.train.l2 == best.params["train.l2"]
     assert tuned.train.patience == best.params["train.patience"]
-    assert tuned.params["embedding_dim"] == best.params["params.embedding_dim"]
+    assert tuned.train.batch_size == best.params["train.batch_size"]
     assert tuned.train.batch_size == 64  # inherited from the tuned card
     assert tuned.tuned_from["trial"] == best.number
     assert tuned.tuned_from["value"] == best.value

@@ -38,21 +38,27 @@ def _trial_line(frozen, counts, target: int) -> str:
 
 
 @click.command(name="tune")
-@click.option("--model", required=True, help="Model card to tune (its [search] table).")
+@click.option("--model", default=None, help="Model card to tune (its [search] table).")
+@click.option("--models", "models_spec", default=None,
+              help="Tune a group with EQUAL budgets: a group name or a list (table2, "
+                   "'lr,din'); one study per model, same trials, seed, pruner and epochs.")
 @click.option("--dataset", required=True,
               help="Dataset card (prepared when needed) or the path of a prepared store.")
-@click.option("--trials", "n_trials", type=int, default=20, show_default=True,
+@click.option("--trials", "n_trials", type=int, default=None,
               help="Run until the STUDY holds this many complete or pruned trials, counting "
                    "trials already stored (by earlier runs or other workers); 0 only rewrites "
-                   "the outputs.")
+                   "the outputs. [default: 20; with --timeout-per-model: no trial cap]")
 @click.option("--timeout", type=float, default=None,
               help="Start no new trial after this many seconds (a running trial finishes).")
+@click.option("--timeout-per-model", type=float, default=None,
+              help="With --models: budget every model by wall clock instead of trials (each "
+                   "study starts no new trial after this many seconds).")
 @click.option("--storage", default=None,
               help="Optuna storage: an SQLAlchemy URL (sqlite:///x.db, "
                    "postgresql://user:pass@host/db) or journal:PATH. "
                    "[default: sqlite:///<results>/tuning/<study>.db]")
 @click.option("--study", "study_name", default=None,
-              help="Study name [default: <model>@<dataset>].")
+              help="Study name [default: <model>@<dataset>] (not with --models).")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default="tpe", show_default=True)
 @click.option("--pruner", type=click.Choice(PRUNERS), default="median", show_default=True)
 @click.option("--prune-after", type=int, default=5, show_default=True,
@@ -72,18 +78,20 @@ def _trial_line(frozen, counts, target: int) -> str:
               help="First mark every RUNNING trial FAIL (for journal storage, which has no "
                    "heartbeat; only when no other worker is alive).")
 @click.option("-q", "--quiet", is_flag=True, default=False, help="No progress on stderr.")
-def tune(model: str, dataset: str, n_trials: int, timeout: float | None, storage: str | None,
+def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int | None,
+         timeout: float | None, timeout_per_model: float | None, storage: str | None,
          study_name: str | None, sampler: str, pruner: str, prune_after: int, seed: int,
          epochs: int | None, results_root: Path | None, device: str, card_first: bool,
          heartbeat: int, fail_running: bool, quiet: bool) -> None:
-    """Tune a model's hyperparameters on a dataset's VALIDATION split (never test).
+    """Tune hyperparameters on a dataset's VALIDATION split (never test).
 
-    Each trial trains the card with sampled values (the card's [search] table) and reports its
-    validation AUC per epoch; the pruner stops hopeless trials; a trial that fails (NaN loss,
-    error) is recorded FAIL and the study goes on. The study lives in --storage, so re-running
-    the same command resumes it, and several `ctrbench tune` processes, on one machine or many,
-    can share one study (same --storage and --study). Writes <results>/tuning/<study>/
-    (trials.csv, trials.md, history.png, importances.png) and the tuned card
+    Each trial trains the card with sampled values (the card's [search] table: the shared keys
+    of models/_paper.toml plus the architecture's own) and reports its validation AUC per
+    epoch; the pruner stops hopeless trials; a trial that fails (NaN loss, error) is recorded
+    FAIL and the study goes on. The study lives in --storage, so re-running the same command
+    resumes it, and several `ctrbench tune` processes, on one machine or many, can share one
+    study (same --storage and --study). Writes <results>/tuning/<study>/ (trials.csv,
+    trials.md, history.png, importances.png) and the tuned card
     models/tuned/<model>@<dataset>.toml, which extends the model's card.
 
     \b
@@ -94,6 +102,12 @@ def tune(model: str, dataset: str, n_trials: int, timeout: float | None, storage
     (the seeds of step 2 are new: the tuned card is judged on the test split only there.)
 
     \b
+    A group with equal budgets (one study per model, the same trials for each):
+      ctrbench tune --models table2 --dataset synthetic --trials 20 --epochs 3
+      ctrbench run --models 'table2@synthetic' --dataset synthetic --seeds 5
+      ctrbench report      # the defaults-vs-tuned table
+
+    \b
     Several workers on one study (each runs until the study has 40 trials):
       ctrbench tune --model mian --dataset books --trials 40 \\
         --storage postgresql://user:pass@db-host/optuna   # on each machine
@@ -101,81 +115,99 @@ def tune(model: str, dataset: str, n_trials: int, timeout: float | None, storage
     import optuna
 
     from ctrbench import progress as progress_mod
-    from ctrbench.cards import load_model_card
+    from ctrbench.cards import load_model_card, resolve_model_spec
+    from ctrbench.errors import CtrbenchError
     from ctrbench.paths import default_results_root
-    from ctrbench.tune.outputs import (
-        study_dir,
-        tuned_card_name,
-        tuned_from_table,
-        write_plots,
-        write_trials_table,
-        write_tuned_card,
-    )
-    from ctrbench.tune.space import parse_search_space
-    from ctrbench.tune.storage import fail_running as fail_running_trials
-    from ctrbench.tune.storage import open_storage
-    from ctrbench.tune.study import TuneSettings, open_study, run_study, study_signature
+    from ctrbench.tune.group import budget_mode, tune_group, tune_one, unequal_budgets
+    from ctrbench.tune.outputs import tuned_card_name
+    from ctrbench.tune.study import TuneSettings
 
+    if (model is None) == (models_spec is None):
+        raise click.UsageError("give exactly one of --model NAME or --models GROUP")
+    if models_spec is not None and study_name is not None:
+        raise click.UsageError("--study names one study; with --models each model's study is "
+                               "<model>@<dataset>")
+    if timeout_per_model is not None and models_spec is None:
+        raise click.UsageError("--timeout-per-model needs --models (use --timeout for one model)")
+    if timeout_per_model is not None and timeout is not None:
+        raise click.UsageError("give --timeout or --timeout-per-model, not both")
+    if n_trials is None:
+        n_trials = 10_000 if timeout_per_model is not None else 20
     if quiet:
         progress_mod.set_mode("quiet")
     verbose = logging.getLogger().getEffectiveLevel() < logging.WARNING
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
 
-    settings = TuneSettings(n_trials=n_trials, timeout=timeout, sampler=sampler, pruner=pruner,
-                            seed=seed, max_epochs=epochs, device=device, prune_after=prune_after,
-                            card_first=card_first, progress=not quiet)
-    card = load_model_card(model)
-    space = parse_search_space(card)
-    if sampler == "grid":
-        from ctrbench.tune.space import grid
-
-        grid(space)  # a continuous dimension is an error before any work
-    data = _load_data(dataset)
-    signature = study_signature(card, data, settings)
-    dataset_name = signature["dataset"]
-    tuned_card_name(card, dataset_name)  # refuse re-tuning a tuned card before any work
-    name = study_name or f"{card.name}@{dataset_name}"
+    settings = TuneSettings(n_trials=n_trials, timeout=timeout or timeout_per_model,
+                            sampler=sampler, pruner=pruner, seed=seed, max_epochs=epochs,
+                            device=device, prune_after=prune_after, card_first=card_first,
+                            progress=not quiet)
     results_root = results_root or default_results_root()
-    handle = open_storage(storage, results_root, name, heartbeat=heartbeat)
-    study, created = open_study(handle, name, signature)
-    if fail_running:
-        failed = fail_running_trials(study)
-        progress_mod.message(f"marked {len(failed)} RUNNING trial(s) FAIL: {failed}")
-    progress_mod.message(f"study {name!r} in {handle.display}: {len(study.trials)} trial(s) "
-                         f"stored; running until {n_trials} are complete or pruned")
 
     def on_trial(frozen, counts) -> None:
         progress_mod.message(_trial_line(frozen, counts, n_trials))
 
-    out_dir = study_dir(results_root, name)
-    try:
-        summary = run_study(study, handle, data, card, space, settings, on_trial=on_trial,
-                            new_study=created)
-    finally:  # also after Ctrl-C: the table shows what is finished
-        write_trials_table(study, out_dir)
-    plots = write_plots(study, out_dir)
+    if models_spec is not None:
+        cards = [load_model_card(name) for name in resolve_model_spec(models_spec)]
+        data = _load_data(dataset)
+        rows, budget_path = tune_group(
+            cards, data, settings, results_root=results_root, label=_group_label(models_spec),
+            storage_for=lambda name: storage, heartbeat=heartbeat,
+            fail_running=fail_running, on_message=progress_mod.message, on_trial=on_trial)
+        click.echo(f"budget: {budget_mode(settings)}")
+        click.echo(tabulate(
+            [(r.model, r.status, r.trials_complete, r.trials_pruned, r.trials_failed,
+              f"{r.wall_clock_s:.0f}",
+              "" if r.best_valid_auc is None else f"{r.best_valid_auc:.5f}", r.tuned_card)
+             for r in rows],
+            headers=["model", "status", "complete", "pruned", "failed", "wall-clock s",
+                     "best valid AUC", "tuned card"], disable_numparse=True))
+        click.echo(f"budget table: {budget_path} (and budget.md)")
+        unequal = unequal_budgets(rows, settings)
+        for line in unequal:
+            click.echo(f"UNEQUAL BUDGET: {line} (re-run the same command to complete it)")
+        dataset_name = str(data.meta.get("dataset", data.path.name))
+        if "," in models_spec or models_spec in {r.model for r in rows}:
+            selection = ",".join(r.model if r.status == "nothing to tune"
+                                 else f"{r.model}@{dataset_name}" for r in rows)
+        else:  # a group name
+            selection = f"{models_spec}@{dataset_name}"
+        click.echo(f"next:   ctrbench run --models '{selection}' --dataset {dataset_name} "
+                   "--seeds 5")
+        if any(r.status == "no complete trial" for r in rows):
+            raise CtrbenchError("some studies of the group have no complete trial, so no "
+                                "tuned card", hint=f"see {budget_path.parent / 'budget.md'}")
+        return
 
+    card = load_model_card(model)
+    data = _load_data(dataset)
+    outcome = tune_one(card, data, settings, results_root=results_root, storage=storage,
+                       study_name=study_name, heartbeat=heartbeat, fail_running=fail_running,
+                       on_message=progress_mod.message, on_trial=on_trial)
+    summary, out_dir, name = outcome.summary, outcome.out_dir, outcome.summary.study_name
     click.echo(f"study {name!r} ({summary.storage}): {summary.stop_reason}")
     click.echo(f"trials: {summary.n_complete} complete, {summary.n_pruned} pruned, "
                f"{summary.n_failed} failed, {summary.n_running} running")
     click.echo(f"table:  {out_dir / 'trials.md'} (and trials.csv)")
-    for what, where in plots.items():
+    for what, where in outcome.plots.items():
         click.echo(f"{what}: {where}")
     if summary.best is None:
         if n_trials == 0 or summary.n_failed == 0:
             click.echo("no trial has completed yet: no tuned card written")
             return
-        from ctrbench.errors import CtrbenchError
-
         raise CtrbenchError(f"no trial of study {name!r} has completed, so no tuned card",
                             hint=f"see the errors in {out_dir / 'trials.md'}")
     best = summary.best
-    tuned_from = tuned_from_table(study, summary.storage, best, dataset_name, signature, settings)
-    card_path = write_tuned_card(card, dataset_name, best, tuned_from)
+    dataset_name = outcome.tuned_from["dataset"]
     click.echo(f"best:   trial {best.number}, valid AUC {best.value:.5f}")
     rows = [(k, f"{v:.6g}" if isinstance(v, float) else str(v))
             for k, v in sorted(best.params.items())]
     click.echo(tabulate(rows, headers=["parameter", "value"], disable_numparse=True))
-    click.echo(f"tuned card: {card_path}")
+    click.echo(f"tuned card: {outcome.card_path}")
     click.echo(f"next:   ctrbench run --models '{tuned_card_name(card, dataset_name)}' "
                f"--dataset {dataset_name} --seeds 5")
+
+
+def _group_label(spec: str) -> str:
+    """The budget table's name: the group name, or the models joined by '+'."""
+    return "+".join(part.strip() for part in spec.split(",") if part.strip())

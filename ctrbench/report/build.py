@@ -22,6 +22,7 @@ from ctrbench.registry import did_you_mean
 from ctrbench.report import plots, strata, versus_pop
 from ctrbench.report import tables as rt
 from ctrbench.report.data import CardBook, ResultSet, load_results
+from ctrbench.report.tuned import TUNED_LEGEND, ordering_footer, tuned_display, tuned_tables
 
 DASH = "–"
 DEFAULT_GIM_PARTS = ("item", "context", "behavior", "user", "ibim", "iuim", "icim")
@@ -246,6 +247,13 @@ def build_report(
     if not strata_frame.empty:
         md, txt = strata.render(strata_frame, notes, alpha)
         tables.append(Table("strata", "Test AUC by stratum", strata_frame, md, txt))
+
+    pairs, orderings = tuned_tables(rs)
+    if not pairs.empty:  # only when tuned cards were run beside their defaults
+        md, txt = _sections(pairs, tuned_display,
+                            footer=lambda ds: ordering_footer(orderings, ds))
+        tables.append(Table("tuned", "Defaults vs tuned", pairs, f"{TUNED_LEGEND}\n\n{md}", txt))
+        tables.append(Table("tuned_ordering", "Orderings, defaults vs tuned", orderings, "", ""))
 
     failed = rt.failed_table(rs)
     shown = failed.drop(columns=["path"])

@@ -33,6 +33,7 @@ from ctrbench import __version__
 from ctrbench.cards import ModelCard
 from ctrbench.errors import CtrbenchError
 from ctrbench.record import atomic_write_text
+from ctrbench.tune.space import decode, parse_search_space
 from ctrbench.tune.storage import safe_file_name
 
 TRIAL_COLUMNS = ("number", "state", "value", "duration_s", "pruned_at_epoch", "best_epoch",
@@ -135,7 +136,8 @@ def tuned_card_text(card: ModelCard, dataset: str, best: FrozenTrial,
     """The TOML of ``<model>@<dataset>``: extends ``card`` and sets the best trial's values."""
     name = tuned_card_name(card, dataset)
     sections: dict[str, dict[str, Any]] = {"params": {}, "train": {}}
-    for key, value in sorted(best.params.items()):
+    values = decode(parse_search_space(card), best.params)
+    for key, value in sorted(values.items()):
         section, _, field = key.partition(".")
         sections[section][field] = value
     header = (
@@ -165,16 +167,21 @@ def tuned_from_table(study: optuna.Study, storage: str, best: FrozenTrial, datas
                      signature: Mapping[str, Any], settings: Any) -> dict[str, Any]:
     """The ``[tuned_from]`` record: where the values came from (no passwords)."""
     counts = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL")}
+    wall_clock = 0.0
     for t in study.get_trials(deepcopy=False):
         if t.state.name in counts:
             counts[t.state.name] += 1
+        if t.duration is not None:
+            wall_clock += t.duration.total_seconds()
     table: dict[str, Any] = {
         "study": study.study_name, "storage": storage, "trial": best.number,
         "value": float(best.value), "metric": "valid_auc", "dataset": dataset,
         "data_hash": signature["data_hash"], "train_seed": best.user_attrs.get("train_seed", -1),
         "best_epoch": best.user_attrs.get("best_epoch", -1),
         "trials_complete": counts["COMPLETE"], "trials_pruned": counts["PRUNED"],
-        "trials_failed": counts["FAIL"], "sampler": settings.sampler, "pruner": settings.pruner,
+        "trials_failed": counts["FAIL"], "trials_target": settings.n_trials,
+        "wall_clock_s": round(wall_clock, 1), "sampler": settings.sampler,
+        "pruner": settings.pruner,
         "seed": settings.seed, "ctrbench_version": __version__,
         "tuned_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }

@@ -9,7 +9,11 @@ A card's search space maps a dotted key to a distribution::
 
 Keys are ``train.<TrainConfig field>`` or ``params.<architecture parameter>``. Types:
 ``float`` (low, high, log | step), ``int`` (low, high, log | step) and ``categorical`` (choices).
-Anything else (an unknown type, key or option, an empty range) is a :class:`CardError`.
+A categorical choice may be a list of integers (layer widths such as ``[200, 80]``); Optuna sees
+it as the label ``"200-80"`` and trials get the list back. ``optional = true`` marks a shared
+dimension (declared once in ``models/_paper.toml``) that applies only to architectures having
+that parameter (``params.dropout`` is skipped for LR). Anything else (an unknown type, key or
+option, an empty range) is a :class:`CardError`.
 """
 
 from __future__ import annotations
@@ -37,11 +41,17 @@ PRUNERS = ("median", "hyperband", "none")
 
 SECTIONS = ("params", "train")
 _OPTIONS = {
-    "float": ("type", "low", "high", "log", "step"),
-    "int": ("type", "low", "high", "log", "step"),
-    "categorical": ("type", "choices"),
+    "float": ("type", "low", "high", "log", "step", "optional"),
+    "int": ("type", "low", "high", "log", "step", "optional"),
+    "categorical": ("type", "choices", "optional"),
 }
 Scalar = bool | int | float | str
+Choice = Scalar | tuple[int, ...]  # a tuple is a list of widths
+
+
+def choice_label(choice: Choice) -> Scalar:
+    """What Optuna stores for ``choice``: widths ``(200, 80)`` -> ``"200-80"``, else itself."""
+    return "-".join(str(w) for w in choice) if isinstance(choice, tuple) else choice
 
 
 @dataclass(frozen=True)
@@ -54,7 +64,8 @@ class Dimension:
     high: float | int | None = None
     log: bool = False
     step: float | int | None = None
-    choices: tuple[Scalar, ...] = ()
+    choices: tuple[Choice, ...] = ()
+    optional: bool = False  # skipped for architectures that lack the parameter
 
     @property
     def section(self) -> str:
@@ -70,7 +81,7 @@ class Dimension:
 
     def distribution(self) -> BaseDistribution:
         if self.type == "categorical":
-            return CategoricalDistribution(list(self.choices))
+            return CategoricalDistribution([choice_label(c) for c in self.choices])
         if self.type == "int":
             return IntDistribution(int(self.low), int(self.high), log=self.log,
                                    step=int(self.step or 1))
@@ -79,6 +90,8 @@ class Dimension:
     def contains(self, value: Any) -> bool:
         """Whether ``value`` is a point of this dimension."""
         if self.type == "categorical":
+            if isinstance(value, list):
+                value = tuple(value)
             return any(type(c) is type(value) and c == value for c in self.choices)
         if isinstance(value, bool) or not isinstance(value, int | float):
             return False
@@ -91,10 +104,22 @@ class Dimension:
         offset = (value - self.low) / self.step
         return abs(offset - round(offset)) < 1e-9
 
+    def decode(self, stored: Any) -> Any:
+        """The card value for what Optuna stored (a width label back to a list)."""
+        if self.type == "categorical":
+            for choice in self.choices:
+                if isinstance(choice, tuple) and choice_label(choice) == stored:
+                    return list(choice)
+        return stored
+
+    def encode(self, value: Any) -> Any:
+        """What Optuna stores for a card value (a list of widths to its label)."""
+        return choice_label(tuple(value)) if isinstance(value, list) else value
+
     def grid(self) -> list[Scalar]:
         """Every value of a discrete dimension (GridSampler); a continuous one is an error."""
         if self.type == "categorical":
-            return list(self.choices)
+            return [choice_label(c) for c in self.choices]
         if self.type == "int":
             return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
         if self.step is None:
@@ -126,16 +151,29 @@ def parse_dimension(key: str, spec: Any) -> Dimension:
         raise CardError(f"{where}: unknown type {kind!r}",
                         hint="type must be 'float', 'int' or 'categorical'")
     check_keys(where, spec, _OPTIONS[kind])
+    optional = spec.get("optional", False)
+    if not isinstance(optional, bool):
+        raise CardError(f"{where}: 'optional' must be true or false, not {optional!r}")
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
             raise CardError(f"{where}: 'choices' must be a non-empty list")
+        parsed: list[Choice] = []
         for choice in choices:
-            if not isinstance(choice, bool | int | float | str):
-                raise CardError(f"{where}: choice {choice!r} is not a number, string or boolean")
-        if len({(type(c), c) for c in choices}) != len(choices):
+            if isinstance(choice, list) and choice and all(
+                    isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in choice):
+                parsed.append(tuple(choice))
+            elif isinstance(choice, bool | int | float | str):
+                parsed.append(choice)
+            else:
+                raise CardError(f"{where}: choice {choice!r} is not a number, string, boolean "
+                                "or non-empty list of positive integers (layer widths)")
+        if len({(type(c), c) for c in parsed}) != len(parsed):
             raise CardError(f"{where}: 'choices' has duplicates")
-        return Dimension(key=key, type=kind, choices=tuple(choices))
+        labels = [choice_label(c) for c in parsed]
+        if len(set(map(str, labels))) != len(labels):
+            raise CardError(f"{where}: choices {labels} are ambiguous as labels")
+        return Dimension(key=key, type=kind, choices=tuple(parsed), optional=optional)
     integer = kind == "int"
     for option in ("low", "high"):
         if option not in spec:
@@ -156,7 +194,8 @@ def parse_dimension(key: str, spec: Any) -> Dimension:
         raise CardError(f"{where}: low ({low}) is greater than high ({high})")
     if log and low <= 0:
         raise CardError(f"{where}: a log scale needs low > 0 (got {low})")
-    return Dimension(key=key, type=kind, low=low, high=high, log=log, step=step)
+    return Dimension(key=key, type=kind, low=low, high=high, log=log, step=step,
+                     optional=optional)
 
 
 def _architecture_parameters(arch: str) -> list[str] | None:
@@ -188,10 +227,25 @@ def parse_search_space(card: ModelCard) -> list[Dimension]:
             raise CardError(f"model card {card.name!r} [search]: key {key!r} must be "
                             "'params.<name>' or 'train.<name>'")
         allowed = train_keys if section == "train" else arch_keys
+        dim = parse_dimension(key, card.search[key])
+        if dim.optional and allowed is not None and name not in allowed:
+            continue  # a shared dimension this architecture does not have
         if allowed is not None:
             check_keys(f"model card {card.name!r} [search] {section}", {name: None}, allowed)
-        dims.append(parse_dimension(key, card.search[key]))
+        dims.append(dim)
+    if not dims:
+        raise CardError(f"model card {card.name!r}: no [search] dimension applies to its "
+                        f"architecture {card.arch!r}: nothing to tune")
     return dims
+
+
+def has_search_space(card: ModelCard) -> bool:
+    """Whether ``card`` has anything to tune (False for e.g. a model with no parameters)."""
+    try:
+        parse_search_space(card)
+    except CardError:
+        return False
+    return True
 
 
 def distributions(space: list[Dimension]) -> dict[str, BaseDistribution]:
@@ -203,7 +257,8 @@ def suggest(trial: optuna.Trial, space: list[Dimension]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for d in space:
         if d.type == "categorical":
-            values[d.key] = trial.suggest_categorical(d.key, list(d.choices))
+            label = trial.suggest_categorical(d.key, [choice_label(c) for c in d.choices])
+            values[d.key] = d.decode(label)
         elif d.type == "int":
             values[d.key] = trial.suggest_int(d.key, int(d.low), int(d.high),
                                               step=int(d.step or 1), log=d.log)
@@ -211,6 +266,12 @@ def suggest(trial: optuna.Trial, space: list[Dimension]) -> dict[str, Any]:
             values[d.key] = trial.suggest_float(d.key, float(d.low), float(d.high),
                                                 step=d.step, log=d.log)
     return values
+
+
+def decode(space: list[Dimension], stored: Mapping[str, Any]) -> dict[str, Any]:
+    """Card values for a trial's stored ``params`` (width labels back to lists)."""
+    by_key = {d.key: d for d in space}
+    return {k: by_key[k].decode(v) if k in by_key else v for k, v in stored.items()}
 
 
 def grid(space: list[Dimension]) -> dict[str, list[Scalar]]:
@@ -238,5 +299,5 @@ def card_values(card: ModelCard, space: list[Dimension]) -> dict[str, Any] | Non
         source = card.params if d.section == "params" else train
         if d.name not in source or not d.contains(source[d.name]):
             return None
-        values[d.key] = source[d.name]
+        values[d.key] = d.encode(source[d.name])
     return values

@@ -1,0 +1,189 @@
+"""Tuning a group of models with equal budgets (``ctrbench tune --models GROUP``).
+
+One study per model (``<model>@<dataset>``), every study with the same settings: the same number
+of complete-or-pruned trials (the default budget) or the same wall-clock seconds per model, the
+same sampler seed, pruner and epoch cap, on the validation split only. Each model's tuned card is
+written as by a single-model study; the group's budget table (``budget.json`` / ``budget.md``
+under ``<results>/tuning/<label>@<dataset>/``) records what every model actually received, so the
+report can show the budget beside each tuned result and flag unequal ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from ctrbench.cards import ModelCard
+from ctrbench.data.store import PreparedData
+from ctrbench.errors import CtrbenchError
+from ctrbench.record import atomic_write_text
+from ctrbench.tune.outputs import (
+    study_dir,
+    tuned_card_name,
+    tuned_from_table,
+    write_plots,
+    write_trials_table,
+    write_tuned_card,
+)
+from ctrbench.tune.space import has_search_space, parse_search_space
+from ctrbench.tune.storage import fail_running as fail_running_trials
+from ctrbench.tune.storage import open_storage
+from ctrbench.tune.study import TuneSettings, TuneSummary, open_study, run_study, study_signature
+
+
+@dataclass
+class ModelBudget:
+    """What one model of a group received and what came of it."""
+
+    model: str
+    status: str  # "tuned" | "nothing to tune" | "no complete trial"
+    study: str = ""
+    trials_complete: int = 0
+    trials_pruned: int = 0
+    trials_failed: int = 0
+    wall_clock_s: float = 0.0
+    best_valid_auc: float | None = None
+    tuned_card: str = ""
+
+    @property
+    def trials_done(self) -> int:
+        return self.trials_complete + self.trials_pruned
+
+
+@dataclass
+class StudyOutcome:
+    summary: TuneSummary
+    out_dir: Path
+    plots: dict[str, str]
+    card_path: Path | None
+    tuned_from: dict[str, Any] | None
+
+
+def tune_one(card: ModelCard, data: PreparedData, settings: TuneSettings, *,
+             results_root: Path, storage: str | None = None, study_name: str | None = None,
+             heartbeat: int = 60, fail_running: bool = False,
+             on_message: Callable[[str], None] = lambda text: None,
+             on_trial: Callable | None = None) -> StudyOutcome:
+    """Open (or resume) ``card``'s study on ``data``, run it, write its table and tuned card."""
+    space = parse_search_space(card)
+    if settings.sampler == "grid":
+        from ctrbench.tune.space import grid
+
+        grid(space)  # a continuous dimension is an error before any work
+    signature = study_signature(card, data, settings)
+    dataset_name = signature["dataset"]
+    tuned_card_name(card, dataset_name)  # refuse re-tuning a tuned card before any work
+    name = study_name or f"{card.name}@{dataset_name}"
+    handle = open_storage(storage, results_root, name, heartbeat=heartbeat)
+    study, created = open_study(handle, name, signature)
+    if fail_running:
+        failed = fail_running_trials(study)
+        on_message(f"marked {len(failed)} RUNNING trial(s) FAIL: {failed}")
+    on_message(f"study {name!r} in {handle.display}: {len(study.trials)} trial(s) stored; "
+               f"running until {settings.n_trials} are complete or pruned")
+    out_dir = study_dir(results_root, name)
+    try:
+        summary = run_study(study, handle, data, card, space, settings, on_trial=on_trial,
+                            new_study=created)
+    finally:  # also after Ctrl-C: the table shows what is finished
+        write_trials_table(study, out_dir)
+    plots = write_plots(study, out_dir)
+    if summary.best is None:
+        return StudyOutcome(summary, out_dir, plots, None, None)
+    tuned_from = tuned_from_table(study, summary.storage, summary.best, dataset_name, signature,
+                                  settings)
+    card_path = write_tuned_card(card, dataset_name, summary.best, tuned_from)
+    return StudyOutcome(summary, out_dir, plots, card_path, tuned_from)
+
+
+def tune_group(cards: Sequence[ModelCard], data: PreparedData, settings: TuneSettings, *,
+               results_root: Path, label: str, storage_for: Callable[[str], str | None],
+               heartbeat: int = 60, fail_running: bool = False,
+               on_message: Callable[[str], None] = lambda text: None,
+               on_trial: Callable | None = None) -> tuple[list[ModelBudget], Path]:
+    """Tune every card with the same ``settings``; write and return the budget table.
+
+    ``storage_for(study_name)``: the storage URL of each model's study (None = the default
+    SQLite file under ``<results>/tuning/``); one shared database or journal lets workers on
+    several machines run the same command and share every study of the group.
+    """
+    dataset = str(data.meta.get("dataset", data.path.name))
+    rows: list[ModelBudget] = []
+    for card in cards:
+        if not has_search_space(card):
+            on_message(f"{card.name}: nothing to tune (no [search] dimension applies); its "
+                       "defaults are its only configuration")
+            rows.append(ModelBudget(model=card.name, status="nothing to tune"))
+            continue
+        name = f"{card.name}@{dataset}"
+        on_message(f"--- {card.name} ({len(rows) + 1}/{len(cards)})")
+        outcome = tune_one(card, data, settings, results_root=results_root,
+                           storage=storage_for(name), study_name=name, heartbeat=heartbeat,
+                           fail_running=fail_running, on_message=on_message, on_trial=on_trial)
+        s = outcome.summary
+        wall = float(outcome.tuned_from["wall_clock_s"]) if outcome.tuned_from else 0.0
+        rows.append(ModelBudget(
+            model=card.name, status="tuned" if s.best is not None else "no complete trial",
+            study=name, trials_complete=s.n_complete, trials_pruned=s.n_pruned,
+            trials_failed=s.n_failed, wall_clock_s=wall,
+            best_valid_auc=None if s.best is None else float(s.best.value),
+            tuned_card=str(outcome.card_path or "")))
+    path = write_budget(results_root, label, dataset, settings, rows)
+    return rows, path
+
+
+def budget_mode(settings: TuneSettings) -> str:
+    if settings.timeout is not None:
+        return (f"{settings.timeout:g} s of wall clock per model "
+                f"(at most {settings.n_trials} trials)")
+    return f"{settings.n_trials} complete-or-pruned trials per model"
+
+
+def unequal_budgets(rows: Sequence[ModelBudget], settings: TuneSettings) -> list[str]:
+    """Models whose budget differs from the declared one (trial budget only)."""
+    if settings.timeout is not None:
+        return []  # a wall-clock budget gives fast models more trials, by design
+    return [f"{r.model}: {r.trials_done} trials done, {settings.n_trials} declared"
+            for r in rows if r.status != "nothing to tune" and r.trials_done != settings.n_trials]
+
+
+def write_budget(results_root: Path, label: str, dataset: str, settings: TuneSettings,
+                 rows: Sequence[ModelBudget]) -> Path:
+    """``<results>/tuning/<label>@<dataset>/budget.json`` and ``budget.md``."""
+    out_dir = study_dir(results_root, f"{label}@{dataset}")
+    payload = {
+        "group": label, "dataset": dataset, "budget": budget_mode(settings),
+        "settings": {"trials": settings.n_trials, "timeout_per_model_s": settings.timeout,
+                     "epochs": settings.max_epochs, "sampler": settings.sampler,
+                     "pruner": settings.pruner, "seed": settings.seed},
+        "unequal": unequal_budgets(rows, settings),
+        "models": [asdict(r) for r in rows],
+    }
+    atomic_write_text(out_dir / "budget.json", json.dumps(payload, indent=2) + "\n")
+    table = tabulate(
+        [(r.model, r.status, r.trials_complete, r.trials_pruned, r.trials_failed,
+          f"{r.wall_clock_s:.0f}", "" if r.best_valid_auc is None else f"{r.best_valid_auc:.5f}")
+         for r in rows],
+        headers=["model", "status", "complete", "pruned", "failed", "wall-clock s",
+                 "best valid AUC"], tablefmt="github", disable_numparse=True)
+    lines = [f"# Tuning budget: {label} on {dataset}", "",
+             f"Budget: {payload['budget']}; sampler {settings.sampler} (seed {settings.seed}), "
+             f"pruner {settings.pruner}, epoch cap {settings.max_epochs or 'the card'}; "
+             "objective: validation AUC (the test split is never read).", "", table, ""]
+    if payload["unequal"]:
+        lines += ["**Unequal budgets** (stopped early or interrupted; re-run the same command "
+                  "to complete them):", *[f"- {u}" for u in payload["unequal"]], ""]
+    atomic_write_text(out_dir / "budget.md", "\n".join(lines))
+    return out_dir / "budget.json"
+
+
+def read_budget(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise CtrbenchError(f"cannot read the tuning budget {path}: {exc}") from None
