@@ -88,12 +88,12 @@ card = load_dataset_card(sys.argv[2])
 start = time.perf_counter()
 if sys.argv[1] == "generate":
     from ctrbench.data.sources.synthetic import ensure_generated, world_dir
-    from ctrbench.data.synthetic_world import world_params
+    from ctrbench.data.synthetic import world_params
     params = world_params(card.reader_params)
     timed("generate raw files", ensure_generated)(world_dir(card.name, params), params)
 else:
     import ctrbench.data.prepare as prepare
-    from ctrbench.data.synthetic_world import SyntheticOracle
+    from ctrbench.data.synthetic import SyntheticOracle
     SyntheticOracle.score = accumulated(SyntheticOracle.score)
     prepare.read_source = timed("read (amazon reader + users + oracle)", prepare.read_source)
     prepare.build_samples = timed("build (din protocol + oracle scores)", prepare.build_samples)
