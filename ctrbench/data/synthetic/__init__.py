@@ -1,17 +1,19 @@
-"""The synthetic world package (generator and exact oracle); see :mod:`.world` for the model."""
+"""A seeded synthetic world in the Amazon 2014 raw formats, with its exact oracle.
 
-from ctrbench.data.synthetic.world import (
-    GENERATOR_VERSION,
+``world`` (parameters, static tables, users; the generative model in its docstring) ->
+``sampler`` (event simulation) -> ``writer`` (raw files, ``generate``) ; ``oracle`` reads what
+the writer saved.
+"""
+
+from ctrbench.data.synthetic.oracle import SyntheticOracle
+from ctrbench.data.synthetic.world import GENERATOR_VERSION, SCALES, WorldParams, world_params
+from ctrbench.data.synthetic.writer import (
     META_FILE,
     ORACLE_FILE,
     PARAMS_FILE,
     REVIEWS_FILE,
-    SCALES,
     USERS_FILE,
-    SyntheticOracle,
-    WorldParams,
     generate,
-    world_params,
 )
 
 __all__ = ["GENERATOR_VERSION", "META_FILE", "ORACLE_FILE", "PARAMS_FILE", "REVIEWS_FILE",
