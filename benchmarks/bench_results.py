@@ -198,3 +198,39 @@ def latest(script: str, results_dir: Path | None = None, machine: str | None = N
     """The newest result of ``script`` (see :func:`find`), or None."""
     docs = find(script, results_dir, machine)
     return docs[-1] if docs else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python benchmarks/bench_results.py --script NAME --rows FILE`` (for shell scripts).
+
+    FILE (``-`` = stdin) holds a JSON list of row objects, or one JSON object per line.
+    Exit status 0 saved, 2 bad input (the message names it).
+    """
+    import sys
+
+    parser = argparse.ArgumentParser(description="Save benchmark rows as a result file.")
+    parser.add_argument("--script", required=True, help="benchmark name, e.g. gpu")
+    parser.add_argument("--rows", required=True, help="JSON list or JSON lines; - for stdin")
+    parser.add_argument("--args", default="{}", help="the benchmark's arguments, a JSON object")
+    add_save_options(parser)
+    opts = parser.parse_args(argv)
+    try:
+        text = sys.stdin.read() if opts.rows == "-" else Path(opts.rows).read_text()
+        stripped = text.strip()
+        rows = (json.loads(stripped) if stripped.startswith("[")
+                else [json.loads(line) for line in stripped.splitlines() if line.strip()])
+        args = json.loads(opts.args)
+        if not isinstance(args, dict) or not all(isinstance(r, dict) for r in rows):
+            raise BenchResultError("--args must be a JSON object and every row a JSON object")
+        if opts.no_save:
+            return 0
+        path = save(opts.script, args, rows, results_dir=opts.results_dir, machine=opts.machine)
+    except (OSError, ValueError) as exc:  # BenchResultError and JSON errors are ValueErrors
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -113,6 +113,22 @@ def test_latest_is_the_newest_by_date(tmp_path):
     assert br.latest("prepare_scale", tmp_path) is None
 
 
+def test_command_line_saves_rows_for_shell_scripts(tmp_path, capsys):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"model": "din", "samples_per_s": 1234.5}\n{"model": "dien", '
+                    '"samples_per_s": 456.0}\n')
+    out = ["--results-dir", str(tmp_path / "bench"), "--machine", "h200"]
+    assert br.main(["--script", "gpu", "--rows", str(rows), "--args", '{"batch_size": 1024}',
+                    *out]) == 0
+    doc = br.latest("gpu", tmp_path / "bench")
+    assert doc["args"] == {"batch_size": 1024} and [r["model"] for r in doc["rows"]] == [
+        "din", "dien"]
+    assert capsys.readouterr().out.strip() == doc["path"]
+    rows.write_text("[1, 2]")
+    assert br.main(["--script", "gpu", "--rows", str(rows), *out]) == 2
+    assert "every row a JSON object" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- render_readme
 def test_render_fills_the_blocks_and_leaves_the_rest(tmp_path, capsys):
     readme = readme_copy(tmp_path)
