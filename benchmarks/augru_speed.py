@@ -10,7 +10,7 @@ Variants:
 
 Each figure is the best of --rounds rounds of --repeats steps, the variants taking turns in
 every round (the machine may be shared).
-Figures only; nothing is asserted. Usage:
+Figures only; nothing is asserted (also saved as JSON, see benchmarks/bench_results.py). Usage:
   OMP_NUM_THREADS=1 python benchmarks/augru_speed.py [--threads 1] [--repeats 10] \\
       [--rounds 10] [--clock wall|cpu]
 """
@@ -18,12 +18,17 @@ Figures only; nothing is asserted. Usage:
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from ctrbench.models import sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/
+from bench_results import add_save_options, save_from_args
 
 
 def naive_augru(x: torch.Tensor, attention: torch.Tensor, layer: sequence.AUGRU) -> torch.Tensor:
@@ -69,6 +74,7 @@ def main() -> None:
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall: perf_counter; cpu: this process's CPU time (steadier on a "
                              "shared machine, meaningful with --threads 1)")
+    add_save_options(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -113,6 +119,10 @@ def main() -> None:
     for kind, ms in times.items():
         note = f" (longest history {longest})" if kind == "fast-trim" else ""
         print(f"  {kind:<11} {ms:8.2f} ms   x{baseline / ms:4.1f}{note}")
+    save_from_args("augru_speed", args, [
+        {"variant": kind, "ms": round(ms, 3), "speedup_vs_naive": round(baseline / ms, 2),
+         "longest_history": longest if kind == "fast-trim" else args.steps}
+        for kind, ms in times.items()])
 
 
 if __name__ == "__main__":

@@ -14,6 +14,10 @@ Usage:
     python benchmarks/prepare_scale.py                      # electronics
     python benchmarks/prepare_scale.py --scale electronics --scale books --work /data/bench
     OMP_NUM_THREADS=2 python benchmarks/prepare_scale.py --json results.json
+
+The figures are also saved as one row per scale in
+``benchmarks/results/<machine>/<commit>-prepare_scale.json`` (``--no-save`` to skip; see
+``benchmarks/bench_results.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/
+from bench_results import add_save_options, save_from_args
 
 TARGETS = {"default": (60.0, 1024.0),  # a quick check of the script itself
            "electronics": (180.0, 4096.0), "books": (900.0, 16384.0)}  # seconds, MB
@@ -88,12 +95,12 @@ card = load_dataset_card(sys.argv[2])
 start = time.perf_counter()
 if sys.argv[1] == "generate":
     from ctrbench.data.sources.synthetic import ensure_generated, world_dir
-    from ctrbench.data.synthetic_world import world_params
+    from ctrbench.data.synthetic import world_params
     params = world_params(card.reader_params)
     timed("generate raw files", ensure_generated)(world_dir(card.name, params), params)
 else:
     import ctrbench.data.prepare as prepare
-    from ctrbench.data.synthetic_world import SyntheticOracle
+    from ctrbench.data.synthetic import SyntheticOracle
     SyntheticOracle.score = accumulated(SyntheticOracle.score)
     prepare.read_source = timed("read (amazon reader + users + oracle)", prepare.read_source)
     prepare.build_samples = timed("build (din protocol + oracle scores)", prepare.build_samples)
@@ -151,6 +158,32 @@ def print_report(result: dict) -> None:
         print(line)
 
 
+STAGE_KEYS = {"read (amazon reader + users + oracle)": "read", "write store": "write",
+              "build (din protocol + oracle scores)": "build"}
+
+
+def flat_row(result: dict) -> dict:
+    """One scale's figures as a flat row (the saved JSON's ``rows``)."""
+    seconds_target, mb_target = TARGETS[result["scale"]]
+    row: dict = {"scale": result["scale"]}
+    for step in ("generate", "prepare"):
+        info = result[step]
+        row.update({f"{step}_seconds": round(info["total_seconds"], 2),
+                    f"{step}_cpu_seconds": round(info["cpu_seconds"], 2),
+                    f"{step}_peak_mb": round(info["peak_mb"], 1)})
+        for stage in info["stages"]:
+            if "rows" in stage:
+                row.update({f"{split}_rows": n for split, n in stage["rows"].items()})
+            elif "oracle_seconds" in stage:
+                row["oracle_seconds"] = round(stage["oracle_seconds"], 2)
+            elif stage["stage"] in STAGE_KEYS and step == "prepare":
+                row[f"{STAGE_KEYS[stage['stage']]}_seconds"] = round(stage["seconds"], 2)
+    row.update({"target_seconds": seconds_target, "target_mb": mb_target,
+                "target_met": row["prepare_seconds"] < seconds_target
+                and row["prepare_peak_mb"] < mb_target})
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scale", action="append", choices=sorted(TARGETS),
@@ -159,6 +192,7 @@ def main() -> None:
                         help="work directory (default: a temporary one, removed afterwards)")
     parser.add_argument("--seed", type=int, default=2021)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    add_save_options(parser)
     args = parser.parse_args()
     scales = args.scale or ["electronics"]
     work = args.work or Path(tempfile.mkdtemp(prefix="ctrbench-prepare-scale-"))
@@ -174,6 +208,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    save_from_args("prepare_scale", args, [flat_row(r) for r in results])
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import pytest
 from ctrbench.analysis.metrics import auc
 from ctrbench.cards import dataset_card_from_dict
 from ctrbench.data.sources.amazon import read_amazon
-from ctrbench.data.synthetic_world import (
+from ctrbench.data.synthetic import (
     META_FILE,
     ORACLE_FILE,
     PARAMS_FILE,
@@ -25,10 +25,10 @@ from ctrbench.data.synthetic_world import (
     USERS_FILE,
     SyntheticOracle,
     WorldParams,
-    _lengths,
     generate,
     world_params,
 )
+from ctrbench.data.synthetic.world import _lengths
 from ctrbench.errors import CardError, DataError
 
 TINY = dict(n_users=400, n_items=300, n_meta_items=330, n_cates=12, mean_events=10.0,

@@ -55,8 +55,8 @@ def generate(name: str, scale: str | None, seed: int | None, out_dir: Path) -> N
       ctrbench generate synthetic --scale electronics --out /data/synthetic-electronics
     """
     from ctrbench.cards import load_dataset_card
-    from ctrbench.data.synthetic_world import PARAMS_FILE, world_params
-    from ctrbench.data.synthetic_world import generate as generate_world
+    from ctrbench.data.synthetic import PARAMS_FILE, world_params
+    from ctrbench.data.synthetic import generate as generate_world
     from ctrbench.errors import CardError
     from ctrbench.progress import progress
 

@@ -1,6 +1,6 @@
 """The ``synthetic`` reader: generate raw Amazon-format files, then read them like real ones.
 
-The card's ``reader_params`` (see :class:`ctrbench.data.synthetic_world.WorldParams`, plus
+The card's ``reader_params`` (see :class:`ctrbench.data.synthetic.WorldParams`, plus
 ``scale`` and ``category_rule``) define a world. Its raw files are generated once into
 ``<cache>/raw/<card name>/<params hash>/`` (a temporary directory renamed when complete) and then
 parsed by the real Amazon reader, so preparing synthetic data exercises the same code as
@@ -19,7 +19,7 @@ from ctrbench.cards import DatasetCard
 from ctrbench.data.canonical import CanonicalTables, ReadReport
 from ctrbench.data.sources import READERS
 from ctrbench.data.sources.amazon import read_amazon
-from ctrbench.data.synthetic_world import (
+from ctrbench.data.synthetic import (
     META_FILE,
     PARAMS_FILE,
     REVIEWS_FILE,

@@ -1,0 +1,297 @@
+"""Regenerate the README's measured tables from data; ``--check`` fails when they are stale.
+
+Each generated table sits between two marker comments that name its source::
+
+    <!-- BEGIN generated:bench:peer_throughput -->
+    ... (everything here is replaced) ...
+    <!-- END generated:bench:peer_throughput -->
+
+Names:
+  bench:SCRIPT      the newest ``benchmarks/results/<machine>/<commit>-SCRIPT.json``
+                    (``--machine`` picks a machine; default the newest of any). peer_throughput,
+                    prepare_scale and augru_speed have their own layouts; any other script is
+                    rendered as a plain table of its rows.
+  results:DATASET   the test leaderboard of DATASET from the run records under ``--results``
+                    (AUC and logloss mean ± std over seeds, s/epoch, time vs DIN, epochs; the
+                    oracle's AUC first on synthetic data), computed by ctrbench's report code.
+
+Usage:
+  python benchmarks/render_readme.py                 # rewrite README.md in place
+  python benchmarks/render_readme.py --check         # exit 1 if any table is stale
+  python benchmarks/render_readme.py --check --names 'bench:*'   # CI: run records not at hand
+  python benchmarks/render_readme.py --readme docs/x.md --results results --machine box1
+
+Exit status: 0 written or up to date; 1 stale (``--check``); 2 bad markers, an unknown name or
+missing data (the message names it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import fnmatch
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/
+from bench_results import DEFAULT_DIR, BenchResultError, latest
+
+ROOT = Path(__file__).resolve().parent.parent
+MARKER = re.compile(r"<!-- (BEGIN|END) generated:([A-Za-z0-9_.:-]+) -->")
+DASH = "–"
+
+
+class RenderError(Exception):
+    """A user-facing problem: exit status 2 with this message."""
+
+
+# --------------------------------------------------------------------------- markdown helpers
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def rate(x: float | None) -> str:
+    """Samples per second as the README writes them: 17.6k, 950."""
+    if x is None:
+        return DASH
+    return f"{x / 1000:.1f}k" if x >= 1000 else f"{x:.0f}"
+
+
+def cell(value: object) -> str:
+    if value is None:
+        return DASH
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value).replace("|", "\\|")
+
+
+def provenance(doc: dict) -> str:
+    dirty = ", uncommitted changes" if doc["dirty"] else ""
+    where = Path(doc["path"])
+    return (f"_Rendered by `benchmarks/render_readme.py` from `{where.parent.name}/{where.name}` "
+            f"(machine {doc['machine']}, commit {doc['commit'][:12]}{dirty}, {doc['date']})._")
+
+
+# --------------------------------------------------------------------------- benchmark layouts
+def peer_throughput(doc: dict) -> str:
+    rows = [[r["library"], r["model"], rate(r["fit_samples_per_s"]),
+             rate(r["step_samples_per_s"]), cell(r.get("torch_threads")), cell(r["params"])]
+            for r in doc["rows"]]
+    return table(["library", "model", "fit samples/s", "step samples/s", "torch threads",
+                  "params"], rows)
+
+
+def prepare_scale(doc: dict) -> str:
+    def secs(r: dict, key: str) -> str:
+        return DASH if r.get(key) is None else f"{r[key]:.1f} s"
+
+    rows = []
+    for r in doc["rows"]:
+        parts = ", ".join(f"{k} {r[f'{k}_seconds']:.0f}" for k in ("read", "build", "write")
+                          if r.get(f"{k}_seconds") is not None)
+        rows.append([r["scale"], secs(r, "generate_seconds"),
+                     f"{secs(r, 'prepare_seconds')} ({parts})" if parts
+                     else secs(r, "prepare_seconds"),
+                     f"{max(r['generate_peak_mb'], r['prepare_peak_mb']) / 1024:.1f} GB",
+                     " / ".join(cell(r.get(f"{s}_rows")) for s in ("train", "valid", "test")),
+                     cell(r.get("target_met"))])
+    return table(["scale", "generate", "prepare (read + build + write)", "peak RSS",
+                  "rows train / valid / test", "target met"], rows)
+
+
+def augru_speed(doc: dict) -> str:
+    rows = [[r["variant"], f"{r['ms']:.2f}", f"{r['speedup_vs_naive']:.1f}×"]
+            for r in doc["rows"]]
+    return table(["variant", "ms per forward + backward", "× naive"], rows)
+
+
+def generic(doc: dict) -> str:
+    """Any script's rows: text columns first, then the rest, each in name order."""
+    keys: dict[str, bool] = {}
+    for r in doc["rows"]:
+        for k, v in r.items():
+            keys[k] = keys.get(k, True) and (v is None or isinstance(v, str))
+    headers = sorted(keys, key=lambda k: (not keys[k], k))
+    return table(headers, [[cell(r.get(k)) for k in headers] for r in doc["rows"]])
+
+
+LAYOUTS: dict[str, Callable[[dict], str]] = {
+    "peer_throughput": peer_throughput, "prepare_scale": prepare_scale,
+    "augru_speed": augru_speed,
+}
+
+
+def render_bench(script: str, args: argparse.Namespace) -> str:
+    try:
+        doc = latest(script, args.bench_results, args.machine)
+    except BenchResultError as exc:
+        raise RenderError(str(exc)) from None
+    if doc is None:
+        where = f"{args.bench_results}/{args.machine or '*'}/*-{script}.json"
+        raise RenderError(f"no benchmark result for bench:{script} ({where})")
+    if not doc["rows"]:
+        raise RenderError(f"{doc['path']}: no rows")
+    try:
+        body = LAYOUTS.get(script, generic)(doc)
+    except (KeyError, TypeError) as exc:
+        raise RenderError(f"{doc['path']}: rows lack {exc} for the {script} layout") from None
+    return f"{body}\n\n{provenance(doc)}"
+
+
+# --------------------------------------------------------------------------- run records
+def render_results(dataset: str, args: argparse.Namespace) -> str:
+    """The compact test leaderboard of one dataset, through ctrbench's report code."""
+    import pandas as pd
+
+    from ctrbench.analysis import stats
+    from ctrbench.errors import CtrbenchError
+    from ctrbench.report.data import CardBook, load_results
+    from ctrbench.report.tables import leaderboard, timing_table
+
+    try:
+        rs = load_results(Path(args.results), [dataset])
+    except CtrbenchError as exc:
+        raise RenderError(f"results:{dataset}: {exc}") from None
+    board, _ = leaderboard(rs, CardBook(), n_boot=0)
+    board = board[(board["dataset"] == dataset) & (board["status"] == "ok")]
+    timing = timing_table(rs).set_index(["dataset", "model"])
+    if board.empty:
+        raise RenderError(f"results:{dataset}: no model with finished runs")
+
+    def pm(mean: float, std: float) -> str:
+        if pd.isna(mean):
+            return DASH
+        return f"{mean:.4f}" if pd.isna(std) else f"{mean:.4f} ± {std:.4f}"
+
+    def num(x: float, fmt: str) -> str:
+        return DASH if pd.isna(x) else format(x, fmt)
+
+    rows = []
+    first = rs.finished[rs.finished["dataset"] == dataset]
+    scores = rs.scores(str(first.iloc[0]["path"])) if len(first) else None
+    if scores is not None and "oracle" in scores:
+        oracle = stats.auc_score(scores["oracle"], scores["labels"])
+        rows.append(["oracle (the generator's exact p)", f"{oracle:.4f}", DASH, DASH, DASH, DASH])
+    for r in board.itertuples(index=False):
+        t = timing.loc[(dataset, r.model)]
+        rows.append([r.model, pm(r.auc_mean, r.auc_std), pm(r.logloss_mean, r.logloss_std),
+                     num(t["train_s_per_epoch"], ".1f"),
+                     DASH if pd.isna(t["time_vs_din"]) else f"{t['time_vs_din']:.2f}×",
+                     f"{num(t['best_epoch_mean'], '.1f')} / {num(t['epochs_run_mean'], '.1f')}"])
+    body = table(["model", "AUC", "logloss", "s/epoch", "vs DIN time", "best / run epochs"], rows)
+    seeds = sorted(set(board["n_seeds"]))
+    return (f"{body}\n\n_Rendered by `benchmarks/render_readme.py` from the run records under "
+            f"`{label(args.results)}/runs/{dataset}` ({'/'.join(map(str, seeds))} seeds per "
+            f"model; mean ± std over seeds)._")
+
+
+def label(path: Path) -> str:
+    """``path`` relative to the repository when inside it (stable text across checkouts)."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+# --------------------------------------------------------------------------- the document
+def render_block(name: str, args: argparse.Namespace) -> str:
+    kind, _, arg = name.partition(":")
+    if kind == "bench" and arg:
+        return render_bench(arg, args)
+    if kind == "results" and arg:
+        return render_results(arg, args)
+    raise RenderError(f"unknown generated block {name!r}: use bench:SCRIPT or results:DATASET")
+
+
+def blocks(text: str) -> list[tuple[str, int, int]]:
+    """(name, start of the body, end of the body) of every marker pair, in order."""
+    out, open_name, open_end = [], None, 0
+    for m in MARKER.finditer(text):
+        kind, name = m.groups()
+        line = text.count("\n", 0, m.start()) + 1
+        if kind == "BEGIN":
+            if open_name is not None:
+                raise RenderError(f"line {line}: BEGIN generated:{name} inside {open_name}")
+            open_name, open_end = name, m.end()
+        else:
+            if open_name != name:
+                raise RenderError(f"line {line}: END generated:{name} without its BEGIN")
+            out.append((name, open_end, m.start()))
+            open_name = None
+    if open_name is not None:
+        raise RenderError(f"BEGIN generated:{open_name} has no END")
+    return out
+
+
+def render(text: str, args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The document with every block regenerated, and the names of the blocks that changed."""
+    pieces, changed, last = [], [], 0
+    for name, start, end in blocks(text):
+        if not any(fnmatch.fnmatchcase(name, p) for p in args.names):
+            continue
+        body = f"\n{render_block(name, args)}\n"
+        if text[start:end] != body:
+            changed.append(name)
+        pieces += [text[last:start], body]
+        last = end
+    pieces.append(text[last:])
+    return "".join(pieces), changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--bench-results", type=Path, default=DEFAULT_DIR,
+                        help="benchmark JSON root (default: benchmarks/results)")
+    parser.add_argument("--results", type=Path, default=ROOT / "results",
+                        help="results root with runs/ (default: ./results of the repository)")
+    parser.add_argument("--machine", default=None, help="only results of this machine")
+    parser.add_argument("--names", action="append", default=None, metavar="PATTERN",
+                        help="only blocks whose name matches (glob; repeatable), e.g. 'bench:*' "
+                             "where no run records are at hand")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if a generated table is stale")
+    args = parser.parse_args(argv)
+    args.names = args.names or ["*"]
+    try:
+        text = args.readme.read_text()
+        new, changed = render(text, args)
+    except OSError as exc:
+        print(f"error: cannot read {args.readme}: {exc}", file=sys.stderr)
+        return 2
+    except RenderError as exc:
+        print(f"error: {args.readme}: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        if not changed:
+            print(f"{args.readme}: generated tables up to date")
+            return 0
+        print(f"{args.readme}: stale generated tables: {', '.join(changed)} (run "
+              f"python benchmarks/render_readme.py)", file=sys.stderr)
+        sys.stderr.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True),
+                                                   str(args.readme), "regenerated"))
+        return 1
+    if changed:
+        fd, tmp = tempfile.mkstemp(dir=args.readme.parent, prefix=f".{args.readme.name}.")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(new)
+        shutil.copymode(args.readme, tmp)
+        os.replace(tmp, args.readme)
+    print(f"{args.readme}: {len(changed)} generated table(s) rewritten"
+          + (f" ({', '.join(changed)})" if changed else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Benchmark figures as data (benchmarks/bench_results.py) and the README renderer
+(benchmarks/render_readme.py), on a temporary copy of the README (never the real one)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_results as br  # noqa: E402
+import render_readme  # noqa: E402
+
+RECORDS = ROOT / "tests" / "fixtures" / "records"
+PEER_ROWS = [{"library": "DeepCTR-Torch", "model": "din", "fit_samples_per_s": 3812.4,
+              "step_samples_per_s": 4101.0, "torch_threads": 2, "params": 4186058},
+             {"library": "FuxiCTR", "model": "din", "fit_samples_per_s": 4890.2,
+              "step_samples_per_s": 950.0, "torch_threads": 2, "params": 4185258}]
+BLOCKS = """
+<!-- BEGIN generated:bench:peer_throughput -->
+(hand-copied table)
+<!-- END generated:bench:peer_throughput -->
+
+<!-- BEGIN generated:results:books -->
+<!-- END generated:results:books -->
+"""
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tmp_path):
+    monkeypatch.setenv("CTRBENCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CTRBENCH_CARDS", str(RECORDS / "cards"))
+    monkeypatch.delenv("CTRBENCH_MACHINE", raising=False)
+
+
+def save_peer(results: Path, rows=PEER_ROWS, commit: str = "a" * 40,
+              date: str = "2026-11-30T10:00:00Z") -> Path:
+    return br.save("peer_throughput", {"rounds": 2, "models": "din"}, rows, results_dir=results,
+                   machine="box-1", commit=commit, dirty=False, date=date)
+
+
+def readme_copy(tmp_path: Path) -> Path:
+    """The real README with the blocks added after its first section (a temporary copy)."""
+    text = (ROOT / "README.md").read_text()
+    cut = text.index("\n## ")
+    path = tmp_path / "README.md"
+    path.write_text(text[:cut] + "\n" + BLOCKS + text[cut:])
+    return path
+
+
+def render(readme: Path, results: Path, *extra: str) -> int:
+    return render_readme.main(["--readme", str(readme), "--bench-results", str(results),
+                               "--results", str(RECORDS), *extra])
+
+
+# --------------------------------------------------------------------------- bench_results
+def test_save_writes_the_documented_schema(tmp_path):
+    args = argparse.Namespace(rounds=2, work=tmp_path / "w", results_dir=tmp_path,
+                              machine="box-1", no_save=False)
+    rows = [{"variant": "fast", "ms": np.float64(1.25), "n": np.int64(3), "ok": True}]
+    path = br.save("augru_speed", args, rows, results_dir=tmp_path, machine="box-1",
+                   commit="0123456789abcdef" * 2 + "01234567", dirty=True,
+                   date="2026-11-30T10:00:00Z")
+    assert path == tmp_path / "box-1" / "0123456789ab-augru_speed.json"
+    doc = json.loads(path.read_text())
+    assert set(doc) == set(br.KEYS)
+    assert doc["args"] == {"rounds": 2, "work": str(tmp_path / "w")}  # save options dropped
+    assert doc["rows"] == [{"variant": "fast", "ms": 1.25, "n": 3, "ok": True}]
+    assert (doc["machine"], doc["dirty"], doc["schema_version"]) == ("box-1", True, 1)
+    assert br.load(path)["rows"] == doc["rows"]
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_save_records_the_git_commit_of_this_checkout(tmp_path):
+    path = br.save("augru_speed", None, [{"ms": 1.0}], results_dir=tmp_path, machine="m")
+    commit, dirty = br.git_state()
+    doc = br.load(path)
+    assert doc["commit"] == commit and doc["dirty"] == dirty
+    assert commit == "unknown" or len(commit) == 40
+
+
+@pytest.mark.parametrize(("rows", "machine", "message"), [
+    ([{"ms": float("nan")}], "m", "not a finite number"),
+    ([{"ms": [1, 2]}], "m", "is not a str/int/float/bool/None"),
+    ([{"ms": 1.0}], "../up", "machine name"),
+])
+def test_save_refuses_bad_input_with_a_clear_message(tmp_path, rows, machine, message):
+    with pytest.raises(br.BenchResultError, match=message):
+        br.save("augru_speed", None, rows, results_dir=tmp_path, machine=machine, commit="c")
+
+
+def test_load_refuses_other_schemas_and_broken_files(tmp_path):
+    path = save_peer(tmp_path)
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps({**doc, "schema_version": 99}))
+    with pytest.raises(br.BenchResultError, match="schema_version 99"):
+        br.load(path)
+    path.write_text("{not json")
+    with pytest.raises(br.BenchResultError, match="cannot read benchmark result"):
+        br.load(path)
+
+
+def test_latest_is_the_newest_by_date(tmp_path):
+    save_peer(tmp_path, commit="b" * 40, date="2026-11-30T12:00:00Z")
+    save_peer(tmp_path, commit="a" * 40, date="2026-11-30T10:00:00Z")
+    assert br.latest("peer_throughput", tmp_path)["commit"] == "b" * 40
+    assert br.latest("peer_throughput", tmp_path, machine="other") is None
+    assert br.latest("prepare_scale", tmp_path) is None
+
+
+def test_command_line_saves_rows_for_shell_scripts(tmp_path, capsys):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"model": "din", "samples_per_s": 1234.5}\n{"model": "dien", '
+                    '"samples_per_s": 456.0}\n')
+    out = ["--results-dir", str(tmp_path / "bench"), "--machine", "h200"]
+    assert br.main(["--script", "gpu", "--rows", str(rows), "--args", '{"batch_size": 1024}',
+                    *out]) == 0
+    doc = br.latest("gpu", tmp_path / "bench")
+    assert doc["args"] == {"batch_size": 1024} and [r["model"] for r in doc["rows"]] == [
+        "din", "dien"]
+    assert capsys.readouterr().out.strip() == doc["path"]
+    rows.write_text("[1, 2]")
+    assert br.main(["--script", "gpu", "--rows", str(rows), *out]) == 2
+    assert "every row a JSON object" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- render_readme
+def test_render_fills_the_blocks_and_leaves_the_rest(tmp_path, capsys):
+    readme = readme_copy(tmp_path)
+    before = readme.read_text()
+    save_peer(tmp_path / "bench")
+    assert render(readme, tmp_path / "bench") == 0
+    text = readme.read_text()
+    assert "(hand-copied table)" not in text
+    assert "| DeepCTR-Torch | din | 3.8k | 4.1k | 2 | 4,186,058 |" in text
+    assert "| FuxiCTR | din | 4.9k | 950 | 2 | 4,185,258 |" in text
+    assert "box-1/aaaaaaaaaaaa-peer_throughput.json" in text
+    # the leaderboard of the fixture records, through the report code: best model first
+    block = text[text.index("generated:results:books -->"):]
+    assert block.index("| mian |") < block.index("| din |") < block.index("| lr |")
+    assert "| din | 0.7134 ± 0.0031 | 0.6254 ± 0.0022 | 41.1 | 1.00× |" in block
+    # everything outside the blocks is unchanged
+    outside = render_readme.MARKER.split(text)[0]
+    assert before.startswith(outside)
+    assert text.endswith(before[before.index("<!-- END generated:results:books -->"):])
+    capsys.readouterr()
+    assert render(readme, tmp_path / "bench", "--check") == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_check_fails_on_stale_tables_and_writes_nothing(tmp_path, capsys):
+    readme = readme_copy(tmp_path)
+    save_peer(tmp_path / "bench")
+    assert render(readme, tmp_path / "bench") == 0
+    rendered = readme.read_text()
+    newer = [{**PEER_ROWS[0], "fit_samples_per_s": 9000.0}, PEER_ROWS[1]]
+    save_peer(tmp_path / "bench", newer, commit="b" * 40, date="2026-12-01T10:00:00Z")
+    capsys.readouterr()
+    assert render(readme, tmp_path / "bench", "--check") == 1
+    err = capsys.readouterr().err
+    assert "stale generated tables: bench:peer_throughput" in err
+    assert "+| DeepCTR-Torch | din | 9.0k |" in err
+    assert readme.read_text() == rendered
+    assert render(readme, tmp_path / "bench") == 0  # regenerating makes it current again
+    assert render(readme, tmp_path / "bench", "--check") == 0
+
+
+def test_names_select_blocks(tmp_path, capsys):
+    readme = readme_copy(tmp_path)
+    save_peer(tmp_path / "bench")
+    args = ["--names", "bench:*"]
+    assert render_readme.main(["--readme", str(readme), "--bench-results",
+                               str(tmp_path / "bench"), "--results", str(tmp_path / "none"),
+                               *args]) == 0
+    text = readme.read_text()
+    assert "| FuxiCTR | din |" in text
+    assert "<!-- BEGIN generated:results:books -->\n<!-- END" in text  # left alone
+
+
+@pytest.mark.parametrize(("blocks", "message"), [
+    ("<!-- BEGIN generated:bench:nothing_here -->\n<!-- END generated:bench:nothing_here -->",
+     "no benchmark result for bench:nothing_here"),
+    ("<!-- BEGIN generated:tables:x -->\n<!-- END generated:tables:x -->",
+     "unknown generated block 'tables:x'"),
+    ("<!-- BEGIN generated:bench:a -->\n", "BEGIN generated:bench:a has no END"),
+    ("<!-- END generated:bench:a -->\n", "END generated:bench:a without its BEGIN"),
+    ("<!-- BEGIN generated:results:movies -->\n<!-- END generated:results:movies -->",
+     "no run records for dataset"),
+])
+def test_bad_markers_or_missing_data_exit_2_with_a_message(tmp_path, capsys, blocks, message):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{blocks}")
+    save_peer(tmp_path / "bench")
+    assert render(readme, tmp_path / "bench") == 2
+    assert message in capsys.readouterr().err
+    assert readme.read_text() == f"# x\n{blocks}"
+
+
+def test_generic_layout_for_other_scripts(tmp_path):
+    br.save("train_throughput", {}, [{"model": "din", "optimizer": "adam", "samples_per_s": 1e4,
+                                      "batch_size": 128}],
+            results_dir=tmp_path / "bench", machine="m", commit="c" * 40, dirty=False)
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- BEGIN generated:bench:train_throughput -->\n"
+                      "<!-- END generated:bench:train_throughput -->\n")
+    assert render(readme, tmp_path / "bench") == 0
+    assert ("| model | optimizer | batch_size | samples_per_s |\n|---|---|---|---|\n"
+            "| din | adam | 128 | 10,000 |") in readme.read_text()
+
+
+def test_the_committed_readme_benchmark_tables_are_current(capsys):
+    """The CI gate: README tables rendered from committed benchmarks/results/ are not stale
+    (results:* blocks need run records, which are not committed, so they are not checked)."""
+    code = render_readme.main(["--check", "--names", "bench:*"])
+    assert code == 0, capsys.readouterr().err
