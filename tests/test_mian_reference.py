@@ -102,11 +102,13 @@ def ibim(module: BehaviorInteraction, item: list[float], states: list[list[float
     """Eqs. 6-9 for one sample (states oldest first); W_t, b_t by recency (t = 0: latest)."""
     n = len(states)
     if n == 0:
-        return [0.0] * (2 * len(item)), []
+        return [0.0] * module.out_width, []
     scores = []
     pairs = []
     for s, h in enumerate(states):
         pair = item + h  # eq. 6: V_t = Concat(e_i, h_t)
+        if module.product:  # not in the paper: V_t = [e_i; h_t; e_i * h_t]
+            pair = pair + [a * b for a, b in zip(item, h)]
         t = n - 1 - s
         w = module.weight[t] if module.per_step else module.weight
         b = module.bias[t] if module.per_step else module.bias
@@ -170,11 +172,12 @@ def test_pre_ln_block_matches_eqs_3_to_5():
         torch.testing.assert_close(out[row, :n], expected, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("score,bilinear", [("per_step", False), ("shared", False),
-                                            ("per_step", True)])
-def test_ibim_matches_eqs_6_to_9(score, bilinear):
+@pytest.mark.parametrize("score,bilinear,product", [
+    ("per_step", False, False), ("shared", False, False), ("per_step", True, False),
+    ("per_step", False, True)])
+def test_ibim_matches_eqs_6_to_9(score, bilinear, product):
     torch.manual_seed(2)
-    module = BehaviorInteraction(6, T, score, bilinear)
+    module = BehaviorInteraction(6, T, score, bilinear, product)
     with torch.no_grad():
         for p in module.parameters():
             p.copy_(torch.randn_like(p))
@@ -281,7 +284,14 @@ def test_mian_cards_use_eq_8_per_step_and_reject_unknown_scores():
     assert load_model_card("mian").params["ibim_score"] == "per_step"
     assert mian().ibim.weight.shape == (T, 64)
     assert mian(ibim_score="shared").ibim.weight.shape == (64,)
-    bilinear = load_model_card("mian_bilinear")
-    assert bilinear.params["ibim_bilinear"] is True and "variants" in bilinear.groups
+    variant = load_model_card("mian_product")  # the one non-paper variant card
+    assert variant.params["ibim_product"] is True and "variants" in variant.groups
+    assert {k: v for k, v in variant.params.items() if k != "ibim_product"} == {
+        k: v for k, v in load_model_card("mian").params.items() if k != "ibim_product"}
     with pytest.raises(CardError, match="ibim_score"):
         mian(ibim_score="position")
+    product = mian(ibim_product=True)
+    assert product.ibim.weight.shape == (T, 96) and product.gim.projections[4].in_features == 96
+    batch = random_history_batch(seed=7)
+    with torch.no_grad():
+        assert torch.isfinite(product(batch)).all()

@@ -31,10 +31,13 @@ oldest, ``W_0`` would be the oldest of the last ``max_len`` behaviours kept, a p
 truncation makes arbitrary. The transformer has no position encoding (as published); per-step
 ``W_t`` is MIAN's only position information.
 
-``ibim_bilinear`` (NOT in the paper; the ``mian_bilinear`` card): adds a bilinear
-candidate-behaviour term ``e_i^T M h_t`` to eq. 8's score, so that the attention can rank the
-steps by their match with the candidate (a multiplicative cross, like DIN's ``q * k``) instead
-of by additive terms only.
+Not in the paper, each one flag: ``ibim_bilinear`` adds a bilinear candidate-behaviour term
+``e_i^T M h_t`` to eq. 8's score only (the attention can rank steps by their match with the
+candidate; no card: it did not help in the probe of docs/fidelity.md); ``ibim_product`` (the
+``mian_product`` card) extends eq. 6 to
+``V_t = [e_i; h_t; e_i * h_t]`` (B, T, 3I), so that eq. 8's score contains a diagonal bilinear
+term ``w . (e_i * h_t)`` AND ``R_ibim = sum_t a_t V_t`` carries the candidate-behaviour products
+to GIM and the head, as DIN's ``[q, k, q - k, q * k]`` does.
 """
 
 from __future__ import annotations
@@ -83,16 +86,21 @@ class BehaviorInteraction(nn.Module):
     """IBIM's attention (eqs. 6-9): ``e_i [B, I]``, ``h [B, T, I]``, ``mask [B, T]``,
     ``recency [B, T]`` (:func:`recency_index`) -> ``R [B, 2I]``, ``a [B, T]`` (exactly 0 on
     padding; all 0 for an empty history). ``score``: "per_step" (``W_t, b_t`` for
-    ``t = 0 .. max_len - 1`` by recency) or "shared"; ``bilinear`` adds ``e_i^T M h_t``."""
+    ``t = 0 .. max_len - 1`` by recency) or "shared"; ``bilinear`` adds ``e_i^T M h_t`` to
+    the score; ``product`` makes ``V_t = [e_i; h_t; e_i * h_t]`` (``R [B, 3I]``)."""
 
     def __init__(self, item_width: int, max_len: int, score: str = "per_step",
-                 bilinear: bool = False, init_std: float = INIT_STD) -> None:
+                 bilinear: bool = False, product: bool = False,
+                 init_std: float = INIT_STD) -> None:
         super().__init__()
         if score not in IBIM_SCORES:
             raise CardError(f"model parameter ibim_score must be one of {IBIM_SCORES}, "
                             f"got {score!r}")
         self.per_step = score == "per_step"
-        shape = (max_len, 2 * item_width) if self.per_step else (2 * item_width,)
+        self.product = product
+        #: width of V_t and R_ibim: 2I, or 3I with the product
+        self.out_width = (3 if product else 2) * item_width
+        shape = (max_len, self.out_width) if self.per_step else (self.out_width,)
         self.weight = nn.Parameter(init_truncated_normal(torch.empty(shape), init_std))
         self.bias = nn.Parameter(torch.zeros(shape[:-1]))
         self.bilinear = nn.Parameter(init_truncated_normal(
@@ -100,8 +108,10 @@ class BehaviorInteraction(nn.Module):
 
     def scores(self, item: torch.Tensor, states: torch.Tensor,
                recency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 8 before the softmax: ``gamma [B, T]`` and ``V [B, T, 2I]``."""
-        pairs = torch.cat([item.unsqueeze(1).expand(-1, states.shape[1], -1), states], -1)
+        """Eq. 8 before the softmax: ``gamma [B, T]`` and ``V [B, T, 2I or 3I]``."""
+        items = item.unsqueeze(1).expand(-1, states.shape[1], -1)  # (B, T, I)
+        pairs = torch.cat([items, states, items * states] if self.product else [items, states],
+                          -1)  # (B, T, 2I or 3I)
         if self.per_step:
             logits = (pairs * self.weight[recency]).sum(-1) + self.bias[recency]  # (B, T)
         else:
@@ -165,7 +175,8 @@ class MIAN(CTRModel):
     def __init__(self, schema: Schema, *, embedding_dim: int = 16, use_ibim: bool = True,
                  use_iuim: bool = True, use_icim: bool = True, use_gim: bool = True,
                  transformer: str = "pre_ln", ibim_score: str = "per_step",
-                 ibim_bilinear: bool = False, heads: int = 8, ffn_mult: int = 4,
+                 ibim_bilinear: bool = False, ibim_product: bool = False, heads: int = 8,
+                 ffn_mult: int = 4,
                  transformer_dropout: float = 0.2, gim_dim: int = 64,
                  hidden_units: Sequence[int] = (32, 8), activation: str = "relu",
                  dropout: float = 0.2, init_std: float = INIT_STD, sparse: bool = False) -> None:
@@ -209,7 +220,9 @@ class MIAN(CTRModel):
                     checked_dropout(transformer_dropout), pre_ln=transformer == "pre_ln")
             self.ibim = BehaviorInteraction(item_width, schema.max_len, ibim_score,
                                             checked_flag("ibim_bilinear", ibim_bilinear),
+                                            checked_flag("ibim_product", ibim_product),
                                             init_std)
+            widths["ibim"] = self.ibim.out_width
         self.iuim = FieldInteraction(len(schema.user), item_width, dim, init_std) \
             if use_iuim else None
         self.icim = FieldInteraction(len(schema.context), item_width, dim, init_std) \
