@@ -39,7 +39,7 @@ def test_paper_rule_sets_every_dense_weight_to_truncated_normal_002_and_zero_bia
     flat = torch.cat([w.detach().flatten() for w in weights])
     assert float(flat.abs().max()) <= 0.04 + 1e-7  # truncated at 2 std
     assert 0.015 < float(flat.std()) < 0.02  # TN(0, 0.02) cut at 2 std has std ~0.0176
-    assert all(float(b.abs().max()) == 0.0 for b in biases)
+    assert all(float(b.detach().abs().max()) == 0.0 for b in biases)
     assert torch.equal(model.transformer.norm1.weight.detach(), torch.ones(32))  # LN untouched
 
 
