@@ -130,6 +130,8 @@ def parse_set_option(items: Sequence[str]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- model cards
+L2_TARGETS = ("batch_embeddings", "din_frequency", "all", "none")
+INIT_RULES = ("torch_default_dense", "paper", "xavier")  # == ctrbench.models.init.INIT_RULES
 @dataclass(frozen=True)
 class TrainConfig:
     """How a model is trained. The paper's settings are the defaults (MIAN §4.1.4)."""
@@ -142,17 +144,23 @@ class TrainConfig:
     epochs: int = 10
     patience: int = 2  # epochs without a better validation AUC before stopping
     l2: float = 1e-3
-    # "batch_embeddings": L2 on the embedding rows a batch touches (DIN's mini-batch-aware
-    # regularisation); "all": weight decay on every parameter; "none".
+    # "batch_embeddings": L2 on the embedding rows a batch touches; "din_frequency": the same,
+    # each row scaled by 1/n_j (DIN's mini-batch-aware regulariser, n_j = the id's training
+    # frequency); "all": weight decay on every parameter; "none". See ctrbench.engine.optim.
     l2_target: str = "batch_embeddings"
     grad_clip: float = 0.0  # 0 = off
+    # initialisation rule of the dense layers (ctrbench.models.init.INIT_RULES)
+    init: str = "torch_default_dense"
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "lazy_adam"):
             raise CardError(
                 f"train.optimizer must be 'adam' or 'lazy_adam', not {self.optimizer!r}")
-        if self.l2_target not in ("batch_embeddings", "all", "none"):
-            raise CardError("train.l2_target must be 'batch_embeddings', 'all' or 'none'")
+        if self.l2_target not in L2_TARGETS:
+            raise CardError(f"train.l2_target must be one of {L2_TARGETS}, "
+                            f"not {self.l2_target!r}")
+        if self.init not in INIT_RULES:
+            raise CardError(f"train.init must be one of {INIT_RULES}, not {self.init!r}")
         if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0:
             raise CardError("train.batch_size and train.epochs must be >= 1 and train.lr > 0")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))

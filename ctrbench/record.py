@@ -5,8 +5,13 @@
 them, and for models with ``explain()`` its outputs on a seeded sample of test rows
 (``explain__<name>``, row indices in ``explain_rows``; part names in
 ``record.extra["explain_parts"]``). A failed run has no ``.npz``. A record whose ``status``
-is not ``"finished"`` never enters a mean. Records of an older ``schema_version`` that this code
+is not ``"finished"`` never enters a mean. Records of a ``schema_version`` that this code
 cannot read are refused with a clear message.
+
+Version 2 adds ``init`` (the initialisation rule of the dense layers, ``train.init``) and
+``health`` (:mod:`ctrbench.engine.health`: dead ReLU fractions at init and at the best epoch,
+``degenerate`` and ``not_converged`` flags). Version 1 records still load: every version-1 run
+used ``torch_default_dense`` and has no health figures (``{}``).
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import numpy as np
 
 from ctrbench.errors import CtrbenchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+V1_INIT = "torch_default_dense"  # the only rule before version 2
 STATUSES = ("finished", "failed", "running")
 
 
@@ -66,6 +73,8 @@ class RunRecord:
     started_at: str = ""
     finished_at: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    init: str = ""  # initialisation rule of the dense layers (ctrbench.models.init)
+    health: dict[str, Any] = field(default_factory=dict)  # ctrbench.engine.health
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,13 +83,15 @@ class RunRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "") -> RunRecord:
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise CtrbenchError(
                 f"run record {source or data.get('run_id')} has schema_version {version}; "
-                f"this ctrbench reads version {SCHEMA_VERSION}",
+                f"this ctrbench reads versions {READABLE_VERSIONS}",
                 hint="re-run it with --force, or read it with the ctrbench that wrote it",
             )
         data = dict(data)
+        if version == 1:
+            data.setdefault("init", V1_INIT)
         data["epochs"] = [EpochRow(**row) for row in data.get("epochs", [])]
         return cls(**data)
 

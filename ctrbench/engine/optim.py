@@ -10,15 +10,20 @@
 
 L2 (``TrainConfig.l2_target``):
 
-- ``batch_embeddings``: DIN's mini-batch-aware regularisation, simplified: each step adds
-  ``l2 * sum ||w_r||^2`` over the UNIQUE rows ``r`` of every embedding table that the batch
-  looked up (padding rows excluded) to the mean BCE of the batch: as its gradient ``2 l2 w_r``
-  (a fused bank table under adam: :class:`FusedRowL2`, a hook on the table's one sparse
-  gradient per step; lazy_adam's sparse tables: inside RowWiseAdam), or as a loss term for a
-  plain dense ``nn.Embedding`` (:class:`TouchedRows`). It is
-  not divided by the batch size nor weighted by feature frequency (DIN's ``1/n_j``): a row seen
-  in many batches is decayed in each of them, so frequent ids are regularised more, as in DIN.
-  Dense layers are not regularised.
+- ``batch_embeddings``: touched-row L2: each step adds ``l2 * sum ||w_r||^2`` over the UNIQUE
+  rows ``r`` of every embedding table that the batch looked up (padding rows excluded) to the
+  mean BCE of the batch: as its gradient ``2 l2 w_r`` (a fused bank table under adam:
+  :class:`FusedRowL2`, a hook on the table's one sparse gradient per step; lazy_adam's sparse
+  tables: inside RowWiseAdam), or as a loss term for a plain dense ``nn.Embedding``
+  (:class:`TouchedRows`). It is not divided by the batch size nor weighted by feature
+  frequency: a row seen in many batches is decayed in each of them, so over an epoch frequent
+  ids are regularised MORE than rare ones. This is NOT DIN's weighting (below), which
+  divides by the frequency precisely so that they are not. Dense layers are not regularised.
+- ``din_frequency``: DIN's mini-batch-aware regulariser (Zhou et al. 2018, eq. 4): the same
+  touched-row L2 with each row ``j`` scaled by ``1 / n_j``, ``n_j`` = how often id ``j``
+  occurs in the training split (every field and history step that uses its vocabulary;
+  :func:`row_frequencies`), so that over an epoch every row is decayed about equally, whatever
+  its frequency. Gradient per touched row: ``2 l2 w_j / n_j``.
 - ``all``: coupled weight decay ``l2`` (Adam's ``weight_decay``) on every dense parameter; under
   ``lazy_adam`` the sparse tables get the touched-row L2 above instead (a lazy optimiser
   cannot decay rows it does not touch).
@@ -35,7 +40,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctrbench.cards import TrainConfig
-from ctrbench.models.layers import FusedEmbedding
+from ctrbench.models.layers import EmbeddingBank, FusedEmbedding
+from ctrbench.schema import Schema
+
+#: ``id(table weight) -> [rows]`` per-row L2 scale (``1 / n_j``) for ``din_frequency``
+RowScales = dict[int, torch.Tensor]
+ROW_L2_TARGETS = ("batch_embeddings", "din_frequency")
 
 MASK_FACTOR = 32  # find touched rows with a boolean mask when rows <= this x lookups
 
@@ -48,7 +58,8 @@ class TouchedRows:
     ``sparse`` setting so that a sparse table keeps receiving sparse gradients.
     """
 
-    def __init__(self, modules: Iterable[nn.Embedding]) -> None:
+    def __init__(self, modules: Iterable[nn.Embedding], scales: RowScales | None = None) -> None:
+        self.scales = scales or {}
         self.modules: list[nn.Embedding] = []
         seen: set[int] = set()
         for module in modules:
@@ -91,7 +102,9 @@ class TouchedRows:
             if rows.numel() == 0:
                 continue
             weights = F.embedding(rows, module.weight, sparse=module.sparse)  # (R, D)
-            term = weights.float().pow(2).sum()
+            squares = weights.float().pow(2).sum(1)  # (R,)
+            scale = self.scales.get(id(module.weight))
+            term = (squares * scale[rows]).sum() if scale is not None else squares.sum()
             total = term if total is None else total + term
         return total
 
@@ -111,8 +124,10 @@ class FusedRowL2:
     therefore not part of the loss value the trainer sees.
     """
 
-    def __init__(self, modules: Iterable[FusedEmbedding], l2: float) -> None:
+    def __init__(self, modules: Iterable[FusedEmbedding], l2: float,
+                 scales: RowScales | None = None) -> None:
         self.l2 = l2
+        self.scales = scales or {}
         self._handles = []
         seen: set[int] = set()
         for module in modules:
@@ -126,7 +141,11 @@ class FusedRowL2:
                 raise RuntimeError("FusedRowL2 needs the sparse gradient of a fused table")
             grad = grad.coalesce()  # (R unique rows, D)
             rows = grad.indices()[0]
-            values = grad.values().add(weight.detach().index_select(0, rows), alpha=2 * self.l2)
+            decay = weight.detach().index_select(0, rows)  # (R, D)
+            scale = self.scales.get(id(weight))
+            if scale is not None:
+                decay = decay * scale[rows].unsqueeze(1)
+            values = grad.values().add(decay, alpha=2 * self.l2)
             return torch.sparse_coo_tensor(grad.indices(), values, grad.shape,
                                            is_coalesced=True, check_invariants=False)
         return add_l2
@@ -142,13 +161,14 @@ class BatchEmbeddingL2:
     tables through :class:`FusedRowL2` (gradient hook), plain ``nn.Embedding`` modules through
     :class:`TouchedRows` (a loss term, :meth:`penalty`)."""
 
-    def __init__(self, modules: Iterable[nn.Embedding], l2: float) -> None:
+    def __init__(self, modules: Iterable[nn.Embedding], l2: float,
+                 scales: RowScales | None = None) -> None:
         modules = list(modules)
         self.l2 = l2
         fused = [m for m in modules if isinstance(m, FusedEmbedding)]
         plain = [m for m in modules if not isinstance(m, FusedEmbedding)]
-        self.fused = FusedRowL2(fused, l2) if fused else None
-        self.touched = TouchedRows(plain) if plain else None
+        self.fused = FusedRowL2(fused, l2, scales) if fused else None
+        self.touched = TouchedRows(plain, scales) if plain else None
 
     def clear(self) -> None:
         if self.touched is not None:
@@ -174,13 +194,15 @@ class RowWiseAdam(torch.optim.Optimizer):
     The same update as ``torch.optim.SparseAdam`` (moments and parameters change only on the
     rows a batch touched; the step count is global), with fewer passes over the rows; and
     ``l2`` adds the gradient of ``l2 * ||w_r||^2`` (``2 * l2 * w_r``) to each touched row, i.e.
-    the mini-batch-aware L2 of the module docstring without an extra autograd term.
+    the touched-row L2 of the module docstring without an extra autograd term (times
+    ``row_scales[id(p)][row]`` for ``din_frequency``).
     """
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 l2: float = 0.0) -> None:
+                 l2: float = 0.0, row_scales: RowScales | None = None) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "l2": l2})
+        self.row_scales = row_scales or {}
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:
@@ -196,7 +218,9 @@ class RowWiseAdam(torch.optim.Optimizer):
                 values = grad.values()  # (R, D)
                 weights = p.index_select(0, rows)  # (R, D)
                 if group["l2"] > 0:
-                    values = values.add(weights, alpha=2 * group["l2"])
+                    scale = self.row_scales.get(id(p))
+                    decay = weights if scale is None else weights * scale[rows].unsqueeze(1)
+                    values = values.add(decay, alpha=2 * group["l2"])
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
@@ -254,8 +278,33 @@ def sparse_tables(model: nn.Module) -> list[nn.Embedding]:
     return [m for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse]
 
 
-def build_optimizers(model: nn.Module, cfg: TrainConfig) -> Optimizers:
-    """Adam (dense) and, for ``lazy_adam``, SparseAdam over the sparse embedding tables."""
+def row_frequencies(model: nn.Module, schema: Schema,
+                    columns: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """``id(bank weight) -> n [rows]``: how often each row of every :class:`EmbeddingBank` of
+    ``model`` is looked up by the training ``columns`` (field name -> ids ``[N]`` or
+    ``[N, T]``; id 0 = padding, never counted)."""
+    out: dict[int, torch.Tensor] = {}
+    for bank in (m for m in model.modules() if isinstance(m, EmbeddingBank)):
+        counts = torch.zeros(bank.weight.shape[0], dtype=torch.float64,
+                             device=bank.weight.device)
+        for spec in schema.fields:
+            ids = columns[spec.name].reshape(-1).long()
+            ids = ids[ids > 0]
+            rows = bank.global_ids(spec.vocab, ids).to(counts.device)
+            counts += torch.bincount(rows, minlength=counts.shape[0]).to(counts.dtype)
+        out[id(bank.weight)] = counts
+    return out
+
+
+def frequency_scales(frequencies: dict[int, torch.Tensor]) -> RowScales:
+    """``1 / n_j`` per row (rows never seen in training: 1), float32."""
+    return {key: counts.clamp(min=1).reciprocal().float() for key, counts in frequencies.items()}
+
+
+def build_optimizers(model: nn.Module, cfg: TrainConfig,
+                     row_scales: RowScales | None = None) -> Optimizers:
+    """Adam (dense) and, for ``lazy_adam``, RowWiseAdam over the sparse embedding tables
+    (``row_scales``: the ``din_frequency`` weights of their touched-row L2)."""
     sparse_params: list[torch.Tensor] = []
     sparse_ids: set[int] = set()
     if cfg.optimizer == "lazy_adam":
@@ -276,8 +325,9 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig) -> Optimizers:
             adam = torch.optim.Adam(dense, lr=cfg.lr, betas=cfg.betas, weight_decay=weight_decay)
         optimizers.append(adam)
     if sparse_params:
-        row_l2 = cfg.l2 if cfg.l2_target in ("batch_embeddings", "all") else 0.0
-        optimizers.append(RowWiseAdam(sparse_params, lr=cfg.lr, betas=cfg.betas, l2=row_l2))
+        row_l2 = cfg.l2 if cfg.l2_target in (*ROW_L2_TARGETS, "all") else 0.0
+        optimizers.append(RowWiseAdam(sparse_params, lr=cfg.lr, betas=cfg.betas, l2=row_l2,
+                                      row_scales=row_scales))
     dense_ids = {id(p) for p in dense}
     fused_dense = {id(m.weight): m for m in model.modules()
                    if isinstance(m, FusedEmbedding) and id(m.weight) in dense_ids}
@@ -290,7 +340,7 @@ def penalised_tables(model: nn.Module, cfg: TrainConfig) -> list[nn.Embedding]:
     Sparse tables under ``lazy_adam`` get the same L2 inside :class:`RowWiseAdam`; under
     ``all`` dense tables are decayed by Adam's ``weight_decay`` instead.
     """
-    if cfg.l2 <= 0 or cfg.l2_target != "batch_embeddings":
+    if cfg.l2 <= 0 or cfg.l2_target not in ROW_L2_TARGETS:
         return []
     lazy = cfg.optimizer == "lazy_adam"
     return [m for m in model.modules()

@@ -28,14 +28,19 @@ import torch.nn.functional as F
 from ctrbench.analysis.metrics import auc, classification_metrics, logloss
 from ctrbench.cards import ModelCard, TrainConfig
 from ctrbench.data.store import PreparedData
+from ctrbench.engine.health import HEALTH_ROWS, dead_relu_fractions, health_flags
 from ctrbench.engine.optim import (
     BatchEmbeddingL2,
     build_optimizers,
     clip_grad_norm,
+    frequency_scales,
     penalised_tables,
+    row_frequencies,
 )
 from ctrbench.errors import CardError, CtrbenchError, DataError
 from ctrbench.models import ARCHITECTURES, CTRModel, build_model, count_parameters
+from ctrbench.models.init import apply_init
+from ctrbench.models.layers import FusedEmbedding
 from ctrbench.progress import progress as progress_bar
 from ctrbench.record import EpochRow
 from ctrbench.schema import GROUP_KEY, HIST_LEN, LABEL, ORACLE, Schema
@@ -69,6 +74,8 @@ class TrainOutcome:
     device: str
     explain_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     explain_parts: dict[str, list[str]] = field(default_factory=dict)
+    init: str = ""  # the initialisation rule (train.init) the model was built with
+    health: dict = field(default_factory=dict)  # ctrbench.engine.health figures and flags
 
 
 # --------------------------------------------------------------------------- devices and memory
@@ -214,7 +221,8 @@ class SplitTensors:
 
 # --------------------------------------------------------------------------- model and step
 def build_for_training(card: ModelCard, schema: Schema) -> CTRModel:
-    """Build ``card``'s model with ``sparse`` set from the optimizer (lazy_adam -> sparse)."""
+    """Build ``card``'s model with ``sparse`` set from the optimizer (lazy_adam -> sparse) and
+    initialise its dense layers by ``card.train.init`` (:mod:`ctrbench.models.init`)."""
     params = dict(card.params)
     want_sparse = card.train.optimizer == "lazy_adam"
     if "sparse" in params and bool(params["sparse"]) != want_sparse:
@@ -224,17 +232,28 @@ def build_for_training(card: ModelCard, schema: Schema) -> CTRModel:
     accepts = inspect.signature(ARCHITECTURES.get(card.arch).__init__).parameters
     if "sparse" in accepts:
         params["sparse"] = want_sparse
-    return build_model(card.arch, schema, params)
+    return apply_init(build_model(card.arch, schema, params), card.train.init)
 
 
 class TrainStep:
     """One optimisation step: forward_train, BCE + aux + L2, backward, clip, optimiser step."""
 
-    def __init__(self, model: CTRModel, cfg: TrainConfig, device: torch.device) -> None:
+    def __init__(self, model: CTRModel, cfg: TrainConfig, device: torch.device,
+                 train: SplitTensors | None = None) -> None:
+        """``train``: the training split, needed for ``l2_target = "din_frequency"``."""
         self.model, self.cfg, self.device = model, cfg, device
-        self.optimizers = build_optimizers(model, cfg)
+        scales = None
+        if cfg.l2_target == "din_frequency" and cfg.l2 > 0:
+            if train is None:
+                raise CardError("train.l2_target = 'din_frequency' needs the training split")
+            if any(not isinstance(m, FusedEmbedding) for m in model.embedding_modules()):
+                raise CardError("train.l2_target = 'din_frequency' needs every embedding table "
+                                "in an EmbeddingBank (n_j is counted per bank row)",
+                                hint="use l2_target = 'batch_embeddings' for this architecture")
+            scales = frequency_scales(row_frequencies(model, model.schema, train.inputs))
+        self.optimizers = build_optimizers(model, cfg, scales)
         tables = penalised_tables(model, cfg)
-        self.l2 = BatchEmbeddingL2(tables, cfg.l2) if tables else None
+        self.l2 = BatchEmbeddingL2(tables, cfg.l2, scales) if tables else None
 
     def __call__(self, batch: dict[str, torch.Tensor], label: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -350,7 +369,10 @@ def train_and_evaluate(
     train = SplitTensors(data, "train", dev, inputs)
     valid = SplitTensors(data, "valid", dev, inputs)
     valid_labels = valid.extra_numpy(LABEL)
-    step_fn = TrainStep(model, cfg, dev)
+    health_batch, _ = valid.take(torch.arange(min(HEALTH_ROWS, valid.rows),
+                                              device=valid.storage))
+    dead_at_init = dead_relu_fractions(model, health_batch)
+    step_fn = TrainStep(model, cfg, dev, train if cfg.l2_target == "din_frequency" else None)
     rows: list[EpochRow] = []
     best_epoch, best_auc, best_state = 0, -math.inf, None
     best_valid: dict[str, float] = {}
@@ -390,10 +412,17 @@ def train_and_evaluate(
     model.load_state_dict(best_state)
     outcome = TrainOutcome(epochs=rows, best_epoch=best_epoch, valid=best_valid, test={},
                            test_scores={}, explain={}, n_parameters=count_parameters(model),
-                           device=str(dev))
+                           device=str(dev), init=cfg.init)
+    dead_at_best = dead_relu_fractions(model, health_batch)
+    del health_batch
     if evaluate_test:
         del train
         _evaluate_test(model, data, dev, cfg, seed, inputs, outcome)
+    outcome.health = {
+        "dead_relu": {"init": dead_at_init, "best": dead_at_best},
+        **health_flags(rows, best_epoch, n_epochs, outcome.test.get("auc"),
+                       outcome.test_scores.get("scores")),
+    }
     return outcome
 
 

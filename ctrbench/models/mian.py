@@ -7,7 +7,7 @@ Parts (``GIM_PARTS``), with ``D`` the embedding width and ``I = 2D`` the item wi
   behavior  e_b = mean of the behaviour embeddings over valid steps    (B, I)
   user      e_u = concatenation of the J user fields                   (B, J D)
   ibim      IBIM: h = Transformer([item; cate]_t); V_t = [e_i; h_t];
-            a_t = softmax_t(tanh(V_t w + b)) (valid steps); R = sum_t a_t V_t        (B, 2I)
+            a_t = softmax_t(tanh(V_t . W_t + b_t)) (valid steps); R = sum_t a_t V_t  (B, 2I)
   iuim      IUIM: V^j = [e_i; e^j] per user field, per-field (w_j, b_j);
             a_j = softmax_j(tanh(V^j w_j + b_j)); R = sum_j a_j V^j                 (B, I + D)
   icim      ICIM: the same over the context fields                                  (B, I + D)
@@ -19,8 +19,25 @@ a common width G (``P_p = W_p x_p + c_p``), scored ``s_p = tanh(P_p . w_p + b_p)
 Ablation flags remove a module entirely (no parameters, never computed): ``use_ibim``,
 ``use_iuim``, ``use_icim``, ``use_gim``. The transformer only feeds IBIM, so without IBIM it is
 absent too (the pooled ``e_b`` part stays). ``transformer`` is "pre_ln" (the paper), "post_ln"
-or "none" (``h_t = e_t``). The paper uses no position information, so (as published) MIAN is
-invariant to the order of the history.
+or "none" (``h_t = e_t``).
+
+IBIM's score (eq. 8), ``ibim_score``: "per_step" (the paper: a weight vector ``W_t`` and bias
+``b_t`` per step ``t``) or "shared" (one ``w, b`` for all steps: the candidate then adds the same
+constant to every step's score, so the ranking of steps never depends on the candidate and the
+model is invariant to the order of the history). Histories are left-aligned (oldest first), so
+``t`` counts from the MOST RECENT behaviour (``t = 0`` is step ``hist_len - 1``): the same ``W_t``
+then always means "the t-th latest behaviour", whatever the history's length; counted from the
+oldest, ``W_0`` would be the oldest of the last ``max_len`` behaviours kept, a position the
+truncation makes arbitrary. The transformer has no position encoding (as published); per-step
+``W_t`` is MIAN's only position information.
+
+Not in the paper, each one flag: ``ibim_bilinear`` adds a bilinear candidate-behaviour term
+``e_i^T M h_t`` to eq. 8's score only (the attention can rank steps by their match with the
+candidate; no card: it did not help in the probe of docs/fidelity.md); ``ibim_product`` (the
+``mian_product`` card) extends eq. 6 to
+``V_t = [e_i; h_t; e_i * h_t]`` (B, T, 3I), so that eq. 8's score contains a diagonal bilinear
+term ``w . (e_i * h_t)`` AND ``R_ibim = sum_t a_t V_t`` carries the candidate-behaviour products
+to GIM and the head, as DIN's ``[q, k, q - k, q * k]`` does.
 """
 
 from __future__ import annotations
@@ -54,21 +71,58 @@ from ctrbench.models.sequence import (
 from ctrbench.schema import HIST_LEN, Batch, Schema, history_mask
 
 TRANSFORMERS = ("pre_ln", "post_ln", "none")
+IBIM_SCORES = ("per_step", "shared")
+
+
+def recency_index(hist_len: torch.Tensor, steps: int, max_len: int) -> torch.Tensor:
+    """``[B]`` lengths -> ``[B, steps]`` step index counted from the most recent behaviour
+    (left-aligned histories: step ``s`` of a row of length ``L`` is ``L - 1 - s``), clamped to
+    ``0 .. max_len - 1`` (padded steps get 0; they are masked anyway)."""
+    positions = torch.arange(steps, device=hist_len.device)
+    return (hist_len.long().unsqueeze(1) - 1 - positions).clamp(0, max_len - 1)  # (B, steps)
 
 
 class BehaviorInteraction(nn.Module):
-    """IBIM's attention: ``e_i [B, I]``, ``h [B, T, I]``, ``mask [B, T]`` ->
-    ``R [B, 2I]``, ``a [B, T]`` (exactly 0 on padding; all 0 for an empty history)."""
+    """IBIM's attention (eqs. 6-9): ``e_i [B, I]``, ``h [B, T, I]``, ``mask [B, T]``,
+    ``recency [B, T]`` (:func:`recency_index`) -> ``R [B, 2I]``, ``a [B, T]`` (exactly 0 on
+    padding; all 0 for an empty history). ``score``: "per_step" (``W_t, b_t`` for
+    ``t = 0 .. max_len - 1`` by recency) or "shared"; ``bilinear`` adds ``e_i^T M h_t`` to
+    the score; ``product`` makes ``V_t = [e_i; h_t; e_i * h_t]`` (``R [B, 3I]``)."""
 
-    def __init__(self, item_width: int, init_std: float = INIT_STD) -> None:
+    def __init__(self, item_width: int, max_len: int, score: str = "per_step",
+                 bilinear: bool = False, product: bool = False,
+                 init_std: float = INIT_STD) -> None:
         super().__init__()
-        self.weight = nn.Parameter(init_truncated_normal(torch.empty(2 * item_width), init_std))
-        self.bias = nn.Parameter(torch.zeros(()))
+        if score not in IBIM_SCORES:
+            raise CardError(f"model parameter ibim_score must be one of {IBIM_SCORES}, "
+                            f"got {score!r}")
+        self.per_step = score == "per_step"
+        self.product = product
+        #: width of V_t and R_ibim: 2I, or 3I with the product
+        self.out_width = (3 if product else 2) * item_width
+        shape = (max_len, self.out_width) if self.per_step else (self.out_width,)
+        self.weight = nn.Parameter(init_truncated_normal(torch.empty(shape), init_std))
+        self.bias = nn.Parameter(torch.zeros(shape[:-1]))
+        self.bilinear = nn.Parameter(init_truncated_normal(
+            torch.empty(item_width, item_width), init_std)) if bilinear else None
 
-    def forward(self, item: torch.Tensor, states: torch.Tensor,
-                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = torch.cat([item.unsqueeze(1).expand(-1, states.shape[1], -1), states], -1)
-        scores = torch.tanh(pairs @ self.weight + self.bias)  # (B, T)
+    def scores(self, item: torch.Tensor, states: torch.Tensor,
+               recency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 8 before the softmax: ``gamma [B, T]`` and ``V [B, T, 2I or 3I]``."""
+        items = item.unsqueeze(1).expand(-1, states.shape[1], -1)  # (B, T, I)
+        pairs = torch.cat([items, states, items * states] if self.product else [items, states],
+                          -1)  # (B, T, 2I or 3I)
+        if self.per_step:
+            logits = (pairs * self.weight[recency]).sum(-1) + self.bias[recency]  # (B, T)
+        else:
+            logits = pairs @ self.weight + self.bias  # (B, T)
+        if self.bilinear is not None:
+            logits = logits + ((item @ self.bilinear).unsqueeze(1) * states).sum(-1)  # (B, T)
+        return torch.tanh(logits), pairs
+
+    def forward(self, item: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
+                recency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, pairs = self.scores(item, states, recency)  # (B, T), (B, T, 2I)
         alpha = masked_softmax(scores, mask, dim=1)  # (B, T)
         return torch.bmm(alpha.unsqueeze(1), pairs).squeeze(1), alpha  # (B, 2I), (B, T)
 
@@ -120,7 +174,9 @@ class MIAN(CTRModel):
 
     def __init__(self, schema: Schema, *, embedding_dim: int = 16, use_ibim: bool = True,
                  use_iuim: bool = True, use_icim: bool = True, use_gim: bool = True,
-                 transformer: str = "pre_ln", heads: int = 8, ffn_mult: int = 4,
+                 transformer: str = "pre_ln", ibim_score: str = "per_step",
+                 ibim_bilinear: bool = False, ibim_product: bool = False, heads: int = 8,
+                 ffn_mult: int = 4,
                  transformer_dropout: float = 0.2, gim_dim: int = 64,
                  hidden_units: Sequence[int] = (32, 8), activation: str = "relu",
                  dropout: float = 0.2, init_std: float = INIT_STD, sparse: bool = False) -> None:
@@ -162,7 +218,11 @@ class MIAN(CTRModel):
                 self.transformer = TransformerBlock(
                     item_width, heads, checked_positive("ffn_mult", ffn_mult),
                     checked_dropout(transformer_dropout), pre_ln=transformer == "pre_ln")
-            self.ibim = BehaviorInteraction(item_width, init_std)
+            self.ibim = BehaviorInteraction(item_width, schema.max_len, ibim_score,
+                                            checked_flag("ibim_bilinear", ibim_bilinear),
+                                            checked_flag("ibim_product", ibim_product),
+                                            init_std)
+            widths["ibim"] = self.ibim.out_width
         self.iuim = FieldInteraction(len(schema.user), item_width, dim, init_std) \
             if use_iuim else None
         self.icim = FieldInteraction(len(schema.context), item_width, dim, init_std) \
@@ -202,7 +262,8 @@ class MIAN(CTRModel):
         if self.ibim is not None:
             states = behaviours if self.transformer is None else \
                 apply_by_length(self.transformer, behaviours, mask)  # (B, T', I)
-            parts["ibim"], alpha = self.ibim(item, states, mask)  # (B, 2I), (B, T')
+            recency = recency_index(batch[HIST_LEN], steps, schema.max_len)  # (B, T')
+            parts["ibim"], alpha = self.ibim(item, states, mask, recency)  # (B, 2I), (B, T')
             weights["ibim"] = pad_steps(alpha, schema.max_len)  # (B, T)
         return [parts[p] for p in self.gim_parts], weights
 

@@ -202,7 +202,7 @@ def _base_record(spec: RunSpec, dataset: DatasetHandle, env: dict[str, Any]) -> 
                      status="running", dataset_config=dataset.config,
                      dataset_identity=dataset.data.identity, model_config=spec.card.resolved(),
                      model_hash=config_hash(spec.card.resolved()), environment=env,
-                     started_at=_now())
+                     started_at=_now(), init=spec.card.train.init)
 
 
 def execute_one(spec: RunSpec, dataset: DatasetHandle, *, device: str = "auto",
@@ -241,6 +241,8 @@ def execute_one(spec: RunSpec, dataset: DatasetHandle, *, device: str = "auto",
         record.valid = outcome.valid
         record.test = outcome.test
         record.n_parameters = outcome.n_parameters
+        record.init = outcome.init
+        record.health = outcome.health
         record.extra["device"] = outcome.device
         if outcome.explain_parts:
             record.extra["explain_parts"] = outcome.explain_parts
