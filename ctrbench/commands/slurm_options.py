@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import click
@@ -68,6 +71,22 @@ def reattach_hint(job_ids: Sequence[str]) -> str:
             f"stop: {cancel_hint(job_ids)}")
 
 
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends (sbatch done and every run marked), then raise it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def run_on_slurm(handle, specs, results_root: Path, options, *, device: str, force: bool,
                  no_wait: bool) -> list:
     """Submit the pending runs of ``specs`` (attach to queued/running ones) and wait; returns
@@ -76,28 +95,31 @@ def run_on_slurm(handle, specs, results_root: Path, options, *, device: str, for
     from ctrbench.runs import slurm, slurm_runs
 
     slurm.require_slurm()
-    with slurm_runs.submission_lock(results_root):
-        done, attached, todo = slurm_runs.reconcile(specs, handle, force)
-        fresh = slurm_runs.submit_runs(todo, handle, options, results_root=results_root,
-                                       device=device, force=force)
-    if attached:
-        jobs = ",".join(sorted({t.job_id for t in attached}))
-        progress.message(f"{len(attached)} run(s) already queued or running in Slurm job(s) "
-                         f"{jobs}: not submitted again")
-    if fresh:
-        sub = Path(slurm_runs.read_marker(fresh[0].spec.record_file)["submission"])
-        progress.message(f"submitted {len(fresh)} run(s) as Slurm job array {fresh[0].job_id} "
-                         f"(script, manifest and logs in {sub})")
-    else:
-        progress.message("nothing to submit")
-    tracked = attached + fresh
-    if tracked and no_wait:
-        click.echo(f"not waiting: {reattach_hint([t.job_id for t in tracked])}", err=True)
-    elif tracked:
-        try:
+    tracked = []
+    try:
+        with deferred_interrupt(), slurm_runs.submission_lock(results_root):
+            done, attached, todo = slurm_runs.reconcile(specs, handle, force)
+            fresh = slurm_runs.submit_runs(todo, handle, options, results_root=results_root,
+                                           device=device, force=force)
+            tracked = attached + fresh
+        if attached:
+            jobs = ",".join(sorted({t.job_id for t in attached}))
+            progress.message(f"{len(attached)} run(s) already queued or running in Slurm "
+                             f"job(s) {jobs}: not submitted again")
+        if fresh:
+            sub = Path(slurm_runs.read_marker(fresh[0].spec.record_file)["submission"])
+            progress.message(f"submitted {len(fresh)} run(s) as Slurm job array "
+                             f"{fresh[0].job_id} (script, manifest and logs in {sub})")
+        elif not attached:
+            progress.message("nothing to submit")
+        if tracked and no_wait:
+            click.echo(f"not waiting: {reattach_hint([t.job_id for t in tracked])}", err=True)
+        elif tracked:
             slurm_runs.wait(tracked, handle, interval=slurm_runs.poll_interval(),
                             on_line=progress.message)
-        except KeyboardInterrupt:
-            click.echo(f"\nInterrupted: {reattach_hint([t.job_id for t in tracked])}", err=True)
-            sys.exit(130)
+    except KeyboardInterrupt:
+        if not tracked:
+            raise
+        click.echo(f"\nInterrupted: {reattach_hint([t.job_id for t in tracked])}", err=True)
+        sys.exit(130)
     return slurm_runs.results_of(specs, done, tracked)
