@@ -248,3 +248,75 @@ def test_ctrl_c_scancel_and_kill_are_recorded_failed_and_redone(work):
     assert redo.returncode == 0, redo.stderr
     assert "submitted 1 run(s)" in redo.stderr and "1 finished" in redo.stdout
     assert read_record(record_file).status == "finished"
+
+
+# --------------------------------------------------------------------------- tune workers
+TUNE_CARD = """
+extends = "lr"
+description = "lr on a tiny planted store (tests/test_slurm.py)"
+[train]
+lr = 0.05
+batch_size = 256
+[search]
+"train.lr" = { type = "float", low = 1e-3, high = 0.3, log = true }
+"""
+
+
+def _tiny_store(path: Path) -> Path:
+    """A tiny prepared store whose label is planted on the candidate item (item % 3 == 0)."""
+    import numpy as np
+
+    from ctrbench.data.store import write_store
+    from ctrbench.schema import reference_schema
+
+    schema = reference_schema(n_items=60, n_cates=8, user_fields={"user_id": 40},
+                              context_fields={"month": 14}, max_len=5, neg_history=False)
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, n in (("train", 1500), ("valid", 400), ("test", 400)):
+        item = rng.integers(2, 60, n).astype(np.int32)
+        hist_len = rng.integers(0, 6, n).astype(np.int32)
+        hist = (rng.integers(2, 60, (n, 5)) * (np.arange(5) < hist_len[:, None])).astype(np.int32)
+        splits[split] = {"item_id": item, "cate_id": (item % 8).astype(np.int32),
+                         "hist_item_id": hist, "hist_cate_id": (hist % 8).astype(np.int32),
+                         "user_id": rng.integers(2, 40, n).astype(np.int32),
+                         "month": rng.integers(2, 14, n).astype(np.int32), "hist_len": hist_len,
+                         "label": (item % 3 == 0).astype(np.float32),
+                         "group": rng.integers(0, 30, n)}
+    write_store(path, schema, splits, {"dataset": "tiny", "data_hash": "tiny-slurm-v1"})
+    return path
+
+
+def test_tune_runs_two_slurm_workers_on_one_journal_study(work):
+    results = work
+    (results.parent / "models").mkdir()
+    (results.parent / "models" / "lr_slurmtune.toml").write_text(TUNE_CARD)
+    store = _tiny_store(results.parent / "tiny-store")
+    args = ["tune", "--model", "lr_slurmtune", "--dataset", str(store), "--trials", "6",
+            "--epochs", "1", "--results", str(results), "--executor", "slurm", "--workers", "2",
+            "--time", "20:00"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "submitted 2 worker(s) as Slurm job array" in result.output
+    journal = results.resolve() / "tuning" / "lr_slurmtune@tiny.log"
+    assert journal.is_file()  # the default storage with --executor slurm
+    import csv
+
+    with (results / "tuning" / "lr_slurmtune@tiny" / "trials.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    done = [r for r in rows if r["state"] in ("COMPLETE", "PRUNED")]
+    assert len(done) == 6  # the two workers share the count, neither overshoots it
+    assert len({r["worker"] for r in done}) == 2  # both array tasks ran trials
+    assert (results.parent / "models" / "tuned" / "lr_slurmtune@tiny.toml").is_file()
+
+    again = CliRunner().invoke(main, args)  # the study is done: no worker is submitted
+    assert again.exit_code == 0, again.output
+    assert "submitted" not in again.output
+    assert len(list((results / "tuning" / "lr_slurmtune@tiny" / "slurm").iterdir())) == 1
+
+
+def test_tune_on_slurm_refuses_sqlite(work):
+    result = CliRunner().invoke(main, ["tune", "--model", "lr", "--dataset", "synthetic",
+                                       "--storage", "sqlite:///x.db", "--executor", "slurm"])
+    assert result.exit_code == 1
+    assert "cannot share a SQLite storage between nodes" in result.output

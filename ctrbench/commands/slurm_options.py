@@ -123,3 +123,48 @@ def run_on_slurm(handle, specs, results_root: Path, options, *, device: str, for
         click.echo(f"\nInterrupted: {reattach_hint([t.job_id for t in tracked])}", err=True)
         sys.exit(130)
     return slurm_runs.results_of(specs, done, tracked)
+
+
+def tune_on_slurm(study, handle, *, workers: int, model: str, store: Path, storage_url: str,
+                  heartbeat: int, settings, signature: dict, out_dir: Path, options,
+                  no_wait: bool):
+    """Top the study's Slurm workers up to ``workers`` and wait for them to end; returns the
+    study's TuneSummary (None with --no-wait). Ctrl-C leaves the workers running (exit 130)."""
+    from optuna.trial import TrialState
+
+    from ctrbench import progress
+    from ctrbench.runs import slurm, slurm_runs
+    from ctrbench.tune import slurm_workers
+    from ctrbench.tune.study import count_states
+
+    slurm.require_slurm()
+    counts = count_states(study)
+    done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+    with deferred_interrupt():
+        live = slurm_workers.live_workers(out_dir)
+        missing = 0 if done >= settings.n_trials else workers - len(live)
+        job_ids = sorted({job for job, _ in live})
+        if missing > 0:
+            job_ids.append(slurm_workers.submit_workers(
+                missing, model=model, store=store, study_name=study.study_name,
+                storage_url=storage_url, heartbeat=heartbeat, settings=settings,
+                signature=signature, out_dir=out_dir, options=options))
+            progress.message(f"submitted {missing} worker(s) as Slurm job array {job_ids[-1]} "
+                             f"(logs in {out_dir / 'slurm'})")
+    if live:
+        progress.message(f"{len(live)} worker(s) already queued or running: not submitted again")
+    if job_ids and no_wait:
+        click.echo(f"not waiting: {reattach_hint(job_ids)}", err=True)
+        return None
+    try:
+        slurm_workers.wait_workers(study, out_dir, interval=slurm_runs.poll_interval(),
+                                   on_line=progress.message)
+    except KeyboardInterrupt:
+        click.echo(f"\nInterrupted: {reattach_hint(job_ids)}", err=True)
+        sys.exit(130)
+    reason = "no Slurm worker of this study is queued or running"
+    running = count_states(study)[TrialState.RUNNING]
+    if running and not handle.heartbeat:
+        reason += (f"; {running} trial(s) were left RUNNING by killed workers: re-run with "
+                   "--fail-running")
+    return slurm_workers.summary_of(study, handle.display, reason)

@@ -8,6 +8,13 @@ from pathlib import Path
 import click
 from tabulate import tabulate
 
+from ctrbench.commands.slurm_options import (
+    check_local_only,
+    executor_options,
+    slurm_settings,
+    tune_on_slurm,
+)
+from ctrbench.tune.slurm_workers import check_shared_storage, default_storage
 from ctrbench.tune.space import PRUNERS, SAMPLERS
 
 
@@ -72,10 +79,14 @@ def _trial_line(frozen, counts, target: int) -> str:
               help="First mark every RUNNING trial FAIL (for journal storage, which has no "
                    "heartbeat; only when no other worker is alive).")
 @click.option("-q", "--quiet", is_flag=True, default=False, help="No progress on stderr.")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="[slurm] Workers (array tasks) on the study; a re-run tops them up to N.")
+@executor_options
 def tune(model: str, dataset: str, n_trials: int, timeout: float | None, storage: str | None,
          study_name: str | None, sampler: str, pruner: str, prune_after: int, seed: int,
          epochs: int | None, results_root: Path | None, device: str, card_first: bool,
-         heartbeat: int, fail_running: bool, quiet: bool) -> None:
+         heartbeat: int, fail_running: bool, quiet: bool, workers: int = 1,
+         executor: str = "local", **slurm_args) -> None:
     """Tune a model's hyperparameters on a dataset's VALIDATION split (never test).
 
     Each trial trains the card with sampled values (the card's [search] table) and reports its
@@ -97,6 +108,9 @@ def tune(model: str, dataset: str, n_trials: int, timeout: float | None, storage
     Several workers on one study (each runs until the study has 40 trials):
       ctrbench tune --model mian --dataset books --trials 40 \\
         --storage postgresql://user:pass@db-host/optuna   # on each machine
+    or, as 8 Slurm array tasks (default storage: journal:<results>/tuning/<study>.log):
+      ctrbench tune --model mian --dataset books --trials 40 --executor slurm \\
+        --workers 8 --gpus-per-run 1
     """
     import optuna
 
@@ -111,13 +125,20 @@ def tune(model: str, dataset: str, n_trials: int, timeout: float | None, storage
         write_trials_table,
         write_tuned_card,
     )
-    from ctrbench.tune.space import parse_search_space
+    from ctrbench.tune.space import card_values, parse_search_space
     from ctrbench.tune.storage import fail_running as fail_running_trials
     from ctrbench.tune.storage import open_storage
     from ctrbench.tune.study import TuneSettings, open_study, run_study, study_signature
 
     if quiet:
         progress_mod.set_mode("quiet")
+    check_local_only(executor, **slurm_args)
+    if workers < 1 or (workers > 1 and executor != "slurm"):
+        raise click.UsageError("--workers N needs --executor slurm (and N >= 1); on one "
+                               "machine, start several `ctrbench tune` processes instead")
+    options = slurm_settings(**{k: v for k, v in slurm_args.items() if k != "no_wait"})
+    if executor == "slurm" and storage:
+        check_shared_storage(storage)  # before any work
     verbose = logging.getLogger().getEffectiveLevel() < logging.WARNING
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
 
@@ -136,6 +157,8 @@ def tune(model: str, dataset: str, n_trials: int, timeout: float | None, storage
     tuned_card_name(card, dataset_name)  # refuse re-tuning a tuned card before any work
     name = study_name or f"{card.name}@{dataset_name}"
     results_root = results_root or default_results_root()
+    if executor == "slurm":  # every node must reach the storage
+        storage = check_shared_storage(storage or default_storage(results_root, name))
     handle = open_storage(storage, results_root, name, heartbeat=heartbeat)
     study, created = open_study(handle, name, signature)
     if fail_running:
@@ -149,8 +172,21 @@ def tune(model: str, dataset: str, n_trials: int, timeout: float | None, storage
 
     out_dir = study_dir(results_root, name)
     try:
-        summary = run_study(study, handle, data, card, space, settings, on_trial=on_trial,
-                            new_study=created)
+        if executor == "slurm":
+            if created and card_first and sampler != "grid":  # as run_study does locally
+                defaults = card_values(card, space)
+                if defaults is not None:
+                    study.enqueue_trial(defaults, user_attrs={"origin": "card"},
+                                        skip_if_exists=True)
+            summary = tune_on_slurm(study, handle, workers=workers, model=model, store=data.path,
+                                    storage_url=storage, heartbeat=heartbeat, settings=settings,
+                                    signature=signature, out_dir=out_dir, options=options,
+                                    no_wait=slurm_args["no_wait"])
+            if summary is None:  # --no-wait
+                return
+        else:
+            summary = run_study(study, handle, data, card, space, settings, on_trial=on_trial,
+                                new_study=created)
     finally:  # also after Ctrl-C: the table shows what is finished
         write_trials_table(study, out_dir)
     plots = write_plots(study, out_dir)

@@ -10,6 +10,7 @@ jobs that ended less than ``MinJobAge`` ago); the outcome of a run comes from it
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -83,10 +84,11 @@ def require_slurm() -> None:
                                  "`eval \"$(bash .ci/slurm.sh)\"`)")
 
 
-def _call(args: Sequence[str]) -> subprocess.CompletedProcess:
+def _call(args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(list(args), capture_output=True, text=True,
-                              timeout=COMMAND_TIMEOUT_S, check=False)
+        return subprocess.run(list(args), capture_output=True, text=True, check=False,
+                              timeout=COMMAND_TIMEOUT_S,
+                              env=None if env is None else {**os.environ, **env})
     except FileNotFoundError:
         require_slurm()
         raise
@@ -127,10 +129,11 @@ def array_script(*, job_name: str, n_tasks: int, log_dir: Path, chdir: Path,
     return "\n".join(lines) + "\n"
 
 
-def submit(script: Path) -> str:
-    """``sbatch`` a script; returns the (array) job id."""
+def submit(script: Path, env: dict[str, str] | None = None) -> str:
+    """``sbatch`` a script; returns the (array) job id. ``env``: extra variables that reach the
+    job through its environment (sbatch exports the submitting environment), not the script."""
     require_slurm()
-    done = _call(["sbatch", "--parsable", str(script)])
+    done = _call(["sbatch", "--parsable", str(script)], env=env)
     if done.returncode != 0:
         raise CtrbenchError(f"sbatch refused {script}: {done.stderr.strip() or done.stdout}",
                             hint="check --partition, --time, --gpus-per-run and --sbatch-arg "
