@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import ctrbench
 from ctrbench.cli import main
 from ctrbench.record import read_record, record_path
 from ctrbench.runs import runner, slurm, slurm_runs
@@ -122,9 +123,10 @@ def work(cluster, home, tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CTRBENCH_SLURM_POLL", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("CTRBENCH_CARDS", raising=False)
-    # the tasks import this checkout's ctrbench, like the test process does
+    # the tasks (same interpreter) import the ctrbench that this test process imported
+    source = str(Path(ctrbench.__file__).resolve().parents[1])
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+        p for p in (source, os.environ.get("PYTHONPATH", "")) if p))
     monkeypatch.chdir(root)
     results = root / "results"
     yield results
@@ -157,6 +159,7 @@ def _ended(job_id: str) -> bool:
     return not any(s.active for s in states.values())
 
 
+@pytest.mark.slurm
 def test_submit_four_runs_then_rerun_submits_nothing(work):
     results = work
     args = ["-m", "lr,din", "-d", "synthetic", "--seeds", "2", "--epochs", "1", *FAST]
@@ -184,6 +187,7 @@ def test_submit_four_runs_then_rerun_submits_nothing(work):
     assert _submissions(results) == [sub]  # no new job array
 
 
+@pytest.mark.slurm
 def test_ctrl_c_scancel_and_kill_are_recorded_failed_and_redone(work):
     results = work
     cmd = [sys.executable, "-m", "ctrbench.cli", "run", "-m", "lr", "-d", "synthetic",
@@ -287,7 +291,10 @@ def _tiny_store(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slurm
 def test_tune_runs_two_slurm_workers_on_one_journal_study(work):
+    """N workers share one study: the count is never overshot and both take trials; a re-run of
+    a finished study submits no worker."""
     results = work
     (results.parent / "models").mkdir()
     (results.parent / "models" / "lr_slurmtune.toml").write_text(TUNE_CARD)
@@ -315,8 +322,10 @@ def test_tune_runs_two_slurm_workers_on_one_journal_study(work):
     assert len(list((results / "tuning" / "lr_slurmtune@tiny" / "slurm").iterdir())) == 1
 
 
-def test_tune_on_slurm_refuses_sqlite(work):
+def test_tune_on_slurm_refuses_sqlite_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("CTRBENCH_HOME", str(tmp_path / "home"))
     result = CliRunner().invoke(main, ["tune", "--model", "lr", "--dataset", "synthetic",
                                        "--storage", "sqlite:///x.db", "--executor", "slurm"])
+    assert not (tmp_path / "home").exists()  # refused before preparing the dataset
     assert result.exit_code == 1
     assert "cannot share a SQLite storage between nodes" in result.output
