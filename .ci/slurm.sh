@@ -39,7 +39,20 @@ if [[ ! -x /usr/sbin/slurmctld || ! -x /usr/sbin/slurmd || ! -x /usr/sbin/munged
         slurmctld slurmd slurm-client munge >&2
 fi
 
-pid_alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# a daemon is alive when its pid file names a process that is not a zombie
+pid_alive() {
+    local stat
+    [[ -f "$1" ]] || return 1
+    stat="$(ps -o stat= -p "$(cat "$1")" 2>/dev/null || true)"
+    [[ -n "$stat" && "$stat" != Z* ]]
+}
+
+# run a daemon in the foreground of its own session, so that no half-daemonised parent is
+# left as a zombie where PID 1 does not reap (containers)
+start_daemon() {
+    local name="$1"; shift
+    setsid "$@" -D >>"$SLURM_DIR/log/$name.out" 2>&1 </dev/null &
+}
 
 stop_daemons() {
     local f
@@ -134,14 +147,14 @@ fi
 # --- daemons ----------------------------------------------------------------------------------
 if ! pid_alive "$SLURM_DIR/slurmctld.pid"; then
     log "starting slurmctld"
-    /usr/sbin/slurmctld >&2
+    start_daemon slurmctld /usr/sbin/slurmctld
 fi
 for _ in $(seq 100); do scontrol ping 2>/dev/null | grep -q "is UP" && break; sleep 0.2; done
 scontrol ping 2>/dev/null | grep -q "is UP" || die "slurmctld does not answer; see $SLURM_DIR/log/slurmctld.log"
 
 if ! pid_alive "$SLURM_DIR/slurmd.pid"; then
     log "starting slurmd"
-    /usr/sbin/slurmd >&2
+    start_daemon slurmd /usr/sbin/slurmd
 fi
 STATE=""
 for _ in $(seq 100); do

@@ -16,12 +16,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 import ctrbench
 from ctrbench.cli import main
-from ctrbench.record import read_record, record_path
+from ctrbench.record import read_record, read_scores, record_path
 from ctrbench.runs import runner, slurm, slurm_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,7 +161,7 @@ def _ended(job_id: str) -> bool:
 
 
 @pytest.mark.slurm
-def test_submit_four_runs_then_rerun_submits_nothing(work):
+def test_submit_four_runs_then_rerun_submits_nothing(work, one_torch_thread):
     results = work
     args = ["-m", "lr,din", "-d", "synthetic", "--seeds", "2", "--epochs", "1", *FAST]
     first = _invoke(results, *args)
@@ -180,6 +181,17 @@ def test_submit_four_runs_then_rerun_submits_nothing(work):
     manifest = json.loads((sub / "manifest.json").read_text())
     assert [(t["model"], t["seed"]) for t in manifest["tasks"]] == [
         ("lr", 0), ("lr", 1), ("din", 0), ("din", 1)]
+
+    # the same record a local run writes: same run id, same test scores to the last bit
+    local = CliRunner().invoke(main, ["run", "-m", "lr", "-d", "synthetic", "--seed-list", "0",
+                                      "--epochs", "1", *FAST, "-q", "--results",
+                                      str(results.parent / "local")])
+    assert local.exit_code == 0, local.output
+    here = record_path(results.parent / "local", "synthetic", "lr", 0)
+    there = record_path(results, "synthetic", "lr", 0)
+    assert read_record(here).run_id == read_record(there).run_id
+    assert read_record(here).test == read_record(there).test
+    assert np.array_equal(read_scores(here)["scores"], read_scores(there)["scores"])
 
     again = _invoke(results, *args)
     assert again.exit_code == 0, again.output
