@@ -7,6 +7,7 @@ cancelled at teardown. The tests without a cluster check the script and the opti
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -184,7 +186,7 @@ def test_submit_four_runs_then_rerun_submits_nothing(work, one_torch_thread):
 
     # the same record a local run writes: same run id, same test scores to the last bit
     local = CliRunner().invoke(main, ["run", "-m", "lr", "-d", "synthetic", "--seed-list", "0",
-                                      "--epochs", "1", *FAST, "-q", "--results",
+                                      "--epochs", "1", *FAST, "--results",
                                       str(results.parent / "local")])
     assert local.exit_code == 0, local.output
     here = record_path(results.parent / "local", "synthetic", "lr", 0)
@@ -304,34 +306,47 @@ def _tiny_store(path: Path) -> Path:
 
 
 @pytest.mark.slurm
-def test_tune_runs_two_slurm_workers_on_one_journal_study(work):
+@pytest.mark.parametrize("storage", ["journal", "postgres"])
+def test_tune_runs_two_slurm_workers_on_one_study(work, storage):
     """N workers share one study: the count is never overshot and both take trials; a re-run of
-    a finished study submits no worker."""
+    a finished study submits no worker. A PostgreSQL password never reaches the disk."""
     results = work
+    study = "lr_slurmtune@tiny"
+    extra: list[str] = []
+    if storage == "postgres":
+        url = os.environ.get("CTRBENCH_TEST_POSTGRES_URL")
+        if not url:
+            pytest.skip("CTRBENCH_TEST_POSTGRES_URL is not set (eval \"$(.ci/postgres.sh)\")")
+        study = f"lr_slurmtune-{uuid.uuid4().hex[:8]}"
+        extra = ["--storage", url, "--study", study]
     (results.parent / "models").mkdir()
     (results.parent / "models" / "lr_slurmtune.toml").write_text(TUNE_CARD)
     store = _tiny_store(results.parent / "tiny-store")
     args = ["tune", "--model", "lr_slurmtune", "--dataset", str(store), "--trials", "6",
             "--epochs", "1", "--results", str(results), "--executor", "slurm", "--workers", "2",
-            "--time", "20:00"]
+            "--time", "20:00", *extra]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "submitted 2 worker(s) as Slurm job array" in result.output
-    journal = results.resolve() / "tuning" / "lr_slurmtune@tiny.log"
-    assert journal.is_file()  # the default storage with --executor slurm
-    import csv
-
-    with (results / "tuning" / "lr_slurmtune@tiny" / "trials.csv").open() as fh:
+    out_dir = results / "tuning" / study
+    with (out_dir / "trials.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     done = [r for r in rows if r["state"] in ("COMPLETE", "PRUNED")]
     assert len(done) == 6  # the two workers share the count, neither overshoots it
     assert len({r["worker"] for r in done}) == 2  # both array tasks ran trials
     assert (results.parent / "models" / "tuned" / "lr_slurmtune@tiny.toml").is_file()
+    [sub] = (out_dir / "slurm").iterdir()
+    if storage == "journal":  # the default storage with --executor slurm
+        assert (results.resolve() / "tuning" / "lr_slurmtune@tiny.log").is_file()
+    else:
+        secret = ":" + url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1] + "@"
+        for path in sub.rglob("*"):  # no "user:password@" in the script, manifest or logs
+            assert not path.is_file() or secret not in path.read_text()
 
     again = CliRunner().invoke(main, args)  # the study is done: no worker is submitted
     assert again.exit_code == 0, again.output
     assert "submitted" not in again.output
-    assert len(list((results / "tuning" / "lr_slurmtune@tiny" / "slurm").iterdir())) == 1
+    assert list((out_dir / "slurm").iterdir()) == [sub]
 
 
 def test_tune_on_slurm_refuses_sqlite_before_any_work(tmp_path, monkeypatch):

@@ -257,8 +257,8 @@ def _counts(tracked: Sequence[Tracked]) -> dict[str, int]:
 
 def status_line(tracked: Sequence[Tracked]) -> str:
     jobs = ",".join(sorted({t.job_id for t in tracked}))
-    counts = _counts(tracked)
-    text = ", ".join(f"{n} {state}" for state, n in counts.items() if n or state != "locked")
+    counts = _counts(tracked)  # the four states always, others (locked) when present
+    text = ", ".join(f"{n} {state}" for i, (state, n) in enumerate(counts.items()) if n or i < 4)
     return f"slurm job {jobs}: {len(tracked)} run(s): {text}"
 
 
