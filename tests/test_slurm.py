@@ -8,6 +8,7 @@ cancelled at teardown. The tests without a cluster check the script and the opti
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import shutil
@@ -100,8 +101,10 @@ def cluster():
     """A Slurm cluster that accepts jobs, started with .ci/slurm.sh when none answers."""
     why = _slurm_answers()
     if why is not None and os.geteuid() == 0 and shutil.which("bash"):
-        started = subprocess.run(["bash", str(REPO / ".ci" / "slurm.sh")], capture_output=True,
-                                 text=True, timeout=600)
+        with open("/tmp/ctrbench-slurm-start.lock", "a") as lock:  # one starter (xdist)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            started = subprocess.run(["bash", str(REPO / ".ci" / "slurm.sh")],
+                                     capture_output=True, text=True, timeout=600)
         for line in started.stdout.splitlines():
             if line.startswith("export SLURM_CONF="):
                 os.environ["SLURM_CONF"] = line.split("=", 1)[1]
@@ -199,6 +202,18 @@ def test_submit_four_runs_then_rerun_submits_nothing(work, one_torch_thread):
     assert again.exit_code == 0, again.output
     assert "nothing to submit" in again.output and "4 skipped" in again.output
     assert _submissions(results) == [sub]  # no new job array
+
+
+@pytest.mark.slurm
+def test_a_refused_submission_is_one_clear_error_and_leaves_nothing(work):
+    results = work
+    result = _invoke(results, "-m", "lr", "-d", "synthetic", "--seed-list", "0", "--epochs",
+                     "1", "--partition", "no_such_partition")
+    assert result.exit_code == 1
+    assert "sbatch refused" in result.output and "invalid partition" in result.output.lower()
+    assert "Traceback" not in result.output
+    assert _submissions(results) == []
+    assert not slurm_runs.marker_path(record_path(results, "synthetic", "lr", 0)).exists()
 
 
 @pytest.mark.slurm

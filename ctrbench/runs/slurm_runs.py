@@ -20,6 +20,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -229,7 +230,11 @@ def submit_runs(todo: Sequence[RunSpec], dataset: DatasetHandle, options: slurm.
         job_name=f"ctrbench-{dataset.name}", n_tasks=len(todo), log_dir=sub / "logs",
         chdir=Path.cwd(), command=task_command(manifest_file), options=options))
     submitted_at = _now()
-    job_id = slurm.submit(script)
+    try:
+        job_id = slurm.submit(script)
+    except BaseException:  # refused: leave no submission directory behind
+        shutil.rmtree(sub, ignore_errors=True)
+        raise
     atomic_write_text(sub / "job_id", job_id + "\n")
     tracked = []
     for index, spec in enumerate(todo):

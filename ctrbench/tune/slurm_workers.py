@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,7 +86,11 @@ def submit_workers(n: int, *, model: str, store: Path, study_name: str, storage_
     script.write_text(slurm.array_script(
         job_name=f"ctrbench-tune-{safe_file_name(study_name)}", n_tasks=n, log_dir=sub / "logs",
         chdir=Path.cwd(), command=task_command(manifest_file, "tune"), options=options))
-    job_id = slurm.submit(script, env={STORAGE_ENV: storage_url} if secret else None)
+    try:
+        job_id = slurm.submit(script, env={STORAGE_ENV: storage_url} if secret else None)
+    except BaseException:  # refused: leave no submission directory behind
+        shutil.rmtree(sub, ignore_errors=True)
+        raise
     atomic_write_text(sub / "job_id", job_id + "\n")
     try:
         jobs = json.loads(_jobs_file(out_dir).read_text())
