@@ -178,6 +178,8 @@ def plan(models: str, dataset: str, seeds: int | None, seed_list: str | None, ep
       ctrbench plan -m table2 -d synthetic --seeds 5 > runs.txt
       sbatch --array=1-$(wc -l < runs.txt) job.sh   # job.sh: sed -n "${SLURM_ARRAY_TASK_ID}p"
                                                     #   runs.txt | bash
+
+    On Slurm, `ctrbench run ... --executor slurm` does this itself and follows the jobs.
     """
     from ctrbench.runs import runner
 
