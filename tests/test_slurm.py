@@ -24,6 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 import ctrbench
+from ctrbench import progress
 from ctrbench.cli import main
 from ctrbench.record import read_record, read_scores, record_path
 from ctrbench.runs import runner, slurm, slurm_runs
@@ -134,6 +135,7 @@ def work(cluster, home, tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         p for p in (source, os.environ.get("PYTHONPATH", "")) if p))
     monkeypatch.chdir(root)
+    monkeypatch.setattr(progress, "_MODE", "auto")  # another test's -q leaves it "quiet"
     results = root / "results"
     yield results
     job_ids = [p.read_text().strip() for p in (results / "slurm").glob("*/job_id")]
