@@ -73,13 +73,16 @@ def test_slurm_options_without_the_slurm_executor_are_a_usage_error():
     assert "--partition, --max-parallel only apply with --executor slurm" in result.output
 
 
-def test_missing_slurm_commands_give_one_clear_error(monkeypatch):
+def test_missing_slurm_commands_give_one_clear_error_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
-    result = CliRunner().invoke(main, ["run", "-m", "lr", "-d", "synthetic", "--executor",
-                                       "slurm", "--time", "10:00"])
-    assert result.exit_code == 1
-    assert "needs Slurm's commands; not found: sbatch, squeue" in result.output
-    assert "Traceback" not in result.output
+    monkeypatch.setenv("CTRBENCH_HOME", str(tmp_path / "home"))
+    for command in (["run", "-m", "lr", "-d", "synthetic"],
+                    ["tune", "--model", "lr", "--dataset", "synthetic", "--workers", "2"]):
+        result = CliRunner().invoke(main, [*command, "--executor", "slurm", "--time", "10:00"])
+        assert result.exit_code == 1
+        assert "needs Slurm's commands; not found: sbatch, squeue" in result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "home").exists()  # nothing was prepared
 
 
 # --------------------------------------------------------------------------- the cluster
@@ -368,6 +371,7 @@ def test_tune_runs_two_slurm_workers_on_one_study(work, storage):
 
 def test_tune_on_slurm_refuses_sqlite_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setenv("CTRBENCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PATH", "/nonexistent")  # the storage is checked first, Slurm or not
     result = CliRunner().invoke(main, ["tune", "--model", "lr", "--dataset", "synthetic",
                                        "--storage", "sqlite:///x.db", "--executor", "slurm"])
     assert not (tmp_path / "home").exists()  # refused before preparing the dataset

@@ -10,7 +10,7 @@ import click
 from tabulate import tabulate
 
 from ctrbench.commands.slurm_options import (
-    check_local_only,
+    check_executor_options,
     executor_options,
     run_on_slurm,
     slurm_settings,
@@ -121,7 +121,7 @@ def run(models: str, dataset: str, seeds: int | None, seed_list: str | None, epo
     if jobs < 1:
         raise click.BadParameter("must be >= 1", param_hint="--jobs")
     device_list = [d.strip() for d in devices.split(",") if d.strip()] if devices else []
-    check_local_only(executor, **slurm_args)
+    check_executor_options(executor, **slurm_args)
     if executor == "slurm" and (jobs != 1 or device_list):
         raise click.UsageError("--jobs/--devices are for --executor local; with slurm use "
                                "--max-parallel and --gpus-per-run")

@@ -53,9 +53,13 @@ _DEFAULTS = {"partition": ("--partition", None), "gpus_per_run": ("--gpus-per-ru
              "no_wait": ("--no-wait", False)}
 
 
-def check_local_only(executor: str, **given: object) -> None:
-    """Slurm options given without ``--executor slurm`` are a usage error, not ignored."""
+def check_executor_options(executor: str, **given: object) -> None:
+    """With ``--executor slurm``: Slurm's commands must exist (checked before any work);
+    without it, Slurm options are a usage error, not ignored."""
     if executor == "slurm":
+        from ctrbench.runs.slurm import require_slurm
+
+        require_slurm()
         return
     wrong = [_DEFAULTS[k][0] for k, v in given.items() if k in _DEFAULTS and v != _DEFAULTS[k][1]]
     if wrong:

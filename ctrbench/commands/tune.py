@@ -9,7 +9,7 @@ import click
 from tabulate import tabulate
 
 from ctrbench.commands.slurm_options import (
-    check_local_only,
+    check_executor_options,
     executor_options,
     slurm_settings,
     tune_on_slurm,
@@ -132,13 +132,13 @@ def tune(model: str, dataset: str, n_trials: int, timeout: float | None, storage
 
     if quiet:
         progress_mod.set_mode("quiet")
-    check_local_only(executor, **slurm_args)
     if workers < 1 or (workers > 1 and executor != "slurm"):
         raise click.UsageError("--workers N needs --executor slurm (and N >= 1); on one "
                                "machine, start several `ctrbench tune` processes instead")
-    options = slurm_settings(**{k: v for k, v in slurm_args.items() if k != "no_wait"})
     if executor == "slurm" and storage:
         check_shared_storage(storage)  # before any work
+    check_executor_options(executor, **slurm_args)
+    options = slurm_settings(**{k: v for k, v in slurm_args.items() if k != "no_wait"})
     verbose = logging.getLogger().getEffectiveLevel() < logging.WARNING
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
 
