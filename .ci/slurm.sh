@@ -43,7 +43,7 @@ fi
 pid_alive() {
     local stat
     [[ -f "$1" ]] || return 1
-    stat="$(ps -o stat= -p "$(cat "$1")" 2>/dev/null || true)"
+    stat="$(ps -o stat= -p "$(cat "$1" 2>/dev/null)" 2>/dev/null || true)"
     [[ -n "$stat" && "$stat" != Z* ]]
 }
 
@@ -58,7 +58,7 @@ stop_daemons() {
     local f
     for f in "$SLURM_DIR/slurmd.pid" "$SLURM_DIR/slurmctld.pid"; do
         if pid_alive "$f"; then
-            kill "$(cat "$f")" 2>/dev/null || true
+            kill "$(cat "$f" 2>/dev/null)" 2>/dev/null || true
             for _ in $(seq 50); do pid_alive "$f" || break; sleep 0.1; done
         fi
         rm -f "$f"
