@@ -9,6 +9,13 @@ from pathlib import Path
 import click
 from tabulate import tabulate
 
+from ctrbench.commands.slurm_options import (
+    check_executor_options,
+    executor_options,
+    run_on_slurm,
+    slurm_settings,
+)
+
 
 def _parse_seeds(seeds: int | None, seed_list: str | None) -> list[int]:
     if seed_list is not None:
@@ -81,10 +88,11 @@ def _quiet_option(func: Callable) -> Callable:
               help="Devices for the workers, round-robin, e.g. cuda:0,cuda:1.")
 @click.option("--force", is_flag=True, help="Rerun runs that already have a finished record.")
 @_quiet_option
+@executor_options
 def run(models: str, dataset: str, seeds: int | None, seed_list: str | None, epochs: int | None,
         device: str, results_dir: Path | None, set_items: tuple[str, ...],
         config_file: Path | None, jobs: int, devices: str | None, force: bool,
-        quiet: bool) -> None:
+        quiet: bool, executor: str = "local", **slurm_args) -> None:
     """Train and evaluate models x seeds on a dataset; record each run once.
 
     Prepares the dataset when needed; skips runs whose finished record has the same run id
@@ -98,6 +106,11 @@ def run(models: str, dataset: str, seeds: int | None, seed_list: str | None, epo
       ctrbench run --models table2 --dataset synthetic --seeds 3
       ctrbench run -m mian,din -d synthetic --seed-list 0,1 --set train.optimizer=lazy_adam
       ctrbench run -m baselines -d electronics --jobs 2 --devices cuda:0,cuda:1
+      ctrbench run -m table2 -d books --seeds 5 --executor slurm --gpus-per-run 1
+
+    With --executor slurm every pending run is one task of a Slurm job array (the dataset is
+    prepared here first); the command waits with a line per state change, and Ctrl-C leaves the
+    jobs running: the same command again reattaches and submits only what is missing or failed.
     """
     from ctrbench import progress
     from ctrbench.engine.train import resolve_device
@@ -108,13 +121,22 @@ def run(models: str, dataset: str, seeds: int | None, seed_list: str | None, epo
     if jobs < 1:
         raise click.BadParameter("must be >= 1", param_hint="--jobs")
     device_list = [d.strip() for d in devices.split(",") if d.strip()] if devices else []
-    for d in [device, *device_list]:
+    check_executor_options(executor, **slurm_args)
+    if executor == "slurm" and (jobs != 1 or device_list):
+        raise click.UsageError("--jobs/--devices are for --executor local; with slurm use "
+                               "--max-parallel and --gpus-per-run")
+    for d in [device, *device_list] if executor == "local" else []:
         resolve_device(d)  # unknown or unavailable devices fail before any work
+    options = slurm_settings(**{k: v for k, v in slurm_args.items() if k != "no_wait"})
     runner.install_termination_handler()
-    handle, specs, _ = _prepare_selection(models, dataset, seeds, seed_list, epochs, results_dir,
-                                          set_items, config_file)
-    results = runner.execute(specs, handle, device=device, jobs=jobs, devices=device_list,
-                             force=force, show_progress=not quiet)
+    handle, specs, results_root = _prepare_selection(models, dataset, seeds, seed_list, epochs,
+                                                     results_dir, set_items, config_file)
+    if executor == "slurm":  # the tasks resolve --device on their own nodes
+        results = run_on_slurm(handle, specs, results_root, options, device=device, force=force,
+                               no_wait=slurm_args["no_wait"])
+    else:
+        results = runner.execute(specs, handle, device=device, jobs=jobs, devices=device_list,
+                                 force=force, show_progress=not quiet)
     _print_summary(results, specs)
     failed = sum(r.status == "failed" for r in results)
     if failed:
@@ -156,6 +178,8 @@ def plan(models: str, dataset: str, seeds: int | None, seed_list: str | None, ep
       ctrbench plan -m table2 -d synthetic --seeds 5 > runs.txt
       sbatch --array=1-$(wc -l < runs.txt) job.sh   # job.sh: sed -n "${SLURM_ARRAY_TASK_ID}p"
                                                     #   runs.txt | bash
+
+    On Slurm, `ctrbench run ... --executor slurm` does this itself and follows the jobs.
     """
     from ctrbench.runs import runner
 

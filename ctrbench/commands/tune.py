@@ -8,6 +8,13 @@ from pathlib import Path
 import click
 from tabulate import tabulate
 
+from ctrbench.commands.slurm_options import (
+    check_executor_options,
+    executor_options,
+    slurm_settings,
+    tune_on_slurm,
+)
+from ctrbench.tune.slurm_workers import check_shared_storage, default_storage
 from ctrbench.tune.space import PRUNERS, SAMPLERS
 
 
@@ -78,11 +85,15 @@ def _trial_line(frozen, counts, target: int) -> str:
               help="First mark every RUNNING trial FAIL (for journal storage, which has no "
                    "heartbeat; only when no other worker is alive).")
 @click.option("-q", "--quiet", is_flag=True, default=False, help="No progress on stderr.")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="[slurm] Workers (array tasks) on the study; a re-run tops them up to N.")
+@executor_options
 def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int | None,
          timeout: float | None, timeout_per_model: float | None, storage: str | None,
          study_name: str | None, sampler: str, pruner: str, prune_after: int, seed: int,
          epochs: int | None, results_root: Path | None, device: str, card_first: bool,
-         heartbeat: int, fail_running: bool, quiet: bool) -> None:
+         heartbeat: int, fail_running: bool, quiet: bool, workers: int = 1,
+         executor: str = "local", **slurm_args) -> None:
     """Tune hyperparameters on a dataset's VALIDATION split (never test).
 
     Each trial trains the card with sampled values (the card's [search] table: the shared keys
@@ -111,6 +122,9 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
     Several workers on one study (each runs until the study has 40 trials):
       ctrbench tune --model mian --dataset books --trials 40 \\
         --storage postgresql://user:pass@db-host/optuna   # on each machine
+    or, as 8 Slurm array tasks (default storage: journal:<results>/tuning/<study>.log):
+      ctrbench tune --model mian --dataset books --trials 40 --executor slurm \\
+        --workers 8 --gpus-per-run 1
     """
     import optuna
 
@@ -118,8 +132,15 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
     from ctrbench.cards import load_model_card, resolve_model_spec
     from ctrbench.errors import CtrbenchError
     from ctrbench.paths import default_results_root
-    from ctrbench.tune.group import budget_mode, tune_group, tune_one, unequal_budgets
+    from ctrbench.tune.group import (
+        budget_mode,
+        study_name_of,
+        tune_group,
+        tune_one,
+        unequal_budgets,
+    )
     from ctrbench.tune.outputs import tuned_card_name
+    from ctrbench.tune.space import card_values
     from ctrbench.tune.study import TuneSettings
 
     if (model is None) == (models_spec is None):
@@ -135,6 +156,13 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
         n_trials = 10_000 if timeout_per_model is not None else 20
     if quiet:
         progress_mod.set_mode("quiet")
+    if workers < 1 or (workers > 1 and executor != "slurm"):
+        raise click.UsageError("--workers N needs --executor slurm (and N >= 1); on one "
+                               "machine, start several `ctrbench tune` processes instead")
+    if executor == "slurm" and storage:
+        check_shared_storage(storage)  # before any work
+    check_executor_options(executor, **slurm_args)
+    options = slurm_settings(**{k: v for k, v in slurm_args.items() if k != "no_wait"})
     verbose = logging.getLogger().getEffectiveLevel() < logging.WARNING
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
 
@@ -147,13 +175,34 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
     def on_trial(frozen, counts) -> None:
         progress_mod.message(_trial_line(frozen, counts, n_trials))
 
+    def storage_for(name: str) -> str | None:
+        if executor == "slurm":  # every node must reach the storage
+            return check_shared_storage(storage or default_storage(results_root, name))
+        return storage
+
+    def on_slurm(opened):
+        """Top the study's Slurm workers up to --workers and wait for them (or not)."""
+        if opened.created and card_first and sampler != "grid":  # as run_study does locally
+            defaults = card_values(opened.card, opened.space)
+            if defaults is not None:
+                opened.study.enqueue_trial(defaults, user_attrs={"origin": "card"},
+                                           skip_if_exists=True)
+        return tune_on_slurm(opened.study, opened.handle, workers=workers,
+                             model=opened.card.name, store=data.path,
+                             storage_url=storage_for(opened.study.study_name),
+                             heartbeat=heartbeat, settings=settings,
+                             signature=opened.signature, out_dir=opened.out_dir,
+                             options=options, no_wait=slurm_args["no_wait"])
+
+    execute = on_slurm if executor == "slurm" else None
+
     if models_spec is not None:
         cards = [load_model_card(name) for name in resolve_model_spec(models_spec)]
         data = _load_data(dataset)
         rows, budget_path = tune_group(
             cards, data, settings, results_root=results_root, label=_group_label(models_spec),
-            storage_for=lambda name: storage, heartbeat=heartbeat,
-            fail_running=fail_running, on_message=progress_mod.message, on_trial=on_trial)
+            storage_for=storage_for, heartbeat=heartbeat, fail_running=fail_running,
+            on_message=progress_mod.message, on_trial=on_trial, execute=execute)
         click.echo(f"budget: {budget_mode(settings)}")
         click.echo(tabulate(
             [(r.model, r.status, r.trials_complete, r.trials_pruned, r.trials_failed,
@@ -181,9 +230,12 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
 
     card = load_model_card(model)
     data = _load_data(dataset)
-    outcome = tune_one(card, data, settings, results_root=results_root, storage=storage,
+    outcome = tune_one(card, data, settings, results_root=results_root,
+                       storage=storage_for(study_name_of(card, data, study_name)),
                        study_name=study_name, heartbeat=heartbeat, fail_running=fail_running,
-                       on_message=progress_mod.message, on_trial=on_trial)
+                       on_message=progress_mod.message, on_trial=on_trial, execute=execute)
+    if outcome.summary is None:  # --no-wait: the workers run on
+        return
     summary, out_dir, name = outcome.summary, outcome.out_dir, outcome.summary.study_name
     click.echo(f"study {name!r} ({summary.storage}): {summary.stop_reason}")
     click.echo(f"trials: {summary.n_complete} complete, {summary.n_pruned} pruned, "

@@ -41,7 +41,7 @@ class ModelBudget:
     """What one model of a group received and what came of it."""
 
     model: str
-    status: str  # "tuned" | "nothing to tune" | "no complete trial"
+    status: str  # "tuned" | "nothing to tune" | "no complete trial" | "submitted" (not awaited)
     study: str = ""
     trials_complete: int = 0
     trials_pruned: int = 0
@@ -57,18 +57,40 @@ class ModelBudget:
 
 @dataclass
 class StudyOutcome:
-    summary: TuneSummary
+    summary: TuneSummary | None  # None: the trials were handed to workers that were not awaited
     out_dir: Path
     plots: dict[str, str]
     card_path: Path | None
     tuned_from: dict[str, Any] | None
 
 
+@dataclass(frozen=True)
+class OpenStudy:
+    """What an executor needs to run a study's trials elsewhere (e.g. Slurm workers)."""
+
+    study: Any  # optuna.Study
+    handle: Any  # StudyStorage
+    card: ModelCard
+    space: list
+    signature: dict[str, Any]
+    out_dir: Path
+    created: bool
+
+
+#: Runs the trials of an opened study somewhere else; returns its summary, or None when the
+#: trials were only handed over (not awaited). None = run them here (``run_study``).
+Executor = Callable[[OpenStudy], TuneSummary | None]
+
+
+def study_name_of(card: ModelCard, data: PreparedData, study_name: str | None = None) -> str:
+    return study_name or f"{card.name}@{data.meta.get('dataset', data.path.name)}"
+
+
 def tune_one(card: ModelCard, data: PreparedData, settings: TuneSettings, *,
              results_root: Path, storage: str | None = None, study_name: str | None = None,
              heartbeat: int = 60, fail_running: bool = False,
              on_message: Callable[[str], None] = lambda text: None,
-             on_trial: Callable | None = None) -> StudyOutcome:
+             on_trial: Callable | None = None, execute: Executor | None = None) -> StudyOutcome:
     """Open (or resume) ``card``'s study on ``data``, run it, write its table and tuned card."""
     space = parse_search_space(card)
     if settings.sampler == "grid":
@@ -78,7 +100,7 @@ def tune_one(card: ModelCard, data: PreparedData, settings: TuneSettings, *,
     signature = study_signature(card, data, settings)
     dataset_name = signature["dataset"]
     tuned_card_name(card, dataset_name)  # refuse re-tuning a tuned card before any work
-    name = study_name or f"{card.name}@{dataset_name}"
+    name = study_name_of(card, data, study_name)
     handle = open_storage(storage, results_root, name, heartbeat=heartbeat)
     study, created = open_study(handle, name, signature)
     if fail_running:
@@ -88,10 +110,15 @@ def tune_one(card: ModelCard, data: PreparedData, settings: TuneSettings, *,
                f"running until {settings.n_trials} are complete or pruned")
     out_dir = study_dir(results_root, name)
     try:
-        summary = run_study(study, handle, data, card, space, settings, on_trial=on_trial,
-                            new_study=created)
+        if execute is None:
+            summary = run_study(study, handle, data, card, space, settings, on_trial=on_trial,
+                                new_study=created)
+        else:
+            summary = execute(OpenStudy(study, handle, card, space, signature, out_dir, created))
     finally:  # also after Ctrl-C: the table shows what is finished
         write_trials_table(study, out_dir)
+    if summary is None:
+        return StudyOutcome(None, out_dir, {}, None, None)
     plots = write_plots(study, out_dir)
     if summary.best is None:
         return StudyOutcome(summary, out_dir, plots, None, None)
@@ -105,7 +132,8 @@ def tune_group(cards: Sequence[ModelCard], data: PreparedData, settings: TuneSet
                results_root: Path, label: str, storage_for: Callable[[str], str | None],
                heartbeat: int = 60, fail_running: bool = False,
                on_message: Callable[[str], None] = lambda text: None,
-               on_trial: Callable | None = None) -> tuple[list[ModelBudget], Path]:
+               on_trial: Callable | None = None,
+               execute: Executor | None = None) -> tuple[list[ModelBudget], Path]:
     """Tune every card with the same ``settings``; write and return the budget table.
 
     ``storage_for(study_name)``: the storage URL of each model's study (None = the default
@@ -124,8 +152,12 @@ def tune_group(cards: Sequence[ModelCard], data: PreparedData, settings: TuneSet
         on_message(f"--- {card.name} ({len(rows) + 1}/{len(cards)})")
         outcome = tune_one(card, data, settings, results_root=results_root,
                            storage=storage_for(name), study_name=name, heartbeat=heartbeat,
-                           fail_running=fail_running, on_message=on_message, on_trial=on_trial)
+                           fail_running=fail_running, on_message=on_message, on_trial=on_trial,
+                           execute=execute)
         s = outcome.summary
+        if s is None:
+            rows.append(ModelBudget(model=card.name, status="submitted", study=name))
+            continue
         wall = float(outcome.tuned_from["wall_clock_s"]) if outcome.tuned_from else 0.0
         rows.append(ModelBudget(
             model=card.name, status="tuned" if s.best is not None else "no complete trial",
@@ -149,7 +181,8 @@ def unequal_budgets(rows: Sequence[ModelBudget], settings: TuneSettings) -> list
     if settings.timeout is not None:
         return []  # a wall-clock budget gives fast models more trials, by design
     return [f"{r.model}: {r.trials_done} trials done, {settings.n_trials} declared"
-            for r in rows if r.status != "nothing to tune" and r.trials_done != settings.n_trials]
+            for r in rows if r.status in ("tuned", "no complete trial")
+            and r.trials_done != settings.n_trials]
 
 
 def write_budget(results_root: Path, label: str, dataset: str, settings: TuneSettings,

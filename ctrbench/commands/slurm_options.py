@@ -1,0 +1,174 @@
+"""The ``--executor slurm`` options of ``ctrbench run`` and ``ctrbench tune``, and the run side."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import click
+
+
+def executor_options(func: Callable) -> Callable:
+    """``--executor`` and the Slurm resources every task asks for."""
+    options = [
+        click.option("--executor", type=click.Choice(["local", "slurm"]), default="local",
+                     show_default=True,
+                     help="local: run here; slurm: one Slurm job-array task per run (worker)."),
+        click.option("--partition", default=None,
+                     help="[slurm] Partition (default: the cluster's default partition)."),
+        click.option("--gpus-per-run", type=int, default=0, show_default=True,
+                     help="[slurm] GPUs per task (--gres=gpu:N)."),
+        click.option("--cpus-per-run", type=int, default=1, show_default=True,
+                     help="[slurm] CPU cores per task (torch threads)."),
+        click.option("--time", "time_limit", default="4:00:00", show_default=True,
+                     help="[slurm] Time limit per task, [D-]HH:MM:SS."),
+        click.option("--max-parallel", type=int, default=None,
+                     help="[slurm] At most N tasks running at once (the array's %N)."),
+        click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="OPTION",
+                     help="[slurm] Extra sbatch option, repeatable: --sbatch-arg=--account=lab."),
+        click.option("--no-wait", is_flag=True,
+                     help="[slurm] Submit and return; run the same command again to wait."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def slurm_settings(partition: str | None, gpus_per_run: int, cpus_per_run: int,
+                   time_limit: str, max_parallel: int | None, sbatch_args: Sequence[str]):
+    from ctrbench.runs.slurm import SlurmOptions
+
+    return SlurmOptions(partition=partition, time=time_limit, gpus_per_run=gpus_per_run,
+                        cpus_per_run=cpus_per_run, max_parallel=max_parallel,
+                        sbatch_args=tuple(sbatch_args))
+
+
+_DEFAULTS = {"partition": ("--partition", None), "gpus_per_run": ("--gpus-per-run", 0),
+             "cpus_per_run": ("--cpus-per-run", 1), "time_limit": ("--time", "4:00:00"),
+             "max_parallel": ("--max-parallel", None), "sbatch_args": ("--sbatch-arg", ()),
+             "no_wait": ("--no-wait", False)}
+
+
+def check_executor_options(executor: str, **given: object) -> None:
+    """With ``--executor slurm``: Slurm's commands must exist (checked before any work);
+    without it, Slurm options are a usage error, not ignored."""
+    if executor == "slurm":
+        from ctrbench.runs.slurm import require_slurm
+
+        require_slurm()
+        return
+    wrong = [_DEFAULTS[k][0] for k, v in given.items() if k in _DEFAULTS and v != _DEFAULTS[k][1]]
+    if wrong:
+        raise click.UsageError(f"{', '.join(wrong)} only apply with --executor slurm")
+
+
+def reattach_hint(job_ids: Sequence[str]) -> str:
+    from ctrbench.runs.slurm import cancel_hint
+
+    jobs = ",".join(sorted(set(job_ids)))
+    return (f"the Slurm job(s) {jobs} keep running. Reattach: run the same command again (it "
+            f"submits nothing that is queued or running, and waits); follow: squeue -j {jobs}; "
+            f"stop: {cancel_hint(job_ids)}")
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends (sbatch done and every run marked), then raise it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def run_on_slurm(handle, specs, results_root: Path, options, *, device: str, force: bool,
+                 no_wait: bool) -> list:
+    """Submit the pending runs of ``specs`` (attach to queued/running ones) and wait; returns
+    one RunResult per spec. Ctrl-C while waiting leaves the jobs running (exit 130)."""
+    from ctrbench import progress
+    from ctrbench.runs import slurm, slurm_runs
+
+    slurm.require_slurm()
+    tracked = []
+    try:
+        with deferred_interrupt(), slurm_runs.submission_lock(results_root):
+            done, attached, todo = slurm_runs.reconcile(specs, handle, force)
+            fresh = slurm_runs.submit_runs(todo, handle, options, results_root=results_root,
+                                           device=device, force=force)
+            tracked = attached + fresh
+        if attached:
+            jobs = ",".join(sorted({t.job_id for t in attached}))
+            progress.message(f"{len(attached)} run(s) already queued or running in Slurm "
+                             f"job(s) {jobs}: not submitted again")
+        if fresh:
+            sub = Path(slurm_runs.read_marker(fresh[0].spec.record_file)["submission"])
+            progress.message(f"submitted {len(fresh)} run(s) as Slurm job array "
+                             f"{fresh[0].job_id} (script, manifest and logs in {sub})")
+        elif not attached:
+            progress.message("nothing to submit")
+        if tracked and no_wait:
+            click.echo(f"not waiting: {reattach_hint([t.job_id for t in tracked])}", err=True)
+        elif tracked:
+            slurm_runs.wait(tracked, handle, interval=slurm_runs.poll_interval(),
+                            on_line=progress.message)
+    except KeyboardInterrupt:
+        if not tracked:
+            raise
+        click.echo(f"\nInterrupted: {reattach_hint([t.job_id for t in tracked])}", err=True)
+        sys.exit(130)
+    return slurm_runs.results_of(specs, done, tracked)
+
+
+def tune_on_slurm(study, handle, *, workers: int, model: str, store: Path, storage_url: str,
+                  heartbeat: int, settings, signature: dict, out_dir: Path, options,
+                  no_wait: bool):
+    """Top the study's Slurm workers up to ``workers`` and wait for them to end; returns the
+    study's TuneSummary (None with --no-wait). Ctrl-C leaves the workers running (exit 130)."""
+    from optuna.trial import TrialState
+
+    from ctrbench import progress
+    from ctrbench.runs import slurm, slurm_runs
+    from ctrbench.tune import slurm_workers
+    from ctrbench.tune.study import count_states
+
+    slurm.require_slurm()
+    counts = count_states(study)
+    done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+    with deferred_interrupt():
+        live = slurm_workers.live_workers(out_dir)
+        missing = 0 if done >= settings.n_trials else workers - len(live)
+        job_ids = sorted({job for job, _ in live})
+        if missing > 0:
+            job_ids.append(slurm_workers.submit_workers(
+                missing, model=model, store=store, study_name=study.study_name,
+                storage_url=storage_url, heartbeat=heartbeat, settings=settings,
+                signature=signature, out_dir=out_dir, options=options))
+            progress.message(f"submitted {missing} worker(s) as Slurm job array {job_ids[-1]} "
+                             f"(logs in {out_dir / 'slurm'})")
+    if live:
+        progress.message(f"{len(live)} worker(s) already queued or running: not submitted again")
+    if job_ids and no_wait:
+        click.echo(f"not waiting: {reattach_hint(job_ids)}", err=True)
+        return None
+    try:
+        slurm_workers.wait_workers(study, out_dir, interval=slurm_runs.poll_interval(),
+                                   on_line=progress.message)
+    except KeyboardInterrupt:
+        click.echo(f"\nInterrupted: {reattach_hint(job_ids)}", err=True)
+        sys.exit(130)
+    reason = "no Slurm worker of this study is queued or running"
+    running = count_states(study)[TrialState.RUNNING]
+    if running and not handle.heartbeat:
+        reason += (f"; {running} trial(s) were left RUNNING by killed workers: re-run with "
+                   "--fail-running")
+    return slurm_workers.summary_of(study, handle.display, reason)

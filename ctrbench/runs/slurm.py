@@ -1,0 +1,171 @@
+"""A thin client of Slurm's own commands: write a job-array script, ``sbatch`` it, read ``squeue``.
+
+Why ``sbatch`` directly and not submitit: the records on disk are the results, so nothing has to
+be pickled and sent back; submitit reads job states with ``sacct``, which needs Slurm's
+accounting daemon (slurmdbd and a database) that many small clusters, and the CI cluster of
+``.ci/slurm.sh``, do not run; and a plain script under the results directory can be read,
+edited and resubmitted by hand. Job states come from ``squeue`` (queued and running jobs, and
+jobs that ended less than ``MinJobAge`` ago); the outcome of a run comes from its record.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ctrbench.errors import CtrbenchError
+
+# squeue states in which a job (array task) may still run or write its record
+ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
+                 "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT",
+                 "STOPPED", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
+WAITING_STATES = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SUSPENDED", "STOPPED",
+                  "RESV_DEL_HOLD", "SPECIAL_EXIT"}
+_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
+COMMAND_TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """What every task of a job array asks Slurm for (``ctrbench run/tune --executor slurm``)."""
+
+    partition: str | None = None
+    time: str = "4:00:00"  # per task: [D-]HH:MM:SS
+    gpus_per_run: int = 0
+    cpus_per_run: int = 1
+    max_parallel: int | None = None  # tasks running at once (the array's %N)
+    sbatch_args: tuple[str, ...] = field(default_factory=tuple)  # e.g. --account=lab
+
+    def __post_init__(self) -> None:
+        if not _TIME.match(self.time):
+            raise CtrbenchError(f"--time {self.time!r} is not a Slurm time limit",
+                                hint="e.g. 4:00:00, 30:00 or 1-12:00:00")
+        if self.gpus_per_run < 0:
+            raise CtrbenchError("--gpus-per-run must be >= 0")
+        if self.cpus_per_run < 1:
+            raise CtrbenchError("--cpus-per-run must be >= 1")
+        if self.max_parallel is not None and self.max_parallel < 1:
+            raise CtrbenchError("--max-parallel must be >= 1")
+        for arg in self.sbatch_args:
+            if not arg.startswith("-"):
+                raise CtrbenchError(f"--sbatch-arg {arg!r} is not an sbatch option",
+                                    hint="e.g. --sbatch-arg=--account=mylab")
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """One array task as ``squeue`` shows it."""
+
+    state: str  # PENDING, RUNNING, COMPLETED, CANCELLED, ...
+    reason: str  # the node list when running, the reason when pending
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @property
+    def waiting(self) -> bool:
+        return self.state in WAITING_STATES
+
+
+def require_slurm() -> None:
+    """Fail with a clear message when Slurm's client commands are not on PATH."""
+    missing = [c for c in ("sbatch", "squeue") if shutil.which(c) is None]
+    if missing:
+        raise CtrbenchError(f"--executor slurm needs Slurm's commands; not found: "
+                            f"{', '.join(missing)}",
+                            hint="run on a Slurm login node (or start a test cluster with "
+                                 "`eval \"$(bash .ci/slurm.sh)\"`)")
+
+
+def _call(args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(list(args), capture_output=True, text=True, check=False,
+                              timeout=COMMAND_TIMEOUT_S,
+                              env=None if env is None else {**os.environ, **env})
+    except FileNotFoundError:
+        require_slurm()
+        raise
+    except subprocess.TimeoutExpired:
+        raise CtrbenchError(f"`{shlex.join(args)}` did not answer in {COMMAND_TIMEOUT_S} s",
+                            hint="is slurmctld reachable? try `scontrol ping`") from None
+
+
+def array_script(*, job_name: str, n_tasks: int, log_dir: Path, chdir: Path,
+                 command: Sequence[str], options: SlurmOptions,
+                 environment: dict[str, str] | None = None) -> str:
+    """A bash job-array script: one task per index 0..n_tasks-1, each running ``command`` with
+    ``$SLURM_ARRAY_TASK_ID`` appended; logs ``<log_dir>/<jobid>_<index>.log``."""
+    if n_tasks < 1:
+        raise ValueError("n_tasks must be >= 1")
+    array = f"0-{n_tasks - 1}"
+    if options.max_parallel is not None:
+        array += f"%{options.max_parallel}"
+    lines = ["#!/bin/bash",
+             f"#SBATCH --job-name={job_name}",
+             f"#SBATCH --array={array}",
+             f"#SBATCH --output={log_dir}/%A_%a.log",
+             f"#SBATCH --chdir={chdir}",
+             "#SBATCH --ntasks=1",
+             f"#SBATCH --cpus-per-task={options.cpus_per_run}",
+             f"#SBATCH --time={options.time}"]
+    if options.partition:
+        lines.append(f"#SBATCH --partition={options.partition}")
+    if options.gpus_per_run:
+        lines.append(f"#SBATCH --gres=gpu:{options.gpus_per_run}")
+    lines += [f"#SBATCH {arg}" for arg in options.sbatch_args]
+    lines += ["# written by ctrbench; `sbatch` this file again to rerun every task",
+              "set -eu",
+              'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"']
+    for key, value in sorted((environment or {}).items()):
+        lines.append(f"export {key}={shlex.quote(value)}")
+    lines.append(f'exec {shlex.join(command)} "$SLURM_ARRAY_TASK_ID"')
+    return "\n".join(lines) + "\n"
+
+
+def submit(script: Path, env: dict[str, str] | None = None) -> str:
+    """``sbatch`` a script; returns the (array) job id. ``env``: extra variables that reach the
+    job through its environment (sbatch exports the submitting environment), not the script."""
+    require_slurm()
+    done = _call(["sbatch", "--parsable", str(script)], env=env)
+    if done.returncode != 0:
+        raise CtrbenchError(f"sbatch refused {script}: {done.stderr.strip() or done.stdout}",
+                            hint="check --partition, --time, --gpus-per-run and --sbatch-arg "
+                                 "against `sinfo`")
+    job_id = done.stdout.strip().split(";", 1)[0]  # "<id>[;cluster]"
+    if not job_id.isdigit():
+        raise CtrbenchError(f"sbatch answered {done.stdout.strip()!r}, not a job id")
+    return job_id
+
+
+def query(job_ids: Iterable[str]) -> dict[tuple[str, int], TaskState]:
+    """``(job id, array index) -> TaskState`` for the given array jobs; tasks that Slurm has
+    forgotten (ended longer than ``MinJobAge`` ago) are absent. Raises CtrbenchError when
+    ``squeue`` itself fails (controller unreachable)."""
+    ids = sorted(set(job_ids))
+    if not ids:
+        return {}
+    done = _call(["squeue", "--noheader", "--array", "--states=all", "--jobs", ",".join(ids),
+                  "--format=%F|%K|%T|%R"])
+    if done.returncode != 0:
+        if "Invalid job id" in done.stderr:
+            return {}  # (a single id was given and) Slurm has forgotten it
+        raise CtrbenchError(f"squeue failed: {done.stderr.strip() or done.stdout.strip()}",
+                            hint="is slurmctld reachable? try `scontrol ping`")
+    states: dict[tuple[str, int], TaskState] = {}
+    for line in done.stdout.splitlines():
+        parts = line.strip().split("|", 3)
+        if len(parts) != 4 or not parts[1].isdigit():
+            continue  # not an array task
+        states[(parts[0], int(parts[1]))] = TaskState(parts[2], parts[3])
+    return states
+
+
+def cancel_hint(job_ids: Iterable[str]) -> str:
+    return f"scancel {' '.join(sorted(set(job_ids)))}"

@@ -1,0 +1,340 @@
+"""``ctrbench run --executor slurm``: every pending run as one task of a Slurm job array.
+
+- Submission: the dataset is prepared on the submitting host first (so no two tasks ever build
+  the same store); a submission directory ``<results>/slurm/<stamp>/`` holds ``manifest.json``
+  (store path, resolved model cards, run ids, record paths), ``job.sh`` and ``logs/<job>_<i>.log``.
+  Each run gets a marker ``seed-<k>.slurm-job`` beside its record naming its job and task.
+- Tasks (:mod:`ctrbench.runs.slurm_task`) open the prepared store, check the run id, and run
+  :func:`ctrbench.runs.runner.execute_one` (same lock, same record, same results directory as a
+  local run). SIGTERM (``scancel``, time limit, preemption) is recorded as a failed run.
+- Re-running: finished records are skipped; a run whose marker's task is still queued or running
+  (``squeue``) is attached to, never submitted twice; a task that ended without a record
+  (SIGKILL, node failure) is recorded as failed here; failed and missing runs are submitted.
+  Submissions from several shells at once are serialised by a lock file in ``<results>/slurm``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ctrbench.errors import CtrbenchError
+from ctrbench.record import atomic_write_text, read_record, scores_path, write_record
+from ctrbench.runs import runner, slurm
+from ctrbench.runs.lock import RunLock
+from ctrbench.runs.runner import DatasetHandle, RunResult, RunSpec
+
+SETTLE_S = 5.0  # a task that ended is given this long for its record to appear (shared disks)
+
+
+@dataclass
+class Tracked:
+    """A run handed to Slurm: its spec, its task and the last state seen."""
+
+    spec: RunSpec
+    job_id: str
+    index: int
+    state: str = "submitted"  # pending | running | finished | failed | locked
+    detail: str = ""
+    submitted_at: str = ""  # ISO UTC (the marker's): older failed records are not this task's
+    ended_at: float | None = None  # when squeue first stopped listing it as active
+
+    @property
+    def task(self) -> str:
+        return f"{self.job_id}_{self.index}"
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("finished", "failed", "locked")
+
+
+# --------------------------------------------------------------------------- markers
+def marker_path(record_file: Path) -> Path:
+    return Path(record_file).with_suffix(".slurm-job")
+
+
+def read_marker(record_file: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(marker_path(record_file).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and "job_id" in data else None
+
+
+def write_marker(record_file: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(marker_path(record_file), json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def record_outcome(spec: RunSpec, since: str = "") -> tuple[str, str] | None:
+    """("finished" | "failed", detail) when the spec's record carries its run id, else None.
+
+    ``since`` (an ISO UTC time): a failed record older than that (an earlier attempt's) does not
+    count."""
+    if not spec.record_file.is_file():
+        return None
+    try:
+        record = read_record(spec.record_file)
+    except CtrbenchError:
+        return None
+    if record.run_id != spec.run_id or record.status not in ("finished", "failed"):
+        return None
+    if record.status == "finished":
+        return "finished", f"test AUC {record.test.get('auc', float('nan')):.4f}"
+    if since and (record.finished_at or "") < since:
+        return None
+    return "failed", record.error or ""
+
+
+# --------------------------------------------------------------------------- lost tasks
+def task_info_path(submission: Path, index: int) -> Path:
+    """Where a task notes its host and pid when it starts."""
+    return Path(submission) / "tasks" / f"{index}.json"
+
+
+def _clear_dead_task_lock(spec: RunSpec, marker: dict[str, Any]) -> None:
+    """Remove the lock a task left when it was killed: Slurm says the task has ended, and the
+    lock names the host and pid that the task noted when it started."""
+    path = runner.lock_path(spec.record_file)
+    try:
+        holder = json.loads(path.read_text())
+        task = json.loads(task_info_path(marker["submission"], int(marker["index"])).read_text())
+    except (OSError, KeyError, ValueError):
+        return
+    if (isinstance(holder, dict) and isinstance(task, dict)
+            and holder.get("host") == task.get("host") and holder.get("pid") == task.get("pid")):
+        path.unlink(missing_ok=True)
+
+
+def record_failed(spec: RunSpec, dataset: DatasetHandle, error: str,
+                  environment: dict[str, Any] | None = None) -> RunResult:
+    """Write a failed record for ``spec`` unless a finished one (or a live holder) is there."""
+    lock = RunLock(runner.lock_path(spec.record_file))
+    if not lock.acquire():
+        holder = lock.holder or {}
+        return RunResult(spec, "locked", f"in progress (pid {holder.get('pid')} on "
+                                         f"{holder.get('host', '?')})")
+    try:
+        if runner.finished_record(spec) is not None:
+            return RunResult(spec, "finished", "finished")
+        record = runner._base_record(spec, dataset, environment or {})
+        record.status = "failed"
+        record.error = error
+        record.finished_at = record.started_at
+        write_record(spec.record_file, record)
+        scores_path(spec.record_file).unlink(missing_ok=True)
+        return RunResult(spec, "failed", error)
+    finally:
+        lock.release()
+
+
+def record_lost(spec: RunSpec, dataset: DatasetHandle, marker: dict[str, Any],
+                state: slurm.TaskState | None) -> RunResult:
+    """A task that ended without leaving its run's record: record the run as failed."""
+    _clear_dead_task_lock(spec, marker)
+    how = f"state {state.state}" if state is not None else "no longer listed by squeue"
+    error = (f"Slurm task {marker['job_id']}_{marker['index']} ended ({how}) without writing a "
+             f"record (killed, out of memory or node failure?); log: {marker.get('log', '?')}")
+    return record_failed(spec, dataset, error)
+
+
+# --------------------------------------------------------------------------- reconcile
+@contextlib.contextmanager
+def submission_lock(results_root: Path) -> Iterator[None]:
+    """One submitter at a time per results directory (``flock``; waits for the other)."""
+    path = Path(results_root) / "slurm" / ".submit.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def reconcile(specs: Sequence[RunSpec], dataset: DatasetHandle, force: bool = False
+              ) -> tuple[list[RunResult], list[Tracked], list[RunSpec]]:
+    """Split specs into done (finished records), attached (their task is queued or running)
+    and to-submit (missing, failed, or whose task ended without a record: recorded failed)."""
+    markers = {id(s): m for s in specs
+               if (m := read_marker(s.record_file)) is not None and m.get("run_id") == s.run_id}
+    states = slurm.query(m["job_id"] for m in markers.values())
+    done: list[RunResult] = []
+    attached: list[Tracked] = []
+    todo: list[RunSpec] = []
+    for spec in specs:
+        marker = markers.get(id(spec))
+        state = states.get((marker["job_id"], int(marker["index"]))) if marker else None
+        if state is not None and state.active:
+            attached.append(Tracked(spec, marker["job_id"], int(marker["index"]),
+                                    "pending" if state.waiting else "running", _where(state),
+                                    submitted_at=marker.get("submitted_at", "")))
+            continue
+        outcome = record_outcome(spec)
+        if not force and outcome is not None and outcome[0] == "finished":
+            done.append(RunResult(spec, "skipped", "finished"))
+            continue
+        if marker is not None and outcome is None:  # its task ended without a record
+            result = record_lost(spec, dataset, marker, state)
+            if result.status == "locked":  # a live process elsewhere runs it
+                done.append(result)
+                continue
+        todo.append(spec)
+    return done, attached, todo
+
+
+# --------------------------------------------------------------------------- submit
+def task_command(manifest: Path, kind: str = "run") -> list[str]:
+    """The command each array task runs (its index is appended by the script)."""
+    return [sys.executable, "-m", "ctrbench.runs.slurm_task", kind, str(manifest)]
+
+
+def new_submission_dir(results_root: Path) -> Path:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = Path(results_root).resolve() / "slurm" / f"{stamp}-{uuid.uuid4().hex[:6]}"
+    (path / "logs").mkdir(parents=True)
+    return path
+
+
+def submit_runs(todo: Sequence[RunSpec], dataset: DatasetHandle, options: slurm.SlurmOptions, *,
+                results_root: Path, device: str, force: bool) -> list[Tracked]:
+    """Write the manifest and job script of ``todo``, sbatch it, mark every run; one array."""
+    if not todo:
+        return []
+    sub = new_submission_dir(results_root)
+    manifest = {
+        "kind": "run", "dataset": dataset.name, "store": str(Path(dataset.data.path).resolve()),
+        "dataset_config": dataset.config, "device": device, "force": bool(force),
+        "plugins": runner._plugin_modules(todo),
+        "tasks": [{"model": s.model, "seed": s.seed, "card": s.card.resolved(),
+                   "run_id": s.run_id, "record": str(s.record_file.resolve())} for s in todo],
+    }
+    manifest_file = sub / "manifest.json"
+    atomic_write_text(manifest_file, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    script = sub / "job.sh"
+    script.write_text(slurm.array_script(
+        job_name=f"ctrbench-{dataset.name}", n_tasks=len(todo), log_dir=sub / "logs",
+        chdir=Path.cwd(), command=task_command(manifest_file), options=options))
+    submitted_at = _now()
+    try:
+        job_id = slurm.submit(script)
+    except BaseException:  # refused: leave no submission directory behind
+        shutil.rmtree(sub, ignore_errors=True)
+        raise
+    atomic_write_text(sub / "job_id", job_id + "\n")
+    tracked = []
+    for index, spec in enumerate(todo):
+        write_marker(spec.record_file, {
+            "job_id": job_id, "index": index, "run_id": spec.run_id, "submission": str(sub),
+            "log": str(sub / "logs" / f"{job_id}_{index}.log"), "submitted_at": submitted_at})
+        tracked.append(Tracked(spec, job_id, index, "pending", submitted_at=submitted_at))
+    return tracked
+
+
+# --------------------------------------------------------------------------- wait
+def _where(state: slurm.TaskState) -> str:
+    """"on node1" for a running task, "(Priority)" for a pending one, "" without a reason."""
+    if not state.reason or state.reason in ("None", "(None)", "(null)"):
+        return ""
+    return f"({state.reason.strip('()')})" if state.waiting else f"on {state.reason}"
+
+
+def _counts(tracked: Sequence[Tracked]) -> dict[str, int]:
+    counts = dict.fromkeys(("pending", "running", "finished", "failed"), 0)
+    for t in tracked:
+        counts[t.state] = counts.get(t.state, 0) + 1
+    return counts
+
+
+def status_line(tracked: Sequence[Tracked]) -> str:
+    jobs = ",".join(sorted({t.job_id for t in tracked}))
+    counts = _counts(tracked)  # the four states always, others (locked) when present
+    text = ", ".join(f"{n} {state}" for i, (state, n) in enumerate(counts.items()) if n or i < 4)
+    return f"slurm job {jobs}: {len(tracked)} run(s): {text}"
+
+
+def poll(tracked: Sequence[Tracked], dataset: DatasetHandle,
+         now: float | None = None) -> list[Tracked]:
+    """Refresh every unfinished task's state from squeue and the records; returns the ones whose
+    state changed."""
+    now = time.monotonic() if now is None else now
+    open_ = [t for t in tracked if not t.done]
+    states = slurm.query(t.job_id for t in open_)
+    changed = []
+    for t in open_:
+        state = states.get((t.job_id, t.index))
+        before = (t.state, t.detail)
+        if state is not None and state.active:
+            t.state = "pending" if state.waiting else "running"
+            t.detail = _where(state)
+            t.ended_at = None
+        else:
+            outcome = record_outcome(t.spec, since=t.submitted_at)
+            if outcome is not None:
+                t.state, t.detail = outcome
+            elif t.ended_at is None:
+                t.ended_at = now  # give the record SETTLE_S to show up on a shared disk
+            elif now - t.ended_at >= SETTLE_S:
+                marker = read_marker(t.spec.record_file) or {
+                    "job_id": t.job_id, "index": t.index}
+                result = record_lost(t.spec, dataset, marker, state)
+                t.state, t.detail = result.status, result.detail
+        if (t.state, t.detail) != before:
+            changed.append(t)
+    return changed
+
+
+def wait(tracked: Sequence[Tracked], dataset: DatasetHandle, *, interval: float = 10.0,
+         on_line: Callable[[str], None] = lambda line: None) -> None:
+    """Poll until every task has finished or failed; one line per state change of a run and a
+    count line whenever the counts change. KeyboardInterrupt leaves the jobs running."""
+    last = None
+    while True:
+        try:
+            changed = poll(tracked, dataset)
+        except CtrbenchError as exc:  # squeue failed: the controller may be restarting
+            on_line(f"warning: {exc}; retrying in {interval:g} s")
+            changed = []
+        for t in changed:
+            detail = f" {t.detail}" if t.detail else ""
+            on_line(f"{t.spec.model} seed {t.spec.seed} (task {t.task}): {t.state}{detail}")
+        line = status_line(tracked)
+        if line != last:
+            on_line(line)
+            last = line
+        if all(t.done for t in tracked):
+            return
+        time.sleep(interval)
+
+
+def results_of(specs: Sequence[RunSpec], done: Sequence[RunResult],
+               tracked: Sequence[Tracked]) -> list[RunResult]:
+    """One RunResult per spec, in the specs' order (queued/running ones as such)."""
+    by_id: dict[int, RunResult] = {id(r.spec): r for r in done}
+    for t in tracked:
+        status = "queued" if t.state in ("pending", "submitted") else t.state
+        by_id[id(t.spec)] = RunResult(t.spec, status, f"task {t.task} {t.detail}".strip())
+    return [by_id[id(s)] for s in specs]
+
+
+def poll_interval() -> float:
+    """Seconds between two ``squeue`` calls while waiting (``$CTRBENCH_SLURM_POLL``, default
+    10)."""
+    try:
+        return max(0.5, float(os.environ.get("CTRBENCH_SLURM_POLL", "10")))
+    except ValueError:
+        raise CtrbenchError("CTRBENCH_SLURM_POLL must be a number of seconds") from None

@@ -1,0 +1,114 @@
+"""What one Slurm array task runs: ``python -m ctrbench.runs.slurm_task KIND MANIFEST INDEX``.
+
+- ``run``: task INDEX of a ``ctrbench run --executor slurm`` submission. Opens the prepared store
+  named in the manifest (never prepares it), rebuilds the resolved model card, checks that the
+  run id is the one submitted, and runs it through :func:`ctrbench.runs.runner.execute_one`
+  (lock, atomic record, same results directory). SIGTERM (``scancel``, the time limit,
+  preemption) is recorded as a failed run before the task exits.
+- ``tune``: worker INDEX of a ``ctrbench tune --executor slurm`` submission: runs trials on the
+  shared study until it holds the requested number (:func:`ctrbench.tune.study.run_study`).
+
+Exit status: 0 finished (or skipped / locked elsewhere), 1 failed, 2 a bad manifest, 143 killed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from ctrbench.record import atomic_write_text
+
+
+def _log(text: str) -> None:
+    print(f"ctrbench slurm task: {text}", file=sys.stderr, flush=True)
+
+
+def _setup(manifest: dict[str, Any]) -> None:
+    import torch
+
+    from ctrbench import progress
+    from ctrbench.runs import runner
+
+    runner.install_termination_handler()
+    progress.set_mode("lines")
+    torch.set_num_threads(max(1, int(os.environ.get("SLURM_CPUS_PER_TASK", "1"))))
+    for module in manifest.get("plugins", []):
+        __import__(module)
+
+
+def _note_start(manifest_file: Path, index: int) -> None:
+    from ctrbench.runs.slurm_runs import task_info_path
+
+    job = f"{os.environ.get('SLURM_ARRAY_JOB_ID', '?')}_{index}"
+    info = {"host": socket.gethostname(), "pid": os.getpid(), "job": job}
+    atomic_write_text(task_info_path(manifest_file.parent, index), json.dumps(info) + "\n")
+
+
+def run_task(manifest: dict[str, Any], index: int) -> int:
+    from ctrbench.cards import model_card_from_dict
+    from ctrbench.data.store import open_store
+    from ctrbench.runs import runner
+    from ctrbench.runs.slurm_runs import record_failed
+
+    task = manifest["tasks"][index]
+    data = open_store(manifest["store"])
+    handle = runner.DatasetHandle(name=manifest["dataset"], data=data,
+                                  config=manifest["dataset_config"])
+    card = model_card_from_dict(task["card"])
+    spec = runner.RunSpec(dataset=handle.name, model=card.name, seed=int(task["seed"]),
+                          card=card, run_id=runner.run_id(handle, card, int(task["seed"])),
+                          record_file=Path(task["record"]))
+    job = f"{os.environ.get('SLURM_ARRAY_JOB_ID', '?')}_{index}"
+    if spec.run_id != task["run_id"]:
+        result = record_failed(dataclasses.replace(spec, run_id=task["run_id"]), handle,
+                               f"Slurm task {job}: the prepared store or the code changed since "
+                               "submission (run id differs); submit again")
+        _log(result.detail)
+        return 1
+    _log(f"{spec.model} seed {spec.seed} on {socket.gethostname()} (task {job}, "
+         f"store {data.path})")
+    try:
+        result = runner.execute_one(spec, handle, device=manifest["device"],
+                                    force=bool(manifest["force"]), show_progress=True)
+    except (SystemExit, KeyboardInterrupt) as exc:  # SIGTERM: scancel, time limit, preemption
+        code = exc.code if isinstance(exc, SystemExit) else 130
+        result = record_failed(spec, handle, f"Slurm task {job} was terminated (signal, exit "
+                                             f"{code}: scancel, time limit or preemption)")
+        _log(f"terminated; recorded as {result.status}")
+        return 143
+    _log(f"{spec.model} seed {spec.seed}: {result.status} {result.detail}")
+    return 1 if result.status == "failed" else 0
+
+
+def tune_task(manifest: dict[str, Any], index: int) -> int:
+    from ctrbench.tune.slurm_workers import run_worker
+
+    return run_worker(manifest, index, log=_log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3 or args[0] not in ("run", "tune") or not args[2].isdigit():
+        _log("usage: python -m ctrbench.runs.slurm_task run|tune MANIFEST INDEX")
+        return 2
+    kind, manifest_file, index = args[0], Path(args[1]), int(args[2])
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        _log(f"cannot read {manifest_file}: {exc}")
+        return 2
+    if manifest.get("kind") != kind:
+        _log(f"{manifest_file} is a {manifest.get('kind')!r} manifest, not {kind!r}")
+        return 2
+    _setup(manifest)
+    _note_start(manifest_file, index)
+    return run_task(manifest, index) if kind == "run" else tune_task(manifest, index)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
