@@ -21,6 +21,7 @@ from pathlib import Path
 from ctrbench import __version__, paths
 from ctrbench.cards import DatasetCard, config_hash, load_dataset_card
 from ctrbench.data.build import DATA_CODE_VERSION, build_samples
+from ctrbench.data.canonical import cleaning_warnings
 from ctrbench.data.sources import read_source
 from ctrbench.data.store import PreparedData, open_store, write_store
 from ctrbench.errors import DataError
@@ -155,8 +156,11 @@ def prepare(name_or_card: str | DatasetCard, *, force: bool = False, strict: boo
     tables = read_source(card, files, strict=strict)
     for report in tables.reports:
         message(report.summary())
+    for line in cleaning_warnings(tables.cleaning):
+        message(f"warning: {card.name}: {line}")
     built = build_samples(tables, card)
     meta = {**built.meta, "card_hash": card_hash(card), "store_key": path.name,
+            "cleaning": dict(tables.cleaning),
             "raw_sha256": raw_sha, "ctrbench_version": __version__,
             "card": card.resolved(), "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                   time.gmtime())}
