@@ -46,6 +46,7 @@ class ReadReport:
     lines: int = 0
     bad: int = 0
     first_bad: list[tuple[int, str]] = field(default_factory=list)  # (1-based line, reason)
+    format: str = ""  # the detected raw format, e.g. "amazon 2018" ("" when there is one)
 
     def add_bad(self, line_no: int, reason: str, strict: bool) -> None:
         """Record a malformed line; with ``strict`` raise at once."""
@@ -57,10 +58,11 @@ class ReadReport:
             self.first_bad.append((line_no, reason))
 
     def summary(self) -> str:
+        name = f"{self.file} ({self.format})" if self.format else self.file
         if not self.bad:
-            return f"{self.file}: {self.lines:,} lines, none malformed"
+            return f"{name}: {self.lines:,} lines, none malformed"
         where = ", ".join(f"line {n} ({why})" for n, why in self.first_bad)
-        return f"{self.file}: {self.lines:,} lines, {self.bad:,} malformed and skipped: {where}"
+        return f"{name}: {self.lines:,} lines, {self.bad:,} malformed and skipped: {where}"
 
 
 class Oracle(Protocol):
