@@ -233,7 +233,7 @@ def test_from_dir_good_corrupt_and_missing(home, tmp_path, http_server):
     (mirror / "r.tsv").unlink()
     with pytest.raises(DataError, match=r"r\.tsv is not there"):
         fetch_sources(load_dataset_card("toy2"), from_dir=mirror)
-    with pytest.raises(DataError, match="no such directory"):
+    with pytest.raises(DataError, match="no such file or directory"):
         fetch_sources(card, from_dir=tmp_path / "nowhere")
 
 
