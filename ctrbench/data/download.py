@@ -108,7 +108,7 @@ def _ledger_location(path: Path) -> tuple[Path, str]:
     """(ledger file, key) for ``path``: beside it in the raw cache, else one ledger for locals."""
     raw_root = (paths.cache_root() / "raw").resolve()
     resolved = path.resolve()
-    if resolved.parent.is_relative_to(raw_root):
+    if resolved.parent.parent == raw_root:  # raw/<card>/<file>
         return resolved.parent / LEDGER_NAME, resolved.name
     return raw_root / LOCAL_LEDGER_NAME, str(resolved)
 
