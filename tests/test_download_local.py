@@ -114,7 +114,7 @@ def test_card_naming_the_extracted_folder_is_used_in_place(cards, tmp_path):
 
 def test_wrong_member_line_count_is_refused(cards, tmp_path):
     ml_card(cards, extra='member_lines = {"u.data" = 100000}')
-    with pytest.raises(ChecksumError, match="u.data .*expected 100,000 lines"):
+    with pytest.raises(ChecksumError, match=r"u\.data .*expected 100,000 lines"):
         fetch_report(load_dataset_card("ml"), from_dir=extracted(tmp_path, "dl"))
 
 
