@@ -155,7 +155,12 @@ def prepare(name_or_card: str | DatasetCard, *, force: bool = False, strict: boo
         clean_stale_temp(card.name)
         if not force:
             existing = _open_finished(path)
-            if existing is not None:
+            if existing is not None and "cleaning" not in existing.meta:
+                # built before repeated (user, item) events were dropped: rebuild under the
+                # same key; data without repeats (e.g. synthetic) comes out byte-identical
+                message(f"{path.name} was built before repeated events were dropped; "
+                        "rebuilding it")
+            elif existing is not None:
                 if strict:
                     revalidate_strict(existing)
                 return PrepareResult(existing, True, time.perf_counter() - start)
