@@ -120,3 +120,24 @@ def test_bad_meta_escape_is_a_malformed_line(tmp_path):
     tables = read_amazon(reviews, meta, category_rule="last_of_last", strict=False)
     assert tables.reports[1].bad == 1 and tables.reports[1].first_bad[0][0] == 1
     assert categories(tables) == {"I1": "<unknown>", "I2": "Jazz"}
+
+
+@pytest.mark.parametrize(("name", "year", "categories"), [("magazines-2018", "2018", 7),
+                                                           ("magazines-2023", "2023", 5)])
+def test_shipped_cards_prepare_the_fixtures_with_their_categories(name, year, categories,
+                                                                  tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from ctrbench.cards import SourceSpec, load_dataset_card
+    from ctrbench.data.prepare import prepare
+
+    monkeypatch.setenv("CTRBENCH_HOME", str(tmp_path))
+    card = load_dataset_card(name)
+    local = replace(card, sources=(
+        SourceSpec("reviews", str(FIX / f"reviews_{year}.json.gz")),
+        SourceSpec("meta", str(FIX / f"meta_{year}.json.gz"))),
+        protocol_params={**card.protocol_params, "max_len": 4})
+    meta = prepare(local).data.meta
+    assert meta["counts"]["categories"] == categories  # real categories, not one <unknown>
+    assert meta["cleaning"]["repeated_user_item_dropped"] == 1
+    assert [r["format"] for r in meta["read_reports"]] == [f"amazon {year}"] * 2
