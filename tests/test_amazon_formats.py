@@ -141,3 +141,22 @@ def test_shipped_cards_prepare_the_fixtures_with_their_categories(name, year, ca
     assert meta["counts"]["categories"] == categories  # real categories, not one <unknown>
     assert meta["cleaning"]["repeated_user_item_dropped"] == 1
     assert [r["format"] for r in meta["read_reports"]] == [f"amazon {year}"] * 2
+
+
+def test_parse_first_mode_gives_the_same_result(tmp_path, monkeypatch):
+    """After PRECHECK_SAMPLE lines with most items wanted, JSON lines are parsed before their
+    key is looked up; a malformed line of an unwanted item is still skipped, not counted."""
+    from ctrbench.data.sources import amazon
+
+    meta = gzip.decompress((FIX / "meta_2018.json.gz").read_bytes()).splitlines()
+    lines = meta + [b'{"asin": "0NOTWANTED", "category": [BROKEN', b'{"asin": "00K7TS8CRA", x']
+    path = _gz(tmp_path / "m.json.gz", lines)
+    results = []
+    for sample in (10_000, 2):
+        monkeypatch.setattr(amazon, "PRECHECK_SAMPLE", sample)
+        tables = read_amazon(FIX / "reviews_2018.json.gz", path, category_rule="last_of_last",
+                             strict=False)
+        results.append((categories(tables), tables.reports[1].bad,
+                        tables.reports[1].first_bad))
+    assert results[0] == results[1]
+    assert results[0][1] == 1 and results[0][2][0][0] == len(meta) + 2

@@ -46,8 +46,7 @@ from ctrbench.data.sources.amazon_meta import (  # noqa: F401 (re-exported)
     CATEGORY_RULES,
     META_FORMATS,
     detect_meta_format,
-    item_key,
-    meta_category,
+    meta_entry,
     parse_meta_line,
     pick_category,
     sales_rank_2014,
@@ -62,6 +61,8 @@ REVIEW_KEYS = {"2014": ("reviewerID", "asin", "unixReviewTime", "overall", 1),
                "2018": ("reviewerID", "asin", "unixReviewTime", "overall", 1),
                "2023": ("user_id", "parent_asin", "timestamp", "rating", 1000)}
 _JSON = json.JSONDecoder()
+# after this many meta lines, stop looking item keys up first if most lines were wanted
+PRECHECK_SAMPLE = 2048
 
 
 # --------------------------------------------------------------------------- streaming
@@ -200,6 +201,7 @@ def _read_meta(path: Path, wanted: Mapping[str, int], rule: str, strict: bool,
     report = ReadReport(file=path.name)
     categories: dict[str, str] = {}
     sales_rank: dict[str, float] = {}
+    precheck = True
     for line_no, raw in _gzip_lines(path):
         report.lines += 1
         if not raw.strip():
@@ -210,18 +212,17 @@ def _read_meta(path: Path, wanted: Mapping[str, int], rule: str, strict: bool,
             except ValueError as exc:
                 report.add_bad(line_no + 1, str(exc), strict)
                 continue
-        key = item_key(raw, fmt)
-        if key is not None and key not in wanted:
-            continue  # an item nobody reviewed: skip without parsing
-        try:
-            key, category = meta_category(raw, fmt, rule)
-            if keep_snapshot and fmt == "2014":
-                sales_rank[key] = sales_rank_2014(raw.decode("utf-8"))
+        if report.lines == PRECHECK_SAMPLE:  # most lines wanted: parse first, skip no key
+            precheck = len(categories) < PRECHECK_SAMPLE // 2
+        try:  # None: an item nobody reviewed, skipped without parsing when certain
+            entry = meta_entry(raw, fmt, rule, wanted, precheck)
+            if entry is not None and keep_snapshot and fmt == "2014":
+                sales_rank[entry[0]] = sales_rank_2014(raw.decode("utf-8"))
         except ValueError as exc:
             report.add_bad(line_no + 1, str(exc), strict)
             continue
-        if key in wanted:
-            categories.setdefault(key, category)  # a repeated meta line: the first wins
+        if entry is not None:
+            categories.setdefault(*entry)  # a repeated meta line: the first wins
     return categories, sales_rank, report, fmt
 
 
