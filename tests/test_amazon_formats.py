@@ -149,7 +149,7 @@ def test_parse_first_mode_gives_the_same_result(tmp_path, monkeypatch):
     from ctrbench.data.sources import amazon
 
     meta = gzip.decompress((FIX / "meta_2018.json.gz").read_bytes()).splitlines()
-    lines = meta + [b'{"asin": "0NOTWANTED", "category": [BROKEN', b'{"asin": "00K7TS8CRA", x']
+    lines = [*meta, b'{"asin": "0NOTWANTED", "category": [BROKEN', b'{"asin": "00K7TS8CRA", x']
     path = _gz(tmp_path / "m.json.gz", lines)
     results = []
     for sample in (10_000, 2):
