@@ -364,4 +364,4 @@ def test_digital_music_from_the_shared_mirror(tmp_path, monkeypatch):
     monkeypatch.setenv("CTRBENCH_CARDS", str(tmp_path))
     result = CliRunner().invoke(main, ["download", "digital-music", "--from", str(SHARED_AMAZON)])
     assert result.exit_code == 0, result.output
-    assert result.stdout.count("copied, verified") == 2
+    assert result.stdout.count("copied, sha256 verified") == 2
