@@ -150,8 +150,8 @@ def cleaning_warnings(cleaning: dict[str, int]) -> list[str]:
                      "dropped (the first occurrence of each pair is kept)")
     if cleaning.get("negative_time"):
         lines.append(f"{cleaning['negative_time']:,} events dated before 1970-01-01 "
-                     "(negative unix time): check the time column and its unit")
+                     "(negative unix time): check the times and their unit")
     if cleaning.get("future_time"):
-        lines.append(f"{cleaning['future_time']:,} events dated in the future: check the time "
-                     "column and its unit (time_unit)")
+        lines.append(f"{cleaning['future_time']:,} events dated in the future (after this "
+                     "machine's clock): check the times and their unit")
     return lines
