@@ -116,6 +116,18 @@ def test_wrong_member_line_count_is_refused(cards, tmp_path):
     ml_card(cards, extra='member_lines = {"u.data" = 100000}')
     with pytest.raises(ChecksumError, match=r"u\.data .*expected 100,000 lines"):
         fetch_report(load_dataset_card("ml"), from_dir=extracted(tmp_path, "dl"))
+    assert not (paths.raw_dir("ml") / "ml-100k").exists()  # nothing unverified is cached
+
+
+def test_edited_cached_folder_is_copied_again(cards, tmp_path):
+    ml_card(cards, extra=LINES)
+    mirror = extracted(tmp_path, "dl")
+    fetch_report(load_dataset_card("ml"), from_dir=mirror)
+    cached = paths.raw_dir("ml") / "ml-100k" / "u.data"
+    cached.write_text(cached.read_text() + "9\t9\t9\t9\n")  # one line more than published
+    fetched = fetch_report(load_dataset_card("ml"), from_dir=mirror)
+    assert fetched[0].status == "copied (extracted folder)"
+    assert cached.read_text() == (ML / "u.data").read_text()
 
 
 def test_self_made_zip_hint_names_the_real_options(cards, tmp_path):

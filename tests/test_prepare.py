@@ -162,7 +162,7 @@ def test_cli_prepare_prints_summary_and_reuses(env):
     out = result.output
     assert "built" in out and str(paths.prepared_root()) in out
     assert "train" in out and "46" in out and "0.500" in out
-    assert "reviews.json.gz: 59 lines, none malformed" in out
+    assert "reviews.json.gz (amazon 2014): 59 lines, none malformed" in out
     assert "elapsed:" in out
     again = runner.invoke(main, ["prepare", "fixture"])
     assert again.exit_code == 0 and "reused existing store" in again.output

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -532,7 +533,12 @@ def _fetch_one(card: DatasetCard, src: SourceSpec, from_dir: Path | None,
             progress.message(f"cached {src.file} fails verification; fetching it again")
             target.unlink()
     elif src.members and holds_members(extracted, src):
-        return _folder_source(src, extracted, "cached")
+        try:
+            return _folder_source(src, extracted, "cached")
+        except ChecksumError as exc:  # edited since it was copied: copy it again
+            log.warning("cached %s fails verification (%s); fetching it again", extracted, exc)
+            progress.message(f"cached {extracted.name}/ fails verification; fetching it again")
+            shutil.rmtree(extracted, ignore_errors=True)
 
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -545,6 +551,7 @@ def _fetch_one(card: DatasetCard, src: SourceSpec, from_dir: Path | None,
                             "level down)", hint=f"found: {mirror_listing(from_dir)}; "
                                                 + from_hint(src))
         if origin.is_dir():
+            verify_members(src, origin)  # before copying: nothing unverified is cached
             progress.message(f"copying the extracted {archive_stem(src)} from {origin}")
             return _folder_source(src, copy_members(src, origin, extracted), "copied",
                                   str(origin))
@@ -552,15 +559,11 @@ def _fetch_one(card: DatasetCard, src: SourceSpec, from_dir: Path | None,
     return _fetch_remote(card, src, target, strict_hash=strict_hash)
 
 
-def raw_folders(card: DatasetCard) -> list[Path]:
-    """The raw-cache folders ``card`` writes to: its own and the one it shares its files from."""
-    return sorted({paths.raw_dir(card.name), raw_cache_dir(card)})
-
-
 @contextmanager
 def locked_raw(card: DatasetCard):
-    """Hold the raw-cache lock of ``card`` and remove what killed processes left there."""
-    folders = raw_folders(card)
+    """Hold the raw-cache lock of ``card`` (its own folder and the one it shares files from)
+    and remove what killed processes left there."""
+    folders = sorted({paths.raw_dir(card.name), raw_cache_dir(card)})
     with raw_lock(*folders):
         for folder in folders:
             for path in clean_leftovers(folder):
