@@ -86,3 +86,10 @@ def test_negative_and_future_times_are_kept(tmp_path):
     inter, report = read(tmp_path, text)
     assert report.bad == 0 and np.array_equal(inter["ts"], [-86400, 5_000_000_000,
                                                              1_600_000_000])
+
+
+def test_missing_times_in_a_numeric_column(tmp_path):
+    inter, report = read(tmp_path, HEADER + "u1,i1,5\nu1,i2,\nu1,i3,abc\nu1,i4,1e300\n")
+    assert inter["ts"].tolist() == [5]
+    assert report.first_bad == [(3, "missing time"), (4, "unparseable time"),
+                                (5, "time out of range")]

@@ -129,10 +129,11 @@ def require_columns(path: Path, role: str, needed: Mapping[str, str],
     return found
 
 
-def iter_chunks(path: Path, columns: Sequence[str], params: TableParams) -> Iterator[Chunk]:
+def iter_chunks(path: Path, columns: Sequence[str], params: TableParams,
+                text_columns: Sequence[str] | None = None) -> Iterator[Chunk]:
     """``columns`` of ``path`` in chunks with their file lines (see ``table_chunks``)."""
     return _iter_chunks(path, columns, sep=_sep(path, params), encoding=params.encoding,
-                        quoting=QUOTING[params.quoting])
+                        quoting=QUOTING[params.quoting], text_columns=text_columns)
 
 
 def _text(values: pd.Series) -> pd.Series:
@@ -168,23 +169,26 @@ def _date_seconds(text: pd.Series, params: TableParams) -> np.ndarray:
     return text.map(seconds).to_numpy(np.float64, na_value=np.nan)
 
 
-def _seconds(raw: pd.Series, params: TableParams, numeric: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(unix seconds as float with NaN where unreadable, mask of present values unreadable).
+def _seconds(raw: pd.Series, params: TableParams, numeric: bool
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(unix seconds as float, NaN where unreadable; mask of values that are not numbers or
+    dates; mask of numbers out of range). Missing values may be flagged: the caller reports
+    them as missing.
 
-    Numeric times outside years 1..9999 or not finite are unreadable (issue 12 D14).
+    Numeric times outside years 1..9999 or not finite are out of range (issue 12 D14).
     """
     if pd.api.types.is_datetime64_any_dtype(raw):  # parquet timestamp column
         seconds = _seconds_from_datetimes(raw).to_numpy(np.float64)
-        return seconds, np.zeros(len(raw), dtype=bool)
-    present = (raw.notna() if pd.api.types.is_numeric_dtype(raw) else _text(raw).notna())
+        return seconds, np.zeros(len(raw), dtype=bool), np.zeros(len(raw), dtype=bool)
     if numeric:
-        values = _numbers(raw)[0].to_numpy(np.float64) / TIME_UNITS[params.time_unit]
+        values, not_number = _numbers(raw)
         with np.errstate(invalid="ignore"):
-            seconds = np.floor(values)
+            seconds = np.floor(values.to_numpy(np.float64) / TIME_UNITS[params.time_unit])
     else:
         seconds = _date_seconds(_text(raw), params)
-    bad = time_out_of_range(seconds) & present.to_numpy()
-    return np.where(bad, np.nan, seconds), bad
+        not_number = np.isnan(seconds)
+    out_of_range = time_out_of_range(seconds) & ~not_number
+    return np.where(out_of_range, np.nan, seconds), not_number, out_of_range
 
 
 def _seconds_from_datetimes(values: pd.Series) -> pd.Series:
@@ -224,7 +228,8 @@ def read_interactions(path: Path, params: TableParams, *, strict: bool
     report = ReadReport(file=path.name)
     data_start = 1 if _is_parquet(path) else 2  # the first data row's line number
     frames, numeric_time = [], None
-    for chunk in iter_chunks(path, columns, params):
+    text_columns = [c for c in columns if c not in (params.time_col, params.rating_col)]
+    for chunk in iter_chunks(path, columns, params, text_columns):
         frame = chunk.frame
         report.lines += len(frame) + len(chunk.skipped)
         user, item = _text(frame[params.user_col]), _text(frame[params.item_col])
@@ -234,16 +239,15 @@ def read_interactions(path: Path, params: TableParams, *, strict: bool
                         else _text(raw_time).notna()).to_numpy()
         if numeric_time is None and time_present.any():
             numeric_time = _mostly_numeric(raw_time)  # decided once, on the first values
-        ts, bad_time = _seconds(raw_time, params, bool(numeric_time))
+        ts, unparseable, out_of_range = _seconds(raw_time, params, bool(numeric_time))
         reason = np.full(len(frame), "", dtype=object)
         if params.rating_col:
             rating, not_number = _numbers(frame[params.rating_col])
             reason[not_number] = "rating is not a number"
         else:
             rating = pd.Series(np.nan, index=frame.index)
-        reason[bad_time] = "time out of range" if numeric_time else "unparseable time"
-        reason[bad_time & np.isnan(_numbers(raw_time)[0].to_numpy(np.float64))
-               & bool(numeric_time)] = "unparseable time"
+        reason[out_of_range] = "time out of range"
+        reason[unparseable] = "unparseable time"
         reason[~time_present] = "missing time"
         reason[item.isna().to_numpy()] = "missing item"
         reason[user.isna().to_numpy()] = "missing user"

@@ -1,6 +1,9 @@
 """Chunked reading of the ``table`` reader's CSV and parquet files, with real line numbers.
 
-CSV files go through pandas' C parser in chunks of ``CHUNK_ROWS`` rows, every column as text.
+CSV files go through pandas' C parser in chunks of ``CHUNK_ROWS`` rows: the ``text_columns`` as
+text, the others typed by the parser (a numeric column stays numbers unless a chunk holds a
+value that is not one). Every column of the file is parsed (so that rows with extra fields are
+seen), only ``columns`` are kept.
 A row with more fields than the header is skipped by the parser, which says so in a warning
 naming its line; these are returned as malformed lines (``expected 3 fields, found 4``), so
 ``strict`` fails on them too. Rows with fewer fields get empty cells (reported by the caller as
@@ -78,8 +81,9 @@ def _parser_error(path: Path, exc: Exception) -> DataError:
 
 
 def _csv_chunks(path: Path, columns: Sequence[str], sep: str, encoding: str,
-                quoting: int) -> Iterator[Chunk]:
-    reader = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""],
+                quoting: int, text_columns: Sequence[str]) -> Iterator[Chunk]:
+    reader = pd.read_csv(path, sep=sep, dtype={c: str for c in text_columns},
+                         keep_default_na=False, na_values=[""],
                          chunksize=CHUNK_ROWS, encoding=encoding, low_memory=False,
                          on_bad_lines="warn", skip_blank_lines=False, quoting=quoting)
     next_line = 2  # the header is line 1
@@ -104,9 +108,10 @@ def _csv_chunks(path: Path, columns: Sequence[str], sep: str, encoding: str,
 
 
 def iter_chunks(path: Path, columns: Sequence[str], *, sep: str, encoding: str,
-                quoting: int = 0) -> Iterator[Chunk]:
-    """``columns`` of ``path`` in chunks (see the module docstring). CSV columns are text;
-    parquet columns keep their stored types."""
+                quoting: int = 0, text_columns: Sequence[str] | None = None
+                ) -> Iterator[Chunk]:
+    """``columns`` of ``path`` in chunks (see the module docstring). CSV: ``text_columns``
+    (default: all of ``columns``) are text; parquet columns keep their stored types."""
     try:
         if is_parquet(path):
             import pyarrow.parquet as pq
@@ -118,7 +123,8 @@ def iter_chunks(path: Path, columns: Sequence[str], *, sep: str, encoding: str,
                 yield Chunk(frame, np.arange(start, start + len(frame), dtype=np.int64))
                 start += len(frame)
             return
-        yield from _csv_chunks(path, columns, sep, encoding, quoting)
+        yield from _csv_chunks(path, columns, sep, encoding, quoting,
+                               columns if text_columns is None else text_columns)
     except UnicodeDecodeError:
         raise _encoding_error(path, encoding) from None
     except pd.errors.ParserError as exc:
