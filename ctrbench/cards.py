@@ -301,7 +301,8 @@ def resolve_model_spec(spec: str | Sequence[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- dataset cards
-SOURCE_KEYS = ("role", "file", "url", "mirrors", "sha256", "md5", "size", "lines", "members")
+SOURCE_KEYS = ("role", "file", "url", "mirrors", "sha256", "md5", "size", "lines", "members",
+               "member_lines")
 DATASET_CARD_KEYS = ("name", "description", "reader", "protocol", "version", "license",
                      "citation", "homepage", "sources", "reader_params", "protocol_params",
                      "fields", "expected", "extends_chain", "_path", "notes")
@@ -320,6 +321,8 @@ class SourceSpec:
     size: int = 0
     lines: int = 0
     members: tuple[str, ...] = ()  # files inside an archive, when role == "archive"
+    # published line counts of an archive's members (checked when it is given extracted)
+    member_lines: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -375,6 +378,11 @@ def dataset_card_from_dict(data: Mapping[str, Any]) -> DatasetCard:
         src = dict(src)
         src["mirrors"] = tuple(src.get("mirrors", ()))
         src["members"] = tuple(src.get("members", ()))
+        lines = src.get("member_lines", {})
+        if not isinstance(lines, dict) or not all(isinstance(v, int) for v in lines.values()):
+            raise CardError(f"{where} sources[{i}]: member_lines must be a table of "
+                            'member name = line count, e.g. {"u.data" = 100000}')
+        src["member_lines"] = tuple(sorted(lines.items()))
         sources.append(SourceSpec(**src))
     return DatasetCard(
         name=data["name"],

@@ -162,7 +162,7 @@ def test_cli_prepare_prints_summary_and_reuses(env):
     out = result.output
     assert "built" in out and str(paths.prepared_root()) in out
     assert "train" in out and "46" in out and "0.500" in out
-    assert "reviews.json.gz: 59 lines, none malformed" in out
+    assert "reviews.json.gz (amazon 2014): 59 lines, none malformed" in out
     assert "elapsed:" in out
     again = runner.invoke(main, ["prepare", "fixture"])
     assert again.exit_code == 0 and "reused existing store" in again.output
@@ -208,3 +208,18 @@ def test_cli_unknown_name_and_bad_card(env):
                                                                             "sed = 1"))
     result = CliRunner().invoke(main, ["prepare", "badparam"])
     assert result.exit_code == 1 and "'sed'" in result.output
+
+
+def test_store_built_before_repeats_were_dropped_is_rebuilt_under_the_same_key(env):
+    import json
+
+    first = prep.prepare("fixture")
+    meta_path = first.data.path / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["cleaning"]  # as written by ctrbench before repeated events were dropped
+    meta_path.write_text(json.dumps(meta))
+    second = prep.prepare("fixture")
+    assert not second.reused and second.data.path == first.data.path
+    assert second.data.meta["data_hash"] == first.data.meta["data_hash"]  # no repeats here
+    assert "cleaning" in second.data.meta
+    assert prep.prepare("fixture").reused

@@ -11,11 +11,12 @@ from tabulate import tabulate
 def _report_lines(reports: list[dict]) -> list[str]:
     lines = []
     for r in reports:
+        name = f"{r['file']} ({r['format']})" if r.get("format") else r["file"]
         if not r.get("bad"):
-            lines.append(f"  {r['file']}: {r['lines']:,} lines, none malformed")
+            lines.append(f"  {name}: {r['lines']:,} lines, none malformed")
             continue
         where = ", ".join(f"{n} ({why})" for n, why in r.get("first_bad", []))
-        lines.append(f"  {r['file']}: {r['lines']:,} lines, {r['bad']:,} malformed and skipped "
+        lines.append(f"  {name}: {r['lines']:,} lines, {r['bad']:,} malformed and skipped "
                      f"(first at lines {where})")
     return lines
 
@@ -25,7 +26,8 @@ def _report_lines(reports: list[dict]) -> list[str]:
 @click.option("--from", "from_dir", type=click.Path(path_type=Path), default=None,
               help="Offline mirror: a directory holding the raw files by name.")
 @click.option("--strict", is_flag=True, default=False,
-              help="Fail on the first malformed raw line instead of skipping and counting it.")
+              help="Fail on the first malformed raw line instead of skipping and counting it "
+                   "(an existing store built with skipped lines fails the same way).")
 @click.option("--force", is_flag=True, default=False,
               help="Rebuild even if a finished store with the same key exists.")
 def prepare(name: str, from_dir: Path | None, strict: bool, force: bool) -> None:
@@ -57,6 +59,10 @@ def prepare(name: str, from_dir: Path | None, strict: bool, force: bool) -> None
     if counts:
         click.echo(", ".join(f"{k} {counts[k]:,}" for k in
                              ("users", "items", "categories", "interactions") if k in counts))
+    cleaning = meta.get("cleaning", {})
+    if cleaning.get("repeated_user_item_dropped"):
+        click.echo(f"{cleaning['repeated_user_item_dropped']:,} repeated (user, item) events "
+                   "dropped (first occurrence kept)")
     for problem in meta.get("expected_mismatches", []):
         click.echo(f"warning: differs from the card's [expected]: {problem}")
     click.echo("raw files:")

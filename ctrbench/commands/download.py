@@ -17,31 +17,32 @@ def _human_size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def _status(status: str, pinned: bool) -> str:
-    if pinned:
-        return f"{status}, verified"
-    if status == "local":
-        return "local (no checksum in the card)"
-    return f"{status} (card pins no checksum; sha256 recorded)"
+def _status(status: str, check: str) -> str:
+    """How the file was obtained, then what was verified ("verified" only when it was)."""
+    return f"{status}, {check}" if check else status
 
 
 @click.command(name="download")
 @click.argument("name")
 @click.option("--from", "from_dir", type=click.Path(path_type=Path), default=None,
-              help="Offline mirror: a directory holding the raw files by name (copied and "
-                   "verified instead of downloading).")
+              help="Offline mirror: a directory holding the raw files by name, directly or one "
+                   "level down (copied and verified instead of downloading). An archive with "
+                   "listed members (MovieLens) may be given as its extracted folder.")
 @click.option("--no-strict-hash", "lenient", is_flag=True, default=False,
-              help="Warn about a checksum mismatch instead of failing (the file is kept and its "
-                   "sha256 recorded). Use only for a mirror you trust.")
+              help="Keep a file that fails its checksum: it is reported as unverified, its "
+                   "sha256 is recorded as accepted, and later commands keep using it. Use only "
+                   "for a file you trust.")
 def download(name: str, from_dir: Path | None, lenient: bool) -> None:
     """Download a dataset's raw files into the cache and verify their checksums.
 
     Files already cached and verified are not fetched again. Prints one row per raw file:
-    role, file, size, sha256 and how it was obtained (cached, downloaded, copied, local).
+    role, file, size, sha256, how it was obtained (cached, downloaded, copied, local) and what
+    was verified (sha256/md5, line counts, or "unverified" and why).
 
     \b
     Examples:
       ctrbench download movielens-100k
+      ctrbench download movielens-100k --from ~/Downloads   # holds ml-100k/ or ml-100k.zip
       ctrbench download digital-music --from /data/amazon2014
     """
     from ctrbench.cards import load_dataset_card
@@ -53,8 +54,9 @@ def download(name: str, from_dir: Path | None, lenient: bool) -> None:
                    "its data locally)")
         return
     fetched = fetch_report(card, from_dir=from_dir, strict_hash=not lenient)
-    rows = [[f.role, f.file, _human_size(f.size), f.sha256, _status(f.status, f.pinned)]
+    rows = [[f.role, f.file, _human_size(f.size), f.sha256, _status(f.status, f.check)]
             for f in fetched]
     click.echo(tabulate(rows, headers=["role", "file", "size", "sha256", "status"]))
-    for folder in sorted({str(f.path.parent) for f in fetched if f.status != "local"}):
+    for folder in sorted({str(f.path.parent) for f in fetched
+                          if not f.status.startswith("local")}):
         click.echo(f"\nraw files in {folder}")

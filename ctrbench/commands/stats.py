@@ -7,6 +7,22 @@ from pathlib import Path
 
 import click
 
+AUDIT_FAILED_EXIT = 3
+
+
+def _audit_table(rows, tablefmt: str) -> str:
+    from tabulate import tabulate
+
+    def share(value: float) -> str:
+        return "-" if value != value else f"{value:.4f}"
+
+    body = [[r.check, r.split, share(r.positives) if r.check.startswith("candidate")
+             else f"{int(r.positives):,}", share(r.negatives), f"{r.rows:,}",
+             "ok" if r.passed else "LEAK", r.detail] for r in rows]
+    return tabulate(body, headers=["check", "split", "positives (share / rows differing)",
+                                   "negatives", "rows", "result", "detail"],
+                    tablefmt=tablefmt, disable_numparse=True)
+
 
 @click.command(name="stats")
 @click.argument("name")
@@ -14,25 +30,56 @@ import click
               help="Offline mirror: a directory holding the raw files by name.")
 @click.option("--format", "tablefmt", default="simple", show_default=True,
               type=click.Choice(["simple", "github", "plain"]), help="Table style.")
-def stats(name: str, from_dir: Path | None, tablefmt: str) -> None:
-    """Print a dataset's statistics (preparing it first when needed).
+@click.option("--audit", is_flag=True, default=False,
+              help="Also run the leakage audit (positives vs negatives on every derived "
+                   f"feature that could carry the label); exit {AUDIT_FAILED_EXIT} on a leak.")
+def stats(name: str, from_dir: Path | None, tablefmt: str, audit: bool) -> None:
+    """Print a dataset's statistics and warnings (preparing it first when needed).
 
     Sizes, rows and positive rate per split, history lengths, the share of candidates absent
     from the history (MIAN Fig. 3a), of users inactive > 30 days (Fig. 3b), and on synthetic
-    data the oracle's AUC; the card's [expected] values are shown in brackets.
+    data the oracle's AUC; the card's [expected] values are shown in brackets. Then warnings
+    where the data cannot support the models (one category, tied timestamps, very short
+    histories, repeated events dropped, odd times). With --audit, the leakage audit: exit
+    status 0 when every check passes, 3 when one finds a leak.
 
     \b
     Examples:
       ctrbench stats synthetic
+      ctrbench stats synthetic --audit
       ctrbench stats electronics --from /data/amazon2014 --format github
     """
     from ctrbench.cards import load_dataset_card
     from ctrbench.data.describe import describe, format_stats
     from ctrbench.data.prepare import prepare_dataset
+    from ctrbench.data.sanity import sanity_warnings
 
     card = load_dataset_card(name)
     data = prepare_dataset(card, from_dir=from_dir)
     click.echo(format_stats(describe(data, card), tablefmt=tablefmt))
+    cleaning = data.meta.get("cleaning")
+    if cleaning is not None:
+        click.echo(f"\ncleaning: {cleaning.get('repeated_user_item_dropped', 0):,} repeated "
+                   f"(user, item) events dropped (first occurrence kept), "
+                   f"{cleaning.get('negative_time', 0):,} before 1970, "
+                   f"{cleaning.get('future_time', 0):,} in the future")
+    warnings = sanity_warnings(data)
+    if warnings:
+        click.echo("")
+    for line in warnings:
+        click.echo(f"warning: {line}")
+    if not audit:
+        return
+    from ctrbench.data.audit import audit_store
+
+    rows = audit_store(data)
+    click.echo("\nleakage audit (see ctrbench/data/audit.py for each check)")
+    click.echo(_audit_table(rows, tablefmt))
+    failed = sorted({r.check for r in rows if not r.passed})
+    if failed:
+        click.echo(f"audit: LEAK found by {', '.join(failed)}", err=True)
+        raise SystemExit(AUDIT_FAILED_EXIT)
+    click.echo("audit: no leak found")
 
 
 @click.command(name="generate")

@@ -18,7 +18,9 @@ history is the same whichever sample the event appears in).
 
 ``[protocol_params]`` keys: ``seed`` (2021), ``max_len`` (30), ``neg_per_pos`` (1),
 ``neg_history`` (true), ``split`` ([0.8, 0.1, 0.1], dien only), ``rating_bins`` (8, quantile
-buckets of the mean rating). ``[fields]``: ``user`` and ``context`` lists (defaults below);
+buckets of the mean rating), ``neg_exclude`` ("target", dien only: "reviewed" also excludes
+every item the user reviewed, see ``protocols.draw_candidates``). ``[fields]``: ``user`` and
+``context`` lists (defaults below);
 user fields are the derived ones in :data:`ctrbench.data.features.DERIVED_USER_FIELDS` or any
 column of the reader's users table; context fields are in :data:`CONTEXT_FIELDS`.
 
@@ -89,6 +91,7 @@ class ProtocolParams:
     neg_history: bool = True
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     rating_bins: int = 8
+    neg_exclude: str = "target"
 
     @classmethod
     def from_card(cls, card: DatasetCard) -> ProtocolParams:
@@ -106,6 +109,8 @@ class ProtocolParams:
             except (TypeError, ValueError):
                 raise CardError(f"{where}: split must be a list of three numbers") from None
         params = cls(**data)
+        if params.neg_exclude not in ("target", "reviewed"):
+            raise CardError(f"{where}: neg_exclude must be \"target\" or \"reviewed\"")
         if params.max_len < 1 or params.neg_per_pos < 1 or params.rating_bins < 1:
             raise CardError(f"{where}: max_len, neg_per_pos and rating_bins must be >= 1")
         if len(params.split) != 3 or min(params.split) < 0 or abs(sum(params.split) - 1) > 1e-6:
@@ -352,7 +357,8 @@ def build_samples(tables: CanonicalTables, card: DatasetCard) -> BuiltData:
     if len(targets["train"]) == 0:
         raise DataError(f"dataset {card.name!r}: no training samples (too few events per user)")
     keys = reviewed_keys(ev.user, ev.item, ev.n_items)
-    cands = draw_candidates(ev, targets, card.protocol, params.seed, params.neg_per_pos, keys)
+    cands = draw_candidates(ev, targets, card.protocol, params.seed, params.neg_per_pos, keys,
+                            params.neg_exclude)
     neg_hist = None
     if params.neg_history:
         neg_hist = uniform_unreviewed(stream(params.seed, STREAM_NEG_HISTORY), ev.user,

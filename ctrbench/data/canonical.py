@@ -10,6 +10,16 @@
 
 Readers stream their raw files and never hold a file's text in memory; malformed lines are
 counted in :class:`ReadReport` (first few line numbers kept), then skipped, unless ``strict``.
+A time is malformed when it is not a finite number of seconds in years 1..9999
+(:data:`MIN_TS`..:data:`MAX_TS`); times before 1970 or in the future are kept and counted
+(:func:`clean_interactions`).
+
+Every reader's output then goes through :func:`clean_interactions` (called by
+``ctrbench.data.sources.read_source``): a repeated (user, item) event is dropped, keeping the
+first occurrence (earliest time; on equal times the earlier raw line). A repeat would put the
+candidate into its own history (the label leaks into the behaviours) and, on the DIN protocol,
+make the same purchase a positive twice. The counts go to the store's ``meta.json``
+(``cleaning``) and to ``ctrbench stats``.
 """
 
 from __future__ import annotations
@@ -23,6 +33,9 @@ import pandas as pd
 from ctrbench.errors import DataError
 
 MAX_REPORTED_LINES = 5
+MIN_TS = -62_135_596_800  # 0001-01-01T00:00:00Z
+MAX_TS = 253_402_300_799  # 9999-12-31T23:59:59Z
+FUTURE_SLACK_S = 86_400  # a time more than a day after "now" is in the future
 
 
 @dataclass
@@ -33,6 +46,7 @@ class ReadReport:
     lines: int = 0
     bad: int = 0
     first_bad: list[tuple[int, str]] = field(default_factory=list)  # (1-based line, reason)
+    format: str = ""  # the detected raw format, e.g. "amazon 2018" ("" when there is one)
 
     def add_bad(self, line_no: int, reason: str, strict: bool) -> None:
         """Record a malformed line; with ``strict`` raise at once."""
@@ -44,10 +58,11 @@ class ReadReport:
             self.first_bad.append((line_no, reason))
 
     def summary(self) -> str:
+        name = f"{self.file} ({self.format})" if self.format else self.file
         if not self.bad:
-            return f"{self.file}: {self.lines:,} lines, none malformed"
+            return f"{name}: {self.lines:,} lines, none malformed"
         where = ", ".join(f"line {n} ({why})" for n, why in self.first_bad)
-        return f"{self.file}: {self.lines:,} lines, {self.bad:,} malformed and skipped: {where}"
+        return f"{name}: {self.lines:,} lines, {self.bad:,} malformed and skipped: {where}"
 
 
 class Oracle(Protocol):
@@ -69,6 +84,7 @@ class CanonicalTables:
     users: pd.DataFrame | None = None
     reports: list[ReadReport] = field(default_factory=list)
     oracle: Oracle | None = None
+    cleaning: dict[str, int] = field(default_factory=dict)  # see clean_interactions
 
     def validate(self) -> None:
         required = {"user", "item", "ts", "rating", "line"}
@@ -81,3 +97,61 @@ class CanonicalTables:
             raise DataError("reader produced a users table without a user column")
         if len(self.interactions) == 0:
             raise DataError("no interactions left after reading (are the raw files empty?)")
+
+
+def time_out_of_range(seconds: np.ndarray) -> np.ndarray:
+    """Bool mask: not finite or outside years 1..9999 (such a time is a malformed line)."""
+    values = np.asarray(seconds, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return ~(np.isfinite(values) & (values >= MIN_TS) & (values <= MAX_TS))
+
+
+def repeated_events(interactions: pd.DataFrame) -> np.ndarray:
+    """Bool mask of the rows that repeat an earlier (user, item) event.
+
+    "Earlier" = smaller time, then smaller ``line``: the first occurrence is kept.
+    """
+    if len(interactions) == 0:
+        return np.zeros(0, dtype=bool)
+    order = np.lexsort((interactions["line"].to_numpy(), interactions["ts"].to_numpy()))
+    pairs = interactions[["user", "item"]].iloc[order]
+    repeat = np.zeros(len(interactions), dtype=bool)
+    repeat[order] = pairs.duplicated(keep="first").to_numpy()
+    return repeat
+
+
+def clean_interactions(tables: CanonicalTables, now: float | None = None) -> CanonicalTables:
+    """Drop repeated (user, item) events (first occurrence kept) and count odd times.
+
+    ``tables.cleaning`` gets ``repeated_user_item_dropped``, ``negative_time`` (events before
+    1970-01-01) and ``future_time`` (more than a day after ``now``, default: the clock).
+    """
+    import time
+
+    inter = tables.interactions
+    repeat = repeated_events(inter)
+    ts = inter["ts"].to_numpy(np.int64)
+    now = time.time() if now is None else now
+    tables.cleaning = {
+        "repeated_user_item_dropped": int(repeat.sum()),
+        "negative_time": int((ts < 0).sum()),
+        "future_time": int((ts > now + FUTURE_SLACK_S).sum()),
+    }
+    if repeat.any():
+        tables.interactions = inter[~repeat].reset_index(drop=True)
+    return tables
+
+
+def cleaning_warnings(cleaning: dict[str, int]) -> list[str]:
+    """One line per cleaning count that is not zero."""
+    lines = []
+    if cleaning.get("repeated_user_item_dropped"):
+        lines.append(f"{cleaning['repeated_user_item_dropped']:,} repeated (user, item) events "
+                     "dropped (the first occurrence of each pair is kept)")
+    if cleaning.get("negative_time"):
+        lines.append(f"{cleaning['negative_time']:,} events dated before 1970-01-01 "
+                     "(negative unix time): check the times and their unit")
+    if cleaning.get("future_time"):
+        lines.append(f"{cleaning['future_time']:,} events dated in the future (after this "
+                     "machine's clock): check the times and their unit")
+    return lines

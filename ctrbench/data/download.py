@@ -16,24 +16,48 @@ multi-GB file is not hashed again by the next ``download`` or ``prepare``. When 
 (later fetches must match it), and the card's ``lines`` count is checked instead.
 Nothing unverified is ever left under the final name: pooch downloads to a temporary file and
 moves it only after its hash check; mirror copies go through a temporary name too.
+
+Files the user already has (:mod:`ctrbench.data.raw_local`): ``--from`` is searched one level
+down, and an archive with ``members`` (MovieLens) may be given extracted (a folder holding the
+members), copied to ``raw/<card>/<stem>/`` and checked by the members' published line counts
+(``member_lines``), or used in place when the card's ``file`` names the folder.
+``strict_hash=False`` (``--no-strict-hash``) keeps a file that fails verification and records
+its sha256 as *accepted* in the ledger: it is reported as unverified and never deleted or
+fetched again while its content is unchanged.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import logging
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ctrbench import paths, progress
 from ctrbench.cards import DatasetCard, SourceSpec, load_dataset_card
+from ctrbench.data.raw_local import (
+    archive_stem,
+    clean_leftovers,
+    copy_members,
+    count_lines,
+    dir_sha256,
+    find_in_mirror,
+    from_hint,
+    holds_members,
+    mirror_dir,
+    mirror_listing,
+    mismatch_hint,
+    raw_lock,
+    verify_members,
+)
 from ctrbench.errors import ChecksumError, CtrbenchError, DataError
 
 log = logging.getLogger(__name__)
@@ -57,6 +81,7 @@ class FetchedSource:
     status: str  # "cached" | "downloaded" | "copied" | "local"
     pinned: bool  # whether the card pins a checksum that was verified
     origin: str = ""  # the URL or mirror path it came from (empty when cached or local)
+    check: str = ""  # what was verified, e.g. "verified", "unverified: accepted with ..."
 
 
 # --------------------------------------------------------------------------- hashing
@@ -79,26 +104,12 @@ def hash_file(path: Path) -> Digests:
     return Digests(sha.hexdigest(), md5.hexdigest(), size)
 
 
-def count_lines(path: Path) -> int:
-    """Lines in a text file (decompressed when it ends in ``.gz``), counted in chunks."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    total, last = 0, b"\n"
-    try:
-        with opener(path, "rb") as fh:
-            while chunk := fh.read(CHUNK):
-                total += chunk.count(b"\n")
-                last = chunk[-1:]
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path.name}: cannot read to count its lines: {exc}") from None
-    return total + (last != b"\n")
-
-
 # --------------------------------------------------------------------------- the ledger
 def _ledger_location(path: Path) -> tuple[Path, str]:
     """(ledger file, key) for ``path``: beside it in the raw cache, else one ledger for locals."""
     raw_root = (paths.cache_root() / "raw").resolve()
     resolved = path.resolve()
-    if resolved.parent.is_relative_to(raw_root):
+    if resolved.parent.parent == raw_root:  # raw/<card>/<file>
         return resolved.parent / LEDGER_NAME, resolved.name
     return raw_root / LOCAL_LEDGER_NAME, str(resolved)
 
@@ -155,8 +166,9 @@ def _remember(path: Path, digests: Digests, **extra: Any) -> dict[str, Any]:
     stat = path.stat()
     entry: dict[str, Any] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
                              "sha256": digests.sha256, "md5": digests.md5}
-    if "recorded_sha256" in previous:
-        entry["recorded_sha256"] = previous["recorded_sha256"]
+    for key in ("recorded_sha256", "accepted_sha256"):
+        if key in previous:
+            entry[key] = previous[key]
     if "lines" in previous and previous.get("sha256") == digests.sha256:
         entry["lines"] = previous["lines"]
     entry.update(extra)
@@ -172,9 +184,17 @@ def file_digests(path: Path) -> dict[str, Any]:
     return entry
 
 
+def path_sha256(path: Path) -> str:
+    """sha256 of a file, or of an extracted archive folder (see ``raw_local.dir_sha256``)."""
+    path = Path(path)
+    if path.is_dir():
+        return dir_sha256(path, lambda p: str(file_digests(p)["sha256"]))
+    return str(file_digests(path)["sha256"])
+
+
 def raw_sha256(files: Mapping[str, Path]) -> dict[str, str]:
     """Role -> sha256 of each verified raw file (cached, so big files are hashed once)."""
-    return {role: str(file_digests(Path(p))["sha256"]) for role, p in files.items()}
+    return {role: path_sha256(Path(p)) for role, p in files.items()}
 
 
 # --------------------------------------------------------------------------- verification
@@ -197,8 +217,7 @@ def _check(src: SourceSpec, path: Path, entry: Mapping[str, Any], origin: str) -
         if got != want:
             raise ChecksumError(
                 f"checksum mismatch for {where}: expected {alg} {want}, actual {alg} {got}",
-                hint="the file is corrupt or truncated; delete it and download again, or check "
-                     "the --from mirror",
+                hint=mismatch_hint(src),
             )
         if src.sha256 and src.md5 and str(entry["md5"]) != src.md5.lower():
             raise ChecksumError(f"checksum mismatch for {where}: expected md5 {src.md5}, "
@@ -236,32 +255,47 @@ def _check_lines(src: SourceSpec, path: Path, entry: dict[str, Any]) -> dict[str
     return entry
 
 
+ACCEPTED = "unverified: accepted with --no-strict-hash"
+
+
 def _verify(src: SourceSpec, path: Path, entry: dict[str, Any], *, origin: str,
-            strict_hash: bool, pin_first_seen: bool = True) -> dict[str, Any]:
+            strict_hash: bool, pin_first_seen: bool = True) -> tuple[dict[str, Any], str]:
     """Check ``entry`` against the card; pin the sha256 of an unpinned file on first sight.
 
-    ``pin_first_seen=False`` for the user's own files used in place: they may change (the
-    prepared-data key follows their sha256), so only what the card pins is enforced.
+    Returns the ledger entry and what was verified. A file whose sha256 the user accepted
+    (``strict_hash=False``, now or before) passes as unverified. ``pin_first_seen=False`` for
+    the user's own files used in place: they may change (the prepared-data key follows their
+    sha256), so only what the card pins is enforced.
     """
     try:
         _check(src, path, entry, origin)
         entry = _check_lines(src, path, entry)
     except ChecksumError as exc:
+        if entry.get("accepted_sha256") == entry["sha256"]:
+            return entry, ACCEPTED
         if strict_hash:
             raise
         log.warning("%s (kept: strict_hash=False)", exc)
-        progress.message(f"warning: {exc} (kept, checksums not enforced)")
-        if pin_first_seen:  # the accepted file is the reference from now on
-            entry = dict(entry, recorded_sha256=entry["sha256"])
-            _write_ledger_entry(path, entry)
-        return entry
+        progress.message(f"warning: {exc} (kept, unverified: --no-strict-hash)")
+        entry = dict(entry, accepted_sha256=entry["sha256"], recorded_sha256=entry["sha256"])
+        _write_ledger_entry(path, entry)
+        return entry, ACCEPTED
     if pin_first_seen and _expected_hash(src) is None and not entry.get("recorded_sha256"):
         entry = dict(entry, recorded_sha256=entry["sha256"])
         _write_ledger_entry(path, entry)
         log.info("%s: card pins no checksum; recorded sha256 %s", src.file, entry["sha256"])
         progress.message(f"{src.file}: no checksum in the card; recorded sha256 "
                          f"{entry['sha256']} in {_ledger_location(path)[0]}")
-    return entry
+    return entry, _check_text(src)
+
+
+def _check_text(src: SourceSpec) -> str:
+    expected = _expected_hash(src)
+    if expected is not None:
+        return f"{expected[0]} verified"
+    if src.lines:
+        return "line count verified (the card pins no checksum; sha256 recorded)"
+    return "unverified: the card pins no checksum (sha256 recorded)"
 
 
 # --------------------------------------------------------------------------- obtaining files
@@ -280,27 +314,27 @@ def raw_cache_dir(card: DatasetCard) -> Path:
 
 
 def _local_path(card: DatasetCard, src: SourceSpec) -> Path | None:
-    """The in-place path of a source without URL: absolute, or relative to the card's dir."""
+    """The in-place path of a source without URL: absolute, or relative to the card's dir.
+
+    A folder counts for an archive source (role ``archive``, or ``members`` listed): the
+    MovieLens reader reads extracted folders.
+    """
     if src.url or src.mirrors:
         return None
     candidate = Path(src.file).expanduser()
     if not candidate.is_absolute():
         base = Path(card.path).parent if card.path else Path.cwd()
         candidate = base / candidate
+    if candidate.is_dir() and (src.members or src.role == "archive"):
+        return candidate
     return candidate if candidate.is_file() else None
 
 
-def _copy_from_mirror(src: SourceSpec, mirror_dir: Path, target: Path) -> tuple[Path, Digests]:
-    """Copy ``mirror_dir/<file name>`` to ``target`` through a temporary name, hashing as it goes.
+def _copy_from_mirror(origin: Path, target: Path) -> tuple[Path, Digests]:
+    """Copy ``origin`` to ``target`` through a temporary name, hashing as it goes.
 
     Returns the temporary path and its digests; the caller verifies and renames it.
     """
-    origin = mirror_dir / Path(src.file).name
-    if not origin.is_file():
-        present = sorted(p.name for p in mirror_dir.iterdir() if p.is_file())[:10]
-        raise DataError(f"--from {mirror_dir}: {origin.name} is not there",
-                        hint=f"the directory must hold the card's files by name; found: "
-                             f"{', '.join(present) or '(nothing)'}")
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
     sha, md5 = hashlib.sha256(), hashlib.md5()
     size = 0
@@ -412,7 +446,7 @@ def _fetch_remote(card: DatasetCard, src: SourceSpec, target: Path, *,
     if not urls:
         raise DataError(
             f"{card.name}: {src.file} has no download URL and is not in {target.parent}",
-            hint=f"pass --from DIR with a directory holding {Path(src.file).name}",
+            hint=from_hint(src),
         )
     failures: list[str] = []
     checksum_failures: list[ChecksumError] = []
@@ -421,7 +455,7 @@ def _fetch_remote(card: DatasetCard, src: SourceSpec, target: Path, *,
         try:
             digests = _download(src, url, target, strict_hash)
             entry = _remember(target, digests)
-            entry = _verify(src, target, entry, origin=url, strict_hash=strict_hash)
+            entry, check = _verify(src, target, entry, origin=url, strict_hash=strict_hash)
         except ChecksumError as exc:
             target.unlink(missing_ok=True)
             checksum_failures.append(exc)
@@ -431,78 +465,122 @@ def _fetch_remote(card: DatasetCard, src: SourceSpec, target: Path, *,
             failures.append(str(exc))
             continue
         return FetchedSource(src.role, src.file, target, int(entry["size"]), str(entry["sha256"]),
-                             "downloaded", _expected_hash(src) is not None, url)
+                             "downloaded", _expected_hash(src) is not None, url, check)
     if checksum_failures and len(checksum_failures) == len(urls):
         raise checksum_failures[0]
     raise DataError(
         f"{card.name}: could not download {src.file}: " + "; ".join(failures),
-        hint="check the network, or download it elsewhere and pass --from DIR "
-             f"(a directory holding {Path(src.file).name})",
+        hint="check the network, or download it elsewhere and " + from_hint(src),
     )
 
 
-def _fetch_from_mirror(src: SourceSpec, from_dir: Path, target: Path, *,
+def _fetch_from_mirror(src: SourceSpec, origin: Path, target: Path, *,
                        strict_hash: bool) -> FetchedSource:
-    """Copy a source from the offline mirror ``from_dir``; the pinned hash and size are checked
-    before the final name, the rest (first-seen hash, line count) right after it."""
-    origin = str(from_dir / Path(src.file).name)
-    tmp, digests = _copy_from_mirror(src, from_dir, target)
+    """Copy a source from the offline mirror file ``origin``; the pinned hash and size are
+    checked before the final name, the rest (first-seen hash, line count) right after it."""
+    tmp, digests = _copy_from_mirror(origin, target)
     try:
         _check(src, tmp, {"sha256": digests.sha256, "md5": digests.md5, "size": digests.size},
-               origin)
+               str(origin))
     except ChecksumError:
         if strict_hash:
             tmp.unlink(missing_ok=True)
             raise
     os.replace(tmp, target)
     try:
-        entry = _verify(src, target, _remember(target, digests), origin=origin,
-                        strict_hash=strict_hash)
+        entry, check = _verify(src, target, _remember(target, digests), origin=str(origin),
+                               strict_hash=strict_hash)
     except ChecksumError:
         target.unlink(missing_ok=True)
         raise
     return FetchedSource(src.role, src.file, target, int(entry["size"]), str(entry["sha256"]),
-                         "copied", _expected_hash(src) is not None, str(from_dir))
+                         "copied", _expected_hash(src) is not None and check != ACCEPTED,
+                         str(origin), check)
+
+
+def _folder_source(src: SourceSpec, folder: Path, status: str, origin: str = ""
+                   ) -> FetchedSource:
+    """An extracted archive folder: members checked by line count; identity = folder sha256."""
+    check = verify_members(src, folder)
+    size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    return FetchedSource(src.role, src.file, folder, size, path_sha256(folder),
+                         f"{status} (extracted folder)", False, origin, check)
 
 
 def _fetch_one(card: DatasetCard, src: SourceSpec, from_dir: Path | None,
                strict_hash: bool) -> FetchedSource:
     pinned = _expected_hash(src) is not None
     local = _local_path(card, src)
+    if local is not None and local.is_dir():
+        return _folder_source(src, local, "local")
     if local is not None:
-        entry = _verify(src, local, file_digests(local), origin="", strict_hash=strict_hash,
-                        pin_first_seen=False)
+        entry, check = _verify(src, local, file_digests(local), origin="",
+                               strict_hash=strict_hash, pin_first_seen=False)
         return FetchedSource(src.role, src.file, local, int(entry["size"]), str(entry["sha256"]),
-                             "local", pinned)
+                             "local", pinned and check != ACCEPTED, "", check)
 
     target = raw_cache_dir(card) / Path(src.file).name
+    extracted = target.with_name(archive_stem(src))
     if target.is_file():
         try:
-            entry = _verify(src, target, file_digests(target), origin="", strict_hash=strict_hash)
+            entry, check = _verify(src, target, file_digests(target), origin="",
+                                   strict_hash=strict_hash)
             return FetchedSource(src.role, src.file, target, int(entry["size"]),
-                                 str(entry["sha256"]), "cached", pinned)
+                                 str(entry["sha256"]), "cached", pinned and check != ACCEPTED,
+                                 "", check)
         except ChecksumError as exc:
             log.warning("cached %s fails verification (%s); fetching it again", target, exc)
             progress.message(f"cached {src.file} fails verification; fetching it again")
             target.unlink()
+    elif src.members and holds_members(extracted, src):
+        try:
+            return _folder_source(src, extracted, "cached")
+        except ChecksumError as exc:  # edited since it was copied: copy it again
+            log.warning("cached %s fails verification (%s); fetching it again", extracted, exc)
+            progress.message(f"cached {extracted.name}/ fails verification; fetching it again")
+            shutil.rmtree(extracted, ignore_errors=True)
 
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"cannot create the raw cache {target.parent}: {exc}") from None
     if from_dir is not None:
-        return _fetch_from_mirror(src, from_dir, target, strict_hash=strict_hash)
+        origin = find_in_mirror(src, from_dir)
+        if origin is None:
+            raise DataError(f"--from {from_dir}: {Path(src.file).name} is not there (nor one "
+                            "level down)", hint=f"found: {mirror_listing(from_dir)}; "
+                                                + from_hint(src))
+        if origin.is_dir():
+            verify_members(src, origin)  # before copying: nothing unverified is cached
+            progress.message(f"copying the extracted {archive_stem(src)} from {origin}")
+            return _folder_source(src, copy_members(src, origin, extracted), "copied",
+                                  str(origin))
+        return _fetch_from_mirror(src, origin, target, strict_hash=strict_hash)
     return _fetch_remote(card, src, target, strict_hash=strict_hash)
+
+
+@contextmanager
+def locked_raw(card: DatasetCard):
+    """Hold the raw-cache lock of ``card`` (its own folder and the one it shares files from)
+    and remove what killed processes left there."""
+    folders = sorted({paths.raw_dir(card.name), raw_cache_dir(card)})
+    with raw_lock(*folders):
+        for folder in folders:
+            for path in clean_leftovers(folder):
+                log.info("removed %s (left by an interrupted run)", path)
+                progress.message(f"removed {path} (left by an interrupted run)")
+        yield
 
 
 def fetch_report(card: DatasetCard, *, from_dir: Path | None = None,
                  strict_hash: bool = True) -> list[FetchedSource]:
     """Verified raw files of ``card`` with how each was obtained (see the module docstring)."""
     if from_dir is not None:
-        from_dir = Path(from_dir).expanduser()
-        if not from_dir.is_dir():
-            raise DataError(f"--from {from_dir}: no such directory")
-    return [_fetch_one(card, src, from_dir, strict_hash) for src in card.sources]
+        from_dir = mirror_dir(card, from_dir)
+    if not card.sources:
+        return []
+    with locked_raw(card):
+        return [_fetch_one(card, src, from_dir, strict_hash) for src in card.sources]
 
 
 def fetch_sources(card: DatasetCard, *, from_dir: Path | None = None,

@@ -76,3 +76,29 @@ def popular_excluding(rng: np.random.Generator, exclude: np.ndarray, counts: np.
         out[todo] = draw(len(todo))
         todo = todo[out[todo] == exclude[todo]]
     raise DataError(f"negative sampling did not converge after {MAX_ROUNDS} rounds")
+
+
+def popular_unreviewed(rng: np.random.Generator, user: np.ndarray, counts: np.ndarray,
+                       keys: np.ndarray) -> np.ndarray:
+    """One item per entry of ``user``, drawn proportionally to ``counts`` among the items that
+    user never reviewed (``keys`` from :func:`reviewed_keys`)."""
+    user = np.asarray(user, dtype=np.int64)
+    n_items = len(counts)
+    if np.count_nonzero(counts) < 2:
+        raise DataError("popularity negatives need at least two items with interactions")
+    cdf = np.cumsum(counts, dtype=np.float64)
+    cdf /= cdf[-1]
+
+    def draw(n: int) -> np.ndarray:
+        return np.minimum(np.searchsorted(cdf, rng.random(n), side="right"), n_items - 1)
+
+    out = draw(len(user))
+    todo = np.flatnonzero(_is_reviewed(keys, user, out, n_items))
+    for _ in range(MAX_ROUNDS):
+        if len(todo) == 0:
+            return out
+        out[todo] = draw(len(todo))
+        todo = todo[_is_reviewed(keys, user[todo], out[todo], n_items)]
+    raise DataError(f"negative sampling did not converge after {MAX_ROUNDS} rounds",
+                    hint="a user reviewed nearly every popular item; use neg_exclude = "
+                         '"target"')

@@ -21,6 +21,7 @@ from pathlib import Path
 from ctrbench import __version__, paths
 from ctrbench.cards import DatasetCard, config_hash, load_dataset_card
 from ctrbench.data.build import DATA_CODE_VERSION, build_samples
+from ctrbench.data.canonical import cleaning_warnings
 from ctrbench.data.sources import read_source
 from ctrbench.data.store import PreparedData, open_store, write_store
 from ctrbench.errors import DataError
@@ -138,25 +139,40 @@ def _replace_store(path: Path, built, meta: dict) -> PreparedData:
 
 def prepare(name_or_card: str | DatasetCard, *, force: bool = False, strict: bool = False,
             from_dir: Path | None = None) -> PrepareResult:
-    """Prepare (or reuse) the store of a dataset card; see the module docstring."""
-    from ctrbench.data.download import fetch_sources, raw_sha256
+    """Prepare (or reuse) the store of a dataset card; see the module docstring.
+
+    The raw files are fetched and read under the card's raw-cache lock
+    (``download.locked_raw``), which also removes what a killed run left there.
+    """
+    from ctrbench.data.download import fetch_sources, locked_raw, raw_sha256
 
     start = time.perf_counter()
     card = _card(name_or_card)
-    files = fetch_sources(card, from_dir=Path(from_dir) if from_dir is not None else None)
-    raw_sha = raw_sha256(files)
-    path = store_path(card, raw_sha)
-    clean_stale_temp(card.name)
-    if not force:
-        existing = _open_finished(path)
-        if existing is not None:
-            return PrepareResult(existing, True, time.perf_counter() - start)
-    message(f"preparing {card.name}: reading {', '.join(sorted(files)) or 'generated data'}")
-    tables = read_source(card, files, strict=strict)
+    with locked_raw(card):
+        files = fetch_sources(card, from_dir=Path(from_dir) if from_dir is not None else None)
+        raw_sha = raw_sha256(files)
+        path = store_path(card, raw_sha)
+        clean_stale_temp(card.name)
+        if not force:
+            existing = _open_finished(path)
+            if existing is not None and "cleaning" not in existing.meta:
+                # built before repeated (user, item) events were dropped: rebuild under the
+                # same key; data without repeats (e.g. synthetic) comes out byte-identical
+                message(f"{path.name} was built before repeated events were dropped; "
+                        "rebuilding it")
+            elif existing is not None:
+                if strict:
+                    revalidate_strict(existing)
+                return PrepareResult(existing, True, time.perf_counter() - start)
+        message(f"preparing {card.name}: reading {', '.join(sorted(files)) or 'generated data'}")
+        tables = read_source(card, files, strict=strict)
     for report in tables.reports:
         message(report.summary())
+    for line in cleaning_warnings(tables.cleaning):
+        message(f"warning: {card.name}: {line}")
     built = build_samples(tables, card)
     meta = {**built.meta, "card_hash": card_hash(card), "store_key": path.name,
+            "cleaning": dict(tables.cleaning),
             "raw_sha256": raw_sha, "ctrbench_version": __version__,
             "card": card.resolved(), "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                   time.gmtime())}
@@ -166,6 +182,22 @@ def prepare(name_or_card: str | DatasetCard, *, force: bool = False, strict: boo
     meta["prepare_seconds"] = round(time.perf_counter() - start, 3)
     data = _replace_store(path, built, meta)
     return PrepareResult(data, False, time.perf_counter() - start)
+
+
+def revalidate_strict(data: PreparedData) -> None:
+    """``--strict`` on a reused store: fail as a strict read would have.
+
+    The store's key covers the raw files' sha256 and the reader's code, so a strict read of the
+    same files meets exactly the malformed lines its lenient build recorded: the first one is
+    what ``--strict`` raises on. (Strictness is not in the key, so the default key is unchanged.)
+    """
+    for report in data.meta.get("read_reports", []):
+        if report.get("bad"):
+            line, reason = report["first_bad"][0]
+            raise DataError(f"{report['file']}: line {line}: {reason}",
+                            hint=f"--strict: the existing store {data.path.name} was built "
+                                 f"skipping {report['bad']:,} malformed line(s) of this file; "
+                                 "drop --strict to use it")
 
 
 def prepare_dataset(name_or_card: str | DatasetCard, *, force: bool = False,

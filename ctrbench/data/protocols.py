@@ -18,6 +18,7 @@ from ctrbench.data.negatives import (
     STREAM_CANDIDATES,
     STREAM_USER_SPLIT,
     popular_excluding,
+    popular_unreviewed,
     stream,
     uniform_unreviewed,
 )
@@ -89,11 +90,15 @@ def select_targets(ev: Events, n_before: np.ndarray, protocol: str, seed: int,
 
 
 def draw_candidates(ev: Events, targets: dict[str, np.ndarray], protocol: str, seed: int,
-                    neg_per_pos: int, keys: np.ndarray) -> dict[str, np.ndarray]:
+                    neg_per_pos: int, keys: np.ndarray, neg_exclude: str = "target"
+                    ) -> dict[str, np.ndarray]:
     """Split -> ``[S, 1 + neg_per_pos]`` candidate item codes (the positive first).
 
     din: uniform over the items the user never reviewed (``keys`` from ``reviewed_keys``);
-    dien: proportional to item popularity over the whole log, never the target.
+    dien: proportional to item popularity over the whole log, never the target, and with
+    ``neg_exclude = "reviewed"`` never an item the user reviewed (else a negative can be an
+    item of the user's own history while a positive never is: a label shortcut that
+    ``ctrbench stats --audit`` reports).
     """
     rng = stream(seed, STREAM_CANDIDATES)
     counts = np.bincount(ev.item, minlength=ev.n_items)
@@ -103,6 +108,8 @@ def draw_candidates(ev: Events, targets: dict[str, np.ndarray], protocol: str, s
         repeated = np.repeat(e, neg_per_pos)
         if protocol == "din":
             neg = uniform_unreviewed(rng, ev.user[repeated], ev.n_items, keys)
+        elif neg_exclude == "reviewed":
+            neg = popular_unreviewed(rng, ev.user[repeated], counts, keys)
         else:
             neg = popular_excluding(rng, ev.item[repeated], counts)
         out[split] = np.column_stack([ev.item[e], neg.reshape(len(e), neg_per_pos)])

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ctrbench.cards import DatasetCard
-from ctrbench.data.canonical import CanonicalTables
+from ctrbench.data.canonical import CanonicalTables, clean_interactions
 from ctrbench.registry import Registry
 
 Reader = Callable[..., CanonicalTables]
@@ -28,8 +28,10 @@ def _load_all() -> None:
 
 def read_source(card: DatasetCard, files: Mapping[str, Path], *, strict: bool = False
                 ) -> CanonicalTables:
-    """Run the card's reader over its verified files and validate the result."""
+    """Run the card's reader over its verified files, validate and clean the result
+    (:func:`~ctrbench.data.canonical.clean_interactions`: repeated (user, item) events dropped,
+    odd times counted)."""
     _load_all()
     tables = READERS.get(card.reader)(card, files, strict=strict)
     tables.validate()
-    return tables
+    return clean_interactions(tables)

@@ -1,34 +1,35 @@
-"""Amazon 2014 ("productGraph", McAuley et al.) reviews + meta -> canonical tables.
+"""Amazon review data (McAuley et al.; releases 2014, 2018 and 2023) -> canonical tables.
 
-Formats (see /work/shared/data/README.md):
+Reviews: gzip JSON lines. The release is detected from the first line that is not blank
+(``reader_params.reviews_format`` may name it instead):
 
-- reviews: gzip JSON lines with ``reviewerID``, ``asin``, ``overall`` (1-5), ``unixReviewTime``
-  (whole days), plus fields not used here (``reviewText``, ``summary``, ``helpful`` ...);
-- meta: gzip lines of **Python dict literals** (single quotes) with ``asin`` and, optionally,
-  ``categories`` (a list of category paths, each a list of strings).
+- ``2014`` and ``2018``: ``reviewerID`` (user), ``asin`` (item), ``unixReviewTime`` (unix
+  seconds; whole days), ``overall`` (rating 1-5); 2014 also has ``helpful``, 2018 ``vote``,
+  ``verified`` and ``style`` (not used);
+- ``2023``: ``user_id`` (user), ``parent_asin`` (item: the product, all its variants together;
+  the 2023 meta is keyed by it), ``timestamp`` (unix **milliseconds**, stored as seconds),
+  ``rating``.
 
-Both files are streamed line by line. Review ids are factorised as they are read and kept in
-compact typed arrays (a few bytes per review), so Books (8.9M reviews) fits in bounded memory.
-Meta lines are only parsed for items that appear in the reviews; their ``asin`` and
-``categories`` are extracted by a small tokenizer (fast path) and ``ast.literal_eval`` is the
-fallback whenever the fast path is not certain to be exact.
+Meta: see :mod:`ctrbench.data.sources.amazon_meta` (formats, detection, category rule per
+format, the fast path). Both files are streamed line by line. Review ids are factorised as they
+are read and kept in compact typed arrays (a few bytes per review), so Books (8.9M reviews) fits
+in bounded memory; meta lines are only parsed for items that appear in the reviews.
 
-Category rules (``reader_params.category_rule``): ``last_of_last`` (DIN: the last element of the
-last category path) or ``last_of_first`` (DIEN: the last element of the first path). Items without
-a meta line or with no categories get :data:`UNKNOWN_CATEGORY`.
+A review line is malformed (counted with its line number and skipped, or raised with
+``strict``) when it is not a JSON object, lacks a key field, has a non-numeric rating or a time
+that is not a finite number in years 1..9999 (``ctrbench.data.canonical.MIN_TS``/``MAX_TS``),
+or nests too deep for the JSON parser.
 
-Crawl-time snapshot fields (``salesRank``, ``related``, ``helpful``) are dropped unless
-``keep_snapshot_fields``: they describe the item when the data was crawled, after every review,
-so using them as features leaks the future.
+Crawl-time snapshot fields (2014: ``salesRank``, ``related``, ``helpful``) are dropped unless
+``keep_snapshot_fields`` (read for the 2014 release only): they describe the item when the data
+was crawled, after every review, so using them as features leaks the future.
 """
 
 from __future__ import annotations
 
-import ast
 import gzip
 import io
 import json
-import re
 import zlib
 from array import array
 from collections.abc import Iterator, Mapping
@@ -38,20 +39,30 @@ import numpy as np
 import pandas as pd
 
 from ctrbench.cards import DatasetCard, check_keys
-from ctrbench.data.canonical import CanonicalTables, ReadReport
+from ctrbench.data.canonical import MAX_TS, MIN_TS, CanonicalTables, ReadReport
 from ctrbench.data.features import UNKNOWN_CATEGORY
 from ctrbench.data.sources import READERS
+from ctrbench.data.sources.amazon_meta import (  # noqa: F401 (re-exported)
+    CATEGORY_RULES,
+    META_FORMATS,
+    detect_meta_format,
+    meta_entry,
+    parse_meta_line,
+    pick_category,
+    sales_rank_2014,
+)
 from ctrbench.errors import CardError, DataError
 from ctrbench.progress import progress
 
-CATEGORY_RULES = ("last_of_last", "last_of_first")
-READER_PARAM_KEYS = ("category_rule", "keep_snapshot_fields")
-
-_ASIN_RE = re.compile(r"""'asin': (?:'([^'\\]*)'|"([^"\\]*)")""")
-_CATS_KEY = "'categories': "
+READER_PARAM_KEYS = ("category_rule", "keep_snapshot_fields", "reviews_format", "meta_format")
+REVIEW_FORMATS = ("2014", "2018", "2023")
+# release -> (user, item, time, rating) keys and the time's units per second
+REVIEW_KEYS = {"2014": ("reviewerID", "asin", "unixReviewTime", "overall", 1),
+               "2018": ("reviewerID", "asin", "unixReviewTime", "overall", 1),
+               "2023": ("user_id", "parent_asin", "timestamp", "rating", 1000)}
 _JSON = json.JSONDecoder()
-# one token of a list of lists of Python string literals
-_TOKEN_RE = re.compile(r"""\s*(\[|\]|,|'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+# after this many meta lines, stop looking item keys up first if most lines were wanted
+PRECHECK_SAMPLE = 2048
 
 
 # --------------------------------------------------------------------------- streaming
@@ -75,134 +86,67 @@ def _gzip_lines(path: Path) -> Iterator[tuple[int, bytes]]:
                         hint="delete it and download again (`ctrbench download NAME`)") from None
 
 
-# --------------------------------------------------------------------------- meta parsing
-def _parse_str_literal(token: str) -> str:
-    if "\\" in token:
-        return ast.literal_eval(token)
-    return token[1:-1]
-
-
-def _fast_categories(text: str, start: int) -> list[list[str]] | None:
-    """Parse the ``[[...], ...]`` literal at ``text[start:]``; None when not a clean match."""
-    stack: list[list] = []
-    pos = start
-    result: list | None = None
-    while True:
-        m = _TOKEN_RE.match(text, pos)
-        if m is None:
-            return None
-        tok = m.group(1)
-        pos = m.end()
-        if tok == "[":
-            new: list = []
-            if stack:
-                stack[-1].append(new)
-            stack.append(new)
-        elif tok == "]":
-            if not stack:
-                return None
-            result = stack.pop()
-            if not stack:
-                break
-        elif tok == ",":
-            continue
-        else:
-            if not stack:
-                return None
-            stack[-1].append(_parse_str_literal(tok))
-    if not all(isinstance(p, list) and all(isinstance(s, str) for s in p) for p in result):
-        return None
-    return result
-
-
-def parse_meta_line(text: str) -> tuple[str, list[list[str]]]:
-    """``(asin, categories)`` of one meta line (Python dict literal).
-
-    Fast path when ``asin`` and ``categories`` each occur exactly once as keys and the line is a
-    complete ``{...}``; otherwise ``ast.literal_eval`` of the whole line. Raises ValueError
-    (with a reason) on a malformed line.
-    """
-    stripped = text.strip()
-    if (stripped.startswith("{") and stripped.endswith("}")
-            and stripped.count("'asin': ") == 1 and stripped.count(_CATS_KEY) <= 1):
-        m = _ASIN_RE.search(stripped)
-        if m is not None:
-            asin = m.group(1) if m.group(1) is not None else m.group(2)
-            at = stripped.find(_CATS_KEY)
-            if at < 0:
-                return asin, []
-            cats = _fast_categories(stripped, at + len(_CATS_KEY))
-            if cats is not None:
-                return asin, cats
-    return _slow_meta(stripped)
-
-
-def _slow_meta(text: str) -> tuple[str, list[list[str]]]:
-    record = _literal_dict(text)
-    if "asin" not in record:
-        raise ValueError("missing field 'asin'")
-    cats = record.get("categories") or []
-    if not isinstance(cats, list) or not all(isinstance(p, list) for p in cats):
-        raise ValueError("'categories' is not a list of lists")
-    return str(record["asin"]), [[str(s) for s in p] for p in cats]
-
-
-def _literal_dict(text: str) -> dict:
+# --------------------------------------------------------------------------- reviews
+def detect_reviews_format(raw: bytes) -> str:
+    """``2014`` (also the 2018 layout: same keys) or ``2023`` from one review line."""
     try:
-        record = ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
-        raise ValueError(f"not a Python literal ({type(exc).__name__})") from None
-    if not isinstance(record, dict):
-        raise ValueError("not a dict literal")
-    return record
+        record = _JSON.decode(raw.decode("utf-8").strip())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ValueError("the first review line is not JSON") from None
+    if isinstance(record, dict) and "user_id" in record:
+        return "2023"
+    if isinstance(record, dict) and "reviewerID" in record:
+        return "2018" if ("verified" in record or "vote" in record or "style" in record) \
+            else "2014"
+    raise ValueError("the first review line has neither reviewerID (2014, 2018) nor user_id "
+                     "(2023)")
 
 
-def pick_category(categories: list[list[str]], rule: str) -> str:
-    """The item's category under ``rule``; :data:`UNKNOWN_CATEGORY` when there is none."""
-    if not categories:
-        return UNKNOWN_CATEGORY
-    path = categories[-1] if rule == "last_of_last" else categories[0]
-    return path[-1] if path else UNKNOWN_CATEGORY
-
-
-# --------------------------------------------------------------------------- readers
-def _parse_review(raw: bytes) -> tuple[str, str, int, float, dict]:
-    """``(user, item, unix time, rating, record)`` of one review line; ValueError says why not."""
+def _parse_review(raw: bytes, fmt: str = "2014") -> tuple[str, str, int, float, dict]:
+    """``(user, item, unix seconds, rating, record)`` of one review line; ValueError says why
+    not."""
+    user_key, item_key_, time_key, rating_key, per_second = REVIEW_KEYS[fmt]
     try:
         record = _JSON.decode(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ValueError("invalid JSON") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
     if not isinstance(record, dict):
         raise ValueError("not a JSON object")
-    for key in ("reviewerID", "asin", "unixReviewTime"):
+    for key in (user_key, item_key_, time_key):
         if key not in record:
             raise ValueError(f"missing field {key!r}")
-    user, item, ts = record["reviewerID"], record["asin"], record["unixReviewTime"]
+    user, item, ts = record[user_key], record[item_key_], record[time_key]
     if not isinstance(user, str) or not isinstance(item, str) or not user or not item:
-        raise ValueError("reviewerID/asin is not a non-empty string")
+        raise ValueError(f"{user_key}/{item_key_} is not a non-empty string")
+    if isinstance(ts, (bool, list, dict)) or ts is None:
+        raise ValueError(f"non-numeric {time_key}")
     try:
-        ts = int(ts) if not isinstance(ts, (bool, list, dict)) else None
+        seconds = float(ts) / per_second
     except (TypeError, ValueError, OverflowError):
-        ts = None
-    if ts is None:
-        raise ValueError("non-numeric unixReviewTime")
-    rating = record.get("overall")
+        raise ValueError(f"non-numeric {time_key}") from None
+    if not (MIN_TS <= seconds <= MAX_TS):  # also catches NaN and inf
+        raise ValueError(f"{time_key} out of range ({str(ts)[:24]})")
+    seconds = int(ts) // per_second if isinstance(ts, int) else int(seconds)
+    rating = record.get(rating_key)
     try:
         rating = float("nan") if rating is None else float(rating)
-    except (TypeError, ValueError):
-        raise ValueError("non-numeric overall") from None
-    return user, item, ts, rating, record
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"non-numeric {rating_key}") from None
+    return user, item, seconds, rating, record
 
 
 def _helpful(value: object) -> tuple[float, float]:
     """``helpful = [yes, total]`` as floats; NaN when absent or malformed."""
     try:
         return float(value[0]), float(value[1])  # type: ignore[index]
-    except (TypeError, ValueError, IndexError, KeyError):
+    except (TypeError, ValueError, IndexError, KeyError, OverflowError):
         return float("nan"), float("nan")
 
 
-def _read_reviews(path: Path, strict: bool, keep_snapshot: bool):
+def _read_reviews(path: Path, strict: bool, keep_snapshot: bool, fmt: str | None = None):
+    """(interactions frame, item index, report, detected format)."""
     report = ReadReport(file=path.name)
     users: dict[str, int] = {}
     items: dict[str, int] = {}
@@ -214,8 +158,14 @@ def _read_reviews(path: Path, strict: bool, keep_snapshot: bool):
         report.lines += 1
         if not raw.strip():
             continue
+        if fmt is None:
+            try:
+                fmt = detect_reviews_format(raw)
+            except ValueError as exc:
+                report.add_bad(line_no + 1, str(exc), strict)
+                continue
         try:
-            user, item, ts, rating, record = _parse_review(raw)
+            user, item, ts, rating, record = _parse_review(raw, fmt)
         except ValueError as exc:
             report.add_bad(line_no + 1, str(exc), strict)
             continue
@@ -240,67 +190,66 @@ def _read_reviews(path: Path, strict: bool, keep_snapshot: bool):
     if keep_snapshot:
         columns["helpful_yes"] = np.frombuffer(helpful_yes, dtype=np.float32)
         columns["helpful_total"] = np.frombuffer(helpful_total, dtype=np.float32)
-    return pd.DataFrame(columns), items, report
+    return pd.DataFrame(columns), items, report, fmt or "2014"
 
 
-def _sales_rank(value: object) -> float:
-    """The best (smallest) rank of ``salesRank = {top category: rank}``; NaN when absent."""
-    try:
-        return float(min(value.values())) if value else float("nan")  # type: ignore[union-attr]
-    except (AttributeError, TypeError, ValueError):
-        return float("nan")
-
-
+# --------------------------------------------------------------------------- meta
 def _read_meta(path: Path, wanted: Mapping[str, int], rule: str, strict: bool,
-               keep_snapshot: bool):
-    """Categories (and snapshot fields) of the items in ``wanted``; others are skipped unparsed."""
+               keep_snapshot: bool, fmt: str | None = None):
+    """(categories, sales ranks, report, format) of the items in ``wanted``; lines of other
+    items are skipped unparsed."""
     report = ReadReport(file=path.name)
     categories: dict[str, str] = {}
     sales_rank: dict[str, float] = {}
+    precheck = True
     for line_no, raw in _gzip_lines(path):
         report.lines += 1
         if not raw.strip():
             continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            report.add_bad(line_no + 1, "not UTF-8", strict)
-            continue
-        m = _ASIN_RE.search(text)
-        asin = None if m is None else m.group(1) if m.group(1) is not None else m.group(2)
-        if asin is not None and asin not in wanted and text.count("'asin': ") == 1:
-            continue  # an item nobody reviewed: skip without parsing
-        try:
-            asin, cats = parse_meta_line(text)
-            if keep_snapshot:
-                sales_rank[asin] = _sales_rank(_literal_dict(text.strip()).get("salesRank"))
+        if fmt is None:
+            try:
+                fmt = detect_meta_format(raw)
+            except ValueError as exc:
+                report.add_bad(line_no + 1, str(exc), strict)
+                continue
+        if report.lines == PRECHECK_SAMPLE:  # most lines wanted: parse first, skip no key
+            precheck = len(categories) < PRECHECK_SAMPLE // 2
+        try:  # None: an item nobody reviewed, skipped without parsing when certain
+            entry = meta_entry(raw, fmt, rule, wanted, precheck)
+            if entry is not None and keep_snapshot and fmt == "2014":
+                sales_rank[entry[0]] = sales_rank_2014(raw.decode("utf-8"))
         except ValueError as exc:
             report.add_bad(line_no + 1, str(exc), strict)
             continue
-        if asin in wanted:
-            categories[asin] = pick_category(cats, rule)
-    return categories, sales_rank, report
+        if entry is not None:
+            categories.setdefault(*entry)  # a repeated meta line: the first wins
+    return categories, sales_rank, report, fmt
 
 
 def read_amazon(reviews: Path, meta: Path | None, *, category_rule: str, strict: bool,
-                keep_snapshot_fields: bool = False) -> CanonicalTables:
+                keep_snapshot_fields: bool = False, reviews_format: str | None = None,
+                meta_format: str | None = None) -> CanonicalTables:
     """Stream the reviews (and meta) files into canonical tables.
 
-    ``items`` holds every reviewed item with its category under ``category_rule``
-    (``<unknown>`` without meta); with ``keep_snapshot_fields`` it also holds ``sales_rank`` and
-    the interactions hold ``helpful_yes``/``helpful_total``.
+    ``items`` holds every reviewed item with its category under ``category_rule`` (see
+    :mod:`~ctrbench.data.sources.amazon_meta`; ``<unknown>`` without meta); with
+    ``keep_snapshot_fields`` (2014 files) it also holds ``sales_rank`` and the interactions hold
+    ``helpful_yes``/``helpful_total``. ``formats`` of the result names the detected releases.
     """
     if category_rule not in CATEGORY_RULES:
         raise CardError(f"unknown category_rule {category_rule!r}",
                         hint=f"one of: {', '.join(CATEGORY_RULES)}")
     reviews = Path(reviews)
-    interactions, item_index, review_report = _read_reviews(reviews, strict, keep_snapshot_fields)
+    interactions, item_index, review_report, review_fmt = _read_reviews(
+        reviews, strict, keep_snapshot_fields, reviews_format)
+    review_report.format = f"amazon {review_fmt}"
     reports = [review_report]
     categories: dict[str, str] = {}
     sales_rank: dict[str, float] = {}
     if meta is not None:
-        categories, sales_rank, meta_report = _read_meta(
-            Path(meta), item_index, category_rule, strict, keep_snapshot_fields)
+        categories, sales_rank, meta_report, meta_fmt = _read_meta(
+            Path(meta), item_index, category_rule, strict, keep_snapshot_fields, meta_format)
+        meta_report.format = f"amazon {meta_fmt}" if meta_fmt else ""
         reports.append(meta_report)
     names = list(item_index)
     items = pd.DataFrame({
@@ -310,6 +259,17 @@ def read_amazon(reviews: Path, meta: Path | None, *, category_rule: str, strict:
     if keep_snapshot_fields:
         items["sales_rank"] = np.array([sales_rank.get(n, np.nan) for n in names], np.float64)
     return CanonicalTables(interactions=interactions, items=items, users=None, reports=reports)
+
+
+def _format_param(card: DatasetCard, key: str, allowed: tuple[str, ...]) -> str | None:
+    value = card.reader_params.get(key)
+    if value is None:
+        return None
+    if str(value) not in allowed:
+        raise CardError(f"dataset card {card.name!r} [reader_params]: {key} must be one of "
+                        f"{', '.join(allowed)}, not {value!r}",
+                        hint="leave it out to detect the release from the file")
+    return str(value)
 
 
 @READERS.register("amazon")
@@ -322,4 +282,6 @@ def read(card: DatasetCard, files: Mapping[str, Path], *, strict: bool = False
         raise CardError(f"dataset card {card.name!r}: the amazon reader needs a 'reviews' source")
     return read_amazon(files["reviews"], files.get("meta"),
                        category_rule=params.get("category_rule", "last_of_last"), strict=strict,
-                       keep_snapshot_fields=bool(params.get("keep_snapshot_fields", False)))
+                       keep_snapshot_fields=bool(params.get("keep_snapshot_fields", False)),
+                       reviews_format=_format_param(card, "reviews_format", REVIEW_FORMATS),
+                       meta_format=_format_param(card, "meta_format", META_FORMATS))

@@ -89,8 +89,11 @@ def read_world(directory: Path, *, category_rule: str = DEFAULT_CATEGORY_RULE,
 def read(card: DatasetCard, files: Mapping[str, Path], *, strict: bool = False
          ) -> CanonicalTables:
     """The registered reader: generate (if needed) then read. ``files`` is not used."""
+    from ctrbench.data.raw_local import raw_lock
+
     where = f"dataset card {card.name!r} [reader_params]"
     params = world_params(card.reader_params, where)
-    directory = ensure_generated(world_dir(card.name, params), params)
+    with raw_lock(raw_dir(card.name)):  # re-entrant: prepare already holds it
+        directory = ensure_generated(world_dir(card.name, params), params)
     rule = card.reader_params.get("category_rule", DEFAULT_CATEGORY_RULE)
     return read_world(directory, category_rule=rule, strict=strict)

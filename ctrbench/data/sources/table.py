@@ -13,17 +13,22 @@ the card's directory, used in place) and maps their columns in ``[reader_params]
   ``<unknown>``.
 - source ``users`` (optional): ``user_col`` and any categorical columns (e.g. gender, age group),
   each usable as a user field in the card's ``[fields] user = [...]``.
-- ``sep`` (CSV delimiter; default "," or tab for ``.tsv``) and ``encoding`` (default utf-8).
+- ``sep`` (CSV delimiter; default "," or tab for ``.tsv``), ``encoding`` (default utf-8) and
+  ``quoting`` ("minimal", the default: ``"`` quotes fields; "none": quotes are plain data).
 
-CSV files are read in chunks of ``CHUNK_ROWS`` rows and parquet files by record batches, so memory
-is bounded by the kept columns. Rows with a missing user/item/time, an unparseable time or a
-non-numeric rating are malformed: counted in the :class:`ReadReport` (line numbers count the CSV
-header as line 1; for parquet they are 1-based row numbers) and skipped, or raised with ``strict``.
-``line`` in the interactions table is the 0-based data row.
+Files are read in chunks (:mod:`ctrbench.data.sources.table_chunks`), so memory is bounded by
+the kept columns. Malformed rows are counted in the :class:`ReadReport` with their file line
+(the CSV header is line 1; for parquet the 1-based row) and skipped, or raised with ``strict``:
+a missing user/item/time, a non-numeric rating, more fields than the header, and a time that
+cannot be read: numeric times (the column is numeric when at least half of the first chunk's
+values are numbers) that are not numbers, not finite, or outside years 1..9999; date strings
+pandas cannot parse. ``line`` in the interactions table is the 0-based data row (file line
+minus 2 for CSV).
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,20 +38,21 @@ import numpy as np
 import pandas as pd
 
 from ctrbench.cards import DatasetCard, check_keys
-from ctrbench.data.canonical import CanonicalTables, ReadReport
+from ctrbench.data.canonical import CanonicalTables, ReadReport, time_out_of_range
 from ctrbench.data.features import UNKNOWN_CATEGORY
 from ctrbench.data.sources import READERS
+from ctrbench.data.sources.table_chunks import Chunk, is_parquet
+from ctrbench.data.sources.table_chunks import iter_chunks as _iter_chunks
 from ctrbench.errors import CardError, DataError
 
 log = logging.getLogger(__name__)
 
-CHUNK_ROWS = 500_000
 MISSING_VALUE = "<missing>"  # a users/items attribute left empty in the user's table
 PARAM_KEYS = ("user_col", "item_col", "time_col", "rating_col", "category_col", "time_unit",
-              "time_format", "sep", "encoding")
+              "time_format", "sep", "encoding", "quoting")
 REQUIRED_KEYS = ("user_col", "item_col", "time_col")
 TIME_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
-PARQUET_SUFFIXES = (".parquet", ".pq")
+QUOTING = {"minimal": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE}
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,7 @@ class TableParams:
     time_format: str = ""
     sep: str = ""
     encoding: str = "utf-8"
+    quoting: str = "minimal"
 
     @classmethod
     def from_card(cls, card: DatasetCard) -> TableParams:
@@ -75,12 +82,13 @@ class TableParams:
         params = cls(**{k: str(v) for k, v in card.reader_params.items()})
         if params.time_unit not in TIME_UNITS:
             raise CardError(f"{where}: time_unit must be one of {', '.join(TIME_UNITS)}")
+        if params.quoting not in QUOTING:
+            raise CardError(f"{where}: quoting must be one of {', '.join(QUOTING)}")
         return params
 
 
 # --------------------------------------------------------------------------- chunked reading
-def _is_parquet(path: Path) -> bool:
-    return path.suffix.lower() in PARQUET_SUFFIXES
+_is_parquet = is_parquet
 
 
 def _sep(path: Path, params: TableParams) -> str:
@@ -96,9 +104,13 @@ def table_columns(path: Path, params: TableParams) -> list[str]:
             import pyarrow.parquet as pq
 
             return list(pq.ParquetFile(path).schema_arrow.names)
-        header = pd.read_csv(path, sep=_sep(path, params), nrows=0, encoding=params.encoding)
+        header = pd.read_csv(path, sep=_sep(path, params), nrows=0, encoding=params.encoding,
+                             quoting=QUOTING[params.quoting])
         return [str(c) for c in header.columns]
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise DataError(f"{path.name}: line 1 (the header): not valid {params.encoding} text",
+                        hint='set [reader_params] encoding, e.g. encoding = "latin-1"') from None
+    except (OSError, ValueError) as exc:
         raise DataError(f"cannot read the header of {path}: {exc}") from None
     except ImportError:
         raise DataError(f"{path.name}: reading parquet needs pyarrow",
@@ -118,29 +130,10 @@ def require_columns(path: Path, role: str, needed: Mapping[str, str],
 
 
 def iter_chunks(path: Path, columns: Sequence[str], params: TableParams,
-                text_columns: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
-    """``columns`` of ``path`` in DataFrames of at most ``CHUNK_ROWS`` rows.
-
-    CSV: ``text_columns`` (default: all) are read as strings, the others typed by pandas' C
-    parser (numbers stay numbers); parquet: the stored types.
-    """
-    try:
-        if _is_parquet(path):
-            import pyarrow.parquet as pq
-
-            parquet = pq.ParquetFile(path)
-            for batch in parquet.iter_batches(batch_size=CHUNK_ROWS, columns=list(columns)):
-                yield batch.to_pandas()
-            return
-        as_text = columns if text_columns is None else text_columns
-        reader = pd.read_csv(path, sep=_sep(path, params), usecols=list(columns),
-                             dtype={c: str for c in as_text}, keep_default_na=False,
-                             na_values=[""], chunksize=CHUNK_ROWS, encoding=params.encoding,
-                             low_memory=False)
-        with reader:
-            yield from reader
-    except (OSError, ValueError, UnicodeDecodeError, EOFError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
+                text_columns: Sequence[str] | None = None) -> Iterator[Chunk]:
+    """``columns`` of ``path`` in chunks with their file lines (see ``table_chunks``)."""
+    return _iter_chunks(path, columns, sep=_sep(path, params), encoding=params.encoding,
+                        quoting=QUOTING[params.quoting], text_columns=text_columns)
 
 
 def _text(values: pd.Series) -> pd.Series:
@@ -158,12 +151,44 @@ def _numbers(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
     return numbers, (numbers.isna() & text.notna()).to_numpy()
 
 
-def _seconds_from_text(text: pd.Series, params: TableParams, numeric: bool) -> pd.Series:
-    """Unix seconds (float, NaN where unparseable) from numbers or date/time strings."""
+def _date_seconds(text: pd.Series, params: TableParams) -> np.ndarray:
+    """Date/time strings -> unix seconds (NaN where unparseable or out of pandas' range)."""
+    fmt = params.time_format or None
+    try:
+        parsed = pd.to_datetime(text, errors="coerce", utc=True, format=fmt)
+        return _seconds_from_datetimes(parsed).to_numpy(np.float64)
+    except (ValueError, OverflowError, pd.errors.OutOfBoundsDatetime):
+        pass  # one odd value broke the vectorised parse: parse the distinct values one by one
+    seconds = {}
+    for value in pd.unique(text.dropna()):
+        try:
+            stamp = pd.Timestamp(pd.to_datetime(value, utc=True, format=fmt))
+            seconds[value] = float(np.floor(stamp.timestamp()))
+        except (ValueError, OverflowError, pd.errors.OutOfBoundsDatetime):
+            seconds[value] = np.nan
+    return text.map(seconds).to_numpy(np.float64, na_value=np.nan)
+
+
+def _seconds(raw: pd.Series, params: TableParams, numeric: bool
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(unix seconds as float, NaN where unreadable; mask of values that are not numbers or
+    dates; mask of numbers out of range). Missing values may be flagged: the caller reports
+    them as missing.
+
+    Numeric times outside years 1..9999 or not finite are out of range (issue 12 D14).
+    """
+    if pd.api.types.is_datetime64_any_dtype(raw):  # parquet timestamp column
+        seconds = _seconds_from_datetimes(raw).to_numpy(np.float64)
+        return seconds, np.zeros(len(raw), dtype=bool), np.zeros(len(raw), dtype=bool)
     if numeric:
-        return np.floor(_numbers(text)[0] / TIME_UNITS[params.time_unit])
-    parsed = pd.to_datetime(text, errors="coerce", utc=True, format=params.time_format or None)
-    return _seconds_from_datetimes(parsed)
+        values, not_number = _numbers(raw)
+        with np.errstate(invalid="ignore"):
+            seconds = np.floor(values.to_numpy(np.float64) / TIME_UNITS[params.time_unit])
+    else:
+        seconds = _date_seconds(_text(raw), params)
+        not_number = np.isnan(seconds)
+    out_of_range = time_out_of_range(seconds) & ~not_number
+    return np.where(out_of_range, np.nan, seconds), not_number, out_of_range
 
 
 def _seconds_from_datetimes(values: pd.Series) -> pd.Series:
@@ -173,11 +198,19 @@ def _seconds_from_datetimes(values: pd.Series) -> pd.Series:
     return np.floor(seconds.astype("float64"))
 
 
-def _looks_numeric(values: pd.Series) -> bool:
+def _mostly_numeric(values: pd.Series) -> bool:
+    """Numeric times when at least half of the present values are numbers (a stray "abc"
+    or "nan" is then one malformed line, not a reason to parse every number as a date)."""
     if pd.api.types.is_numeric_dtype(values):
         return True
-    present = values.dropna()
-    return len(present) > 0 and bool(pd.to_numeric(present, errors="coerce").notna().all())
+    present = _text(values).dropna()
+    return len(present) > 0 and bool(pd.to_numeric(present, errors="coerce").notna().mean()
+                                     >= 0.5)
+
+
+def _report_bad(report: ReadReport, rows: list[tuple[int, str]], strict: bool) -> None:
+    for line, reason in sorted(rows):  # in file order, so --strict names the first
+        report.add_bad(line, reason, strict)
 
 
 # --------------------------------------------------------------------------- the three tables
@@ -193,49 +226,45 @@ def read_interactions(path: Path, params: TableParams, *, strict: bool
     columns = list(dict.fromkeys([*needed.values(),
                                   *([params.category_col] if category_here else [])]))
     report = ReadReport(file=path.name)
-    header_lines = 0 if _is_parquet(path) else 1
+    data_start = 1 if _is_parquet(path) else 2  # the first data row's line number
     frames, numeric_time = [], None
     text_columns = [c for c in columns if c not in (params.time_col, params.rating_col)]
     for chunk in iter_chunks(path, columns, params, text_columns):
-        start = report.lines
-        report.lines += len(chunk)
-        row = np.arange(start, start + len(chunk), dtype=np.int64)
-        user, item = _text(chunk[params.user_col]), _text(chunk[params.item_col])
-        raw_time = chunk[params.time_col]
-        if pd.api.types.is_datetime64_any_dtype(raw_time):  # parquet timestamp column
-            time_present = raw_time.notna().to_numpy()
-            ts = _seconds_from_datetimes(raw_time)
-        else:
-            numeric_dtype = pd.api.types.is_numeric_dtype(raw_time)
-            time_text = raw_time if numeric_dtype else _text(raw_time)
-            time_present = time_text.notna().to_numpy()
-            if numeric_time is None and time_present.any():
-                numeric_time = _looks_numeric(time_text)  # decided once, on the first values
-            ts = _seconds_from_text(time_text, params, bool(numeric_time))
-        reason = np.full(len(chunk), "", dtype=object)
+        frame = chunk.frame
+        report.lines += len(frame) + len(chunk.skipped)
+        user, item = _text(frame[params.user_col]), _text(frame[params.item_col])
+        raw_time = frame[params.time_col]
+        time_present = (raw_time.notna() if pd.api.types.is_numeric_dtype(raw_time)
+                        or pd.api.types.is_datetime64_any_dtype(raw_time)
+                        else _text(raw_time).notna()).to_numpy()
+        if numeric_time is None and time_present.any():
+            numeric_time = _mostly_numeric(raw_time)  # decided once, on the first values
+        ts, unparseable, out_of_range = _seconds(raw_time, params, bool(numeric_time))
+        reason = np.full(len(frame), "", dtype=object)
         if params.rating_col:
-            rating, not_number = _numbers(chunk[params.rating_col])
+            rating, not_number = _numbers(frame[params.rating_col])
             reason[not_number] = "rating is not a number"
         else:
-            rating = pd.Series(np.nan, index=chunk.index)
-        reason[ts.isna().to_numpy() & time_present] = "unparseable time"
+            rating = pd.Series(np.nan, index=frame.index)
+        reason[out_of_range] = "time out of range"
+        reason[unparseable] = "unparseable time"
         reason[~time_present] = "missing time"
         reason[item.isna().to_numpy()] = "missing item"
         reason[user.isna().to_numpy()] = "missing user"
         bad = reason != ""
-        for idx in np.flatnonzero(bad):  # malformed rows only
-            report.add_bad(int(row[idx]) + 1 + header_lines, str(reason[idx]), strict)
+        _report_bad(report, [(int(chunk.lines[i]), str(reason[i])) for i in np.flatnonzero(bad)]
+                    + chunk.skipped, strict)
         ok = ~bad
-        frame = pd.DataFrame({
+        out = pd.DataFrame({
             "user": user[ok].astype(str).to_numpy(dtype=object),
             "item": item[ok].astype(str).to_numpy(dtype=object),
-            "ts": ts[ok].to_numpy(dtype=np.int64),
+            "ts": ts[ok].astype(np.int64),
             "rating": rating[ok].to_numpy(dtype=np.float32),
-            "line": row[ok],
+            "line": chunk.lines[ok] - data_start,
         })
         if category_here:
-            frame["category"] = _text(chunk[params.category_col])[ok].to_numpy(dtype=object)
-        frames.append(frame)
+            out["category"] = _text(frame[params.category_col])[ok].to_numpy(dtype=object)
+        frames.append(out)
     if not frames:
         raise DataError(f"{path.name}: the interactions table has no rows")
     return pd.concat(frames, ignore_index=True), report
@@ -252,14 +281,14 @@ def _read_attribute_table(path: Path, role: str, key_param: str, key_col: str,
                         f"would clash with the canonical {role} columns",
                         hint="rename them in the file")
     report = ReadReport(file=path.name)
-    header_lines = 0 if _is_parquet(path) else 1
     frames = []
-    for chunk in iter_chunks(path, found, params):
-        start = report.lines
-        report.lines += len(chunk)
+    for piece in iter_chunks(path, found, params):
+        chunk = piece.frame
+        report.lines += len(chunk) + len(piece.skipped)
         key = _text(chunk[key_col])
-        for idx in np.flatnonzero(key.isna().to_numpy()):
-            report.add_bad(start + int(idx) + 1 + header_lines, f"missing {key_col}", strict)
+        _report_bad(report, [(int(piece.lines[i]), f"missing {key_col}")
+                             for i in np.flatnonzero(key.isna().to_numpy())] + piece.skipped,
+                    strict)
         ok = key.notna().to_numpy()
         frame = pd.DataFrame({"key": key[ok].astype(str).to_numpy(dtype=object)})
         for col in found:
