@@ -52,6 +52,7 @@ from ctrbench.record import (
     write_scores,
 )
 from ctrbench.runs.lock import RunLock
+from ctrbench.validate import check_param_types, require_table
 
 
 @dataclass(frozen=True)
@@ -103,10 +104,14 @@ def load_overrides(config_file: Path | None = None, set_items: Sequence[str] = (
     out = Overrides()
     if config_file is not None:
         data = _read_toml(Path(config_file))
-        check_keys(f"config file {config_file}", data, ["train", "params", "models"])
+        where = f"config file {config_file}"
+        check_keys(where, data, ["train", "params", "models"])
+        for key in ("train", "params", "models"):
+            require_table(f"{where} [{key}]", data.get(key, {}), f"[{key}] ...")
         out.common = {k: data[k] for k in ("train", "params") if k in data}
         for name, table in data.get("models", {}).items():
-            check_keys(f"config file {config_file} [models.{name}]", table, ["train", "params"])
+            require_table(f"{where} [models.{name}]", table, f"[models.{name}.train] ...")
+            check_keys(f"{where} [models.{name}]", table, ["train", "params"])
             out.per_model[name] = dict(table)
     for item in set_items:
         key = item.split("=", 1)[0]
@@ -125,8 +130,12 @@ def _check_params(card: ModelCard) -> None:
     from ctrbench.models import ARCHITECTURES
 
     init = ARCHITECTURES.get(card.arch).__init__
-    allowed = [p for p in inspect.signature(init).parameters if p not in ("self", "schema")]
-    check_keys(f"model {card.name!r} params (architecture {card.arch!r})", card.params, allowed)
+    parameters = {name: p for name, p in inspect.signature(init).parameters.items()
+                  if name not in ("self", "schema")}
+    where = f"model {card.name!r} params (architecture {card.arch!r})"
+    check_keys(where, card.params, list(parameters))
+    check_param_types(where, card.params, {name: p.default for name, p in parameters.items()
+                                           if p.default is not inspect.Parameter.empty})
 
 
 def resolve_cards(models: str | Sequence[str], overrides: Overrides | None = None,
