@@ -84,18 +84,26 @@ def test_runs_record_then_skip_then_force(env):
     assert statuses(forced) == ["finished", "finished"]
 
 
-def test_changed_config_is_a_new_run_that_replaces_the_record(env):
+def test_changed_config_is_refused_then_replaces_the_record_with_force(env):
     handle, results = env
     runner.execute(specs_for(handle, results, seeds=(0,)), handle, device="cpu",
                    show_progress=False)
-    old = read_record(record_path(results, "planted", "tiny", 0))
+    path = record_path(results, "planted", "tiny", 0)
+    old = read_record(path)
     changed = specs_for(handle, results, seeds=(0,), set_items=("train.lr=0.01",))
     assert changed[0].run_id != old.run_id
     assert runner.pending(changed) == changed
-    assert statuses(runner.execute(changed, handle, device="cpu", show_progress=False)) == [
-        "finished"]
-    new = read_record(record_path(results, "planted", "tiny", 0))
+    refused = runner.execute(changed, handle, device="cpu", show_progress=False)
+    assert statuses(refused) == ["refused"] and "--force" in refused[0].detail
+    assert "train.lr 0.05 (this run: 0.01)" in refused[0].detail
+    assert read_record(path).run_id == old.run_id  # kept, untouched
+    assert statuses(runner.execute(changed, handle, device="cpu", force=True,
+                                   show_progress=False)) == ["finished"]
+    new = read_record(path)
     assert new.run_id == changed[0].run_id and new.model_config["train"]["lr"] == 0.01
+    archived = path.parent / "replaced" / f"{old.run_id}.seed-0.json"
+    assert read_record(archived).started_at == old.started_at
+    assert archived.with_suffix(".npz").is_file()
 
 
 def test_epochs_cap_and_overrides_resolve_in_order(env, tmp_path):

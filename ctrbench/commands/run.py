@@ -89,9 +89,12 @@ def run(models: str, dataset: str, seeds: int | None, seed_list: str | None, epo
 
     Prepares the dataset when needed; skips runs whose finished record has the same run id
     (dataset identity + resolved model config + seed) unless --force; a failed run (NaN loss,
-    OOM, error) is recorded as failed and the others go on. Ctrl-C keeps every finished record;
-    the next `run` does only what is missing. Ends with a leaderboard on stdout; the exit
-    status is 1 when any run of this invocation failed (after all the others ran).
+    OOM, error) is recorded as failed and the others go on. A finished record of another
+    configuration is never overwritten: that run is refused unless --force (which moves the old
+    record to replaced/). Ctrl-C keeps every finished record; the next `run` does only what is
+    missing. Ends with a leaderboard on stdout; the exit status is 1 when any run of this
+    invocation failed, was refused or could not be saved in --results (after all the others
+    ran); see docs/reliability.md.
 
     \b
     Examples:
@@ -116,11 +119,20 @@ def run(models: str, dataset: str, seeds: int | None, seed_list: str | None, epo
     results = runner.execute(specs, handle, device=device, jobs=jobs, devices=device_list,
                              force=force, show_progress=not quiet)
     _print_summary(results, specs)
+    if _explain_problems(results):
+        sys.exit(1)
+
+
+def _explain_problems(results) -> bool:
+    """One stderr line per failed, refused or unsaved run (exit status 1 when any)."""
     failed = sum(r.status == "failed" for r in results)
     if failed:
         click.echo(f"{failed} run(s) failed (recorded as failed, never averaged); "
                    "the other runs finished.", err=True)
-        sys.exit(1)
+    for r in results:
+        if r.status in ("refused", "unsaved"):
+            click.echo(f"{r.spec.model} seed {r.spec.seed}: {r.status}: {r.detail}", err=True)
+    return any(r.status in ("failed", "refused", "unsaved") for r in results)
 
 
 def _print_summary(results, specs) -> None:
