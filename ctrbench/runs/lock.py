@@ -26,7 +26,7 @@ from filelock import FileLock, Timeout
 ATTEMPTS = 3  # a peer may release (and unlink) the file between our open and our flock
 
 
-def _proc_start_time(pid: int) -> str | None:
+def process_start_time(pid: int) -> str | None:
     """Start time (clock ticks since boot) of ``pid`` from /proc, or None if unavailable."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
@@ -40,7 +40,7 @@ def _proc_start_time(pid: int) -> str | None:
 def owner_info() -> dict[str, Any]:
     """What a holder writes into its lock file: pid, host and process start time."""
     return {"pid": os.getpid(), "host": socket.gethostname(),
-            "start": _proc_start_time(os.getpid())}
+            "start": process_start_time(os.getpid())}
 
 
 class RunLock:
