@@ -154,6 +154,31 @@ def test_names_from_records_never_leave_the_output_directory(tmp_path, monkeypat
     assert "Traceback" not in result.output
 
 
+def test_tuned_card_name_from_a_store_never_leaves_models(tmp_path, monkeypatch):
+    from test_tune import _tiny_columns
+
+    from ctrbench.data.store import write_store
+    from ctrbench.schema import reference_schema
+
+    monkeypatch.setenv("CTRBENCH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CTRBENCH_CARDS", raising=False)
+    work = tmp_path / "a" / "b" / "work"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    schema = reference_schema(n_items=60, n_cates=8, user_fields={"user_id": 40},
+                              context_fields={"month": 14}, max_len=5, neg_history=False)
+    rng = __import__("numpy").random.default_rng(0)
+    splits = {s: _tiny_columns(n, rng) for s, n in (("train", 300), ("valid", 100),
+                                                    ("test", 100))}
+    store = write_store(tmp_path / "store", schema, splits,
+                        {"dataset": "../../../ESCAPED", "data_hash": "x"}).path
+    result = CliRunner().invoke(main, ["tune", "--model", "lr", "--dataset", str(store),
+                                       "--trials", "1", "--epochs", "1", "-q"])
+    assert result.exit_code == 1, result.output
+    assert "cannot be used in a file name" in result.output
+    assert not list(tmp_path.rglob("*ESCAPED*"))
+
+
 @pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "", "x" * 300, "a\0b", 7])
 def test_unsafe_names_are_refused(tmp_path, name):
     from ctrbench.paths import safe_name
