@@ -106,6 +106,8 @@ def test_failed_rerun_of_another_config_never_destroys_a_finished_record(cli, tm
     path = record_path(results, "synthetic", "lr", 0)
     record_text, scores_bytes = path.read_text(), path.with_suffix(".npz").read_bytes()
 
+    planned = cli("plan", *base[1:], *FAST[:-1], *DIVERGE)
+    assert planned.exit_code == 0 and "would replace a finished record" in planned.output
     second = cli(*base, *FAST, *DIVERGE)
     assert second.exit_code == 1, second.output
     assert "refused" in second.output and "--force" in second.output

@@ -144,7 +144,7 @@ def _print_summary(results, specs) -> None:
     rows, failed = runner.leaderboard(specs)
     click.echo(tabulate(rows, headers=["model", "seeds", "test AUC", "test logloss", "s/epoch"]))
     if failed:
-        click.echo("\nFailed runs (not in the means):")
+        click.echo("\nFailed runs, and records that are not this run's (never in the means):")
         click.echo(tabulate(failed, headers=["model", "seed", "error"]))
     click.echo("\n" + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
     locked = [r for r in results if r.status == "locked"]
@@ -179,6 +179,11 @@ def plan(models: str, dataset: str, seeds: int | None, seed_list: str | None, ep
                                      epochs=epochs, force=force):
         click.echo(line)
     click.echo(f"{len(todo)} of {len(specs)} runs pending", err=True)
+    held = [s for s in todo if runner.record_state(s).protected] if not force else []
+    if held:
+        click.echo(f"{len(held)} of them would replace a finished record of another "
+                   "configuration: their commands are refused unless you add --force "
+                   "(the old records then move to replaced/)", err=True)
 
 
 __all__ = ["plan", "run"]
