@@ -305,3 +305,19 @@ def test_summary_uses_the_rule_that_skips_runs(planted):
     assert json.loads(edited.read_text())["test"]["auc"] == 0.99
     assert runner.pending(specs) == [specs[1]]
 
+
+
+def test_report_on_a_full_disk_is_one_message_and_leaves_nothing(small_disk, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.setenv("CTRBENCH_CARDS", str(FIXTURES / "cards"))
+    monkeypatch.setenv("CTRBENCH_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    results = small_disk / "results"
+    shutil.copytree(FIXTURES / "runs", results / "runs")
+    _fill(small_disk)
+    for extra in (["--no-plots"], []):
+        result = CliRunner().invoke(main, ["report", "--results", str(results), "--bootstrap",
+                                           "0", *extra])
+        assert result.exit_code == 1, result.output
+        assert "No space left on device" in result.output and "Traceback" not in result.output
+        assert not [p for p in (results / "report").rglob("*") if p.is_file()]
