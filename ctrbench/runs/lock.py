@@ -54,7 +54,8 @@ class RunLock:
         self.path = Path(path)
         self.acquired = False
         self.holder: dict[str, Any] | None = None
-        self._lock = FileLock(str(self.path), timeout=0)
+        # no soft (marker-file) fallback where flock is missing: that is an error, said once
+        self._lock = FileLock(str(self.path), timeout=0, fallback_to_soft=False)
         self._inode: tuple[int, int] | None = None
 
     def _read_holder(self) -> dict[str, Any]:
