@@ -247,8 +247,8 @@ def store(tmp_path_factory):
 
 def test_disk_full_at_the_record_write_keeps_the_trained_result(tmp_path, small_disk, store,
                                                                  monkeypatch):
-    slow = tf.TINY_CARD.replace("epochs = 3", "epochs = 60").replace("patience = 2",
-                                                                      "patience = 60")
+    slow = tf.TINY_CARD.replace("epochs = 3", "epochs = 25").replace("patience = 2",
+                                                                      "patience = 25")
     tf.write_cards(tmp_path / "cards", {"tiny_slow": slow})
     fallback = tmp_path / "fallback"
     env = {**os.environ, "CTRBENCH_CARDS": str(tmp_path / "cards"),

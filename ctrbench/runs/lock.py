@@ -43,6 +43,15 @@ def owner_info() -> dict[str, Any]:
             "start": process_start_time(os.getpid())}
 
 
+def _file_lock(path: Path) -> FileLock:
+    """A non-blocking ``FileLock``; no soft (marker-file) fallback where ``flock`` is missing,
+    which is then an error said once (``fallback_to_soft`` exists in newer filelock only)."""
+    try:
+        return FileLock(str(path), timeout=0, fallback_to_soft=False)
+    except TypeError:  # pragma: no cover - a filelock without the option
+        return FileLock(str(path), timeout=0)
+
+
 class RunLock:
     """``with RunLock(path) as lock: if lock.acquired: ...``; released on exit.
 
@@ -54,8 +63,7 @@ class RunLock:
         self.path = Path(path)
         self.acquired = False
         self.holder: dict[str, Any] | None = None
-        # no soft (marker-file) fallback where flock is missing: that is an error, said once
-        self._lock = FileLock(str(self.path), timeout=0, fallback_to_soft=False)
+        self._lock = _file_lock(self.path)
         self._inode: tuple[int, int] | None = None
 
     def _read_holder(self) -> dict[str, Any]:
