@@ -79,7 +79,9 @@ def _quiet_option(func: Callable) -> Callable:
               help="Independent runs in parallel worker processes.")
 @click.option("--devices", default=None,
               help="Devices for the workers, round-robin, e.g. cuda:0,cuda:1.")
-@click.option("--force", is_flag=True, help="Rerun runs that already have a finished record.")
+@click.option("--force", is_flag=True,
+              help="Rerun finished runs; replace finished records of another configuration "
+                   "(the old record and scores move to replaced/).")
 @_quiet_option
 def run(models: str, dataset: str, seeds: int | None, seed_list: str | None, epochs: int | None,
         device: str, results_dir: Path | None, set_items: tuple[str, ...],
