@@ -20,6 +20,7 @@ from typing import Any
 from ctrbench.errors import CardError
 from ctrbench.paths import card_dirs
 from ctrbench.registry import did_you_mean
+from ctrbench.validate import describe, require_table, validate_train_values
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -123,15 +124,16 @@ def parse_set_option(items: Sequence[str]) -> dict[str, Any]:
             value = raw  # a bare string
         node = out
         parts = key.strip().split(".")
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise CardError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is already set to "
+                                f"{describe(node)}, not a table")
         node[parts[-1]] = value
     return out
 
 
 # --------------------------------------------------------------------------- model cards
-L2_TARGETS = ("batch_embeddings", "din_frequency", "all", "none")
-INIT_RULES = ("torch_default_dense", "paper", "xavier")  # == ctrbench.models.init.INIT_RULES
 @dataclass(frozen=True)
 class TrainConfig:
     """How a model is trained. The paper's settings are the defaults (MIAN §4.1.4)."""
@@ -153,22 +155,17 @@ class TrainConfig:
     init: str = "torch_default_dense"
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("adam", "lazy_adam"):
-            raise CardError(
-                f"train.optimizer must be 'adam' or 'lazy_adam', not {self.optimizer!r}")
-        if self.l2_target not in L2_TARGETS:
-            raise CardError(f"train.l2_target must be one of {L2_TARGETS}, "
-                            f"not {self.l2_target!r}")
-        if self.init not in INIT_RULES:
-            raise CardError(f"train.init must be one of {INIT_RULES}, not {self.init!r}")
-        if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0:
-            raise CardError("train.batch_size and train.epochs must be >= 1 and train.lr > 0")
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        checked = validate_train_values("train", asdict(self))
+        for key, value in checked.items():
+            object.__setattr__(self, key, value)
 
     @classmethod
     def from_dict(cls, where: str, data: Mapping[str, Any]) -> TrainConfig:
+        if not isinstance(data, Mapping):
+            raise CardError(f"{where}: expected a table of training settings, "
+                            f"got {describe(data)}", hint="e.g. [train] lr = 0.001")
         check_keys(where, data, [f.name for f in fields(cls)])
-        return cls(**data)
+        return cls(**validate_train_values(where, data))
 
 
 MODEL_CARD_KEYS = ("name", "arch", "description", "groups", "params", "train", "paper", "search",
@@ -198,10 +195,15 @@ class ModelCard:
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> ModelCard:
         """Apply ``{"params": {...}, "train": {...}}`` overrides (config file or --set)."""
-        check_keys(f"overrides for model {self.name!r}", overrides, ["params", "train"])
-        params = _merge(self.params, overrides.get("params", {}))
+        where = f"overrides for model {self.name!r}"
+        check_keys(where, require_table(where, overrides, "train.lr=0.01"), ["params", "train"])
+        params = _merge(self.params, require_table(f"{where}: params",
+                                                   overrides.get("params", {}),
+                                                   "params.embedding_dim=8"))
         train = TrainConfig.from_dict(
-            f"model {self.name!r} train", _merge(asdict(self.train), overrides.get("train", {}))
+            f"model {self.name!r} train",
+            _merge(asdict(self.train), require_table(f"{where}: train",
+                                                     overrides.get("train", {}), "train.lr=0.01"))
         )
         return replace(self, params=params, train=train)
 
@@ -212,6 +214,14 @@ def model_card_from_dict(data: Mapping[str, Any]) -> ModelCard:
     for key in ("name", "arch"):
         if key not in data:
             raise CardError(f"{where}: missing required key {key!r}")
+    for key in ("name", "arch", "description"):
+        if key in data and not isinstance(data[key], str):
+            raise CardError(f"{where}: {key} = {describe(data[key])}: expected a string")
+    for key in ("params", "train", "paper", "search", "tuned_from"):
+        require_table(f"{where} [{key}]", data.get(key, {}), f"[{key}] ...")
+    groups = data.get("groups", [])
+    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        raise CardError(f"{where}: groups = {describe(groups)}: expected an array of strings")
     return ModelCard(
         name=data["name"],
         arch=data["arch"],
@@ -235,14 +245,43 @@ def model_names() -> list[str]:
     return sorted(n for n in card_paths("models") if not n.startswith("_"))
 
 
+_REPORTED: set[str] = set()  # broken cards already reported in this process
+
+
+def report_broken_card(error: CardError) -> None:
+    """Say once per process (on stderr) that a card could not be read and was skipped."""
+    text = str(error)
+    if text not in _REPORTED:
+        _REPORTED.add(text)
+        sys.stderr.write(f"warning: skipped a card that cannot be read: {text}\n")
+        sys.stderr.flush()
+
+
+def load_model_cards(names: Sequence[str]) -> tuple[list[ModelCard], list[CardError]]:
+    """The named model cards that load, and the errors of those that do not (one each)."""
+    cards, errors = [], []
+    for name in names:
+        try:
+            cards.append(load_model_card(name))
+        except CardError as exc:
+            errors.append(exc)
+    return cards, errors
+
+
 def model_groups() -> dict[str, list[str]]:
-    """Group name -> model names, from the cards' ``groups``; ``all`` holds every card."""
+    """Group name -> model names, from the cards' ``groups``; ``all`` holds every card.
+
+    A card that cannot be read (bad TOML, bad value) cannot say its groups: it is skipped and
+    reported once on stderr, so that one broken card does not break every group selection.
+    """
     groups: dict[str, list[str]] = {"all": []}
-    for name in model_names():
-        card = load_model_card(name)
-        groups["all"].append(name)
+    cards, errors = load_model_cards(model_names())
+    for error in errors:
+        report_broken_card(error)
+    for card in cards:
+        groups["all"].append(card.name)
         for group in card.groups:
-            groups.setdefault(group, []).append(name)
+            groups.setdefault(group, []).append(card.name)
     return groups
 
 
@@ -370,8 +409,17 @@ def dataset_card_from_dict(data: Mapping[str, Any]) -> DatasetCard:
     for key in ("name", "reader"):
         if key not in data:
             raise CardError(f"{where}: missing required key {key!r}")
+    for key in ("reader_params", "protocol_params", "fields", "expected"):
+        require_table(f"{where} [{key}]", data.get(key, {}), f"[{key}] ...")
+    version = data.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CardError(f"{where}: version = {describe(version)}: expected an integer >= 1")
+    if not isinstance(data.get("sources", []), list):
+        raise CardError(f"{where}: sources = {describe(data['sources'])}: expected an array of "
+                        "tables ([[sources]])")
     sources = []
     for i, src in enumerate(data.get("sources", [])):
+        require_table(f"{where} sources[{i}]", src, "[[sources]] role = ..., file = ...")
         check_keys(f"{where} sources[{i}]", src, SOURCE_KEYS)
         if "role" not in src or "file" not in src:
             raise CardError(f"{where} sources[{i}]: 'role' and 'file' are required")
@@ -389,7 +437,7 @@ def dataset_card_from_dict(data: Mapping[str, Any]) -> DatasetCard:
         description=data.get("description", ""),
         reader=data["reader"],
         protocol=data.get("protocol", "din"),
-        version=int(data.get("version", 1)),
+        version=version,
         sources=tuple(sources),
         reader_params=dict(data.get("reader_params", {})),
         protocol_params=dict(data.get("protocol_params", {})),

@@ -14,7 +14,7 @@ import sys
 import click
 
 from ctrbench import __version__
-from ctrbench.errors import CtrbenchError
+from ctrbench.errors import DISK_ERRNOS, CtrbenchError
 
 # (module, attribute) of each command, in help order
 _COMMANDS = (
@@ -39,6 +39,13 @@ class CtrbenchGroup(click.Group):
             return super().invoke(ctx)
         except CtrbenchError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # a disk that refuses writes is not a bug: one clear line
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            raise click.ClickException(
+                f"cannot write {exc.filename or 'a file'}: {exc.strerror}\n  hint: free some "
+                "space or make the directory writable, then run the same command again"
+            ) from None
         except KeyboardInterrupt:
             click.echo("Interrupted; finished results are kept, the next run resumes.", err=True)
             sys.exit(130)

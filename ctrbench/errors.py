@@ -1,6 +1,14 @@
-"""Errors a user can cause. The CLI turns them into one clean message and exit status 1."""
+"""Errors a user can cause. The CLI turns them into one clean message and exit status 1.
+
+Exit statuses of the ``ctrbench`` command (``docs/reliability.md``): 0 success; 1 a user error
+(bad name, bad value, bad file, a disk that refuses writes) or, for ``run``, a run that failed,
+was refused or could not be saved; 2 a usage error (click) — ``check`` has its own codes; 130
+interrupted (Ctrl-C); 128 + N killed by signal N (SIGTERM: 143).
+"""
 
 from __future__ import annotations
+
+import errno
 
 
 class CtrbenchError(Exception):
@@ -36,3 +44,22 @@ class ChecksumError(DataError):
 
 class IncomparableError(CtrbenchError):
     """Results that may not be compared (different dataset or protocol versions)."""
+
+
+class WriteError(CtrbenchError):
+    """A file that could not be written (read-only or full disk, no permission).
+
+    Nothing half-written is left behind: the temporary file is removed. ``path`` is the file
+    that was being written, ``errno`` the OS error number.
+    """
+
+    def __init__(self, path: object, exc: OSError) -> None:
+        super().__init__(f"cannot write {path}: {exc.strerror or exc}",
+                         hint="free some space or make the directory writable, then run the "
+                              "same command again")
+        self.path = path
+        self.errno = exc.errno
+
+
+#: OS errors that mean "the disk refused" rather than "ctrbench has a bug"
+DISK_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM})

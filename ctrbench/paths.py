@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 from pathlib import Path
+
+from ctrbench.errors import CtrbenchError
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -57,3 +61,52 @@ def card_dirs(kind: str) -> list[Path]:
             seen.add(resolved)
             unique.append(d)
     return unique
+
+
+# --------------------------------------------------------------------------- name guards
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9@._+=-]{0,199}")
+
+
+def safe_name(kind: str, name: object) -> str:
+    """``name`` if it can be one path component (letters, digits, ``@._+=-``; no ``/``, no
+    leading dot, at most 200 characters), else a :class:`CtrbenchError` naming it.
+
+    Names of datasets and models come from cards, command lines and run records (which anyone
+    can edit); every path built from one goes through this guard.
+    """
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise CtrbenchError(f"{kind} name {name!r} cannot be used in a file name",
+                            hint="names are letters, digits and @ . _ + = - (no '/', no "
+                                 "leading dot); fix or remove the card or record that holds it")
+    return name
+
+
+def inside(root: Path, *parts: str) -> Path:
+    """``root / parts...``, refused unless it resolves inside ``root`` (symlinks followed)."""
+    root = Path(root)
+    path = root.joinpath(*parts)
+    resolved_root = root.resolve()
+    resolved = path.resolve()
+    if resolved != resolved_root and resolved_root not in resolved.parents:
+        raise CtrbenchError(f"refusing to write {path}: it resolves to {resolved}, outside "
+                            f"{resolved_root}")
+    return path
+
+
+def ensure_writable_dir(directory: Path, what: str) -> Path:
+    """Create ``directory`` and prove it writable (a probe file is created and removed).
+
+    Raises a :class:`CtrbenchError` naming the directory and the OS error (read-only file
+    system, permission denied, no space left) before any work is done.
+    """
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".ctrbench-write-probe-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CtrbenchError(f"cannot write {what} in {directory}: {exc.strerror or exc}",
+                            hint="free some space, make it writable, or choose another "
+                                 "directory (--results DIR / --out DIR)") from None
+    return directory

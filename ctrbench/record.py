@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from ctrbench.errors import CtrbenchError
+from ctrbench.errors import CtrbenchError, WriteError
+from ctrbench.paths import safe_name
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -97,7 +98,16 @@ class RunRecord:
 
 
 def record_path(results_root: Path, dataset: str, model: str, seed: int) -> Path:
-    return Path(results_root) / "runs" / dataset / model / f"seed-{seed}.json"
+    """``<results>/runs/<dataset>/<model>/seed-<k>.json``; names are checked path components."""
+    return (Path(results_root) / "runs" / safe_name("dataset", dataset)
+            / safe_name("model", model) / f"seed-{int(seed)}.json")
+
+
+def replaced_path(record_file: Path, run_id: str) -> Path:
+    """Where a finished record goes when ``--force`` replaces it: ``replaced/<run_id>.seed-k``
+    beside it (never matched by ``seed-*.json``, so reports never read it)."""
+    record_file = Path(record_file)
+    return record_file.parent / "replaced" / f"{safe_name('run id', run_id)}.{record_file.name}"
 
 
 def scores_path(record_file: Path) -> Path:
@@ -107,7 +117,10 @@ def scores_path(record_file: Path) -> Path:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write to a unique temporary file beside ``path``, fsync, then rename over it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(path, exc) from exc
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         with tmp.open("w") as fh:
@@ -115,8 +128,17 @@ def atomic_write_text(path: Path, text: str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise WriteError(path, exc) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove_quietly(tmp)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # a read-only directory: there is nothing of ours to remove anyway
+        pass
 
 
 def write_record(path: Path, record: RunRecord) -> None:
@@ -127,13 +149,18 @@ def write_record(path: Path, record: RunRecord) -> None:
 def write_scores(path: Path, **arrays: np.ndarray) -> None:
     """Test scores beside the record (``.npz``), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(path, exc) from exc
     tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.npz")
     try:
         np.savez_compressed(tmp, **arrays)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise WriteError(path, exc) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove_quietly(tmp)
 
 
 def read_record(path: Path) -> RunRecord:

@@ -84,18 +84,26 @@ def test_runs_record_then_skip_then_force(env):
     assert statuses(forced) == ["finished", "finished"]
 
 
-def test_changed_config_is_a_new_run_that_replaces_the_record(env):
+def test_changed_config_is_refused_then_replaces_the_record_with_force(env):
     handle, results = env
     runner.execute(specs_for(handle, results, seeds=(0,)), handle, device="cpu",
                    show_progress=False)
-    old = read_record(record_path(results, "planted", "tiny", 0))
+    path = record_path(results, "planted", "tiny", 0)
+    old = read_record(path)
     changed = specs_for(handle, results, seeds=(0,), set_items=("train.lr=0.01",))
     assert changed[0].run_id != old.run_id
     assert runner.pending(changed) == changed
-    assert statuses(runner.execute(changed, handle, device="cpu", show_progress=False)) == [
-        "finished"]
-    new = read_record(record_path(results, "planted", "tiny", 0))
+    refused = runner.execute(changed, handle, device="cpu", show_progress=False)
+    assert statuses(refused) == ["refused"] and "--force" in refused[0].detail
+    assert "train.lr 0.05 (this run: 0.01)" in refused[0].detail
+    assert read_record(path).run_id == old.run_id  # kept, untouched
+    assert statuses(runner.execute(changed, handle, device="cpu", force=True,
+                                   show_progress=False)) == ["finished"]
+    new = read_record(path)
     assert new.run_id == changed[0].run_id and new.model_config["train"]["lr"] == 0.01
+    archived = path.parent / "replaced" / f"{old.run_id}.seed-0.json"
+    assert read_record(archived).started_at == old.started_at
+    assert archived.with_suffix(".npz").is_file()
 
 
 def test_epochs_cap_and_overrides_resolve_in_order(env, tmp_path):
@@ -260,3 +268,37 @@ def test_plan_commands_are_self_contained(env, tmp_path):
     assert lines[0] == (f"ctrbench run --models tiny --dataset planted --seed-list 0 --results "
                         f"{results.resolve()} --device cpu --epochs 2 --set train.lr=0.1")
     assert lines[3].endswith("--set train.lr=0.1 --set tiny_b:params.embedding_dim=2")
+
+
+def test_lock_left_empty_or_by_a_killed_holder_never_blocks(env, tmp_path):
+    """The lock is an OS lock: a file without a live holder (0 bytes, as a holder killed while
+    writing it leaves it, or naming a killed process) is taken at once."""
+    handle, results = env
+    spec = specs_for(handle, results, seeds=(0,))[0]
+    lock = runner.lock_path(spec.record_file)
+    lock.parent.mkdir(parents=True)
+    lock.write_text("")
+    assert statuses(runner.execute([spec], handle, device="cpu", show_progress=False)) == [
+        "finished"]
+    assert not lock.exists()
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(TESTS_DIR.parent)!r})
+        from ctrbench.runs.lock import RunLock
+        lock = RunLock({str(tmp_path / 'x.lock')!r})
+        assert lock.acquire()
+        print("held", flush=True)
+        time.sleep(600)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        contender = RunLock(tmp_path / "x.lock")
+        assert not contender.acquire() and contender.holder["pid"] == holder.pid
+        holder.kill()
+        holder.wait()
+        assert contender.acquire()  # the kernel dropped the dead holder's lock
+        contender.release()
+        assert not (tmp_path / "x.lock").exists()
+    finally:
+        holder.kill()
+        holder.wait()

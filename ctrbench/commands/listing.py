@@ -20,12 +20,18 @@ def list_datasets() -> None:
       ctrbench list datasets
     """
     from ctrbench.cards import dataset_names, load_dataset_card
+    from ctrbench.errors import CardError
 
-    rows = []
+    rows, errors = [], []
     for name in dataset_names():
-        card = load_dataset_card(name)
+        try:
+            card = load_dataset_card(name)
+        except CardError as exc:
+            errors.append(exc)
+            continue
         rows.append([name, card.reader, card.protocol, card.description.split("\n")[0]])
     click.echo(tabulate(rows, headers=["dataset", "reader", "protocol", "description"]))
+    _fail_on_broken_cards(errors)
 
 
 @list_.command(name="models")
@@ -37,17 +43,29 @@ def list_models(group: str | None) -> None:
     Example:
       ctrbench list models --group ablations
     """
-    from ctrbench.cards import load_model_card, model_names, resolve_model_spec
+    from ctrbench.cards import load_model_cards, model_names, resolve_model_spec
     from ctrbench.models import build_model, count_parameters
     from ctrbench.schema import reference_schema
 
     schema = reference_schema()
     names = resolve_model_spec(group) if group else model_names()
+    cards, errors = load_model_cards(names)
     rows = []
-    for name in names:
-        card = load_model_card(name)
+    for card in cards:
         n_params = count_parameters(build_model(card.arch, schema, card.params))
-        rows.append([name, card.arch, f"{n_params:,}", ",".join(card.groups),
+        rows.append([card.name, card.arch, f"{n_params:,}", ",".join(card.groups),
                      card.description.split("\n")[0]])
     click.echo(tabulate(rows, headers=["model", "arch", "params*", "groups", "description"]))
     click.echo("\n* parameters on the reference schema (1,000 items, 50 categories, T = 30)")
+    _fail_on_broken_cards(errors)
+
+
+def _fail_on_broken_cards(errors) -> None:
+    """After listing the readable cards: name each unreadable one once, exit status 1."""
+    from ctrbench.cards import report_broken_card
+
+    if errors:
+        for error in errors:
+            report_broken_card(error)
+        raise click.ClickException(f"{len(errors)} card(s) could not be read (listed above); "
+                                   "the others are listed")

@@ -86,7 +86,9 @@ def _quiet_option(func: Callable) -> Callable:
               help="Independent runs in parallel worker processes.")
 @click.option("--devices", default=None,
               help="Devices for the workers, round-robin, e.g. cuda:0,cuda:1.")
-@click.option("--force", is_flag=True, help="Rerun runs that already have a finished record.")
+@click.option("--force", is_flag=True,
+              help="Rerun finished runs; replace finished records of another configuration "
+                   "(the old record and scores move to replaced/).")
 @_quiet_option
 @executor_options
 def run(models: str, dataset: str, seeds: int | None, seed_list: str | None, epochs: int | None,
@@ -97,9 +99,12 @@ def run(models: str, dataset: str, seeds: int | None, seed_list: str | None, epo
 
     Prepares the dataset when needed; skips runs whose finished record has the same run id
     (dataset identity + resolved model config + seed) unless --force; a failed run (NaN loss,
-    OOM, error) is recorded as failed and the others go on. Ctrl-C keeps every finished record;
-    the next `run` does only what is missing. Ends with a leaderboard on stdout; the exit
-    status is 1 when any run of this invocation failed (after all the others ran).
+    OOM, error) is recorded as failed and the others go on. A finished record of another
+    configuration is never overwritten: that run is refused unless --force (which moves the old
+    record to replaced/). Ctrl-C keeps every finished record; the next `run` does only what is
+    missing. Ends with a leaderboard on stdout; the exit status is 1 when any run of this
+    invocation failed, was refused or could not be saved in --results (after all the others
+    ran); see docs/reliability.md.
 
     \b
     Examples:
@@ -138,11 +143,20 @@ def run(models: str, dataset: str, seeds: int | None, seed_list: str | None, epo
         results = runner.execute(specs, handle, device=device, jobs=jobs, devices=device_list,
                                  force=force, show_progress=not quiet)
     _print_summary(results, specs)
+    if _explain_problems(results):
+        sys.exit(1)
+
+
+def _explain_problems(results) -> bool:
+    """One stderr line per failed, refused or unsaved run (exit status 1 when any)."""
     failed = sum(r.status == "failed" for r in results)
     if failed:
         click.echo(f"{failed} run(s) failed (recorded as failed, never averaged); "
                    "the other runs finished.", err=True)
-        sys.exit(1)
+    for r in results:
+        if r.status in ("refused", "unsaved"):
+            click.echo(f"{r.spec.model} seed {r.spec.seed}: {r.status}: {r.detail}", err=True)
+    return any(r.status in ("failed", "refused", "unsaved") for r in results)
 
 
 def _print_summary(results, specs) -> None:
@@ -154,7 +168,7 @@ def _print_summary(results, specs) -> None:
     rows, failed = runner.leaderboard(specs)
     click.echo(tabulate(rows, headers=["model", "seeds", "test AUC", "test logloss", "s/epoch"]))
     if failed:
-        click.echo("\nFailed runs (not in the means):")
+        click.echo("\nFailed runs, and records that are not this run's (never in the means):")
         click.echo(tabulate(failed, headers=["model", "seed", "error"]))
     click.echo("\n" + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
     locked = [r for r in results if r.status == "locked"]
@@ -191,6 +205,11 @@ def plan(models: str, dataset: str, seeds: int | None, seed_list: str | None, ep
                                      epochs=epochs, force=force):
         click.echo(line)
     click.echo(f"{len(todo)} of {len(specs)} runs pending", err=True)
+    held = [s for s in todo if runner.record_state(s).protected] if not force else []
+    if held:
+        click.echo(f"{len(held)} of them would replace a finished record of another "
+                   "configuration: their commands are refused unless you add --force "
+                   "(the old records then move to replaced/)", err=True)
 
 
 __all__ = ["plan", "run"]

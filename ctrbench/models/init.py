@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from ctrbench.cards import INIT_RULES  # ("torch_default_dense", "paper", "xavier")
 from ctrbench.errors import CardError
 from ctrbench.models.layers import INIT_STD, init_truncated_normal
+from ctrbench.validate import INIT_RULES  # ("torch_default_dense", "paper", "xavier")
 
 DEFAULT_INIT = "torch_default_dense"  # rule of cards that do not say (and of old records)
 

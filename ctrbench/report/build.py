@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from ctrbench.paths import ensure_writable_dir, inside, safe_name
 from ctrbench.progress import message
 from ctrbench.record import atomic_write_text
 from ctrbench.registry import did_you_mean
@@ -262,6 +263,7 @@ def build_report(
     tables.append(Table("failed", "Runs not finished (never averaged)", failed, md, txt))
 
     report = Report(tables, notes=missing)
+    ensure_writable_dir(out, "the report")
     for t in tables:
         report.files.append(out / f"{t.name}.csv")
         atomic_write_text(report.files[-1], rt.csv_text(t.frame))
@@ -284,7 +286,7 @@ def _plots(rs: ResultSet, board: pd.DataFrame, out: Path, strata_frame: pd.DataF
     keep = [(d, m) in usable for d, m in zip(rs.curves["dataset"], rs.curves["model"])]
     curves = rs.curves[keep]
     for ds, part in curves.groupby("dataset", sort=True):
-        path = out / f"learning-{ds}.png"
+        path = inside(out, f"learning-{safe_name('dataset', ds)}.png")
         untrained = rs.finished.groupby(["dataset", "model"])["n_parameters"].max() == 0
         floors = [m for (d, m), flag in untrained.items() if flag and d == ds]
         plots.learning_curves(part, path, f"Learning curves on {ds} (mean over seeds)", styles,
@@ -294,7 +296,7 @@ def _plots(rs: ResultSet, board: pd.DataFrame, out: Path, strata_frame: pd.DataF
         part = part[part["model"] != strata.ORACLE_ROW]
         if part.empty:
             continue
-        path = out / f"strata-{ds}.png"
+        path = inside(out, f"strata-{safe_name('dataset', ds)}.png")
         plots.strata_plot(part, path, f"Test AUC by stratum on {ds}", styles)
         files.append(path)
     fin = rs.finished.sort_values(["dataset", "model", "seed"])
@@ -309,7 +311,7 @@ def _plots(rs: ResultSet, board: pd.DataFrame, out: Path, strata_frame: pd.DataF
             parts = rs.explain_parts.get(rec.path, {}).get("gim") or list(DEFAULT_GIM_PARTS)
             if len(parts) != weights.shape[1]:
                 parts = [f"part {i}" for i in range(weights.shape[1])]
-            path = out / f"gim-{ds}-{model}.png"
+            path = inside(out, f"gim-{safe_name('dataset', ds)}-{safe_name('model', model)}.png")
             plots.gim_heatmap(weights, parts, path, f"GIM part weights: {model} on {ds} "
                               f"(seed {rec.seed}, {min(len(weights), 40)} of "
                               f"{len(weights)} sampled test cases)")

@@ -1,11 +1,16 @@
-"""One exclusive lock file per run, so that concurrent ``ctrbench run`` processes never work on
-the same (dataset, model, seed) at once.
+"""One exclusive lock per run, so that concurrent ``ctrbench run`` processes never work on the
+same (dataset, model, seed) at once.
 
-The lock is created with ``O_CREAT | O_EXCL`` and holds the owner's pid, host and process start
-time. A lock whose owner is dead (same host, pid gone or reused by another process) is stale and
-is taken over: it is renamed away atomically (only one taker can win the rename) and checked to
-be the stale lock that was judged, else put back. Locks of another host are never judged stale
-(their pid cannot be checked); remove such a file by hand if its process is gone.
+The lock is an OS lock (``flock``, through the ``filelock`` package) on ``seed-<k>.lock`` beside
+the record: the kernel drops it when its process dies, however it dies (kill -9 included), so a
+dead owner never blocks anyone and no staleness has to be guessed. The holder writes its pid,
+host and start time into the file (for the "in progress (pid N on host)" message only). On
+release the holder unlinks the file while it still holds the lock; a peer that opened the old
+file meanwhile sees it unlinked (filelock checks ``st_nlink``) and tries the path again, so two
+processes never both believe they hold the lock. A lock file left by a killed process is empty
+of meaning: the next run takes it.
+
+Needs a file system with working ``flock`` (local disks, NFSv4, Lustre with ``flock``).
 """
 
 from __future__ import annotations
@@ -13,125 +18,95 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-HALF_WRITTEN_GRACE_S = 10.0  # an unreadable lock younger than this is still being written
+from filelock import FileLock, Timeout
+
+ATTEMPTS = 3  # a peer may release (and unlink) the file between our open and our flock
 
 
-def _proc_start_time(pid: int) -> str | None:
+def process_start_time(pid: int) -> str | None:
     """Start time (clock ticks since boot) of ``pid`` from /proc, or None if unavailable."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             stat = fh.read()
     except OSError:
         return None
-    # the command name (field 2) may contain spaces; fields after the last ')' are fixed
-    fields = stat.rsplit(")", 1)[1].split()
+    fields = stat.rsplit(")", 1)[1].split()  # the command name (field 2) may hold spaces
     return fields[19] if len(fields) > 19 else None
 
 
-def _pid_alive(pid: int) -> bool:
+def owner_info() -> dict[str, Any]:
+    """What a holder writes into its lock file: pid, host and process start time."""
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "start": process_start_time(os.getpid())}
+
+
+def _file_lock(path: Path) -> FileLock:
+    """A non-blocking ``FileLock``; no soft (marker-file) fallback where ``flock`` is missing,
+    which is then an error said once (``fallback_to_soft`` exists in newer filelock only)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def owner_alive(owner: dict[str, Any]) -> bool:
-    """Whether the process that wrote ``owner`` (a lock's content) still runs."""
-    if owner.get("host") != socket.gethostname():
-        return True  # cannot tell: assume it runs
-    pid = owner.get("pid")
-    if not isinstance(pid, int) or not _pid_alive(pid):
-        return False
-    started = owner.get("start")
-    current = _proc_start_time(pid)
-    return started is None or current is None or started == current
+        return FileLock(str(path), timeout=0, fallback_to_soft=False)
+    except TypeError:  # pragma: no cover - a filelock without the option
+        return FileLock(str(path), timeout=0)
 
 
 class RunLock:
-    """``with RunLock(path) as lock: if lock.acquired: ...``; released on exit."""
+    """``with RunLock(path) as lock: if lock.acquired: ...``; released on exit.
+
+    ``acquire`` raises ``OSError`` when the lock file cannot be created (read-only or full
+    disk): the caller turns it into a clear message before any work starts.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.acquired = False
         self.holder: dict[str, Any] | None = None
-        self._content = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                    "start": _proc_start_time(os.getpid()),
-                                    "token": uuid.uuid4().hex}, sort_keys=True)
+        self._lock = _file_lock(self.path)
+        self._inode: tuple[int, int] | None = None
 
-    def _create(self) -> bool:
+    def _read_holder(self) -> dict[str, Any]:
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as fh:
-            fh.write(self._content)
-        return True
+            owner = json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            owner = {}
+        return owner if isinstance(owner, dict) else {}
 
-    def _read(self, path: Path) -> str | None:
-        try:
-            return path.read_text()
-        except OSError:
-            return None
-
-    def _age(self) -> float:
-        try:
-            return time.time() - self.path.stat().st_mtime
-        except OSError:
-            return 0.0
-
-    def _take_over(self, observed: str) -> None:
-        """Move a stale lock (content ``observed``) out of the way, or leave a live one."""
-        aside = self.path.with_name(f"{self.path.name}.stale-{uuid.uuid4().hex[:8]}")
-        try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return  # someone else took it away first
-        if self._read(aside) == observed:
-            aside.unlink(missing_ok=True)
-            return
-        try:  # we moved a fresh lock that replaced the stale one: put it back
-            os.link(aside, self.path)
-        except FileExistsError:
-            pass
-        aside.unlink(missing_ok=True)
-
-    def acquire(self, attempts: int = 3) -> bool:
-        """Take the lock; False (with ``holder`` set) when a live process holds it."""
+    def acquire(self) -> bool:
+        """Take the lock without waiting; False (with ``holder`` set) when another holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(attempts):
-            if self._create():
-                self.acquired = True
-                return True
-            observed = self._read(self.path)
-            if observed is None:
-                continue  # released meanwhile: try again
+        for _ in range(ATTEMPTS):
             try:
-                owner = json.loads(observed)
-            except json.JSONDecodeError:
-                owner = None
-            if not isinstance(owner, dict) or not owner:
-                # being written right now, or left empty by a process killed while writing it
-                if self._age() < HALF_WRITTEN_GRACE_S:
-                    self.holder = {"pid": None, "note": "lock file being written"}
-                    return False
-            elif owner_alive(owner):
-                self.holder = owner
+                self._lock.acquire(timeout=0)
+            except Timeout:
+                if not self.path.exists():
+                    continue  # released and unlinked meanwhile: try the new file
+                self.holder = self._read_holder() or {"pid": None}
                 return False
-            self._take_over(observed)
+            stat = os.stat(self.path)
+            self._inode = (stat.st_dev, stat.st_ino)
+            self.acquired = True
+            try:  # informational only: a full disk must not cost us the lock
+                self.path.write_text(json.dumps(owner_info(), sort_keys=True))
+            except OSError:
+                pass
+            return True
+        self.holder = {"pid": None}
         return False
 
     def release(self) -> None:
-        if self.acquired and self._read(self.path) == self._content:
-            self.path.unlink(missing_ok=True)
-        self.acquired = False
+        if not self.acquired:
+            return
+        try:
+            stat = os.stat(self.path)
+            if (stat.st_dev, stat.st_ino) == self._inode:
+                self.path.unlink()  # still holding it: peers that opened it will retry
+        except OSError:
+            pass  # gone already, or a read-only directory: the kernel lock still goes
+        finally:
+            self._lock.release()
+            self.acquired = False
 
     def __enter__(self) -> RunLock:
         self.acquire()

@@ -3,14 +3,22 @@
 - Expansion: model specs (names, groups, globs) x seeds; each card resolved with overrides
   (card < config file < ``--set``; ``--epochs`` caps ``train.epochs``).
 - Identity: run id = ``config_hash`` of the prepared data's identity, the resolved model config
-  and the seed (not the device). A run whose record is finished with the same run id is skipped
-  (unless ``force``); a changed config runs again and replaces the old record when it ends.
-- Safety: a per-run lock file (:mod:`ctrbench.runs.lock`) so that concurrent processes never run
+  and the seed (not the device). What a record file holds is judged by one rule
+  (:func:`ctrbench.runs.state.record_state`): a run whose own record is finished is skipped
+  (unless ``force``); a finished record of another configuration is never destroyed: the run is
+  refused (status ``refused``) unless ``force``, which first moves the old record to
+  ``replaced/``.
+- Safety: a per-run OS lock (:mod:`ctrbench.runs.lock`) so that concurrent processes never run
   the same run; records and scores are written atomically, scores first, then the record, so an
   interrupted run leaves either the old record or the new one, never a partial one. A run that
-  raises (NaN loss, OOM, any exception) is recorded as ``failed`` and the protocol goes on.
+  raises (NaN loss, OOM, any exception) is recorded as ``failed`` and the protocol goes on. A
+  results directory that refuses writes is found before any training; a disk that fills at
+  the end of a run gets nothing half-written, and the outcome goes to a fallback directory
+  (status ``unsaved``, the detail says where).
 - Parallelism: ``jobs > 1`` runs independent runs in spawned worker processes, each with
-  ``cores // jobs`` torch threads and one device from ``devices`` (round-robin).
+  ``cores // jobs`` torch threads and one device from ``devices`` (round-robin); a worker whose
+  parent dies (kill -9) stops its run, releases its lock and exits
+  (:mod:`ctrbench.runs.orphans`).
 """
 
 from __future__ import annotations
@@ -41,17 +49,13 @@ from ctrbench.cards import (
     resolve_model_spec,
 )
 from ctrbench.data.store import PreparedData
-from ctrbench.errors import CardError
-from ctrbench.record import (
-    EpochRow,
-    RunRecord,
-    read_record,
-    record_path,
-    scores_path,
-    write_record,
-    write_scores,
-)
+from ctrbench.errors import CardError, CtrbenchError, WriteError
+from ctrbench.paths import ensure_writable_dir
+from ctrbench.record import EpochRow, RunRecord, record_path
+from ctrbench.runs import orphans
 from ctrbench.runs.lock import RunLock
+from ctrbench.runs.state import RecordState, record_state, save_outcome
+from ctrbench.validate import check_param_types, require_table
 
 
 @dataclass(frozen=True)
@@ -73,12 +77,13 @@ class RunSpec:
     card: ModelCard
     run_id: str
     record_file: Path
+    identity: dict[str, Any] = field(default_factory=dict, compare=False)  # dataset identity
 
 
 @dataclass
 class RunResult:
     spec: RunSpec
-    status: str  # finished | failed | skipped | locked | interrupted
+    status: str  # finished | failed | skipped | locked | interrupted | refused | unsaved
     detail: str = ""
 
 
@@ -103,10 +108,14 @@ def load_overrides(config_file: Path | None = None, set_items: Sequence[str] = (
     out = Overrides()
     if config_file is not None:
         data = _read_toml(Path(config_file))
-        check_keys(f"config file {config_file}", data, ["train", "params", "models"])
+        where = f"config file {config_file}"
+        check_keys(where, data, ["train", "params", "models"])
+        for key in ("train", "params", "models"):
+            require_table(f"{where} [{key}]", data.get(key, {}), f"[{key}] ...")
         out.common = {k: data[k] for k in ("train", "params") if k in data}
         for name, table in data.get("models", {}).items():
-            check_keys(f"config file {config_file} [models.{name}]", table, ["train", "params"])
+            require_table(f"{where} [models.{name}]", table, f"[models.{name}.train] ...")
+            check_keys(f"{where} [models.{name}]", table, ["train", "params"])
             out.per_model[name] = dict(table)
     for item in set_items:
         key = item.split("=", 1)[0]
@@ -125,8 +134,12 @@ def _check_params(card: ModelCard) -> None:
     from ctrbench.models import ARCHITECTURES
 
     init = ARCHITECTURES.get(card.arch).__init__
-    allowed = [p for p in inspect.signature(init).parameters if p not in ("self", "schema")]
-    check_keys(f"model {card.name!r} params (architecture {card.arch!r})", card.params, allowed)
+    parameters = {name: p for name, p in inspect.signature(init).parameters.items()
+                  if name not in ("self", "schema")}
+    where = f"model {card.name!r} params (architecture {card.arch!r})"
+    check_keys(where, card.params, list(parameters))
+    check_param_types(where, card.params, {name: p.default for name, p in parameters.items()
+                                           if p.default is not inspect.Parameter.empty})
 
 
 def resolve_cards(models: str | Sequence[str], overrides: Overrides | None = None,
@@ -160,21 +173,20 @@ def plan_runs(dataset: DatasetHandle, cards: Sequence[ModelCard], seeds: Sequenc
     """Every (model, seed) as a RunSpec, models in the given order, seeds within."""
     return [RunSpec(dataset=dataset.name, model=card.name, seed=int(seed), card=card,
                     run_id=run_id(dataset, card, seed),
-                    record_file=record_path(results_root, dataset.name, card.name, int(seed)))
+                    record_file=record_path(results_root, dataset.name, card.name, int(seed)),
+                    identity=dict(dataset.data.identity))
             for card in cards for seed in seeds]
 
 
 def finished_record(spec: RunSpec) -> RunRecord | None:
-    """The spec's record if it is finished with the same run id (else None)."""
-    if not spec.record_file.is_file():
-        return None
-    try:
-        record = read_record(spec.record_file)
-    except Exception:  # unreadable or an old schema: it will be rerun
-        return None
-    if record.status == "finished" and record.run_id == spec.run_id:
-        return record
-    return None
+    """The spec's own finished record (:func:`record_state`), else None."""
+    state = record_state(spec)
+    return state.record if state.kind == "finished" else None
+
+
+def refusal(state: RecordState) -> str:
+    return (f"not run: the record holds {state.detail}; it is kept. Pass --force to replace "
+            "it (it is moved to replaced/), or --results DIR to keep both")
 
 
 def pending(specs: Sequence[RunSpec], force: bool = False) -> list[RunSpec]:
@@ -197,6 +209,17 @@ def _clean_stale_temporaries(record_file: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def _save(spec: RunSpec, record: RunRecord, arrays: dict[str, Any] | None) -> str:
+    """Save the outcome (archive, fallback: :func:`save_outcome`); "" when at its place, else
+    where it went. Raises :class:`WriteError` when no directory accepted it."""
+    relative = Path(spec.dataset) / spec.model / spec.record_file.name
+    saved = save_outcome(spec.record_file, record, arrays, relative)
+    if saved.fallback is None:
+        return ""
+    return (f"the results disk refused it ({saved.errors[0]}); saved to {saved.fallback} "
+            f"instead: move it and its .npz to {spec.record_file.parent}/")
+
+
 def _base_record(spec: RunSpec, dataset: DatasetHandle, env: dict[str, Any]) -> RunRecord:
     return RunRecord(run_id=spec.run_id, dataset=spec.dataset, model=spec.model, seed=spec.seed,
                      status="running", dataset_config=dataset.config,
@@ -211,15 +234,23 @@ def execute_one(spec: RunSpec, dataset: DatasetHandle, *, device: str = "auto",
     from ctrbench.engine.train import resolve_device, train_and_evaluate
     from ctrbench.environment import environment
 
-    spec.record_file.parent.mkdir(parents=True, exist_ok=True)
     lock = RunLock(lock_path(spec.record_file))
-    if not lock.acquire():
+    try:
+        acquired = lock.acquire()
+    except OSError as exc:
+        raise CtrbenchError(f"cannot create the lock file {lock.path}: {exc.strerror or exc}",
+                            hint="the results directory must be writable (and not full)"
+                            ) from None
+    if not acquired:
         holder = lock.holder or {}
         return RunResult(spec, "locked", f"in progress (pid {holder.get('pid')} on "
                                          f"{holder.get('host', '?')})")
     try:
-        if not force and finished_record(spec) is not None:
+        state = record_state(spec)
+        if not force and state.kind == "finished":
             return RunResult(spec, "skipped", "finished meanwhile by another process")
+        if not force and state.protected:
+            return RunResult(spec, "refused", refusal(state))
         _clean_stale_temporaries(spec.record_file)
         record = _base_record(spec, dataset, environment(resolve_device(device)))
         epochs: list[EpochRow] = []
@@ -232,9 +263,11 @@ def execute_one(spec: RunSpec, dataset: DatasetHandle, *, device: str = "auto",
             record.epochs = epochs
             record.extra["traceback"] = traceback.format_exc(limit=8)
             record.finished_at = _now()
-            write_record(spec.record_file, record)
-            scores_path(spec.record_file).unlink(missing_ok=True)
-            return RunResult(spec, "failed", record.error)
+            try:
+                where = _save(spec, record, None)
+            except WriteError as write_error:
+                where = f"the failed record could not be written: {write_error}"
+            return RunResult(spec, "failed", record.error + (f" ({where})" if where else ""))
         record.status = "finished"
         record.epochs = outcome.epochs
         record.best_epoch = outcome.best_epoch
@@ -252,10 +285,15 @@ def execute_one(spec: RunSpec, dataset: DatasetHandle, *, device: str = "auto",
         if outcome.explain:
             arrays["explain_rows"] = outcome.explain_rows
         arrays["run_id"] = np.array(spec.run_id)
-        write_scores(scores_path(spec.record_file), **arrays)
-        write_record(spec.record_file, record)
         auc = outcome.test.get("auc", float("nan"))
-        return RunResult(spec, "finished", f"test AUC {auc:.4f}, best epoch {outcome.best_epoch}")
+        summary = f"test AUC {auc:.4f}, best epoch {outcome.best_epoch}"
+        try:
+            where = _save(spec, record, arrays)
+        except WriteError as exc:  # nothing accepted it: say what was lost, keep going
+            return RunResult(spec, "unsaved", f"{summary}; NOT SAVED: {exc}")
+        if where:
+            return RunResult(spec, "unsaved", f"{summary}; {where}")
+        return RunResult(spec, "finished", summary)
     finally:
         lock.release()
 
@@ -278,6 +316,7 @@ def _init_worker(device_queue: Any, threads: int, modules: Sequence[str], mode: 
 
     install_termination_handler()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates us
+    orphans.exit_when_parent_dies()
     torch.set_num_threads(threads)
     for module in modules:  # architectures registered outside ctrbench.models
         __import__(module)
@@ -310,11 +349,24 @@ def usable_cores() -> int:
 def execute(specs: Sequence[RunSpec], dataset: DatasetHandle, *, device: str = "auto",
             jobs: int = 1, devices: Sequence[str] = (), force: bool = False,
             show_progress: bool = True) -> list[RunResult]:
-    """Run every spec not finished yet (all with ``force``); returns one result per spec."""
-    todo = pending(specs, force)
-    todo_ids = {id(s) for s in todo}
-    results = {id(s): RunResult(s, "skipped", "finished")
-               for s in specs if id(s) not in todo_ids}
+    """Run every spec not finished yet (all with ``force``); returns one result per spec.
+
+    A spec whose record file holds a finished record of another configuration is refused
+    (unless ``force``). Raises :class:`CtrbenchError` before any training when a record
+    directory cannot be written.
+    """
+    for directory in sorted({s.record_file.parent for s in specs}):
+        ensure_writable_dir(directory, "run records")
+    results: dict[int, RunResult] = {}
+    todo = []
+    for spec in specs:
+        state = record_state(spec)
+        if state.kind == "finished" and not force:
+            results[id(spec)] = RunResult(spec, "skipped", "finished")
+        elif state.protected and not force:
+            results[id(spec)] = RunResult(spec, "refused", refusal(state))
+        else:
+            todo.append(spec)
     total = len(todo)
     if jobs <= 1 or total <= 1:
         for i, spec in enumerate(todo, 1):
@@ -374,7 +426,9 @@ def _execute_parallel(todo: Sequence[RunSpec], dataset: DatasetHandle, device: s
 
 # --------------------------------------------------------------------------- summaries
 def leaderboard(specs: Sequence[RunSpec]) -> tuple[list[list[Any]], list[list[Any]]]:
-    """Rows (model, seeds finished, test AUC mean ± std, logloss, s/epoch) and failed runs."""
+    """Rows (model, seeds finished, test AUC mean ± std, logloss, s/epoch) and the runs not
+    counted (failed, or a record that is not this run's: :func:`record_state`, the rule the
+    skip logic uses too)."""
     rows: list[list[Any]] = []
     failed: list[list[Any]] = []
     by_model: dict[str, list[RunSpec]] = {}
@@ -383,20 +437,16 @@ def leaderboard(specs: Sequence[RunSpec]) -> tuple[list[list[Any]], list[list[An
     for model, model_specs in by_model.items():
         aucs, losses, epoch_seconds = [], [], []
         for spec in model_specs:
-            if not spec.record_file.is_file():
-                continue
-            try:
-                record = read_record(spec.record_file)
-            except Exception:
-                continue
-            if record.run_id != spec.run_id:
-                continue
-            if record.status == "finished":
+            state = record_state(spec)
+            record = state.record
+            if state.kind == "finished" and record is not None:
                 aucs.append(record.test.get("auc", float("nan")))
                 losses.append(record.test.get("logloss", float("nan")))
                 epoch_seconds.extend(e.train_seconds for e in record.epochs)
-            elif record.status == "failed":
+            elif state.kind == "failed" and record is not None:
                 failed.append([model, spec.seed, record.error or ""])
+            elif state.kind in ("other", "inconsistent", "unreadable"):
+                failed.append([model, spec.seed, f"not counted: {state.detail}"])
         rows.append([model, f"{len(aucs)}/{len(model_specs)}", _mean_std(aucs),
                      _mean_std(losses), f"{np.mean(epoch_seconds):.1f}" if epoch_seconds else "–"])
     return rows, failed

@@ -32,6 +32,7 @@ from tabulate import tabulate
 from ctrbench import __version__
 from ctrbench.cards import ModelCard
 from ctrbench.errors import CtrbenchError
+from ctrbench.paths import safe_name
 from ctrbench.record import atomic_write_text
 from ctrbench.tune.space import decode, parse_search_space
 from ctrbench.tune.storage import safe_file_name
@@ -48,7 +49,7 @@ def tuned_card_name(card: ModelCard, dataset: str) -> str:
     if card.tuned_from or card.name.endswith(f"@{dataset}"):
         raise CtrbenchError(f"model {card.name!r} is already a tuned card",
                             hint="tune the card it extends instead (the search space is the same)")
-    return f"{card.name}@{dataset}"
+    return f"{card.name}@{safe_name('dataset', dataset)}"  # a file name: no '/' or '..'
 
 
 # --------------------------------------------------------------------------- trials table

@@ -6,18 +6,28 @@
 - ``journal:PATH``: optuna's JournalStorage over an append-only file (works on NFS-less shared
   disks without a database server).
 
-Trials left RUNNING by a killed worker: RDB storages run a heartbeat (``heartbeat`` seconds); a
-trial whose heartbeat is older than twice that is marked FAIL by the next worker, and its
-parameters are queued once more (optuna's RetryHeartbeatStaleTrialCallback). Optuna's journal
-storage has no heartbeat: there, ``ctrbench tune --fail-running`` marks RUNNING trials FAIL
-(only when no other worker is alive).
+Trials left RUNNING by a killed worker are retried the same way on every storage
+(:func:`requeue`): the trial is marked FAIL and its parameters are queued once more, with the
+killed trial's training seed, so that the retry computes exactly what the killed trial would
+have (one retry per trial). How a dead worker is found:
+
+- on the same host, on every storage: each trial records its worker's host, pid and process
+  start time; a RUNNING trial whose worker process no longer exists is taken over at once
+  (:func:`reclaim_dead_workers`), with no heartbeat wait;
+- on another host: RDB storages (SQLite, PostgreSQL) run a heartbeat (``heartbeat`` seconds) and
+  a trial whose heartbeat is older than twice that is taken over by the next worker (the wait is
+  announced); the journal storage has no heartbeat, so ``ctrbench tune --fail-running`` takes
+  over every RUNNING trial (only when no other worker is alive).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
+import os
 import random
 import re
+import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,18 +35,17 @@ from pathlib import Path
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
-from optuna.trial import TrialState
-
-try:  # optuna >= 4.9
-    from optuna.storages import RetryHeartbeatStaleTrialCallback as _RetryStale
-
-    _STALE_CALLBACK_ARG = "heartbeat_stale_trial_callback"
-except ImportError:  # pragma: no cover - older optuna
-    from optuna.storages import RetryFailedTrialCallback as _RetryStale
-
-    _STALE_CALLBACK_ARG = "failed_trial_callback"
+from optuna.trial import FrozenTrial, TrialState
 
 from ctrbench.errors import CtrbenchError
+from ctrbench.runs.lock import process_start_time
+
+# the RDBStorage argument that takes the stale-trial callback (renamed in optuna 4.9)
+_STALE_CALLBACK_ARG = next(
+    (name for name in ("heartbeat_stale_trial_callback", "failed_trial_callback")
+     if name in inspect.signature(RDBStorage.__init__).parameters), "failed_trial_callback")
+
+MAX_RETRY = 1  # a trial that kills its worker twice (an OOM) is not retried forever
 
 JOURNAL_PREFIX = "journal:"
 SQLITE_TIMEOUT_S = 60  # seconds a writer waits for SQLite's lock (several workers on one file)
@@ -143,7 +152,7 @@ def _rdb_storage(rdb_url: str, engine_kwargs: dict, heartbeat: int) -> RDBStorag
         beat = {}
         if heartbeat:
             beat = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
-                    _STALE_CALLBACK_ARG: _RetryStale(max_retry=1)}
+                    _STALE_CALLBACK_ARG: _retry_stale}
         return RDBStorage(rdb_url, engine_kwargs=engine_kwargs, **beat)
 
 
@@ -170,10 +179,80 @@ def fail_stale(study: optuna.Study, handle: StudyStorage) -> None:
 
 
 def fail_running(study: optuna.Study) -> list[int]:
-    """Mark every RUNNING trial FAIL (``--fail-running``: no other worker may be alive)."""
-    failed = []
+    """Take over every RUNNING trial (``--fail-running``: no other worker may be alive):
+    FAIL, and its parameters retried (:func:`requeue`)."""
+    return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if requeue(study, t, "its worker is gone (taken over by --fail-running)")]
+
+
+# --------------------------------------------------------------------------- killed trials
+def worker_attrs() -> dict[str, str | None]:
+    """What a trial records about the process that runs it (user attributes)."""
+    return {"worker": f"{socket.gethostname()}:{os.getpid()}",
+            "worker_start": process_start_time(os.getpid())}
+
+
+def worker_is_dead(trial: FrozenTrial) -> bool:
+    """True only when the trial's worker ran on this host and that process is gone."""
+    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another host (or not recorded yet): cannot tell from here
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    started = trial.user_attrs.get("worker_start")
+    current = process_start_time(int(pid))
+    return started is not None and current is not None and started != current  # pid reused
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
+    """Mark a RUNNING ``trial`` FAIL with ``reason`` and queue its parameters once more with its
+    training seed (once per original trial). True when this call failed it."""
+    if trial.state != TrialState.RUNNING:
+        return False
+    storage = study._storage
+    try:  # exactly one worker wins: the storage refuses to finish a finished trial twice
+        storage.set_trial_user_attr(trial._trial_id, "error", reason)
+        if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    trial = storage.get_trial(trial._trial_id)
+    _queue_retry(study, trial)
+    return True
+
+
+def _retry_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Optuna's heartbeat callback (the trial is FAIL already): the same retry as elsewhere."""
+    _queue_retry(study, trial)
+
+
+def _queue_retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    # a queued trial (the card's own values) killed before all its values were drawn still
+    # knows them all; values not drawn yet in a sampled trial are sampled again
+    params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+    if len(history) > MAX_RETRY or not params:
+        return
+    origin = trial.system_attrs.get("failed_trial", trial.number)
+    user_attrs = {"origin": "retry", "retry_of": origin}
+    if "train_seed" in trial.user_attrs:
+        user_attrs["train_seed"] = trial.user_attrs["train_seed"]
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, user_attrs=user_attrs,
+        system_attrs={"fixed_params": params, "failed_trial": origin,
+                      "retry_history": history}))
+
+
+def reclaim_dead_workers(study: optuna.Study) -> list[int]:
+    """Take over the RUNNING trials whose worker process on this host is gone (any storage)."""
+    reclaimed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        frozen = study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        if frozen.state == TrialState.FAIL:
-            failed.append(trial.number)
-    return failed
+        if worker_is_dead(trial):
+            reason = f"worker killed ({trial.user_attrs['worker']} is gone)"
+            if requeue(study, trial, reason):
+                reclaimed.append(trial.number)
+    return reclaimed

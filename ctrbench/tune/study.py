@@ -24,8 +24,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
-import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -40,10 +38,11 @@ from optuna.trial import FrozenTrial, TrialState
 from ctrbench.cards import ModelCard, config_hash
 from ctrbench.data.store import PreparedData
 from ctrbench.errors import CtrbenchError
+from ctrbench.progress import message
 from ctrbench.record import EpochRow
 from ctrbench.tune import space as tune_space
 from ctrbench.tune.space import PRUNERS, SAMPLERS, Dimension
-from ctrbench.tune.storage import StudyStorage, fail_stale
+from ctrbench.tune.storage import StudyStorage, fail_stale, reclaim_dead_workers, worker_attrs
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +177,6 @@ def count_states(study: optuna.Study) -> dict[TrialState, int]:
     return counts
 
 
-def worker_label() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 class TrialObjective:
     """Trains one sampled configuration; reports each epoch's validation AUC to the pruner."""
 
@@ -189,7 +184,6 @@ class TrialObjective:
                  settings: TuneSettings) -> None:
         self.data, self.card, self.space, self.settings = data, card, space, settings
         self.predicted_number = -1  # the number the sampler was seeded for (run_study sets it)
-        self.worker = worker_label()
 
     def _check_surplus(self, trial: optuna.Trial) -> None:
         ahead = sum(1 for t in trial.study.get_trials(deepcopy=False, states=(*DONE, *ACTIVE))
@@ -201,14 +195,18 @@ class TrialObjective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         s = self.settings
+        for key, value in worker_attrs().items():  # first: a killed worker is then found dead
+            trial.set_user_attr(key, value)
         self._check_surplus(trial)
         if trial.number != self.predicted_number and s.sampler != "grid":
             # another worker took the predicted number: reseed for this trial's own number
             trial.study.sampler = make_sampler(s.sampler, self.space,
                                                derive_seed(s.seed, "sampler", trial.number))
-        train_seed = derive_seed(s.seed, "train", trial.number)
+        if "retry_of" in trial.user_attrs and "train_seed" in trial.user_attrs:
+            train_seed = int(trial.user_attrs["train_seed"])  # what the killed trial trained
+        else:
+            train_seed = derive_seed(s.seed, "train", trial.number)
         trial.set_user_attr("train_seed", train_seed)
-        trial.set_user_attr("worker", self.worker)
         try:
             values = tune_space.suggest(trial, self.space)
             card = self.card.with_overrides(tune_space.to_overrides(values))
@@ -252,6 +250,22 @@ class TrialObjective:
                                   evaluate_test=False, progress=self.settings.progress)
 
 
+def _announce_wait(study: optuna.Study, handle: StudyStorage, announced: set[int]) -> None:
+    """Say once per trial why this worker waits: trials running elsewhere, and for how long a
+    dead worker's trial can keep us waiting (twice the heartbeat interval)."""
+    running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+               if t.number not in announced]
+    if not running:
+        return
+    announced.update(t.number for t in running)
+    grace = getattr(handle.storage, "grace_period", None) or 0
+    where = ", ".join(f"trial {t.number} ({t.user_attrs.get('worker', 'worker unknown')})"
+                      for t in running)
+    message(f"waiting for {where}, running in other worker(s); if a worker died on another "
+            f"host, its trial is taken over when its heartbeat is older than {grace} s "
+            "(twice --heartbeat); a dead worker on this host is taken over at once")
+
+
 def run_study(
     study: optuna.Study,
     handle: StudyStorage,
@@ -286,8 +300,13 @@ def run_study(
 
     start = time.monotonic()
     stop_reason = ""
+    announced: set[int] = set()
     while not stop_reason:
         fail_stale(study, handle)
+        reclaimed = reclaim_dead_workers(study)
+        if reclaimed:
+            message(f"trial(s) {reclaimed} were RUNNING in a worker on this host that is gone: "
+                    "marked FAIL, their parameters queued again with the same training seed")
         counts = count_states(study)
         done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
         running = counts[TrialState.RUNNING]  # queued (WAITING) trials are ours to run
@@ -302,6 +321,7 @@ def run_study(
                 stop_reason = (f"the remaining trials are running in other workers ({running}); "
                                "if they are dead, re-run with --fail-running")
             else:  # others finish the last trials; if one fails or dies, take its place
+                _announce_wait(study, handle, announced)
                 time.sleep(POLL_SECONDS)
         else:
             number = len(study.get_trials(deepcopy=False))
