@@ -19,11 +19,12 @@ PACKAGE = ROOT / "ctrbench"
 
 FLOORS: list[tuple[str, set[str]]] = [
     ("ground", {"ctrbench", "errors", "paths", "schema", "record", "analysis", "registry",
-                "progress", "seeding", "environment"}),
+                "progress", "seeding", "environment", "validate"}),
     ("cards", {"cards"}),
     ("data and models", {"data", "models"}),
     ("engine", {"engine"}),
-    ("runs and tune", {"runs", "tune"}),
+    ("runs", {"runs"}),
+    ("tune", {"tune"}),  # studies use the run lock and, on Slurm, the runs' submission code
     ("report", {"report"}),
     ("interface", {"commands", "cli"}),
 ]

@@ -74,7 +74,7 @@ def test_every_paper_card_builds_and_scores_under_every_rule(rule):
 
 
 def test_unknown_rule_is_a_card_error():
-    with pytest.raises(CardError, match=r"train\.init"):
+    with pytest.raises(CardError, match=r"init = 'he'"):
         TrainConfig(init="he")
     with pytest.raises(CardError, match=r"train\.init"):
         apply_init(nn.Linear(2, 2), "he")

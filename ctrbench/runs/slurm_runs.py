@@ -198,9 +198,10 @@ def reconcile(specs: Sequence[RunSpec], dataset: DatasetHandle, force: bool = Fa
 
 
 # --------------------------------------------------------------------------- submit
-def task_command(manifest: Path, kind: str = "run") -> list[str]:
+def task_command(manifest: Path, kind: str = "run",
+                 module: str = "ctrbench.runs.slurm_task") -> list[str]:
     """The command each array task runs (its index is appended by the script)."""
-    return [sys.executable, "-m", "ctrbench.runs.slurm_task", kind, str(manifest)]
+    return [sys.executable, "-m", module, kind, str(manifest)]
 
 
 def new_submission_dir(results_root: Path) -> Path:

@@ -1,12 +1,12 @@
-"""What one Slurm array task runs: ``python -m ctrbench.runs.slurm_task KIND MANIFEST INDEX``.
+"""What one Slurm array task runs: ``python -m ctrbench.runs.slurm_task run MANIFEST INDEX``.
 
 - ``run``: task INDEX of a ``ctrbench run --executor slurm`` submission. Opens the prepared store
   named in the manifest (never prepares it), rebuilds the resolved model card, checks that the
   run id is the one submitted, and runs it through :func:`ctrbench.runs.runner.execute_one`
   (lock, atomic record, same results directory). SIGTERM (``scancel``, the time limit,
   preemption) is recorded as a failed run before the task exits.
-- ``tune``: worker INDEX of a ``ctrbench tune --executor slurm`` submission: runs trials on the
-  shared study until it holds the requested number (:func:`ctrbench.tune.study.run_study`).
+- ``tune`` tasks have their own entry point, :mod:`ctrbench.tune.slurm_task` (tune sits above
+  runs), which shares this module's set-up and dispatch (:func:`task_main`).
 
 Exit status: 0 finished (or skipped / locked elsewhere), 1 failed, 2 a bad manifest, 143 killed.
 """
@@ -24,7 +24,7 @@ from typing import Any
 from ctrbench.record import atomic_write_text
 
 
-def _log(text: str) -> None:
+def task_log(text: str) -> None:
     print(f"ctrbench slurm task: {text}", file=sys.stderr, flush=True)
 
 
@@ -68,9 +68,9 @@ def run_task(manifest: dict[str, Any], index: int) -> int:
         result = record_failed(dataclasses.replace(spec, run_id=task["run_id"]), handle,
                                f"Slurm task {job}: the prepared store or the code changed since "
                                "submission (run id differs); submit again")
-        _log(result.detail)
+        task_log(result.detail)
         return 1
-    _log(f"{spec.model} seed {spec.seed} on {socket.gethostname()} (task {job}, "
+    task_log(f"{spec.model} seed {spec.seed} on {socket.gethostname()} (task {job}, "
          f"store {data.path})")
     try:
         result = runner.execute_one(spec, handle, device=manifest["device"],
@@ -79,35 +79,34 @@ def run_task(manifest: dict[str, Any], index: int) -> int:
         code = exc.code if isinstance(exc, SystemExit) else 130
         result = record_failed(spec, handle, f"Slurm task {job} was terminated (signal, exit "
                                              f"{code}: scancel, time limit or preemption)")
-        _log(f"terminated; recorded as {result.status}")
+        task_log(f"terminated; recorded as {result.status}")
         return 143
-    _log(f"{spec.model} seed {spec.seed}: {result.status} {result.detail}")
+    task_log(f"{spec.model} seed {spec.seed}: {result.status} {result.detail}")
     return 1 if result.status == "failed" else 0
 
 
-def tune_task(manifest: dict[str, Any], index: int) -> int:
-    from ctrbench.tune.slurm_workers import run_worker
-
-    return run_worker(manifest, index, log=_log)
-
-
-def main(argv: list[str] | None = None) -> int:
+def task_main(module: str, tasks: dict[str, Any], argv: list[str] | None = None) -> int:
+    """``KIND MANIFEST INDEX`` -> ``tasks[KIND](manifest, index)`` after the common set-up."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 3 or args[0] not in ("run", "tune") or not args[2].isdigit():
-        _log("usage: python -m ctrbench.runs.slurm_task run|tune MANIFEST INDEX")
+    if len(args) != 3 or args[0] not in tasks or not args[2].isdigit():
+        task_log(f"usage: python -m {module} {'|'.join(tasks)} MANIFEST INDEX")
         return 2
     kind, manifest_file, index = args[0], Path(args[1]), int(args[2])
     try:
         manifest = json.loads(manifest_file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        _log(f"cannot read {manifest_file}: {exc}")
+        task_log(f"cannot read {manifest_file}: {exc}")
         return 2
     if manifest.get("kind") != kind:
-        _log(f"{manifest_file} is a {manifest.get('kind')!r} manifest, not {kind!r}")
+        task_log(f"{manifest_file} is a {manifest.get('kind')!r} manifest, not {kind!r}")
         return 2
     _setup(manifest)
     _note_start(manifest_file, index)
-    return run_task(manifest, index) if kind == "run" else tune_task(manifest, index)
+    return tasks[kind](manifest, index)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return task_main("ctrbench.runs.slurm_task", {"run": run_task}, argv)
 
 
 if __name__ == "__main__":
