@@ -31,6 +31,7 @@ from ctrbench.engine.train import (
 )
 from ctrbench.errors import CardError, CtrbenchError
 from ctrbench.models.layers import EmbeddingBank
+from ctrbench.models.registry import ARCHITECTURES, register
 from ctrbench.schema import FieldSpec, Schema
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -181,8 +182,8 @@ class KeySpy(tf.TinyLogistic):
         return super().forward(batch)
 
 
-if "key_spy" not in train_mod.ARCHITECTURES:
-    train_mod.ARCHITECTURES.add("key_spy", KeySpy)
+if "key_spy" not in ARCHITECTURES:
+    register("key_spy")(KeySpy)
 
 
 def test_model_sees_only_schema_fields_and_hist_len(planted):

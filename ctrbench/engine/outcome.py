@@ -43,6 +43,8 @@ class TrainOutcome:
     n_parameters: int
     device: str
     explain_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    #: column names of the explain arrays whose columns are named (MIAN's "gim" parts, its
+    #: "iuim"/"icim" fields); the runner keeps it as record.extra["explain_parts"]
     explain_parts: dict[str, list[str]] = field(default_factory=dict)
     init: str = ""  # the initialisation rule (train.init) the model was built with
     health: dict = field(default_factory=dict)  # ctrbench.engine.health figures and flags
@@ -79,8 +81,6 @@ def score_test_split(model: CTRModel, data: PreparedData, dev: torch.device,
     model.eval()
     with torch.inference_mode(), autocast(dev):
         explained = model.explain(batch)
-    outcome.explain = {k: v.float().cpu().numpy() for k, v in explained.items()}
+    outcome.explain = {k: w.values.float().cpu().numpy() for k, w in explained.items()}
     outcome.explain_rows = rows.astype(np.int64)
-    parts = getattr(model, "GIM_PARTS", None)
-    if parts is not None and "gim" in outcome.explain:
-        outcome.explain_parts = {"gim": list(parts)}
+    outcome.explain_parts = {k: list(w.columns) for k, w in explained.items() if w.columns}

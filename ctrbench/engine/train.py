@@ -14,7 +14,6 @@ penalty of :mod:`..optim`. ``EpochRow.train_loss`` is the epoch's mean BCE (per 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 import time
 from collections.abc import Callable
@@ -51,7 +50,7 @@ from ctrbench.engine.outcome import (
 from ctrbench.engine.splits import SplitTensors, model_inputs, predict
 from ctrbench.engine.untrained import fit_and_evaluate
 from ctrbench.errors import CardError
-from ctrbench.models import ARCHITECTURES, CTRModel, build_model, count_parameters
+from ctrbench.models import CTRModel, build_model, config_of, count_parameters
 from ctrbench.models.init import apply_init
 from ctrbench.models.layers import FusedEmbedding
 from ctrbench.progress import progress as progress_bar
@@ -76,10 +75,10 @@ def build_for_training(card: ModelCard, schema: Schema) -> CTRModel:
         raise CardError(f"model {card.name!r}: params.sparse = {params['sparse']} conflicts with "
                         f"train.optimizer = {card.train.optimizer!r}",
                         hint="drop params.sparse; the trainer sets it from train.optimizer")
-    accepts = inspect.signature(ARCHITECTURES.get(card.arch).__init__).parameters
-    if "sparse" in accepts:
-        params["sparse"] = want_sparse
-    return apply_init(build_model(card.arch, schema, params), card.train.init)
+    config = config_of(card.arch).from_params(
+        f"model {card.name!r} params (architecture {card.arch!r})",
+        {**params, "sparse": want_sparse})
+    return apply_init(build_model(card.arch, schema, config), card.train.init)
 
 
 class TrainStep:

@@ -119,14 +119,12 @@ def load_overrides(config_file: Path | None = None, set_items: Sequence[str] = (
 
 
 def _check_params(card: ModelCard) -> None:
-    """Reject parameters the architecture does not take before any run starts."""
-    import inspect
+    """Validate the card's params against its architecture's typed config before any run
+    starts: an unknown key or a bad value is a CardError naming the card and the key."""
+    from ctrbench.models import config_of
 
-    from ctrbench.models import ARCHITECTURES
-
-    init = ARCHITECTURES.get(card.arch).__init__
-    allowed = [p for p in inspect.signature(init).parameters if p not in ("self", "schema")]
-    check_keys(f"model {card.name!r} params (architecture {card.arch!r})", card.params, allowed)
+    config_of(card.arch).from_params(
+        f"model {card.name!r} params (architecture {card.arch!r})", card.params)
 
 
 def resolve_cards(models: str | Sequence[str], overrides: Overrides | None = None,

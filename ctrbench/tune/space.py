@@ -18,7 +18,6 @@ option, an empty range) is a :class:`CardError`.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -199,17 +198,14 @@ def parse_dimension(key: str, spec: Any) -> Dimension:
 
 
 def _architecture_parameters(arch: str) -> list[str] | None:
-    """The constructor parameters of ``arch``, or None when it is not registered."""
-    from ctrbench.models import ARCHITECTURES
+    """The parameter names of ``arch``'s typed config, or None when it is not registered."""
+    from ctrbench.errors import UnknownNameError
+    from ctrbench.models import config_of
 
     try:
-        cls = ARCHITECTURES.get(arch)
-    except Exception:  # unknown architecture: building the model reports it
+        return config_of(arch).names()
+    except UnknownNameError:  # unknown architecture: building the model reports it
         return None
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    return [p for p in params if p not in ("self", "schema")]
 
 
 def parse_search_space(card: ModelCard) -> list[Dimension]:
