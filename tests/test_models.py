@@ -191,7 +191,7 @@ def test_xdeepfm_cin_counts_fields_not_tables():
     # DeepCTR-Torch's xDeepFM sized its CIN by embedding tables and broke when history fields
     # shared them. Here 9 fields share 6 tables (item, cate, user_id, segment, weekday, hour).
     model = card_model("xdeepfm")
-    assert len(model.embedding.bank.tables) == 6
+    assert len(model.embedding.bank.vocab_sizes) == 6
     assert model.cin.num_fields == 9
     assert model.cin.layers[0].in_features == 9 * 9
 

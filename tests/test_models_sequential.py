@@ -138,10 +138,10 @@ def test_dien_aux_loss_matches_a_per_sample_computation():
     for b in range(16):
         for t in range(int(batch[HIST_LEN][b]) - 1):  # pairs (t, t + 1), both valid
             h = parts["states"][b, t]
-            pos = torch.cat([bank.tables["item"].weight[batch["hist_item_id"][b, t + 1]],
-                             bank.tables["cate"].weight[batch["hist_cate_id"][b, t + 1]]])
-            neg = torch.cat([bank.tables["item"].weight[batch["neg_hist_item_id"][b, t + 1]],
-                             bank.tables["cate"].weight[batch["neg_hist_cate_id"][b, t + 1]]])
+            pos = torch.cat([bank.block("item")[batch["hist_item_id"][b, t + 1]],
+                             bank.block("cate")[batch["hist_cate_id"][b, t + 1]]])
+            neg = torch.cat([bank.block("item")[batch["neg_hist_item_id"][b, t + 1]],
+                             bank.block("cate")[batch["neg_hist_cate_id"][b, t + 1]]])
             terms.append(-F.logsigmoid(h @ pos) - F.logsigmoid(-(h @ neg)))
     torch.testing.assert_close(value, torch.stack(terms).mean())
 

@@ -364,7 +364,7 @@ def test_fused_bank_trains_like_separate_tables_with_touched_row_l2(optimizer):
                                   for v, n in schema.vocab_sizes.items()})
     with torch.no_grad():
         for vocab, table in tables.items():
-            table.weight.copy_(bank.tables[vocab].weight)
+            table.weight.copy_(bank.block(vocab))
     vocab_of = {f.name: f.vocab for f in schema.fields}
     fused_opt = build_optimizers(bank, cfg)
     fused_l2 = BatchEmbeddingL2(penalised_tables(bank, cfg), l2)
@@ -374,7 +374,7 @@ def test_fused_bank_trains_like_separate_tables_with_touched_row_l2(optimizer):
     for raw in BANK_BATCHES * 2:
         batch = {k: torch.tensor(v) for k, v in raw.items()}
         fused_opt.zero_grad()
-        _bank_loss(lambda n, ids: bank.tables[vocab_of[n]](ids), batch).backward()
+        _bank_loss(lambda n, ids: bank.lookup(vocab_of[n], ids), batch).backward()
         fused_opt.step()
         grads.append(bank.weight.grad)
         ref_opt.zero_grad()
@@ -386,8 +386,8 @@ def test_fused_bank_trains_like_separate_tables_with_touched_row_l2(optimizer):
         loss.backward()
         ref_opt.step()
     for vocab, table in tables.items():
-        torch.testing.assert_close(bank.tables[vocab].weight.detach(), table.weight.detach())
-    assert all(torch.equal(bank.tables[v].weight[0].detach(), torch.zeros(3)) for v in tables)
+        torch.testing.assert_close(bank.block(vocab).detach(), table.weight.detach())
+    assert all(torch.equal(bank.block(v)[0].detach(), torch.zeros(3)) for v in tables)
     if lazy:
         assert all(g.is_sparse for g in grads)
     else:  # the dense gradient is one buffer zeroed in place, never a sparse one
@@ -401,9 +401,9 @@ def test_fused_l2_hook_adds_the_gradient_of_the_unique_touched_rows():
     bank = EmbeddingBank(schema, dim=2)
     hook = BatchEmbeddingL2([bank.embedding], 0.5)
     ids = torch.tensor([[3, 3, 0], [5, 0, 0]])
-    bank.tables["item"](ids).sum().backward()
+    bank.lookup("item", ids).sum().backward()
     assert hook.penalty() is None  # not a loss term: it is in the gradient
-    weight = bank.tables["item"].weight.detach()
+    weight = bank.block("item").detach()
     expected = torch.zeros_like(weight)
     expected[3] = 2 + 2 * 0.5 * weight[3]  # looked up twice, decayed once
     expected[5] = 1 + 2 * 0.5 * weight[5]
