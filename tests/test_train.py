@@ -154,8 +154,13 @@ def test_cpu_runs_are_bit_for_bit_repeatable(planted, small, name, optimizer):
         assert len(a.explain_rows) == 256 and np.all(np.diff(a.explain_rows) > 0)
         assert a.explain["gim"].shape == (256, 7)
         np.testing.assert_allclose(a.explain["gim"].sum(axis=1), 1.0, rtol=1e-5)
-        gim_parts = type(build_for_training(card, data.schema)).GIM_PARTS
-        assert a.explain_parts["gim"] == list(gim_parts)
+        gim_parts = build_for_training(card, data.schema).gim_parts
+        # the named columns of explain(): GIM parts, IUIM / ICIM fields; IBIM's are steps
+        assert a.explain_parts == {"gim": list(gim_parts),
+                                   "iuim": [f.name for f in data.schema.user],
+                                   "icim": [f.name for f in data.schema.context]}
+    if name == "dien":
+        assert a.explain_parts == {} and a.explain["attention"].shape[1] == data.schema.max_len
 
 
 def test_nan_loss_raises_training_diverged(planted):
