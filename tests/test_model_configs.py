@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ctrbench.cards import load_model_card, model_names
+from ctrbench.cards import load_model_card, load_raw_card, model_card_from_dict, model_names
 from ctrbench.cli import main
 from ctrbench.errors import CardError
 from ctrbench.models import (
@@ -176,3 +176,20 @@ def test_attention_weights_name_their_columns():
     assert AttentionWeights(values).columns == ()  # history steps
     with pytest.raises(ValueError, match="2 column names for 3 columns"):
         AttentionWeights(values, ("a", "b"))
+
+
+@pytest.mark.parametrize(("search", "message"), [
+    ({"params.heads": {"type": "categorical", "choices": [4, 0]}},
+     "'params.heads': heads must be a positive integer, got 0"),
+    ({"params.use_gim": {"type": "categorical", "choices": [True, "no"]}},
+     "'params.use_gim': use_gim must be true or false"),
+    ({"params.dropout": {"type": "float", "low": 0.0, "high": 1.0}},
+     "'params.dropout': dropout must be a number in [0, 1), got 1.0"),
+    ({"params.transformer": {"type": "categorical", "choices": ["pre_ln", "postln"]}},
+     "'params.transformer': transformer must be one of"),
+])
+def test_tune_search_values_are_checked_by_the_config_rules(search, message):
+    raw = {**load_raw_card("models", "mian"), "search": search}
+    with pytest.raises(CardError) as info:
+        parse_search_space(model_card_from_dict(raw))
+    assert "model card 'mian' [search] " + message in str(info.value)
