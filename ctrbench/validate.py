@@ -3,8 +3,8 @@
 Every value of a model card's ``[train]`` table (and of ``--set`` / ``--config`` overrides) is
 checked here, before any data is prepared or any run starts: a wrong value is one
 :class:`~ctrbench.errors.CardError` naming the key, the value and the expected type (exit
-status 1), never a traceback at training time. Architecture parameters are checked against the
-type of their default in the architecture's signature (:func:`check_param_types`).
+status 1), never a traceback at training time. Architecture parameters are checked by each
+architecture's typed config (:mod:`ctrbench.models.config`).
 """
 
 from __future__ import annotations
@@ -112,37 +112,3 @@ def require_table(where: str, value: Any, example: str) -> Mapping[str, Any]:
     return value
 
 
-def _matches_default(value: Any, default: Any) -> bool:
-    if default is None:
-        return True
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, float):
-        return (isinstance(value, (int, float)) and not isinstance(value, bool)
-                and math.isfinite(value))
-    if isinstance(default, str):
-        return isinstance(value, str)
-    if isinstance(default, (list, tuple)):
-        return isinstance(value, (list, tuple)) and all(
-            _matches_default(v, default[0]) for v in value) if default else isinstance(
-            value, (list, tuple))
-    return True
-
-
-def check_param_types(where: str, params: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
-    """Each parameter must have the type of the architecture's default for it (when it has one).
-
-    ``defaults``: parameter name -> default value (``inspect.Parameter.empty`` entries skipped).
-    """
-    for key, value in params.items():
-        default = defaults.get(key)
-        if key in defaults and not _matches_default(value, default):
-            expected = describe(default).split(" (", 1)[1].rstrip(")")
-            if isinstance(default, (list, tuple)) and default:
-                expected += " of " + describe(default[0]).split(" (", 1)[1].rstrip(")") + "s"
-            if isinstance(default, float):
-                expected = "a finite number"
-            raise CardError(f"{where}: {key} = {describe(value)}: expected {expected} "
-                            f"(like the default {default!r})")

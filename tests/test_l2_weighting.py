@@ -63,7 +63,7 @@ def _decay_over_epoch(weighted: bool) -> torch.Tensor:
     for step in range(4):
         ids = torch.tensor([2, 5]) if step == 0 else torch.tensor([2])
         bank.weight.grad = None
-        (0.0 * bank.tables["item"](ids).sum()).backward()
+        (0.0 * bank.lookup("item", ids).sum()).backward()
         total += bank.weight.grad.to_dense()
     hook.remove()
     return total[rows] / bank.weight.detach()[rows]

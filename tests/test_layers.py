@@ -241,13 +241,13 @@ def test_masked_softmax_hand_values():
 def test_embedding_bank_padding_row_zero_and_shared_tables():
     schema = tiny_schema()
     bank = EmbeddingBank(schema, dim=4)
-    assert set(bank.tables) == {"item", "cate", "weekday"}  # 8 fields, 3 tables
-    for table in bank.tables.values():
-        assert torch.equal(table.weight[0], torch.zeros(4))
+    assert set(bank.vocab_sizes) == {"item", "cate", "weekday"}  # 8 fields, 3 tables
+    for vocab in bank.vocab_sizes:
+        assert torch.equal(bank.block(vocab)[0], torch.zeros(4))
     batch = tiny_batch()
     cand = bank(batch, "item_id")  # (2, 4)
     hist = bank(batch, "hist_item_id")  # (2, 3, 4)
-    torch.testing.assert_close(hist[0, 0], bank.tables["item"].weight[3])
+    torch.testing.assert_close(hist[0, 0], bank.block("item")[3])
     assert torch.equal(hist[1], torch.zeros(3, 4))  # padding embeds to zero
     # shared table: fav_cate id 3 == cate_id 3 (sample 0's candidate category)
     assert torch.equal(bank(batch, "fav_cate")[1], bank(batch, "cate_id")[0])
@@ -269,13 +269,13 @@ def test_embedding_bank_fuses_vocabularies_into_one_table():
     blocks = [bank.vocab_rows(v) for v in sizes]
     assert [b.start for b in blocks] == [0, *accumulate(list(sizes.values())[:-1])]
     for vocab in sizes:
-        assert torch.equal(bank.tables[vocab].weight[0], torch.zeros(2))  # every block's row 0
-        assert bank.tables[vocab].num_embeddings == sizes[vocab]
+        assert torch.equal(bank.block(vocab)[0], torch.zeros(2))  # every block's row 0
+        assert bank.vocab_sizes[vocab] == sizes[vocab]
     with torch.no_grad():  # the per-vocabulary view writes through to the fused table
-        bank.tables["cate"].weight[2] = torch.tensor([7.0, 8.0])
+        bank.block("cate")[2] = torch.tensor([7.0, 8.0])
     assert torch.equal(bank.weight[bank.vocab_rows("cate").start + 2], torch.tensor([7.0, 8.0]))
     ids = torch.tensor([[2, 0], [0, 1]])
-    out = bank.tables["cate"](ids)  # (2, 2, 2)
+    out = bank.lookup("cate", ids)  # (2, 2, 2)
     assert torch.equal(out[0, 0], torch.tensor([7.0, 8.0]))
     assert torch.equal(out[0, 1], torch.zeros(2)) and torch.equal(out[1, 0], torch.zeros(2))
     # one lookup for several same-shaped fields == the concatenation of separate lookups
@@ -315,10 +315,11 @@ def test_first_order_bank_initialisation():
     assert torch.equal(zero.weight, torch.zeros_like(zero.weight))
     assert zero.weight.shape == (sum(schema.vocab_sizes.values()), 1)
     small = first_order_bank(schema)  # truncated normal, std 0.02, cut at 2 std
-    for table in small.tables.values():
-        assert table.weight.shape[1] == 1
-        assert table.weight.abs().max() <= 0.04 + 1e-7
-        assert table.weight[0].item() == 0.0
+    for vocab in small.vocab_sizes:
+        block = small.block(vocab)
+        assert block.shape[1] == 1
+        assert block.abs().max() <= 0.04 + 1e-7
+        assert block[0].item() == 0.0
 
 
 # --------------------------------------------------------------------------- input assembly
@@ -334,11 +335,11 @@ def test_embed_pooled_fields_hand_values():
     schema = tiny_schema()
     bank = EmbeddingBank(schema, dim=1)
     with torch.no_grad():  # row r of every table holds the value r * 10 (+ 1 for cate)
-        bank.tables["item"].weight.copy_(torch.arange(6.0).unsqueeze(1) * 10)
-        bank.tables["cate"].weight.copy_(torch.arange(4.0).unsqueeze(1) * 10 + 1)
-        bank.tables["weekday"].weight.copy_(torch.arange(3.0).unsqueeze(1) * 10)
-        for table in bank.tables.values():
-            table.weight[0] = 0.0
+        bank.block("item").copy_(torch.arange(6.0).unsqueeze(1) * 10)
+        bank.block("cate").copy_(torch.arange(4.0).unsqueeze(1) * 10 + 1)
+        bank.block("weekday").copy_(torch.arange(3.0).unsqueeze(1) * 10)
+        for vocab in bank.vocab_sizes:
+            bank.block(vocab)[0] = 0.0
     out = embed_pooled_fields(bank, schema, tiny_batch())
     assert out.shape == (2, 6, 1)
     # sample 0: item 2 -> 20, cate 3 -> 31, hist items (3, 4) -> mean 35,
@@ -353,9 +354,10 @@ def test_linear_term_hand_values_ignore_padding_and_negatives():
     schema = tiny_schema()
     linear = LinearTerm(schema)
     with torch.no_grad():
-        for table in linear.bank.tables.values():
-            table.weight.copy_(torch.arange(table.num_embeddings, dtype=torch.float).unsqueeze(1))
-            table.weight[0] = 0.0
+        for vocab, size in linear.bank.vocab_sizes.items():
+            block = linear.bank.block(vocab)
+            block.copy_(torch.arange(size, dtype=torch.float).unsqueeze(1))
+            block[0] = 0.0
         linear.bias.fill_(0.5)
     batch = tiny_batch()
     # sample 0: 0.5 + item 2 + cate 3 + mean(3, 4) + mean(2, 3) + fav 2 + weekday 2
@@ -388,8 +390,8 @@ def test_embedding_bank_copy_keeps_its_gradient_hooks():
     bank = EmbeddingBank(tiny_schema(), dim=2)
     twin = copy.deepcopy(bank)
     ids = torch.tensor([[1, 2, 0], [3, 0, 0]])
-    twin.tables["cate"](ids).sum().backward()
-    bank.tables["cate"](ids).sum().backward()
+    twin.lookup("cate", ids).sum().backward()
+    bank.lookup("cate", ids).sum().backward()
     assert not twin.weight.grad.is_sparse
     torch.testing.assert_close(twin.weight.grad, bank.weight.grad, rtol=0, atol=0)
     cate = bank.vocab_rows("cate").start

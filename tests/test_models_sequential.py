@@ -138,10 +138,10 @@ def test_dien_aux_loss_matches_a_per_sample_computation():
     for b in range(16):
         for t in range(int(batch[HIST_LEN][b]) - 1):  # pairs (t, t + 1), both valid
             h = parts["states"][b, t]
-            pos = torch.cat([bank.tables["item"].weight[batch["hist_item_id"][b, t + 1]],
-                             bank.tables["cate"].weight[batch["hist_cate_id"][b, t + 1]]])
-            neg = torch.cat([bank.tables["item"].weight[batch["neg_hist_item_id"][b, t + 1]],
-                             bank.tables["cate"].weight[batch["neg_hist_cate_id"][b, t + 1]]])
+            pos = torch.cat([bank.block("item")[batch["hist_item_id"][b, t + 1]],
+                             bank.block("cate")[batch["hist_cate_id"][b, t + 1]]])
+            neg = torch.cat([bank.block("item")[batch["neg_hist_item_id"][b, t + 1]],
+                             bank.block("cate")[batch["neg_hist_cate_id"][b, t + 1]]])
             terms.append(-F.logsigmoid(h @ pos) - F.logsigmoid(-(h @ neg)))
     torch.testing.assert_close(value, torch.stack(terms).mean())
 
@@ -193,6 +193,8 @@ def test_din_attention_is_unnormalised_by_default_and_softmax_with_the_flag():
     valid = torch.arange(T)[None, :] < batch[HIST_LEN][:, None]
     raw = card_model("din").eval().explain(batch)["attention"]
     soft = card_model("din", attention_softmax=True).eval().explain(batch)["attention"]
+    assert raw.columns == soft.columns == ()  # history steps, not named columns
+    raw, soft = raw.values, soft.values
     for weights in (raw, soft):
         assert weights.shape == (16, T)
         assert torch.equal(weights[~valid], torch.zeros(int((~valid).sum())))
@@ -298,8 +300,14 @@ def test_mian_explain_weights():
     model = card_model("mian").eval()
     batch = batch_with_lengths(seed=14)
     with torch.no_grad():
-        weights = model.explain(batch)
-    assert set(weights) == {"gim", "ibim", "iuim", "icim"}
+        explained = model.explain(batch)
+    assert set(explained) == {"gim", "ibim", "iuim", "icim"}
+    # named columns: GIM's parts, IUIM's user fields, ICIM's context fields; IBIM's are steps
+    assert explained["gim"].columns == MIAN.GIM_PARTS
+    assert explained["iuim"].columns == tuple(f.name for f in SCHEMA.user)
+    assert explained["icim"].columns == tuple(f.name for f in SCHEMA.context)
+    assert explained["ibim"].columns == ()
+    weights = {name: w.values for name, w in explained.items()}
     gim, ibim = weights["gim"], weights["ibim"]
     assert gim.shape == (16, 7) and (gim >= 0).all()
     torch.testing.assert_close(gim.sum(1), torch.ones(16))
@@ -310,11 +318,11 @@ def test_mian_explain_weights():
     torch.testing.assert_close(ibim.sum(1)[nonempty], torch.ones(int(nonempty.sum())))
     assert weights["iuim"].shape == (16, 3) and weights["icim"].shape == (16, 2)
     assert set(card_model("mian_wo_gim").explain(batch)) == {"ibim", "iuim", "icim"}
-    ablated = card_model("mian_wo_ibim")
-    assert ablated.explain(batch)["gim"].shape == (16, 6)
-    # the trainer names the "gim" columns with getattr(model, "GIM_PARTS")
-    assert ablated.GIM_PARTS == ("item", "context", "behavior", "user", "iuim", "icim")
-    assert model.GIM_PARTS == MIAN.GIM_PARTS
+    ablated = card_model("mian_wo_ibim").explain(batch)["gim"]
+    # an ablation names only its own parts; the class attribute still lists all seven
+    assert ablated.values.shape == (16, 6)
+    assert ablated.columns == ("item", "context", "behavior", "user", "iuim", "icim")
+    assert MIAN.GIM_PARTS == ("item", "context", "behavior", "user", "ibim", "iuim", "icim")
 
 
 def test_mian_bad_parameters_are_card_errors():

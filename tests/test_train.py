@@ -31,6 +31,7 @@ from ctrbench.engine.train import (
 )
 from ctrbench.errors import CardError, CtrbenchError
 from ctrbench.models.layers import EmbeddingBank
+from ctrbench.models.registry import ARCHITECTURES, register
 from ctrbench.schema import FieldSpec, Schema
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -153,8 +154,13 @@ def test_cpu_runs_are_bit_for_bit_repeatable(planted, small, name, optimizer):
         assert len(a.explain_rows) == 256 and np.all(np.diff(a.explain_rows) > 0)
         assert a.explain["gim"].shape == (256, 7)
         np.testing.assert_allclose(a.explain["gim"].sum(axis=1), 1.0, rtol=1e-5)
-        gim_parts = type(build_for_training(card, data.schema)).GIM_PARTS
-        assert a.explain_parts["gim"] == list(gim_parts)
+        gim_parts = build_for_training(card, data.schema).gim_parts
+        # the named columns of explain(): GIM parts, IUIM / ICIM fields; IBIM's are steps
+        assert a.explain_parts == {"gim": list(gim_parts),
+                                   "iuim": [f.name for f in data.schema.user],
+                                   "icim": [f.name for f in data.schema.context]}
+    if name == "dien":
+        assert a.explain_parts == {} and a.explain["attention"].shape[1] == data.schema.max_len
 
 
 def test_nan_loss_raises_training_diverged(planted):
@@ -181,8 +187,8 @@ class KeySpy(tf.TinyLogistic):
         return super().forward(batch)
 
 
-if "key_spy" not in train_mod.ARCHITECTURES:
-    train_mod.ARCHITECTURES.add("key_spy", KeySpy)
+if "key_spy" not in ARCHITECTURES:
+    register("key_spy")(KeySpy)
 
 
 def test_model_sees_only_schema_fields_and_hist_len(planted):
@@ -363,7 +369,7 @@ def test_fused_bank_trains_like_separate_tables_with_touched_row_l2(optimizer):
                                   for v, n in schema.vocab_sizes.items()})
     with torch.no_grad():
         for vocab, table in tables.items():
-            table.weight.copy_(bank.tables[vocab].weight)
+            table.weight.copy_(bank.block(vocab))
     vocab_of = {f.name: f.vocab for f in schema.fields}
     fused_opt = build_optimizers(bank, cfg)
     fused_l2 = BatchEmbeddingL2(penalised_tables(bank, cfg), l2)
@@ -373,7 +379,7 @@ def test_fused_bank_trains_like_separate_tables_with_touched_row_l2(optimizer):
     for raw in BANK_BATCHES * 2:
         batch = {k: torch.tensor(v) for k, v in raw.items()}
         fused_opt.zero_grad()
-        _bank_loss(lambda n, ids: bank.tables[vocab_of[n]](ids), batch).backward()
+        _bank_loss(lambda n, ids: bank.lookup(vocab_of[n], ids), batch).backward()
         fused_opt.step()
         grads.append(bank.weight.grad)
         ref_opt.zero_grad()
@@ -385,8 +391,8 @@ def test_fused_bank_trains_like_separate_tables_with_touched_row_l2(optimizer):
         loss.backward()
         ref_opt.step()
     for vocab, table in tables.items():
-        torch.testing.assert_close(bank.tables[vocab].weight.detach(), table.weight.detach())
-    assert all(torch.equal(bank.tables[v].weight[0].detach(), torch.zeros(3)) for v in tables)
+        torch.testing.assert_close(bank.block(vocab).detach(), table.weight.detach())
+    assert all(torch.equal(bank.block(v)[0].detach(), torch.zeros(3)) for v in tables)
     if lazy:
         assert all(g.is_sparse for g in grads)
     else:  # the dense gradient is one buffer zeroed in place, never a sparse one
@@ -400,9 +406,9 @@ def test_fused_l2_hook_adds_the_gradient_of_the_unique_touched_rows():
     bank = EmbeddingBank(schema, dim=2)
     hook = BatchEmbeddingL2([bank.embedding], 0.5)
     ids = torch.tensor([[3, 3, 0], [5, 0, 0]])
-    bank.tables["item"](ids).sum().backward()
+    bank.lookup("item", ids).sum().backward()
     assert hook.penalty() is None  # not a loss term: it is in the gradient
-    weight = bank.tables["item"].weight.detach()
+    weight = bank.block("item").detach()
     expected = torch.zeros_like(weight)
     expected[3] = 2 + 2 * 0.5 * weight[3]  # looked up twice, decayed once
     expected[5] = 1 + 2 * 0.5 * weight[5]

@@ -7,6 +7,7 @@ candidate's category; everything is generated with numpy from a seed (identical 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ from torch import nn
 
 from ctrbench.data.store import PreparedData, write_store
 from ctrbench.models.base import CTRModel
-from ctrbench.models.registry import ARCHITECTURES
+from ctrbench.models.config import Integer, ModelConfig, PositiveInt, param
+from ctrbench.models.registry import ARCHITECTURES, register
 from ctrbench.schema import Batch, Schema, reference_schema
 
 N_ITEMS, N_CATES, T = 120, 8, 10
@@ -64,15 +66,23 @@ def make_planted_store(path: Path, rows: tuple[int, int, int] = (1500, 400, 400)
     return write_store(path, planted_schema(), splits, meta)
 
 
+@dataclass(frozen=True)
+class TinyConfig(ModelConfig):
+    embedding_dim: int = param(4, PositiveInt())
+    nan_after: int = param(0, Integer(0))
+
+
 class TinyLogistic(CTRModel):
     """Test architecture: logistic model on the item fields and the user fields.
 
     ``nan_after`` > 0 makes the logits NaN from that many training steps on (divergence tests).
     """
 
-    def __init__(self, schema: Schema, *, embedding_dim: int = 4, sparse: bool = False,
-                 nan_after: int = 0) -> None:
-        super().__init__(schema)
+    config_class = TinyConfig
+
+    def __init__(self, schema: Schema, config: TinyConfig) -> None:
+        super().__init__(schema, config)
+        embedding_dim, sparse = config.embedding_dim, config.sparse
         self.fields = [f for f in schema.fields if f.group in ("item", "user")]
         self.tables = nn.ModuleDict({
             f.name: nn.Embedding(f.vocab_size, embedding_dim, padding_idx=0, sparse=sparse)
@@ -80,7 +90,7 @@ class TinyLogistic(CTRModel):
         for table in self.tables.values():
             nn.init.normal_(table.weight, std=0.05)
         self.out = nn.Linear(embedding_dim * len(self.fields), 1)
-        self.nan_after = nan_after
+        self.nan_after = config.nan_after
         self.steps = 0
 
     def forward(self, batch: Batch) -> torch.Tensor:
@@ -96,7 +106,7 @@ class TinyLogistic(CTRModel):
 
 
 if "tiny_logistic" not in ARCHITECTURES:
-    ARCHITECTURES.add("tiny_logistic", TinyLogistic)
+    register("tiny_logistic")(TinyLogistic)
 
 
 def write_cards(root: Path, cards: dict[str, str]) -> Path:

@@ -14,20 +14,24 @@ penalty of :mod:`..optim`. ``EpochRow.train_loss`` is the epoch's mean BCE (per 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
-import resource
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ctrbench.analysis.metrics import auc, classification_metrics, logloss
+from ctrbench.analysis.metrics import auc, logloss
 from ctrbench.cards import ModelCard, TrainConfig
 from ctrbench.data.store import PreparedData
+from ctrbench.engine.devices import (
+    autocast,
+    peak_memory_mb,
+    reset_peak_memory,
+    resolve_device,
+    synchronize,
+)
 from ctrbench.engine.health import HEALTH_ROWS, dead_relu_fractions, health_flags
 from ctrbench.engine.optim import (
     BatchEmbeddingL2,
@@ -37,186 +41,28 @@ from ctrbench.engine.optim import (
     penalised_tables,
     row_frequencies,
 )
-from ctrbench.errors import CardError, CtrbenchError, DataError
-from ctrbench.models import ARCHITECTURES, CTRModel, build_model, count_parameters
+from ctrbench.engine.outcome import (
+    TrainingDiverged,
+    TrainOutcome,
+    diverged,
+    score_test_split,
+)
+from ctrbench.engine.splits import SplitTensors, model_inputs, predict
+from ctrbench.engine.untrained import fit_and_evaluate
+from ctrbench.errors import CardError
+from ctrbench.models import CTRModel, build_model, config_of, count_parameters
 from ctrbench.models.init import apply_init
 from ctrbench.models.layers import FusedEmbedding
 from ctrbench.progress import progress as progress_bar
 from ctrbench.record import EpochRow
-from ctrbench.schema import GROUP_KEY, HIST_LEN, LABEL, ORACLE, Schema
+from ctrbench.schema import LABEL, Schema
 from ctrbench.seeding import seed_everything
 
-EXPLAIN_SAMPLE = 256  # test rows whose model.explain() outputs are kept
-CUDA_FIT_FRACTION = 0.5  # keep a split on the GPU when it needs at most this share of free memory
+# Re-exported: callers and tests import these from here (they live in devices/splits/outcome).
+__all__ = ["SplitTensors", "TrainOutcome", "TrainStep", "TrainingDiverged", "build_for_training",
+           "model_inputs", "predict", "resolve_device", "train_and_evaluate"]
+
 CUDA_CHECK_EVERY = 50  # on CUDA, check the loss for NaN/inf every this many steps (a sync)
-
-
-class TrainingDiverged(CtrbenchError):
-    """The training loss became NaN or infinite."""
-
-    def __init__(self, message: str, epoch: int, step: int, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.epoch = epoch
-        self.step = step
-
-
-@dataclass
-class TrainOutcome:
-    """What one training run produced (the runner turns it into a RunRecord)."""
-
-    epochs: list[EpochRow]
-    best_epoch: int
-    valid: dict[str, float]  # the best epoch's validation auc / logloss
-    test: dict[str, float]  # auc, logloss, gauc, rows ({} when evaluate_test=False)
-    test_scores: dict[str, np.ndarray]  # scores (probabilities), labels, groups, oracle
-    explain: dict[str, np.ndarray]  # model.explain() on explain_rows of the test split
-    n_parameters: int
-    device: str
-    explain_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
-    explain_parts: dict[str, list[str]] = field(default_factory=dict)
-    init: str = ""  # the initialisation rule (train.init) the model was built with
-    health: dict = field(default_factory=dict)  # ctrbench.engine.health figures and flags
-
-
-# --------------------------------------------------------------------------- devices and memory
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> cuda if available else cpu; ``cpu``; ``cuda`` / ``cuda:N`` (must exist)."""
-    if isinstance(device, torch.device):
-        return device
-    text = str(device).strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise CtrbenchError(f"unknown device {device!r}",
-                            hint="use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CtrbenchError(f"device {device!r} requested but CUDA is not available",
-                                hint="use --device cpu (or auto)")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise CtrbenchError(f"device {device!r} does not exist "
-                                f"({torch.cuda.device_count()} CUDA device(s))")
-    elif resolved.type != "cpu":
-        raise CtrbenchError(f"unsupported device {device!r}", hint="use auto, cpu or cuda[:N]")
-    return resolved
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start a new high-water mark (CUDA allocator; on Linux also the process's VmHWM)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    with contextlib.suppress(OSError):
-        with open("/proc/self/clear_refs", "w") as fh:  # "5" resets VmHWM to the current RSS
-            fh.write("5")
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory since the last reset: CUDA allocator bytes, else the process's RSS peak."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    with contextlib.suppress(OSError):
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-# --------------------------------------------------------------------------- batches
-def model_inputs(schema: Schema) -> list[str]:
-    """The columns a model may see: every schema field and ``hist_len``."""
-    return [f.name for f in schema.fields] + [HIST_LEN]
-
-
-class SplitTensors:
-    """One split's columns as tensors: on the compute device when they fit, else on the CPU.
-
-    ``inputs`` are handed to the model; ``extras`` (label, group, oracle) stay separate and never
-    reach the model. Input columns of the same shape and dtype are packed into one tensor with
-    the column as the first axis (``[K, N]`` and ``[K, N, T]``), so that a batch is one
-    ``index_select`` per pack plus one widening to int64, and each column of the batch is a
-    contiguous view.
-    """
-
-    def __init__(self, data: PreparedData, split: str, device: torch.device,
-                 inputs: list[str], extras: tuple[str, ...] = (LABEL,)) -> None:
-        columns = data.tensors(split, "cpu")
-        missing = [name for name in (*inputs, LABEL) if name not in columns]
-        if missing:
-            raise DataError(f"prepared data {data.path} split {split!r} lacks columns {missing}",
-                            hint="rebuild it with `ctrbench prepare NAME --force`")
-        self.rows = int(columns[LABEL].shape[0])
-        if self.rows == 0:
-            raise DataError(f"prepared data {data.path} has an empty {split!r} split")
-        self.device = device
-        self.storage = device
-        wanted = {n: columns[n] for n in (*inputs, *extras) if n in columns}
-        if device.type == "cuda":
-            need = sum(t.numel() * t.element_size() for t in wanted.values())
-            free, _ = torch.cuda.mem_get_info(device)
-            if need > CUDA_FIT_FRACTION * free:
-                self.storage = torch.device("cpu")
-        groups: dict[tuple, list[str]] = {}
-        for name in inputs:
-            t = wanted[name]
-            groups.setdefault((tuple(t.shape[1:]), t.dtype), []).append(name)
-        self.packs: list[tuple[list[str], torch.Tensor]] = []
-        for names in groups.values():
-            packed = torch.stack([wanted[n] for n in names])  # (K, N, ...)
-            if self.storage.type == "cpu" and device.type == "cuda":
-                packed = packed.pin_memory()
-            self.packs.append((names, packed.to(self.storage)))
-        self.extras = {n: wanted[n].to(self.storage) for n in extras if n in wanted}
-        del columns, wanted
-
-    @property
-    def inputs(self) -> dict[str, torch.Tensor]:
-        """Input columns by name (views into the packs)."""
-        return {n: packed[k] for names, packed in self.packs for k, n in enumerate(names)}
-
-    def _unpack(self, parts: list[tuple[list[str], torch.Tensor]]) -> dict[str, torch.Tensor]:
-        out = {}
-        for names, t in parts:
-            t = t.to(self.device, non_blocking=True)
-            t = t if t.is_floating_point() else t.long()
-            out.update((n, t[k]) for k, n in enumerate(names))
-        return out
-
-    def take(self, idx: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Rows ``idx`` (on ``self.storage``): the model batch and the labels ``[B]``."""
-        batch = self._unpack([(names, p.index_select(1, idx)) for names, p in self.packs])
-        label = self.extras[LABEL].index_select(0, idx).to(self.device, non_blocking=True)
-        return batch, label.float()
-
-    def slices(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-        """Consecutive model batches of at most ``batch_size`` rows, in row order."""
-        for start in range(0, self.rows, batch_size):
-            stop = start + batch_size
-            yield self._unpack([(names, p[:, start:stop]) for names, p in self.packs])
-
-    def truncate(self, rows: int) -> None:
-        """Keep only the first ``rows`` rows (benchmarks)."""
-        self.rows = min(self.rows, rows)
-        self.packs = [(names, p[:, :self.rows]) for names, p in self.packs]
-        self.extras = {n: t[:self.rows] for n, t in self.extras.items()}
-
-    def extra_numpy(self, name: str) -> np.ndarray | None:
-        t = self.extras.get(name)
-        return None if t is None else t.cpu().numpy()
 
 
 # --------------------------------------------------------------------------- model and step
@@ -229,10 +75,10 @@ def build_for_training(card: ModelCard, schema: Schema) -> CTRModel:
         raise CardError(f"model {card.name!r}: params.sparse = {params['sparse']} conflicts with "
                         f"train.optimizer = {card.train.optimizer!r}",
                         hint="drop params.sparse; the trainer sets it from train.optimizer")
-    accepts = inspect.signature(ARCHITECTURES.get(card.arch).__init__).parameters
-    if "sparse" in accepts:
-        params["sparse"] = want_sparse
-    return apply_init(build_model(card.arch, schema, params), card.train.init)
+    config = config_of(card.arch).from_params(
+        f"model {card.name!r} params (architecture {card.arch!r})",
+        {**params, "sparse": want_sparse})
+    return apply_init(build_model(card.arch, schema, config), card.train.init)
 
 
 class TrainStep:
@@ -262,7 +108,7 @@ class TrainStep:
         self.optimizers.zero_grad()
         if self.l2 is not None:
             self.l2.clear()
-        with _autocast(self.device):
+        with autocast(self.device):
             logits, aux_terms = self.model.forward_train(batch)  # (B,), {name: scalar}
         bce = F.binary_cross_entropy_with_logits(logits.float(), label)
         aux = torch.zeros((), device=bce.device)
@@ -282,29 +128,6 @@ class TrainStep:
     def close(self) -> None:
         if self.l2 is not None:
             self.l2.remove()
-
-
-@torch.inference_mode()
-def predict(model: CTRModel, split: SplitTensors, batch_size: int) -> torch.Tensor:
-    """Click probabilities ``[N]`` (float32, CPU) for a whole split, in row order."""
-    model.eval()
-    outputs = []
-    for batch in split.slices(batch_size):
-        with _autocast(split.device):
-            logits = model(batch)  # (B,)
-        # float64 sigmoid, rounded once to float32: equal logits give equal probabilities
-        # (float32 sigmoid differs by an ulp between vectorised and tail elements on CPU,
-        # which broke ties, e.g. pop's equal counts, by position in the batch)
-        outputs.append(torch.sigmoid(logits.double()).float())
-    return torch.cat(outputs).cpu()
-
-
-def _diverged(card: ModelCard, epoch: int, step: int, value: float) -> TrainingDiverged:
-    return TrainingDiverged(
-        f"training of {card.name!r} diverged: loss {value} at epoch {epoch}, step {step}",
-        epoch=epoch, step=step,
-        hint=f"lower train.lr (now {card.train.lr:g}) or set train.grad_clip",
-    )
 
 
 def _train_epoch(step_fn: TrainStep, train: SplitTensors, cfg: TrainConfig, card: ModelCard,
@@ -331,7 +154,7 @@ def _train_epoch(step_fn: TrainStep, train: SplitTensors, cfg: TrainConfig, card
             if (step + 1) % check_every == 0 or step + 1 == n_steps:
                 value = float(loss) if check_every == 1 else float(bce_sum + aux_sum)
                 if not math.isfinite(value):
-                    raise _diverged(card, epoch, step + 1, float(loss))
+                    raise diverged(card, epoch, step + 1, float(loss))
             if bar is not None:
                 bar.update(1)
     return float(bce_sum) / train.rows, float(aux_sum) / train.rows
@@ -361,8 +184,6 @@ def train_and_evaluate(
     generators = seed_everything(seed)
     model = build_for_training(card, data.schema).to(dev)
     if count_parameters(model) == 0:  # fitted from training statistics (pop): no steps
-        from ctrbench.engine.untrained import fit_and_evaluate
-
         return fit_and_evaluate(model, data, card, seed, dev, on_epoch=on_epoch,
                                 evaluate_test=evaluate_test)
     inputs = model_inputs(data.schema)
@@ -379,17 +200,17 @@ def train_and_evaluate(
     try:
         for epoch in range(1, n_epochs + 1):
             reset_peak_memory(dev)
-            _synchronize(dev)
+            synchronize(dev)
             start = time.perf_counter()
             train_loss, aux_loss = _train_epoch(step_fn, train, cfg, card, epoch, n_epochs,
                                                 generators.torch, progress)
-            _synchronize(dev)
+            synchronize(dev)
             train_seconds = time.perf_counter() - start
             start = time.perf_counter()
             scores = predict(model, valid, cfg.eval_batch_size).numpy()
             eval_seconds = time.perf_counter() - start
             if not np.isfinite(scores).all():
-                raise _diverged(card, epoch, 0, float("nan"))
+                raise diverged(card, epoch, 0, float("nan"))
             row = EpochRow(
                 epoch=epoch, train_loss=train_loss, train_aux_loss=aux_loss,
                 valid_auc=auc(valid_labels, scores), valid_logloss=logloss(valid_labels, scores),
@@ -417,39 +238,10 @@ def train_and_evaluate(
     del health_batch
     if evaluate_test:
         del train
-        _evaluate_test(model, data, dev, cfg, seed, inputs, outcome)
+        score_test_split(model, data, dev, cfg, seed, inputs, outcome)
     outcome.health = {
         "dead_relu": {"init": dead_at_init, "best": dead_at_best},
         **health_flags(rows, best_epoch, n_epochs, outcome.test.get("auc"),
                        outcome.test_scores.get("scores")),
     }
     return outcome
-
-
-def _evaluate_test(model: CTRModel, data: PreparedData, dev: torch.device, cfg: TrainConfig,
-                   seed: int, inputs: list[str], outcome: TrainOutcome) -> None:
-    """Score the test split once with the restored best weights; explain a seeded sample."""
-    test = SplitTensors(data, "test", dev, inputs, extras=(LABEL, GROUP_KEY, ORACLE))
-    probs = predict(model, test, cfg.eval_batch_size).numpy()
-    labels = test.extra_numpy(LABEL)
-    groups = test.extra_numpy(GROUP_KEY)
-    outcome.test = classification_metrics(labels, probs, groups)
-    outcome.test_scores = {"scores": probs.astype(np.float32), "labels": labels}
-    if groups is not None:
-        outcome.test_scores["groups"] = groups
-    oracle = test.extra_numpy(ORACLE)
-    if oracle is not None:
-        outcome.test_scores["oracle"] = oracle
-        outcome.test["oracle_auc"] = auc(labels, oracle)
-    rng = np.random.default_rng([seed, 256])
-    rows = np.sort(rng.choice(test.rows, size=min(EXPLAIN_SAMPLE, test.rows), replace=False))
-    idx = torch.from_numpy(rows).to(test.storage)
-    batch, _ = test.take(idx)
-    model.eval()
-    with torch.inference_mode(), _autocast(dev):
-        explained = model.explain(batch)
-    outcome.explain = {k: v.float().cpu().numpy() for k, v in explained.items()}
-    outcome.explain_rows = rows.astype(np.int64)
-    parts = getattr(model, "GIM_PARTS", None)
-    if parts is not None and "gim" in outcome.explain:
-        outcome.explain_parts = {"gim": list(parts)}

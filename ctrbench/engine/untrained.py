@@ -24,17 +24,9 @@ import torch
 from ctrbench.analysis.metrics import auc, logloss
 from ctrbench.cards import ModelCard
 from ctrbench.data.store import PreparedData
-from ctrbench.engine.train import (
-    SplitTensors,
-    TrainOutcome,
-    _diverged,
-    _evaluate_test,
-    _synchronize,
-    model_inputs,
-    peak_memory_mb,
-    predict,
-    reset_peak_memory,
-)
+from ctrbench.engine.devices import peak_memory_mb, reset_peak_memory, synchronize
+from ctrbench.engine.outcome import TrainOutcome, diverged, score_test_split
+from ctrbench.engine.splits import SplitTensors, model_inputs, predict
 from ctrbench.models import CTRModel, count_parameters
 from ctrbench.record import EpochRow
 from ctrbench.schema import LABEL
@@ -48,12 +40,12 @@ def fit_and_evaluate(model: CTRModel, data: PreparedData, card: ModelCard, seed:
     inputs = model_inputs(data.schema)
     reset_peak_memory(dev)
     train = SplitTensors(data, "train", dev, inputs)
-    _synchronize(dev)
+    synchronize(dev)
     start = time.perf_counter()
     fit = getattr(model, "fit_statistics", None)
     if fit is not None:
         fit({**train.inputs, LABEL: train.extras[LABEL]})
-    _synchronize(dev)
+    synchronize(dev)
     train_seconds = time.perf_counter() - start
     train_probs = predict(model, train, cfg.eval_batch_size).numpy()
     train_loss = logloss(train.extra_numpy(LABEL), train_probs)
@@ -65,7 +57,7 @@ def fit_and_evaluate(model: CTRModel, data: PreparedData, card: ModelCard, seed:
     scores = predict(model, valid, cfg.eval_batch_size).numpy()
     eval_seconds = time.perf_counter() - start
     if not np.isfinite(scores).all():
-        raise _diverged(card, 1, 0, float("nan"))
+        raise diverged(card, 1, 0, float("nan"))
     row = EpochRow(
         epoch=1, train_loss=train_loss, train_aux_loss=0.0,
         valid_auc=auc(valid_labels, scores), valid_logloss=logloss(valid_labels, scores),
@@ -82,5 +74,5 @@ def fit_and_evaluate(model: CTRModel, data: PreparedData, card: ModelCard, seed:
                            n_parameters=count_parameters(model), device=str(dev))
     if evaluate_test:
         del valid
-        _evaluate_test(model, data, dev, cfg, seed, inputs, outcome)
+        score_test_split(model, data, dev, cfg, seed, inputs, outcome)
     return outcome

@@ -1,33 +1,59 @@
 """The model interface every architecture implements.
 
-``Model(schema, **params)``; ``forward(batch) -> logits [B]``; ``forward_train(batch)`` returns the
-logits and a dict of named auxiliary loss terms (already weighted; empty for most models);
-optionally ``explain(batch)`` returns named attention weights. Models are pure modules: the
-optimiser, loss, early stopping and evaluation live in ``ctrbench.engine.train``.
+``Model(schema, config)`` with ``config`` the architecture's typed parameters (its
+``config_class``, :mod:`ctrbench.models.config`); ``forward(batch) -> logits [B]``;
+``forward_train(batch)`` returns the logits and a dict of named auxiliary loss terms (already
+weighted; empty for most models); optionally ``explain(batch)`` returns named attention weights
+(:class:`AttentionWeights`). Models are pure modules: the optimiser, loss, early stopping and
+evaluation live in ``ctrbench.engine.train``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from ctrbench.models.config import ModelConfig
 from ctrbench.schema import Batch, Schema
 
 
-class CTRModel(nn.Module):
-    """Base class: holds the schema; subclasses implement ``forward``."""
+@dataclass(frozen=True)
+class AttentionWeights:
+    """One set of attention weights from :meth:`CTRModel.explain`: ``values [B, K]`` and what
+    its K columns are. ``columns`` names them when they are named things (MIAN's GIM parts, the
+    user or context fields); it is empty when they are history steps (``K = T``, oldest first,
+    exactly 0 on padding)."""
 
+    values: torch.Tensor
+    columns: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.columns and len(self.columns) != self.values.shape[-1]:
+            raise ValueError(f"{len(self.columns)} column names for "
+                             f"{self.values.shape[-1]} columns")
+
+
+#: what ``explain`` returns: name (e.g. "gim", "ibim", "attention") -> weights
+Explanation = dict[str, AttentionWeights]
+
+
+class CTRModel(nn.Module):
+    """Base class: holds the schema and the config; subclasses implement ``forward``."""
+
+    #: the architecture's typed parameters (a frozen ModelConfig subclass)
+    config_class: ClassVar[type[ModelConfig]]
     #: whether ``forward_train`` returns auxiliary loss terms
     has_auxiliary_loss: bool = False
     #: False for models fitted from training statistics, never by optimiser steps (``pop``)
     trainable: bool = True
 
-    def __init__(self, schema: Schema) -> None:
+    def __init__(self, schema: Schema, config: ModelConfig) -> None:
         super().__init__()
         self.schema = schema
+        self.config = config
 
     def forward(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -36,27 +62,13 @@ class CTRModel(nn.Module):
         """Logits ``[B]`` and weighted auxiliary loss terms (name -> scalar)."""
         return self(batch), {}
 
-    def explain(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def explain(self, batch: Batch) -> Explanation:
         """Named attention weights (e.g. MIAN's GIM part weights); empty if none."""
         return {}
 
     def embedding_modules(self) -> list[nn.Embedding]:
         """Every embedding table (for sparse updates and mini-batch-aware L2)."""
         return [m for m in self.modules() if isinstance(m, nn.Embedding)]
-
-
-def build_model(arch: str, schema: Schema, params: Mapping[str, Any]) -> CTRModel:
-    """Instantiate a registered architecture; unknown parameters are a CardError."""
-    import inspect
-
-    from ctrbench.cards import check_keys
-    from ctrbench.models import ARCHITECTURES
-
-    cls = ARCHITECTURES.get(arch)
-    signature = inspect.signature(cls.__init__)
-    allowed = [p for p in signature.parameters if p not in ("self", "schema")]
-    check_keys(f"parameters of architecture {arch!r}", params, allowed)
-    return cls(schema, **params)
 
 
 def count_parameters(model: nn.Module) -> int:

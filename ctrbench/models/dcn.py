@@ -3,17 +3,23 @@ plus (as DeepCTR-Torch's ``DCN``, which the MIAN paper's cards cite) a first-ord
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ctrbench.models.base import CTRModel
-from ctrbench.models.inputs import FieldEmbedding, checked_positive, checked_widths, deep_tower
-from ctrbench.models.layers import INIT_STD, CrossNetwork
+from ctrbench.models.config import Flag, PositiveInt, param
+from ctrbench.models.inputs import DeepConfig, FieldEmbedding, deep_tower
+from ctrbench.models.layers import CrossNetwork
 from ctrbench.models.registry import register
-from ctrbench.models.sequence import checked_flag
 from ctrbench.schema import Batch, Schema
+
+
+@dataclass(frozen=True)
+class DCNConfig(DeepConfig):
+    cross_layers: int = param(2, PositiveInt())  # depth of the cross network
+    linear: bool = param(True, Flag())  # DeepCTR-Torch's first-order logit (false: the paper's)
 
 
 @register("dcn")
@@ -28,19 +34,19 @@ class DCN(CTRModel):
     drops the deep tower (cross network only).
     """
 
-    def __init__(self, schema: Schema, *, embedding_dim: int = 16, cross_layers: int = 2,
-                 hidden_units: Sequence[int] = (256, 128), dropout: float = 0.2,
-                 activation: str = "relu", linear: bool = True, init_std: float = INIT_STD,
-                 sparse: bool = False) -> None:
-        super().__init__(schema)
-        dim = checked_positive("embedding_dim", embedding_dim)
-        self.linear = checked_flag("linear", linear)
-        self.embedding = FieldEmbedding(schema, dim, sparse=sparse, init_std=init_std,
-                                        first_order=self.linear)
+    config_class = DCNConfig
+
+    def __init__(self, schema: Schema, config: DCNConfig) -> None:
+        super().__init__(schema, config)
+        dim = config.embedding_dim
+        self.linear = config.linear
+        self.embedding = FieldEmbedding(schema, dim, sparse=config.sparse,
+                                        init_std=config.init_std, first_order=self.linear)
         width = self.embedding.num_fields * dim
-        self.cross = CrossNetwork(width, checked_positive("cross_layers", cross_layers), init_std)
-        hidden = checked_widths("hidden_units", hidden_units)
-        self.deep = deep_tower(width, hidden, dropout, activation, out_dim=None) if hidden else None
+        self.cross = CrossNetwork(width, config.cross_layers, config.init_std)
+        hidden = config.hidden_units
+        self.deep = deep_tower(width, hidden, config.dropout, config.activation,
+                               out_dim=None) if hidden else None
         self.output = nn.Linear(width + (self.deep.out_dim if self.deep else 0), 1)
 
     def forward(self, batch: Batch) -> torch.Tensor:

@@ -14,25 +14,33 @@ evolution (attention + AUGRU) over the left-aligned history.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ctrbench.errors import CardError, CtrbenchError
-from ctrbench.models.base import CTRModel
-from ctrbench.models.inputs import checked_dropout, checked_positive, checked_widths
+from ctrbench.errors import CtrbenchError
+from ctrbench.models.base import AttentionWeights, CTRModel, Explanation
+from ctrbench.models.config import ACTIVATIONS, ModelConfig, Number, OneOf, Widths, param
 from ctrbench.models.layers import INIT_STD, MLP, EmbeddingBank, masked_mean, masked_softmax
 from ctrbench.models.registry import register
 from ctrbench.models.sequence import (
     AUGRU,
-    checked_activation,
     effective_length,
     embed_history,
     pad_steps,
 )
 from ctrbench.schema import HIST_LEN, Batch, Schema, history_mask
+
+
+@dataclass(frozen=True)
+class DIENConfig(ModelConfig):
+    aux_weight: float = param(1.0, Number(0.0))  # weight of the auxiliary loss (0: none)
+    hidden_units: tuple[int, ...] = param((200, 80), Widths())
+    activation: str = param("dice", OneOf(ACTIVATIONS))
+    dropout: float = param(0.0, Number(0.0, 1.0))
+    init_std: float = param(INIT_STD, Number(low_open=True))
 
 
 @register("dien")
@@ -42,13 +50,11 @@ class DIEN(CTRModel):
     has_auxiliary_loss = True
     EVAL_ROWS = 1024  # rows per block when forward runs in eval mode
 
-    def __init__(self, schema: Schema, *, embedding_dim: int = 16, aux_weight: float = 1.0,
-                 hidden_units: Sequence[int] = (200, 80), activation: str = "dice",
-                 dropout: float = 0.0, init_std: float = INIT_STD, sparse: bool = False) -> None:
-        super().__init__(schema)
-        if isinstance(aux_weight, bool) or not isinstance(aux_weight, (int, float)) or not (
-                aux_weight >= 0.0):
-            raise CardError(f"model parameter aux_weight must be a number >= 0, got {aux_weight!r}")
+    config_class = DIENConfig
+
+    def __init__(self, schema: Schema, config: DIENConfig) -> None:
+        super().__init__(schema, config)
+        aux_weight = config.aux_weight
         if aux_weight > 0 and not schema.has_neg_history:
             raise CtrbenchError(
                 "DIEN's auxiliary loss needs negative histories (neg_hist_* fields), "
@@ -57,15 +63,14 @@ class DIEN(CTRModel):
                      "'dien_no_aux' (or --set params.aux_weight=0)")
         self.aux_weight = float(aux_weight)
         self.has_auxiliary_loss = self.aux_weight > 0
-        dim = checked_positive("embedding_dim", embedding_dim)
-        self.bank = EmbeddingBank(schema, dim, sparse=sparse, init_std=init_std)
+        dim = config.embedding_dim
+        self.bank = EmbeddingBank(schema, dim, sparse=config.sparse, init_std=config.init_std)
         width = len(schema.item) * dim  # behaviour step width = candidate width = GRU width
         self.extractor = nn.GRU(width, width, batch_first=True)
         self.attention = nn.Linear(width, width, bias=False)  # W in h_t W e_i
         self.evolution = AUGRU(width, width)
         in_width = (len(schema.user) + len(schema.context)) * dim + 3 * width
-        self.mlp = MLP(in_width, checked_widths("hidden_units", hidden_units),
-                       checked_dropout(dropout), checked_activation("activation", activation),
+        self.mlp = MLP(in_width, config.hidden_units, config.dropout, config.activation,
                        out_dim=1)
 
     def _interests(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -122,7 +127,7 @@ class DIEN(CTRModel):
                                                           reduction="none"))
         return (pair_loss * pair_mask).sum() / pair_mask.sum().clamp_min(1.0)
 
-    def explain(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def explain(self, batch: Batch) -> Explanation:
         """``attention``: the candidate's attention on each interest state ``[B, T]``."""
-        return {"attention": pad_steps(self._interests(batch)["attention"],
-                                       self.schema.max_len)}
+        return {"attention": AttentionWeights(pad_steps(self._interests(batch)["attention"],
+                                                        self.schema.max_len))}

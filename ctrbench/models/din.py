@@ -6,18 +6,16 @@ default, as in the DIN paper) over the valid steps of the left-aligned history.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-from ctrbench.models.base import CTRModel
-from ctrbench.models.inputs import checked_dropout, checked_positive, checked_widths
+from ctrbench.models.base import AttentionWeights, CTRModel, Explanation
+from ctrbench.models.config import ACTIVATIONS, Flag, ModelConfig, Number, OneOf, Widths, param
 from ctrbench.models.layers import INIT_STD, MLP, EmbeddingBank
 from ctrbench.models.registry import register
 from ctrbench.models.sequence import (
     LocalActivationUnit,
-    checked_activation,
-    checked_flag,
     effective_length,
     embed_history,
     pad_steps,
@@ -25,26 +23,33 @@ from ctrbench.models.sequence import (
 from ctrbench.schema import Batch, Schema, history_mask
 
 
+@dataclass(frozen=True)
+class DINConfig(ModelConfig):
+    attention_hidden: tuple[int, ...] = param((80, 40), Widths(allow_empty=False))
+    attention_activation: str = param("dice", OneOf(ACTIVATIONS))
+    attention_softmax: bool = param(False, Flag())  # normalise the weights (the paper: no)
+    hidden_units: tuple[int, ...] = param((200, 80), Widths())
+    activation: str = param("dice", OneOf(ACTIVATIONS))
+    dropout: float = param(0.0, Number(0.0, 1.0))
+    init_std: float = param(INIT_STD, Number(low_open=True))
+
+
 @register("din")
 class DIN(CTRModel):
     """Deep Interest Network. Inputs: user fields, candidate item, history, context fields."""
 
-    def __init__(self, schema: Schema, *, embedding_dim: int = 16,
-                 attention_hidden: Sequence[int] = (80, 40), attention_activation: str = "dice",
-                 attention_softmax: bool = False, hidden_units: Sequence[int] = (200, 80),
-                 activation: str = "dice", dropout: float = 0.0, init_std: float = INIT_STD,
-                 sparse: bool = False) -> None:
-        super().__init__(schema)
-        dim = checked_positive("embedding_dim", embedding_dim)
-        self.bank = EmbeddingBank(schema, dim, sparse=sparse, init_std=init_std)
+    config_class = DINConfig
+
+    def __init__(self, schema: Schema, config: DINConfig) -> None:
+        super().__init__(schema, config)
+        dim = config.embedding_dim
+        self.bank = EmbeddingBank(schema, dim, sparse=config.sparse, init_std=config.init_std)
         item_width = len(schema.item) * dim
         self.attention = LocalActivationUnit(
-            item_width, checked_widths("attention_hidden", attention_hidden, allow_empty=False),
-            checked_activation("attention_activation", attention_activation),
-            softmax=checked_flag("attention_softmax", attention_softmax))
+            item_width, config.attention_hidden, config.attention_activation,
+            softmax=config.attention_softmax)
         in_width = (len(schema.user) + len(schema.context)) * dim + 2 * item_width
-        self.mlp = MLP(in_width, checked_widths("hidden_units", hidden_units),
-                       checked_dropout(dropout), checked_activation("activation", activation),
+        self.mlp = MLP(in_width, config.hidden_units, config.dropout, config.activation,
                        out_dim=1)
 
     def _singles(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -66,9 +71,9 @@ class DIN(CTRModel):
         inputs = torch.cat([user, candidate, pooled, context], dim=-1)  # (B, in_width)
         return self.mlp(inputs).squeeze(-1)  # (B,)
 
-    def explain(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def explain(self, batch: Batch) -> Explanation:
         """``attention``: the local activation unit's weight per history step ``[B, T]``."""
         candidate, _, _ = self._singles(batch)
         _, weights = self._attend(batch, candidate)
-        return {"attention": pad_steps(weights, self.schema.max_len)}
+        return {"attention": AttentionWeights(pad_steps(weights, self.schema.max_len))}
 

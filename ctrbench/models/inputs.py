@@ -12,11 +12,12 @@ paper's 0.02); dense layers keep PyTorch's default initialisation.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ctrbench.errors import CardError
+from ctrbench.models.config import ACTIVATIONS, ModelConfig, Number, OneOf, Widths, param
 from ctrbench.models.layers import (
     INIT_STD,
     MLP,
@@ -25,6 +26,16 @@ from ctrbench.models.layers import (
     masked_mean,
 )
 from ctrbench.schema import HIST_LEN, Batch, FieldSpec, Schema
+
+
+@dataclass(frozen=True)
+class DeepConfig(ModelConfig):
+    """What the baselines with an MLP tower share (each registers its own subclass)."""
+
+    hidden_units: tuple[int, ...] = param((256, 128), Widths())  # the tower's widths
+    dropout: float = param(0.2, Number(0.0, 1.0))  # after each tower layer
+    activation: str = param("relu", OneOf(ACTIVATIONS))  # of the tower
+    init_std: float = param(INIT_STD, Number(low_open=True))  # truncated normal, embeddings
 
 
 def pooled_fields(schema: Schema) -> tuple[FieldSpec, ...]:
@@ -108,37 +119,8 @@ class LinearTerm(nn.Module):
         return weights.sum(dim=(1, 2)) + self.bias  # (B,)
 
 
-def checked_widths(name: str, value: Sequence[int], *, allow_empty: bool = True) -> tuple[int, ...]:
-    """A card's list of layer widths as a tuple; a bad value is a CardError (a user's mistake)."""
-    try:
-        widths = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise CardError(
-            f"model parameter {name} must be a list of integers, got {value!r}"
-        ) from None
-    if any(w < 1 for w in widths) or (not widths and not allow_empty):
-        raise CardError(f"model parameter {name} must hold positive integers, got {list(widths)}")
-    return widths
-
-
-def checked_dropout(value: float) -> float:
-    if not 0.0 <= float(value) < 1.0:
-        raise CardError(f"model parameter dropout must be in [0, 1), got {value!r}")
-    return float(value)
-
-
-def checked_positive(name: str, value: int) -> int:
-    if int(value) != value or value < 1:
-        raise CardError(f"model parameter {name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def deep_tower(in_dim: int, hidden_units: Sequence[int], dropout: float, activation: str,
                out_dim: int | None = 1) -> MLP:
     """The baselines' MLP (no BatchNorm): ``[B, in_dim] -> [B, out_dim]`` (or the last width
-    when ``out_dim`` is None); bad widths, dropout or activation are CardErrors."""
-    hidden = checked_widths("hidden_units", hidden_units, allow_empty=out_dim is not None)
-    try:
-        return MLP(in_dim, hidden, checked_dropout(dropout), activation, out_dim=out_dim)
-    except ValueError as exc:
-        raise CardError(f"model parameter activation: {exc}") from None
+    when ``out_dim`` is None); the values come validated from a :class:`DeepConfig`."""
+    return MLP(in_dim, hidden_units, dropout, activation, out_dim=out_dim)

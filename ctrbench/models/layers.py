@@ -175,26 +175,6 @@ class _RecordedLookup(torch.autograd.Function):
         return empty, None, None
 
 
-class VocabTable:
-    """One vocabulary's rows of a bank, called like its old ``nn.Embedding``: local ids -> rows."""
-
-    def __init__(self, bank: EmbeddingBank, vocab: str) -> None:
-        self._bank, self.vocab = bank, vocab
-
-    @property
-    def num_embeddings(self) -> int:
-        return self._bank.vocab_sizes[self.vocab]
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """This vocabulary's block of the fused table, ``[V, D]``: a view (writes go through).
-        Its row 0 is zero and unused (id 0 embeds as the shared padding row 0)."""
-        return self._bank.weight[self._bank.vocab_rows(self.vocab)]
-
-    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        return self._bank.lookup(self.vocab, ids)
-
-
 class EmbeddingBank(nn.Module):
     """The embeddings of all vocabularies of a schema, fused into one table.
 
@@ -202,16 +182,15 @@ class EmbeddingBank(nn.Module):
     owns the block of global rows ``offset_v .. offset_v + V - 1`` (id ``i`` -> row
     ``offset_v + i``), but id 0 of every vocabulary maps to the one global padding row 0 (the
     first block's row 0), which stays zero and receives no gradient; the other blocks' row 0 is
-    zero and never looked up, so that a block is a view shaped like the old per-vocabulary
-    table (``bank.tables[vocab].weight``). One table means one gradient, one L2 pass and one
+    zero and never looked up, so that a block is a view shaped like a per-vocabulary table
+    (:meth:`block`). One table means one gradient, one L2 pass and one
     optimiser update per bank and step instead of one per vocabulary. ``sparse=True`` makes
     ``weight.grad`` sparse (for row-wise lazy Adam). Ids are not range-checked per lookup: a
     local id ``>= V`` would read the next vocabulary's rows (the data builder guarantees the
     ranges; ``nn.Embedding`` used to raise).
 
-    ``bank.tables[vocab](ids)`` still embeds a vocabulary's local ids (see :class:`VocabTable`);
-    :meth:`lookup_stacked` embeds several same-shaped id tensors in one lookup and
-    :meth:`single_fields` groups of single-valued fields.
+    :meth:`lookup` embeds a vocabulary's local ids, :meth:`lookup_stacked` several same-shaped
+    id tensors in one lookup and :meth:`single_fields` groups of single-valued fields.
     """
 
     def __init__(self, schema: Schema, dim: int, sparse: bool = False,
@@ -229,7 +208,6 @@ class EmbeddingBank(nn.Module):
         with torch.no_grad():
             init_truncated_normal(self.embedding.weight, init_std)
             self.embedding.weight[list(self.offsets.values())] = 0.0  # every block's row 0
-        self.tables = {vocab: VocabTable(self, vocab) for vocab in self.vocab_sizes}
         self._vocab_of = {f.name: f.vocab for f in schema.fields}
         self._offset_vectors: dict[tuple, torch.Tensor] = {}  # (vocabs, device) -> offsets [K]
 
@@ -242,6 +220,11 @@ class EmbeddingBank(nn.Module):
         """The global rows of ``vocab``'s block: local id ``i`` is row ``start + i``."""
         start = self.offsets[vocab]
         return slice(start, start + self.vocab_sizes[vocab])
+
+    def block(self, vocab: str) -> torch.Tensor:
+        """``vocab``'s block of the fused table, ``[V, D]``: a view (writes go through). Its
+        row 0 is zero and unused (id 0 embeds as the shared padding row 0)."""
+        return self.weight[self.vocab_rows(vocab)]
 
     def global_ids(self, vocab: str, ids: torch.Tensor) -> torch.Tensor:
         """Local ids of ``vocab`` -> global rows (0 stays 0); same shape."""

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ctrbench.models.base import CTRModel
-from ctrbench.models.inputs import LinearTerm, checked_positive
+from ctrbench.models.config import ModelConfig, Number, param
+from ctrbench.models.inputs import LinearTerm
 from ctrbench.models.layers import INIT_STD
 from ctrbench.models.registry import register
 from ctrbench.schema import Batch, Schema
+
+
+@dataclass(frozen=True)
+class LRConfig(ModelConfig):
+    init_std: float = param(INIT_STD, Number(low_open=True))  # std of the truncated normal init
 
 
 @register("lr")
@@ -19,11 +27,11 @@ class LogisticRegression(CTRModel):
     embeddings wider than 1 and ignores it.
     """
 
-    def __init__(self, schema: Schema, *, embedding_dim: int = 16, init_std: float = INIT_STD,
-                 sparse: bool = False) -> None:
-        super().__init__(schema)
-        self.embedding_dim = checked_positive("embedding_dim", embedding_dim)  # unused by LR
-        self.linear = LinearTerm(schema, sparse=sparse, init_std=init_std)
+    config_class = LRConfig
+
+    def __init__(self, schema: Schema, config: LRConfig) -> None:
+        super().__init__(schema, config)
+        self.linear = LinearTerm(schema, sparse=config.sparse, init_std=config.init_std)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.linear(batch)  # (B,)

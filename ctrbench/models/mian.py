@@ -1,7 +1,8 @@
 """MIAN ("mian", Zhang et al. WSDM'21): Multi-Interactive Attention Network, with flags for the
 paper's ablations (Table 3) and transformer variants (Table 4).
 
-Parts (``GIM_PARTS``), with ``D`` the embedding width and ``I = 2D`` the item width:
+Parts (``GIM_PARTS``; :meth:`MIAN.explain` names its columns), with ``D`` the embedding width
+and ``I = 2D`` the item width:
   item      e_i = [item_id; cate_id]                                   (B, I)
   context   e_c = concatenation of the K context fields                (B, K D)
   behavior  e_b = mean of the behaviour embeddings over valid steps    (B, I)
@@ -43,13 +44,23 @@ to GIM and the head, as DIN's ``[q, k, q - k, q * k]`` does.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ctrbench.errors import CardError
-from ctrbench.models.base import CTRModel
-from ctrbench.models.inputs import checked_dropout, checked_positive, checked_widths
+from ctrbench.models.base import AttentionWeights, CTRModel, Explanation
+from ctrbench.models.config import (
+    ACTIVATIONS,
+    Flag,
+    ModelConfig,
+    Number,
+    OneOf,
+    PositiveInt,
+    Widths,
+    param,
+)
 from ctrbench.models.layers import (
     INIT_STD,
     MLP,
@@ -62,8 +73,6 @@ from ctrbench.models.registry import register
 from ctrbench.models.sequence import (
     TransformerBlock,
     apply_by_length,
-    checked_activation,
-    checked_flag,
     effective_length,
     embed_history,
     pad_steps,
@@ -94,8 +103,7 @@ class BehaviorInteraction(nn.Module):
                  init_std: float = INIT_STD) -> None:
         super().__init__()
         if score not in IBIM_SCORES:
-            raise CardError(f"model parameter ibim_score must be one of {IBIM_SCORES}, "
-                            f"got {score!r}")
+            raise ValueError(f"ibim score must be one of {IBIM_SCORES}, got {score!r}")
         self.per_step = score == "per_step"
         self.product = product
         #: width of V_t and R_ibim: 2I, or 3I with the product
@@ -165,36 +173,46 @@ class GlobalInteraction(nn.Module):
         return torch.bmm(alpha.unsqueeze(1), projected).squeeze(1), alpha  # (B, G), (B, P)
 
 
+@dataclass(frozen=True)
+class MIANConfig(ModelConfig):
+    use_ibim: bool = param(True, Flag())  # ablation switches (Table 3)
+    use_iuim: bool = param(True, Flag())
+    use_icim: bool = param(True, Flag())
+    use_gim: bool = param(True, Flag())
+    transformer: str = param("pre_ln", OneOf(TRANSFORMERS))  # Table 4
+    ibim_score: str = param("per_step", OneOf(IBIM_SCORES))  # eq. 8's W_t, b_t
+    ibim_bilinear: bool = param(False, Flag())  # not in the paper
+    ibim_product: bool = param(False, Flag())  # not in the paper (the mian_product card)
+    heads: int = param(8, PositiveInt())
+    ffn_mult: int = param(4, PositiveInt())
+    transformer_dropout: float = param(0.2, Number(0.0, 1.0))
+    gim_dim: int = param(64, PositiveInt())
+    hidden_units: tuple[int, ...] = param((32, 8), Widths())
+    activation: str = param("relu", OneOf(ACTIVATIONS))
+    dropout: float = param(0.2, Number(0.0, 1.0))
+    init_std: float = param(INIT_STD, Number(low_open=True))
+
+
 @register("mian")
 class MIAN(CTRModel):
     """Multi-Interactive Attention Network (see the module docstring for the parts)."""
 
+    #: every part GIM can combine, in order (an instance combines ``gim_parts``)
     GIM_PARTS = ("item", "context", "behavior", "user", "ibim", "iuim", "icim")
     EVAL_ROWS = 512  # rows per block when forward runs in eval mode
+    config_class = MIANConfig
 
-    def __init__(self, schema: Schema, *, embedding_dim: int = 16, use_ibim: bool = True,
-                 use_iuim: bool = True, use_icim: bool = True, use_gim: bool = True,
-                 transformer: str = "pre_ln", ibim_score: str = "per_step",
-                 ibim_bilinear: bool = False, ibim_product: bool = False, heads: int = 8,
-                 ffn_mult: int = 4,
-                 transformer_dropout: float = 0.2, gim_dim: int = 64,
-                 hidden_units: Sequence[int] = (32, 8), activation: str = "relu",
-                 dropout: float = 0.2, init_std: float = INIT_STD, sparse: bool = False) -> None:
-        super().__init__(schema)
-        dim = checked_positive("embedding_dim", embedding_dim)
-        use_ibim = checked_flag("use_ibim", use_ibim)
-        use_iuim = checked_flag("use_iuim", use_iuim)
-        use_icim = checked_flag("use_icim", use_icim)
-        use_gim = checked_flag("use_gim", use_gim)
-        if transformer not in TRANSFORMERS:
-            raise CardError(f"model parameter transformer must be one of {TRANSFORMERS}, "
-                            f"got {transformer!r}")
+    def __init__(self, schema: Schema, config: MIANConfig) -> None:
+        super().__init__(schema, config)
+        c = config
+        dim, init_std = c.embedding_dim, c.init_std
+        use_ibim, use_iuim, use_icim = c.use_ibim, c.use_iuim, c.use_icim
         for flag, wanted, group in (("use_iuim", use_iuim, "user"),
                                     ("use_icim", use_icim, "context")):
             if wanted and not schema.group(group):
                 raise CardError(f"MIAN with {flag} = true needs {group} fields; the dataset has "
                                 "none", hint=f"use --set params.{flag}=false")
-        self.bank = EmbeddingBank(schema, dim, sparse=sparse, init_std=init_std)
+        self.bank = EmbeddingBank(schema, dim, sparse=c.sparse, init_std=init_std)
         item_width = len(schema.item) * dim
         widths = {"item": item_width, "context": len(schema.context) * dim,
                   "behavior": item_width, "user": len(schema.user) * dim,
@@ -203,25 +221,19 @@ class MIAN(CTRModel):
                    "context": bool(schema.context), "user": bool(schema.user)}
         #: the parts this instance combines, in GIM_PARTS order (explain's "gim" columns)
         self.gim_parts = tuple(p for p in MIAN.GIM_PARTS if enabled.get(p, True))
-        # The instance's GIM_PARTS names explain()'s "gim" columns (what engine.train reads):
-        # the class attribute lists all seven parts, an ablation's instance only its own.
-        self.GIM_PARTS = self.gim_parts
 
         self.transformer: TransformerBlock | None = None
         self.ibim: BehaviorInteraction | None = None
         if use_ibim:
-            if transformer != "none":
-                heads = checked_positive("heads", heads)
-                if item_width % heads:
+            if c.transformer != "none":
+                if item_width % c.heads:
                     raise CardError(f"MIAN's behaviour width {item_width} is not divisible by "
-                                    f"heads = {heads}", hint="change embedding_dim or heads")
+                                    f"heads = {c.heads}", hint="change embedding_dim or heads")
                 self.transformer = TransformerBlock(
-                    item_width, heads, checked_positive("ffn_mult", ffn_mult),
-                    checked_dropout(transformer_dropout), pre_ln=transformer == "pre_ln")
-            self.ibim = BehaviorInteraction(item_width, schema.max_len, ibim_score,
-                                            checked_flag("ibim_bilinear", ibim_bilinear),
-                                            checked_flag("ibim_product", ibim_product),
-                                            init_std)
+                    item_width, c.heads, c.ffn_mult, c.transformer_dropout,
+                    pre_ln=c.transformer == "pre_ln")
+            self.ibim = BehaviorInteraction(item_width, schema.max_len, c.ibim_score,
+                                            c.ibim_bilinear, c.ibim_product, init_std)
             widths["ibim"] = self.ibim.out_width
         self.iuim = FieldInteraction(len(schema.user), item_width, dim, init_std) \
             if use_iuim else None
@@ -229,15 +241,12 @@ class MIAN(CTRModel):
             if use_icim else None
         part_widths = [widths[p] for p in self.gim_parts]
         self.gim: GlobalInteraction | None = None
-        if use_gim:
-            gim_width = checked_positive("gim_dim", gim_dim)
-            self.gim = GlobalInteraction(part_widths, gim_width, init_std)
-            mlp_in = gim_width
+        if c.use_gim:
+            self.gim = GlobalInteraction(part_widths, c.gim_dim, init_std)
+            mlp_in = c.gim_dim
         else:
             mlp_in = sum(part_widths)
-        self.mlp = MLP(mlp_in, checked_widths("hidden_units", hidden_units),
-                       checked_dropout(dropout), checked_activation("activation", activation),
-                       out_dim=1)
+        self.mlp = MLP(mlp_in, c.hidden_units, c.dropout, c.activation, out_dim=1)
 
     def _parts(self, batch: Batch) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         """The enabled parts (``self.gim_parts`` order) and the local attention weights."""
@@ -287,12 +296,16 @@ class MIAN(CTRModel):
         combined, _ = self._combine(parts)
         return self.mlp(combined).squeeze(-1)  # (B,)
 
-    def explain(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """``gim``: part weights ``[B, P]`` (columns ``self.gim_parts``; P = 7 for full MIAN),
-        ``ibim``: weight per history step ``[B, T]`` (0 on padding), ``iuim`` ``[B, J]`` and
-        ``icim`` ``[B, K]``: weight per field. Modules that are switched off are absent."""
+    def explain(self, batch: Batch) -> Explanation:
+        """``gim``: part weights ``[B, P]``, columns named by ``self.gim_parts`` (P = 7 for
+        full MIAN); ``ibim``: weight per history step ``[B, T]`` (0 on padding); ``iuim``
+        ``[B, J]`` and ``icim`` ``[B, K]``: weight per user / context field, columns named by
+        the fields. Modules that are switched off are absent."""
         parts, weights = self._parts(batch)
         _, gim_alpha = self._combine(parts)
+        columns = {"gim": self.gim_parts, "ibim": (),
+                   "iuim": tuple(f.name for f in self.schema.user),
+                   "icim": tuple(f.name for f in self.schema.context)}
         if gim_alpha is not None:
             weights["gim"] = gim_alpha
-        return weights
+        return {name: AttentionWeights(values, columns[name]) for name, values in weights.items()}

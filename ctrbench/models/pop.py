@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import torch
 
 from ctrbench.models.base import CTRModel
-from ctrbench.models.inputs import checked_positive
+from ctrbench.models.config import ModelConfig
 from ctrbench.models.registry import register
 from ctrbench.schema import LABEL, Batch, Schema
 
@@ -35,10 +35,10 @@ class Popularity(CTRModel):
 
     #: the trainer fits this model from training statistics instead of optimiser steps
     trainable = False
+    config_class = ModelConfig  # only the shared embedding_dim and sparse, both unused
 
-    def __init__(self, schema: Schema, *, embedding_dim: int = 16, sparse: bool = False) -> None:
-        super().__init__(schema)
-        self.embedding_dim = checked_positive("embedding_dim", embedding_dim)  # unused
+    def __init__(self, schema: Schema, config: ModelConfig) -> None:
+        super().__init__(schema, config)
         self.item_field = schema.item[0]  # the candidate item id (the first item field)
         # float64: exact counts and logits that keep adjacent counts apart (cast at the end)
         self.register_buffer("counts", torch.zeros(self.item_field.vocab_size,

@@ -15,29 +15,11 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ctrbench.errors import CardError
 from ctrbench.models.layers import MLP, EmbeddingBank, UniformDropout, masked_softmax
 from ctrbench.schema import HIST_LEN, Batch, FieldSpec
 
+
 # --------------------------------------------------------------------------- helpers
-ACTIVATIONS = ("relu", "prelu", "dice", "sigmoid")  # what layers.make_activation builds
-
-
-def checked_activation(name: str, value: object) -> str:
-    """A card's activation name; anything else is a CardError (a user's mistake)."""
-    if value not in ACTIVATIONS:
-        raise CardError(f"model parameter {name} must be one of {', '.join(ACTIVATIONS)}, "
-                        f"got {value!r}")
-    return str(value)
-
-
-def checked_flag(name: str, value: object) -> bool:
-    """A card's on/off switch: a TOML boolean, nothing else (``"false"`` is not false)."""
-    if not isinstance(value, bool):
-        raise CardError(f"model parameter {name} must be true or false, got {value!r}")
-    return value
-
-
 def effective_length(batch: Batch, max_len: int) -> int:
     """The longest valid history in the batch (at least 1): steps beyond it are all padding.
 

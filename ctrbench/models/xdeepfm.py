@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ctrbench.errors import CardError
 from ctrbench.models.base import CTRModel
-from ctrbench.models.inputs import (
-    FieldEmbedding,
-    checked_positive,
-    checked_widths,
-    deep_tower,
-)
-from ctrbench.models.layers import CIN, INIT_STD
+from ctrbench.models.config import Flag, OneOf, Widths, param
+from ctrbench.models.inputs import DeepConfig, FieldEmbedding, deep_tower
+from ctrbench.models.layers import CIN
 from ctrbench.models.registry import register
 from ctrbench.schema import Batch, Schema
 
@@ -53,6 +48,19 @@ class BatchedCIN(CIN):
         return torch.cat(pooled, dim=1)  # (B, out_dim)
 
 
+@dataclass(frozen=True)
+class XDeepFMConfig(DeepConfig):
+    cin_layer_sizes: tuple[int, ...] = param((256, 128), Widths(allow_empty=False))
+    cin_split_half: bool = param(True, Flag())  # half of each layer's maps to the output
+    cin_activation: str = param("relu", OneOf(("relu", "identity")))
+
+    def check(self) -> None:
+        sizes = self.cin_layer_sizes
+        if self.cin_split_half and any(size % 2 for size in sizes[:-1]):
+            raise ValueError(f"cin_layer_sizes {list(sizes)}: with cin_split_half every layer "
+                             "but the last needs an even size")
+
+
 @register("xdeepfm")
 class XDeepFM(CTRModel):
     """``logit = linear(x) + w^T CIN(E) + MLP(flatten(E))``, ``E [B, F, D]``.
@@ -61,24 +69,18 @@ class XDeepFM(CTRModel):
     field, user and context fields), whatever tables they share.
     """
 
-    def __init__(self, schema: Schema, *, embedding_dim: int = 16,
-                 cin_layer_sizes: Sequence[int] = (256, 128), cin_split_half: bool = True,
-                 cin_activation: str = "relu", hidden_units: Sequence[int] = (256, 128),
-                 dropout: float = 0.2, activation: str = "relu", init_std: float = INIT_STD,
-                 sparse: bool = False) -> None:
-        super().__init__(schema)
-        dim = checked_positive("embedding_dim", embedding_dim)
-        cin_sizes = checked_widths("cin_layer_sizes", cin_layer_sizes, allow_empty=False)
-        self.embedding = FieldEmbedding(schema, dim, sparse=sparse, init_std=init_std,
-                                        first_order=True)
-        try:
-            self.cin = BatchedCIN(self.embedding.num_fields, cin_sizes, bool(cin_split_half),
-                           cin_activation)
-        except ValueError as exc:
-            raise CardError(f"xdeepfm parameters: {exc}") from None
+    config_class = XDeepFMConfig
+
+    def __init__(self, schema: Schema, config: XDeepFMConfig) -> None:
+        super().__init__(schema, config)
+        dim = config.embedding_dim
+        self.embedding = FieldEmbedding(schema, dim, sparse=config.sparse,
+                                        init_std=config.init_std, first_order=True)
+        self.cin = BatchedCIN(self.embedding.num_fields, config.cin_layer_sizes,
+                              config.cin_split_half, config.cin_activation)
         self.cin_output = nn.Linear(self.cin.out_dim, 1)
-        self.deep = deep_tower(self.embedding.num_fields * dim, hidden_units, dropout,
-                               activation)
+        self.deep = deep_tower(self.embedding.num_fields * dim, config.hidden_units,
+                               config.dropout, config.activation)
 
     def cin_logit(self, fields: torch.Tensor) -> torch.Tensor:
         """``w^T CIN(E)``: ``[B, F, D] -> [B]``. Without autograd (evaluation) it runs on chunks

@@ -55,7 +55,7 @@ from ctrbench.record import EpochRow, RunRecord, record_path
 from ctrbench.runs import orphans
 from ctrbench.runs.lock import RunLock
 from ctrbench.runs.state import RecordState, record_state, save_outcome
-from ctrbench.validate import check_param_types, require_table
+from ctrbench.validate import require_table
 
 
 @dataclass(frozen=True)
@@ -128,18 +128,12 @@ def load_overrides(config_file: Path | None = None, set_items: Sequence[str] = (
 
 
 def _check_params(card: ModelCard) -> None:
-    """Reject parameters the architecture does not take before any run starts."""
-    import inspect
+    """Validate the card's params against its architecture's typed config before any run
+    starts: an unknown key or a bad value is a CardError naming the card and the key."""
+    from ctrbench.models import config_of
 
-    from ctrbench.models import ARCHITECTURES
-
-    init = ARCHITECTURES.get(card.arch).__init__
-    parameters = {name: p for name, p in inspect.signature(init).parameters.items()
-                  if name not in ("self", "schema")}
-    where = f"model {card.name!r} params (architecture {card.arch!r})"
-    check_keys(where, card.params, list(parameters))
-    check_param_types(where, card.params, {name: p.default for name, p in parameters.items()
-                                           if p.default is not inspect.Parameter.empty})
+    config_of(card.arch).from_params(
+        f"model {card.name!r} params (architecture {card.arch!r})", card.params)
 
 
 def resolve_cards(models: str | Sequence[str], overrides: Overrides | None = None,

@@ -18,11 +18,10 @@ option, an empty range) is a :class:`CardError`.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.distributions import (
@@ -34,6 +33,9 @@ from optuna.distributions import (
 
 from ctrbench.cards import ModelCard, TrainConfig, check_keys
 from ctrbench.errors import CardError
+
+if TYPE_CHECKING:
+    from ctrbench.models.config import ModelConfig
 
 # Choices of `ctrbench tune` (here, not in tune.py, so that the CLI starts without torch).
 SAMPLERS = ("tpe", "random", "grid")
@@ -198,18 +200,24 @@ def parse_dimension(key: str, spec: Any) -> Dimension:
                      optional=optional)
 
 
-def _architecture_parameters(arch: str) -> list[str] | None:
-    """The constructor parameters of ``arch``, or None when it is not registered."""
-    from ctrbench.models import ARCHITECTURES
+def _architecture_config(arch: str) -> type[ModelConfig] | None:
+    """``arch``'s typed config class, or None when it is not registered."""
+    from ctrbench.errors import UnknownNameError
+    from ctrbench.models import config_of
 
     try:
-        cls = ARCHITECTURES.get(arch)
-    except Exception:  # unknown architecture: building the model reports it
+        return config_of(arch)
+    except UnknownNameError:  # unknown architecture: building the model reports it
         return None
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    return [p for p in params if p not in ("self", "schema")]
+
+
+def _check_search_values(card: ModelCard, config: type[ModelConfig], name: str,
+                         dim: Dimension) -> None:
+    """Every choice of a categorical dimension, or both ends of a range, must pass the
+    parameter's rule (a bad one is a CardError naming the card and the [search] key)."""
+    values = dim.choices if dim.type == "categorical" else (dim.low, dim.high)
+    for value in values:
+        config.from_params(f"model card {card.name!r} [search] {dim.key!r}", {name: value})
 
 
 def parse_search_space(card: ModelCard) -> list[Dimension]:
@@ -219,7 +227,8 @@ def parse_search_space(card: ModelCard) -> list[Dimension]:
                         hint='add e.g. [search] "train.lr" = { type = "float", low = 1e-4, '
                              "high = 1e-2, log = true } to the card")
     train_keys = [f.name for f in fields(TrainConfig)]
-    arch_keys = _architecture_parameters(card.arch)
+    config = _architecture_config(card.arch)
+    arch_keys = None if config is None else config.names()
     dims = []
     for key in sorted(card.search):
         section, _, name = key.partition(".")
@@ -232,6 +241,8 @@ def parse_search_space(card: ModelCard) -> list[Dimension]:
             continue  # a shared dimension this architecture does not have
         if allowed is not None:
             check_keys(f"model card {card.name!r} [search] {section}", {name: None}, allowed)
+        if section == "params" and config is not None:
+            _check_search_values(card, config, name, dim)
         dims.append(dim)
     if not dims:
         raise CardError(f"model card {card.name!r}: no [search] dimension applies to its "
