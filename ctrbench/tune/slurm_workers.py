@@ -85,7 +85,8 @@ def submit_workers(n: int, *, model: str, store: Path, study_name: str, storage_
     script = sub / "job.sh"
     script.write_text(slurm.array_script(
         job_name=f"ctrbench-tune-{safe_file_name(study_name)}", n_tasks=n, log_dir=sub / "logs",
-        chdir=Path.cwd(), command=task_command(manifest_file, "tune", module="ctrbench.tune.slurm_task"), options=options))
+        chdir=Path.cwd(), options=options,
+        command=task_command(manifest_file, "tune", module="ctrbench.tune.slurm_task")))
     try:
         job_id = slurm.submit(script, env={STORAGE_ENV: storage_url} if secret else None)
     except BaseException:  # refused: leave no submission directory behind
