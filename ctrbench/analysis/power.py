@@ -8,8 +8,9 @@ versions; positive correlation would only add power).
 
 - paired (both sides ran the same n seeds): D_i = cur_i - ref_i ~ N(-drop, 2 std^2); the test is
   the paired t-test, df = n - 1, se = S_D / sqrt(n).
-- otherwise Welch's test, approximated here by the pooled two-sample t-test (df = n1 + n2 - 2,
-  se = S_p sqrt(1/n1 + 1/n2)); exact for equal variances up to Welch's df correction.
+- otherwise Welch's test: se^2 = S1^2/n1 + S2^2/n2, treated as a scaled chi-square with the
+  Welch-Satterthwaite df at equal true variances (n1 != n2); exact for n1 = n2 up to the
+  randomness of Welch's estimated df.
 
 With the sample std S independent of the mean difference, the probability of a "worse" verdict is
 E_S[ Phi((drop - max(tolerance, c S a)) / (sigma a)) ] (c the t critical value, a the se factor,
@@ -29,12 +30,16 @@ NAN = float("nan")
 _GRID = 4000  # chi-square quantiles for the expectation over S (error ~1e-4 in power)
 
 
-def _design(std: float, n_ref: int, n_cur: int, paired: bool) -> tuple[float, float, int]:
+def _design(std: float, n_ref: int, n_cur: int, paired: bool) -> tuple[float, float, float]:
     """(sigma of one unit, se factor a, df) of the gate's test for this design."""
     if paired:
         n = min(n_ref, n_cur)
         return std * math.sqrt(2.0), 1.0 / math.sqrt(n), n - 1
-    return std, math.sqrt(1.0 / n_ref + 1.0 / n_cur), n_ref + n_cur - 2
+    a2 = 1.0 / n_ref + 1.0 / n_cur
+    if n_ref < 2 or n_cur < 2:
+        return std, math.sqrt(a2), 0
+    df = a2**2 / (1.0 / (n_ref**2 * (n_ref - 1)) + 1.0 / (n_cur**2 * (n_cur - 1)))
+    return std, math.sqrt(a2), df
 
 
 def gate_power(drop: float, std: float, n_ref: int, n_cur: int, *, paired: bool,
@@ -45,7 +50,7 @@ def gate_power(drop: float, std: float, n_ref: int, n_cur: int, *, paired: bool,
     sigma, a, df = _design(max(std, 0.0), n_ref, n_cur, paired)
     if sigma == 0.0:
         return 1.0 if drop > tolerance else 0.0
-    if df < 1:  # no test possible: the threshold alone decides
+    if df <= 0:  # no test possible: the threshold alone decides
         return float(sps.norm.cdf((drop - tolerance) / (sigma * a)))
     crit = float(sps.t.ppf(1.0 - alpha, df))
     u = (np.arange(_GRID) + 0.5) / _GRID
