@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -74,7 +75,7 @@ def test_injected_regression_fails(setup):
     assert out.exit_code == 1, out.output
     v = verdicts(out.output)
     assert v["mian"] == "WORSE" and v["din"] == "unchanged"
-    assert "paired t" in out.output
+    assert "paired t, one-sided" in out.output
 
 
 def test_drop_within_tolerance_or_not_significant_is_unchanged(setup):
@@ -96,7 +97,7 @@ def test_drop_within_tolerance_or_not_significant_is_unchanged(setup):
         data["test"]["auc"] += next(flips)
 
     edit_records(results, "din", noisy)
-    out = check(baseline, results, "--tolerance", "0.0001", "--k", "0")
+    out = check(baseline, results, "--tolerance", "0.0001")
     assert out.exit_code == 0, out.output
     assert verdicts(out.output)["din"] == "unchanged"
 
@@ -131,14 +132,16 @@ def test_different_dataset_identity_is_incomparable(setup):
     out = check(baseline, results)
     assert out.exit_code == 3, out.output
     assert verdicts(out.output)["din"] == "incomparable"
-    assert "dataset identity differs" in out.output
+    assert "dataset identity differs: data_hash" in out.output
 
     def new_protocol(data):
         data["dataset_identity"]["version"] = 2
 
     edit_records(results, "lr", new_protocol)
     out = check(baseline, results)
-    assert out.exit_code == 3 and "protocol/version differ: din v1 -> din v2" in out.output
+    assert out.exit_code == 3
+    line = next(ln for ln in out.output.splitlines() if ln.startswith("books") and " lr " in ln)
+    assert "version 1 (seed reference) vs 2 (seed 0, 1, 2, 3, 4)" in line
 
 
 def test_missing_model_is_incomparable_but_regression_wins(setup):
@@ -179,8 +182,8 @@ def test_update_skips_refused_rows_and_new_models_are_listed(tmp_path):
     assert check(baseline, results, "--update").exit_code == 0
     ref = read_reference(baseline)
     assert ("electronics-dien", "lr") not in set(zip(ref["dataset"], ref["model"]))
-    trimmed = ref[ref["model"] != "my_model"].drop(columns=["seed_map"])
-    trimmed.to_csv(baseline, index=False)
+    raw = pd.read_csv(baseline, dtype=str, keep_default_na=False)
+    raw[raw["model"] != "my_model"].to_csv(baseline, index=False)
     out = check(baseline, results)
     assert out.exit_code == 0, out.output
     assert "new" in out.output and "not in the baseline" in out.output
@@ -201,3 +204,136 @@ def test_no_results_at_all_is_incomparable(setup, tmp_path):
     _, baseline = setup
     out = check(baseline, tmp_path / "empty")
     assert out.exit_code == 3 and "missing runs" in out.output
+
+
+# --------------------------------------------------------------------------- issue 11 and 12
+def test_other_epochs_are_incomparable_and_the_key_is_named(setup):
+    """Issue 11 §6: 1-epoch runs against a reference of another epoch cap: exit 3, not 1."""
+    results, baseline = setup
+
+    def one_epoch(data):
+        data["model_config"]["train"]["epochs"] = 1
+        data["test"]["auc"] -= 0.05  # what a shorter training would do
+
+    edit_records(results, "mian", one_epoch)
+    out = check(baseline, results)
+    assert out.exit_code == 3, out.output
+    line = next(ln for ln in out.output.splitlines() if ln.startswith("books") and " mian " in ln)
+    assert "incomparable" in line and "model config differs: train.epochs" in line
+    assert "5 (seed reference) vs 1 (seed 0, 1, 2, 3, 4)" in line
+    assert "WORSE" not in out.output
+
+
+def test_only_matching_configs_are_compared(setup):
+    """Extra runs with another config beside matching ones are ignored, and said so."""
+    results, baseline = setup
+    src = results / "runs" / "books" / "lr" / "seed-0.json"
+    data = json.loads(src.read_text())
+    data["seed"], data["model_config"]["train"]["lr"] = 7, 0.5
+    (src.parent / "seed-7.json").write_text(json.dumps(data))
+    out = check(baseline, results)
+    assert out.exit_code == 0, out.output
+    line = next(ln for ln in out.output.splitlines() if ln.startswith("books") and " lr " in ln)
+    assert "unchanged" in line and "1 run(s) with another config or identity ignored" in line
+
+
+def test_power_line_per_model_and_one_sided_p(setup):
+    results, baseline = setup
+    from scipy import stats as sps
+
+    from ctrbench.analysis.power import detectable_drop
+    from ctrbench.report.check import check_results
+
+    ref = read_reference(baseline)
+    out = check(baseline, results)
+    power = [ln for ln in out.output.splitlines() if ln.startswith("power: ")]
+    assert len(power) == len(ref)
+    mian = ref.set_index("model").loc["mian"]
+    seeds = mian["seed_map"]
+    std = float(np.std(list(seeds.values()), ddof=1))
+    drop = detectable_drop(std, len(seeds), len(seeds), paired=True, tolerance=0.001)
+    assert any(ln.startswith(f"power: books/mian: detects a drop of {drop:.4f} AUC with 80%")
+               for ln in power)
+
+    def drop_some(data):
+        data["test"]["auc"] -= 0.001 + 0.0004 * data["seed"]
+
+    edit_records(results, "mian", drop_some)
+    rows = {r.model: r for r in check_results(ref, results).rows}
+    cur = [seeds[s] - 0.001 - 0.0004 * s for s in sorted(seeds)]
+    want = sps.ttest_rel(cur, [seeds[s] for s in sorted(seeds)], alternative="less").pvalue
+    assert rows["mian"].p_worse == pytest.approx(want, rel=1e-4)
+    assert rows["mian"].p_better == pytest.approx(1 - want, rel=1e-4)
+
+
+def test_update_prints_the_power_of_the_new_reference(setup):
+    results, baseline = setup
+    out = check(baseline, results, "--update")
+    assert out.exit_code == 0
+    assert sum(ln.startswith("power: books/") for ln in out.output.splitlines()) == 7
+
+
+@pytest.mark.parametrize("content", [
+    "[1, 2, 3]",  # a record that is a JSON list
+    "AUC_HIGH",  # a record whose test AUC is a string (filled in below)
+])
+def test_malformed_records_are_listed_and_never_exit_1(setup, content):
+    """Issue 12 D6: a crash inside check exited 1 (= regression); unreadable records listed."""
+    results, baseline = setup
+    path = results / "runs" / "books" / "din" / "seed-2.json"
+    if content == "AUC_HIGH":
+        data = json.loads(path.read_text())
+        data["test"]["auc"] = "high"
+        content = json.dumps(data)
+    path.write_text(content)
+    out = check(baseline, results)
+    assert out.exit_code != 1 and "Traceback" not in out.output, out.output
+    assert f"unreadable record (not judged): {path}" in out.output
+    line = next(ln for ln in out.output.splitlines() if ln.startswith("books") and " din " in ln)
+    assert "Welch" in line  # judged on the 4 readable seeds
+
+
+def _read_only(folder: Path):
+    """Make ``folder`` read-only for real (chmod; for root, the immutable attribute); returns
+    the undo function, or None when this machine cannot make it read-only."""
+    import os
+    import subprocess
+
+    folder.chmod(0o555)
+    if not os.access(folder, os.W_OK):
+        return lambda: folder.chmod(0o755)
+    ok = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+    if not ok:
+        folder.chmod(0o755)
+        return None
+    return lambda: (subprocess.run(["chattr", "-i", str(folder)], check=True),
+                    folder.chmod(0o755))
+
+
+def test_update_into_a_read_only_folder_exits_2_with_a_message(setup):
+    """Issue 12 D6: a read-only folder gave a traceback and exit 1."""
+    results, baseline = setup
+    undo = _read_only(baseline.parent)
+    if undo is None:
+        pytest.skip("cannot make a folder read-only on this machine")
+    try:
+        out = check(baseline, results, "--update")
+    finally:
+        undo()
+    assert out.exit_code == 2, out.output
+    assert f"cannot write baseline {baseline}" in out.output
+    assert "Traceback" not in out.output
+
+
+def test_a_crash_exits_2_with_its_traceback(setup, monkeypatch):
+    """Any bug inside the gate exits 2 (never 1, the regression code) and keeps its traceback."""
+    results, baseline = setup
+    import ctrbench.report.check as gate
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a bug inside the gate")
+
+    monkeypatch.setattr(gate, "judge", broken)
+    out = check(baseline, results)
+    assert out.exit_code == 2, out.output
+    assert "RuntimeError: a bug inside the gate" in out.output and "crashed" in out.output

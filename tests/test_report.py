@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from ctrbench.analysis import stats
 from ctrbench.cli import main
 from ctrbench.record import read_record
 from ctrbench.report.tables import auto_resamples
@@ -58,24 +59,135 @@ def test_report_matches_golden_files(golden_run):
             f"{name} differs from tests/golden (regenerate: sh tests/golden/regenerate.sh)")
 
 
+def seed_aucs(dataset: str, model: str) -> dict[int, float]:
+    out = {}
+    for path in sorted((FIXTURES / "runs" / dataset / model).glob("seed-*.json")):
+        rec = read_record(path)
+        if rec.status == "finished":
+            out[rec.seed] = rec.test["auc"]
+    return out
+
+
 def test_leaderboard_statistics_and_marks(golden_run):
     out, stdout = golden_run
     board = pd.read_csv(out / "leaderboard.csv", dtype={"identity": str})
     books = board[board["dataset"] == "books"].set_index("model")
-    assert set(books["reference"]) == {"dien"}  # best baseline by mean AUC (lr, din, dien)
+    # declared before any number: mian against each baseline (the paper's Table 2 claim)
+    assert set(books["reference"]) == {"mian"}
+    assert "mian against each baseline" in stdout
+    assert "declared comparisons (the Holm family, m = 3): dien vs mian, din vs mian, lr vs mian" \
+        in stdout
     mian = books.loc["mian"]
-    aucs = [read_record(FIXTURES / "runs" / "books" / "mian" / f"seed-{s}.json").test["auc"]
-            for s in range(5)]
+    aucs = list(seed_aucs("books", "mian").values())
     assert mian["auc_mean"] == pytest.approx(np.mean(aucs), abs=1e-6)
     assert mian["auc_std"] == pytest.approx(np.std(aucs, ddof=1), rel=1e-5)
-    assert mian["significant"] == "yes" and books.loc["din"]["significant"] == "no"
-    assert mian["ttest_p_holm"] >= mian["ttest_p"]
-    assert mian["boot_delta_low"] < mian["delta_auc"] < mian["boot_delta_high"]
-    assert "+2.22% *" in stdout and "n.s." in stdout
-    # one seed: no std, CI or test, rendered as "–"
+    assert mian["significant"] == "reference"
+    din = books.loc["din"]
+    assert din["significant"] == "yes" and din["ttest_p_holm"] >= din["ttest_p"]
+    assert din["boot_delta_low"] < din["delta_auc"] < din["boot_delta_high"]
+    # undeclared rows (ablations, variants) carry no test and do not enter the Holm family
+    wo_gim = books.loc["mian_wo_gim"]
+    assert np.isnan(wo_gim["ttest_p"]) and "not a declared comparison" in wo_gim["note"]
+    raw = [books.loc[m, "ttest_p"] for m in ("dien", "din", "lr")]
+    np.testing.assert_allclose([books.loc[m, "ttest_p_holm"] for m in ("dien", "din", "lr")],
+                               stats.holm(raw), rtol=1e-5)
+    assert "RelaImpr -11.75% / ΔAUC -0.0284 (n 5) *" in stdout
+    # one seed: no std, CI or test, rendered as "–", and a warning
     postln = books.loc["mian_postln"]
     assert postln["n_seeds"] == 1 and np.isnan(postln["auc_std"]) and np.isnan(postln["ttest_p"])
+    assert "n = 1 < 3 seeds: intervals unreliable" in postln["note"]
     assert "0.7373 ± –" in (out / "leaderboard.md").read_text()
+
+
+def test_relaimpr_and_deltas_use_the_common_seeds_by_hand(golden_run):
+    out, _ = golden_run
+    books = pd.read_csv(out / "leaderboard.csv").query("dataset == 'books'").set_index("model")
+    ref, dien = seed_aucs("books", "mian"), seed_aucs("books", "dien")  # dien: seed 4 failed
+    common = sorted(set(ref) & set(dien))
+    assert common == [0, 1, 2, 3] and books.loc["dien", "n_common"] == 4
+    m = sum(dien[s] for s in common) / 4
+    r = sum(ref[s] for s in common) / 4
+    assert books.loc["dien", "delta_auc"] == pytest.approx(m - r, abs=2e-6)
+    assert books.loc["dien", "relaimpr"] == pytest.approx(((m - 0.5) / (r - 0.5) - 1) * 100,
+                                                          abs=1e-4)
+    assert "compared on 4 common seed(s)" in books.loc["dien", "note"]
+
+
+def test_delong_better_and_worse_are_counted_apart(tmp_path):
+    result = run_report(FIXTURES, tmp_path / "o", "--bootstrap", "0", "--no-plots",
+                        "--reference", "din", "--dataset", "books")
+    assert result.exit_code == 0, result.output
+    board = pd.read_csv(tmp_path / "o" / "leaderboard.csv").set_index("model")
+    for model in ("lr", "mian"):
+        want_better = want_worse = 0
+        for s in range(5):
+            a = np.load(FIXTURES / "runs" / "books" / model / f"seed-{s}.npz")
+            b = np.load(FIXTURES / "runs" / "books" / "din" / f"seed-{s}.npz")
+            res = stats.delong_test(a["scores"], b["scores"], a["labels"])
+            want_better += int(res.p < 0.05 and res.diff > 0)
+            want_worse += int(res.p < 0.05 and res.diff < 0)
+        assert (board.loc[model, "delong_better"], board.loc[model, "delong_worse"]) == (
+            want_better, want_worse)
+    assert board.loc["lr", "delong_worse"] == 5 and board.loc["mian", "delong_better"] == 5
+    assert "+0 −5 of 5" in result.output and "+5 −0 of 5" in result.output
+
+
+def test_reference_is_chosen_on_validation_auc_never_test(tmp_path):
+    """Without mian and --reference: the best mean VALIDATION AUC is the reference."""
+    results = tmp_path / "results"
+    for model in ("din", "my_model"):
+        shutil.copytree(FIXTURES / "runs" / "electronics-dien" / model,
+                        results / "runs" / "electronics-dien" / model)
+    for p in (results / "runs" / "electronics-dien" / "my_model").glob("*.json"):
+        data = json.loads(p.read_text())
+        data["valid"]["auc"] = 0.99  # best on validation, worse on test
+        p.write_text(json.dumps(data))
+    result = run_report(results, tmp_path / "o", "--bootstrap", "0", "--no-plots")
+    assert result.exit_code == 0, result.output
+    board = pd.read_csv(tmp_path / "o" / "leaderboard.csv").set_index("model")
+    assert set(board["reference"]) == {"my_model"}
+    assert board.loc["din", "auc_mean"] > board.loc["my_model", "auc_mean"]
+    assert "my_model (best mean validation AUC" in result.output
+
+
+def test_mixed_configurations_are_refused_naming_the_key(tmp_path):
+    """Issue 11 §7: a 3-epoch seed on top of 5-epoch runs is not averaged in."""
+    results = tmp_path / "results"
+    shutil.copytree(FIXTURES / "runs" / "books", results / "runs" / "books")
+    src = results / "runs" / "books" / "lr" / "seed-0.json"
+    data = json.loads(src.read_text())
+    data["seed"], data["model_config"]["train"]["epochs"] = 9, 3
+    (src.parent / "seed-9.json").write_text(json.dumps(data))
+    result = run_report(results, tmp_path / "o", "--bootstrap", "0", "--no-plots")
+    assert result.exit_code == 0, result.output
+    lr = pd.read_csv(tmp_path / "o" / "leaderboard.csv").set_index("model").loc["lr"]
+    assert lr["status"] == "mixed_config" and np.isnan(lr["auc_mean"])
+    assert "train.epochs 5 (seed 0, 1, 2, 3, 4) vs 3 (seed 9)" in lr["note"]
+    assert "protocol: at most 5 epoch(s), early stopping on validation AUC (patience 2), " \
+        "optimiser adam, lr 0.001, batch 128" in result.output
+
+
+def test_user_level_intervals(golden_run):
+    out, stdout = golden_run
+    books = pd.read_csv(out / "leaderboard.csv").query("dataset == 'books'").set_index("model")
+    for m in ("mian", "din", "lr"):
+        r = books.loc[m]
+        assert r["auc_boot_low"] < r["auc_mean"] < r["auc_boot_high"]
+        # seeds x users covers more than the seed-only interval
+        assert r["auc_boot_high"] - r["auc_boot_low"] > r["auc_ci_high"] - r["auc_ci_low"]
+        assert 0 <= r["auc_ci_low"] and r["auc_ci_high"] <= 1
+    assert "bootstrap: 200 resamples of seeds x 200 test users" in stdout
+    md = (out / "leaderboard.md").read_text()
+    assert "training randomness only" in md and "training randomness AND test-set sampling" in md
+
+
+def test_empty_runs_folder_is_a_clean_error(tmp_path):
+    """Issue 12 D8: a runs/ folder without any record gave a KeyError traceback."""
+    (tmp_path / "results" / "runs" / "books").mkdir(parents=True)
+    result = run_report(tmp_path / "results", tmp_path / "o")  # with plots, as reported
+    assert result.exit_code == 1, result.output
+    assert "no run records (seed-*.json) under" in result.output
+    assert not isinstance(result.exception, KeyError)
 
 
 def test_failed_runs_are_listed_not_averaged(golden_run):
@@ -143,7 +255,7 @@ def test_reference_option_and_unknown_reference(tmp_path):
     assert bad.exit_code == 1 and "dn" in bad.output and "Traceback" not in bad.output
 
 
-def test_no_baseline_gives_dashes_and_unreadable_records_are_listed(tmp_path):
+def test_single_model_and_unreadable_records_are_listed(tmp_path):
     results = tmp_path / "results"
     shutil.copytree(FIXTURES / "runs" / "electronics-dien" / "mian",
                     results / "runs" / "toy" / "mian")
@@ -155,8 +267,8 @@ def test_no_baseline_gives_dashes_and_unreadable_records_are_listed(tmp_path):
     result = run_report(results, tmp_path / "o", "--no-plots")
     assert result.exit_code == 0, result.output
     board = pd.read_csv(tmp_path / "o" / "leaderboard.csv")
-    assert board["reference"].isna().all() and board["rel_impr_pct"].isna().all()
-    assert "none (no baseline model with finished runs)" in result.output
+    assert set(board["reference"]) == {"mian"} and board["relaimpr"].isna().all()
+    assert "mian (best mean validation AUC" in result.output
     failed = pd.read_csv(tmp_path / "o" / "failed.csv")
     assert failed["status"].tolist() == ["unreadable"] and failed["seed"].tolist() == [9]
 
@@ -168,8 +280,8 @@ def test_corrupt_scores_reduce_delong_seeds_not_the_report(tmp_path):
     result = run_report(results, tmp_path / "o", "--bootstrap", "0", "--no-plots")
     assert result.exit_code == 0, result.output
     board = pd.read_csv(tmp_path / "o" / "leaderboard.csv").set_index("model")
-    assert (board.loc["din", "delong_seeds"], board.loc["mian", "delong_seeds"]) == (3, 4)
-    assert "test scores for 3 of 4 paired seed(s)" in board.loc["din", "note"]
+    assert (board.loc["din", "delong_seeds"], board.loc["dien", "delong_seeds"]) == (4, 4)
+    assert "test scores for 4 of 5 paired seed(s)" in board.loc["din", "note"]
     assert board["boot_n"].eq(0).all()
 
 

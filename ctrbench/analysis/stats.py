@@ -4,8 +4,11 @@ Everything here is pure numpy/scipy on arrays; nothing prints. A statistic that 
 computed (fewer than two seeds, a constant sample, no positives) is ``nan``, never an exception:
 the tables render ``nan`` as "–".
 
-- :func:`summarize`: mean, sample std and a t-distribution confidence interval over seeds.
-- :func:`paired_ttest`, :func:`wilcoxon_signed_rank`, :func:`welch_ttest`: tests across seeds.
+- :func:`summarize`: mean, sample std and a t-distribution confidence interval over seeds;
+  :func:`summarize_auc` the same with the interval computed on the logit scale (inside (0, 1)).
+- :func:`relaimpr` (DIN's RelaImpr) and :func:`relative_change_pct` (plain 100 x delta / base).
+- :func:`paired_ttest`, :func:`wilcoxon_signed_rank`, :func:`welch_ttest`: tests across seeds
+  (the t-tests two- or one-sided).
 - :func:`holm`: Holm's step-down adjustment across a family of comparisons.
 - :func:`delong_test`: DeLong's test of two correlated AUCs on one test set, in the fast
   rank-based form of Sun & Xu (2014), O(n log n) and fully vectorised.
@@ -55,6 +58,48 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
     return Summary(n, mean, std, mean - half, mean + half)
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    return np.log(p) - np.log1p(-p)
+
+
+def summarize_auc(values: Sequence[float], confidence: float = 0.95) -> Summary:
+    """:func:`summarize` for values in (0, 1) (AUCs): the t interval is computed for the mean
+    logit and transformed back, so it always lies inside (0, 1) (asymmetric near the bounds).
+
+    ``mean`` and ``std`` stay the plain ones. Values of exactly 0 or 1 make the logit infinite:
+    then the interval is the plain t interval clipped to [0, 1].
+    """
+    s = summarize(values, confidence)
+    if s.n < 2 or not np.isfinite(s.std):
+        return s
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if np.any((x <= 0.0) | (x >= 1.0)):
+        return Summary(s.n, s.mean, s.std, max(0.0, s.ci_low), min(1.0, s.ci_high))
+    z = summarize(_logit(x), confidence)
+    if not np.isfinite(z.std):
+        return s
+    low, high = 1.0 / (1.0 + np.exp(-np.array([z.ci_low, z.ci_high])))
+    return Summary(s.n, s.mean, s.std, float(low), float(high))
+
+
+def relaimpr(auc_model: float, auc_base: float) -> float:
+    """RelaImpr (Yan et al. 2014, used by DIN): ((AUC_model - 0.5) / (AUC_base - 0.5) - 1) x 100.
+
+    The improvement over a random guesser's 0.5; nan when the base is not above 0.5.
+    """
+    if not (np.isfinite(auc_model) and np.isfinite(auc_base)) or auc_base <= 0.5:
+        return NAN
+    return float(((auc_model - 0.5) / (auc_base - 0.5) - 1.0) * 100.0)
+
+
+def relative_change_pct(value: float, base: float) -> float:
+    """100 x (value - base) / base: the MIAN paper's "relative improvement" (Table 2)."""
+    if not (np.isfinite(value) and np.isfinite(base)) or base == 0:
+        return NAN
+    return float(100.0 * (value - base) / base)
+
+
 def pooled_std(a: Sequence[float], b: Sequence[float]) -> float:
     """sqrt of the pooled variance of two samples; nan when it has no degrees of freedom."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
@@ -68,18 +113,34 @@ def pooled_std(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 # --------------------------------------------------------------------------- seed-level tests
-def paired_ttest(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided p of the paired t-test of ``a - b`` (pairs = seeds).
+ALTERNATIVES = ("two-sided", "less", "greater")
+
+
+def _constant_p(diff: float, alternative: str) -> float:
+    """p of a t-test whose statistic is infinite (or 0/0): the sign of ``diff`` decides."""
+    if abs(diff) <= CONSTANT_ATOL:
+        return 1.0
+    if alternative == "two-sided":
+        return 0.0
+    return 0.0 if (diff < 0) == (alternative == "less") else 1.0
+
+
+def paired_ttest(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided"
+                 ) -> float:
+    """p of the paired t-test of ``a - b`` (pairs = seeds); ``alternative`` as in scipy
+    ("less": the alternative is mean(a - b) < 0).
 
     nan for n < 2. Constant differences (up to ``CONSTANT_ATOL``, float noise) make t infinite:
-    p = 1 when they are all zero, and p = 0 otherwise (every seed moved by the same amount).
+    p = 1 when they are all zero; otherwise 0 (or 1 for a one-sided test in the other direction).
     """
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}")
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     if d.size < 2 or not np.all(np.isfinite(d)):
         return NAN
     if np.ptp(d) <= CONSTANT_ATOL:
-        return 1.0 if abs(d.mean()) <= CONSTANT_ATOL else 0.0
-    return float(sps.ttest_rel(a, b).pvalue)
+        return _constant_p(float(d.mean()), alternative)
+    return float(sps.ttest_rel(a, b, alternative=alternative).pvalue)
 
 
 def wilcoxon_signed_rank(a: Sequence[float], b: Sequence[float]) -> float:
@@ -98,14 +159,18 @@ def wilcoxon_signed_rank(a: Sequence[float], b: Sequence[float]) -> float:
         return float(sps.wilcoxon(d).pvalue)
 
 
-def welch_ttest(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided p of Welch's unequal-variance t-test (unpaired samples); nan if impossible."""
+def welch_ttest(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided"
+                ) -> float:
+    """p of Welch's unequal-variance t-test of mean(a) - mean(b) (unpaired samples); nan if
+    impossible. ``alternative`` as in :func:`paired_ttest`."""
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}")
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.size < 2 or y.size < 2:
         return NAN
     if np.ptp(x) <= CONSTANT_ATOL and np.ptp(y) <= CONSTANT_ATOL:
-        return 1.0 if abs(x.mean() - y.mean()) <= CONSTANT_ATOL else 0.0
-    return float(sps.ttest_ind(x, y, equal_var=False).pvalue)
+        return _constant_p(float(x.mean() - y.mean()), alternative)
+    return float(sps.ttest_ind(x, y, equal_var=False, alternative=alternative).pvalue)
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 
 import click
 
+from ctrbench.errors import CtrbenchError
 from ctrbench.paths import default_results_root
 
 
@@ -38,7 +40,9 @@ def _resamples(_ctx: click.Context, _param: click.Parameter, value: str) -> int 
 @click.option("--dataset", "datasets", multiple=True,
               help="Only these datasets (repeatable). Default: every dataset with records.")
 @click.option("--reference", default=None, metavar="MODEL",
-              help="Compare against this model. Default: the best baseline by mean AUC.")
+              help="Declare the comparisons: every model against MODEL. Default: mian against "
+                   "each baseline when both are present (Table 2), else the model with the best "
+                   "mean validation AUC.")
 @click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Results root holding runs/ (default: ./results).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -93,7 +97,7 @@ def report(datasets: tuple[str, ...], reference: str | None, results_dir: Path |
 
 @click.command(name="check")
 @click.option("--baseline", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Reference CSV (e.g. results/reference/synthetic.csv).")
+              help="Reference CSV (e.g. results/reference/ci-synthetic.csv).")
 @click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Results root holding runs/ (default: ./results).")
 @click.option("--dataset", "datasets", multiple=True, help="Only these datasets (repeatable).")
@@ -101,62 +105,83 @@ def report(datasets: tuple[str, ...], reference: str | None, results_dir: Path |
               help="Rewrite the baseline from the current runs (on purpose), then exit 0.")
 @click.option("--tolerance", type=click.FloatRange(min=0), default=0.001, show_default=True,
               help="Smallest AUC change that counts.")
-@click.option("--k", "k", type=click.FloatRange(min=0), default=2.0, show_default=True,
-              help="A change must also exceed k x the pooled seed std of AUC.")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=0.05, show_default=True, help="Significance level of the seed test.")
+              default=0.05, show_default=True, help="Significance level of the one-sided test.")
 def check(baseline: Path, results_dir: Path | None, datasets: tuple[str, ...], update: bool,
-          tolerance: float, k: float, alpha: float) -> None:
+          tolerance: float, alpha: float) -> None:
     """Regression gate: compare current runs with a committed reference leaderboard.
 
-    A model is worse when its mean test AUC drops by more than max(tolerance, k x pooled seed
-    std) AND a test over seeds (paired t-test on the same seeds, else Welch) finds the drop
-    significant; better is the mirror image. Different dataset identity or protocol version,
-    or a model without finished runs, is incomparable.
+    Only runs whose model config (params, train settings, epochs included) and dataset
+    identity equal the reference row's are compared; otherwise the model is incomparable and
+    the differing keys are named. A model is worse when its mean test AUC drops by more than
+    --tolerance AND a one-sided test over seeds (paired t-test on the same seeds, else Welch)
+    finds the drop significant; better is the mirror image. For each model the gate prints
+    the smallest drop it detects with 80% power at the reference's seed std and n.
 
     \b
     Exit codes:
       0  no regression (better / unchanged / new models only); also after --update
       1  at least one model regressed (worse)
-      2  usage error: bad option, missing or malformed baseline file
-      3  incomparable (and no regression): missing runs, other dataset or protocol version
+      2  the gate could not run: bad option, missing or malformed baseline, unwritable
+         baseline (--update), or a crash (never 1)
+      3  incomparable (and no regression): missing runs, other config, dataset or protocol
     \b
     Examples:
-      ctrbench check --baseline results/reference/synthetic.csv
-      ctrbench check --baseline results/reference/synthetic.csv --update
+      ctrbench check --baseline results/reference/ci-synthetic.csv --results .cache/ci-results
+      ctrbench check --baseline results/reference/ci-synthetic.csv --update
     """
+    root = results_dir if results_dir is not None else default_results_root()
+    try:
+        code = _check(baseline, root, list(datasets) or None, update, tolerance, alpha)
+    except click.exceptions.Exit:
+        raise
+    except (click.ClickException, CtrbenchError) as exc:
+        click.echo(f"Error: {exc}", err=True)
+        raise click.exceptions.Exit(2) from None
+    except Exception:  # a bug: keep its traceback, but never exit 1 (= "regression")
+        click.echo(traceback.format_exc(), err=True)
+        click.echo("Error: ctrbench check crashed (a bug; see the traceback above): exit 2",
+                   err=True)
+        raise click.exceptions.Exit(2) from None
+    raise click.exceptions.Exit(code)
+
+
+def _check(baseline: Path, root: Path, datasets: list[str] | None, update: bool,
+           tolerance: float, alpha: float) -> int:
     from tabulate import tabulate
 
     from ctrbench.report.build import num, pvalue
     from ctrbench.report.check import (
-        BaselineError,
         check_results,
         exit_code,
+        power_lines,
         read_reference,
-        rows_frame,
         update_reference,
     )
 
-    root = results_dir if results_dir is not None else default_results_root()
     if update:
-        frame = update_reference(baseline, root, datasets=list(datasets) or None)
+        frame = update_reference(baseline, root, datasets=datasets)
         click.echo(f"wrote {baseline}: {len(frame)} row(s) from {root}")
-        return
-    try:
-        reference = read_reference(baseline)
-        rows = check_results(reference, root, tolerance=tolerance, k=k, alpha=alpha,
-                             datasets=list(datasets) or None)
-    except BaselineError as exc:
-        raise click.BadParameter(str(exc), param_hint="--baseline") from None
-    frame = rows_frame(rows)
+        for line in power_lines(frame, tolerance=tolerance, alpha=alpha):
+            click.echo(f"power: {line}")
+        return 0
+    reference = read_reference(baseline)
+    outcome = check_results(reference, root, tolerance=tolerance, alpha=alpha,
+                            datasets=datasets)
+    rows = outcome.rows
     shown = [[r.dataset, r.model, r.verdict.upper() if r.verdict == "worse" else r.verdict,
               f"{num(r.ref_auc)} ({r.ref_seeds})", f"{num(r.cur_auc)} ({r.cur_seeds})",
-              num(r.delta, signed=True), num(r.threshold), r.test or "–", pvalue(r.p), r.note]
-             for r in frame.itertuples(index=False)]
+              num(r.delta, signed=True), r.test or "–", pvalue(r.p_worse), num(r.detectable),
+              r.note] for r in rows]
     click.echo(tabulate(shown, headers=["dataset", "model", "verdict", "ref AUC (n)",
-                                        "AUC (n)", "Δ", "threshold", "test", "p", "note"],
-                        disable_numparse=True))
+                                        "AUC (n)", "Δ", "test", "p worse", "detectable drop",
+                                        "note"], disable_numparse=True))
+    for r in rows:
+        if r.power_line:
+            click.echo(f"power: {r.power_line}")
+    for path, error in outcome.unreadable:
+        click.echo(f"unreadable record (not judged): {path}: {error}")
     code = exit_code(rows)
     summary = {0: "ok: no regression", 1: "REGRESSION", 3: "incomparable results"}[code]
     click.echo(summary, err=True)
-    raise click.exceptions.Exit(code)
+    return code

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from ctrbench.errors import CtrbenchError
 from ctrbench.paths import ensure_writable_dir, inside, safe_name
 from ctrbench.progress import message
 from ctrbench.record import atomic_write_text
@@ -63,35 +64,44 @@ def seeds_cell(n: int, failed: int) -> str:
 
 
 # --------------------------------------------------------------------------- display frames
+def _vs_ref(r) -> str:
+    """``RelaImpr +1.58% / ΔAUC +0.0050 (n 5) *`` for a declared comparison."""
+    if r.significant == "reference":
+        return "(reference)"
+    if pd.isna(r.delta_auc):
+        return DASH
+    return (f"RelaImpr {num(r.relaimpr, 2, signed=True)}% / ΔAUC {num(r.delta_auc, signed=True)}"
+            f" (n {int(r.n_common)})" + (mark(r.significant) or " (no test)"))
+
+
+def _delong(r) -> str:
+    if pd.isna(r.delong_seeds):
+        return DASH
+    return f"+{int(r.delong_better)} −{int(r.delong_worse)} of {int(r.delong_seeds)}"
+
+
 def leaderboard_display(frame: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    for r in frame.itertuples(index=False):
-        if r.significant == "reference":
-            vs = "(reference)"
-        elif pd.isna(r.rel_impr_pct):
-            vs = DASH
-        else:
-            vs = f"{r.rel_impr_pct:+.2f}%" + (mark(r.significant) or " (no test)")
-        delong = (DASH if pd.isna(r.delong_seeds)
-                  else f"{int(r.delong_significant_seeds)}/{int(r.delong_seeds)}")
-        rows.append({
-            "model": r.model, "seeds": seeds_cell(r.n_seeds, r.n_failed),
-            "AUC": mean_std(r.auc_mean, r.auc_std), "AUC 95% CI": interval(r.auc_ci_low,
-                                                                           r.auc_ci_high),
-            "gAUC": mean_std(r.gauc_mean, r.gauc_std),
-            "logloss": mean_std(r.logloss_mean, r.logloss_std), "vs ref": vs,
-            "t-test p": pvalue(r.ttest_p_holm), "Wilcoxon p": pvalue(r.wilcoxon_p_holm),
-            "DeLong": delong,
-            "ΔAUC 95% CI": interval(r.boot_delta_low, r.boot_delta_high, signed=True),
-            "note": r.note,
-        })
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{
+        "model": r.model, "seeds": seeds_cell(r.n_seeds, r.n_failed),
+        "AUC": mean_std(r.auc_mean, r.auc_std),
+        "AUC 95% CI seeds": interval(r.auc_ci_low, r.auc_ci_high),
+        "AUC 95% CI seeds×users": interval(r.auc_boot_low, r.auc_boot_high),
+        "gAUC": mean_std(r.gauc_mean, r.gauc_std),
+        "logloss": mean_std(r.logloss_mean, r.logloss_std), "vs ref": _vs_ref(r),
+        "t-test p": pvalue(r.ttest_p_holm), "Wilcoxon p": pvalue(r.wilcoxon_p_holm),
+        "DeLong": _delong(r),
+        "ΔAUC 95% CI seeds×users": interval(r.boot_delta_low, r.boot_delta_high, signed=True),
+        "note": r.note,
+    } for r in frame.itertuples(index=False)])
 
 
 def delta_display(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([{
         "model": r.model, "seeds": r.n_seeds, "AUC": mean_std(r.auc_mean, r.auc_std),
-        "ΔAUC": num(r.delta_auc, signed=True) + mark(r.significant),
+        "ΔAUC (n)": (num(r.delta_auc, signed=True)
+                     + ("" if pd.isna(r.n_common) else f" ({int(r.n_common)})")
+                     + mark(r.significant)),
+        "RelaImpr": DASH if pd.isna(r.relaimpr) else f"{r.relaimpr:+.2f}%",
         "logloss": mean_std(r.logloss_mean, r.logloss_std),
         "Δlogloss": num(r.delta_logloss, signed=True), "t-test p": pvalue(r.ttest_p_holm),
         "note": r.note,
@@ -115,11 +125,17 @@ def timing_display(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def paper_display(frame: pd.DataFrame) -> pd.DataFrame:
+    def pct(x: float) -> str:
+        return DASH if pd.isna(x) else f"{x:+.2f}%"
+
     return pd.DataFrame([{
         "model": r.model, "seeds": r.n_seeds, "AUC": num(r.auc_mean),
         "paper AUC": num(r.paper_auc), "ΔAUC": num(r.delta_auc, signed=True),
         "logloss": num(r.logloss_mean), "paper logloss": num(r.paper_logloss),
         "Δlogloss": num(r.delta_logloss, signed=True),
+        "vs base (paper's definition)": (DASH if pd.isna(r.paper_base) else
+                                         f"{pct(r.rel_impr_pct)} (paper {pct(r.paper_rel_impr_pct)}"
+                                         f" vs {r.paper_base})"),
     } for r in frame.itertuples(index=False)])
 
 
@@ -171,15 +187,22 @@ def _sections(frame: pd.DataFrame, display: Callable[[pd.DataFrame], pd.DataFram
 
 
 LEADERBOARD_LEGEND = (
-    "Test metrics over seeds: mean ± sample std; AUC 95% CI: t-interval of the mean over "
-    "seeds. vs ref: relative AUC improvement over the reference; * = paired t-test over seeds "
-    "significant after Holm correction (p < {alpha}), n.s. = not significant, – = not "
-    "computable. t-test and Wilcoxon p are paired by seed and Holm-adjusted across the "
-    "dataset's comparisons (Wilcoxon cannot reach p < 0.05 below 6 seeds). DeLong: seeds whose "
-    "DeLong test of the AUC difference on the shared test set gives p < {alpha}. ΔAUC 95% CI: "
-    "paired, label-stratified bootstrap over test rows of the seed-mean AUC difference "
-    "(resamples per dataset in its header). Rows whose records mix dataset identities are "
-    "refused, never averaged; failed runs are listed in failed.md."
+    "Test metrics over seeds: mean ± sample std. Each dataset's header names the declared "
+    "reference and what chose it (never test data), the declared comparisons (the Holm family) "
+    "and the protocol. What each interval covers: \"AUC 95% CI seeds\" = training randomness "
+    "only (t-interval of the mean over seeds, computed on the logit scale so it stays inside "
+    "(0, 1); the test set is held fixed); \"AUC 95% CI seeds×users\" and \"ΔAUC 95% CI "
+    "seeds×users\" = training randomness AND test-set sampling (two-level percentile bootstrap: "
+    "seeds resampled, then test users resampled with all their rows; one user resample shared "
+    "by every model, so ΔAUC is paired). vs ref: row model against the reference on their "
+    "common seeds (n): RelaImpr = ((AUC − 0.5) / (AUC_ref − 0.5) − 1) × 100% and ΔAUC = AUC − "
+    "AUC_ref; * = paired t-test over the common seeds significant after Holm correction "
+    "(p < {alpha}), n.s. = not significant, – = not a declared comparison or not computable. "
+    "Wilcoxon cannot reach p < 0.05 below 6 seeds. DeLong: +k −j of n = seeds whose DeLong test "
+    "on the shared test set finds the row model significantly better (k) or worse (j) "
+    "(p < {alpha}). Fewer than 3 seeds: intervals unreliable (noted). Rows whose records mix "
+    "dataset identities or configurations are refused, never averaged; failed and unreadable "
+    "runs are listed in failed.md."
 )
 
 
@@ -206,6 +229,9 @@ def build_report(
     besides the cache's, for the strata table.
     """
     rs = load_results(Path(results_root), datasets)
+    if rs.runs.empty:
+        raise CtrbenchError(f"no run records (seed-*.json) under {Path(results_root) / 'runs'}",
+                            hint="run `ctrbench run ...` first, or pass --results DIR")
     if reference and reference not in set(rs.finished["model"]):
         raise did_you_mean("reference model", reference,
                            sorted(set(rs.finished["model"])))
@@ -217,8 +243,7 @@ def build_report(
                                 boot_seed=boot_seed)
     board = versus_pop.add_pop_columns(board, rs, alpha)
     md, txt = _sections(board, lambda f: versus_pop.with_pop_column(leaderboard_display(f), f),
-                        header=lambda ds: f"Reference: {why[ds]}. "
-                        f"{versus_pop.header_note(board, ds)}.")
+                        header=lambda ds: f"{why[ds]} {versus_pop.header_note(board, ds)}.")
     legend = LEADERBOARD_LEGEND.format(alpha=alpha) + " " + versus_pop.LEGEND.format(alpha=alpha)
     tables = [Table("leaderboard", "Leaderboard (Table 2)", board, f"{legend}\n\n{md}", txt)]
 

@@ -1,43 +1,48 @@
 """The CI regression gate behind ``ctrbench check``: current runs against a committed reference.
 
 The reference is a leaderboard CSV (``ctrbench report``'s ``leaderboard.csv`` columns, which
-include each model's per-seed AUCs and its dataset identity). A model is ``worse`` when its mean
-AUC drops by more than ``max(tolerance, k * pooled seed std)`` AND a test over seeds finds the
-drop significant: the paired t-test when both sides ran the same seeds, else Welch's t-test
-(asv's threshold-plus-statistics rule). With fewer than two seeds on a side no test is possible
-and the threshold alone decides. ``better`` is the mirror image. A model whose runs are missing,
-or whose dataset identity (data hashes, protocol, version) differs, is ``incomparable``.
+include each model's per-seed AUCs, its resolved model config and its dataset identity). Only
+current runs whose model config (params and train settings, epochs included) and dataset
+identity equal the reference row's are compared; when no run matches, the model is
+``incomparable`` and the note names the keys that differ. A model is ``worse`` when its mean
+AUC drops by more than ``tolerance`` AND a one-sided test over seeds finds the drop significant
+at ``alpha``: the paired t-test when both sides ran the same seeds, else Welch's t-test. With
+fewer than two seeds on a side no test is possible and the tolerance alone decides. ``better`` is
+the mirror image (one-sided in the other direction). For every model the gate states the
+smallest drop it detects with 80% power at the reference's seed std and n
+(:mod:`ctrbench.analysis.power`).
 
-Exit codes: 0 no regression, 1 a regression, 3 incomparable (and no regression); click's usage
-errors (a missing or malformed baseline file) exit 2.
+Exit codes: 0 no regression, 1 a regression, 3 incomparable (and no regression), 2 the gate
+could not run (a missing or malformed baseline, an unwritable baseline for ``--update``, or a
+crash: never 1).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ctrbench.analysis import stats
+from ctrbench.analysis.power import detectable_drop
 from ctrbench.errors import CtrbenchError
 from ctrbench.record import atomic_write_text
-from ctrbench.report.data import CardBook, load_results
-from ctrbench.report.tables import (
-    LEADERBOARD_COLUMNS,
-    ModelRuns,
-    csv_text,
-    group_models,
-    leaderboard,
-)
+from ctrbench.report.data import CardBook, ResultSet, load_results
+from ctrbench.report.groups import ModelRuns, describe_difference
+from ctrbench.report.tables import LEADERBOARD_COLUMNS, csv_text, leaderboard
 
-EXIT_OK, EXIT_REGRESSION, EXIT_INCOMPARABLE = 0, 1, 3
+EXIT_OK, EXIT_REGRESSION, EXIT_ERROR, EXIT_INCOMPARABLE = 0, 1, 2, 3
+POWER = 0.8
 REQUIRED_COLUMNS = ("dataset", "model", "status", "n_seeds", "auc_mean", "auc_std", "seed_aucs",
-                    "identity", "protocol", "version")
+                    "identity", "protocol", "version", "config", "model_config",
+                    "dataset_identity")
 CHECK_COLUMNS = ("dataset", "model", "verdict", "ref_auc", "ref_std", "ref_seeds", "cur_auc",
-                 "cur_std", "cur_seeds", "delta", "threshold", "test", "p", "note")
+                 "cur_std", "cur_seeds", "delta", "tolerance", "test", "p_worse", "p_better",
+                 "detectable", "note")
 
 
 class BaselineError(CtrbenchError):
@@ -69,10 +74,16 @@ def read_reference(path: Path) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise BaselineError(f"baseline {path} lacks column(s) {', '.join(missing)}",
-                            hint="it must be a leaderboard.csv written by ctrbench report/check")
+                            hint="it must be a leaderboard.csv written by this ctrbench's "
+                            "report or `check --update` (regenerate it)")
     for col in ("auc_mean", "auc_std", "n_seeds"):
         frame[col] = pd.to_numeric(frame[col].replace("", np.nan), errors="coerce")
     frame["seed_map"] = [parse_seed_aucs(t) for t in frame["seed_aucs"]]
+    for col in ("model_config", "dataset_identity"):
+        try:
+            frame[col] = [json.loads(t) if t else {} for t in frame[col]]
+        except ValueError:
+            raise BaselineError(f"baseline {path}: column {col} is not JSON") from None
     return frame
 
 
@@ -90,38 +101,74 @@ class CheckRow:
     cur_std: float = float("nan")
     cur_seeds: int = 0
     delta: float = float("nan")
-    threshold: float = float("nan")
+    tolerance: float = float("nan")
     test: str = ""
-    p: float = float("nan")
+    p_worse: float = float("nan")  # one-sided p of "current < reference"
+    p_better: float = float("nan")  # one-sided p of "current > reference"
+    detectable: float = float("nan")  # smallest drop flagged with 80% power
     note: str = ""
+    power_line: str = field(default="", repr=False)
 
 
-def _identity_change(ref: pd.Series, cur: ModelRuns) -> str:
-    if (ref["protocol"], ref["version"]) != (cur.protocol, cur.version):
-        return (f"protocol/version differ: {ref['protocol']} v{ref['version']} -> "
-                f"{cur.protocol} v{cur.version}")
-    return f"dataset identity differs: {ref['identity'][:8]} -> {cur.identity[:8]}"
+@dataclass
+class CheckOutcome:
+    """Every verdict, and the records that could not be read (listed, never judged)."""
+
+    rows: list[CheckRow]
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, error)
 
 
-def judge(ref: pd.Series, cur: ModelRuns | None, *, tolerance: float, k: float,
+def _mismatch(ref: pd.Series, runs: pd.DataFrame, rs: ResultSet) -> str:
+    """Why none of ``runs`` (finished, this model) matches the reference row: differing keys."""
+    notes = []
+    for column, flats, want, label in (
+            ("identity", rs.identities, ref["dataset_identity"], "dataset identity differs"),
+            ("config", rs.configs, ref["model_config"], "model config differs")):
+        if (runs[column] == ref[column]).any():
+            continue
+        seen = runs.groupby(column, sort=True)
+        current = [flats.get(str(g["path"].iloc[0]), {}) for _, g in seen]
+        seeds = [sorted(g["seed"].astype(int)) for _, g in seen]
+        diff = describe_difference([want, *current], [["reference"], *seeds])
+        notes.append(f"{label}: {diff}")
+        break  # the identity first: a config diff across datasets says little
+    return "; ".join(notes) or "no run matches the reference's identity and config together"
+
+
+def select_runs(ref: pd.Series, rs: ResultSet | None) -> tuple[ModelRuns | None, str]:
+    """The current finished runs of the reference row's model that match its config and
+    identity, as :class:`ModelRuns`; (None, why) when there are none."""
+    if rs is None:
+        return None, "missing runs: no run records"
+    mine = rs.runs[(rs.runs["dataset"] == ref["dataset"]) & (rs.runs["model"] == ref["model"])]
+    fin = mine[mine["status"] == "finished"].sort_values("seed")
+    if fin.empty:
+        return None, "missing runs: no finished run for this model"
+    match = fin[(fin["config"] == ref["config"]) & (fin["identity"] == ref["identity"])]
+    if match.empty:
+        return None, _mismatch(ref, fin, rs)
+    other = len(fin) - len(match)
+    note = f"{other} run(s) with another config or identity ignored" if other else ""
+    runs = ModelRuns(ref["model"], "ok", match, int((mine["status"] != "finished").sum()),
+                     ref["identity"], ref["protocol"], ref["version"], note, ref["config"])
+    return runs, note
+
+
+def judge(ref: pd.Series, cur: ModelRuns | None, why: str = "", *, tolerance: float,
           alpha: float) -> CheckRow:
-    """Apply the threshold-plus-statistics rule to one reference row."""
+    """Apply the tolerance-plus-one-sided-test rule to one reference row."""
     seeds_ref: dict[int, float] = ref["seed_map"]
-    row = CheckRow(ref["dataset"], ref["model"], "incomparable", ref_seeds=len(seeds_ref))
+    row = CheckRow(ref["dataset"], ref["model"], "incomparable", ref_seeds=len(seeds_ref),
+                   tolerance=tolerance)
     ref_vals = np.array(list(seeds_ref.values()), dtype=float)
     if ref["status"] != "ok" or not seeds_ref:
         row.note = f"reference row is not usable (status {ref['status']!r})"
         return row
     s_ref = stats.summarize(ref_vals)
     row.ref_auc, row.ref_std = s_ref.mean, s_ref.std
-    if cur is None or cur.status == "no_finished_runs":
-        row.note = "missing runs: no finished run for this model"
-        return row
-    if cur.status != "ok":
-        row.note = cur.note
-        return row
-    if cur.identity != ref["identity"]:
-        row.note = _identity_change(ref, cur)
+    if cur is None:
+        row.note = why
+        _power(row, len(seeds_ref), paired=True, alpha=alpha)
         return row
     # compared at the precision the reference stores (8 significant digits), so that an
     # identical re-run is exactly unchanged
@@ -130,52 +177,76 @@ def judge(ref: pd.Series, cur: ModelRuns | None, *, tolerance: float, k: float,
     s_cur = stats.summarize(cur_vals)
     row.cur_auc, row.cur_std, row.cur_seeds = s_cur.mean, s_cur.std, len(seeds_cur)
     row.delta = s_cur.mean - s_ref.mean
-    spread = stats.pooled_std(ref_vals, cur_vals)
-    row.threshold = max(tolerance, k * spread) if np.isfinite(spread) else tolerance
-    if set(seeds_cur) == set(seeds_ref):
+    paired = set(seeds_cur) == set(seeds_ref)
+    if paired:
         common = sorted(seeds_ref)
-        row.test = "paired t"
-        row.p = stats.paired_ttest([seeds_cur[s] for s in common], [seeds_ref[s] for s in common])
+        a, b = [seeds_cur[s] for s in common], [seeds_ref[s] for s in common]
+        row.test = "paired t, one-sided"
+        row.p_worse = stats.paired_ttest(a, b, "less")
+        row.p_better = stats.paired_ttest(a, b, "greater")
     else:
-        row.test = "Welch"
-        row.p = stats.welch_ttest(cur_vals, ref_vals)
-    notes = []
-    if not np.isfinite(row.p):
-        notes.append("no test possible (fewer than 2 seeds): threshold only")
+        row.test = "Welch, one-sided"
+        row.p_worse = stats.welch_ttest(cur_vals, ref_vals, "less")
+        row.p_better = stats.welch_ttest(cur_vals, ref_vals, "greater")
+    notes = [why] if why else []
+    if not np.isfinite(row.p_worse):
+        notes.append("no test possible (fewer than 2 seeds): tolerance only")
     if cur.n_failed:
         notes.append(f"{cur.n_failed} run(s) not finished")
-    significant = not np.isfinite(row.p) or row.p < alpha
-    if abs(row.delta) > row.threshold and significant:
-        row.verdict = "worse" if row.delta < 0 else "better"
+    tested = np.isfinite(row.p_worse)
+    if row.delta < -tolerance and (not tested or row.p_worse < alpha):
+        row.verdict = "worse"
+    elif row.delta > tolerance and (not tested or row.p_better < alpha):
+        row.verdict = "better"
     else:
         row.verdict = "unchanged"
     row.note = "; ".join(notes)
+    _power(row, len(seeds_cur), paired=paired, alpha=alpha)
     return row
 
 
+def _power(row: CheckRow, n_cur: int, *, paired: bool, alpha: float) -> None:
+    """Fill ``detectable`` and the printed power line (at the reference's seed std)."""
+    if not np.isfinite(row.ref_std):
+        row.power_line = (f"{row.dataset}/{row.model}: detectable drop unknown (the reference "
+                          f"has {row.ref_seeds} seed(s): no seed std)")
+        return
+    row.detectable = detectable_drop(row.ref_std, row.ref_seeds, n_cur, paired=paired,
+                                     alpha=alpha, power=POWER, tolerance=row.tolerance)
+    test = "paired t" if paired else "Welch t"
+    row.power_line = (f"{row.dataset}/{row.model}: detects a drop of {row.detectable:.4f} AUC "
+                      f"with {POWER:.0%} power (seed std {row.ref_std:.4f}, n {row.ref_seeds} "
+                      f"vs {n_cur}, one-sided {test}, alpha {alpha:g}, tolerance "
+                      f"{row.tolerance:g})")
+
+
 def check_results(reference: pd.DataFrame, results_root: Path, *, tolerance: float = 0.001,
-                  k: float = 2.0, alpha: float = 0.05,
-                  datasets: Sequence[str] | None = None) -> list[CheckRow]:
+                  alpha: float = 0.05, datasets: Sequence[str] | None = None) -> CheckOutcome:
     """Judge every reference row (optionally only ``datasets``) against current records."""
     ref = reference if not datasets else reference[reference["dataset"].isin(datasets)]
     if ref.empty:
         raise BaselineError("the baseline has no rows" + (f" for {', '.join(datasets)}"
                                                           if datasets else ""))
     wanted = sorted(ref["dataset"].unique())
-    groups: dict[str, dict[str, ModelRuns]] = {}
+    rs = None
     if (Path(results_root) / "runs").is_dir():
         rs = load_results(Path(results_root))
-        groups = {ds: group_models(rs, ds) for ds in wanted if ds in set(rs.datasets())}
-    rows = [judge(r, groups.get(r["dataset"], {}).get(r["model"]), tolerance=tolerance, k=k,
-                  alpha=alpha) for _, r in ref.iterrows()]
+    rows = []
+    for _, r in ref.iterrows():
+        cur, why = select_runs(r, rs)
+        rows.append(judge(r, cur, why, tolerance=tolerance, alpha=alpha))
     known = set(zip(ref["dataset"], ref["model"]))
-    for ds in wanted:
-        for model, g in groups.get(ds, {}).items():
-            if (ds, model) not in known and g.status == "ok":
-                s = g.summary("test_auc")
+    unreadable: list[tuple[str, str]] = []
+    if rs is not None:
+        fin = rs.finished[rs.finished["dataset"].isin(wanted)]
+        for (ds, model), grp in fin.groupby(["dataset", "model"], sort=True):
+            if (ds, model) not in known:
+                s = stats.summarize(grp["test_auc"].to_numpy())
                 rows.append(CheckRow(ds, model, "new", cur_auc=s.mean, cur_std=s.std,
                                      cur_seeds=s.n, note="not in the baseline"))
-    return rows
+        bad = rs.runs[rs.runs["status"] == "unreadable"]
+        unreadable = list(zip(bad["path"].astype(str), bad["error"].astype(str)))
+    return CheckOutcome(rows, unreadable)
 
 
 def exit_code(rows: Sequence[CheckRow]) -> int:
@@ -189,7 +260,8 @@ def exit_code(rows: Sequence[CheckRow]) -> int:
 
 
 def rows_frame(rows: Sequence[CheckRow]) -> pd.DataFrame:
-    return pd.DataFrame([r.__dict__ for r in rows], columns=list(CHECK_COLUMNS))
+    return pd.DataFrame([{c: getattr(r, c) for c in CHECK_COLUMNS} for r in rows],
+                        columns=list(CHECK_COLUMNS))
 
 
 def update_reference(path: Path, results_root: Path, *,
@@ -197,7 +269,7 @@ def update_reference(path: Path, results_root: Path, *,
     """Rewrite the reference from the current records (atomically); returns the new frame.
 
     Only usable rows (status ``ok``) are written: a model whose records mix dataset identities
-    or that has no finished run cannot serve as a reference.
+    or configs, or that has no finished run, cannot serve as a reference.
     """
     rs = load_results(Path(results_root), datasets)
     if rs.finished.empty:
@@ -206,7 +278,24 @@ def update_reference(path: Path, results_root: Path, *,
     frame, _ = leaderboard(rs, CardBook(), n_boot=0)
     usable = frame[frame["status"] == "ok"].loc[:, list(LEADERBOARD_COLUMNS)]
     if usable.empty:
-        raise CtrbenchError("no model has usable runs (finished, one dataset identity): "
-                            "refusing to write an empty reference")
-    atomic_write_text(Path(path), csv_text(usable))
+        raise CtrbenchError("no model has usable runs (finished, one dataset identity, one "
+                            "config): refusing to write an empty reference")
+    try:
+        atomic_write_text(Path(path), csv_text(usable))
+    except OSError as exc:
+        raise BaselineError(f"cannot write baseline {path}: {exc.strerror or exc}") from None
     return usable
+
+
+def power_lines(frame: pd.DataFrame, *, tolerance: float, alpha: float) -> list[str]:
+    """The power line of each row of a reference frame, for a rerun on the same seeds."""
+    out = []
+    for _, r in frame.iterrows():
+        seeds = parse_seed_aucs(r["seed_aucs"])
+        row = CheckRow(r["dataset"], r["model"], "", ref_seeds=len(seeds), tolerance=tolerance,
+                       ref_std=stats.summarize(list(seeds.values())).std)
+        _power(row, len(seeds), paired=True, alpha=alpha)
+        out.append(row.power_line)
+    return out
+
+

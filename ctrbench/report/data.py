@@ -25,7 +25,8 @@ PAPER_DATASETS = ("books", "electronics", "commercial")
 
 RUN_COLUMNS = (
     "dataset", "model", "seed", "status", "error", "identity", "protocol", "version", "arch",
-    "test_auc", "test_gauc", "test_logloss", "test_rows", "best_epoch", "epochs_run",
+    "config", "valid_auc", "test_auc", "test_gauc", "test_logloss", "test_rows", "best_epoch",
+    "epochs_run",
     "train_s_per_epoch", "eval_s_per_epoch", "train_samples_per_s", "eval_samples_per_s",
     "peak_memory_mb", "n_parameters", "path",
 )
@@ -68,6 +69,23 @@ def identity_key(identity: Mapping[str, Any]) -> str:
     return config_hash(dict(identity))
 
 
+def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"epochs": 2}}`` -> ``{"train.epochs": 2}`` (lists kept as values)."""
+    out: dict[str, Any] = {}
+    for key in sorted(config):
+        value = config[key]
+        if isinstance(value, Mapping):
+            out.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def config_key(config: Mapping[str, Any]) -> str:
+    """Short stable hash of a record's resolved model config (params and train settings)."""
+    return config_hash(flatten_config(config))
+
+
 def _run_row(path: Path, rec: RunRecord) -> dict[str, Any]:
     epochs = rec.epochs
 
@@ -81,6 +99,8 @@ def _run_row(path: Path, rec: RunRecord) -> dict[str, Any]:
         "error": rec.error or "", "identity": identity_key(ident),
         "protocol": str(ident.get("protocol", "")), "version": str(ident.get("version", "")),
         "arch": str((rec.model_config or {}).get("arch", "")),
+        "config": config_key(rec.model_config or {}),
+        "valid_auc": float((rec.valid or {}).get("auc", np.nan)),
         "test_auc": float(rec.test.get("auc", np.nan)),
         "test_gauc": float(rec.test.get("gauc", np.nan)),
         "test_logloss": float(rec.test.get("logloss", np.nan)),
@@ -105,7 +125,8 @@ def _unreadable_row(path: Path, root: Path, error: str) -> dict[str, Any]:
         seed = -1
     row: dict[str, Any] = dict.fromkeys(RUN_COLUMNS, np.nan)
     row.update(dataset=dataset, model=model, seed=seed, status="unreadable", error=error,
-               identity="", protocol="", version="", arch="", n_parameters=0, path=str(path))
+               identity="", protocol="", version="", arch="", config="", n_parameters=0,
+               path=str(path))
     return row
 
 
@@ -117,6 +138,8 @@ class ResultSet:
     runs: pd.DataFrame  # RUN_COLUMNS
     curves: pd.DataFrame  # CURVE_COLUMNS (finished runs only)
     explain_parts: dict[str, dict[str, list[str]]]  # record path -> extra["explain_parts"]
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> flat model config
+    identities: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> flat identity
     _scores: dict[str, dict[str, np.ndarray] | None] = field(default_factory=dict)
 
     @property
@@ -146,12 +169,22 @@ class ResultSet:
             self._scores[path] = arrays if ok else None
         return self._scores[path]
 
+    def test_groups(self, path: str) -> np.ndarray | None:
+        """The user id of each test row (``groups`` in the record's .npz), or None (not cached:
+        read once per test set by the caller)."""
+        try:
+            groups = read_scores(Path(path)).get("groups")
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return None
+        return None if groups is None else np.asarray(groups)
+
 
 def load_results(results_root: Path, datasets: Sequence[str] | None = None) -> ResultSet:
     """Read every ``seed-*.json`` under ``results_root/runs`` (optionally only ``datasets``).
 
-    An unreadable record (bad JSON, old schema version) is kept as status ``unreadable`` with
-    its error, so that it is listed rather than silently dropped.
+    An unreadable record (bad JSON, not a JSON object, old schema version, a field of the wrong
+    type such as ``"auc": "high"``) is kept as status ``unreadable`` with its error, so that it
+    is listed rather than silently dropped (and never crashes a report or the gate).
     """
     root = Path(results_root)
     runs_dir = root / "runs"
@@ -161,19 +194,31 @@ def load_results(results_root: Path, datasets: Sequence[str] | None = None) -> R
     rows: list[dict[str, Any]] = []
     curves: list[tuple] = []
     parts: dict[str, dict[str, list[str]]] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    identities: dict[str, dict[str, Any]] = {}
     for path in sorted(runs_dir.rglob("seed-*.json")):
         if datasets and path.relative_to(runs_dir).parts[0] not in datasets:
             continue
         try:
             rec = read_record(path)
-        except (CtrbenchError, TypeError) as exc:  # TypeError: keys the dataclass lacks
+            row = _run_row(path, rec)
+            config = flatten_config(rec.model_config or {})
+            ident = flatten_config(rec.dataset_identity or {})
+            curve = [(rec.dataset, rec.model, int(rec.seed), int(e.epoch), float(e.valid_auc),
+                      float(e.train_loss)) for e in rec.epochs]
+        except CtrbenchError as exc:
             rows.append(_unreadable_row(path, root, str(exc).splitlines()[0]))
             continue
-        rows.append(_run_row(path, rec))
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:  # wrong shape or type
+            what = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            rows.append(_unreadable_row(path, root, f"malformed run record {path}: {what}"))
+            continue
+        rows.append(row)
+        configs[str(path)], identities[str(path)] = config, ident
         if rec.status == "finished":
-            curves.extend((rec.dataset, rec.model, int(rec.seed), int(e.epoch),
-                           float(e.valid_auc), float(e.train_loss)) for e in rec.epochs)
-            if isinstance(rec.extra.get("explain_parts"), Mapping):
+            curves.extend(curve)
+            if isinstance(rec.extra, Mapping) and isinstance(rec.extra.get("explain_parts"),
+                                                             Mapping):
                 parts[str(path)] = {k: list(v) for k, v in rec.extra["explain_parts"].items()}
     if datasets:
         missing = sorted(set(datasets) - {r["dataset"] for r in rows})
@@ -181,7 +226,8 @@ def load_results(results_root: Path, datasets: Sequence[str] | None = None) -> R
             raise CtrbenchError(f"no run records for dataset(s) {', '.join(missing)} in {root}")
     runs = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
     runs = runs.sort_values(["dataset", "model", "seed"], kind="stable").reset_index(drop=True)
-    return ResultSet(root, runs, pd.DataFrame(curves, columns=list(CURVE_COLUMNS)), parts)
+    return ResultSet(root, runs, pd.DataFrame(curves, columns=list(CURVE_COLUMNS)), parts,
+                     configs, identities)
 
 
 # --------------------------------------------------------------------------- paper datasets
