@@ -243,7 +243,7 @@ def build_report(
                                 boot_seed=boot_seed)
     board = versus_pop.add_pop_columns(board, rs, alpha)
     md, txt = _sections(board, lambda f: versus_pop.with_pop_column(leaderboard_display(f), f),
-                        header=lambda ds: f"{why[ds]} {versus_pop.header_note(board, ds)}.")
+                        header=lambda ds: f"{why[ds]}; {versus_pop.header_note(board, ds)}.")
     legend = LEADERBOARD_LEGEND.format(alpha=alpha) + " " + versus_pop.LEGEND.format(alpha=alpha)
     tables = [Table("leaderboard", "Leaderboard (Table 2)", board, f"{legend}\n\n{md}", txt)]
 
