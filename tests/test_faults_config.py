@@ -60,8 +60,8 @@ def resolve(*set_items: str, config=None):
     ("train.optimizer='sgd'", "optimizer", "one of 'adam', 'lazy_adam'"),
     ("train=1", "train", "expected a table"),
     ("params=[1]", "params", "expected a table"),
-    ("params.embedding_dim=1.5", "embedding_dim", "an integer"),
-    ("params.embedding_dim='x'", "embedding_dim", "an integer"),
+    ("params.embedding_dim=1.5", "embedding_dim", "a positive integer"),
+    ("params.embedding_dim='x'", "embedding_dim", "a positive integer"),
 ])
 def test_bad_set_values_are_refused_when_resolved(cards, item, key, expected):
     with pytest.raises(CardError) as err:
