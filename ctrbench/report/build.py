@@ -21,7 +21,7 @@ from ctrbench.paths import ensure_writable_dir, inside, safe_name
 from ctrbench.progress import message
 from ctrbench.record import atomic_write_text
 from ctrbench.registry import did_you_mean
-from ctrbench.report import plots, strata, versus_pop
+from ctrbench.report import health, plots, strata, versus_pop
 from ctrbench.report import tables as rt
 from ctrbench.report.data import CardBook, ResultSet, load_results
 from ctrbench.report.tuned import TUNED_LEGEND, ordering_footer, tuned_display, tuned_tables
@@ -242,9 +242,16 @@ def build_report(
     board, why = rt.leaderboard(rs, cards, reference=reference, alpha=alpha, n_boot=n_boot,
                                 boot_seed=boot_seed)
     board = versus_pop.add_pop_columns(board, rs, alpha)
+    flagged = health.flagged_table(rs)
+
+    def board_header(ds: str) -> str:
+        notes = [versus_pop.header_note(board, ds), health.header_note(flagged, ds)]
+        return f"{why[ds]}; " + "; ".join(n for n in notes if n) + "."
+
     md, txt = _sections(board, lambda f: versus_pop.with_pop_column(leaderboard_display(f), f),
-                        header=lambda ds: f"{why[ds]}; {versus_pop.header_note(board, ds)}.")
-    legend = LEADERBOARD_LEGEND.format(alpha=alpha) + " " + versus_pop.LEGEND.format(alpha=alpha)
+                        header=board_header)
+    legend = " ".join((LEADERBOARD_LEGEND.format(alpha=alpha),
+                       versus_pop.LEGEND.format(alpha=alpha), health.LEGEND))
     tables = [Table("leaderboard", "Leaderboard (Table 2)", board, f"{legend}\n\n{md}", txt)]
 
     for kind, title in (("ablations", "Ablations vs mian (Table 3)"),
@@ -280,6 +287,12 @@ def build_report(
                             footer=lambda ds: ordering_footer(orderings, ds))
         tables.append(Table("tuned", "Defaults vs tuned", pairs, f"{TUNED_LEGEND}\n\n{md}", txt))
         tables.append(Table("tuned_ordering", "Orderings, defaults vs tuned", orderings, "", ""))
+
+    shown = health.flagged_display(flagged)
+    md = (f"{health.INTRO}\n\n" + _grid(shown, "github") if not flagged.empty
+          else "_No flagged runs._\n")
+    txt = _grid(shown, "simple") if not flagged.empty else "(none)\n"
+    tables.append(Table("flagged", "Runs flagged by training health (counted)", flagged, md, txt))
 
     failed = rt.failed_table(rs)
     shown = failed.drop(columns=["path"])

@@ -28,7 +28,7 @@ RUN_COLUMNS = (
     "config", "valid_auc", "test_auc", "test_gauc", "test_logloss", "test_rows", "best_epoch",
     "epochs_run",
     "train_s_per_epoch", "eval_s_per_epoch", "train_samples_per_s", "eval_samples_per_s",
-    "peak_memory_mb", "n_parameters", "path",
+    "peak_memory_mb", "n_parameters", "flags", "dead_relu_init", "dead_relu_best", "path",
 )
 CURVE_COLUMNS = ("dataset", "model", "seed", "epoch", "valid_auc", "train_loss")
 
@@ -112,8 +112,27 @@ def _run_row(path: Path, rec: RunRecord) -> dict[str, Any]:
         "train_samples_per_s": mean_of("train_samples_per_s"),
         "eval_samples_per_s": mean_of("eval_samples_per_s"),
         "peak_memory_mb": max((e.peak_memory_mb for e in epochs), default=float("nan")),
-        "n_parameters": int(rec.n_parameters), "path": str(path),
+        "n_parameters": int(rec.n_parameters), **health_columns(rec.health or {}),
+        "path": str(path),
     }
+
+
+def health_columns(health: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's training-health flags as text, and its largest dead-ReLU fractions."""
+    flags = []
+    if health.get("degenerate"):
+        reasons = "; ".join(str(r) for r in health.get("degenerate_reasons", []))
+        flags.append(f"degenerate ({reasons})" if reasons else "degenerate")
+    if health.get("not_converged"):
+        flags.append("not converged (best epoch = last allowed)")
+    dead = health.get("dead_relu", {}) if isinstance(health.get("dead_relu"), Mapping) else {}
+
+    def largest(which: str) -> float:
+        values = dead.get(which, {})
+        return max(values.values(), default=np.nan) if isinstance(values, Mapping) else np.nan
+
+    return {"flags": ", ".join(flags), "dead_relu_init": largest("init"),
+            "dead_relu_best": largest("best")}
 
 
 def _unreadable_row(path: Path, root: Path, error: str) -> dict[str, Any]:
@@ -125,7 +144,7 @@ def _unreadable_row(path: Path, root: Path, error: str) -> dict[str, Any]:
         seed = -1
     row: dict[str, Any] = dict.fromkeys(RUN_COLUMNS, np.nan)
     row.update(dataset=dataset, model=model, seed=seed, status="unreadable", error=error,
-               identity="", protocol="", version="", arch="", config="", n_parameters=0,
+               identity="", protocol="", version="", arch="", flags="", config="", n_parameters=0,
                path=str(path))
     return row
 
