@@ -90,8 +90,15 @@ def test_paper_cards_name_their_rule():
 
 
 def test_version_1_records_load_with_the_old_rule_and_no_health(tmp_path):
-    path = FIXTURES / "electronics-dien" / "my_model" / "seed-0.json"
-    assert json.loads(path.read_text())["schema_version"] == 1
+    # a version-1 record: the fixture as written before `init` and `health` existed
+    old = json.loads((FIXTURES / "electronics-dien" / "my_model" / "seed-0.json").read_text())
+    for key in ("init", "health"):
+        old.pop(key, None)
+    old["schema_version"] = 1
+    old["model_config"]["train"].pop("init", None)
+    path = tmp_path / "v1" / "seed-0.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(old))
     record = read_record(path)
     assert record.init == "torch_default_dense" and record.health == {}
     data = record.to_dict()

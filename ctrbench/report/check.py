@@ -29,7 +29,7 @@ import pandas as pd
 
 from ctrbench.analysis import stats
 from ctrbench.analysis.power import detectable_drop
-from ctrbench.errors import CtrbenchError
+from ctrbench.errors import CtrbenchError, WriteError
 from ctrbench.record import atomic_write_text
 from ctrbench.report.data import CardBook, ResultSet, load_results
 from ctrbench.report.groups import ModelRuns, describe_difference
@@ -282,6 +282,8 @@ def update_reference(path: Path, results_root: Path, *,
                             "config): refusing to write an empty reference")
     try:
         atomic_write_text(Path(path), csv_text(usable))
+    except WriteError as exc:  # read-only or full disk: nothing half-written is left
+        raise BaselineError(f"cannot write baseline {path}: {exc}") from None
     except OSError as exc:
         raise BaselineError(f"cannot write baseline {path}: {exc.strerror or exc}") from None
     return usable
