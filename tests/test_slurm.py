@@ -224,8 +224,10 @@ def test_a_refused_submission_is_one_clear_error_and_leaves_nothing(work):
 @pytest.mark.slurm
 def test_ctrl_c_scancel_and_kill_are_recorded_failed_and_redone(work):
     results = work
+    # 10 epochs of lr (~10 s on an idle machine; its validation AUC rises through epoch 10), so
+    # that the scancel below lands while the task trains rather than after it finished
     cmd = [sys.executable, "-m", "ctrbench.cli", "run", "-m", "lr", "-d", "synthetic",
-           "--seed-list", "2", "--epochs", "1", "--results", str(results),
+           "--seed-list", "2", "--epochs", "10", "--results", str(results),
            "--executor", "slurm", "--time", "20:00"]
     # 1. Ctrl-C while waiting: the job keeps running, the message says how to reattach
     waiter = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
