@@ -8,7 +8,6 @@ Histories are left-aligned (``ctrbench.schema``): a ``[B, T]`` bool mask marks v
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -209,36 +208,22 @@ def _augru_backward_loop(grad_h: torch.Tensor, states: torch.Tensor, gates: torc
     return d_pre, d_att
 
 
-def _try_script(fn: Callable) -> Callable:
-    """``torch.jit.script(fn)`` when it works; the eager function otherwise."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.jit.script(fn)
-    except Exception:  # any scripting failure (old/new torch) falls back to eager
-        return fn
-
-
-_FORWARD_LOOP = _try_script(_augru_forward_loop)
-_BACKWARD_LOOP = _try_script(_augru_backward_loop)
-
-
 class _AUGRUFunction(torch.autograd.Function):
-    """AUGRU recurrence with a hand-written backward.
+    """AUGRU recurrence with a hand-written backward, in plain eager code.
 
     Autograd through the time loop records ~15 small ops per step and replays them in Python;
     here the forward saves the gates, the backward walks the steps once in reverse, and the
-    recurrent weight's gradient is one matmul over all steps after the loop.
+    recurrent weight's gradient is one matmul over all steps after the loop. (The loops used to
+    be compiled with TorchScript, which is deprecated: that was 15-20% faster on this kernel,
+    about 3-6% of a DIEN training step on the CPU; see docs/performance.md.)
     """
 
     @staticmethod
-    def forward(ctx, gx, attention, w_hh, b_hh, scripted):  # type: ignore[override]
-        forward_loop = _FORWARD_LOOP if scripted else _augru_forward_loop
+    def forward(ctx, gx, attention, w_hh, b_hh):  # type: ignore[override]
         # Inputs all arrive in gx's dtype (bf16 under autocast); keep autocast out of the loop.
         with torch.autocast(device_type=gx.device.type, enabled=False):
-            states, gates, h_cand = forward_loop(gx, attention, w_hh, b_hh)
+            states, gates, h_cand = _augru_forward_loop(gx, attention, w_hh, b_hh)
         ctx.save_for_backward(states, gates, h_cand, attention, w_hh)
-        ctx.scripted = scripted
         return states[-1]
 
     @staticmethod
@@ -246,8 +231,7 @@ class _AUGRUFunction(torch.autograd.Function):
     def backward(ctx, grad_h):  # type: ignore[override]
         states, gates, h_cand, attention, w_hh = ctx.saved_tensors
         hidden = w_hh.shape[1]
-        backward_loop = _BACKWARD_LOOP if ctx.scripted else _augru_backward_loop
-        d_pre, d_att = backward_loop(grad_h.to(states.dtype).contiguous(), states, gates, h_cand,
+        d_pre, d_att = _augru_backward_loop(grad_h.to(states.dtype).contiguous(), states, gates, h_cand,
                                      attention, w_hh)
         # Recurrent projection gradient over all steps at once.
         d_gh = d_pre.clone()  # (B, T, 3H)
@@ -255,22 +239,14 @@ class _AUGRUFunction(torch.autograd.Function):
         h_prev = states[:-1].transpose(0, 1)  # (B, T, H)
         d_w = d_gh.reshape(-1, 3 * hidden).t() @ h_prev.reshape(-1, hidden)  # (3H, H)
         d_b = d_gh.reshape(-1, 3 * hidden).sum(dim=0)  # (3H,)
-        return d_pre, d_att, d_w, d_b, None
+        return d_pre, d_att, d_w, d_b
 
 
 def augru_recurrence(gx: torch.Tensor, attention: torch.Tensor, w_hh: torch.Tensor,
-                     b_hh: torch.Tensor, scripted: bool = True) -> torch.Tensor:
-    """Final AUGRU state ``[B, H]`` (fast path; same values and gradients as the reference).
-
-    ``scripted=False`` runs the eager Python loops instead of the TorchScript ones (benchmark).
-    """
+                     b_hh: torch.Tensor) -> torch.Tensor:
+    """Final AUGRU state ``[B, H]`` (fast path; same values and gradients as the reference)."""
     return _AUGRUFunction.apply(gx, attention.to(gx.dtype), w_hh.to(gx.dtype),
-                                b_hh.to(gx.dtype), scripted)
-
-
-#: whether the AUGRU loops compiled with TorchScript (else the eager loops are used)
-AUGRU_SCRIPTED = isinstance(_FORWARD_LOOP, torch.jit.ScriptFunction) and isinstance(
-    _BACKWARD_LOOP, torch.jit.ScriptFunction)
+                                b_hh.to(gx.dtype))
 
 
 class AUGRU(nn.Module):
