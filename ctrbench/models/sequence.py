@@ -231,8 +231,8 @@ class _AUGRUFunction(torch.autograd.Function):
     def backward(ctx, grad_h):  # type: ignore[override]
         states, gates, h_cand, attention, w_hh = ctx.saved_tensors
         hidden = w_hh.shape[1]
-        d_pre, d_att = _augru_backward_loop(grad_h.to(states.dtype).contiguous(), states, gates, h_cand,
-                                     attention, w_hh)
+        d_pre, d_att = _augru_backward_loop(grad_h.to(states.dtype).contiguous(), states, gates,
+                                            h_cand, attention, w_hh)
         # Recurrent projection gradient over all steps at once.
         d_gh = d_pre.clone()  # (B, T, 3H)
         d_gh[..., 2 * hidden :] *= gates.transpose(0, 1)[..., :hidden]  # times r
