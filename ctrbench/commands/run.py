@@ -69,6 +69,29 @@ def _prepare_selection(models: str, dataset: str, seeds: int | None, seed_list: 
     return handle, specs, results_root
 
 
+def threads_option(func: Callable) -> Callable:
+    """``--threads N|auto``: torch intra-op threads per process (see resolve_threads_option)."""
+    return click.option(
+        "--threads", default="auto", show_default=True, metavar="N|auto",
+        help="Torch intra-op threads per process. auto: the usable cores (affinity mask, "
+             "cgroup quota) divided by the parallel workers.")(func)
+
+
+def resolve_threads_option(value: str, jobs: int = 1) -> int | None:
+    """``--threads`` -> a thread count; ``auto`` is the usable cores for one process and None
+    with ``jobs > 1`` (the runner divides the cores by the workers it starts). Bad values
+    exit 2."""
+    from ctrbench.engine.threads import default_threads, parse_threads
+
+    try:
+        threads = parse_threads(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--threads") from None
+    if threads is None and jobs <= 1:
+        return default_threads(1)
+    return threads
+
+
 def _quiet_option(func: Callable) -> Callable:
     return click.option("-q", "--quiet", is_flag=True, help="No progress output on stderr.")(func)
 
@@ -80,11 +103,12 @@ def _quiet_option(func: Callable) -> Callable:
 @click.option("--devices", default=None,
               help="Devices for the workers, round-robin, e.g. cuda:0,cuda:1.")
 @click.option("--force", is_flag=True, help="Rerun runs that already have a finished record.")
+@threads_option
 @_quiet_option
 def run(models: str, dataset: str, seeds: int | None, seed_list: str | None, epochs: int | None,
         device: str, results_dir: Path | None, set_items: tuple[str, ...],
         config_file: Path | None, jobs: int, devices: str | None, force: bool,
-        quiet: bool) -> None:
+        threads: str, quiet: bool) -> None:
     """Train and evaluate models x seeds on a dataset; record each run once.
 
     Prepares the dataset when needed; skips runs whose finished record has the same run id
@@ -107,6 +131,7 @@ def run(models: str, dataset: str, seeds: int | None, seed_list: str | None, epo
         progress.set_mode("quiet")
     if jobs < 1:
         raise click.BadParameter("must be >= 1", param_hint="--jobs")
+    n_threads = resolve_threads_option(threads, jobs)
     device_list = [d.strip() for d in devices.split(",") if d.strip()] if devices else []
     for d in [device, *device_list]:
         resolve_device(d)  # unknown or unavailable devices fail before any work
@@ -114,7 +139,7 @@ def run(models: str, dataset: str, seeds: int | None, seed_list: str | None, epo
     handle, specs, _ = _prepare_selection(models, dataset, seeds, seed_list, epochs, results_dir,
                                           set_items, config_file)
     results = runner.execute(specs, handle, device=device, jobs=jobs, devices=device_list,
-                             force=force, show_progress=not quiet)
+                             force=force, show_progress=not quiet, threads=n_threads)
     _print_summary(results, specs)
     failed = sum(r.status == "failed" for r in results)
     if failed:

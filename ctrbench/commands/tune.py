@@ -71,11 +71,14 @@ def _trial_line(frozen, counts, target: int) -> str:
 @click.option("--fail-running", is_flag=True, default=False,
               help="First mark every RUNNING trial FAIL (for journal storage, which has no "
                    "heartbeat; only when no other worker is alive).")
+@click.option("--threads", default="auto", show_default=True, metavar="N|auto",
+              help="Torch intra-op threads of this worker; auto: the usable cores. With several "
+                   "workers on one machine give each its share (cores // workers).")
 @click.option("-q", "--quiet", is_flag=True, default=False, help="No progress on stderr.")
 def tune(model: str, dataset: str, n_trials: int, timeout: float | None, storage: str | None,
          study_name: str | None, sampler: str, pruner: str, prune_after: int, seed: int,
          epochs: int | None, results_root: Path | None, device: str, card_first: bool,
-         heartbeat: int, fail_running: bool, quiet: bool) -> None:
+         heartbeat: int, fail_running: bool, threads: str, quiet: bool) -> None:
     """Tune a model's hyperparameters on a dataset's VALIDATION split (never test).
 
     Each trial trains the card with sampled values (the card's [search] table) and reports its
@@ -102,6 +105,8 @@ def tune(model: str, dataset: str, n_trials: int, timeout: float | None, storage
 
     from ctrbench import progress as progress_mod
     from ctrbench.cards import load_model_card
+    from ctrbench.commands.run import resolve_threads_option
+    from ctrbench.engine.threads import apply_threads
     from ctrbench.paths import default_results_root
     from ctrbench.tune.outputs import (
         study_dir,
@@ -116,6 +121,7 @@ def tune(model: str, dataset: str, n_trials: int, timeout: float | None, storage
     from ctrbench.tune.storage import open_storage
     from ctrbench.tune.study import TuneSettings, open_study, run_study, study_signature
 
+    apply_threads(resolve_threads_option(threads))
     if quiet:
         progress_mod.set_mode("quiet")
     verbose = logging.getLogger().getEffectiveLevel() < logging.WARNING

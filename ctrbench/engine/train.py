@@ -34,6 +34,7 @@ from ctrbench.engine.optim import (
     clip_grad_norm,
     penalised_tables,
 )
+from ctrbench.engine.threads import load_average
 from ctrbench.errors import CardError, CtrbenchError, DataError
 from ctrbench.models import ARCHITECTURES, CTRModel, build_model, count_parameters
 from ctrbench.progress import progress as progress_bar
@@ -355,6 +356,7 @@ def train_and_evaluate(
                                                 generators.torch, progress)
             _synchronize(dev)
             train_seconds = time.perf_counter() - start
+            train_load = load_average()
             start = time.perf_counter()
             scores = predict(model, valid, cfg.eval_batch_size).numpy()
             eval_seconds = time.perf_counter() - start
@@ -367,6 +369,7 @@ def train_and_evaluate(
                 train_samples_per_s=train.rows / max(train_seconds, 1e-9),
                 eval_samples_per_s=valid.rows / max(eval_seconds, 1e-9),
                 peak_memory_mb=peak_memory_mb(dev),
+                threads=torch.get_num_threads(), load_avg_1m=train_load,
             )
             rows.append(row)
             if best_state is None or row.valid_auc > best_auc:

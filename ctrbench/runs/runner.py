@@ -10,7 +10,8 @@
   interrupted run leaves either the old record or the new one, never a partial one. A run that
   raises (NaN loss, OOM, any exception) is recorded as ``failed`` and the protocol goes on.
 - Parallelism: ``jobs > 1`` runs independent runs in spawned worker processes, each with
-  ``cores // jobs`` torch threads and one device from ``devices`` (round-robin).
+  ``usable_cores // jobs`` torch threads (or ``threads``) and one device from ``devices``
+  (round-robin).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from ctrbench.cards import (
     resolve_model_spec,
 )
 from ctrbench.data.store import PreparedData
+from ctrbench.engine.threads import apply_threads, default_threads
 from ctrbench.errors import CardError
 from ctrbench.record import (
     EpochRow,
@@ -272,11 +274,9 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(device_queue: Any, threads: int, modules: Sequence[str], mode: str) -> None:
-    import torch
-
     install_termination_handler()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates us
-    torch.set_num_threads(threads)
+    apply_threads(threads)
     for module in modules:  # architectures registered outside ctrbench.models
         __import__(module)
     progress_mod.set_mode(mode)
@@ -298,23 +298,22 @@ def _plugin_modules(specs: Sequence[RunSpec]) -> list[str]:
     return sorted(m for m in modules if not m.startswith("ctrbench.") and m != "__main__")
 
 
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def execute(specs: Sequence[RunSpec], dataset: DatasetHandle, *, device: str = "auto",
             jobs: int = 1, devices: Sequence[str] = (), force: bool = False,
-            show_progress: bool = True) -> list[RunResult]:
-    """Run every spec not finished yet (all with ``force``); returns one result per spec."""
+            show_progress: bool = True, threads: int | None = None) -> list[RunResult]:
+    """Run every spec not finished yet (all with ``force``); returns one result per spec.
+
+    ``threads``: torch intra-op threads per process; None leaves this process's setting alone
+    and gives each of several workers ``usable_cores() // workers``
+    (:mod:`ctrbench.engine.threads`)."""
     todo = pending(specs, force)
     todo_ids = {id(s) for s in todo}
     results = {id(s): RunResult(s, "skipped", "finished")
                for s in specs if id(s) not in todo_ids}
     total = len(todo)
     if jobs <= 1 or total <= 1:
+        if threads is not None:
+            apply_threads(threads)
         for i, spec in enumerate(todo, 1):
             progress_mod.message(f"[{i}/{total}] {spec.model} seed {spec.seed}: training")
             result = execute_one(spec, dataset, device=device, force=force,
@@ -324,19 +323,20 @@ def execute(specs: Sequence[RunSpec], dataset: DatasetHandle, *, device: str = "
             results[id(spec)] = result
     else:
         for spec, result in zip(todo, _execute_parallel(todo, dataset, device, jobs, devices,
-                                                        force)):
+                                                        force, threads)):
             results[id(spec)] = result
     return [results[id(s)] for s in specs]
 
 
 def _execute_parallel(todo: Sequence[RunSpec], dataset: DatasetHandle, device: str, jobs: int,
-                      devices: Sequence[str], force: bool) -> list[RunResult]:
+                      devices: Sequence[str], force: bool,
+                      threads: int | None = None) -> list[RunResult]:
     workers = min(jobs, len(todo))
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     for i in range(workers):
         queue.put(devices[i % len(devices)] if devices else device)
-    threads = max(1, usable_cores() // workers)
+    threads = default_threads(workers) if threads is None else threads
     mode = progress_mod._effective_mode()
     mode = "lines" if mode == "bar" else mode  # one terminal, several writers
     results: dict[int, RunResult] = {}
