@@ -112,11 +112,12 @@ class Variant:
         self.perm = torch.randperm(train.rows, generator=torch.Generator().manual_seed(0))
         self.position = 0
         self.best = 0.0
+        self.clock = time.perf_counter  # benchmarks/ratio_to_din.py may use CPU time
 
     def run(self, steps: int) -> float:
         """Train ``steps`` steps; returns samples/s (and keeps the best)."""
         self.model.train()
-        start = time.perf_counter()
+        start = self.clock()
         for _ in range(steps):
             if self.position + self.batch_size > self.train.rows:
                 self.position = 0
@@ -124,7 +125,7 @@ class Variant:
             self.position += self.batch_size
             batch, label = self.train.take(idx)
             self.step(batch, label)
-        rate = steps * self.batch_size / (time.perf_counter() - start)
+        rate = steps * self.batch_size / (self.clock() - start)
         self.best = max(self.best, rate)
         return rate
 
