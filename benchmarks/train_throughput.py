@@ -237,7 +237,8 @@ def print_tables(results, models, optimizers, batch_sizes, args) -> list[dict[st
                                       "batch_size": batch_size, "epoch_time_ratio": ratio,
                                       "paper": paper})
     if ratio_rows:
-        print("\nper-epoch train time relative to DIN (paper §4.5)")
+        print("\nper-epoch train time relative to DIN (paper §4.5); the models ran one after "
+              "another, so on a shared machine prefer benchmarks/ratio_to_din.py (interleaved)")
         print(tabulate(ratio_rows, headers=["ratio", "optimizer", "batch", "ours", "paper"]))
     return data_rows
 
