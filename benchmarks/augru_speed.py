@@ -3,8 +3,8 @@
 Variants:
   naive       input projection inside the time loop, autograd through every step (peers' way)
   hoisted     input projections for all steps at once, autograd through the recurrent loop
-  fast-eager  hoisted + hand-written backward (one reverse loop), loops in eager Python
-  fast        the same with the loops compiled by torch.jit.script (what DIEN uses)
+  fast        hoisted + hand-written backward (one reverse loop), eager loops (what DIEN uses;
+              TorchScript, which compiled these loops before, is deprecated and gone)
   fast-trim   fast on a batch whose histories are all <= T/2: DIEN runs only the steps up to
               the longest history in the batch (the other variants use lengths ~ U[0, T])
 
@@ -50,7 +50,7 @@ def best_times_ms(steps: dict[str, Callable[[], None]], repeats: int, rounds: in
                   clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Best mean per call (ms) over ``rounds``; the variants take turns within each round so
     that a burst of load from other processes hits them all alike."""
-    for step in steps.values():  # warm-up (also lets TorchScript specialise)
+    for step in steps.values():  # warm-up
         for _ in range(3):
             step()
     best = dict.fromkeys(steps, float("inf"))
@@ -87,7 +87,6 @@ def main() -> None:
     short = torch.randint(0, args.steps // 2 + 1, (args.batch,))  # the fast-trim batch
     short_attention = attention * (torch.arange(args.steps)[None, :] < short[:, None])
     longest = max(1, int(short.max()))
-    scripted = sequence.AUGRU_SCRIPTED
 
     def run(kind: str) -> Callable[[], None]:
         def step() -> None:
@@ -97,9 +96,6 @@ def main() -> None:
                 out = naive_augru(x, attention, layer)
             elif kind == "hoisted":
                 out = sequence.augru_reference(layer.input_proj(x), attention, w, b)
-            elif kind == "fast-eager":
-                out = sequence.augru_recurrence(layer.input_proj(x), attention, w, b,
-                                                scripted=False)
             elif kind == "fast":
                 out = sequence.augru_recurrence(layer.input_proj(x), attention, w, b)
             else:  # fast-trim
@@ -110,9 +106,8 @@ def main() -> None:
         return step
 
     print(f"AUGRU forward+backward, B={args.batch} T={args.steps} D=H={args.dim}, "
-          f"threads={args.threads}, {args.clock} clock, torch {torch.__version__}, "
-          f"TorchScript loops: {'yes' if scripted else 'no (eager fallback)'}")
-    kinds = ("naive", "hoisted", "fast-eager", "fast", "fast-trim")
+          f"threads={args.threads}, {args.clock} clock, torch {torch.__version__}")
+    kinds = ("naive", "hoisted", "fast", "fast-trim")
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     times = best_times_ms({kind: run(kind) for kind in kinds}, args.repeats, args.rounds, clock)
     baseline = times["naive"]

@@ -75,10 +75,18 @@ def environment() -> dict[str, Any]:
     env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
                            "cpus": os.cpu_count(),
                            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            env["cpu"] = next((line.split(":", 1)[1].strip() for line in fh
+                               if line.startswith("model name")), platform.machine())
+    except OSError:
+        env["cpu"] = platform.machine()
     torch = sys.modules.get("torch")
     if torch is not None:
         env["torch"] = torch.__version__
         env["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            env["gpu"] = torch.cuda.get_device_name(0)
     return env
 
 
@@ -93,6 +101,13 @@ def _clean(value: Any, where: str) -> Any:
     if hasattr(value, "item"):  # numpy scalars
         return _clean(value.item(), where)
     raise BenchResultError(f"{where}: {type(value).__name__} is not a str/int/float/bool/None")
+
+
+def _clean_cell(value: Any, where: str) -> Any:
+    """A row's value: a scalar, or a flat list of scalars (one per round)."""
+    if isinstance(value, (list, tuple)):
+        return [_clean(v, f"{where}[{j}]") for j, v in enumerate(value)]
+    return _clean(value, where)
 
 
 def _args_dict(args: argparse.Namespace | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -126,7 +141,7 @@ def save(script: str, args: argparse.Namespace | Mapping[str, Any] | None,
         "schema_version": SCHEMA_VERSION, "machine": machine_name(machine), "commit": commit,
         "dirty": bool(dirty), "date": date or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "script": script, "args": _args_dict(args), "env": environment(),
-        "rows": [{str(k): _clean(v, f"rows[{i}].{k}") for k, v in row.items()}
+        "rows": [{str(k): _clean_cell(v, f"rows[{i}].{k}") for k, v in row.items()}
                  for i, row in enumerate(rows)],
     }
     path = result_path(results_dir or DEFAULT_DIR, doc["machine"], commit, script)

@@ -11,12 +11,12 @@ parse-first mode, used when most lines are wanted) over lines in memory; and, on
 two slow paths: ``json.loads`` of the whole line and ``ast.literal_eval`` (the old 2018
 behaviour). Figures are lines per CPU second of this process
 (``time.process_time``, best of 3), which other processes on a shared machine disturb less than
-wall time. Prints a table; ``--json`` keeps the figures under benchmarks/results/. Asserts
+wall time. Prints a table and keeps the figures under benchmarks/results/ (bench_results). Asserts
 nothing (timings are not tests).
 
 Usage:
     python benchmarks/meta_parse.py                       # 200,000 lines per format
-    python benchmarks/meta_parse.py --lines 500000 --json benchmarks/results/meta_parse.json
+    python benchmarks/meta_parse.py --lines 500000
 """
 
 from __future__ import annotations
@@ -25,18 +25,19 @@ import argparse
 import ast
 import gzip
 import json
-import os
-import platform
 import random
 import tempfile
 import time
 from pathlib import Path
 
+from bench_results import add_save_options, save_from_args
+
 from ctrbench.data.sources.amazon import _gzip_lines, _read_meta
 from ctrbench.data.sources.amazon_meta import meta_entry
 from ctrbench.progress import set_mode
 
-SHARED_2014 = Path("/work/shared/data/amazon2014/meta_Digital_Music.prefix.json.gz")
+SHARED_2014 = (Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2014"
+               / "meta_Digital_Music.prefix.json.gz")  # ../shared beside the checkout
 WORDS = ("magazine issue print digital edition monthly articles photography travel science "
          "design health cooking garden business review stories").split()
 
@@ -155,7 +156,7 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=200_000, help="meta lines per format")
     parser.add_argument("--slow-lines", type=int, default=2_000,
                         help="lines timed through ast.literal_eval (json.loads: 10x)")
-    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    add_save_options(parser)
     args = parser.parse_args()
     set_mode("quiet")
     rows = []
@@ -175,16 +176,8 @@ def main() -> None:
               f"{fig(r['tenth_wanted_lines_per_s'])}{fig(r['gzip_only_lines_per_s'])}"
               f"{fig(r['parse_only_lines_per_s'])}{fig(r['json_loads_lines_per_s'])}"
               f"{fig(r['literal_eval_lines_per_s'], 13)}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "command": "python benchmarks/meta_parse.py " + " ".join(
-                f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "json"),
-            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                        "note": "shared machine (2 cores, 8 engineers): absolute figures are "
-                                "lower bounds; ratios within this run are the comparison"},
-            "rows": rows}, indent=2) + "\n")
-
+    save_from_args("meta_parse", args, [{k: v for k, v in r.items() if v is not None}
+                                        for r in rows])
 
 if __name__ == "__main__":
     main()

@@ -23,6 +23,7 @@ model (all its settings held at once). The machine may be shared: say so when qu
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +45,9 @@ from ctrbench.engine.train import (
 )
 from ctrbench.models import count_parameters
 from ctrbench.schema import reference_schema
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_io import write_result
 
 PAPER_MODELS = "lr,wide_deep,dcn,deepfm,xdeepfm,din,dien,mian"
 # Peers' train samples/s at batch 128 (DeepCTR-Torch 0.3.0, FuxiCTR 2.3.10) on this 2-core machine
@@ -108,11 +112,12 @@ class Variant:
         self.perm = torch.randperm(train.rows, generator=torch.Generator().manual_seed(0))
         self.position = 0
         self.best = 0.0
+        self.clock = time.perf_counter  # benchmarks/ratio_to_din.py may use CPU time
 
     def run(self, steps: int) -> float:
         """Train ``steps`` steps; returns samples/s (and keeps the best)."""
         self.model.train()
-        start = time.perf_counter()
+        start = self.clock()
         for _ in range(steps):
             if self.position + self.batch_size > self.train.rows:
                 self.position = 0
@@ -120,7 +125,7 @@ class Variant:
             self.position += self.batch_size
             batch, label = self.train.take(idx)
             self.step(batch, label)
-        rate = steps * self.batch_size / (time.perf_counter() - start)
+        rate = steps * self.batch_size / (self.clock() - start)
         self.best = max(self.best, rate)
         return rate
 
@@ -162,6 +167,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results folder for the JSON (default benchmarks/results/)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     models = resolve_model_spec(args.models)
@@ -188,10 +195,18 @@ def main() -> None:
                     "params": measured["params"]}
                 print(f"{name:>12} {optimizer:>9} B={batch_size:<5} train {rate:>9,.0f}/s "
                       f"eval {measured['eval']:>9,.0f}/s", flush=True)
-    print_tables(results, models, optimizers, batch_sizes, args)
+    ratios = print_tables(results, models, optimizers, batch_sizes, args)
+    rows = [{"model": name, "optimizer": optimizer, "batch_size": batch_size,
+             "train_samples_per_s": r["train"], "eval_samples_per_s": r["eval"],
+             "peak_rss_mb": r["rss"], "params": r["params"]}
+            for (name, optimizer, batch_size), r in results.items()]
+    path = write_result("train_throughput.py", {k: str(v) for k, v in vars(args).items()},
+                        rows + ratios, args.out)
+    print(f"\nwritten: {path}")
 
 
-def print_tables(results, models, optimizers, batch_sizes, args) -> None:
+def print_tables(results, models, optimizers, batch_sizes, args) -> list[dict[str, object]]:
+    """Print the throughput and ratio tables; returns the ratio rows (for the JSON)."""
     rows = []
     for (name, optimizer, batch_size), r in results.items():
         base = name.split("@")[0]
@@ -208,18 +223,24 @@ def print_tables(results, models, optimizers, batch_sizes, args) -> None:
                                   "eval samples/s", "peak RSS MB", "params",
                                   "peers @128 issue (DeepCTR/Fuxi)", "peers @128 measured here",
                                   "vs faster peer"]))
-    ratio_rows = []
+    ratio_rows, data_rows = [], []
     for optimizer in optimizers:
         for batch_size in batch_sizes:
             din = results.get(("din", optimizer, batch_size))
             for name, paper in PAPER_RATIOS.items():
                 other = results.get((name, optimizer, batch_size))
                 if din and other:
+                    ratio = din["train"] / other["train"]
                     ratio_rows.append([f"{name.upper()}/DIN", optimizer, batch_size,
-                                       f"{din['train'] / other['train']:.2f}", f"{paper:.2f}"])
+                                       f"{ratio:.2f}", f"{paper:.2f}"])
+                    data_rows.append({"ratio": f"{name}/din", "optimizer": optimizer,
+                                      "batch_size": batch_size, "epoch_time_ratio": ratio,
+                                      "paper": paper})
     if ratio_rows:
-        print("\nper-epoch train time relative to DIN (paper §4.5)")
+        print("\nper-epoch train time relative to DIN (paper §4.5); the models ran one after "
+              "another, so on a shared machine prefer benchmarks/ratio_to_din.py (interleaved)")
         print(tabulate(ratio_rows, headers=["ratio", "optimizer", "batch", "ours", "paper"]))
+    return data_rows
 
 
 if __name__ == "__main__":

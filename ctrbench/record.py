@@ -49,6 +49,10 @@ class EpochRow:
     train_samples_per_s: float
     eval_samples_per_s: float
     peak_memory_mb: float
+    # beside the timings: torch's intra-op threads and the machine's 1-min load average when the
+    # epoch's training ended (None in records written before they were kept, or where unknown)
+    threads: int | None = None
+    load_avg_1m: float | None = None
 
 
 @dataclass

@@ -47,7 +47,7 @@ def test_run_plan_and_rerun_on_synthetic(cli):
 
     # each planned line is a runnable command: run the first one as printed
     args = shlex.split(commands[0])[1:]
-    done = CliRunner().invoke(main, [*args, "-q"])
+    done = CliRunner().invoke(main, [*args, "--threads", "1", "-q"])
     assert done.exit_code == 0, done.output
     assert "lr" in done.output and "1/1" in done.output and "test AUC" in done.output
     record = read_record(record_path(results, "synthetic", "lr", 0))
@@ -60,7 +60,8 @@ def test_run_plan_and_rerun_on_synthetic(cli):
     assert [line for line in replanned.output.splitlines()
             if line.startswith("ctrbench run")] == [commands[1]]
 
-    both = invoke("run", "-m", "lr,mian", "-d", "synthetic", "--seed-list", "0", *FAST)
+    both = invoke("run", "-m", "lr,mian", "-d", "synthetic", "--seed-list", "0", *FAST,
+                  "--threads", "1")
     assert both.exit_code == 0, both.output
     assert "1 finished, 1 skipped" in both.output
     mian = read_record(record_path(results, "synthetic", "mian", 0))
@@ -68,12 +69,16 @@ def test_run_plan_and_rerun_on_synthetic(cli):
     scores = read_scores(record_path(results, "synthetic", "mian", 0))
     assert scores["explain__gim"].shape == (256, 7) and scores["explain_rows"].shape == (256,)
     assert np.isin(["scores", "labels", "groups", "oracle"], list(scores)).all()
+    # the thread count and the machine's load sit beside every epoch's timings
+    assert mian.environment["threads"] == 1
+    assert all(e.threads == 1 and e.load_avg_1m is not None and e.load_avg_1m >= 0
+               for e in mian.epochs)
 
 
 def test_nan_run_is_listed_as_failed_and_exit_is_1(cli):
     invoke, results = cli
     result = invoke("run", "-m", "lr", "-d", "synthetic", "--seeds", "1", *FAST,
-                    "--set", "train.lr=1e30", "--set", "train.l2_target='all'",
+                    "--threads", "1", "--set", "train.lr=1e30", "--set", "train.l2_target='all'",
                     "--set", "train.l2=1e30")
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
@@ -100,4 +105,7 @@ def test_usage_errors_exit_2(cli):
     invoke, _ = cli
     assert invoke("run", "-m", "lr", "-d", "synthetic", "--seed-list", "a,b").exit_code == 2
     assert invoke("run", "-m", "lr", "-d", "synthetic", "--jobs", "0").exit_code == 2
+    for bad in ("0", "two", "-1"):
+        result = invoke("run", "-m", "lr", "-d", "synthetic", "--threads", bad)
+        assert result.exit_code == 2 and "--threads" in result.output, result.output
     assert invoke("run", "-d", "synthetic").exit_code == 2

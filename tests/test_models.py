@@ -30,7 +30,7 @@ BASELINES = ("lr", "wide_deep", "dcn", "deepfm", "xdeepfm")  # this file's owner
 # Parameters whose gradient may legitimately be zero on the test batches (none so far).
 ZERO_GRAD_ALLOWED: dict[str, set[str]] = {}
 # Known failures under bf16 autocast, to be fixed by the model's owner (strict: a fix must
-# remove the entry). DIEN: the scripted AUGRU loop's backward mixes float32 and bf16 in addmm.
+# remove the entry).
 # Models known to fail under bf16 autocast (strict xfail: a fix turns them into failures).
 BF16_KNOWN_FAILURES: dict[str, str] = {}
 

@@ -87,18 +87,25 @@ def test_augru_fast_path_matches_autograd_reference_values_and_gradients():
     ref_grads = torch.autograd.grad((augru_reference(*inputs) * weights).sum(), inputs)
     for fast, ref in zip(fast_grads, ref_grads):
         torch.testing.assert_close(fast, ref)
-    eager = augru_recurrence(*inputs, scripted=False)
-    torch.testing.assert_close(eager, augru_reference(*inputs))
+    torch.testing.assert_close(augru_recurrence(*inputs), augru_reference(*inputs))
 
 
-@pytest.mark.parametrize("scripted", [True, False])
-def test_augru_under_bf16_autocast(scripted):
+def test_augru_module_has_no_torchscript():
+    """Issue 14: no TorchScript anywhere in the recurrence (plain eager loops)."""
+    import inspect
+
+    from ctrbench.models import sequence
+
+    assert "torch.jit" not in inspect.getsource(sequence)
+
+
+def test_augru_under_bf16_autocast():
     layer = AUGRU(4, 3)
     x = torch.randn(2, 5, 4, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         gx = layer.input_proj(x)
         out = augru_recurrence(gx, torch.rand(2, 5), layer.hidden_proj.weight,
-                               layer.hidden_proj.bias, scripted=scripted)
+                               layer.hidden_proj.bias)
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     for param in (x, *layer.parameters()):
@@ -258,22 +265,34 @@ def test_apply_by_length_equals_one_pass_at_valid_steps():
     block = TransformerBlock(8, heads=2, ffn_mult=2).eval()
     x = torch.randn(5, 6, 8, requires_grad=True)
     mask = torch.arange(6)[None, :] < torch.tensor([6, 1, 3, 0, 4])[:, None]  # half = 3
-    split = apply_by_length(block, x, mask)
-    whole = block(x, mask)
-    assert split.shape == whole.shape
-    torch.testing.assert_close(split[mask], whole[mask])
-    short = torch.tensor([False, True, True, True, False])
-    assert torch.equal(split[short, 3:], torch.zeros(3, 3, 8))  # trimmed padding: zeros
-    grads_split = torch.autograd.grad(split[mask].sum(), [x, *block.parameters()])
-    grads_whole = torch.autograd.grad(whole[mask].sum(), [x, *block.parameters()])
-    for a, b in zip(grads_split, grads_whole):
-        torch.testing.assert_close(a, b)
+    for groups in (2, 6):
+        split = apply_by_length(block, x, mask, groups=groups)
+        whole = block(x, mask)
+        assert split.shape == whole.shape
+        torch.testing.assert_close(split[mask], whole[mask])
+        short = torch.tensor([False, True, True, True, False])
+        assert torch.equal(split[short, 3:], torch.zeros(3, 3, 8))  # trimmed padding: zeros
+        grads_split = torch.autograd.grad(split[mask].sum(), [x, *block.parameters()])
+        grads_whole = torch.autograd.grad(whole[mask].sum(), [x, *block.parameters()])
+        for a, b in zip(grads_split, grads_whole):
+            torch.testing.assert_close(a, b)
     calls = []
-    apply_by_length(lambda xs, ms: calls.append(xs.shape) or xs, x, mask)
+    apply_by_length(lambda xs, ms: calls.append(xs.shape) or xs, x, mask, groups=2)
     assert calls == [(3, 3, 8), (2, 6, 8)]  # short group trimmed to T // 2, long group full
+    calls.clear()
+    apply_by_length(lambda xs, ms: calls.append(xs.shape) or xs, x, mask)  # 6 groups
+    assert calls == [(2, 1, 8), (1, 3, 8), (1, 4, 8), (1, 6, 8)]  # lengths 0,1 | 3 | 4 | 6
     calls.clear()
     apply_by_length(lambda xs, ms: calls.append(xs.shape) or xs, x, torch.ones(5, 6).bool())
     assert calls == [(5, 6, 8)]  # one group only: a single pass
+
+
+def test_apply_by_length_puts_every_row_back_in_place():
+    x = torch.arange(7.0).view(7, 1, 1).expand(7, 12, 1)  # row r holds the value r
+    lengths = torch.tensor([12, 0, 3, 7, 1, 12, 5])
+    mask = torch.arange(12)[None, :] < lengths[:, None]
+    out = apply_by_length(lambda xs, ms: xs * 1.0, x, mask)
+    torch.testing.assert_close(out[mask], x[mask])
 
 
 def test_uniform_dropout_behaves_like_dropout():

@@ -76,6 +76,29 @@ def _prepare_selection(models: str, dataset: str, seeds: int | None, seed_list: 
     return handle, specs, results_root
 
 
+def threads_option(func: Callable) -> Callable:
+    """``--threads N|auto``: torch intra-op threads per process (see resolve_threads_option)."""
+    return click.option(
+        "--threads", default="auto", show_default=True, metavar="N|auto",
+        help="Torch intra-op threads per process. auto: the usable cores (affinity mask, "
+             "cgroup quota) divided by the parallel workers.")(func)
+
+
+def resolve_threads_option(value: str, jobs: int = 1) -> int | None:
+    """``--threads`` -> a thread count; ``auto`` is the usable cores for one process and None
+    with ``jobs > 1`` (the runner divides the cores by the workers it starts). Bad values
+    exit 2."""
+    from ctrbench.engine.threads import default_threads, parse_threads
+
+    try:
+        threads = parse_threads(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--threads") from None
+    if threads is None and jobs <= 1:
+        return default_threads(1)
+    return threads
+
+
 def _quiet_option(func: Callable) -> Callable:
     return click.option("-q", "--quiet", is_flag=True, help="No progress output on stderr.")(func)
 
@@ -89,12 +112,13 @@ def _quiet_option(func: Callable) -> Callable:
 @click.option("--force", is_flag=True,
               help="Rerun finished runs; replace finished records of another configuration "
                    "(the old record and scores move to replaced/).")
+@threads_option
 @_quiet_option
 @executor_options
 def run(models: str, dataset: str, seeds: int | None, seed_list: str | None, epochs: int | None,
         device: str, results_dir: Path | None, set_items: tuple[str, ...],
         config_file: Path | None, jobs: int, devices: str | None, force: bool,
-        quiet: bool, executor: str = "local", **slurm_args) -> None:
+        threads: str, quiet: bool, executor: str = "local", **slurm_args) -> None:
     """Train and evaluate models x seeds on a dataset; record each run once.
 
     Prepares the dataset when needed; skips runs whose finished record has the same run id
@@ -125,6 +149,7 @@ def run(models: str, dataset: str, seeds: int | None, seed_list: str | None, epo
         progress.set_mode("quiet")
     if jobs < 1:
         raise click.BadParameter("must be >= 1", param_hint="--jobs")
+    n_threads = resolve_threads_option(threads, jobs)
     device_list = [d.strip() for d in devices.split(",") if d.strip()] if devices else []
     check_executor_options(executor, **slurm_args)
     if executor == "slurm" and (jobs != 1 or device_list):
@@ -141,7 +166,7 @@ def run(models: str, dataset: str, seeds: int | None, seed_list: str | None, epo
                                no_wait=slurm_args["no_wait"])
     else:
         results = runner.execute(specs, handle, device=device, jobs=jobs, devices=device_list,
-                                 force=force, show_progress=not quiet)
+                                 force=force, show_progress=not quiet, threads=n_threads)
     _print_summary(results, specs)
     if _explain_problems(results):
         sys.exit(1)

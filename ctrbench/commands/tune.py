@@ -84,6 +84,9 @@ def _trial_line(frozen, counts, target: int) -> str:
 @click.option("--fail-running", is_flag=True, default=False,
               help="First mark every RUNNING trial FAIL (for journal storage, which has no "
                    "heartbeat; only when no other worker is alive).")
+@click.option("--threads", default="auto", show_default=True, metavar="N|auto",
+              help="Torch intra-op threads of this worker; auto: the usable cores. With several "
+                   "workers on one machine give each its share (cores // workers).")
 @click.option("-q", "--quiet", is_flag=True, default=False, help="No progress on stderr.")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="[slurm] Workers (array tasks) on the study; a re-run tops them up to N.")
@@ -92,7 +95,7 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
          timeout: float | None, timeout_per_model: float | None, storage: str | None,
          study_name: str | None, sampler: str, pruner: str, prune_after: int, seed: int,
          epochs: int | None, results_root: Path | None, device: str, card_first: bool,
-         heartbeat: int, fail_running: bool, quiet: bool, workers: int = 1,
+         heartbeat: int, fail_running: bool, threads: str, quiet: bool, workers: int = 1,
          executor: str = "local", **slurm_args) -> None:
     """Tune hyperparameters on a dataset's VALIDATION split (never test).
 
@@ -130,6 +133,8 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
 
     from ctrbench import progress as progress_mod
     from ctrbench.cards import load_model_card, resolve_model_spec
+    from ctrbench.commands.run import resolve_threads_option
+    from ctrbench.engine.threads import apply_threads
     from ctrbench.errors import CtrbenchError
     from ctrbench.paths import default_results_root
     from ctrbench.tune.group import (
@@ -143,6 +148,7 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
     from ctrbench.tune.space import card_values
     from ctrbench.tune.study import TuneSettings
 
+    apply_threads(resolve_threads_option(threads))
     if (model is None) == (models_spec is None):
         raise click.UsageError("give exactly one of --model NAME or --models GROUP")
     if models_spec is not None and study_name is not None:

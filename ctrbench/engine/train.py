@@ -48,6 +48,7 @@ from ctrbench.engine.outcome import (
     score_test_split,
 )
 from ctrbench.engine.splits import SplitTensors, model_inputs, predict
+from ctrbench.engine.threads import load_average
 from ctrbench.engine.untrained import fit_and_evaluate
 from ctrbench.errors import CardError
 from ctrbench.models import CTRModel, build_model, config_of, count_parameters
@@ -206,6 +207,7 @@ def train_and_evaluate(
                                                 generators.torch, progress)
             synchronize(dev)
             train_seconds = time.perf_counter() - start
+            train_load = load_average()
             start = time.perf_counter()
             scores = predict(model, valid, cfg.eval_batch_size).numpy()
             eval_seconds = time.perf_counter() - start
@@ -218,6 +220,7 @@ def train_and_evaluate(
                 train_samples_per_s=train.rows / max(train_seconds, 1e-9),
                 eval_samples_per_s=valid.rows / max(eval_seconds, 1e-9),
                 peak_memory_mb=peak_memory_mb(dev),
+                threads=torch.get_num_threads(), load_avg_1m=train_load,
             )
             rows.append(row)
             if best_state is None or row.valid_auc > best_auc:

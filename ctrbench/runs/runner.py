@@ -16,9 +16,9 @@
   the end of a run gets nothing half-written, and the outcome goes to a fallback directory
   (status ``unsaved``, the detail says where).
 - Parallelism: ``jobs > 1`` runs independent runs in spawned worker processes, each with
-  ``cores // jobs`` torch threads and one device from ``devices`` (round-robin); a worker whose
-  parent dies (kill -9) stops its run, releases its lock and exits
-  (:mod:`ctrbench.runs.orphans`).
+  ``usable_cores // jobs`` torch threads (or ``threads``) and one device from ``devices``
+  (round-robin); a worker whose parent dies (kill -9) stops its run, releases its lock and
+  exits (:mod:`ctrbench.runs.orphans`).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from ctrbench.cards import (
     resolve_model_spec,
 )
 from ctrbench.data.store import PreparedData
+from ctrbench.engine.threads import apply_threads, default_threads
 from ctrbench.errors import CardError, CtrbenchError, WriteError
 from ctrbench.paths import ensure_writable_dir
 from ctrbench.record import EpochRow, RunRecord, record_path
@@ -306,12 +307,10 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(device_queue: Any, threads: int, modules: Sequence[str], mode: str) -> None:
-    import torch
-
     install_termination_handler()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates us
     orphans.exit_when_parent_dies()
-    torch.set_num_threads(threads)
+    apply_threads(threads)
     for module in modules:  # architectures registered outside ctrbench.models
         __import__(module)
     progress_mod.set_mode(mode)
@@ -333,21 +332,16 @@ def _plugin_modules(specs: Sequence[RunSpec]) -> list[str]:
     return sorted(m for m in modules if not m.startswith("ctrbench.") and m != "__main__")
 
 
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def execute(specs: Sequence[RunSpec], dataset: DatasetHandle, *, device: str = "auto",
             jobs: int = 1, devices: Sequence[str] = (), force: bool = False,
-            show_progress: bool = True) -> list[RunResult]:
+            show_progress: bool = True, threads: int | None = None) -> list[RunResult]:
     """Run every spec not finished yet (all with ``force``); returns one result per spec.
 
     A spec whose record file holds a finished record of another configuration is refused
     (unless ``force``). Raises :class:`CtrbenchError` before any training when a record
-    directory cannot be written.
+    directory cannot be written. ``threads``: torch intra-op threads per process; None leaves
+    this process's setting alone and gives each of several workers ``usable_cores() // workers``
+    (:mod:`ctrbench.engine.threads`).
     """
     for directory in sorted({s.record_file.parent for s in specs}):
         ensure_writable_dir(directory, "run records")
@@ -363,6 +357,8 @@ def execute(specs: Sequence[RunSpec], dataset: DatasetHandle, *, device: str = "
             todo.append(spec)
     total = len(todo)
     if jobs <= 1 or total <= 1:
+        if threads is not None:
+            apply_threads(threads)
         for i, spec in enumerate(todo, 1):
             progress_mod.message(f"[{i}/{total}] {spec.model} seed {spec.seed}: training")
             result = execute_one(spec, dataset, device=device, force=force,
@@ -372,19 +368,20 @@ def execute(specs: Sequence[RunSpec], dataset: DatasetHandle, *, device: str = "
             results[id(spec)] = result
     else:
         for spec, result in zip(todo, _execute_parallel(todo, dataset, device, jobs, devices,
-                                                        force)):
+                                                        force, threads)):
             results[id(spec)] = result
     return [results[id(s)] for s in specs]
 
 
 def _execute_parallel(todo: Sequence[RunSpec], dataset: DatasetHandle, device: str, jobs: int,
-                      devices: Sequence[str], force: bool) -> list[RunResult]:
+                      devices: Sequence[str], force: bool,
+                      threads: int | None = None) -> list[RunResult]:
     workers = min(jobs, len(todo))
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     for i in range(workers):
         queue.put(devices[i % len(devices)] if devices else device)
-    threads = max(1, usable_cores() // workers)
+    threads = default_threads(workers) if threads is None else threads
     mode = progress_mod._effective_mode()
     mode = "lines" if mode == "bar" else mode  # one terminal, several writers
     results: dict[int, RunResult] = {}

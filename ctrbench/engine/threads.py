@@ -1,0 +1,117 @@
+"""How many intra-op threads each process uses, chosen deliberately, and what the machine was
+doing meanwhile (recorded beside every epoch's timings).
+
+Two causes made a run 15-50x slower on a shared machine than idle (docs/performance.md):
+
+1. OpenMP's default wait policy: a thread that reaches the end of a parallel region spins for
+   a while (hundreds of microseconds) waiting for the others. A training step runs thousands of
+   small parallel regions; when another process holds one of the cores, every region ends with
+   the waiting thread burning the CPU time its partner needs. :func:`set_passive_wait_policy`
+   sets ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep) unless the user chose a policy;
+   it must run before torch loads its OpenMP runtime, so ``ctrbench/__init__.py`` calls it.
+2. More threads than the process's share of the cores: :func:`default_threads` gives each of
+   ``workers`` processes ``usable_cores() // workers`` threads, where :func:`usable_cores`
+   honours the CPU affinity mask and a cgroup CPU quota (containers, Slurm), not the host's
+   core count.
+
+The thread count never depends on the current load, so a seeded run stays repeatable: the same
+card, seed and thread count give the same numbers (float reductions may differ across thread
+counts; the record says which was used).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+WAIT_POLICY_VAR = "OMP_WAIT_POLICY"
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def set_passive_wait_policy(environ: dict[str, str] | None = None) -> bool:
+    """Make idle OpenMP threads sleep instead of spin, unless a policy is already set.
+
+    Returns True when it set the variable. Has an effect only before torch (its OpenMP
+    runtime) is loaded in this process; child processes inherit it either way.
+    """
+    env = os.environ if environ is None else environ
+    if env.get(WAIT_POLICY_VAR):
+        return False
+    env[WAIT_POLICY_VAR] = "PASSIVE"
+    return True
+
+
+def cgroup_cpu_limit(root: Path = _CGROUP_ROOT) -> float | None:
+    """The cgroup CPU quota in cores (``quota / period``), or None when unlimited or unknown.
+
+    Reads cgroup v2 ``cpu.max`` (``"max 100000"`` or ``"150000 100000"``) and cgroup v1
+    ``cpu/cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (quota -1 = unlimited).
+    """
+    try:
+        fields = (root / "cpu.max").read_text().split()
+        if len(fields) == 2 and fields[0] != "max":
+            return int(fields[0]) / int(fields[1])
+        if fields:
+            return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def usable_cores(root: Path = _CGROUP_ROOT) -> int:
+    """Cores this process may use: its CPU affinity mask, capped by a cgroup quota (rounded
+    up: a 1.5-core quota still lets 2 threads run part of the time); at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit(root)
+    if limit is not None:
+        cores = min(cores, math.ceil(limit))
+    return max(1, cores)
+
+
+def default_threads(workers: int = 1, cores: int | None = None) -> int:
+    """Intra-op threads per process when ``workers`` processes share the usable cores."""
+    cores = usable_cores() if cores is None else cores
+    return max(1, cores // max(1, workers))
+
+
+def parse_threads(value: str | int | None) -> int | None:
+    """``--threads``: a positive integer, or ``auto``/None (let :func:`default_threads` choose).
+    Raises ValueError with a readable message otherwise."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text == "auto":
+        return None
+    try:
+        threads = int(text)
+    except ValueError:
+        raise ValueError(f"expected a positive integer or 'auto', got {value!r}") from None
+    if threads < 1:
+        raise ValueError(f"expected a positive integer or 'auto', got {value!r}")
+    return threads
+
+
+def apply_threads(threads: int | None, workers: int = 1) -> int:
+    """Set torch's intra-op threads to ``threads`` (None: :func:`default_threads`); returns it."""
+    import torch
+
+    chosen = default_threads(workers) if threads is None else threads
+    torch.set_num_threads(chosen)
+    return chosen
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average (runnable processes), None where unknown."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # pragma: no cover - not Unix
+        return None

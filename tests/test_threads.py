@@ -1,0 +1,91 @@
+"""Thread choice (ctrbench.engine.threads): cgroup quotas, affinity, workers, the wait policy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ctrbench.engine import threads
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_cgroup_v2_quota_in_cores(tmp_path):
+    write(tmp_path / "cpu.max", "150000 100000\n")
+    assert threads.cgroup_cpu_limit(tmp_path) == pytest.approx(1.5)
+    write(tmp_path / "cpu.max", "max 100000\n")
+    assert threads.cgroup_cpu_limit(tmp_path) is None
+
+
+def test_cgroup_v1_quota_in_cores(tmp_path):
+    write(tmp_path / "cpu" / "cpu.cfs_quota_us", "100000\n")
+    write(tmp_path / "cpu" / "cpu.cfs_period_us", "100000\n")
+    assert threads.cgroup_cpu_limit(tmp_path) == 1.0
+    write(tmp_path / "cpu" / "cpu.cfs_quota_us", "-1\n")
+    assert threads.cgroup_cpu_limit(tmp_path) is None
+    assert threads.cgroup_cpu_limit(tmp_path / "absent") is None
+
+
+def test_usable_cores_is_capped_by_the_quota_and_the_affinity_mask(tmp_path):
+    affinity = len(os.sched_getaffinity(0))
+    assert threads.usable_cores(tmp_path / "absent") == affinity
+    write(tmp_path / "cpu.max", "100000 100000\n")  # one core's worth
+    assert threads.usable_cores(tmp_path) == 1
+    write(tmp_path / "cpu.max", f"{(affinity + 4) * 100000} 100000\n")  # quota above the mask
+    assert threads.usable_cores(tmp_path) == affinity
+
+
+def test_default_threads_divides_the_cores_among_workers():
+    assert threads.default_threads(1, cores=8) == 8
+    assert threads.default_threads(3, cores=8) == 2
+    assert threads.default_threads(16, cores=8) == 1
+    assert threads.default_threads(0, cores=2) == 2
+
+
+@pytest.mark.parametrize("text,expected", [("auto", None), (None, None), ("3", 3), (" 1 ", 1)])
+def test_parse_threads(text, expected):
+    assert threads.parse_threads(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "-2", "two", "1.5", ""])
+def test_parse_threads_rejects_bad_values(text):
+    with pytest.raises(ValueError, match="positive integer or 'auto'"):
+        threads.parse_threads(text)
+
+
+def test_apply_threads_sets_torch():
+    before = torch.get_num_threads()
+    try:
+        assert threads.apply_threads(1) == 1 and torch.get_num_threads() == 1
+        chosen = threads.apply_threads(None, workers=10**6)
+        assert chosen == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_passive_wait_policy_is_a_default_never_an_override():
+    env: dict[str, str] = {}
+    assert threads.set_passive_wait_policy(env) and env["OMP_WAIT_POLICY"] == "PASSIVE"
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert not threads.set_passive_wait_policy(env) and env["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_importing_ctrbench_sets_the_policy_before_torch_loads():
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = ("import sys, os, ctrbench; "
+            "print('torch' in sys.modules, os.environ.get('OMP_WAIT_POLICY'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "PASSIVE"]
+
+
+def test_load_average_is_a_non_negative_number():
+    load = threads.load_average()
+    assert load is not None and load >= 0
