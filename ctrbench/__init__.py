@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 # Idle OpenMP threads sleep instead of spinning (before torch loads its OpenMP runtime): on a
-# shared machine spinning made runs 10-20x slower (ctrbench/engine/threads.py).
-from ctrbench.engine.threads import set_passive_wait_policy as _passive
+# shared machine spinning made runs 10-20x slower (ctrbench/openmp.py).
+from ctrbench.openmp import set_passive_wait_policy as _passive
 
 _passive()

@@ -19,7 +19,7 @@ PACKAGE = ROOT / "ctrbench"
 
 FLOORS: list[tuple[str, set[str]]] = [
     ("ground", {"ctrbench", "errors", "paths", "schema", "record", "analysis", "registry",
-                "progress", "seeding", "environment", "validate"}),
+                "progress", "seeding", "environment", "validate", "openmp"}),
     ("cards", {"cards"}),
     ("data and models", {"data", "models"}),
     ("engine", {"engine"}),

@@ -45,8 +45,9 @@ def save_peer(results: Path, rows=PEER_ROWS, commit: str = "a" * 40,
 
 
 def readme_copy(tmp_path: Path) -> Path:
-    """The real README with the blocks added after its first section (a temporary copy)."""
-    text = (ROOT / "README.md").read_text()
+    """The real README, its own generated blocks taken out, with the test's blocks added after
+    its first section (a temporary copy)."""
+    text = render_readme.MARKER.sub("", (ROOT / "README.md").read_text())
     cut = text.index("\n## ")
     path = tmp_path / "README.md"
     path.write_text(text[:cut] + "\n" + BLOCKS + text[cut:])
@@ -86,7 +87,8 @@ def test_save_records_the_git_commit_of_this_checkout(tmp_path):
 
 @pytest.mark.parametrize(("rows", "machine", "message"), [
     ([{"ms": float("nan")}], "m", "not a finite number"),
-    ([{"ms": [1, 2]}], "m", "is not a str/int/float/bool/None"),
+    ([{"ms": {"a": 1}}], "m", "is not a str/int/float/bool/None"),
+    ([{"ms": [1, [2]]}], "m", "is not a str/int/float/bool/None"),
     ([{"ms": 1.0}], "../up", "machine name"),
 ])
 def test_save_refuses_bad_input_with_a_clear_message(tmp_path, rows, machine, message):

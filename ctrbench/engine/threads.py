@@ -25,21 +25,9 @@ import math
 import os
 from pathlib import Path
 
-WAIT_POLICY_VAR = "OMP_WAIT_POLICY"
+from ctrbench.openmp import WAIT_POLICY_VAR, set_passive_wait_policy  # noqa: F401  (re-export)
+
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-def set_passive_wait_policy(environ: dict[str, str] | None = None) -> bool:
-    """Make idle OpenMP threads sleep instead of spin, unless a policy is already set.
-
-    Returns True when it set the variable. Has an effect only before torch (its OpenMP
-    runtime) is loaded in this process; child processes inherit it either way.
-    """
-    env = os.environ if environ is None else environ
-    if env.get(WAIT_POLICY_VAR):
-        return False
-    env[WAIT_POLICY_VAR] = "PASSIVE"
-    return True
 
 
 def cgroup_cpu_limit(root: Path = _CGROUP_ROOT) -> float | None:
