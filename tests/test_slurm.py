@@ -277,7 +277,7 @@ def test_ctrl_c_scancel_and_kill_are_recorded_failed_and_redone(work):
     assert lock.is_file() and not record_file.exists()
 
     handle = runner.default_dataset_loader("synthetic")
-    specs = runner.plan_runs(handle, runner.resolve_cards("lr", epochs=1), [3], results)
+    specs = runner.plan_runs(handle, runner.resolve_cards("lr", epochs=10), [3], results)
     done, attached, todo = slurm_runs.reconcile(specs, handle)
     assert (done, attached, todo) == ([], [], specs)
     record = read_record(record_file)
