@@ -20,7 +20,7 @@ from ctrbench.data.store import open_store
 from ctrbench.errors import CardError
 from ctrbench.report.build import build_report
 from ctrbench.runs import runner
-from tests.test_tune import store_dir  # noqa: F401  (the module-scoped tiny store fixture)
+from test_tune import store_dir  # noqa: F401  (the module-scoped tiny store fixture)
 
 LR_CARD = """
 extends = "lr"

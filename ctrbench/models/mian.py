@@ -121,7 +121,11 @@ class BehaviorInteraction(nn.Module):
         pairs = torch.cat([items, states, items * states] if self.product else [items, states],
                           -1)  # (B, T, 2I or 3I)
         if self.per_step:
-            logits = (pairs * self.weight[recency]).sum(-1) + self.bias[recency]  # (B, T)
+            # W_t, b_t by recency through a one-hot matmul rather than an index: the index's
+            # backward accumulates in a thread-dependent order, which made runs with more than
+            # one thread not repeat bit for bit; a matmul's gradient is deterministic
+            steps = nn.functional.one_hot(recency, self.weight.shape[0]).to(pairs.dtype)
+            logits = (pairs * (steps @ self.weight)).sum(-1) + steps @ self.bias  # (B, T)
         else:
             logits = pairs @ self.weight + self.bias  # (B, T)
         if self.bilinear is not None:
