@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_tune import store_dir  # noqa: F401  (the module-scoped tiny store fixture)
 
 from ctrbench import cards
 from ctrbench.cli import main
@@ -20,7 +21,6 @@ from ctrbench.data.store import open_store
 from ctrbench.errors import CardError
 from ctrbench.report.build import build_report
 from ctrbench.runs import runner
-from test_tune import store_dir  # noqa: F401  (the module-scoped tiny store fixture)
 
 LR_CARD = """
 extends = "lr"
