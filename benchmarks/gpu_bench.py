@@ -73,17 +73,28 @@ def throughput(args: argparse.Namespace) -> None:
                 card = load_model_card(name).with_overrides({"train": {"batch_size": batch_size}})
                 torch.manual_seed(0)
                 model = build_for_training(card, data.schema).to(device).train()
+                if not any(p.requires_grad for p in model.parameters()):
+                    print(f"{name:>10} skipped: nothing to train", flush=True)
+                    break  # e.g. pop: scores are counts, there is no training step to time
                 step = TrainStep(model, card.train, device)
                 perm = torch.randperm(train.rows, generator=generator).to(train.storage)
 
                 reset_peak_memory(device)
-                _train_steps(step, train, perm, batch_size, args.warmup, 0)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                _train_steps(step, train, perm, batch_size, args.steps, args.warmup)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+                try:
+                    _train_steps(step, train, perm, batch_size, args.warmup, 0)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    start = time.perf_counter()
+                    _train_steps(step, train, perm, batch_size, args.steps, args.warmup)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                except (RuntimeError, ValueError) as exc:  # one model's failure is a figure too
+                    rows_out.append({"model": name, "batch_size": batch_size,
+                                     "error": f"{type(exc).__name__}: {exc}"[:500]})
+                    print(f"{name:>10} B={batch_size:<5} FAILED: {exc}", flush=True)
+                    step.close()
+                    del model, step
+                    continue
                 seconds = time.perf_counter() - start
                 row = {"model": name, "batch_size": batch_size, "steps": args.steps,
                        "samples_per_s": args.steps * batch_size / seconds,
@@ -99,6 +110,7 @@ def throughput(args: argparse.Namespace) -> None:
                 del model, step
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
+                Path(args.json).write_text(json.dumps(rows_out, indent=1))  # kept if timed out
     Path(args.json).write_text(json.dumps(rows_out, indent=1))
 
 
