@@ -7,6 +7,7 @@ No timings here (benchmarks/gpu_throughput.py measures them).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -15,8 +16,15 @@ import pytest
 import torch
 import train_fixtures as tf
 
+import ctrbench.engine.train as train_module
 from ctrbench.cards import load_model_card, resolve_model_spec
-from ctrbench.engine.train import SplitTensors, model_inputs, train_and_evaluate
+from ctrbench.engine.train import (
+    SplitTensors,
+    TrainStep,
+    build_for_training,
+    model_inputs,
+    train_and_evaluate,
+)
 from ctrbench.models import build_model
 from ctrbench.models.sequence import MaskedSelfAttention, augru_recurrence, augru_reference
 from ctrbench.schema import LABEL, random_batch
@@ -45,8 +53,42 @@ def test_one_epoch_on_the_device_with_the_split_kept_there(planted, name):
     outcome = train_and_evaluate(planted, card, seed=0, device=str(DEVICE), max_epochs=1,
                                  progress=False)
     assert outcome.device.startswith(DEVICE.type)
-    assert 0.5 < outcome.test["auc"] <= 1.0 and math.isfinite(outcome.test["logloss"])
+    # Not "AUC > 0.5": one epoch is 6 steps on this store, and whether a weak model is above
+    # chance after 6 steps depends on the random stream (on an H200 with torch 2.11, lr,
+    # wide_deep, dcn and deepfm scored 0.46-0.49 here while the CPU gave 0.54-0.59, with the
+    # device's steps equal to the CPU's; the step test below checks the arithmetic).
+    assert 0.0 <= outcome.test["auc"] <= 1.0 and math.isfinite(outcome.test["logloss"])
     assert all(math.isfinite(row.train_loss) for row in outcome.epochs)
+
+
+@pytest.mark.parametrize("name", [n for n in TABLE2 if n != "pop"])
+def test_training_steps_on_the_device_equal_the_cpu_steps(planted, name, monkeypatch):
+    """Same weights, same batches, float32 (autocast off), dropout 0: five optimiser steps on
+    the device give the CPU's losses and weights, so the device path trains the same model."""
+    monkeypatch.setattr(train_module, "autocast", lambda device: contextlib.nullcontext())
+    card = load_model_card(name).with_overrides({"train": {"batch_size": 256}})
+    no_dropout = {key: 0.0 for key in card.params if key.endswith("dropout")}
+    card = card.with_overrides({"params": no_dropout})
+    torch.manual_seed(0)
+    on_cpu = build_for_training(card, planted.schema).train()
+    torch.manual_seed(0)  # the same initial weights, built apart (hooks are per module)
+    on_device = build_for_training(card, planted.schema).to(DEVICE).train()
+    inputs = model_inputs(planted.schema)
+    cpu = torch.device("cpu")
+    split_cpu = SplitTensors(planted, "train", cpu, inputs)
+    split_dev = SplitTensors(planted, "train", DEVICE, inputs)
+    step_cpu = TrainStep(on_cpu, card.train, cpu)
+    step_dev = TrainStep(on_device, card.train, DEVICE)
+    for i in range(5):
+        rows = torch.arange(i * 256, (i + 1) * 256)
+        loss_cpu = step_cpu(*split_cpu.take(rows))[0]
+        loss_dev = step_dev(*split_dev.take(rows.to(split_dev.storage)))[0]
+        torch.testing.assert_close(loss_dev.cpu(), loss_cpu, rtol=1e-4, atol=1e-5)
+    for (param, a), (_, b) in zip(on_cpu.named_parameters(), on_device.named_parameters()):
+        torch.testing.assert_close(b.detach().cpu(), a.detach(), rtol=1e-3, atol=1e-5,
+                                   msg=lambda m, param=param: f"{param}: {m}")
+    step_cpu.close()
+    step_dev.close()
 
 
 def test_lazy_adam_on_the_device(planted):
