@@ -9,7 +9,7 @@ Each generated table sits between two marker comments that name its source::
 Names:
   bench:SCRIPT      the newest ``benchmarks/results/<machine>/<commit>-SCRIPT.json``
                     (``--machine`` picks a machine; default the newest of any). peer_throughput,
-                    prepare_scale and augru_speed have their own layouts; any other script is
+                    prepare_scale, augru_speed and gpu have their own layouts; any other script is
                     rendered as a plain table of its rows.
   results:DATASET   the test leaderboard of DATASET from the run records under ``--results``
                     (AUC and logloss mean ± std over seeds, s/epoch, time vs DIN, epochs; the
@@ -116,6 +116,27 @@ def augru_speed(doc: dict) -> str:
     return table(["variant", "ms per forward + backward", "× naive"], rows)
 
 
+def gpu(doc: dict) -> str:
+    """benchmarks/gpu.sh: the throughput table, then one line per other stage."""
+    measured = [r for r in doc["rows"] if r.get("stage") == "throughput" and "model" in r]
+    errors = any(r.get("error") for r in measured)
+    rows = [[r["model"], cell(r["batch_size"]), rate(r.get("samples_per_s")),
+             DASH if r.get("step_ms") is None else f"{r['step_ms']:.2f}",
+             DASH if r.get("peak_memory_mb") is None else f"{r['peak_memory_mb']:,.0f}",
+             *([r.get("error") or ""] if errors else [])] for r in measured]
+    headers = ["model", "batch", "train samples/s", "ms/step", "peak MB"]
+    lines = [table(headers + (["error"] if errors else []), rows)]
+    for r in doc["rows"]:
+        if r.get("stage") == "tests":
+            failed = ", ".join(r.get("failed") or []) or "none"
+            lines.append(f"CUDA test subset: {r.get('tests')} tests, {r.get('failures')} failed "
+                         f"({failed}), {r.get('seconds')} s.")
+        elif r.get("stage") == "books_epoch":
+            lines.append(f"MIAN epoch stage: {r.get('status')} after {r.get('seconds')} s"
+                         + (f", test AUC {r['test_auc']:.4f}" if r.get("test_auc") else "") + ".")
+    return "\n\n".join(lines)
+
+
 def generic(doc: dict) -> str:
     """Any script's rows: text columns first, then the rest, each in name order."""
     keys: dict[str, bool] = {}
@@ -128,7 +149,7 @@ def generic(doc: dict) -> str:
 
 LAYOUTS: dict[str, Callable[[dict], str]] = {
     "peer_throughput": peer_throughput, "prepare_scale": prepare_scale,
-    "augru_speed": augru_speed,
+    "augru_speed": augru_speed, "gpu": gpu,
 }
 
 

@@ -215,6 +215,23 @@ def test_generic_layout_for_other_scripts(tmp_path):
             "| din | adam | 128 | 10,000 |") in readme.read_text()
 
 
+def test_gpu_layout_shows_throughput_failures_and_stages(tmp_path):
+    rows = [{"stage": "tests", "tests": 3, "failures": 1, "failed": ["test_x"], "seconds": 9.0},
+            {"stage": "throughput", "model": "din", "batch_size": 128, "samples_per_s": 8014.2,
+             "step_ms": 15.97, "peak_memory_mb": 559.0},
+            {"stage": "throughput", "model": "mian", "batch_size": 128, "error": "RuntimeError: x"},
+            {"stage": "books_epoch", "status": "timed out", "seconds": 331.0}]
+    br.save("gpu", {}, rows, results_dir=tmp_path / "bench", machine="h200", commit="c" * 40,
+            dirty=False)
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- BEGIN generated:bench:gpu -->\n<!-- END generated:bench:gpu -->\n")
+    assert render(readme, tmp_path / "bench") == 0
+    text = readme.read_text()
+    assert "| din | 128 | 8.0k | 15.97 | 559 |  |" in text
+    assert "| mian | 128 | – | – | – | RuntimeError: x |" in text
+    assert "3 tests, 1 failed (test_x)" in text and "timed out after 331.0 s" in text
+
+
 def test_the_committed_readme_benchmark_tables_are_current(capsys):
     """The CI gate: README tables rendered from committed benchmarks/results/ are not stale
     (results:* blocks need run records, which are not committed, so they are not checked)."""
