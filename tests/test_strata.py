@@ -99,7 +99,8 @@ def _per_sample_strata(store: Path) -> pd.DataFrame:
 def test_strata_sizes_and_aucs_match_a_per_sample_recomputation(world):
     _, results, out, store, _ = world
     table = pd.read_csv(out / "strata.csv")
-    assert set(table["stratum"]) == {"category", "gap", "history", "activity"}
+    assert set(table["stratum"]) == {"category", "gap", "history", "activity", "profile",
+                                     "season"}
     ref = _per_sample_strata(store)
     labels = _columns(store)["test"]["label"]
     n_samples = int(labels.sum())
@@ -134,6 +135,40 @@ def test_strata_sizes_and_aucs_match_a_per_sample_recomputation(world):
     top = activity.iloc[-1]
     low = int(top["bucket"].rstrip("+"))
     assert top["n_samples"] == (first["activity"] >= low).sum()
+
+
+def _lift_bucket(lift: float) -> str:
+    return ("lift < 0.5" if lift < 0.5 else "0.5-1" if lift < 1 else "1-2" if lift < 2
+            else ">= 2")
+
+
+def test_profile_and_season_lifts_match_a_plain_count_over_training_positives(world):
+    """profile / season: P(c | occupation or month) / P(c), add-one smoothed over the
+    categories, counted with plain Python over the training positives only."""
+    _, _, out, store, _ = world
+    cols = _columns(store)
+    train, test = cols["train"], cols["test"]
+    pos = train["label"] == 1
+    cates = [int(c) for c in train["cate_id"][pos]]
+    n_cates = max(max(cates), int(test["cate_id"].max())) + 1
+    table = pd.read_csv(out / "strata.csv")
+    models = table[table["model"] == "lr"]
+    for family, fld in (("profile", "occupation"), ("season", "month")):
+        values = [int(v) for v in train[fld][pos]]
+        pair, per_value, per_cate = {}, {}, {}
+        for v, c in zip(values, cates):
+            pair[(v, c)] = pair.get((v, c), 0) + 1
+            per_value[v] = per_value.get(v, 0) + 1
+            per_cate[c] = per_cate.get(c, 0) + 1
+        expected: dict[str, int] = {}
+        for i in np.flatnonzero(test["label"] == 1):
+            v, c = int(test[fld][i]), int(test["cate_id"][i])
+            lift = ((pair.get((v, c), 0) + 1) / (per_value.get(v, 0) + n_cates)) / (
+                (per_cate.get(c, 0) + 1) / (len(cates) + n_cates))
+            bucket = _lift_bucket(lift)
+            expected[bucket] = expected.get(bucket, 0) + 1
+        got = models[models["stratum"] == family].set_index("bucket")["n_samples"].to_dict()
+        assert {k: int(v) for k, v in got.items()} == expected, family
 
 
 def test_strata_keep_samples_whole_and_compare_with_the_reference(world):

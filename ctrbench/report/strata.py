@@ -14,7 +14,13 @@ from its positive row. Families (:data:`FAMILIES`):
 - ``history``: the model-visible history length ``hist_len`` in fixed buckets
   0 | 1-4 | 5-9 | 10-19 | 20..T-1 | T (full; T = the store's ``max_len``);
 - ``activity``: the user's positive training rows, in buckets at the quartiles of that count
-  over the training users (0 = no training rows, e.g. every test user of a ``dien`` store).
+  over the training users (0 = no training rows, e.g. every test user of a ``dien`` store);
+- ``profile``: how much the user's profile favours the positive's category, as the lift
+  ``P(category | profile value) / P(category)`` over the TRAINING positives (the first of
+  :data:`PROFILE_FIELDS` the store has; buckets of :data:`LIFT_EDGES`): on synthetic data the
+  planted occupation x category effect, which MIAN's IUIM is meant to pick up;
+- ``season``: the same lift for the review month (``month``): the planted season x category
+  effect, which MIAN's ICIM is meant to pick up.
 
 Per (dataset, family, bucket, model): the AUC over the stratum's rows for each seed, mean and
 std over seeds, and against the reference model (taken as a parameter: the report's) the
@@ -50,7 +56,11 @@ STRATA_COLUMNS = (
     "positive_rate", "n_seeds", "auc_mean", "auc_std", "seed_aucs", "reference", "delta_auc",
     "ttest_p", "ttest_p_holm", "significant", "oracle_auc", "note",
 )
-FAMILIES = ("category", "gap", "history", "activity")
+FAMILIES = ("category", "gap", "history", "activity", "profile", "season")
+PROFILE_FIELDS = ("occupation", "age", "gender")  # the first present defines ``profile``
+SEASON_FIELD = "month"
+CANDIDATE_CATEGORY = "cate_id"
+LIFT_EDGES = (0.5, 1.0, 2.0)  # lift buckets: < 0.5 | 0.5-1 | 1-2 | >= 2
 
 
 # --------------------------------------------------------------------------- the test samples
@@ -161,6 +171,51 @@ def cut_test_split(data: PreparedData) -> TestStrata:
         edges, names = activity_buckets(counts)
         out.families.append(Family("activity",
                                    np.searchsorted(edges, mine, side="left")[sid], names))
+    out.families.extend(lift_families(data.split("train"), test, first, sid))
+    return out
+
+
+def category_lift(train_values: np.ndarray, train_cates: np.ndarray, values: np.ndarray,
+                  cates: np.ndarray) -> np.ndarray:
+    """``P(c | v) / P(c)`` estimated on training positives ``(train_values, train_cates)``,
+    looked up for each ``(values[i], cates[i])``; add-one smoothed over the categories, so
+    that an unseen pair or value gives a finite lift."""
+    train_values, train_cates = np.asarray(train_values), np.asarray(train_cates)
+    n_values = int(max(train_values.max(initial=0), np.max(values, initial=0))) + 1
+    n_cates = int(max(train_cates.max(initial=0), np.max(cates, initial=0))) + 1
+    pair = np.bincount(train_values * n_cates + train_cates,
+                       minlength=n_values * n_cates).reshape(n_values, n_cates)  # (V, C)
+    per_value = pair.sum(axis=1)  # (V,)
+    per_cate = pair.sum(axis=0)  # (C,)
+    p_given = (pair[values, cates] + 1.0) / (per_value[values] + n_cates)
+    p_cate = (per_cate[cates] + 1.0) / (per_cate.sum() + n_cates)
+    return p_given / p_cate
+
+
+def lift_family(name: str, lift: np.ndarray, sid: np.ndarray) -> Family:
+    """Samples' lifts (one per sample) -> a family in :data:`LIFT_EDGES` buckets."""
+    lo, mid, hi = LIFT_EDGES
+    labels = [f"lift < {lo:g}", f"{lo:g}-{mid:g}", f"{mid:g}-{hi:g}", f">= {hi:g}"]
+    return Family(name, np.searchsorted(np.array(LIFT_EDGES), lift, side="right")[sid], labels)
+
+
+def lift_families(train: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray],
+                  first: np.ndarray, sid: np.ndarray) -> list[Family]:
+    """``profile`` and ``season`` (see the module docstring), where the store has the fields;
+    every count comes from the training split."""
+    if CANDIDATE_CATEGORY not in test:
+        return []
+    positive = np.asarray(train[LABEL]) > 0.5
+    train_cates = np.asarray(train[CANDIDATE_CATEGORY])[positive]
+    cates = np.asarray(test[CANDIDATE_CATEGORY])[first]
+    out = []
+    profile = next((f for f in PROFILE_FIELDS if f in test and f in train), None)
+    for family, fld in (("profile", profile), ("season", SEASON_FIELD)):
+        if fld is None or fld not in test or fld not in train:
+            continue
+        lift = category_lift(np.asarray(train[fld])[positive], train_cates,
+                             np.asarray(test[fld])[first], cates)
+        out.append(lift_family(family, lift, sid))
     return out
 
 
@@ -336,7 +391,10 @@ LEGEND = (
     "samples). category: the positive's category absent from the history (\"new demand\", "
     "MIAN Fig. 3a) or present; gap: days since the user's previous review (Fig. 3b); history: "
     "the model-visible history length; activity: the user's positive training rows (buckets at "
-    "the training users' quartiles). * = paired t-test over seeds against the reference in that "
+    "the training users' quartiles); profile / season: the lift P(category | the user's "
+    "occupation, or age, or gender) / P(category), and the same for the review month, of the "
+    "positive's category, counted on the training positives. * = paired t-test over seeds "
+    "against the reference in that "
     "stratum, Holm-adjusted across the stratum's models, p < {alpha} (covers seed variance "
     "only, not test-set sampling); (ref) = the report's reference; oracle = the generator's "
     "exact probability (synthetic data). Columns of strata.csv: results/README.md."
