@@ -8,6 +8,7 @@ from itertools import accumulate
 import pytest
 import torch
 
+from ctrbench.models.fast.embedding_bank import EmbeddingBank
 from ctrbench.models.inputs import (
     FieldEmbedding,
     LinearTerm,
@@ -20,7 +21,6 @@ from ctrbench.models.layers import (
     CrossLayer,
     CrossNetwork,
     Dice,
-    EmbeddingBank,
     FactorizationMachine,
     first_order_bank,
     masked_mean,
@@ -189,7 +189,7 @@ def test_dice_eval_mode_uses_running_statistics_only():
 def test_dice_hand_written_backward_matches_numerical_gradients(batch_stats):
     """gradcheck (float64) of the fused Dice function, with batch statistics (gradient flows
     through mean and variance, as in batch norm) and with fixed running statistics."""
-    from ctrbench.models.layers import _DiceFunction
+    from ctrbench.models.fast.dice import _DiceFunction
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(24, 5, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -400,7 +400,7 @@ def test_embedding_bank_copy_keeps_its_gradient_hooks():
 
 
 def test_unique_rows_matches_torch_unique():
-    from ctrbench.models.layers import unique_rows
+    from ctrbench.models.fast.embedding_bank import unique_rows
 
     gen = torch.Generator().manual_seed(3)
     scratch = torch.full((50,), 7, dtype=torch.long)  # stale contents must not matter

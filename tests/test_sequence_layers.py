@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from ctrbench.models.layers import EmbeddingBank, UniformDropout
+from ctrbench.models.fast.dropout import UniformDropout
+from ctrbench.models.fast.embedding_bank import EmbeddingBank
 from ctrbench.models.sequence import (
     AUGRU,
     LocalActivationUnit,

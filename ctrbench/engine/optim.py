@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctrbench.cards import TrainConfig
-from ctrbench.models.layers import EmbeddingBank, FusedEmbedding
+from ctrbench.models.fast.embedding_bank import EmbeddingBank, FusedEmbedding
 from ctrbench.schema import Schema
 
 #: ``id(table weight) -> [rows]`` per-row L2 scale (``1 / n_j``) for ``din_frequency``

@@ -23,7 +23,9 @@ from torch.nn import functional as F
 from ctrbench.errors import CtrbenchError
 from ctrbench.models.base import AttentionWeights, CTRModel, Explanation
 from ctrbench.models.config import ACTIVATIONS, ModelConfig, Number, OneOf, Widths, param
-from ctrbench.models.layers import INIT_STD, MLP, EmbeddingBank, masked_mean, masked_softmax
+from ctrbench.models.fast.embedding_bank import EmbeddingBank
+from ctrbench.models.init import INIT_STD
+from ctrbench.models.layers import MLP, masked_mean, masked_softmax
 from ctrbench.models.registry import register
 from ctrbench.models.sequence import (
     AUGRU,

@@ -61,14 +61,9 @@ from ctrbench.models.config import (
     Widths,
     param,
 )
-from ctrbench.models.layers import (
-    INIT_STD,
-    MLP,
-    EmbeddingBank,
-    init_truncated_normal,
-    masked_mean,
-    masked_softmax,
-)
+from ctrbench.models.fast.embedding_bank import EmbeddingBank
+from ctrbench.models.init import INIT_STD, init_truncated_normal
+from ctrbench.models.layers import MLP, masked_mean, masked_softmax
 from ctrbench.models.registry import register
 from ctrbench.models.sequence import (
     TransformerBlock,

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ctrbench.models.layers import MLP, EmbeddingBank, UniformDropout, masked_softmax
+from ctrbench.models.fast.dropout import UniformDropout
+from ctrbench.models.fast.embedding_bank import EmbeddingBank
+from ctrbench.models.layers import MLP, masked_softmax
 from ctrbench.schema import HIST_LEN, Batch, FieldSpec
 
 
