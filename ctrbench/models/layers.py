@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ctrbench.models.fast.dice import _DiceFunction
+from ctrbench.models.fast.dice import DiceFunction
 from ctrbench.models.fast.dropout import UniformDropout
 from ctrbench.models.fast.embedding_bank import EmbeddingBank
 from ctrbench.models.init import INIT_STD, init_truncated_normal
@@ -45,35 +45,51 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-class Dice(nn.Module):
-    """DIN's data-adaptive activation: ``p(x) * x + (1 - p(x)) * alpha * x``,
-    ``p(x) = sigmoid((x - mean) / sqrt(var + eps))``.
+def dice(x: torch.Tensor, alpha: torch.Tensor, mean: torch.Tensor | None = None,
+         var: torch.Tensor | None = None, eps: float = 1e-8
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Dice (DIN paper, eq. 9 with its ``E[s]``, ``Var[s]``) on ``x [N, H]``, per feature:
+    ``p * x + (1 - p) * alpha * x`` with ``p = sigmoid((x - mean) / sqrt(var + eps))``.
 
-    Training normalises with the batch's statistics and updates running ones; evaluation uses the
-    running statistics only, so at evaluation a sample's output is independent of its batch.
-    Input ``[B, H]`` or ``[B, T, H]``; statistics per feature over all leading axes, in float32
-    (the running buffers' dtype) also under bf16 autocast. Computed by :class:`_DiceFunction`
-    (hand-written backward: half the passes over ``[N, H]`` of autograd's graph).
+    ``mean``/``var`` ``[H]`` None: the batch's mean and biased variance over N, differentiated
+    through (as in batch normalisation); given: fixed statistics. Returns ``(y [N, H], mean,
+    var)``. The plain definition that :class:`ctrbench.models.fast.dice.DiceFunction` computes
+    faster, tested equal to it.
+    """
+    if mean is None or var is None:
+        mean, var = x.mean(dim=0), x.var(dim=0, unbiased=False)  # (H,), (H,)
+    p = torch.sigmoid((x - mean) / torch.sqrt(var + eps))  # (N, H)
+    return p * x + (1 - p) * alpha * x, mean, var
+
+
+class Dice(nn.Module):
+    """DIN's data-adaptive activation (:func:`dice`) with running statistics.
+
+    Training normalises with the batch's statistics and updates running ones (``lerp`` by
+    ``momentum``); evaluation uses the running statistics only, so at evaluation a sample's
+    output is independent of its batch. Input ``[B, H]`` or ``[B, T, H]``; statistics per
+    feature over all leading axes, in float32 (the running buffers' dtype) also under bf16
+    autocast. ``fused`` (the default) computes with the fast path
+    :class:`ctrbench.models.fast.dice.DiceFunction`, else with the plain :func:`dice`.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-8, momentum: float = 0.01) -> None:
+    def __init__(self, num_features: int, eps: float = 1e-8, momentum: float = 0.01,
+                 fused: bool = True) -> None:
         super().__init__()
         self.alpha = nn.Parameter(torch.zeros(num_features))
-        self.eps, self.momentum = eps, momentum
+        self.eps, self.momentum, self.fused = eps, momentum, fused
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1]).float()  # (N, H)
+        stats = (None, None) if self.training else (self.running_mean, self.running_var)
+        compute = DiceFunction.apply if self.fused else dice
+        out, mean, var = compute(flat, self.alpha.float(), *stats, self.eps)  # (N, H), (H,), (H,)
         if self.training:
-            out, mean, var = _DiceFunction.apply(flat, self.alpha.float(), None, None,
-                                                 self.eps)
             with torch.no_grad():
                 self.running_mean.lerp_(mean, self.momentum)
                 self.running_var.lerp_(var, self.momentum)
-        else:
-            out, _, _ = _DiceFunction.apply(flat, self.alpha.float(), self.running_mean,
-                                            self.running_var, self.eps)
         return out.to(x.dtype).reshape(x.shape)
 
 

@@ -1,4 +1,17 @@
-"""The embeddings of a schema as one fused table with one sparse gradient per step."""
+"""The embeddings of a schema as one fused table with one sparse gradient per step.
+
+Plain reference: one ``nn.Embedding(V, D, padding_idx=0)`` per vocabulary with its own
+gradient (dense, or sparse with ``sparse=True``). :class:`EmbeddingBank` holds the same
+parameters (each vocabulary's table is a block of one fused table) and must give the same
+lookups and, per block, the same gradient, however many lookups a step makes and whatever else
+uses the weight (``tests/test_fast_paths.py``).
+
+Why: one table means one gradient, one L2 pass and one optimiser update per step instead of one
+per vocabulary, which halved the step time at batch 128 (README, "Deviations from DESIGN.md");
+:class:`FusedEmbedding` builds that one gradient from all lookups at once (summing one sparse
+gradient per lookup costs ~8x more), already coalesced by :func:`unique_rows` (about 2x
+cheaper than ``torch.unique`` / ``coalesce``).
+"""
 
 from __future__ import annotations
 
