@@ -9,6 +9,7 @@ from torch import nn
 
 from ctrbench.models.base import CTRModel
 from ctrbench.models.config import Flag, OneOf, Widths, param
+from ctrbench.models.fast.row_blocks import in_row_blocks
 from ctrbench.models.inputs import DeepConfig, FieldEmbedding, deep_tower
 from ctrbench.models.layers import CIN
 from ctrbench.models.registry import register
@@ -86,10 +87,12 @@ class XDeepFM(CTRModel):
         """``w^T CIN(E)``: ``[B, F, D] -> [B]``. Without autograd (evaluation) it runs on chunks
         of ``CIN_EVAL_ROWS`` rows (the CIN is row-wise, so the values are the same) to bound the
         memory of the outer products."""
-        if torch.is_grad_enabled() or fields.shape[0] <= CIN_EVAL_ROWS:
-            return self.cin_output(self.cin(fields)).squeeze(-1)  # (B,)
-        return torch.cat([self.cin_output(self.cin(chunk)).squeeze(-1)
-                          for chunk in fields.split(CIN_EVAL_ROWS)])  # (B,)
+        if torch.is_grad_enabled():
+            return self._cin_logit(fields)  # (B,)
+        return in_row_blocks(self._cin_logit, fields, CIN_EVAL_ROWS)  # (B,)
+
+    def _cin_logit(self, fields: torch.Tensor) -> torch.Tensor:
+        return self.cin_output(self.cin(fields)).squeeze(-1)  # (B,)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         first, fields = self.embedding.with_first_order(batch)  # (B,), (B, F, D)
