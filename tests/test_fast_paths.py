@@ -13,9 +13,11 @@ from itertools import accumulate
 import pytest
 import torch
 from test_layers import tiny_batch, tiny_schema
+from torch import nn
 
 from ctrbench.models.fast.dropout import UniformDropout
 from ctrbench.models.fast.embedding_bank import EmbeddingBank
+from ctrbench.models.fast.row_blocks import in_row_blocks
 from ctrbench.models.layers import Dice
 
 
@@ -25,6 +27,61 @@ def _isolated_home(monkeypatch, tmp_path):
 
 
 # --------------------------------------------------------------------------- embedding bank
+def per_vocabulary_tables(bank: EmbeddingBank, sparse: bool) -> dict[str, nn.Embedding]:
+    """The plain reference: one ``nn.Embedding`` per vocabulary holding the bank's block."""
+    tables = {}
+    for vocab, size in bank.vocab_sizes.items():
+        table = nn.Embedding(size, bank.dim, padding_idx=0, sparse=sparse)
+        with torch.no_grad():
+            table.weight.copy_(bank.block(vocab))
+        tables[vocab] = table
+    return tables
+
+
+def dense(grad: torch.Tensor) -> torch.Tensor:
+    return grad.to_dense() if grad.is_sparse else grad
+
+
+@pytest.mark.parametrize("direct_use", [False, True])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_embedding_bank_equals_one_nn_embedding_per_vocabulary(sparse, direct_use):
+    """Every kind of lookup (single fields in one lookup, stacked histories, one field), with
+    or without a direct use of the weight (a dense gradient from elsewhere), two backward passes
+    accumulated: the bank's values and, block by block, its gradient (dense or sparse as the
+    reference's) equal those of one nn.Embedding per vocabulary."""
+    schema, batch = tiny_schema(), tiny_batch()
+    bank = EmbeddingBank(schema, dim=3, sparse=sparse)
+    tables = per_vocabulary_tables(bank, sparse)
+    fields = {f.name: f for f in schema.fields}
+    gen = torch.Generator().manual_seed(5)
+
+    def plain(name: str) -> torch.Tensor:
+        return tables[fields[name].vocab](batch[name])
+
+    singles = [[fields["item_id"], fields["cate_id"]], [fields["fav_cate"], fields["weekday"]]]
+    history = ["hist_item_id", "hist_cate_id"]
+    for _ in range(2):  # the second backward accumulates into the first one's gradient
+        got = [*bank.single_fields(batch, singles),
+               bank.lookup_stacked([(fields[n].vocab, batch[n]) for n in history]),
+               bank(batch, "neg_hist_item_id")]
+        want = [torch.stack([plain(f.name) for f in group], dim=1) for group in singles]
+        want += [torch.stack([plain(n) for n in history], dim=-2), plain("neg_hist_item_id")]
+        loss, ref_loss = torch.zeros(()), torch.zeros(())
+        if direct_use:
+            loss = 0.5 * bank.weight.square().sum()
+            ref_loss = sum(0.5 * t.weight.square().sum() for t in tables.values())
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+            weights = torch.randn(a.shape, generator=gen)
+            loss, ref_loss = loss + (a * weights).sum(), ref_loss + (b * weights).sum()
+        loss.backward()
+        ref_loss.backward()
+    grad = dense(bank.weight.grad)
+    for vocab, table in tables.items():
+        torch.testing.assert_close(grad[bank.vocab_rows(vocab)], dense(table.weight.grad))
+    assert bank.weight.grad.is_sparse == tables["item"].weight.grad.is_sparse
+
+
 def test_embedding_bank_padding_row_zero_and_shared_tables():
     schema = tiny_schema()
     bank = EmbeddingBank(schema, dim=4)
@@ -180,24 +237,33 @@ def test_dice_hand_written_backward_matches_numerical_gradients(batch_stats):
         lambda x, a: DiceFunction.apply(x, a, mean, var, 1e-8)[0], (x, alpha))
 
 
-def test_dice_matches_the_formula_through_autograd():
-    """Values and gradients of Dice on [B, T, H] equal the formula written with autograd ops."""
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_dice_equals_the_plain_formula(training):
+    """Dice on [B, T, H], fused (the default) and plain (layers.dice): same values, same
+    gradients of the input and of alpha, same running statistics after a training step."""
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(6, 4, 3, generator=gen, requires_grad=True)
-    dice = Dice(3)
-    with torch.no_grad():
-        dice.alpha.copy_(torch.tensor([0.25, -0.5, 1.5]))
-    out = dice.train()(x)
-    flat = x.reshape(-1, 3)
-    mean, var = flat.mean(0), flat.var(0, unbiased=False)
-    p = torch.sigmoid((x - mean) / torch.sqrt(var + 1e-8))
-    expected = p * x + (1 - p) * dice.alpha * x
-    torch.testing.assert_close(out, expected)
+    x = torch.randn(6, 4, 3, generator=gen) * 2 + 0.5
+    fused, plain = Dice(3), Dice(3, fused=False)
+    for module in (fused, plain):
+        with torch.no_grad():
+            module.alpha.copy_(torch.tensor([0.25, -0.5, 1.5]))
+            module.running_mean.copy_(torch.tensor([0.3, -0.2, 0.1]))
+            module.running_var.copy_(torch.tensor([2.0, 0.5, 1.5]))
+        module.train(training)
     weights = torch.randn(6, 4, 3, generator=gen)
-    grads = torch.autograd.grad((out * weights).sum(), (x, dice.alpha))
-    expected_grads = torch.autograd.grad((expected * weights).sum(), (x, dice.alpha))
-    for got, want in zip(grads, expected_grads):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    results = []
+    for module in (fused, plain):
+        inputs = x.clone().requires_grad_(True)
+        out = module(inputs)
+        results.append((out, *torch.autograd.grad((out * weights).sum(), (inputs, module.alpha))))
+    (out, dx, dalpha), (ref, ref_dx, ref_dalpha) = results
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(dx, ref_dx, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(dalpha, ref_dalpha, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fused.running_mean, plain.running_mean)
+    torch.testing.assert_close(fused.running_var, plain.running_var)
+    if training:  # the batch's statistics moved the running ones
+        assert not torch.equal(fused.running_mean, torch.tensor([0.3, -0.2, 0.1]))
 
 
 # --------------------------------------------------------------------------- dropout
@@ -214,3 +280,59 @@ def test_uniform_dropout_behaves_like_dropout():
     assert torch.equal(drop.eval()(x), x)
     assert torch.equal(UniformDropout(0.0)(x), x)
     assert torch.equal(UniformDropout(1.0)(x), torch.zeros_like(x))
+
+
+def test_uniform_dropout_mask_is_rand_and_values_and_gradient_are_dropouts():
+    """The designed stream: the keep mask is ``rand >= p`` drawn from the global generator; kept
+    elements are scaled by 1 / (1 - p) and the gradient is the same mask times the scale, as
+    nn.Dropout's; the keep rate of both is 1 - p; eval, p = 0 and p = 1 behave as nn.Dropout."""
+    p = 0.3
+    x = torch.randn(400, 250, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+    drop, reference = UniformDropout(p), nn.Dropout(p)
+    torch.manual_seed(4)
+    out = drop(x)
+    torch.manual_seed(4)
+    keep = torch.rand(x.shape) >= p
+    torch.testing.assert_close(out, torch.where(keep, x / (1 - p), 0.0), rtol=1e-6, atol=0)
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    (dx,) = torch.autograd.grad((out * upstream).sum(), x)
+    torch.testing.assert_close(dx, torch.where(keep, upstream / (1 - p), 0.0), rtol=1e-6, atol=0)
+    ref = reference(x)  # its own mask, from bernoulli_
+    ref_keep = ref != 0
+    torch.testing.assert_close(ref[ref_keep], x[ref_keep] / (1 - p), rtol=1e-6, atol=0)
+    sd = (p * (1 - p) / x.numel()) ** 0.5  # of a keep rate: 4 sd = 0.004 here
+    for kept in (keep, ref_keep):
+        assert abs(kept.float().mean().item() - (1 - p)) < 4 * sd
+    y = x.detach()
+    for q in (0.0, 1.0, p):
+        assert torch.equal(UniformDropout(q).eval()(y), nn.Dropout(q).eval()(y))
+    assert torch.equal(UniformDropout(0.0)(y), nn.Dropout(0.0)(y))
+    assert torch.equal(UniformDropout(1.0)(y), nn.Dropout(1.0)(y))
+
+
+# --------------------------------------------------------------------------- row blocks
+@pytest.mark.parametrize("form", ["tensor", "tuple", "dict"])
+def test_in_row_blocks_equals_one_pass_block_by_block(form):
+    """A row-wise function on blocks of 3, 3, 3 and 1 rows, concatenated, gives exactly its
+    one-pass output; the blocks are consecutive and in the caller's form."""
+    gen = torch.Generator().manual_seed(6)
+    a, b = torch.randn(10, 4, generator=gen), torch.randn(10, 2, 4, generator=gen)
+    inputs = {"tensor": a, "tuple": (a, b), "dict": {"a": a, "b": b}}[form]
+    seen = []
+
+    def fn(rows):
+        parts = {"tensor": lambda: (rows, rows.unsqueeze(1)), "tuple": lambda: rows,
+                 "dict": lambda: (rows["a"], rows["b"])}[form]()
+        seen.append(parts[0][:, 0].clone())
+        return torch.tanh(parts[0]).sum(1) * parts[1].mean(dim=(1, 2))  # (rows,)
+
+    whole = fn(inputs)
+    seen.clear()
+    blocks = in_row_blocks(fn, inputs, 3)
+    assert torch.equal(blocks, whole)
+    assert [len(s) for s in seen] == [3, 3, 3, 1]
+    assert torch.equal(torch.cat(seen), a[:, 0])
+    seen.clear()
+    assert torch.equal(in_row_blocks(fn, inputs, 10), whole) and len(seen) == 1  # no split
+    with pytest.raises(ValueError, match="block_rows"):
+        in_row_blocks(fn, inputs, 0)

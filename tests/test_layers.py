@@ -154,8 +154,9 @@ def test_cin_rejects_wrong_field_count_and_odd_split():
 
 
 # --------------------------------------------------------------------------- Dice
-def test_dice_train_mode_uses_batch_statistics_and_updates_running_ones():
-    dice = Dice(1, momentum=0.01)
+@pytest.mark.parametrize("fused", [True, False])  # the fast path and layers.dice
+def test_dice_train_mode_uses_batch_statistics_and_updates_running_ones(fused):
+    dice = Dice(1, momentum=0.01, fused=fused)
     with torch.no_grad():
         dice.alpha.fill_(0.5)
     x = torch.tensor([[1.0], [5.0]])
@@ -169,8 +170,9 @@ def test_dice_train_mode_uses_batch_statistics_and_updates_running_ones():
     torch.testing.assert_close(dice.running_var, torch.tensor([1.03]))
 
 
-def test_dice_eval_mode_uses_running_statistics_only():
-    dice = Dice(1)
+@pytest.mark.parametrize("fused", [True, False])  # the fast path and layers.dice
+def test_dice_eval_mode_uses_running_statistics_only(fused):
+    dice = Dice(1, fused=fused)
     with torch.no_grad():
         dice.alpha.fill_(0.5)
         dice.running_mean.fill_(2.0)
