@@ -12,10 +12,10 @@ from ctrbench.errors import CardError, CtrbenchError
 from ctrbench.models import build_model
 from ctrbench.models import xdeepfm as xdeepfm_module
 from ctrbench.models.dien import DIEN
+from ctrbench.models.fast.cin import BatchedCIN
 from ctrbench.models.layers import CIN, masked_softmax
 from ctrbench.models.mian import MIAN, BehaviorInteraction, FieldInteraction, GlobalInteraction
 from ctrbench.models.sequence import TransformerBlock
-from ctrbench.models.xdeepfm import BatchedCIN
 from ctrbench.schema import HIST_LEN, LABEL, random_batch, reference_schema
 
 T = 8
