@@ -3,6 +3,7 @@
 - the fused embedding bank against one ``nn.Embedding`` per vocabulary (values, gradients);
 - the fused Dice function against :func:`ctrbench.models.layers.dice` (values, gradients);
 - ``UniformDropout`` against ``nn.Dropout`` (same distribution, the designed random stream);
+- ``BatchedCIN`` against :class:`ctrbench.models.layers.CIN` (values, gradients);
 - evaluation in row blocks against one pass.
 """
 
@@ -15,10 +16,11 @@ import torch
 from test_layers import tiny_batch, tiny_schema
 from torch import nn
 
+from ctrbench.models.fast.cin import BatchedCIN
 from ctrbench.models.fast.dropout import UniformDropout
 from ctrbench.models.fast.embedding_bank import EmbeddingBank
 from ctrbench.models.fast.row_blocks import in_row_blocks
-from ctrbench.models.layers import Dice
+from ctrbench.models.layers import CIN, Dice
 
 
 @pytest.fixture(autouse=True)
@@ -308,6 +310,23 @@ def test_uniform_dropout_mask_is_rand_and_values_and_gradient_are_dropouts():
         assert torch.equal(UniformDropout(q).eval()(y), nn.Dropout(q).eval()(y))
     assert torch.equal(UniformDropout(0.0)(y), nn.Dropout(0.0)(y))
     assert torch.equal(UniformDropout(1.0)(y), nn.Dropout(1.0)(y))
+
+
+# --------------------------------------------------------------------------- CIN
+def test_batched_cin_equals_the_reference_cin_values_and_gradients():
+    torch.manual_seed(0)
+    reference = CIN(5, [6, 4], split_half=True, activation="relu")
+    batched = BatchedCIN(5, [6, 4], split_half=True, activation="relu")
+    batched.load_state_dict(reference.state_dict())  # same parameters, same names
+    x = torch.randn(7, 5, 3, requires_grad=True)
+    out_ref, out = reference(x), batched(x)
+    torch.testing.assert_close(out, out_ref)
+    weight = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad((out * weight).sum(), [x, *batched.parameters()]),
+                    torch.autograd.grad((out_ref * weight).sum(), [x, *reference.parameters()])):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="fields"):
+        batched(torch.randn(2, 4, 3))
 
 
 # --------------------------------------------------------------------------- row blocks

@@ -1,4 +1,13 @@
-"""Shared building blocks. Each layer documents its input and output shapes.
+"""Shared building blocks, written as their papers define them (MLP, DIN's Dice, FM's
+second-order term, DCN's cross network, xDeepFM's CIN, masked pooling). Each layer documents its
+input and output shapes.
+
+The CPU fast paths live in :mod:`ctrbench.models.fast`, each tested equal to the plain
+definition here (``tests/test_fast_paths.py``): the models compute Dice with
+``fast.dice.DiceFunction`` (the default ``Dice(fused=True)``; :func:`dice` is the definition),
+the MLP's dropout with ``fast.dropout.UniformDropout`` (``nn.Dropout``'s distribution),
+xDeepFM's CIN with ``fast.cin.BatchedCIN``, and embed with ``fast.embedding_bank.EmbeddingBank``
+(one ``nn.Embedding`` per vocabulary, fused into one table).
 
 B = batch, T = history length, D = embedding width, F = number of fields.
 """

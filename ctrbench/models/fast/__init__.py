@@ -6,6 +6,13 @@
   (reference: :func:`ctrbench.models.layers.dice`, the DIN paper's formula).
 - :mod:`~ctrbench.models.fast.dropout`: dropout masks drawn with ``rand`` (reference:
   ``nn.Dropout``).
+- :mod:`~ctrbench.models.fast.cin`: xDeepFM's CIN as batched matmuls (reference:
+  :class:`ctrbench.models.layers.CIN`).
+- :mod:`~ctrbench.models.fast.row_blocks`: evaluation in blocks of rows (reference: one pass).
 
-Nothing is imported here, so that ``models.layers`` can import the leaf modules directly.
+The AUGRU's hand-written recurrence stays in :mod:`ctrbench.models.sequence` (``AUGRU(fast=...)``,
+tested equal to its autograd reference in ``tests/test_sequence_layers.py``).
+
+Nothing is imported here: ``models.layers`` imports ``dice``, ``dropout`` and ``embedding_bank``
+(which import no model module but ``models.init``), and ``cin`` imports ``models.layers``.
 """
