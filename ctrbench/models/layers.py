@@ -57,7 +57,7 @@ class MLP(nn.Module):
 def dice(x: torch.Tensor, alpha: torch.Tensor, mean: torch.Tensor | None = None,
          var: torch.Tensor | None = None, eps: float = 1e-8
          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Dice (DIN paper, eq. 9 with its ``E[s]``, ``Var[s]``) on ``x [N, H]``, per feature:
+    """Dice (the DIN paper's, its ``E[s]``, ``Var[s]`` per feature) on ``x [N, H]``:
     ``p * x + (1 - p) * alpha * x`` with ``p = sigmoid((x - mean) / sqrt(var + eps))``.
 
     ``mean``/``var`` ``[H]`` None: the batch's mean and biased variance over N, differentiated
