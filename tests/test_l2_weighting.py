@@ -18,7 +18,7 @@ from ctrbench.engine.optim import (
 )
 from ctrbench.engine.train import train_and_evaluate
 from ctrbench.errors import CardError
-from ctrbench.models.layers import EmbeddingBank
+from ctrbench.models.fast.embedding_bank import EmbeddingBank
 from ctrbench.schema import FieldSpec, Schema
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

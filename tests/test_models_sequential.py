@@ -1,5 +1,5 @@
 """DIN, DIEN and MIAN: auxiliary loss, ablations, attention weights (explain), errors;
-xDeepFM's fast CIN paths."""
+xDeepFM's CIN in eval blocks."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from ctrbench.errors import CardError, CtrbenchError
 from ctrbench.models import build_model
 from ctrbench.models import xdeepfm as xdeepfm_module
 from ctrbench.models.dien import DIEN
-from ctrbench.models.layers import CIN, masked_softmax
+from ctrbench.models.fast.cin import BatchedCIN
+from ctrbench.models.layers import masked_softmax
 from ctrbench.models.mian import MIAN, BehaviorInteraction, FieldInteraction, GlobalInteraction
 from ctrbench.models.sequence import TransformerBlock
-from ctrbench.models.xdeepfm import BatchedCIN
 from ctrbench.schema import HIST_LEN, LABEL, random_batch, reference_schema
 
 T = 8
@@ -354,23 +354,7 @@ def test_bad_sequential_params_are_card_errors(name, bad, message):
         card_model(name, **bad)
 
 
-# --------------------------------------------------------------------------- xDeepFM fast paths
-def test_batched_cin_equals_the_reference_cin_values_and_gradients():
-    torch.manual_seed(0)
-    reference = CIN(5, [6, 4], split_half=True, activation="relu")
-    batched = BatchedCIN(5, [6, 4], split_half=True, activation="relu")
-    batched.load_state_dict(reference.state_dict())  # same parameters, same names
-    x = torch.randn(7, 5, 3, requires_grad=True)
-    out_ref, out = reference(x), batched(x)
-    torch.testing.assert_close(out, out_ref)
-    weight = torch.randn_like(out)
-    for a, b in zip(torch.autograd.grad((out * weight).sum(), [x, *batched.parameters()]),
-                    torch.autograd.grad((out_ref * weight).sum(), [x, *reference.parameters()])):
-        torch.testing.assert_close(a, b)
-    with pytest.raises(ValueError, match="fields"):
-        batched(torch.randn(2, 4, 3))
-
-
+# --------------------------------------------------------------------------- xDeepFM eval blocks
 def test_xdeepfm_eval_in_cin_chunks_equals_one_pass(monkeypatch):
     model = card_model("xdeepfm").eval()
     assert isinstance(model.cin, BatchedCIN)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ctrbench.models.layers import EmbeddingBank, UniformDropout
+from ctrbench.models.fast.embedding_bank import EmbeddingBank
 from ctrbench.models.sequence import (
     AUGRU,
     LocalActivationUnit,
@@ -293,21 +293,6 @@ def test_apply_by_length_puts_every_row_back_in_place():
     mask = torch.arange(12)[None, :] < lengths[:, None]
     out = apply_by_length(lambda xs, ms: xs * 1.0, x, mask)
     torch.testing.assert_close(out[mask], x[mask])
-
-
-def test_uniform_dropout_behaves_like_dropout():
-    x = torch.ones(200, 50)
-    drop = UniformDropout(0.2)
-    torch.manual_seed(0)
-    out = drop(x)
-    kept = out != 0
-    assert torch.allclose(out[kept], torch.full_like(out[kept], 1.25))
-    assert abs(kept.float().mean().item() - 0.8) < 0.02
-    torch.manual_seed(0)
-    assert torch.equal(drop(x), out)  # seeded: deterministic
-    assert torch.equal(drop.eval()(x), x)
-    assert torch.equal(UniformDropout(0.0)(x), x)
-    assert torch.equal(UniformDropout(1.0)(x), torch.zeros_like(x))
 
 
 def test_din_unit_scores_eval_blocks_like_one_pass(monkeypatch):

@@ -30,7 +30,7 @@ from ctrbench.engine.train import (
     train_and_evaluate,
 )
 from ctrbench.errors import CardError, CtrbenchError
-from ctrbench.models.layers import EmbeddingBank
+from ctrbench.models.fast.embedding_bank import EmbeddingBank
 from ctrbench.models.registry import ARCHITECTURES, register
 from ctrbench.schema import FieldSpec, Schema
 

@@ -3,7 +3,7 @@
 - ``adam``: ``torch.optim.Adam`` (fused) over every parameter (dense embedding gradients: every
   step reads and writes every row of every table, whatever the batch touched). A bank's fused
   table keeps one dense gradient buffer, zeroed in place, into which its per-step sparse
-  gradient is added (see :class:`ctrbench.models.layers.FusedEmbedding`).
+  gradient is added (see :class:`ctrbench.models.fast.embedding_bank.FusedEmbedding`).
 - ``lazy_adam``: the model is built with ``sparse=True`` so embedding tables emit sparse
   gradients; :class:`RowWiseAdam` (SparseAdam's update) changes the moments and weights of only
   the rows a batch touched ("row-wise lazy Adam"), plain Adam the dense rest.
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctrbench.cards import TrainConfig
-from ctrbench.models.layers import EmbeddingBank, FusedEmbedding
+from ctrbench.models.fast.embedding_bank import EmbeddingBank, FusedEmbedding
 from ctrbench.schema import Schema
 
 #: ``id(table weight) -> [rows]`` per-row L2 scale (``1 / n_j``) for ``din_frequency``

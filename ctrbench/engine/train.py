@@ -52,8 +52,8 @@ from ctrbench.engine.threads import load_average
 from ctrbench.engine.untrained import fit_and_evaluate
 from ctrbench.errors import CardError
 from ctrbench.models import CTRModel, build_model, config_of, count_parameters
+from ctrbench.models.fast.embedding_bank import FusedEmbedding
 from ctrbench.models.init import apply_init
-from ctrbench.models.layers import FusedEmbedding
 from ctrbench.progress import progress as progress_bar
 from ctrbench.record import EpochRow
 from ctrbench.schema import LABEL, Schema

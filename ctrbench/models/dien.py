@@ -23,7 +23,10 @@ from torch.nn import functional as F
 from ctrbench.errors import CtrbenchError
 from ctrbench.models.base import AttentionWeights, CTRModel, Explanation
 from ctrbench.models.config import ACTIVATIONS, ModelConfig, Number, OneOf, Widths, param
-from ctrbench.models.layers import INIT_STD, MLP, EmbeddingBank, masked_mean, masked_softmax
+from ctrbench.models.fast.embedding_bank import EmbeddingBank
+from ctrbench.models.fast.row_blocks import in_row_blocks
+from ctrbench.models.init import INIT_STD
+from ctrbench.models.layers import MLP, masked_mean, masked_softmax
 from ctrbench.models.registry import register
 from ctrbench.models.sequence import (
     AUGRU,
@@ -31,7 +34,7 @@ from ctrbench.models.sequence import (
     embed_history,
     pad_steps,
 )
-from ctrbench.schema import HIST_LEN, Batch, Schema, history_mask
+from ctrbench.schema import Batch, Schema, history_mask
 
 
 @dataclass(frozen=True)
@@ -94,14 +97,12 @@ class DIEN(CTRModel):
         return self.mlp(torch.cat(inputs, dim=-1)).squeeze(-1)  # (B,)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        rows = batch[HIST_LEN].shape[0]
-        if self.training or rows <= self.EVAL_ROWS:
+        if self.training:
             return self._logits(batch, self._interests(batch))  # (B,)
         # Evaluation is row-wise (Dice on running statistics, no dropout): blocks of EVAL_ROWS
         # rows keep the recurrences' step tensors in cache (~1.5x faster at 8,192 rows here).
-        blocks = ({name: column[start:start + self.EVAL_ROWS] for name, column in batch.items()}
-                  for start in range(0, rows, self.EVAL_ROWS))
-        return torch.cat([self._logits(block, self._interests(block)) for block in blocks])
+        return in_row_blocks(lambda block: self._logits(block, self._interests(block)), batch,
+                             self.EVAL_ROWS)  # (B,)
 
     def forward_train(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts = self._interests(batch)

@@ -12,7 +12,9 @@ import torch
 
 from ctrbench.models.base import AttentionWeights, CTRModel, Explanation
 from ctrbench.models.config import ACTIVATIONS, Flag, ModelConfig, Number, OneOf, Widths, param
-from ctrbench.models.layers import INIT_STD, MLP, EmbeddingBank
+from ctrbench.models.fast.embedding_bank import EmbeddingBank
+from ctrbench.models.init import INIT_STD
+from ctrbench.models.layers import MLP
 from ctrbench.models.registry import register
 from ctrbench.models.sequence import (
     LocalActivationUnit,

@@ -21,11 +21,19 @@ never touched by a rule. See docs/fidelity.md for why ``paper`` does not train.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ctrbench.errors import CardError
-from ctrbench.models.layers import INIT_STD, init_truncated_normal
 from ctrbench.validate import INIT_RULES  # ("torch_default_dense", "paper", "xavier")
+
+INIT_STD = 0.02  # the paper's truncated-normal initialisation
+
+
+def init_truncated_normal(tensor: torch.Tensor, std: float = INIT_STD) -> torch.Tensor:
+    """Truncated normal in [-2 std, 2 std] (the paper's initialiser)."""
+    return nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-2 * std, b=2 * std)
+
 
 DEFAULT_INIT = "torch_default_dense"  # rule of cards that do not say (and of old records)
 

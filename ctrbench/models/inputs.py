@@ -18,13 +18,9 @@ import torch
 from torch import nn
 
 from ctrbench.models.config import ACTIVATIONS, ModelConfig, Number, OneOf, Widths, param
-from ctrbench.models.layers import (
-    INIT_STD,
-    MLP,
-    EmbeddingBank,
-    first_order_bank,
-    masked_mean,
-)
+from ctrbench.models.fast.embedding_bank import EmbeddingBank
+from ctrbench.models.init import INIT_STD
+from ctrbench.models.layers import MLP, first_order_bank, masked_mean
 from ctrbench.schema import HIST_LEN, Batch, FieldSpec, Schema
 
 

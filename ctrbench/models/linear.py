@@ -8,8 +8,8 @@ import torch
 
 from ctrbench.models.base import CTRModel
 from ctrbench.models.config import ModelConfig, Number, param
+from ctrbench.models.init import INIT_STD
 from ctrbench.models.inputs import LinearTerm
-from ctrbench.models.layers import INIT_STD
 from ctrbench.models.registry import register
 from ctrbench.schema import Batch, Schema
 

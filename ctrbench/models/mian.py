@@ -61,14 +61,10 @@ from ctrbench.models.config import (
     Widths,
     param,
 )
-from ctrbench.models.layers import (
-    INIT_STD,
-    MLP,
-    EmbeddingBank,
-    init_truncated_normal,
-    masked_mean,
-    masked_softmax,
-)
+from ctrbench.models.fast.embedding_bank import EmbeddingBank
+from ctrbench.models.fast.row_blocks import in_row_blocks
+from ctrbench.models.init import INIT_STD, init_truncated_normal
+from ctrbench.models.layers import MLP, masked_mean, masked_softmax
 from ctrbench.models.registry import register
 from ctrbench.models.sequence import (
     TransformerBlock,
@@ -286,14 +282,11 @@ class MIAN(CTRModel):
         return self.gim(parts)  # (B, G), (B, P)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        rows = batch[HIST_LEN].shape[0]
-        if self.training or rows <= self.EVAL_ROWS:
+        if self.training:
             return self._logits(batch)  # (B,)
         # Evaluation is row-wise (no batch statistics, no dropout): blocks of EVAL_ROWS rows keep
         # the attention's [rows, heads, T, T] tensors in cache (~1.8x faster at 8,192 rows here).
-        return torch.cat([self._logits({name: column[start:start + self.EVAL_ROWS]
-                                        for name, column in batch.items()})
-                          for start in range(0, rows, self.EVAL_ROWS)])  # (B,)
+        return in_row_blocks(self._logits, batch, self.EVAL_ROWS)  # (B,)
 
     def _logits(self, batch: Batch) -> torch.Tensor:
         parts, _ = self._parts(batch)

@@ -14,7 +14,10 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ctrbench.models.layers import MLP, EmbeddingBank, UniformDropout, masked_softmax
+from ctrbench.models.fast.dropout import UniformDropout
+from ctrbench.models.fast.embedding_bank import EmbeddingBank
+from ctrbench.models.fast.row_blocks import in_row_blocks
+from ctrbench.models.layers import MLP, masked_softmax
 from ctrbench.schema import HIST_LEN, Batch, FieldSpec
 
 
@@ -85,12 +88,11 @@ class LocalActivationUnit(nn.Module):
         if k.shape[0] == 0:  # no valid step in the batch: keep Dice's statistics out of it
             return keys.new_zeros(mask.shape)
         rows = torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(mask)[mask]
-        if self.training or k.shape[0] <= self.EVAL_ROWS:  # Dice's batch statistics: one pass
+        if self.training:  # Dice's batch statistics: one pass
             valid_scores = self._step_scores(query, k, rows)  # (N,)
         else:  # row-wise at evaluation: blocks that stay in cache (~7x faster Dice here)
-            valid_scores = torch.cat([self._step_scores(query, k_part, rows_part) for
-                                      k_part, rows_part in zip(k.split(self.EVAL_ROWS),
-                                                               rows.split(self.EVAL_ROWS))])
+            valid_scores = in_row_blocks(lambda part: self._step_scores(query, *part), (k, rows),
+                                         self.EVAL_ROWS)  # (N,)
         return valid_scores.new_zeros(mask.shape).masked_scatter(mask, valid_scores)  # (B, T)
 
     def _step_scores(self, query: torch.Tensor, keys: torch.Tensor,
