@@ -170,10 +170,14 @@ class FieldInteraction(nn.Module):
 
     def forward(self, item: torch.Tensor,
                 fields: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = torch.cat([item.unsqueeze(1).expand(-1, fields.shape[1], -1), fields], -1)
-        scores = torch.tanh((pairs * self.weight).sum(-1) + self.bias)  # (B, F)
+        # V^j . w_j split by the blocks of w_j = [w_i | w_f] (no [B, F, I + D] pairs tensor)
+        width = item.shape[1]
+        per_item = torch.addmm(self.bias, item, self.weight[:, :width].t())  # (B, F)
+        scores = torch.tanh(per_item + (fields * self.weight[:, width:]).sum(-1))  # (B, F)
         alpha = torch.softmax(scores, dim=1)  # (B, F)
-        return torch.bmm(alpha.unsqueeze(1), pairs).squeeze(1), alpha  # (B, I + D), (B, F)
+        # R = sum_j a_j [e_i; e^j] = [e_i sum_j a_j; sum_j a_j e^j]
+        pooled = torch.bmm(alpha.unsqueeze(1), fields).squeeze(1)  # (B, D)
+        return torch.cat([item * alpha.sum(1, keepdim=True), pooled], 1), alpha  # (B, I+D), (B, F)
 
 
 class GlobalInteraction(nn.Module):
