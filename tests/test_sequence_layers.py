@@ -245,11 +245,12 @@ def test_din_unit_split_first_layer_equals_the_concatenated_mlp():
 
 
 @pytest.mark.parametrize("training", [False, True])
-def test_unfused_attention_equals_the_fused_kernel(training):
+@pytest.mark.parametrize("steps", [5, 20])  # 5: the matmul path appends keys up to MIN_KEYS
+def test_unfused_attention_equals_the_fused_kernel(training, steps):
     torch.manual_seed(0)
     attention = MaskedSelfAttention(8, heads=4).train(training)
-    x = torch.randn(3, 5, 8, requires_grad=True)
-    mask = torch.arange(5)[None, :] < torch.tensor([5, 2, 0])[:, None]
+    x = torch.randn(3, steps, 8, requires_grad=True)
+    mask = torch.arange(steps)[None, :] < torch.tensor([steps, 2, 0])[:, None]
     outs = []
     for fused in (True, False):
         attention.fused = fused

@@ -270,7 +270,14 @@ class MaskedSelfAttention(nn.Module):
     and two batched matmuls around a softmax on the CPU, where the fused kernel is slower for
     MIAN's many narrow heads (8 heads of width 4, T <= 30: ~7% slower forward + backward, ~45%
     slower forward alone here). ``True`` / ``False`` force one implementation (same function).
+
+    torch's CPU softmax over a last dim shorter than its vector width (16 floats with AVX-512)
+    takes a scalar path, ~13x slower per element here (and its backward ~10x): the matmul path
+    appends never-attended keys up to ``MIN_KEYS`` (weight exactly 0; same outputs), which
+    matters for short histories and for the short length groups of :func:`apply_by_length`.
     """
+
+    MIN_KEYS = 16  # keys the matmul path's softmax runs over at least
 
     def __init__(self, dim: int, heads: int, fused: bool | None = None) -> None:
         super().__init__()
@@ -288,14 +295,18 @@ class MaskedSelfAttention(nn.Module):
         empty_row = ~mask.any(dim=1, keepdim=True)  # (B, 1)
         first_step = torch.arange(steps, device=mask.device) == 0  # (T,)
         attend = mask | (empty_row & first_step)  # (B, T)
-        bias = torch.zeros(attend.shape, dtype=q.dtype, device=q.device)
-        bias = bias.masked_fill(~attend, float("-inf"))[:, None, None, :]  # (B, 1, 1, T)
         fused = self.fused if self.fused is not None else x.device.type != "cpu"
+        if not fused and steps < self.MIN_KEYS:  # extra keys that are never attended
+            extra = self.MIN_KEYS - steps
+            k, v = (nn.functional.pad(t, (0, 0, 0, extra)) for t in (k, v))  # (B, h, T_k, d)
+            attend = nn.functional.pad(attend, (0, extra), value=False)  # (B, T_k)
+        bias = torch.zeros(attend.shape, dtype=q.dtype, device=q.device)
+        bias = bias.masked_fill(~attend, float("-inf"))[:, None, None, :]  # (B, 1, 1, T_k)
         if fused:
             context = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         else:
-            scores = torch.matmul(q * self.head_dim ** -0.5, k.transpose(-1, -2))  # (B, h, T, T)
-            weights = torch.softmax(scores + bias, dim=-1)  # (B, h, T, T), 0 on padded keys
+            scores = torch.matmul(q * self.head_dim ** -0.5, k.transpose(-1, -2))  # (B,h,T,T_k)
+            weights = torch.softmax(scores + bias, dim=-1)  # (B, h, T, T_k), 0 on padded keys
             context = torch.matmul(weights, v)  # (B, h, T, d)
         context = context.transpose(1, 2).reshape(batch_size, steps, dim)  # (B, T, D)
         return self.out(context)
