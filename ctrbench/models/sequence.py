@@ -306,7 +306,7 @@ class MaskedSelfAttention(nn.Module):
             context = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         else:
             scores = torch.matmul(q * self.head_dim ** -0.5, k.transpose(-1, -2))  # (B,h,T,T_k)
-            weights = torch.softmax(scores + bias, dim=-1)  # (B, h, T, T_k), 0 on padded keys
+            weights = torch.softmax(scores.add_(bias), dim=-1)  # (B,h,T,T_k), 0 on padded keys
             context = torch.matmul(weights, v)  # (B, h, T, d)
         context = context.transpose(1, 2).reshape(batch_size, steps, dim)  # (B, T, D)
         return self.out(context)
