@@ -16,6 +16,7 @@ from ctrbench.models.sequence import (
     apply_by_length,
     augru_recurrence,
     augru_reference,
+    auto_groups,
     effective_length,
     embed_history,
 )
@@ -281,11 +282,19 @@ def test_apply_by_length_equals_one_pass_at_valid_steps():
     apply_by_length(lambda xs, ms: calls.append(xs.shape) or xs, x, mask, groups=2)
     assert calls == [(3, 3, 8), (2, 6, 8)]  # short group trimmed to T // 2, long group full
     calls.clear()
-    apply_by_length(lambda xs, ms: calls.append(xs.shape) or xs, x, mask)  # 6 groups
+    apply_by_length(lambda xs, ms: calls.append(xs.shape) or xs, x, mask, groups=6)
     assert calls == [(2, 1, 8), (1, 3, 8), (1, 4, 8), (1, 6, 8)]  # lengths 0,1 | 3 | 4 | 6
+    calls.clear()
+    apply_by_length(lambda xs, ms: calls.append(xs.shape) or xs, x, mask)  # 5 rows: 2 groups
+    assert calls == [(3, 3, 8), (2, 6, 8)]
     calls.clear()
     apply_by_length(lambda xs, ms: calls.append(xs.shape) or xs, x, torch.ones(5, 6).bool())
     assert calls == [(5, 6, 8)]  # one group only: a single pass
+
+
+def test_auto_groups_grow_with_the_batch():
+    assert [auto_groups(rows) for rows in (1, 128, 256, 384, 512, 767, 768, 1024, 8192)] == [
+        2, 2, 2, 3, 4, 5, 6, 6, 6]
 
 
 def test_apply_by_length_puts_every_row_back_in_place():
