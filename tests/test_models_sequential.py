@@ -187,6 +187,23 @@ def test_dien_fast_augru_matches_the_reference_loop_in_the_model():
         torch.testing.assert_close(g_fast[name], grad, rtol=1e-4, atol=1e-6)
 
 
+def test_dien_extractor_by_length_groups_gives_the_same_model():
+    whole = card_model("dien").train()
+    grouped = card_model("dien").train()
+    whole.GROUPED_ROWS, grouped.GROUPED_ROWS = 10**9, 1  # one pass vs per length group
+    batch = batch_with_lengths(seed=10, size=24)
+    results = []
+    for model in (whole, grouped):
+        torch.manual_seed(0)  # the same dropout masks
+        logits, extra = model.forward_train(batch)
+        loss = bce(logits, batch) + extra["aux"]
+        results.append((logits, extra["aux"], grads(model, loss)))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    torch.testing.assert_close(results[1][1], results[0][1])
+    for name, grad in results[0][2].items():
+        torch.testing.assert_close(results[1][2][name], grad, rtol=1e-4, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- DIN
 def test_din_attention_is_unnormalised_by_default_and_softmax_with_the_flag():
     batch = batch_with_lengths(seed=9)
