@@ -393,11 +393,15 @@ def apply_by_length(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x:
     parts = length_groups(mask, auto_groups(x.shape[0]) if groups is None else groups)
     if len(parts) == 1 and parts[0][0] == x.shape[1]:
         return fn(x, mask)
-    outputs = []
-    for bound, rows in parts:
-        y = fn(x[rows, :bound], mask[rows, :bound])  # (R, bound, D')
-        outputs.append(nn.functional.pad(y, (0, 0, 0, x.shape[1] - bound)))  # (R, T, D')
     order = torch.cat([rows for _, rows in parts])  # (B,): row of each output
+    sizes = [rows.shape[0] for _, rows in parts]
+    # one gather, then contiguous row blocks: split's backward is one cat, where indexing x
+    # per group would allocate and sum a full-size zero gradient per group
+    outputs = []
+    for (bound, _), x_g, mask_g in zip(parts, x.index_select(0, order).split(sizes),
+                                       mask.index_select(0, order).split(sizes)):
+        y = fn(x_g[:, :bound], mask_g[:, :bound])  # (R, bound, D')
+        outputs.append(nn.functional.pad(y, (0, 0, 0, x.shape[1] - bound)))  # (R, T, D')
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.shape[0], device=order.device)
     return torch.cat(outputs).index_select(0, inverse)  # (B, T, D')
