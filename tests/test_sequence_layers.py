@@ -292,6 +292,28 @@ def test_apply_by_length_equals_one_pass_at_valid_steps():
     assert calls == [(5, 6, 8)]  # one group only: a single pass
 
 
+@pytest.mark.parametrize("pre_ln", [True, False])
+def test_packed_block_equals_one_pass_at_valid_steps(pre_ln):
+    torch.manual_seed(0)
+    block = TransformerBlock(8, heads=2, ffn_mult=2, pre_ln=pre_ln).train()  # no dropout
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(7, 20, 8, requires_grad=True)
+    lengths = torch.tensor([20, 0, 3, 7, 1, 12, 5])  # two groups: <= 10 and <= 20 steps
+    mask = torch.arange(20)[None, :] < lengths[:, None]
+    packed = block.forward_packed(x, mask)
+    whole = block(x, mask)
+    torch.testing.assert_close(packed[mask], whole[mask])
+    assert torch.equal(packed[~mask], torch.zeros(int((~mask).sum()), 8))
+    grads_packed = torch.autograd.grad(packed[mask].sum(), [x, *block.parameters()])
+    grads_whole = torch.autograd.grad(whole[mask].sum(), [x, *block.parameters()])
+    for a, b in zip(grads_packed, grads_whole):
+        torch.testing.assert_close(a, b)
+    block.PACKED_ROWS = 1  # forward_by_length: apply_by_length from this many rows
+    torch.testing.assert_close(block.forward_by_length(x, mask)[mask], whole[mask])
+
+
 def test_auto_groups_grow_with_the_batch():
     assert [auto_groups(rows) for rows in (1, 128, 256, 384, 512, 767, 768, 1024, 8192)] == [
         2, 2, 2, 3, 4, 5, 6, 6, 6]

@@ -72,7 +72,6 @@ from ctrbench.models.layers import (
 from ctrbench.models.registry import register
 from ctrbench.models.sequence import (
     TransformerBlock,
-    apply_by_length,
     effective_length,
     embed_history,
     pad_steps,
@@ -295,7 +294,7 @@ class MIAN(CTRModel):
                 parts["icim"], weights["icim"] = self.icim(item, context)  # (B, I+D), (B, K)
         if self.ibim is not None:
             states = behaviours if self.transformer is None else \
-                apply_by_length(self.transformer, behaviours, mask)  # (B, T', I)
+                self.transformer.forward_by_length(behaviours, mask)  # (B, T', I)
             recency = recency_index(batch[HIST_LEN], steps, schema.max_len)  # (B, T')
             parts["ibim"], alpha = self.ibim(item, states, mask, recency)  # (B, 2I), (B, T')
             weights["ibim"] = pad_steps(alpha, schema.max_len)  # (B, T)
