@@ -292,10 +292,11 @@ def test_apply_by_length_equals_one_pass_at_valid_steps():
     assert calls == [(5, 6, 8)]  # one group only: a single pass
 
 
-@pytest.mark.parametrize("pre_ln", [True, False])
-def test_packed_block_equals_one_pass_at_valid_steps(pre_ln):
+@pytest.mark.parametrize("pre_ln,fused", [(True, None), (False, None), (True, True)])
+def test_packed_block_equals_one_pass_at_valid_steps(pre_ln, fused):
     torch.manual_seed(0)
     block = TransformerBlock(8, heads=2, ffn_mult=2, pre_ln=pre_ln).train()  # no dropout
+    block.attention.fused = fused  # None: the CPU matmul path; True: the fused kernel
     with torch.no_grad():
         for p in block.parameters():
             p.add_(0.1 * torch.randn_like(p))
