@@ -50,10 +50,10 @@ class DIEN(CTRModel):
 
     has_auxiliary_loss = True
     EVAL_ROWS = 1024  # rows per block when forward runs in eval mode
-    GROUPED_ROWS = 768  # from this many rows the extractor runs per length group ...
-    EXTRACT_GROUPS = 2  # ... in two groups (DIEN step -18% at batch 1024, equal at 512)
 
     config_class = DIENConfig
+    GROUPED_ROWS = 768  # from this many rows the extractor runs per length group ...
+    EXTRACT_GROUPS = 2  # ... in two groups (DIEN step -18% at batch 1024, equal at 512)
 
     def __init__(self, schema: Schema, config: DIENConfig) -> None:
         super().__init__(schema, config)
