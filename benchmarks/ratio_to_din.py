@@ -9,12 +9,14 @@ Ratio = DIN's samples/s / the model's samples/s = the model's epoch time / DIN's
 MIAN 3,700 s / DIN 3,143 s = 1.18; DIEN 4,073 / 3,143 = 1.30. Figures only. Usage:
   python benchmarks/ratio_to_din.py --threads 1 --clock cpu
   python benchmarks/ratio_to_din.py --models mian,dien --batch-sizes 128,1024 --rounds 5
+  python benchmarks/ratio_to_din.py --models mian,mian_no_transformer --save-as transformer_share
 Results: printed, and one JSON under benchmarks/results/.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import time
@@ -42,7 +44,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--save-as", default="ratio_to_din",
+                        help="result name (file <commit>-NAME.json); another name keeps a side "
+                             "measurement, e.g. --models mian,mian_no_transformer, out of the "
+                             "README's ratio_to_din table")
     args = parser.parse_args()
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", args.save_as):
+        parser.error(f"--save-as {args.save_as!r}: use letters, digits, '.', '_', '-'")
     torch.set_num_threads(args.threads)
     models = ["din", *[m for m in args.models.split(",") if m and m != "din"]]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -75,8 +83,8 @@ def main() -> None:
     print(f"\nper-epoch train time relative to DIN; {args.optimizer}, threads={args.threads}, "
           f"{args.clock} clock, best of {args.rounds} interleaved rounds")
     print(tabulate(table, headers=["ratio", "batch", "ours", "paper §4.5"]))
-    path = write_result("ratio_to_din.py", {k: str(v) for k, v in vars(args).items()}, rows,
-                        args.out)
+    path = write_result(f"{args.save_as}.py", {k: str(v) for k, v in vars(args).items()},
+                        rows, args.out)
     print(f"\nwritten: {path}")
 
 

@@ -229,7 +229,7 @@ def test_whole_mian_matches_eqs_3_to_17_sample_by_sample():
 def step_scores(module: BehaviorInteraction, item: torch.Tensor, states: torch.Tensor,
                 lengths: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        scores, _ = module.scores(item, states, recency_index(lengths, T, T))
+        scores = module.scores(item, states, recency_index(lengths, T, T))
     return scores  # (B, T)
 
 

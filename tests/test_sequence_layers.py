@@ -16,6 +16,7 @@ from ctrbench.models.sequence import (
     apply_by_length,
     augru_recurrence,
     augru_reference,
+    auto_groups,
     effective_length,
     embed_history,
 )
@@ -245,11 +246,12 @@ def test_din_unit_split_first_layer_equals_the_concatenated_mlp():
 
 
 @pytest.mark.parametrize("training", [False, True])
-def test_unfused_attention_equals_the_fused_kernel(training):
+@pytest.mark.parametrize("steps", [5, 20])  # 5: the matmul path appends keys up to MIN_KEYS
+def test_unfused_attention_equals_the_fused_kernel(training, steps):
     torch.manual_seed(0)
     attention = MaskedSelfAttention(8, heads=4).train(training)
-    x = torch.randn(3, 5, 8, requires_grad=True)
-    mask = torch.arange(5)[None, :] < torch.tensor([5, 2, 0])[:, None]
+    x = torch.randn(3, steps, 8, requires_grad=True)
+    mask = torch.arange(steps)[None, :] < torch.tensor([steps, 2, 0])[:, None]
     outs = []
     for fused in (True, False):
         attention.fused = fused
@@ -280,11 +282,42 @@ def test_apply_by_length_equals_one_pass_at_valid_steps():
     apply_by_length(lambda xs, ms: calls.append(xs.shape) or xs, x, mask, groups=2)
     assert calls == [(3, 3, 8), (2, 6, 8)]  # short group trimmed to T // 2, long group full
     calls.clear()
-    apply_by_length(lambda xs, ms: calls.append(xs.shape) or xs, x, mask)  # 6 groups
+    apply_by_length(lambda xs, ms: calls.append(xs.shape) or xs, x, mask, groups=6)
     assert calls == [(2, 1, 8), (1, 3, 8), (1, 4, 8), (1, 6, 8)]  # lengths 0,1 | 3 | 4 | 6
+    calls.clear()
+    apply_by_length(lambda xs, ms: calls.append(xs.shape) or xs, x, mask)  # 5 rows: 2 groups
+    assert calls == [(3, 3, 8), (2, 6, 8)]
     calls.clear()
     apply_by_length(lambda xs, ms: calls.append(xs.shape) or xs, x, torch.ones(5, 6).bool())
     assert calls == [(5, 6, 8)]  # one group only: a single pass
+
+
+@pytest.mark.parametrize("pre_ln,fused", [(True, None), (False, None), (True, True)])
+def test_packed_block_equals_one_pass_at_valid_steps(pre_ln, fused):
+    torch.manual_seed(0)
+    block = TransformerBlock(8, heads=2, ffn_mult=2, pre_ln=pre_ln).train()  # no dropout
+    block.attention.fused = fused  # None: the CPU matmul path; True: the fused kernel
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(7, 20, 8, requires_grad=True)
+    lengths = torch.tensor([20, 0, 3, 7, 1, 12, 5])  # two groups: <= 10 and <= 20 steps
+    mask = torch.arange(20)[None, :] < lengths[:, None]
+    packed = block.forward_packed(x, mask)
+    whole = block(x, mask)
+    torch.testing.assert_close(packed[mask], whole[mask])
+    assert torch.equal(packed[~mask], torch.zeros(int((~mask).sum()), 8))
+    grads_packed = torch.autograd.grad(packed[mask].sum(), [x, *block.parameters()])
+    grads_whole = torch.autograd.grad(whole[mask].sum(), [x, *block.parameters()])
+    for a, b in zip(grads_packed, grads_whole):
+        torch.testing.assert_close(a, b)
+    block.PACKED_ROWS = 1  # forward_by_length: apply_by_length from this many rows
+    torch.testing.assert_close(block.forward_by_length(x, mask)[mask], whole[mask])
+
+
+def test_auto_groups_grow_with_the_batch():
+    assert [auto_groups(rows) for rows in (1, 128, 256, 384, 512, 767, 768, 1024, 8192)] == [
+        2, 2, 2, 3, 4, 5, 6, 6, 6]
 
 
 def test_apply_by_length_puts_every_row_back_in_place():

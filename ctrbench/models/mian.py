@@ -68,7 +68,6 @@ from ctrbench.models.layers import MLP, masked_mean, masked_softmax
 from ctrbench.models.registry import register
 from ctrbench.models.sequence import (
     TransformerBlock,
-    apply_by_length,
     effective_length,
     embed_history,
     pad_steps,
@@ -111,28 +110,45 @@ class BehaviorInteraction(nn.Module):
             torch.empty(item_width, item_width), init_std)) if bilinear else None
 
     def scores(self, item: torch.Tensor, states: torch.Tensor,
-               recency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 8 before the softmax: ``gamma [B, T]`` and ``V [B, T, 2I or 3I]``."""
-        items = item.unsqueeze(1).expand(-1, states.shape[1], -1)  # (B, T, I)
-        pairs = torch.cat([items, states, items * states] if self.product else [items, states],
-                          -1)  # (B, T, 2I or 3I)
-        if self.per_step:
-            # W_t, b_t by recency through a one-hot matmul rather than an index: the index's
-            # backward accumulates in a thread-dependent order, which made runs with more than
-            # one thread not repeat bit for bit; a matmul's gradient is deterministic
-            steps = nn.functional.one_hot(recency, self.weight.shape[0]).to(pairs.dtype)
-            logits = (pairs * (steps @ self.weight)).sum(-1) + steps @ self.bias  # (B, T)
+               recency: torch.Tensor) -> torch.Tensor:
+        """Eq. 8 before the softmax: ``gamma [B, T]``.
+
+        ``V_t . W_t`` is evaluated split by the blocks of ``W_t = [w_i | w_h (| w_p)]``:
+        ``e_i . w_i`` per row and ``h_t . w_h`` per step (``+ h_t . (w_p * e_i)`` with the
+        product), so no ``[B, T, 2I]`` tensor of pairs is built (same function and parameters).
+        """
+        width = item.shape[1]
+        w_item, w_state = self.weight[..., :width], self.weight[..., width:2 * width]
+        if self.per_step:  # every W_t for every step, then the one chosen by recency
+            per_item = torch.addmm(self.bias, item, w_item.t())  # (B, L)
+            if self.product:  # h_t . (w_h + w_p * e_i): one matrix per row
+                per_row = w_state + self.weight[..., 2 * width:] * item.unsqueeze(1)  # (B,L,I)
+                per_state = torch.bmm(states, per_row.transpose(1, 2))  # (B, T, L)
+            else:
+                per_state = states @ w_state.t()  # (B, T, L)
+            # a gather over the last dim: its backward writes each (row, step) once, so it is
+            # deterministic (an index into W by recency accumulated in a thread-dependent order)
+            logits = (per_state + per_item.unsqueeze(1)).gather(
+                2, recency.unsqueeze(-1)).squeeze(-1)  # (B, T)
         else:
-            logits = pairs @ self.weight + self.bias  # (B, T)
+            per_item = item @ w_item + self.bias  # (B,)
+            vector = w_state + self.weight[2 * width:] * item if self.product else \
+                w_state.expand_as(item)  # (B, I)
+            logits = torch.bmm(states, vector.unsqueeze(-1)).squeeze(-1) \
+                + per_item.unsqueeze(1)  # (B, T)
         if self.bilinear is not None:
-            logits = logits + ((item @ self.bilinear).unsqueeze(1) * states).sum(-1)  # (B, T)
-        return torch.tanh(logits), pairs
+            logits = logits + torch.bmm(states, (item @ self.bilinear).unsqueeze(-1)).squeeze(-1)
+        return torch.tanh(logits)
 
     def forward(self, item: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
                 recency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scores, pairs = self.scores(item, states, recency)  # (B, T), (B, T, 2I)
-        alpha = masked_softmax(scores, mask, dim=1)  # (B, T)
-        return torch.bmm(alpha.unsqueeze(1), pairs).squeeze(1), alpha  # (B, 2I), (B, T)
+        alpha = masked_softmax(self.scores(item, states, recency), mask, dim=1)  # (B, T)
+        # R = sum_t a_t [e_i; h_t (; e_i * h_t)] = [e_i sum_t a_t; sum_t a_t h_t (; e_i * that)]
+        pooled = torch.bmm(alpha.unsqueeze(1), states).squeeze(1)  # (B, I)
+        parts = [item * alpha.sum(1, keepdim=True), pooled]  # sum_t a_t: 1, or 0 if empty
+        if self.product:
+            parts.append(item * pooled)
+        return torch.cat(parts, 1), alpha  # (B, 2I or 3I), (B, T)
 
 
 class FieldInteraction(nn.Module):
@@ -149,10 +165,14 @@ class FieldInteraction(nn.Module):
 
     def forward(self, item: torch.Tensor,
                 fields: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = torch.cat([item.unsqueeze(1).expand(-1, fields.shape[1], -1), fields], -1)
-        scores = torch.tanh((pairs * self.weight).sum(-1) + self.bias)  # (B, F)
+        # V^j . w_j split by the blocks of w_j = [w_i | w_f] (no [B, F, I + D] pairs tensor)
+        width = item.shape[1]
+        per_item = torch.addmm(self.bias, item, self.weight[:, :width].t())  # (B, F)
+        scores = torch.tanh(per_item + (fields * self.weight[:, width:]).sum(-1))  # (B, F)
         alpha = torch.softmax(scores, dim=1)  # (B, F)
-        return torch.bmm(alpha.unsqueeze(1), pairs).squeeze(1), alpha  # (B, I + D), (B, F)
+        # R = sum_j a_j [e_i; e^j] = [e_i sum_j a_j; sum_j a_j e^j]
+        pooled = torch.bmm(alpha.unsqueeze(1), fields).squeeze(1)  # (B, D)
+        return torch.cat([item * alpha.sum(1, keepdim=True), pooled], 1), alpha  # (B, I+D), (B, F)
 
 
 class GlobalInteraction(nn.Module):
@@ -270,7 +290,7 @@ class MIAN(CTRModel):
                 parts["icim"], weights["icim"] = self.icim(item, context)  # (B, I+D), (B, K)
         if self.ibim is not None:
             states = behaviours if self.transformer is None else \
-                apply_by_length(self.transformer, behaviours, mask)  # (B, T', I)
+                self.transformer.forward_by_length(behaviours, mask)  # (B, T', I)
             recency = recency_index(batch[HIST_LEN], steps, schema.max_len)  # (B, T')
             parts["ibim"], alpha = self.ibim(item, states, mask, recency)  # (B, 2I), (B, T')
             weights["ibim"] = pad_steps(alpha, schema.max_len)  # (B, T)

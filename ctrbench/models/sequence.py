@@ -272,7 +272,14 @@ class MaskedSelfAttention(nn.Module):
     and two batched matmuls around a softmax on the CPU, where the fused kernel is slower for
     MIAN's many narrow heads (8 heads of width 4, T <= 30: ~7% slower forward + backward, ~45%
     slower forward alone here). ``True`` / ``False`` force one implementation (same function).
+
+    torch's CPU softmax over a last dim shorter than its vector width (16 floats with AVX-512)
+    takes a scalar path, ~13x slower per element here (and its backward ~10x): the matmul path
+    appends never-attended keys up to ``MIN_KEYS`` (weight exactly 0; same outputs), which
+    matters for short histories and for the short length groups of :func:`apply_by_length`.
     """
+
+    MIN_KEYS = 16  # keys the matmul path's softmax runs over at least
 
     def __init__(self, dim: int, heads: int, fused: bool | None = None) -> None:
         super().__init__()
@@ -284,23 +291,31 @@ class MaskedSelfAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        batch_size, steps, dim = x.shape
-        qkv = self.qkv(x).view(batch_size, steps, 3, self.heads, self.head_dim)
+        return self.out(self.mix(self.qkv(x), mask))  # (B, T, D)
+
+    def mix(self, qkv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The attention between the projections: ``qkv [B, T, 3D]`` (``self.qkv``'s output),
+        ``mask [B, T]`` -> context ``[B, T, D]`` (before ``self.out``)."""
+        batch_size, steps, dim = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        qkv = qkv.view(batch_size, steps, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, T, d)
         empty_row = ~mask.any(dim=1, keepdim=True)  # (B, 1)
         first_step = torch.arange(steps, device=mask.device) == 0  # (T,)
         attend = mask | (empty_row & first_step)  # (B, T)
+        fused = self.fused if self.fused is not None else qkv.device.type != "cpu"
+        if not fused and steps < self.MIN_KEYS:  # extra keys that are never attended
+            extra = self.MIN_KEYS - steps
+            k, v = (nn.functional.pad(t, (0, 0, 0, extra)) for t in (k, v))  # (B, h, T_k, d)
+            attend = nn.functional.pad(attend, (0, extra), value=False)  # (B, T_k)
         bias = torch.zeros(attend.shape, dtype=q.dtype, device=q.device)
-        bias = bias.masked_fill(~attend, float("-inf"))[:, None, None, :]  # (B, 1, 1, T)
-        fused = self.fused if self.fused is not None else x.device.type != "cpu"
+        bias = bias.masked_fill(~attend, float("-inf"))[:, None, None, :]  # (B, 1, 1, T_k)
         if fused:
             context = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         else:
-            scores = torch.matmul(q * self.head_dim ** -0.5, k.transpose(-1, -2))  # (B, h, T, T)
-            weights = torch.softmax(scores + bias, dim=-1)  # (B, h, T, T), 0 on padded keys
+            scores = torch.matmul(q * self.head_dim ** -0.5, k.transpose(-1, -2))  # (B,h,T,T_k)
+            weights = torch.softmax(scores.add_(bias), dim=-1)  # (B,h,T,T_k), 0 on padded keys
             context = torch.matmul(weights, v)  # (B, h, T, d)
-        context = context.transpose(1, 2).reshape(batch_size, steps, dim)  # (B, T, D)
-        return self.out(context)
+        return context.transpose(1, 2).reshape(batch_size, steps, dim)  # (B, T, D)
 
 
 class FeedForward(nn.Module):
@@ -322,6 +337,8 @@ class TransformerBlock(nn.Module):
     Outputs at valid steps never depend on padded steps (key padding mask).
     """
 
+    PACKED_ROWS = 512  # forward_by_length: forward_packed below this many rows
+
     def __init__(self, dim: int, heads: int = 8, ffn_mult: int = 4, dropout: float = 0.0,
                  pre_ln: bool = True) -> None:
         super().__init__()
@@ -337,6 +354,52 @@ class TransformerBlock(nn.Module):
             return x + self.dropout(self.ffn(self.norm2(x)))  # (B, T, D)
         x = self.norm1(x + self.dropout(self.attention(x, mask)))  # (B, T, D)
         return self.norm2(x + self.dropout(self.ffn(x)))  # (B, T, D)
+
+    def forward_by_length(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The block by history length: ``x [B, T, D]``, left-aligned ``mask [B, T]`` ->
+        ``[B, T, D]``, equal to ``forward`` at valid steps (up to float rounding), 0 at padded
+        steps. From ``PACKED_ROWS`` rows :func:`apply_by_length` runs the whole block per
+        length group; below, :meth:`forward_packed` (see there)."""
+        if x.shape[0] >= self.PACKED_ROWS:
+            return apply_by_length(self, x, mask)
+        return self.forward_packed(x, mask)
+
+    def forward_packed(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Position-wise parts (LayerNorms, projections, FFN, dropout) once over the ``N``
+        valid steps ``[N, D]``; only the attention between the projections runs per length
+        group (:func:`length_groups`, :func:`auto_groups`), trimmed to the group's bound.
+        Fewer ops than :func:`apply_by_length` (one call per position-wise op, not one per
+        group) and no work on padded steps, but more gathers and scatters: forward + backward
+        of MIAN's block 10.4 vs 13.1 ms at batch 128, 19.9 vs 21.4 ms at 256, 80 vs 68 ms at
+        1024; the MIAN training step -5% at 128, -4% at 256, +1% at 512 (interleaved A/B, CPU
+        time), hence ``PACKED_ROWS``. ``[B, T, D] -> [B, T, D]``, 0 at padded steps."""
+        batch_size, steps, dim = x.shape
+        parts = length_groups(mask, auto_groups(batch_size))
+        order = torch.cat([rows for _, rows in parts])  # (B,): rows in group order
+        sizes = [rows.shape[0] for _, rows in parts]
+        mask_g = mask.index_select(0, order)  # (B, T), rows in group order
+        packed = mask_g.reshape(-1).nonzero().squeeze(1)  # (N,): valid steps, group order
+        source = order.repeat_interleave(steps) * steps + torch.arange(
+            steps, device=x.device).repeat(batch_size)  # (B T,): each group-order step's place
+        places = source.index_select(0, packed)  # (N,): the valid steps' places in x
+        h = x.reshape(-1, dim).index_select(0, places)  # (N, D)
+        attention = self.attention
+        qkv = attention.qkv(self.norm1(h) if self.pre_ln else h)  # (N, 3D)
+        qkv = qkv.new_zeros(batch_size * steps, 3 * dim).index_copy(0, packed, qkv)
+        contexts = []
+        for (bound, _), qkv_g, mask_part in zip(parts, qkv.view(batch_size, steps, -1).split(sizes),
+                                                 mask_g.split(sizes)):
+            context = attention.mix(qkv_g[:, :bound], mask_part[:, :bound])  # (R, bound, D)
+            contexts.append(nn.functional.pad(context, (0, 0, 0, steps - bound)))  # (R, T, D)
+        mixed = attention.out(torch.cat(contexts).reshape(-1, dim).index_select(0, packed))
+        if self.pre_ln:
+            h = h + self.dropout(mixed)  # (N, D)
+            h = h + self.dropout(self.ffn(self.norm2(h)))
+        else:
+            h = self.norm1(h + self.dropout(mixed))
+            h = self.norm2(h + self.dropout(self.ffn(h)))
+        return h.new_zeros(batch_size * steps, dim).index_copy(0, places, h).view(
+            batch_size, steps, dim)  # (B, T, D)
 
 
 def length_groups(mask: torch.Tensor, groups: int = 6) -> list[tuple[int, torch.Tensor]]:
@@ -357,28 +420,42 @@ def length_groups(mask: torch.Tensor, groups: int = 6) -> list[tuple[int, torch.
     return out
 
 
+def auto_groups(rows: int) -> int:
+    """Length groups for a batch of ``rows`` rows: ``rows // 128`` within 2..6 (2 at batch
+    128 and 256, 4 at 512, 6 from 768).
+
+    Each group costs the block's per-call overhead (~75 ops forward + backward); the savings
+    grow with its rows. Interleaved A/B of the MIAN training step (CPU time, Amazon-like
+    lengths): at batch 128 two groups beat six by 8-10%, at 512 four beat six by 1-4%, at
+    1024 four and six are within 3% and two lose 8-30% (docs/performance.md)."""
+    return min(6, max(2, rows // 128))
+
+
 def apply_by_length(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
-                    mask: torch.Tensor, groups: int = 6) -> torch.Tensor:
+                    mask: torch.Tensor, groups: int | None = None) -> torch.Tensor:
     """``fn(x, mask)`` for a row-wise sequence function (each row's valid outputs depend only
     on its own valid steps, e.g. a :class:`TransformerBlock`), run per length group.
 
     ``x [B, T, D]``, ``mask [B, T]`` (left-aligned) -> ``[B, T, D']``. Rows are grouped by
-    :func:`length_groups` (bounds T/6, 2T/6, ..., T by default) and each group runs trimmed to
-    its bound: attention costs ``T^2`` per row. With Amazon-like history lengths (mean about
-    half of T) six groups made a MIAN training step ~25% faster than two at batch 1024 and ~5%
-    at batch 128 (CPU, docs/performance.md); more groups add per-call overhead.
+    :func:`length_groups` (bounds T/G, 2T/G, ..., T; G = :func:`auto_groups` of the batch by
+    default) and each group runs trimmed to its bound: attention costs ``T^2`` per row, and
+    each group adds per-call overhead (docs/performance.md).
     Outputs at valid steps are those of ``fn`` on the whole batch (up to float rounding);
     outputs at trimmed steps are 0 (other padded steps: whatever ``fn`` gives). With one group
     ``fn`` runs once on ``x`` as given.
     """
-    parts = length_groups(mask, groups)
+    parts = length_groups(mask, auto_groups(x.shape[0]) if groups is None else groups)
     if len(parts) == 1 and parts[0][0] == x.shape[1]:
         return fn(x, mask)
-    outputs = []
-    for bound, rows in parts:
-        y = fn(x[rows, :bound], mask[rows, :bound])  # (R, bound, D')
-        outputs.append(nn.functional.pad(y, (0, 0, 0, x.shape[1] - bound)))  # (R, T, D')
     order = torch.cat([rows for _, rows in parts])  # (B,): row of each output
+    sizes = [rows.shape[0] for _, rows in parts]
+    # one gather, then contiguous row blocks: split's backward is one cat, where indexing x
+    # per group would allocate and sum a full-size zero gradient per group
+    outputs = []
+    for (bound, _), x_g, mask_g in zip(parts, x.index_select(0, order).split(sizes),
+                                       mask.index_select(0, order).split(sizes)):
+        y = fn(x_g[:, :bound], mask_g[:, :bound])  # (R, bound, D')
+        outputs.append(nn.functional.pad(y, (0, 0, 0, x.shape[1] - bound)))  # (R, T, D')
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.shape[0], device=order.device)
     return torch.cat(outputs).index_select(0, inverse)  # (B, T, D')
