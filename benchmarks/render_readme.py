@@ -11,6 +11,8 @@ Names:
                     (``--machine`` picks a machine; default the newest of any). peer_throughput,
                     prepare_scale, augru_speed and gpu have their own layouts; any other script is
                     rendered as a plain table of its rows.
+  evidence:DIR:TABLE  a table (leaderboard, tuned, ablations, strata) of the committed report
+                    CSVs in ``results/evidence/DIR/`` (benchmarks/evidence_tables.py)
   results:DATASET   the test leaderboard of DATASET from the run records under ``--results``
                     (AUC and logloss mean ± std over seeds, s/epoch, time vs DIN, epochs; the
                     oracle's AUC first on synthetic data), computed by ctrbench's report code.
@@ -18,7 +20,8 @@ Names:
 Usage:
   python benchmarks/render_readme.py                 # rewrite README.md in place
   python benchmarks/render_readme.py --check         # exit 1 if any table is stale
-  python benchmarks/render_readme.py --check --names 'bench:*'   # CI: run records not at hand
+  python benchmarks/render_readme.py --check --names 'bench:*' --names 'evidence:*'
+                                                     # CI: run records not at hand
   python benchmarks/render_readme.py --readme docs/x.md --results results --machine box1
 
 Exit status: 0 written or up to date; 1 stale (``--check``); 2 bad markers, an unknown name or
@@ -232,7 +235,16 @@ def render_block(name: str, args: argparse.Namespace) -> str:
         return render_bench(arg, args)
     if kind == "results" and arg:
         return render_results(arg, args)
-    raise RenderError(f"unknown generated block {name!r}: use bench:SCRIPT or results:DATASET")
+    if kind == "evidence" and ":" in arg:
+        import evidence_tables
+
+        folder, _, table = arg.partition(":")
+        try:
+            return evidence_tables.render(ROOT / "results" / "evidence", folder, table)
+        except (KeyError, FileNotFoundError, OSError) as exc:
+            raise RenderError(f"evidence:{arg}: {exc}") from None
+    raise RenderError(f"unknown generated block {name!r}: use bench:SCRIPT, results:DATASET or "
+                      "evidence:DIR:TABLE")
 
 
 def blocks(text: str) -> list[tuple[str, int, int]]:

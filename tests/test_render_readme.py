@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -235,5 +236,46 @@ def test_gpu_layout_shows_throughput_failures_and_stages(tmp_path):
 def test_the_committed_readme_benchmark_tables_are_current(capsys):
     """The CI gate: README tables rendered from committed benchmarks/results/ are not stale
     (results:* blocks need run records, which are not committed, so they are not checked)."""
-    code = render_readme.main(["--check", "--names", "bench:*"])
+    code = render_readme.main(["--check", "--names", "bench:*", "--names", "evidence:*"])
     assert code == 0, capsys.readouterr().err
+
+
+def test_evidence_tables_render_from_report_csvs(tmp_path):
+    import evidence_tables
+
+    folder = tmp_path / "evidence" / "demo"
+    folder.mkdir(parents=True)
+    pd.DataFrame([
+        {"model": "din", "n_seeds": 5, "auc_mean": 0.85, "auc_std": 0.004, "auc_boot_low": 0.84,
+         "auc_boot_high": 0.86, "reference": "mian", "delta_auc": 0.047, "ttest_p_holm": 0.0001,
+         "delong_seeds": 5, "delong_better": 5, "delong_worse": 0, "beats_pop": "yes"},
+        {"model": "mian", "n_seeds": 5, "auc_mean": 0.80, "auc_std": 0.002, "auc_boot_low": 0.79,
+         "auc_boot_high": 0.81, "reference": "mian", "delta_auc": float("nan"),
+         "ttest_p_holm": float("nan"), "delong_seeds": 0, "delong_better": 0, "delong_worse": 0,
+         "beats_pop": "yes"},
+        {"model": "mian_wo_gim", "n_seeds": 5, "auc_mean": 0.81, "auc_std": 0.004,
+         "auc_boot_low": 0.8, "auc_boot_high": 0.82, "reference": "mian", "delta_auc": 0.01,
+         "ttest_p_holm": 0.02, "delong_seeds": 5, "delong_better": 3, "delong_worse": 0,
+         "beats_pop": "yes"},
+        {"model": "din@demo", "n_seeds": 5, "auc_mean": 0.86, "auc_std": 0.001,
+         "auc_boot_low": 0.85, "auc_boot_high": 0.87, "reference": "mian", "delta_auc": 0.06,
+         "ttest_p_holm": 0.001, "delong_seeds": 5, "delong_better": 5, "delong_worse": 0,
+         "beats_pop": "yes"},
+    ]).to_csv(folder / "leaderboard.csv", index=False)
+    pd.DataFrame([{"model": "mian", "n_seeds": 5, "auc_mean": 0.80, "auc_std": 0.002,
+                   "delta_auc": float("nan"), "ttest_p_holm": float("nan"),
+                   "significant": "reference", "note": float("nan")},
+                  {"model": "mian_wo_gim", "n_seeds": 5, "auc_mean": 0.81, "auc_std": 0.004,
+                   "delta_auc": 0.01, "ttest_p_holm": 0.02, "significant": "yes",
+                   "note": float("nan")}]).to_csv(folder / "ablations.csv", index=False)
+    board = evidence_tables.render(tmp_path / "evidence", "demo", "leaderboard")
+    assert "| din | 5 | 0.8500 ± 0.0040 | [0.8400, 0.8600] | +0.0470 | < 0.001 | 5 / 0 | yes |" \
+        in board
+    assert "| mian | 5 | 0.8000 ± 0.0020 | [0.7900, 0.8100] | reference |" in board
+    assert "din@demo" not in board and "mian_wo_gim" not in board  # tuned, ablation: elsewhere
+    abl = evidence_tables.render(tmp_path / "evidence", "demo", "ablations")
+    assert "| mian_wo_gim | 5 | 0.8100 ± 0.0040 | +0.0100 * | 0.020 |" in abl
+    with pytest.raises(KeyError, match="unknown evidence table"):
+        evidence_tables.render(tmp_path / "evidence", "demo", "nope")
+    with pytest.raises(FileNotFoundError):
+        evidence_tables.render(tmp_path / "evidence", "missing", "tuned")
