@@ -15,15 +15,35 @@ Needs a file system with working ``flock`` (local disks, NFSv4, Lustre with ``fl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 
 ATTEMPTS = 3  # a peer may release (and unlink) the file between our open and our flock
+DEFERRED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP")
+                         if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def termination_deferred() -> Iterator[None]:
+    """Hold SIGTERM, SIGINT and SIGHUP back while inside (they are delivered on the way out),
+    so that a termination cannot land between taking the lock and recording that we hold it."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None:  # pragma: no cover - not on this platform
+        yield
+        return
+    old = mask(signal.SIG_BLOCK, DEFERRED_SIGNALS)
+    try:
+        yield
+    finally:
+        mask(signal.SIG_SETMASK, old)
 
 
 def process_start_time(pid: int) -> str | None:
@@ -74,8 +94,21 @@ class RunLock:
         return owner if isinstance(owner, dict) else {}
 
     def acquire(self) -> bool:
-        """Take the lock without waiting; False (with ``holder`` set) when another holds it."""
+        """Take the lock without waiting; False (with ``holder`` set) when another holds it.
+
+        A termination signal that arrives meanwhile is held back until the lock is taken and
+        recorded, then delivered here: its exception (SIGTERM -> SystemExit under the runner's
+        handler) releases the lock and removes the file before it propagates.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with termination_deferred():
+                return self._take()
+        except BaseException:
+            self.release()
+            raise
+
+    def _take(self) -> bool:
         for _ in range(ATTEMPTS):
             try:
                 self._lock.acquire(timeout=0)
