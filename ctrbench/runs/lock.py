@@ -96,17 +96,33 @@ class RunLock:
     def acquire(self) -> bool:
         """Take the lock without waiting; False (with ``holder`` set) when another holds it.
 
-        A termination signal that arrives meanwhile is held back until the lock is taken and
-        recorded, then delivered here: its exception (SIGTERM -> SystemExit under the runner's
-        handler) releases the lock and removes the file before it propagates.
+        A termination signal that arrives meanwhile is held back in this thread until the lock
+        is taken and recorded. The mask is per thread, so in a process with other threads
+        (torch's pools) the handler may still run in the middle of ``_take``; either way its
+        exception (SIGTERM -> SystemExit under the runner's handler) abandons whatever filelock
+        holds, recorded or not, before it propagates.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with termination_deferred():
                 return self._take()
         except BaseException:
-            self.release()
+            self._abandon()
             raise
+
+    def _abandon(self) -> None:
+        """Release after an interrupted acquire: filelock's own state says whether we hold the
+        lock, since the interruption may come before ``acquired`` was set. Holding the flock
+        means the file at ``path`` is ours (filelock re-checks the link after locking), so it
+        may be unlinked."""
+        if self._lock.is_locked and not self.acquired:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+            finally:
+                self._lock.release(force=True)
+        self.release()
 
     def _take(self) -> bool:
         for _ in range(ATTEMPTS):
