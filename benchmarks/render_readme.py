@@ -11,6 +11,8 @@ Names:
                     (``--machine`` picks a machine; default the newest of any). peer_throughput,
                     prepare_scale, augru_speed and gpu have their own layouts; any other script is
                     rendered as a plain table of its rows.
+  bench:train_vs_peers  train_throughput beside the same machine's peer_throughput (batch 128,
+                    ratios to the faster peer; larger batches and evaluation after).
   evidence:DIR:TABLE  a table (leaderboard, tuned, ablations, strata) of the committed report
                     CSVs in ``results/evidence/DIR/`` (benchmarks/evidence_tables.py)
   results:DATASET   the test leaderboard of DATASET from the run records under ``--results``
@@ -140,6 +142,45 @@ def gpu(doc: dict) -> str:
     return "\n\n".join(lines)
 
 
+def train_vs_peers(train: dict, peers: dict | None) -> str:
+    """ctrbench's training throughput (benchmarks/train_throughput.py) beside the peers'
+    (benchmarks/peer_throughput.py) at batch 128; a peer's figure is the better of its own
+    ``fit`` loop and a bare step loop; the ratios divide by the faster peer."""
+    mine: dict[tuple[str, str, int], dict] = {}
+    for r in train["rows"]:
+        if "model" in r and "optimizer" in r:
+            mine[r["model"], r["optimizer"], r["batch_size"]] = r
+    theirs: dict[str, dict[str, float]] = {}
+    for r in (peers or {"rows": []})["rows"]:
+        best = max(r.get("fit_samples_per_s") or 0.0, r.get("step_samples_per_s") or 0.0)
+        theirs.setdefault(r["model"], {})[r["library"]] = best
+    libraries = sorted({lib for per in theirs.values() for lib in per})
+    models = list(dict.fromkeys(m for m, _, _ in mine))
+    optimizers = list(dict.fromkeys(o for _, o, _ in mine))
+    big = sorted({b for _, _, b in mine if b != 128})
+
+    def train_rate(model: str, optimizer: str, batch: int) -> float | None:
+        r = mine.get((model, optimizer, batch))
+        return None if r is None else r["train_samples_per_s"]
+
+    rows = []
+    for m in models:
+        here = [train_rate(m, o, 128) for o in optimizers]
+        peer = [theirs.get(m, {}).get(lib) for lib in libraries]
+        fastest = max((x for x in peer if x), default=None)
+        ratios = [DASH if x is None or fastest is None else f"{x / fastest:.1f}×" for x in here]
+        at_big = [" / ".join(rate(train_rate(m, o, b)) for o in optimizers) for b in big]
+        evals = [r["eval_samples_per_s"] for (mm, _, _), r in mine.items() if mm == m]
+        rows.append([m, *map(rate, here), *map(rate, peer), *ratios, *at_big,
+                     rate(max(evals) if evals else None)])
+    headers = ["model", *(f"ctrbench {o}" for o in optimizers), *libraries,
+               *(f"{o} ÷ faster peer" for o in optimizers),
+               *(f"batch {b:,} ({' / '.join(optimizers)})" for b in big), "eval samples/s"]
+    sources = [provenance(train)] + ([provenance(peers)] if peers else
+                                     ["_No peer_throughput result on this machine._"])
+    return table(headers, rows) + "\n\n" + "\n".join(sources)
+
+
 def generic(doc: dict) -> str:
     """Any script's rows: text columns first, then the rest, each in name order."""
     keys: dict[str, bool] = {}
@@ -157,6 +198,8 @@ LAYOUTS: dict[str, Callable[[dict], str]] = {
 
 
 def render_bench(script: str, args: argparse.Namespace) -> str:
+    if script == "train_vs_peers":
+        return render_train_vs_peers(args)
     try:
         doc = latest(script, args.bench_results, args.machine)
     except BenchResultError as exc:
@@ -171,6 +214,23 @@ def render_bench(script: str, args: argparse.Namespace) -> str:
     except (KeyError, TypeError) as exc:
         raise RenderError(f"{doc['path']}: rows lack {exc} for the {script} layout") from None
     return f"{body}\n\n{provenance(doc)}"
+
+
+def render_train_vs_peers(args: argparse.Namespace) -> str:
+    """The newest train_throughput result, with the newest peer_throughput of its machine."""
+    try:
+        train = latest("train_throughput", args.bench_results, args.machine)
+        peers = train and latest("peer_throughput", args.bench_results, train["machine"])
+    except BenchResultError as exc:
+        raise RenderError(str(exc)) from None
+    if train is None:
+        raise RenderError(f"no benchmark result for bench:train_vs_peers "
+                          f"({args.bench_results}/{args.machine or '*'}/*-train_throughput.json)")
+    try:
+        return train_vs_peers(train, peers)
+    except (KeyError, TypeError) as exc:
+        raise RenderError(f"{train['path']}: rows lack {exc} for the train_vs_peers "
+                          "layout") from None
 
 
 # --------------------------------------------------------------------------- run records

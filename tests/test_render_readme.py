@@ -233,6 +233,30 @@ def test_gpu_layout_shows_throughput_failures_and_stages(tmp_path):
     assert "3 tests, 1 failed (test_x)" in text and "timed out after 331.0 s" in text
 
 
+def test_train_vs_peers_joins_both_scripts_of_one_machine(tmp_path):
+    bench = tmp_path / "bench"
+    train = [{"model": "din", "optimizer": o, "batch_size": b, "train_samples_per_s": v,
+              "eval_samples_per_s": 85_000.0, "peak_rss_mb": 900.0, "params": 10}
+             for o, b, v in [("adam", 128, 10_300.0), ("lazy_adam", 128, 15_400.0),
+                             ("adam", 1024, 25_000.0), ("lazy_adam", 1024, 28_000.0)]]
+    train.append({"ratio": "mian/din", "optimizer": "adam", "batch_size": 128,
+                  "epoch_time_ratio": 1.7, "paper": 1.18})  # ratio rows are skipped
+    br.save("train_throughput", {}, train, results_dir=bench, machine="box-1",
+            commit="c" * 40, dirty=False)
+    save_peer(bench)  # DeepCTR-Torch 4,101 (step), FuxiCTR 4,890 (fit)
+    br.save("peer_throughput", {}, [dict(PEER_ROWS[0], fit_samples_per_s=1.0)],
+            results_dir=bench, machine="other", commit="d" * 40, dirty=False,
+            date="2027-01-01T00:00:00Z")  # newer, but another machine: not used
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- BEGIN generated:bench:train_vs_peers -->\n"
+                      "<!-- END generated:bench:train_vs_peers -->\n")
+    assert render(readme, bench) == 0
+    text = readme.read_text()
+    assert ("| din | 10.3k | 15.4k | 4.1k | 4.9k | 2.1× | 3.1× | 25.0k / 28.0k | 85.0k |"
+            in text), text
+    assert "box-1" in text and "machine other" not in text
+
+
 def test_the_committed_readme_benchmark_tables_are_current(capsys):
     """The CI gate: README tables rendered from committed benchmarks/results/ are not stale
     (results:* blocks need run records, which are not committed, so they are not checked)."""
