@@ -71,6 +71,7 @@ def one_epoch(model: str, dataset: str, setting: str, results: Path) -> dict[str
     record = json.loads(record_file.read_text())
     epoch = record["epochs"][0]
     return {"train_seconds": epoch["train_seconds"], "threads": epoch.get("threads"),
+            "trained": record.get("n_parameters", 1) > 0,
             "load_avg_1m": epoch.get("load_avg_1m"), "process_seconds": wall}
 
 
@@ -105,6 +106,8 @@ def main() -> None:
                         finally:
                             stop_busy(busy)
                         measured.setdefault((model, setting, condition), []).append(row)
+                        if not row["trained"]:
+                            break  # e.g. pop: counts, no parameters, no training to time
                         print(f"round {round_ + 1} {model:>10} threads={setting:<9} "
                               f"{condition:>6}: {row['train_seconds']:8.2f} s/epoch "
                               f"(load {row['load_avg_1m']})", flush=True)
@@ -112,6 +115,9 @@ def main() -> None:
     rows, table = [], []
     for model in models:
         for setting in settings:
+            if not all(measured.get((model, setting, c)) for c in ("quiet", "loaded")):
+                print(f"{model}: nothing to train, no ratio", flush=True)
+                continue
             quiet = measured[model, setting, "quiet"]
             loaded = measured[model, setting, "loaded"]
             q = min(r["train_seconds"] for r in quiet)

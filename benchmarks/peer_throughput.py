@@ -3,7 +3,7 @@
 Run with a SCRATCH virtual environment that holds the peers (never a dependency of ctrbench; see
 ``benchmarks/peers/README.md`` for the exact install commands and every shim):
 
-  /work/peers-venv/bin/python benchmarks/peer_throughput.py --threads 2
+  /work/peers-venv/bin/python benchmarks/peer_throughput.py --threads 1,2
   /work/peers-venv/bin/python benchmarks/peer_throughput.py --models din,dien --train-rows 2560
 
 Data: exactly ``benchmarks/train_throughput.py``'s ``generated_store(root, rows)`` (200k
@@ -132,7 +132,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--embedding-dim", type=int, default=16)
     parser.add_argument("--l2", type=float, default=1e-3, help="embedding L2 (0: none)")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--threads", default="2",
+                        help="torch.set_num_threads; a comma list (1,2) measures each in turn "
+                             "(one row per thread count; the README takes each peer's best)")
     parser.add_argument("--fuxictr-workers", type=int, default=0,
                         help="num_workers of FuxiCTR's npz loader (its default is 1)")
     add_save_options(parser)
@@ -148,22 +150,30 @@ def main() -> None:
     needed = args.warmup_steps * args.batch_size + args.train_rows
     if needed > args.rows:
         parser.error(f"--rows must be at least warm-up + train rows = {needed}")
-    torch.set_num_threads(args.threads)
+    try:
+        thread_counts = [int(t) for t in str(args.threads).split(",") if t.strip()]
+    except ValueError:
+        parser.error(f"--threads: {args.threads!r} is not a comma list of integers")
+    if not thread_counts or min(thread_counts) < 1:
+        parser.error("--threads: give at least one count, each >= 1")
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = generated_store(root / "store", args.rows)
         cols = {k: np.asarray(v) for k, v in data.split("train", mmap=False).items()}
         print(f"{versions()}\ndata: {args.rows:,} generated rows "
-              f"({time.perf_counter() - began:.0f} s); threads {torch.get_num_threads()}",
-              flush=True)
+              f"({time.perf_counter() - began:.0f} s); threads {thread_counts}", flush=True)
         results = {}
-        for i, model in enumerate(models):
-            (root / model).mkdir()
-            results[model] = measure(model, libraries, data.schema, cols, args, root, i % 2 == 1)
-    table = [[LABELS[lib], model, f"{r['fit']:,.0f}", f"{r['step']:,.0f}", args.threads,
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            for i, model in enumerate(models):
+                here = root / f"threads-{threads}"
+                (here / model).mkdir(parents=True)
+                results[model, threads] = measure(model, libraries, data.schema, cols, args,
+                                                  here, i % 2 == 1)
+    table = [[LABELS[lib], model, f"{r['fit']:,.0f}", f"{r['step']:,.0f}", threads,
               f"{r['params']:,}"]
-             for model, per_lib in results.items() for lib, r in per_lib.items()]
+             for (model, threads), per_lib in results.items() for lib, r in per_lib.items()]
     print(f"\nbatch {args.batch_size}, {args.train_rows:,} timed rows per figure after "
           f"{args.warmup_steps} warm-up steps, best of {args.rounds} rounds, L2 {args.l2:g}, "
           f"FuxiCTR loader workers {args.fuxictr_workers}; "
@@ -174,8 +184,8 @@ def main() -> None:
     save_from_args("peer_throughput", args, [
         {"library": LABELS[lib], "library_version": library_version(dists[lib]), "model": model,
          "fit_samples_per_s": round(r["fit"], 1), "step_samples_per_s": round(r["step"], 1),
-         "torch_threads": args.threads, "params": r["params"]}
-        for model, per_lib in results.items() for lib, r in per_lib.items()])
+         "torch_threads": threads, "params": r["params"]}
+        for (model, threads), per_lib in results.items() for lib, r in per_lib.items()])
 
 
 if __name__ == "__main__":

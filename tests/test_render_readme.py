@@ -241,9 +241,12 @@ def test_train_vs_peers_joins_both_scripts_of_one_machine(tmp_path):
                              ("adam", 1024, 25_000.0), ("lazy_adam", 1024, 28_000.0)]]
     train.append({"ratio": "mian/din", "optimizer": "adam", "batch_size": 128,
                   "epoch_time_ratio": 1.7, "paper": 1.18})  # ratio rows are skipped
+    train.append(dict(train[0], threads=1, train_samples_per_s=9_000.0))  # slower: not shown
     br.save("train_throughput", {}, train, results_dir=bench, machine="box-1",
             commit="c" * 40, dirty=False)
-    save_peer(bench)  # DeepCTR-Torch 4,101 (step), FuxiCTR 4,890 (fit)
+    save_peer(bench, rows=[*PEER_ROWS, dict(PEER_ROWS[0], torch_threads=1,
+                                            step_samples_per_s=3_000.0)])
+    # best of fit, step and threads: DeepCTR-Torch 4,101 (step, 2 threads), FuxiCTR 4,890 (fit)
     br.save("peer_throughput", {}, [dict(PEER_ROWS[0], fit_samples_per_s=1.0)],
             results_dir=bench, machine="other", commit="d" * 40, dirty=False,
             date="2027-01-01T00:00:00Z")  # newer, but another machine: not used
