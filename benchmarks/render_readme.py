@@ -9,8 +9,8 @@ Each generated table sits between two marker comments that name its source::
 Names:
   bench:SCRIPT      the newest ``benchmarks/results/<machine>/<commit>-SCRIPT.json``
                     (``--machine`` picks a machine; default the newest of any). peer_throughput,
-                    prepare_scale, augru_speed and gpu have their own layouts; any other script is
-                    rendered as a plain table of its rows.
+                    prepare_scale, augru_speed, load_ratio and gpu have their own layouts; any
+                    other script is rendered as a plain table of its rows.
   bench:train_vs_peers  train_throughput beside the same machine's peer_throughput (batch 128,
                     ratios to the faster peer; larger batches and evaluation after).
   evidence:DIR:TABLE  a table (leaderboard, tuned, ablations, strata) of the committed report
@@ -63,9 +63,11 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def rate(x: float | None) -> str:
-    """Samples per second as the README writes them: 17.6k, 950."""
+    """Samples per second as the README writes them: 2.18M, 17.6k, 950."""
     if x is None:
         return DASH
+    if x >= 1e6:
+        return f"{x / 1e6:.2f}M"
     return f"{x / 1000:.1f}k" if x >= 1000 else f"{x:.0f}"
 
 
@@ -113,6 +115,19 @@ def prepare_scale(doc: dict) -> str:
                      cell(r.get("target_met"))])
     return table(["scale", "generate", "prepare (read + build + write)", "peak RSS",
                   "rows train / valid / test", "target met"], rows)
+
+
+def load_ratio(doc: dict) -> str:
+    """benchmarks/load_ratio.py: one epoch with and without the busy processes, per model."""
+    def loads(values: object) -> str:
+        return ", ".join(DASH if v is None else f"{v:.1f}" for v in (values or [])) or DASH
+
+    rows = [[r["model"], r["setting"], cell(r.get("threads")), f"{r['quiet_seconds']:.2f}",
+             f"{r['loaded_seconds']:.2f}", f"{r['ratio']:.2f}×", cell(r.get("busy")),
+             f"{loads(r.get('quiet_load_avg_1m'))} / {loads(r.get('loaded_load_avg_1m'))}"]
+            for r in doc["rows"] if r.get("threads") is not None]  # None: nothing trained
+    return table(["model", "threads setting", "threads", "quiet s/epoch", "loaded s/epoch",
+                  "loaded ÷ quiet", "busy processes", "1-min load avg quiet / loaded"], rows)
 
 
 def augru_speed(doc: dict) -> str:
@@ -197,7 +212,7 @@ def generic(doc: dict) -> str:
 
 LAYOUTS: dict[str, Callable[[dict], str]] = {
     "peer_throughput": peer_throughput, "prepare_scale": prepare_scale,
-    "augru_speed": augru_speed, "gpu": gpu,
+    "augru_speed": augru_speed, "gpu": gpu, "load_ratio": load_ratio,
 }
 
 

@@ -233,6 +233,23 @@ def test_gpu_layout_shows_throughput_failures_and_stages(tmp_path):
     assert "3 tests, 1 failed (test_x)" in text and "timed out after 331.0 s" in text
 
 
+def test_load_ratio_layout_skips_models_without_training(tmp_path):
+    rows = [{"model": "din", "setting": "auto", "busy": 4, "threads": 2, "quiet_seconds": 7.1,
+             "loaded_seconds": 12.51, "ratio": 1.762, "quiet_load_avg_1m": [3.65],
+             "loaded_load_avg_1m": [4.13]},
+            {"model": "pop", "setting": "auto", "busy": 4, "threads": None,
+             "quiet_seconds": 0.0012, "loaded_seconds": 0.0011, "ratio": 0.89}]
+    br.save("load_ratio", {}, rows, results_dir=tmp_path / "bench", machine="m",
+            commit="c" * 40, dirty=False)
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- BEGIN generated:bench:load_ratio -->\n"
+                      "<!-- END generated:bench:load_ratio -->\n")
+    assert render(readme, tmp_path / "bench") == 0
+    text = readme.read_text()
+    assert "| din | auto | 2 | 7.10 | 12.51 | 1.76× | 4 | 3.6 / 4.1 |" in text, text
+    assert "| pop |" not in text
+
+
 def test_train_vs_peers_joins_both_scripts_of_one_machine(tmp_path):
     bench = tmp_path / "bench"
     train = [{"model": "din", "optimizer": o, "batch_size": b, "train_samples_per_s": v,
