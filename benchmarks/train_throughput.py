@@ -50,16 +50,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_io import write_result
 
 PAPER_MODELS = "lr,wide_deep,dcn,deepfm,xdeepfm,din,dien,mian"
-# Peers' train samples/s at batch 128 (DeepCTR-Torch 0.3.0, FuxiCTR 2.3.10) on this 2-core machine
-# type: the issue's figures, and benchmarks/peer_throughput.py run here on an idle machine (best of
-# its "fit" and "step" figures and of 1 and 2 threads; FuxiCTR's models are assembled from its
-# layers, see benchmarks/peers/README.md). "vs faster peer" divides by the largest of the four.
+# Peers' train samples/s at batch 128 (DeepCTR-Torch, FuxiCTR) as the issue quoted them; the
+# measured ones come from this machine's newest benchmarks/peer_throughput.py result (best of its
+# "fit" and "step" figures and of its thread counts). "vs faster peer" divides by the largest.
 PEERS_ISSUE = {"lr": (16_700, 25_200), "wide_deep": (4_700, 6_200), "dcn": (3_900, 6_900),
                "deepfm": (3_800, 6_200), "xdeepfm": (2_000, 1_500), "din": (3_300, 4_600),
                "dien": (1_200, 1_300)}
-PEERS_MEASURED = {"lr": (34_800, 37_900), "wide_deep": (3_900, 5_400), "dcn": (5_500, 6_500),
-                  "deepfm": (5_400, 5_700), "xdeepfm": (1_900, 1_300), "din": (3_800, 4_900),
-                  "dien": (1_700, 2_100)}
 PAPER_RATIOS = {"mian": 3700 / 3143, "dien": 4073 / 3143}
 
 
@@ -218,23 +214,42 @@ def main() -> None:
     print(f"\nwritten: {path}")
 
 
+def measured_peers(out: Path | None) -> dict[str, tuple[float, float]]:
+    """(DeepCTR-Torch, FuxiCTR) train samples/s per model from this machine's newest
+    peer_throughput result, or {} when there is none."""
+    from bench_results import BenchResultError, latest, machine_name
+
+    try:
+        doc = latest("peer_throughput", out, machine_name())
+    except BenchResultError:
+        return {}
+    best: dict[str, dict[str, float]] = {}
+    for r in (doc or {"rows": []})["rows"]:
+        rate = max(r.get("fit_samples_per_s") or 0.0, r.get("step_samples_per_s") or 0.0)
+        per = best.setdefault(r["model"], {})
+        per[r["library"]] = max(rate, per.get(r["library"], 0.0))
+    return {m: (per.get("DeepCTR-Torch", 0.0), per.get("FuxiCTR", 0.0))
+            for m, per in best.items()}
+
+
 def print_tables(results, models, optimizers, batch_sizes, args) -> list[dict[str, object]]:
     """Print the throughput and ratio tables; returns the ratio rows (for the JSON)."""
+    peers = measured_peers(args.out)
     rows = []
     for (name, optimizer, batch_size), r in results.items():
         base = name.split("@")[0]
         issue = PEERS_ISSUE.get(base) if batch_size == 128 else None
-        here = PEERS_MEASURED.get(base) if batch_size == 128 else None
+        here = peers.get(base) if batch_size == 128 else None
         versus = f"{r['train'] / max(*issue, *here):.1f}x" if issue and here else ""
         rows.append([name, optimizer, batch_size, f"{r['train']:,.0f}", f"{r['eval']:,.0f}",
                      f"{r['rss']:,.0f}", f"{r['params']:,}",
                      f"{issue[0]:,} / {issue[1]:,}" if issue else "",
-                     f"{here[0]:,} / {here[1]:,}" if here else "", versus])
+                     f"{here[0]:,.0f} / {here[1]:,.0f}" if here else "", versus])
     print(f"\nthreads={args.threads}, data={args.data}, best of {args.rounds} rounds x "
           f"{args.steps} steps")
     print(tabulate(rows, headers=["model", "optimizer", "batch", "train samples/s",
                                   "eval samples/s", "peak RSS MB", "params",
-                                  "peers @128 issue (DeepCTR/Fuxi)", "peers @128 measured here",
+                                  "peers @128 issue (DeepCTR/Fuxi)", "peers @128 measured",
                                   "vs faster peer"]))
     ratio_rows, data_rows = [], []
     for optimizer in optimizers:
