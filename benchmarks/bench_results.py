@@ -215,6 +215,28 @@ def latest(script: str, results_dir: Path | None = None, machine: str | None = N
     return docs[-1] if docs else None
 
 
+def thread_counts(text: str) -> list[int]:
+    """argparse ``type`` for ``--threads 1,2``: each count >= 1, at least one."""
+    try:
+        counts = [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of integers") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("give at least one thread count, each >= 1")
+    return counts
+
+
+def peer_rates(doc: Mapping[str, Any] | None) -> dict[str, dict[str, float]]:
+    """model -> library -> train samples/s of a peer_throughput result: the best of its "fit"
+    and "step" figures and of its thread counts ({} without a result)."""
+    best: dict[str, dict[str, float]] = {}
+    for r in (doc or {}).get("rows", []):
+        rate = max(r.get("fit_samples_per_s") or 0.0, r.get("step_samples_per_s") or 0.0)
+        per = best.setdefault(r["model"], {})
+        per[r["library"]] = max(rate, per.get(r["library"], 0.0))
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python benchmarks/bench_results.py --script NAME --rows FILE`` (for shell scripts).
 

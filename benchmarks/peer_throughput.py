@@ -52,7 +52,7 @@ import torch
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the peers package
-from bench_results import add_save_options, save_from_args
+from bench_results import add_save_options, save_from_args, thread_counts
 from peers.common import LABELS, LIBRARIES, MODELS, count_parameters, generated_store
 from peers.deepctr import DeepCTRRun
 from peers.fuxictr import FuxiCTRRun
@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--embedding-dim", type=int, default=16)
     parser.add_argument("--l2", type=float, default=1e-3, help="embedding L2 (0: none)")
-    parser.add_argument("--threads", default="2",
+    parser.add_argument("--threads", type=thread_counts, default="2",
                         help="torch.set_num_threads; a comma list (1,2) measures each in turn "
                              "(one row per thread count; the README takes each peer's best)")
     parser.add_argument("--fuxictr-workers", type=int, default=0,
@@ -150,21 +150,15 @@ def main() -> None:
     needed = args.warmup_steps * args.batch_size + args.train_rows
     if needed > args.rows:
         parser.error(f"--rows must be at least warm-up + train rows = {needed}")
-    try:
-        thread_counts = [int(t) for t in str(args.threads).split(",") if t.strip()]
-    except ValueError:
-        parser.error(f"--threads: {args.threads!r} is not a comma list of integers")
-    if not thread_counts or min(thread_counts) < 1:
-        parser.error("--threads: give at least one count, each >= 1")
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = generated_store(root / "store", args.rows)
         cols = {k: np.asarray(v) for k, v in data.split("train", mmap=False).items()}
         print(f"{versions()}\ndata: {args.rows:,} generated rows "
-              f"({time.perf_counter() - began:.0f} s); threads {thread_counts}", flush=True)
+              f"({time.perf_counter() - began:.0f} s); threads {args.threads}", flush=True)
         results = {}
-        for threads in thread_counts:
+        for threads in args.threads:
             torch.set_num_threads(threads)
             for i, model in enumerate(models):
                 here = root / f"threads-{threads}"

@@ -44,7 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/
-from bench_results import DEFAULT_DIR, BenchResultError, latest
+from bench_results import DEFAULT_DIR, BenchResultError, latest, peer_rates
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = re.compile(r"<!-- (BEGIN|END) generated:([A-Za-z0-9_.:-]+) -->")
@@ -168,11 +168,7 @@ def train_vs_peers(train: dict, peers: dict | None) -> str:
             key = (r["model"], r["optimizer"], r["batch_size"])
             if key not in mine or r["train_samples_per_s"] > mine[key]["train_samples_per_s"]:
                 mine[key] = r
-    theirs: dict[str, dict[str, float]] = {}  # the best of fit, step and thread counts
-    for r in (peers or {"rows": []})["rows"]:
-        best = max(r.get("fit_samples_per_s") or 0.0, r.get("step_samples_per_s") or 0.0)
-        per = theirs.setdefault(r["model"], {})
-        per[r["library"]] = max(best, per.get(r["library"], 0.0))
+    theirs = peer_rates(peers)  # the best of fit, step and thread counts
     libraries = sorted({lib for per in theirs.values() for lib in per})
     models = list(dict.fromkeys(m for m, _, _ in mine))
     optimizers = list(dict.fromkeys(o for _, o, _ in mine))

@@ -47,6 +47,7 @@ from ctrbench.models import count_parameters
 from ctrbench.schema import reference_schema
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_results import BenchResultError, latest, machine_name, peer_rates, thread_counts
 from results_io import write_result
 
 PAPER_MODELS = "lr,wide_deep,dcn,deepfm,xdeepfm,din,dien,mian"
@@ -162,17 +163,11 @@ def main() -> None:
     parser.add_argument("--optimizers", default="adam,lazy_adam")
     parser.add_argument("--steps", type=int, default=40, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", default="2",
+    parser.add_argument("--threads", type=thread_counts, default="2",
                         help="intra-op threads; a comma list (1,2) measures each in turn")
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder for the JSON (default benchmarks/results/)")
     args = parser.parse_args()
-    try:
-        thread_counts = [int(t) for t in str(args.threads).split(",") if t.strip()]
-    except ValueError:
-        parser.error(f"--threads: {args.threads!r} is not a comma list of integers")
-    if not thread_counts or min(thread_counts) < 1:
-        parser.error("--threads: give at least one count, each >= 1")
     models = resolve_model_spec(args.models)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     optimizers = args.optimizers.split(",")
@@ -188,7 +183,7 @@ def main() -> None:
         valid = SplitTensors(data, "valid", torch.device("cpu"), inputs)
         valid.truncate(args.eval_rows)
         per_threads: dict[tuple[str, str, int, int], dict[str, float]] = {}
-        for threads in thread_counts:
+        for threads in args.threads:
             torch.set_num_threads(threads)
             for name in models:
                 measured = measure_model(data, name, optimizers, batch_sizes, args.steps,
@@ -217,19 +212,12 @@ def main() -> None:
 def measured_peers(out: Path | None) -> dict[str, tuple[float, float]]:
     """(DeepCTR-Torch, FuxiCTR) train samples/s per model from this machine's newest
     peer_throughput result, or {} when there is none."""
-    from bench_results import BenchResultError, latest, machine_name
-
     try:
-        doc = latest("peer_throughput", out, machine_name())
+        rates = peer_rates(latest("peer_throughput", out, machine_name()))
     except BenchResultError:
         return {}
-    best: dict[str, dict[str, float]] = {}
-    for r in (doc or {"rows": []})["rows"]:
-        rate = max(r.get("fit_samples_per_s") or 0.0, r.get("step_samples_per_s") or 0.0)
-        per = best.setdefault(r["model"], {})
-        per[r["library"]] = max(rate, per.get(r["library"], 0.0))
     return {m: (per.get("DeepCTR-Torch", 0.0), per.get("FuxiCTR", 0.0))
-            for m, per in best.items()}
+            for m, per in rates.items()}
 
 
 def print_tables(results, models, optimizers, batch_sizes, args) -> list[dict[str, object]]:

@@ -233,6 +233,16 @@ def test_gpu_layout_shows_throughput_failures_and_stages(tmp_path):
     assert "3 tests, 1 failed (test_x)" in text and "timed out after 331.0 s" in text
 
 
+@pytest.mark.parametrize("text, expected", [("2", [2]), ("1,2", [1, 2]), ("1,x", None),
+                                            ("0", None), ("", None)])
+def test_thread_counts_parse_or_refuse_with_a_message(text, expected):
+    if expected is None:
+        with pytest.raises(argparse.ArgumentTypeError):
+            br.thread_counts(text)
+    else:
+        assert br.thread_counts(text) == expected
+
+
 def test_load_ratio_layout_skips_models_without_training(tmp_path):
     rows = [{"model": "din", "setting": "auto", "busy": 4, "threads": 2, "quiet_seconds": 7.1,
              "loaded_seconds": 12.51, "ratio": 1.762, "quiet_load_avg_1m": [3.65],
