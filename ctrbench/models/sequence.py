@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from ctrbench.models.fast.dropout import UniformDropout
 from ctrbench.models.fast.embedding_bank import EmbeddingBank
+from ctrbench.models.fast.gated_scan import augru_scan
 from ctrbench.models.fast.row_blocks import in_row_blocks
 from ctrbench.models.layers import MLP, masked_softmax
 from ctrbench.schema import HIST_LEN, Batch, FieldSpec
@@ -138,99 +138,11 @@ def augru_reference(gx: torch.Tensor, attention: torch.Tensor, w_hh: torch.Tenso
     return h
 
 
-def _augru_forward_loop(gx: torch.Tensor, attention: torch.Tensor, w_hh: torch.Tensor,
-                        b_hh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Forward without autograd; returns (states ``[T+1, B, H]``, gates ``[T, B, 3H]``
-    holding r, z (update before attention) and n, recurrent candidate part ``[T, B, H]``)."""
-    steps, batch_size, hidden = gx.shape[1], gx.shape[0], w_hh.shape[1]
-    states = gx.new_zeros(steps + 1, batch_size, hidden)
-    gates = gx.new_empty(steps, batch_size, 3 * hidden)
-    h_cand = gx.new_empty(steps, batch_size, hidden)
-    w_t = w_hh.t()
-    for t in range(steps):
-        h = states[t]
-        gh = torch.addmm(b_hh, h, w_t)  # (B, 3H)
-        xt = gx[:, t]
-        rz = torch.sigmoid(xt[:, : 2 * hidden] + gh[:, : 2 * hidden])  # (B, 2H)
-        r = rz[:, :hidden]
-        n = torch.tanh(xt[:, 2 * hidden :] + r * gh[:, 2 * hidden :])  # (B, H)
-        u = rz[:, hidden:] * attention[:, t : t + 1]
-        states[t + 1] = h + u * (n - h)
-        gates[t, :, : 2 * hidden] = rz
-        gates[t, :, 2 * hidden :] = n
-        h_cand[t] = gh[:, 2 * hidden :]
-    return states, gates, h_cand
-
-
-def _augru_backward_loop(grad_h: torch.Tensor, states: torch.Tensor, gates: torch.Tensor,
-                         h_cand: torch.Tensor, attention: torch.Tensor,
-                         w_hh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reverse pass: gradients of the gate pre-activations ``[B, T, 3H]`` and of attention."""
-    steps, hidden = gates.shape[0], w_hh.shape[1]
-    batch_size = grad_h.shape[0]
-    d_pre = gates.new_empty(batch_size, steps, 3 * hidden)  # d(gx), == d(gh) for r and u
-    d_att = gates.new_empty(batch_size, steps)
-    dh = grad_h
-    for t in range(steps - 1, -1, -1):
-        h = states[t]
-        r = gates[t, :, :hidden]
-        z = gates[t, :, hidden : 2 * hidden]
-        n = gates[t, :, 2 * hidden :]
-        a = attention[:, t : t + 1]
-        u = z * a
-        diff = n - h
-        d_u = dh * diff
-        d_att[:, t] = (d_u * z).sum(dim=1)
-        d_pre_z = d_u * a * z * (1 - z)
-        d_pre_n = dh * u * (1 - n * n)
-        d_pre_r = d_pre_n * h_cand[t] * r * (1 - r)
-        d_pre[:, t, :hidden] = d_pre_r
-        d_pre[:, t, hidden : 2 * hidden] = d_pre_z
-        d_pre[:, t, 2 * hidden :] = d_pre_n
-        d_gh = torch.cat([d_pre_r, d_pre_z, d_pre_n * r], dim=1)  # (B, 3H)
-        dh = dh * (1 - u) + d_gh @ w_hh
-    return d_pre, d_att
-
-
-class _AUGRUFunction(torch.autograd.Function):
-    """AUGRU recurrence with a hand-written backward, in plain eager code.
-
-    Autograd through the time loop records ~15 small ops per step and replays them in Python;
-    here the forward saves the gates, the backward walks the steps once in reverse, and the
-    recurrent weight's gradient is one matmul over all steps after the loop. (The loops used to
-    be compiled with TorchScript, which is deprecated: that was 15-20% faster on this kernel,
-    about 3-6% of a DIEN training step on the CPU; see docs/performance.md.)
-    """
-
-    @staticmethod
-    def forward(ctx, gx, attention, w_hh, b_hh):  # type: ignore[override]
-        # Inputs all arrive in gx's dtype (bf16 under autocast); keep autocast out of the loop.
-        with torch.autocast(device_type=gx.device.type, enabled=False):
-            states, gates, h_cand = _augru_forward_loop(gx, attention, w_hh, b_hh)
-        ctx.save_for_backward(states, gates, h_cand, attention, w_hh)
-        return states[-1]
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_h):  # type: ignore[override]
-        states, gates, h_cand, attention, w_hh = ctx.saved_tensors
-        hidden = w_hh.shape[1]
-        d_pre, d_att = _augru_backward_loop(grad_h.to(states.dtype).contiguous(), states, gates,
-                                            h_cand, attention, w_hh)
-        # Recurrent projection gradient over all steps at once.
-        d_gh = d_pre.clone()  # (B, T, 3H)
-        d_gh[..., 2 * hidden :] *= gates.transpose(0, 1)[..., :hidden]  # times r
-        h_prev = states[:-1].transpose(0, 1)  # (B, T, H)
-        d_w = d_gh.reshape(-1, 3 * hidden).t() @ h_prev.reshape(-1, hidden)  # (3H, H)
-        d_b = d_gh.reshape(-1, 3 * hidden).sum(dim=0)  # (3H,)
-        return d_pre, d_att, d_w, d_b
-
-
 def augru_recurrence(gx: torch.Tensor, attention: torch.Tensor, w_hh: torch.Tensor,
                      b_hh: torch.Tensor) -> torch.Tensor:
-    """Final AUGRU state ``[B, H]`` (fast path; same values and gradients as the reference)."""
-    return _AUGRUFunction.apply(gx, attention.to(gx.dtype), w_hh.to(gx.dtype),
-                                b_hh.to(gx.dtype))
+    """Final AUGRU state ``[B, H]`` (fast path, :func:`~ctrbench.models.fast.gated_scan.augru_scan`;
+    same values and gradients as the reference)."""
+    return augru_scan(gx, attention, w_hh, b_hh)[:, -1]
 
 
 class AUGRU(nn.Module):

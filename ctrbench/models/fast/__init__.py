@@ -9,10 +9,11 @@
 - :mod:`~ctrbench.models.fast.cin`: xDeepFM's CIN as batched matmuls (reference:
   :class:`ctrbench.models.layers.CIN`).
 - :mod:`~ctrbench.models.fast.row_blocks`: evaluation in blocks of rows (reference: one pass).
-
-The AUGRU's hand-written recurrence stays in :mod:`ctrbench.models.sequence` (``AUGRU(fast=...)``,
-tested equal to its autograd reference in ``tests/test_sequence_layers.py``).
+- :mod:`~ctrbench.models.fast.gated_scan`: DIEN's GRU and AUGRU recurrences with a hand-written
+  backward (references: ``nn.GRU`` and :func:`ctrbench.models.sequence.augru_reference`, which
+  ``AUGRU(fast=False)`` runs).
 
 Nothing is imported here: ``models.layers`` imports ``dice``, ``dropout`` and ``embedding_bank``
-(which import no model module but ``models.init``), and ``cin`` imports ``models.layers``.
+(which import no model module but ``models.init``), ``cin`` imports ``models.layers``, and
+``gated_scan`` imports only torch.
 """
