@@ -36,7 +36,7 @@ from ctrbench.models.sequence import (
     embed_history,
     pad_steps,
 )
-from ctrbench.schema import Batch, Schema, history_mask
+from ctrbench.schema import HIST_LEN, Batch, Schema, history_mask
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,10 @@ class DIEN(CTRModel):
     EVAL_ROWS = 1024  # rows per block when forward runs in eval mode
 
     config_class = DIENConfig
-    GROUPED_ROWS = 768  # from this many rows the extractor runs per length group ...
-    EXTRACT_GROUPS = 2  # ... in two groups (DIEN step -18% at batch 1024, equal at 512)
+    # From this many rows the recurrences run per history-length group (``auto_groups``: 2 at
+    # 256 rows, 4 at 512, 6 from 768). DIEN step, interleaved, one thread, against one pass:
+    # +4% at 128 (2 groups), -5% at 256, -14% at 512, -21% at 1024 (docs/performance.md).
+    GROUPED_ROWS = 256
 
     def __init__(self, schema: Schema, config: DIENConfig) -> None:
         super().__init__(schema, config)
@@ -87,31 +89,49 @@ class DIEN(CTRModel):
         item, user, context = self.bank.single_fields(
             batch, (self.schema.item, self.schema.user, self.schema.context))  # (B, ., D)
         candidate = item.flatten(1)  # (B, I)
-        states = self._extract(behaviours, mask)  # (B, T', I); valid steps never see padding
-        scores = (states * self.attention(candidate).unsqueeze(1)).sum(-1)  # (B, T')
-        attention = masked_softmax(scores, mask, dim=1)  # (B, T'), exactly 0 on padding
-        final = self.evolution(states, attention)  # (B, I)
+        query = self.attention(candidate)  # (B, I): W e_i
+        if behaviours.shape[0] < self.GROUPED_ROWS:
+            states, attention, evolved = self._recurrences(behaviours, query, mask)
+        else:
+            states, attention, evolved = self._recurrences_by_length(behaviours, query, mask)
+        last = (batch[HIST_LEN].long() - 1).clamp(0, steps - 1)  # (B,): the last valid step
+        final = evolved[torch.arange(last.shape[0], device=last.device), last]  # (B, I)
         return {"mask": mask, "behaviours": behaviours, "candidate": candidate,
                 "user": user.flatten(1), "context": context.flatten(1),
                 "states": states, "attention": attention, "final": final}
 
-    def _extract(self, behaviours: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The extractor GRU's states ``[B, T', I]`` at valid steps (padded steps: unused).
+    def _recurrences(self, behaviours: torch.Tensor, query: torch.Tensor,
+                     mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Extractor states ``[B, T', I]``, attention ``[B, T']`` (exactly 0 on padding) and
+        AUGRU states ``[B, T', I]`` (carried unchanged over padding) of histories ``[B, T', I]``
+        for ``query = W e_i [B, I]``."""
+        states = self._gru(behaviours)  # (B, T', I); valid steps never see padding
+        scores = (states * query.unsqueeze(1)).sum(-1)  # (B, T')
+        attention = masked_softmax(scores, mask, dim=1)  # (B, T')
+        return states, attention, self.evolution.states(states, attention)
 
-        From ``GROUPED_ROWS`` rows the GRU runs per history-length group, each trimmed to its
-        bound (``apply_by_length``, ``EXTRACT_GROUPS`` groups; states at trimmed steps are 0,
-        and no consumer reads padded states: attention and auxiliary loss mask them, the AUGRU
-        carries its state where ``a_t = 0``). The GRU's cost grows with steps x rows at large
-        batches but is per-step overhead at small ones, where one pass is faster."""
-        if behaviours.shape[0] < self.GROUPED_ROWS:
-            return self._gru(behaviours)
-        return apply_by_length(lambda x, _mask: self._gru(x), behaviours, mask,
-                               groups=self.EXTRACT_GROUPS)
+    def _recurrences_by_length(self, behaviours: torch.Tensor, query: torch.Tensor,
+                               mask: torch.Tensor
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_recurrences` per history-length group (``apply_by_length`` with its
+        ``auto_groups``), each trimmed to its bound: the recurrences' cost grows with steps x
+        rows at large batches but is per-step overhead at small ones, where one pass is faster.
+        Outputs at trimmed steps are 0, and nothing reads them: attention and the auxiliary
+        loss mask them, and the final interest is read at the last valid step."""
+        width = behaviours.shape[-1]
+        packed = torch.cat([behaviours, query.unsqueeze(1).expand_as(behaviours)], dim=-1)
+
+        def run(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:  # (R, t, 2I + 1)
+            states, attention, evolved = self._recurrences(x[..., :width], x[:, 0, width:], m)
+            return torch.cat([states, attention.unsqueeze(-1), evolved], dim=-1)
+
+        out = apply_by_length(run, packed, mask)  # (B, T', 2I + 1)
+        states, attention, evolved = out.split([width, 1, width], dim=-1)
+        return states, attention.squeeze(-1), evolved
 
     def _gru(self, x: torch.Tensor) -> torch.Tensor:
         """The extractor's states ``[B, T, I]``: ``nn.GRU`` (cuDNN off the CPU), and on the CPU
-        the same equations and parameters through :func:`gru_scan` (hand-written backward;
-        DIEN step -17% at batch 128, equal at 1024, docs/performance.md)."""
+        the same equations and parameters through :func:`gru_scan` (hand-written backward)."""
         gru = self.extractor
         if x.device.type != "cpu":
             return gru(x)[0]

@@ -121,12 +121,14 @@ class LocalActivationUnit(nn.Module):
 
 
 def augru_reference(gx: torch.Tensor, attention: torch.Tensor, w_hh: torch.Tensor,
-                    b_hh: torch.Tensor) -> torch.Tensor:
-    """Plain autograd AUGRU recurrence (the readable reference): final state ``[B, H]``.
+                    b_hh: torch.Tensor, every_step: bool = False) -> torch.Tensor:
+    """Plain autograd AUGRU recurrence (the readable reference): final state ``[B, H]``, or
+    with ``every_step`` the state after every step ``[B, T, H]``.
 
     ``gx [B, T, 3H]`` input projections, ``attention [B, T]``, ``w_hh [3H, H]``, ``b_hh [3H]``.
     """
     h = gx.new_zeros(gx.shape[0], w_hh.shape[1])  # (B, H)
+    states = []
     for t in range(gx.shape[1]):
         gh = torch.addmm(b_hh, h, w_hh.t())  # (B, 3H)
         x_r, x_u, x_n = gx[:, t].chunk(3, dim=1)
@@ -135,7 +137,8 @@ def augru_reference(gx: torch.Tensor, attention: torch.Tensor, w_hh: torch.Tenso
         u = torch.sigmoid(x_u + h_u) * attention[:, t : t + 1]
         n = torch.tanh(x_n + r * h_n)
         h = h + u * (n - h)
-    return h
+        states.append(h)
+    return torch.stack(states, dim=1) if every_step else h
 
 
 def augru_recurrence(gx: torch.Tensor, attention: torch.Tensor, w_hh: torch.Tensor,
@@ -148,7 +151,8 @@ def augru_recurrence(gx: torch.Tensor, attention: torch.Tensor, w_hh: torch.Tens
 class AUGRU(nn.Module):
     """GRU with attentional update gate (DIEN): ``u'_t = a_t * u_t``.
 
-    ``x [B, T, D]``, ``attention [B, T]`` -> final state ``[B, H]``. Where ``a_t = 0`` (padding
+    ``x [B, T, D]``, ``attention [B, T]`` -> final state ``[B, H]`` (:meth:`states`: every
+    step's). Where ``a_t = 0`` (padding
     of a left-aligned history) the state is carried unchanged, so the final state is the state
     at the last valid step, and zeros for an empty history. The input projections of all steps
     are computed at once before the loop; only the recurrent part runs step by step.
@@ -166,9 +170,15 @@ class AUGRU(nn.Module):
             nn.init.uniform_(p, -bound, bound)
 
     def forward(self, x: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        return self.states(x, attention)[:, -1]  # (B, H)
+
+    def states(self, x: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        """The state after every step ``[B, T, H]`` (the last is :meth:`forward`'s)."""
         gx = self.input_proj(x)  # (B, T, 3H), every step at once
-        recurrence = augru_recurrence if self.fast else augru_reference
-        return recurrence(gx, attention, self.hidden_proj.weight, self.hidden_proj.bias)
+        weight, bias = self.hidden_proj.weight, self.hidden_proj.bias
+        if self.fast:
+            return augru_scan(gx, attention, weight, bias)
+        return augru_reference(gx, attention, weight, bias, every_step=True)
 
 
 # --------------------------------------------------------------------------- transformer
