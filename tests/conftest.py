@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    """Ctrl-C reaches the processes the tests start, however the suite was launched.
+
+    A shell starts background jobs (``cmd &``, ``nohup``) with SIGINT ignored, and an ignored
+    signal stays ignored across exec: the SIGINT tests' children would then never see their
+    signal. A handled one reverts to the default on exec, so handle it here as Python does in
+    the foreground."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
