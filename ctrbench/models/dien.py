@@ -60,6 +60,7 @@ class DIEN(CTRModel):
     # 256 rows, 4 at 512, 6 from 768). DIEN step, interleaved, one thread, against one pass:
     # +4% at 128 (2 groups), -5% at 256, -14% at 512, -21% at 1024 (docs/performance.md).
     GROUPED_ROWS = 256
+    LENGTH_GROUPS: int | None = None  # None: auto_groups of the batch (benchmarks/dien_groups.py)
 
     def __init__(self, schema: Schema, config: DIENConfig) -> None:
         super().__init__(schema, config)
@@ -113,11 +114,12 @@ class DIEN(CTRModel):
     def _recurrences_by_length(self, behaviours: torch.Tensor, query: torch.Tensor,
                                mask: torch.Tensor
                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`_recurrences` per history-length group (``apply_by_length`` with its
-        ``auto_groups``), each trimmed to its bound: the recurrences' cost grows with steps x
-        rows at large batches but is per-step overhead at small ones, where one pass is faster.
-        Outputs at trimmed steps are 0, and nothing reads them: attention and the auxiliary
-        loss mask them, and the final interest is read at the last valid step."""
+        """:meth:`_recurrences` per history-length group (``apply_by_length``;
+        ``LENGTH_GROUPS`` groups, by default its ``auto_groups``), each trimmed to its bound:
+        the recurrences' cost grows with steps x rows at large batches but is per-step
+        overhead at small ones, where one pass is faster. Outputs at trimmed steps are 0, and
+        nothing reads them: attention and the auxiliary loss mask them, and the final
+        interest is read at the last valid step."""
         width = behaviours.shape[-1]
         packed = torch.cat([behaviours, query.unsqueeze(1).expand_as(behaviours)], dim=-1)
 
@@ -125,7 +127,7 @@ class DIEN(CTRModel):
             states, attention, evolved = self._recurrences(x[..., :width], x[:, 0, width:], m)
             return torch.cat([states, attention.unsqueeze(-1), evolved], dim=-1)
 
-        out = apply_by_length(run, packed, mask)  # (B, T', 2I + 1)
+        out = apply_by_length(run, packed, mask, self.LENGTH_GROUPS)  # (B, T', 2I + 1)
         states, attention, evolved = out.split([width, 1, width], dim=-1)
         return states, attention.squeeze(-1), evolved
 
