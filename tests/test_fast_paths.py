@@ -421,3 +421,14 @@ def test_gated_scan_in_float32_and_one_step():
         # tanh as 2 sigmoid(2x) - 1: float32 agreement to rounding
         torch.testing.assert_close(augru_scan(gx, attention, w_hh, b_hh)[:, -1],
                                    augru_reference(gx, attention, w_hh, b_hh))
+
+
+def test_gated_scans_take_an_empty_batch():
+    """Zero rows (an empty block) give empty states and zero weight gradients, no error."""
+    gx = torch.zeros(0, 5, 12, requires_grad=True)
+    w_hh = torch.randn(12, 4, requires_grad=True)
+    b_hh = torch.zeros(12, requires_grad=True)
+    attention = torch.zeros(0, 5, requires_grad=True)
+    (gru_scan(gx, w_hh, b_hh).sum() + augru_scan(gx, attention, w_hh, b_hh).sum()).backward()
+    assert gx.grad.shape == (0, 5, 12) and attention.grad.shape == (0, 5)
+    assert torch.equal(w_hh.grad, torch.zeros(12, 4))

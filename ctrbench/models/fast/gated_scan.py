@@ -108,7 +108,7 @@ def _backward(grad_out: torch.Tensor, saved: tuple[torch.Tensor, ...],
     d_w = w_hh.new_zeros(3 * hidden, hidden)
     d_b = w_hh.new_zeros(3 * hidden)
     d_att = None if gate is None else pre.new_empty(steps, batch_size)
-    span = max(1, BLOCK_ROWS // batch_size)
+    span = max(1, BLOCK_ROWS // max(1, batch_size))  # steps per block (any, for 0 rows)
     for end in range(steps, 0, -span):
         block = slice(max(0, end - span), end)
         coef, keep, d_cand = _coefficients(prev[block], pre[block], rz[block], cand[block],
