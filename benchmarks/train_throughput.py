@@ -18,11 +18,14 @@ rounds, a model's settings taking turns in every round; eval samples/s and peak 
 model (all its settings held at once). The machine may be shared: say so when quoting. Usage:
   python benchmarks/train_throughput.py --threads 1,2     # each model at its best of the two
   python benchmarks/train_throughput.py --models din,mian --batch-sizes 128 --steps 30
+  python benchmarks/train_throughput.py --models xdeepfm --precision bf16 \
+      --save-as train_throughput_bf16          # the opt-in bf16 autocast (train.precision)
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import time
@@ -34,6 +37,7 @@ from tabulate import tabulate
 
 from ctrbench.cards import load_model_card, resolve_model_spec
 from ctrbench.data.store import PreparedData, write_store
+from ctrbench.engine.devices import PRECISIONS
 from ctrbench.engine.train import (
     SplitTensors,
     TrainStep,
@@ -98,9 +102,10 @@ class Variant:
     """One (optimizer, batch size) setting of a model: its own model copy and optimiser."""
 
     def __init__(self, data: PreparedData, name: str, optimizer: str, batch_size: int,
-                 train: SplitTensors) -> None:
+                 train: SplitTensors, precision: str = "auto") -> None:
         self.card = load_model_card(name).with_overrides(
-            {"train": {"optimizer": optimizer, "batch_size": batch_size}})
+            {"train": {"optimizer": optimizer, "batch_size": batch_size,
+                       "precision": precision}})
         torch.manual_seed(0)
         self.model = build_for_training(self.card, data.schema)
         self.step = TrainStep(self.model, self.card.train, torch.device("cpu"))
@@ -128,13 +133,14 @@ class Variant:
 
 
 def measure_model(data: PreparedData, name: str, optimizers: list[str], batch_sizes: list[int],
-                  steps: int, rounds: int, train: SplitTensors, valid: SplitTensors
-                  ) -> dict[str, object]:
+                  steps: int, rounds: int, train: SplitTensors, valid: SplitTensors,
+                  precision: str = "auto") -> dict[str, object]:
     """Best train samples/s per (optimizer, batch) with the settings taking turns in every
     round (a burst of load from other processes hits them alike); eval samples/s; peak RSS."""
     device = torch.device("cpu")
     reset_peak_memory(device)
-    variants = {(o, b): Variant(data, name, o, b, train) for o in optimizers for b in batch_sizes}
+    variants = {(o, b): Variant(data, name, o, b, train, precision)
+                for o in optimizers for b in batch_sizes}
     for variant in variants.values():
         variant.run(3)  # warm-up
     for _ in range(rounds):
@@ -144,7 +150,7 @@ def measure_model(data: PreparedData, name: str, optimizers: list[str], batch_si
     best_eval = 0.0
     for _ in range(max(1, rounds // 2)):
         start = time.perf_counter()
-        predict(first.model, valid, first.card.train.eval_batch_size)
+        predict(first.model, valid, first.card.train.eval_batch_size, precision)
         best_eval = max(best_eval, valid.rows / (time.perf_counter() - start))
     out = {"train": {key: v.best for key, v in variants.items()}, "eval": best_eval,
            "rss": peak_memory_mb(device), "params": count_parameters(first.model)}
@@ -165,9 +171,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=thread_counts, default="2",
                         help="intra-op threads; a comma list (1,2) measures each in turn")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="the cards' train.precision (auto = float32 on the CPU)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder for the JSON (default benchmarks/results/)")
+    parser.add_argument("--save-as", default="train_throughput",
+                        help="result name; the README renders train_throughput only")
     args = parser.parse_args()
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", args.save_as):
+        parser.error(f"--save-as {args.save_as!r}: use letters, digits, '.', '_', '-'")
     models = resolve_model_spec(args.models)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     optimizers = args.optimizers.split(",")
@@ -187,7 +199,7 @@ def main() -> None:
             torch.set_num_threads(threads)
             for name in models:
                 measured = measure_model(data, name, optimizers, batch_sizes, args.steps,
-                                         args.rounds, train, valid)
+                                         args.rounds, train, valid, args.precision)
                 for (optimizer, batch_size), rate in measured["train"].items():
                     per_threads[name, optimizer, batch_size, threads] = {
                         "train": rate, "eval": measured["eval"], "rss": measured["rss"],
@@ -204,7 +216,7 @@ def main() -> None:
              "train_samples_per_s": r["train"], "eval_samples_per_s": r["eval"],
              "peak_rss_mb": r["rss"], "params": r["params"]}
             for (name, optimizer, batch_size, threads), r in per_threads.items()]
-    path = write_result("train_throughput.py", {k: str(v) for k, v in vars(args).items()},
+    path = write_result(f"{args.save_as}.py", {k: str(v) for k, v in vars(args).items()},
                         rows + ratios, args.out)
     print(f"\nwritten: {path}")
 

@@ -153,6 +153,9 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0 = off
     # initialisation rule of the dense layers (ctrbench.models.init.INIT_RULES)
     init: str = "torch_default_dense"
+    # arithmetic of forward passes: "auto" (bf16 autocast on CUDA, float32 on the CPU),
+    # "float32", or "bf16" (autocast on either device). See ctrbench.engine.devices.autocast.
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         checked = validate_train_values("train", asdict(self))
@@ -189,9 +192,14 @@ class ModelCard:
     tuned_from: Mapping[str, Any] = field(default_factory=dict)
 
     def resolved(self) -> dict[str, Any]:
-        """What defines the model in a run record (and its hash): no paper numbers, no paths."""
+        """What defines the model in a run record (and its hash): no paper numbers, no paths.
+        ``train.precision`` is left out at its default ``auto``, so the run ids of records made
+        before the setting existed stay valid."""
+        train = asdict(self.train)
+        if train["precision"] == "auto":
+            del train["precision"]
         return {"name": self.name, "arch": self.arch, "params": dict(self.params),
-                "train": asdict(self.train)}
+                "train": train}
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> ModelCard:
         """Apply ``{"params": {...}, "train": {...}}`` overrides (config file or --set)."""

@@ -77,6 +77,7 @@ def betas(value: Any) -> tuple[float, float]:
 
 L2_TARGETS = ("batch_embeddings", "din_frequency", "all", "none")
 INIT_RULES = ("torch_default_dense", "paper", "xavier")  # == ctrbench.models.init.INIT_RULES
+PRECISIONS = ("auto", "float32", "bf16")  # == ctrbench.engine.devices.PRECISIONS
 
 TRAIN_CHECKS: dict[str, Check] = {
     "optimizer": choice(("adam", "lazy_adam")),
@@ -90,6 +91,7 @@ TRAIN_CHECKS: dict[str, Check] = {
     "l2_target": choice(L2_TARGETS),
     "init": choice(INIT_RULES),
     "grad_clip": real(0.0),
+    "precision": choice(PRECISIONS),
 }
 
 

@@ -63,7 +63,7 @@ def score_test_split(model: CTRModel, data: PreparedData, dev: torch.device,
                      cfg: TrainConfig, seed: int, inputs: list[str], outcome: TrainOutcome) -> None:
     """Score the test split once with the restored best weights; explain a seeded sample."""
     test = SplitTensors(data, "test", dev, inputs, extras=(LABEL, GROUP_KEY, ORACLE))
-    probs = predict(model, test, cfg.eval_batch_size).numpy()
+    probs = predict(model, test, cfg.eval_batch_size, cfg.precision).numpy()
     labels = test.extra_numpy(LABEL)
     groups = test.extra_numpy(GROUP_KEY)
     outcome.test = classification_metrics(labels, probs, groups)
@@ -79,7 +79,7 @@ def score_test_split(model: CTRModel, data: PreparedData, dev: torch.device,
     idx = torch.from_numpy(rows).to(test.storage)
     batch, _ = test.take(idx)
     model.eval()
-    with torch.inference_mode(), autocast(dev):
+    with torch.inference_mode(), autocast(dev, cfg.precision):
         explained = model.explain(batch)
     outcome.explain = {k: w.values.float().cpu().numpy() for k, w in explained.items()}
     outcome.explain_rows = rows.astype(np.int64)

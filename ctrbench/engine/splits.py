@@ -99,12 +99,14 @@ class SplitTensors:
 
 
 @torch.inference_mode()
-def predict(model: CTRModel, split: SplitTensors, batch_size: int) -> torch.Tensor:
-    """Click probabilities ``[N]`` (float32, CPU) for a whole split, in row order."""
+def predict(model: CTRModel, split: SplitTensors, batch_size: int, precision: str = "auto"
+            ) -> torch.Tensor:
+    """Click probabilities ``[N]`` (float32, CPU) for a whole split, in row order; forward
+    passes under ``autocast(split.device, precision)``."""
     model.eval()
     outputs = []
     for batch in split.slices(batch_size):
-        with autocast(split.device):
+        with autocast(split.device, precision):
             logits = model(batch)  # (B,)
         # float64 sigmoid, rounded once to float32: equal logits give equal probabilities
         # (float32 sigmoid differs by an ulp between vectorised and tail elements on CPU,

@@ -109,7 +109,7 @@ class TrainStep:
         self.optimizers.zero_grad()
         if self.l2 is not None:
             self.l2.clear()
-        with autocast(self.device):
+        with autocast(self.device, self.cfg.precision):
             logits, aux_terms = self.model.forward_train(batch)  # (B,), {name: scalar}
         bce = F.binary_cross_entropy_with_logits(logits.float(), label)
         aux = torch.zeros((), device=bce.device)
@@ -209,7 +209,7 @@ def train_and_evaluate(
             train_seconds = time.perf_counter() - start
             train_load = load_average()
             start = time.perf_counter()
-            scores = predict(model, valid, cfg.eval_batch_size).numpy()
+            scores = predict(model, valid, cfg.eval_batch_size, cfg.precision).numpy()
             eval_seconds = time.perf_counter() - start
             if not np.isfinite(scores).all():
                 raise diverged(card, epoch, 0, float("nan"))

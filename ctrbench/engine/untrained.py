@@ -47,14 +47,14 @@ def fit_and_evaluate(model: CTRModel, data: PreparedData, card: ModelCard, seed:
         fit({**train.inputs, LABEL: train.extras[LABEL]})
     synchronize(dev)
     train_seconds = time.perf_counter() - start
-    train_probs = predict(model, train, cfg.eval_batch_size).numpy()
+    train_probs = predict(model, train, cfg.eval_batch_size, cfg.precision).numpy()
     train_loss = logloss(train.extra_numpy(LABEL), train_probs)
     train_rows = train.rows
     del train
     valid = SplitTensors(data, "valid", dev, inputs)
     valid_labels = valid.extra_numpy(LABEL)
     start = time.perf_counter()
-    scores = predict(model, valid, cfg.eval_batch_size).numpy()
+    scores = predict(model, valid, cfg.eval_batch_size, cfg.precision).numpy()
     eval_seconds = time.perf_counter() - start
     if not np.isfinite(scores).all():
         raise diverged(card, 1, 0, float("nan"))
