@@ -13,7 +13,7 @@ import torch
 import train_fixtures as tf
 from torch import nn
 
-from ctrbench.cards import load_model_card, resolve_model_spec
+from ctrbench.cards import load_model_card, model_card_from_dict, resolve_model_spec
 from ctrbench.engine.devices import PRECISIONS, autocast
 from ctrbench.engine.splits import predict
 from ctrbench.engine.train import (
@@ -67,6 +67,10 @@ def test_the_default_keeps_old_run_ids_and_bf16_gets_its_own():
     assert bf16.resolved()["train"]["precision"] == "bf16"
     hashes = {config_hash(c.resolved()) for c in (card, bf16, f32)}
     assert len(hashes) == 3
+    for c in (card, bf16):  # a Slurm task rebuilds its card from the resolved one
+        rebuilt = model_card_from_dict(c.resolved())
+        assert rebuilt.train.precision == c.train.precision
+        assert rebuilt.resolved() == c.resolved()
 
 
 def _linear_output_dtypes(model: nn.Module) -> list[torch.dtype]:
