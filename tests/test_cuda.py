@@ -7,7 +7,6 @@ No timings here (benchmarks/gpu_throughput.py measures them).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 
@@ -16,7 +15,6 @@ import pytest
 import torch
 import train_fixtures as tf
 
-import ctrbench.engine.train as train_module
 from ctrbench.cards import load_model_card, resolve_model_spec
 from ctrbench.engine.train import (
     SplitTensors,
@@ -62,11 +60,12 @@ def test_one_epoch_on_the_device_with_the_split_kept_there(planted, name):
 
 
 @pytest.mark.parametrize("name", [n for n in TABLE2 if n != "pop"])
-def test_training_steps_on_the_device_equal_the_cpu_steps(planted, name, monkeypatch):
-    """Same weights, same batches, float32 (autocast off), dropout 0: five optimiser steps on
-    the device give the CPU's losses and weights, so the device path trains the same model."""
-    monkeypatch.setattr(train_module, "autocast", lambda device: contextlib.nullcontext())
-    card = load_model_card(name).with_overrides({"train": {"batch_size": 256}})
+def test_training_steps_on_the_device_equal_the_cpu_steps(planted, name):
+    """Same weights, same batches, float32 (``train.precision``, autocast off), dropout 0: five
+    optimiser steps on the device give the CPU's losses and weights, so the device path trains
+    the same model."""
+    card = load_model_card(name).with_overrides(
+        {"train": {"batch_size": 256, "precision": "float32"}})
     no_dropout = {key: 0.0 for key in card.params if key.endswith("dropout")}
     card = card.with_overrides({"params": no_dropout})
     torch.manual_seed(0)
