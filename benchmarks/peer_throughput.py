@@ -5,6 +5,12 @@ Run with a SCRATCH virtual environment that holds the peers (never a dependency 
 
   /work/peers-venv/bin/python benchmarks/peer_throughput.py --threads 1,2
   /work/peers-venv/bin/python benchmarks/peer_throughput.py --models din,dien --train-rows 2560
+  /work/peers-venv/bin/python benchmarks/peer_throughput.py --threads 1,2 --with-ctrbench
+
+``--with-ctrbench`` adds ctrbench's own trainer as a third library in the same rounds, on the
+same rows (``peers/ctrbench_side.py``), prints ctrbench's fit figure over the faster peer's
+best figure per model (each side at its best thread count), and saves the run as
+``side_by_side`` (the README's peer table keeps reading ``peer_throughput``).
 
 Data: exactly ``benchmarks/train_throughput.py``'s ``generated_store(root, rows)`` (200k
 Electronics-shaped train rows by default: item_id, cate_id, hist_item_id / hist_cate_id [B, 30]
@@ -58,15 +64,20 @@ from peers.deepctr import DeepCTRRun
 from peers.fuxictr import FuxiCTRRun
 
 
-def measure(model: str, libraries: list[str], schema, cols, args, root: Path,
+def measure(model: str, libraries: list[str], data, cols, args, root: Path,
             flip: bool) -> dict[str, dict]:
     """Warm up, then ``rounds`` x (fit, step) per library, the libraries taking turns."""
     warm = args.warmup_steps * args.batch_size
     lo, hi = warm, warm + args.train_rows
+    schema = data.schema
     runs = []
     for library in libraries:
         if library == "deepctr":
             runs.append(DeepCTRRun(model, schema, cols, args))
+        elif library == "ctrbench":
+            from peers.ctrbench_side import CtrbenchRun
+
+            runs.append(CtrbenchRun(model, data, args))
         else:
             runs.append(FuxiCTRRun(model, schema, cols, args, root / model))
     fit_inputs, step_inputs = {}, {}
@@ -97,9 +108,34 @@ def measure(model: str, libraries: list[str], schema, cols, args, root: Path,
             step_rate = rows / (time.perf_counter() - start)
             b = best[run.library]
             b["fit"], b["step"] = max(b["fit"], fit_rate), max(b["step"], step_rate)
-            print(f"{model:>10} {LABELS[run.library]:>14} round {r + 1}: fit {fit_rate:>8,.0f}/s "
+            print(f"{model:>10} {label(run.library):>14} round {r + 1}: fit {fit_rate:>8,.0f}/s "
                   f"step {step_rate:>8,.0f}/s", flush=True)
     return best
+
+
+def label(library: str) -> str:
+    return LABELS.get(library, library)
+
+
+def side_by_side(results: dict, models: list[str]) -> list[dict]:
+    """Per model: ctrbench's best fit figure over the faster peer's best fit-or-step figure,
+    each at its best thread count (the README's rule)."""
+    rows = []
+    for model in models:
+        ours, peer = (0.0, 0), (0.0, 0, "")
+        for (m, threads), per_lib in results.items():
+            if m != model:
+                continue
+            for lib, r in per_lib.items():
+                if lib == "ctrbench":
+                    ours = max(ours, (r["fit"], threads))
+                else:
+                    peer = max(peer, (max(r["fit"], r["step"]), threads, label(lib)))
+        rows.append({"model": model, "ctrbench_fit_samples_per_s": round(ours[0], 1),
+                     "ctrbench_threads": ours[1], "faster_peer": peer[2],
+                     "peer_samples_per_s": round(peer[0], 1), "peer_threads": peer[1],
+                     "ratio": round(ours[0] / peer[0], 3) if peer[0] else None})
+    return rows
 
 
 def library_version(dist: str) -> str | None:
@@ -135,6 +171,8 @@ def main() -> None:
     parser.add_argument("--threads", type=thread_counts, default="2",
                         help="torch.set_num_threads; a comma list (1,2) measures each in turn "
                              "(one row per thread count; the README takes each peer's best)")
+    parser.add_argument("--with-ctrbench", action="store_true",
+                        help="also ctrbench's trainer in the same rounds; saved as side_by_side")
     parser.add_argument("--fuxictr-workers", type=int, default=0,
                         help="num_workers of FuxiCTR's npz loader (its default is 1)")
     add_save_options(parser)
@@ -145,8 +183,10 @@ def main() -> None:
         if name not in MODELS:
             parser.error(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
     for name in libraries:
-        if name not in LIBRARIES:
+        if name not in (*LIBRARIES, "ctrbench"):
             parser.error(f"unknown library {name!r} (choose from {', '.join(LIBRARIES)})")
+    if args.with_ctrbench and "ctrbench" not in libraries:
+        libraries.append("ctrbench")
     needed = args.warmup_steps * args.batch_size + args.train_rows
     if needed > args.rows:
         parser.error(f"--rows must be at least warm-up + train rows = {needed}")
@@ -163,9 +203,9 @@ def main() -> None:
             for i, model in enumerate(models):
                 here = root / f"threads-{threads}"
                 (here / model).mkdir(parents=True)
-                results[model, threads] = measure(model, libraries, data.schema, cols, args,
+                results[model, threads] = measure(model, libraries, data, cols, args,
                                                   here, i % 2 == 1)
-    table = [[LABELS[lib], model, f"{r['fit']:,.0f}", f"{r['step']:,.0f}", threads,
+    table = [[label(lib), model, f"{r['fit']:,.0f}", f"{r['step']:,.0f}", threads,
               f"{r['params']:,}"]
              for (model, threads), per_lib in results.items() for lib, r in per_lib.items()]
     print(f"\nbatch {args.batch_size}, {args.train_rows:,} timed rows per figure after "
@@ -174,12 +214,25 @@ def main() -> None:
           f"total {time.perf_counter() - began:.0f} s")
     print(tabulate(table, headers=["library", "model", "fit samples/s", "step samples/s",
                                    "torch threads", "params"]))
-    dists = {"deepctr": "deepctr-torch", "fuxictr": "fuxictr"}
-    save_from_args("peer_throughput", args, [
-        {"library": LABELS[lib], "library_version": library_version(dists[lib]), "model": model,
+    dists = {"deepctr": "deepctr-torch", "fuxictr": "fuxictr", "ctrbench": "ctrbench"}
+    rows = [
+        {"library": label(lib), "library_version": library_version(dists[lib]), "model": model,
          "fit_samples_per_s": round(r["fit"], 1), "step_samples_per_s": round(r["step"], 1),
          "torch_threads": threads, "params": r["params"]}
-        for (model, threads), per_lib in results.items() for lib, r in per_lib.items()])
+        for (model, threads), per_lib in results.items() for lib, r in per_lib.items()]
+    if "ctrbench" not in libraries:
+        save_from_args("peer_throughput", args, rows)
+        return
+    ratios = side_by_side(results, models)
+    print("\nctrbench (fit, the trainer's loop) over the faster peer (best of fit and step), "
+          "each at its best thread count, measured in the same rounds:")
+    print(tabulate([[r["model"], f"{r['ctrbench_fit_samples_per_s']:,.0f}",
+                     r["ctrbench_threads"], r["faster_peer"],
+                     f"{r['peer_samples_per_s']:,.0f}", r["peer_threads"],
+                     f"{r['ratio']:.2f}x"] for r in ratios],
+                   headers=["model", "ctrbench /s", "threads", "faster peer", "peer /s",
+                            "threads", "ctrbench / peer"]))
+    save_from_args("side_by_side", args, rows + [{"ratio_row": True, **r} for r in ratios])
 
 
 if __name__ == "__main__":

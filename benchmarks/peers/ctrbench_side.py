@@ -1,0 +1,52 @@
+"""ctrbench's own trainer as a third "library" in ``peer_throughput.py --with-ctrbench``.
+
+Issue 13 asks for ctrbench and the peers measured side by side in one run; this adapter gives
+ctrbench the same two figures, in the same rounds and on the same rows as the peers:
+
+- fit: what ``ctrbench run`` does per batch (``SplitTensors.take`` of the batch's rows, then
+  the trainer's ``TrainStep``: forward, BCE + aux + L2, backward, optimiser), over the rows in
+  order;
+- step: ``TrainStep`` alone over batches sliced beforehand.
+
+The model is the registry card with its defaults (dense Adam, L2 on the touched embedding rows,
+the card's init), batch ``--batch-size``, float32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ctrbench.cards import load_model_card
+from ctrbench.engine.train import SplitTensors, TrainStep, build_for_training, model_inputs
+
+CPU = torch.device("cpu")
+
+
+class CtrbenchRun:
+    library = "ctrbench"
+
+    def __init__(self, model: str, data, args) -> None:
+        """``data``: the ``PreparedData`` the peers' columns come from (same rows)."""
+        card = load_model_card(model).with_overrides({"train": {"batch_size": args.batch_size}})
+        torch.manual_seed(0)
+        self.net = build_for_training(card, data.schema)
+        self.train_step = TrainStep(self.net, card.train, CPU)
+        self.split = SplitTensors(data, "train", CPU, model_inputs(data.schema))
+        self.batch_size = args.batch_size
+
+    def _row_blocks(self, lo: int, hi: int) -> list[torch.Tensor]:
+        return [torch.arange(start, min(start + self.batch_size, hi))
+                for start in range(lo, hi, self.batch_size)]
+
+    def fit(self, lo: int, hi: int) -> None:
+        self.net.train()
+        for rows in self._row_blocks(lo, hi):
+            self.train_step(*self.split.take(rows))
+
+    def batches(self, lo: int, hi: int) -> list:
+        return [self.split.take(rows) for rows in self._row_blocks(lo, hi)]
+
+    def step(self, batches: list) -> None:
+        self.net.train()
+        for batch, label in batches:
+            self.train_step(batch, label)
