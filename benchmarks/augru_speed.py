@@ -17,6 +17,9 @@ Figures only; nothing is asserted (also saved as JSON, see benchmarks/bench_resu
 
 from __future__ import annotations
 
+import ctrbench  # noqa: F401  first: OMP_WAIT_POLICY=PASSIVE before torch loads, as in runs
+
+# isort: split
 import argparse
 import sys
 import time

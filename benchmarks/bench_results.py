@@ -74,7 +74,10 @@ def environment() -> dict[str, Any]:
 
     env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
                            "cpus": os.cpu_count(),
-                           "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+                           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                           # ctrbench sets PASSIVE before torch loads; 2-thread CPU figures
+                           # differ ~2x between PASSIVE and the spinning default
+                           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
     try:
         with open("/proc/cpuinfo") as fh:
             env["cpu"] = next((line.split(":", 1)[1].strip() for line in fh

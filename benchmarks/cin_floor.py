@@ -12,6 +12,9 @@ multiply-add, x3 for training (forward, input gradient, weight gradient). Then
 
 from __future__ import annotations
 
+import ctrbench  # noqa: F401  first: OMP_WAIT_POLICY=PASSIVE before torch loads, as in runs
+
+# isort: split
 import argparse
 import sys
 import tempfile

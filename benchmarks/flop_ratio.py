@@ -22,6 +22,9 @@ Results: printed, and one JSON under benchmarks/results/ (``--no-save``: none).
 
 from __future__ import annotations
 
+import ctrbench  # noqa: F401  first: OMP_WAIT_POLICY=PASSIVE before torch loads, as in runs
+
+# isort: split
 import argparse
 import sys
 import tempfile

@@ -18,6 +18,9 @@ Figures only; nothing is asserted. Usage (the figures in docs/fidelity.md):
 
 from __future__ import annotations
 
+import ctrbench  # noqa: F401  first: OMP_WAIT_POLICY=PASSIVE before torch loads, as in runs
+
+# isort: split
 import argparse
 import dataclasses
 

@@ -9,6 +9,9 @@ measures until both workers are gone. Prints one line per try and the figures as
 
 from __future__ import annotations
 
+import ctrbench  # noqa: F401  first: OMP_WAIT_POLICY=PASSIVE before torch loads, as in runs
+
+# isort: split
 import argparse
 import json
 import os

@@ -45,6 +45,9 @@ layers), ``common.py`` (the card hyperparameters and the data both share).
 
 from __future__ import annotations
 
+import ctrbench  # noqa: F401  first: OMP_WAIT_POLICY=PASSIVE before torch loads, as in runs
+
+# isort: split
 import argparse
 import contextlib
 import platform

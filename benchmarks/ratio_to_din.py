@@ -15,6 +15,9 @@ Results: printed, and one JSON under benchmarks/results/.
 
 from __future__ import annotations
 
+import ctrbench  # noqa: F401  first: OMP_WAIT_POLICY=PASSIVE before torch loads, as in runs
+
+# isort: split
 import argparse
 import re
 import sys

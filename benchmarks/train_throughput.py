@@ -24,6 +24,9 @@ model (all its settings held at once). The machine may be shared: say so when qu
 
 from __future__ import annotations
 
+import ctrbench  # noqa: F401  first: OMP_WAIT_POLICY=PASSIVE before torch loads, as in runs
+
+# isort: split
 import argparse
 import re
 import sys

@@ -1,0 +1,47 @@
+"""The benchmark scripts measure what ``ctrbench run`` runs: OpenMP's wait policy.
+
+``import ctrbench`` sets ``OMP_WAIT_POLICY=PASSIVE`` (ctrbench/openmp.py), but OpenMP reads it
+once, when torch loads. ``train_throughput.py`` imported torch first, so its 2-thread figures
+were taken with spinning threads that no ``ctrbench run`` uses (DIN at 2 threads: 13.8k
+samples/s spinning vs 7.6k passive), against peers measured passive. Every script that imports
+torch must import ctrbench before it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _top_level_imports(path: Path) -> list[str]:
+    """Module names of the top-level imports, in order (``__future__`` left out)."""
+    names = []
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            names.append(node.module or "")
+    return names
+
+
+# the entry points (benchmarks/peers/ holds modules that peer_throughput.py imports after ctrbench)
+SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py")
+                 if any(n.split(".")[0] == "torch" for n in _top_level_imports(p)))
+
+
+def test_the_scripts_that_import_torch_are_found():
+    assert {"train_throughput.py", "peer_throughput.py", "ratio_to_din.py"} <= {
+        p.name for p in SCRIPTS}
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: str(p.relative_to(BENCHMARKS)))
+def test_ctrbench_is_imported_before_torch(path):
+    names = [n.split(".")[0] for n in _top_level_imports(path)]
+    first_torch = names.index("torch")
+    assert "ctrbench" in names[:first_torch], (
+        f"{path.name} imports torch before ctrbench, so OpenMP starts with the spinning wait "
+        f"policy, not the PASSIVE one ctrbench runs with")
