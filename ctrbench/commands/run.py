@@ -80,13 +80,14 @@ def threads_option(func: Callable) -> Callable:
     """``--threads N|auto``: torch intra-op threads per process (see resolve_threads_option)."""
     return click.option(
         "--threads", default="auto", show_default=True, metavar="N|auto",
-        help="Torch intra-op threads per process. auto: the usable cores (affinity mask, "
-             "cgroup quota) divided by the parallel workers.")(func)
+        help="Torch intra-op threads per process. auto: 1 (measured faster for these "
+             "small-op models on CPU; spend spare cores on --jobs), never more than the usable "
+             "cores (affinity mask, cgroup quota) divided by the parallel workers.")(func)
 
 
 def resolve_threads_option(value: str, jobs: int = 1) -> int | None:
-    """``--threads`` -> a thread count; ``auto`` is the usable cores for one process and None
-    with ``jobs > 1`` (the runner divides the cores by the workers it starts). Bad values
+    """``--threads`` -> a thread count; ``auto`` is :func:`default_threads` for one process and
+    None with ``jobs > 1`` (the runner divides the cores by the workers it starts). Bad values
     exit 2."""
     from ctrbench.engine.threads import default_threads, parse_threads
 

@@ -85,8 +85,8 @@ def _trial_line(frozen, counts, target: int) -> str:
               help="First mark every RUNNING trial FAIL (for journal storage, which has no "
                    "heartbeat; only when no other worker is alive).")
 @click.option("--threads", default="auto", show_default=True, metavar="N|auto",
-              help="Torch intra-op threads of this worker; auto: the usable cores. With several "
-                   "workers on one machine give each its share (cores // workers).")
+              help="Torch intra-op threads of this worker; auto: 1, as for run (never more "
+                   "than the usable cores).")
 @click.option("-q", "--quiet", is_flag=True, default=False, help="No progress on stderr.")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="[slurm] Workers (array tasks) on the study; a re-run tops them up to N.")

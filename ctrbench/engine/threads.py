@@ -10,9 +10,18 @@ Two causes made a run 15-50x slower on a shared machine than idle (docs/performa
    sets ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep) unless the user chose a policy;
    it must run before torch loads its OpenMP runtime, so ``ctrbench/__init__.py`` calls it.
 2. More threads than the process's share of the cores: :func:`default_threads` gives each of
-   ``workers`` processes ``usable_cores() // workers`` threads, where :func:`usable_cores`
-   honours the CPU affinity mask and a cgroup CPU quota (containers, Slurm), not the host's
-   core count.
+   ``workers`` processes at most ``usable_cores() // workers`` threads, where
+   :func:`usable_cores` honours the CPU affinity mask and a cgroup CPU quota (containers,
+   Slurm), not the host's core count; and at most :data:`AUTO_MAX_THREADS` (1).
+
+Why one: with sleeping (PASSIVE) waiters a parallel region pays a thread wake-up, and a CTR
+training step is thousands of small ops, so a second thread costs more than it gives. Measured
+on an idle 2-core machine (docs/performance.md §1): one epoch on synthetic took 2.74 s for DIN
+with 1 thread vs 7.04 s with 2, DIEN 7.69 vs 14.38, MIAN 5.93 vs 12.69, LR 0.66 vs 1.03; with
+four busy processes beside it, 1 thread was faster too (DIN 8.26 vs 11.81 s) or equal (LR). Per
+step at batch 128 and 1024 every paper model but xDeepFM was as fast or faster on 1 thread
+(xDeepFM's CIN matmuls: 1.4-1.7x faster on 2; give it ``--threads 2``). The spare cores are
+better spent on ``--jobs``.
 
 The thread count never depends on the current load, so a seeded run stays repeatable: the same
 card, seed and thread count give the same numbers (float reductions may differ across thread
@@ -65,10 +74,14 @@ def usable_cores(root: Path = _CGROUP_ROOT) -> int:
     return max(1, cores)
 
 
+AUTO_MAX_THREADS = 1  # ``auto``'s cap on intra-op threads per process (module docstring)
+
+
 def default_threads(workers: int = 1, cores: int | None = None) -> int:
-    """Intra-op threads per process when ``workers`` processes share the usable cores."""
+    """Intra-op threads per process when ``workers`` processes share the usable cores: their
+    share, at most :data:`AUTO_MAX_THREADS`."""
     cores = usable_cores() if cores is None else cores
-    return max(1, cores // max(1, workers))
+    return max(1, min(AUTO_MAX_THREADS, cores // max(1, workers)))
 
 
 def parse_threads(value: str | int | None) -> int | None:
