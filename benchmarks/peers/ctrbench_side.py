@@ -15,9 +15,9 @@ the card's init), batch ``--batch-size``, float32 on the CPU.
 from __future__ import annotations
 
 import torch
+from train_throughput import Variant  # benchmarks/ is on sys.path (peer_throughput.py)
 
-from ctrbench.cards import load_model_card
-from ctrbench.engine.train import SplitTensors, TrainStep, build_for_training, model_inputs
+from ctrbench.engine.train import SplitTensors, model_inputs
 
 CPU = torch.device("cpu")
 
@@ -27,11 +27,10 @@ class CtrbenchRun:
 
     def __init__(self, model: str, data, args) -> None:
         """``data``: the ``PreparedData`` the peers' columns come from (same rows)."""
-        card = load_model_card(model).with_overrides({"train": {"batch_size": args.batch_size}})
-        torch.manual_seed(0)
-        self.net = build_for_training(card, data.schema)
-        self.train_step = TrainStep(self.net, card.train, CPU)
-        self.split = SplitTensors(data, "train", CPU, model_inputs(data.schema))
+        split = SplitTensors(data, "train", CPU, model_inputs(data.schema))
+        # the card's own optimiser (dense Adam) and settings, built as train_throughput does
+        variant = Variant(data, model, "adam", args.batch_size, split)
+        self.net, self.train_step, self.split = variant.model, variant.step, split
         self.batch_size = args.batch_size
 
     def _row_blocks(self, lo: int, hi: int) -> list[torch.Tensor]:
