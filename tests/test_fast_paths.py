@@ -226,6 +226,97 @@ def test_dense_table_gradient_zeroing_touches_written_rows_and_is_exact():
 
 
 
+def _touched_row_step(dim: int, route: str, scaled: bool, l2: float = 0.25
+                      ) -> tuple[EmbeddingBank, torch.Tensor]:
+    """One backward pass through two lookups (repeated ids, padding) of a dense bank with the
+    touched-row L2 of FusedRowL2; ``route``: ``in_place`` (after zero_dense_grad, as the
+    trainer runs it) or ``sparse`` (no zeroed gradient: the coalesced sparse route)."""
+    from ctrbench.engine.optim import FusedRowL2
+
+    torch.manual_seed(0)
+    bank = EmbeddingBank(tiny_schema(), dim=dim)
+    scales = ({id(bank.weight): torch.rand(bank.weight.shape[0]) + 0.5} if scaled else None)
+    hook = FusedRowL2([bank.embedding], l2, scales)
+    if route == "in_place":
+        bank.embedding.zero_dense_grad()
+    gen = torch.Generator().manual_seed(1)
+    history = bank.lookup("item", torch.tensor([[2, 2, 0], [4, 2, 1]]))  # (2, 3, D)
+    single = bank.lookup_stacked([("item", torch.tensor([4, 0])),
+                                  ("cate", torch.tensor([1, 1]))])  # (2, 2, D)
+    ((history * torch.randn(history.shape, generator=gen)).sum()
+     + (single * torch.randn(single.shape, generator=gen)).sum()).backward()
+    hook.remove()
+    return bank, dense(bank.weight.grad)
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize("dim", [1, 3])
+def test_in_place_dense_gradient_equals_the_sparse_route_and_the_formula(dim, scaled):
+    """A zeroed dense table (the trainer's adam) accumulates its lookups and touched-row L2
+    in place: the same gradient as the coalesced sparse route and as the formula (lookup
+    gradients summed per row, + 2 l2 w_r (x the row's scale) once per distinct touched row,
+    nothing on the padding row); 1-wide (LR, flat scatter) and wider tables."""
+    bank, in_place = _touched_row_step(dim, "in_place", scaled)
+    _, sparse = _touched_row_step(dim, "sparse", scaled)
+    torch.testing.assert_close(in_place, sparse)
+    assert torch.equal(in_place[0], torch.zeros(dim))
+    item, cate = bank.vocab_rows("item").start, bank.vocab_rows("cate").start
+    touched = torch.tensor([item + 2, item + 4, item + 1, cate + 1])
+    untouched = torch.ones(bank.weight.shape[0], dtype=torch.bool)
+    untouched[touched] = False
+    untouched[0] = False
+    assert torch.equal(in_place[untouched], torch.zeros(int(untouched.sum()), dim))
+    # no data gradient at all: exactly the decay of each distinct touched row, once
+    _, with_data = _touched_row_step(dim, "in_place", scaled, l2=0.0)
+    decay = in_place - with_data
+    weight = bank.weight.detach()
+    scale = torch.ones(weight.shape[0])
+    if scaled:
+        torch.manual_seed(0)
+        EmbeddingBank(tiny_schema(), dim=dim)  # the same draws as in _touched_row_step
+        scale = torch.rand(weight.shape[0]) + 0.5
+    expected = 2 * 0.25 * weight[touched] * scale[touched].unsqueeze(1)
+    torch.testing.assert_close(decay[touched], expected)
+
+
+def test_in_place_route_runs_once_per_zeroing_and_leaves_autograd_grad_exact():
+    """The in-place route is armed by zero_dense_grad for ONE backward pass: a second pass
+    without zeroing accumulates through the sparse route (sum of both), and
+    ``torch.autograd.grad`` afterwards still returns the true gradient."""
+    bank = EmbeddingBank(tiny_schema(), dim=2)
+    ids = torch.tensor([[2, 3, 2]])
+    bank.embedding.zero_dense_grad()
+    (bank.lookup("item", ids) * 2).sum().backward()
+    (bank.lookup("item", ids) * 3).sum().backward()  # not re-armed: accumulates
+    row = bank.vocab_rows("item").start
+    torch.testing.assert_close(bank.weight.grad[row + 2], torch.full((2,), 10.0))
+    torch.testing.assert_close(bank.weight.grad[row + 3], torch.full((2,), 5.0))
+    (grad,) = torch.autograd.grad((bank.lookup("item", ids) * 7).sum(), bank.weight)
+    torch.testing.assert_close(dense(grad)[row + 2], torch.full((2,), 14.0))
+
+
+def test_trainer_step_takes_the_in_place_route(monkeypatch):
+    """TrainStep under adam zeroes the fused table and adds its gradient in place (not through
+    the sparse route): the route is what the trainer runs, not only what the tests call."""
+    from ctrbench.cards import load_model_card
+    from ctrbench.engine.train import TrainStep, build_for_training
+    from ctrbench.models.fast.embedding_bank import FusedEmbedding
+
+    calls = []
+    original = FusedEmbedding._add_in_place
+    monkeypatch.setattr(FusedEmbedding, "_add_in_place",
+                        lambda self, *a: calls.append(1) or original(self, *a))
+    schema, batch = tiny_schema(), tiny_batch()
+    card = load_model_card("lr")
+    assert card.train.optimizer == "adam"
+    model = build_for_training(card, schema)
+    step = TrainStep(model, card.train, torch.device("cpu"))
+    for _ in range(2):
+        step(batch, torch.tensor([1.0, 0.0]))
+    step.close()
+    assert len(calls) == 2
+
+
 # --------------------------------------------------------------------------- Dice
 @pytest.mark.parametrize("batch_stats", [True, False])
 def test_dice_hand_written_backward_matches_numerical_gradients(batch_stats):

@@ -121,7 +121,9 @@ class FusedRowL2:
     before the hook runs); the hook coalesces it (its indices are then the unique touched rows,
     padding excluded by the lookup) and adds ``2 * l2 * w_r`` to each touched row: the gradient
     of ``l2 * sum ||w_r||^2`` without a second lookup, ``unique`` or loss term. The penalty is
-    therefore not part of the loss value the trainer sees.
+    therefore not part of the loss value the trainer sees. A dense table accumulating in
+    place (:class:`FusedEmbedding`, after ``zero_dense_grad``) hands this hook an empty
+    gradient and adds the same L2 itself, from its ``row_l2``, which this class sets.
     """
 
     def __init__(self, modules: Iterable[FusedEmbedding], l2: float,
@@ -129,16 +131,21 @@ class FusedRowL2:
         self.l2 = l2
         self.scales = scales or {}
         self._handles = []
+        self._tables: list[FusedEmbedding] = []
         seen: set[int] = set()
         for module in modules:
             if id(module.weight) not in seen:
                 seen.add(id(module.weight))
                 self._handles.append(module.weight.register_hook(self._hook_for(module.weight)))
+                module.row_l2 = (l2, self.scales.get(id(module.weight)))
+                self._tables.append(module)
 
     def _hook_for(self, weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         def add_l2(grad: torch.Tensor) -> torch.Tensor:
             if not grad.is_sparse:
                 raise RuntimeError("FusedRowL2 needs the sparse gradient of a fused table")
+            if grad._nnz() == 0:  # nothing touched, or added in place by the table
+                return grad
             grad = grad.coalesce()  # (R unique rows, D)
             rows = grad.indices()[0]
             decay = weight.detach().index_select(0, rows)  # (R, D)
@@ -154,6 +161,9 @@ class FusedRowL2:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        for table in self._tables:
+            table.row_l2 = None
+        self._tables = []
 
 
 class BatchEmbeddingL2:
