@@ -13,11 +13,12 @@ One step, with ``gx = W_ih x + b_ih`` computed for all steps before the scan, ga
 
 Why: autograd through a time loop replays ~20 small ops per step (``nn.GRU``'s CPU backward
 too), each costing microseconds of dispatch on ``[B, H]`` tensors. Here the forward loop runs
-six or seven ops per step and writes its results straight into time-major buffers; every factor
-of the backward that does not depend on the incoming gradient is computed for a block of steps
-at once, so that the reverse loop is ``g_t = A_t * dh`` and ``dh <- dh_out + k_t * dh + g_t
-W_hh`` (three ops); the gate, weight and attention gradients are then whole-block ops. DIEN's
-step at batch 128 on one CPU thread: -17 to -22% (both recurrences); at 1024: within +-3%.
+five or six ops per step (the state update is one ``lerp``) and writes its results straight
+into time-major buffers; every factor of the backward that does not depend on the incoming
+gradient is computed for a block of steps at once, so that the reverse loop is
+``g_t = A_t * dh`` and ``dh <- dh_out + k_t * dh + g_t W_hh`` (three ops); the gate, weight
+and attention gradients are then whole-block ops. DIEN's step at batch 128 on one CPU thread:
+-17 to -22% (both recurrences); at 1024: within +-3%.
 """
 
 from __future__ import annotations
@@ -67,9 +68,9 @@ def _forward_loop(gx: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
         half = torch.sigmoid(torch.addcmul(gx_n2_v[t], r_v[t], hn2_v[t]))  # sigmoid(2 n_pre)
         torch.add(minus_one, half, alpha=2.0, out=n)  # n = tanh(n_pre)
         if gates is None:
-            torch.addcmul(n, z_v[t], h - n, out=state_v[t + 1])  # n + z (h - n)
+            torch.lerp(n, h, z_v[t], out=state_v[t + 1])  # n + z (h - n), one op
         else:
-            torch.addcmul(h, z_v[t] * gates[t], n - h, out=state_v[t + 1])  # h + a z (n - h)
+            torch.lerp(h, n, z_v[t] * gates[t], out=state_v[t + 1])  # h + a z (n - h)
     return states, pre, rz, cand
 
 
