@@ -50,10 +50,11 @@ def dense(grad: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("direct_use", [False, True])
 @pytest.mark.parametrize("sparse", [False, True])
 def test_embedding_bank_equals_one_nn_embedding_per_vocabulary(sparse, direct_use):
-    """Every kind of lookup (single fields in one lookup, stacked histories, one field), with
-    or without a direct use of the weight (a dense gradient from elsewhere), two backward passes
-    accumulated: the bank's values and, block by block, its gradient (dense or sparse as the
-    reference's) equal those of one nn.Embedding per vocabulary."""
+    """Every kind of lookup (single fields in one lookup, stacked histories, one field, single
+    fields and histories in one), with or without a direct use of the weight (a dense gradient
+    from elsewhere), two backward passes accumulated: the bank's values and, block by block,
+    its gradient (dense or sparse as the reference's) equal those of one nn.Embedding per
+    vocabulary."""
     schema, batch = tiny_schema(), tiny_batch()
     bank = EmbeddingBank(schema, dim=3, sparse=sparse)
     tables = per_vocabulary_tables(bank, sparse)
@@ -68,9 +69,11 @@ def test_embedding_bank_equals_one_nn_embedding_per_vocabulary(sparse, direct_us
     for _ in range(2):  # the second backward accumulates into the first one's gradient
         got = [*bank.single_fields(batch, singles),
                bank.lookup_stacked([(fields[n].vocab, batch[n]) for n in history]),
-               bank(batch, "neg_hist_item_id")]
+               bank(batch, "neg_hist_item_id"),
+               *bank.fields_and_history(batch, singles[1], [fields[n] for n in history])]
         want = [torch.stack([plain(f.name) for f in group], dim=1) for group in singles]
         want += [torch.stack([plain(n) for n in history], dim=-2), plain("neg_hist_item_id")]
+        want += [want[1], want[2]]  # fields_and_history: the same two lookups in one
         loss, ref_loss = torch.zeros(()), torch.zeros(())
         if direct_use:
             loss = 0.5 * bank.weight.square().sum()

@@ -47,14 +47,16 @@ def num_fields(schema: Schema) -> int:
 def embed_pooled_fields(bank: EmbeddingBank, schema: Schema, batch: Batch) -> torch.Tensor:
     """Batch -> ``[B, F, W]`` with ``W = bank.dim``: one embedding per field, histories pooled.
 
-    Two lookups whatever the number of fields: one for every single-valued field (``[B, K]``
-    ids) and one for every behaviour field (``[B, T, K']`` ids), then one masked mean over T.
+    One lookup whatever the number of fields (every single-valued field, ``[B, K]`` ids, and
+    every behaviour field, ``[B, T, K']`` ids, together), then one masked mean over T.
     """
     # the order of pooled_fields: item fields, pooled behaviour fields, user and context fields
-    item, others = bank.single_fields(batch, (schema.item, (*schema.user, *schema.context)))
     if not schema.behavior:
+        item, others = bank.single_fields(batch, (schema.item, (*schema.user, *schema.context)))
         return torch.cat([item, others], dim=1)  # (B, F, W)
-    seq = bank.lookup_stacked([(s.vocab, batch[s.name]) for s in schema.behavior])  # (B,T,K',W)
+    singles, seq = bank.fields_and_history(  # (B, K, W), (B, T, K', W)
+        batch, (*schema.item, *schema.user, *schema.context), schema.behavior)
+    item, others = singles.split([len(schema.item), singles.shape[1] - len(schema.item)], dim=1)
     steps = torch.arange(seq.shape[1], device=seq.device)
     mask = steps.unsqueeze(0) < batch[HIST_LEN].unsqueeze(1)  # (B, T)
     pooled = masked_mean(seq.flatten(2), mask).unflatten(1, seq.shape[2:])  # (B, K', W)
