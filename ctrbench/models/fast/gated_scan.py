@@ -75,21 +75,31 @@ def _forward_loop(gx: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
 
 
 def _coefficients(prev: torch.Tensor, pre: torch.Tensor, rz: torch.Tensor, cand: torch.Tensor,
-                  gate: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  gate: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """For steps ``[S, B, .]``: ``A [S, B, 3, H]`` with d(pre-activation of r | z | hn) =
-    ``A * dh'``, the keep gate ``k = dh'/dh`` (direct path) and d(pre-activation of n)/dh'."""
+    ``A * dh'``, the keep gate ``k = dh'/dh`` (direct path), d(pre-activation of n)/dh' and,
+    for AUGRU, ``n - h`` (for the attention's gradient). Each factor in as few passes as it
+    takes (``x (1 - x)`` as one ``addcmul``, scalars broadcast from 0-d tensors)."""
     steps, batch_size, hidden = cand.shape
     r, z = rz[..., :hidden], rz[..., hidden:]
-    keep = z if gate is None else torch.addcmul(torch.ones_like(z), gate, z, value=-1.0)
-    d_cand = torch.addcmul(torch.ones_like(cand), cand, cand, value=-1.0).mul_(1 - keep)
+    one = cand.new_ones(())
+    if gate is None:  # GRU: h' = n + z (h - n)
+        keep, to_cand = z, torch.sub(one, z)  # dh'/dh, dh'/dn = 1 - z
+        to_update, new_minus_old = prev - cand, None  # dh'/dz = h - n
+    else:  # AUGRU: h' = h + a z (n - h)
+        to_cand = gate * z  # dh'/dn = a z
+        keep = torch.sub(one, to_cand)  # 1 - a z
+        new_minus_old = cand - prev
+        to_update = new_minus_old * gate  # dh'/dz = a (n - h)
+    d_cand = torch.addcmul(one, cand, cand, value=-1.0).mul_(to_cand)  # (1 - n^2) dh'/dn
     coef = cand.new_empty(steps, batch_size, 3, hidden)
     hn2 = pre[..., 2 * hidden :]  # 2 hn (see _forward_loop)
-    torch.mul(d_cand * hn2, r * (1 - r), out=coef[:, :, 0]).mul_(0.5)
-    torch.mul(prev - cand, z * (1 - z), out=coef[:, :, 1])  # GRU: dh'/dz = h - n ...
-    if gate is not None:
-        coef[:, :, 1].mul_(-gate)  # ... AUGRU: -a (h - n)
+    torch.addcmul(cand.new_zeros(()), d_cand, hn2, value=0.5, out=coef[:, :, 0])
+    coef[:, :, 0].mul_(torch.addcmul(r, r, r, value=-1.0))  # ... r (1 - r)
+    torch.mul(to_update, torch.addcmul(z, z, z, value=-1.0), out=coef[:, :, 1])  # ... z (1 - z)
     torch.mul(d_cand, r, out=coef[:, :, 2])
-    return coef, keep, d_cand
+    return coef, keep, d_cand, new_minus_old
 
 
 def _backward(grad_out: torch.Tensor, saved: tuple[torch.Tensor, ...],
@@ -112,8 +122,8 @@ def _backward(grad_out: torch.Tensor, saved: tuple[torch.Tensor, ...],
     span = max(1, BLOCK_ROWS // max(1, batch_size))  # steps per block (any, for 0 rows)
     for end in range(steps, 0, -span):
         block = slice(max(0, end - span), end)
-        coef, keep, d_cand = _coefficients(prev[block], pre[block], rz[block], cand[block],
-                                           None if gate is None else gate[block])
+        coef, keep, d_cand, new_minus_old = _coefficients(
+            prev[block], pre[block], rz[block], cand[block], None if gate is None else gate[block])
         first = block.start
         for t in range(end - 1, max(first, 1) - 1, -1):  # dL/dh_{t-1} from step t
             dh, i = grad_v[t], t - first
@@ -126,11 +136,11 @@ def _backward(grad_out: torch.Tensor, saved: tuple[torch.Tensor, ...],
         out = d_gx[block].view(-1, 3 * hidden)
         out[:, : 2 * hidden] = d_gates[:, : 2 * hidden]
         torch.mul(g_blk, d_cand, out=d_gx[block][..., 2 * hidden :])  # n's input part: no r
-        if d_att is not None:
+        if d_att is not None:  # dh'/da = z (n - h)
             z = rz[block][..., hidden:]
-            torch.sum(g_blk * (prev[block] - cand[block]) * z, dim=-1, out=d_att[block])
+            torch.sum(g_blk * new_minus_old * z, dim=-1, out=d_att[block])
     if d_att is not None:
-        d_att = d_att.neg_().t()  # (B, T)
+        d_att = d_att.t()  # (B, T)
     return d_gx.transpose(0, 1), d_w, d_b, d_att
 
 
