@@ -229,11 +229,25 @@ def thread_counts(text: str) -> list[int]:
     return counts
 
 
+PEER_SCRIPTS = ("peer_throughput", "side_by_side")  # results that hold the peers' figures
+
+
+def newest_peers(results_dir: Path | None = None, machine: str | None = None
+                 ) -> dict[str, Any] | None:
+    """The newest result holding the peers' figures on ``machine``: a ``peer_throughput`` or
+    a ``side_by_side`` one (``peer_throughput.py --with-ctrbench``), whichever is newer."""
+    docs = [d for script in PEER_SCRIPTS for d in find(script, results_dir, machine)]
+    return max(docs, key=lambda d: (d["date"], d["path"]), default=None)
+
+
 def peer_rates(doc: Mapping[str, Any] | None) -> dict[str, dict[str, float]]:
-    """model -> library -> train samples/s of a peer_throughput result: the best of its "fit"
-    and "step" figures and of its thread counts ({} without a result)."""
+    """model -> library -> train samples/s of the peers in a peer_throughput or side_by_side
+    result: the best of its "fit" and "step" figures and of its thread counts ({} without a
+    result; ctrbench's own rows and the ratio rows of a side_by_side result are skipped)."""
     best: dict[str, dict[str, float]] = {}
     for r in (doc or {}).get("rows", []):
+        if r.get("ratio_row") or r.get("library") in (None, "ctrbench"):
+            continue
         rate = max(r.get("fit_samples_per_s") or 0.0, r.get("step_samples_per_s") or 0.0)
         per = best.setdefault(r["model"], {})
         per[r["library"]] = max(rate, per.get(r["library"], 0.0))

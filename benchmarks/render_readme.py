@@ -9,10 +9,11 @@ Each generated table sits between two marker comments that name its source::
 Names:
   bench:SCRIPT      the newest ``benchmarks/results/<machine>/<commit>-SCRIPT.json``
                     (``--machine`` picks a machine; default the newest of any). peer_throughput,
-                    prepare_scale, augru_speed, load_ratio and gpu have their own layouts; any
-                    other script is rendered as a plain table of its rows.
-  bench:train_vs_peers  train_throughput beside the same machine's peer_throughput (batch 128,
-                    ratios to the faster peer; larger batches and evaluation after).
+                    side_by_side, prepare_scale, augru_speed, load_ratio and gpu have their own
+                    layouts; any other script is rendered as a plain table of its rows.
+  bench:train_vs_peers  train_throughput beside the same machine's newest peers' figures
+                    (peer_throughput or side_by_side; batch 128, ratios to the faster peer;
+                    larger batches and evaluation after).
   evidence:DIR:TABLE  a table (leaderboard, tuned, ablations, strata) of the committed report
                     CSVs in ``results/evidence/DIR/`` (benchmarks/evidence_tables.py)
   results:DATASET   the test leaderboard of DATASET from the run records under ``--results``
@@ -44,7 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/
-from bench_results import DEFAULT_DIR, BenchResultError, latest, peer_rates
+from bench_results import DEFAULT_DIR, BenchResultError, latest, newest_peers, peer_rates
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = re.compile(r"<!-- (BEGIN|END) generated:([A-Za-z0-9_.:-]+) -->")
@@ -192,8 +193,20 @@ def train_vs_peers(train: dict, peers: dict | None) -> str:
                *(f"{o} ÷ faster peer" for o in optimizers),
                *(f"batch {b:,} ({' / '.join(optimizers)})" for b in big), "eval samples/s"]
     sources = [provenance(train)] + ([provenance(peers)] if peers else
-                                     ["_No peer_throughput result on this machine._"])
+                                     ["_No peer_throughput or side_by_side result on this "
+                                      "machine._"])
     return table(headers, rows) + "\n\n" + "\n".join(sources)
+
+
+def side_by_side(doc: dict) -> str:
+    """ctrbench's trainer over the faster peer, measured in the same rounds
+    (``peer_throughput.py --with-ctrbench``), each side at its best thread count."""
+    rows = [[r["model"], rate(r["ctrbench_fit_samples_per_s"]), cell(r["ctrbench_threads"]),
+             r["faster_peer"], rate(r["peer_samples_per_s"]), cell(r["peer_threads"]),
+             DASH if r.get("ratio") is None else f"{r['ratio']:.2f}×"]
+            for r in doc["rows"] if r.get("ratio_row")]
+    return table(["model", "ctrbench samples/s", "threads", "faster peer", "peer samples/s",
+                  "threads", "ctrbench ÷ faster peer"], rows)
 
 
 def generic(doc: dict) -> str:
@@ -208,6 +221,7 @@ def generic(doc: dict) -> str:
 
 LAYOUTS: dict[str, Callable[[dict], str]] = {
     "peer_throughput": peer_throughput, "prepare_scale": prepare_scale,
+    "side_by_side": side_by_side,
     "augru_speed": augru_speed, "gpu": gpu, "load_ratio": load_ratio,
 }
 
@@ -232,10 +246,11 @@ def render_bench(script: str, args: argparse.Namespace) -> str:
 
 
 def render_train_vs_peers(args: argparse.Namespace) -> str:
-    """The newest train_throughput result, with the newest peer_throughput of its machine."""
+    """The newest train_throughput result, with the newest peers' figures of its machine
+    (peer_throughput or side_by_side)."""
     try:
         train = latest("train_throughput", args.bench_results, args.machine)
-        peers = train and latest("peer_throughput", args.bench_results, train["machine"])
+        peers = train and newest_peers(args.bench_results, train["machine"])
     except BenchResultError as exc:
         raise RenderError(str(exc)) from None
     if train is None:

@@ -54,13 +54,20 @@ from ctrbench.models import count_parameters
 from ctrbench.schema import reference_schema
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_results import BenchResultError, latest, machine_name, peer_rates, thread_counts
+from bench_results import (
+    BenchResultError,
+    machine_name,
+    newest_peers,
+    peer_rates,
+    thread_counts,
+)
 from results_io import write_result
 
 PAPER_MODELS = "lr,wide_deep,dcn,deepfm,xdeepfm,din,dien,mian"
 # Peers' train samples/s at batch 128 (DeepCTR-Torch, FuxiCTR) as the issue quoted them; the
-# measured ones come from this machine's newest benchmarks/peer_throughput.py result (best of its
-# "fit" and "step" figures and of its thread counts). "vs faster peer" divides by the largest.
+# measured ones come from this machine's newest benchmarks/peer_throughput.py result, plain or
+# --with-ctrbench (best of its "fit" and "step" figures and of its thread counts). "vs faster
+# peer" divides by the largest.
 PEERS_ISSUE = {"lr": (16_700, 25_200), "wide_deep": (4_700, 6_200), "dcn": (3_900, 6_900),
                "deepfm": (3_800, 6_200), "xdeepfm": (2_000, 1_500), "din": (3_300, 4_600),
                "dien": (1_200, 1_300)}
@@ -226,9 +233,9 @@ def main() -> None:
 
 def measured_peers(out: Path | None) -> dict[str, tuple[float, float]]:
     """(DeepCTR-Torch, FuxiCTR) train samples/s per model from this machine's newest
-    peer_throughput result, or {} when there is none."""
+    peer_throughput or side_by_side result, or {} when there is none."""
     try:
-        rates = peer_rates(latest("peer_throughput", out, machine_name()))
+        rates = peer_rates(newest_peers(out, machine_name()))
     except BenchResultError:
         return {}
     return {m: (per.get("DeepCTR-Torch", 0.0), per.get("FuxiCTR", 0.0))

@@ -287,6 +287,40 @@ def test_train_vs_peers_joins_both_scripts_of_one_machine(tmp_path):
     assert "box-1" in text and "machine other" not in text
 
 
+def test_a_newer_side_by_side_result_supplies_the_peers_and_renders_its_ratios(tmp_path):
+    """peer_throughput.py --with-ctrbench saves side_by_side: the peers' rows beside ctrbench's
+    and ratio rows. The newest of it and peer_throughput gives train_vs_peers its peers
+    (ctrbench's own rows and the ratio rows are not peers), and bench:side_by_side renders its
+    ratios."""
+    bench = tmp_path / "bench"
+    train = [{"model": "din", "optimizer": "adam", "batch_size": 128,
+              "train_samples_per_s": 12_000.0, "eval_samples_per_s": 85_000.0}]
+    br.save("train_throughput", {}, train, results_dir=bench, machine="box-1",
+            commit="c" * 40, dirty=False)
+    save_peer(bench)  # older: DeepCTR-Torch 4,101, FuxiCTR 4,890
+    ours = {"library": "ctrbench", "model": "din", "fit_samples_per_s": 99_000.0,
+            "step_samples_per_s": 99_000.0, "torch_threads": 1, "params": 4185258}
+    ratio = {"ratio_row": True, "model": "din", "ctrbench_fit_samples_per_s": 12_300.0,
+             "ctrbench_threads": 1, "faster_peer": "FuxiCTR", "peer_samples_per_s": 4_000.0,
+             "peer_threads": 2, "ratio": 3.075}
+    newer = [dict(PEER_ROWS[0], fit_samples_per_s=3_000.0, step_samples_per_s=3_100.0),
+             dict(PEER_ROWS[1], fit_samples_per_s=4_000.0), ours, ratio]
+    br.save("side_by_side", {}, newer, results_dir=bench, machine="box-1", commit="e" * 40,
+            dirty=False, date="2026-12-01T10:00:00Z")
+    assert br.peer_rates(br.newest_peers(bench, "box-1")) == {
+        "din": {"DeepCTR-Torch": 3_100.0, "FuxiCTR": 4_000.0}}
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- BEGIN generated:bench:train_vs_peers -->\n"
+                      "<!-- END generated:bench:train_vs_peers -->\n"
+                      "<!-- BEGIN generated:bench:side_by_side -->\n"
+                      "<!-- END generated:bench:side_by_side -->\n")
+    assert render(readme, bench) == 0
+    text = readme.read_text()
+    assert "| din | 12.0k | 3.1k | 4.0k | 3.0× | 85.0k |" in text, text
+    assert "| din | 12.3k | 1 | FuxiCTR | 4.0k | 2 | 3.08× |" in text, text
+    assert "eeeeeeeeeeee-side_by_side.json" in text
+
+
 def test_the_committed_readme_benchmark_tables_are_current(capsys):
     """The CI gate: README tables rendered from committed benchmarks/results/ are not stale
     (results:* blocks need run records, which are not committed, so they are not checked)."""
