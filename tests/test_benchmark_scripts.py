@@ -45,3 +45,30 @@ def test_ctrbench_is_imported_before_torch(path):
     assert "ctrbench" in names[:first_torch], (
         f"{path.name} imports torch before ctrbench, so OpenMP starts with the spinning wait "
         f"policy, not the PASSIVE one ctrbench runs with")
+
+
+def test_step_breakdown_times_each_phase_of_the_trainers_step(tmp_path):
+    """benchmarks/step_breakdown.py runs the trainer's step phase by phase and saves one row per
+    model with every phase, the whole step and their sum (figures only, nothing asserted on
+    their size)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CTRBENCH_HOME": str(tmp_path / "home")}
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "step_breakdown.py"), "--models", "lr,din",
+         "--batch-size", "16", "--steps", "2", "--rounds", "1", "--rows", "200",
+         "--results-dir", str(tmp_path / "results"), "--machine", "box-1"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "sum of phases" in done.stdout
+    (saved,) = (tmp_path / "results" / "box-1").glob("*-step_breakdown.json")
+    rows = json.loads(saved.read_text())["rows"]
+    assert [r["model"] for r in rows] == ["lr", "din"]
+    for row in rows:
+        assert row["optimizer"] == "adam" and row["batch_size"] == 16
+        phases = [row[f"{p}_ms"] for p in ("take", "zero", "forward", "backward", "optimizer")]
+        assert all(p > 0 for p in phases) and row["step_ms"] > 0
+        assert abs(row["phases_sum_ms"] - sum(phases)) < 1e-3
