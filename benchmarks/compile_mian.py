@@ -26,7 +26,6 @@ import ctrbench  # noqa: F401  first: OMP_WAIT_POLICY=PASSIVE before torch loads
 # isort: split
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,9 +34,7 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_results import add_save_options, save_from_args, thread_counts
-from train_throughput import Variant, generated_store
-
-from ctrbench.engine.train import SplitTensors, model_inputs
+from train_throughput import Variant, generated_train_split
 
 
 def compiled(variant: Variant, batch_size: int) -> Variant:
@@ -68,9 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        data = generated_store(Path(tmp), args.rows)
-        train = SplitTensors(data, "train", torch.device("cpu"), model_inputs(data.schema))
+    with generated_train_split(args.rows) as (data, train):
         for batch_size in args.batch_sizes:
             variants = {"eager": Variant(data, "mian", "adam", batch_size, train),
                         "compiled": compiled(Variant(data, "mian", "adam", batch_size, train),

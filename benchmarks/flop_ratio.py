@@ -27,7 +27,6 @@ import ctrbench  # noqa: F401  first: OMP_WAIT_POLICY=PASSIVE before torch loads
 # isort: split
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,10 +38,10 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_results import add_save_options, save_from_args, thread_counts
 from cin_floor import gemm_rate
-from train_throughput import Variant, generated_store
+from train_throughput import Variant, generated_train_split
 
 from ctrbench.cards import resolve_model_spec
-from ctrbench.engine.train import SplitTensors, model_inputs
+from ctrbench.engine.train import SplitTensors
 
 PAPER = {"mian": 3700 / 3143, "dien": 4073 / 3143}  # §4.5, seconds per epoch over DIN's
 DEFAULT_MODELS = "din,dien,dien_no_aux,mian,mian_no_transformer"
@@ -97,9 +96,8 @@ def main() -> None:
         models = ["din", *models]
     peak = gemm_rate(torch.float32, time.perf_counter)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        data = generated_store(Path(tmp), max(args.rows, args.batches * max(args.batch_sizes)))
-        train = SplitTensors(data, "train", torch.device("cpu"), model_inputs(data.schema))
+    rows_needed = max(args.rows, args.batches * max(args.batch_sizes))
+    with generated_train_split(rows_needed) as (data, train):
         for batch_size in args.batch_sizes:
             measured = {}
             for name in models:

@@ -21,7 +21,6 @@ import ctrbench  # noqa: F401  first: OMP_WAIT_POLICY=PASSIVE before torch loads
 import argparse
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,9 +29,7 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_io import write_result
-from train_throughput import PAPER_RATIOS, Variant, generated_store
-
-from ctrbench.engine.train import SplitTensors, model_inputs
+from train_throughput import PAPER_RATIOS, Variant, generated_train_split
 
 
 def main() -> None:
@@ -58,9 +55,7 @@ def main() -> None:
     models = ["din", *[m for m in args.models.split(",") if m and m != "din"]]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    with tempfile.TemporaryDirectory() as tmp:
-        data = generated_store(Path(tmp), args.rows)
-        train = SplitTensors(data, "train", torch.device("cpu"), model_inputs(data.schema))
+    with generated_train_split(args.rows) as (data, train):
         variants = {(m, b): Variant(data, m, args.optimizer, b, train)
                     for m in models for b in batch_sizes}
         for variant in variants.values():

@@ -22,7 +22,6 @@ import ctrbench  # noqa: F401  first: OMP_WAIT_POLICY=PASSIVE before torch loads
 # isort: split
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,12 +31,11 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_results import add_save_options, save_from_args
-from train_throughput import Variant, generated_store
+from train_throughput import Variant, generated_train_split
 
 from ctrbench.cards import load_model_card, resolve_model_spec
 from ctrbench.engine.devices import autocast
 from ctrbench.engine.optim import clip_grad_norm
-from ctrbench.engine.train import SplitTensors, model_inputs
 
 PHASES = ("take", "zero", "forward", "backward", "optimizer")
 
@@ -91,9 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        data = generated_store(Path(tmp), max(args.rows, 2 * args.batch_size))
-        train = SplitTensors(data, "train", torch.device("cpu"), model_inputs(data.schema))
+    with generated_train_split(max(args.rows, 2 * args.batch_size)) as (data, train):
         for name in resolve_model_spec(args.models):
             optimizer = args.optimizer or load_model_card(name).train.optimizer
             variant = Variant(data, name, optimizer, args.batch_size, train)

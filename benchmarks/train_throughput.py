@@ -28,10 +28,12 @@ import ctrbench  # noqa: F401  first: OMP_WAIT_POLICY=PASSIVE before torch loads
 
 # isort: split
 import argparse
+import contextlib
 import re
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +108,15 @@ def generated_store(root: Path, rows: int, seed: int = 0) -> PreparedData:
     splits = {"train": split(rows), "valid": split(n_eval), "test": split(n_eval)}
     meta = {"dataset": "generated", "card_hash": "benchmark", "data_hash": f"gen-{rows}-{seed}"}
     return write_store(root / "generated", schema, splits, meta)
+
+
+@contextlib.contextmanager
+def generated_train_split(rows: int) -> Iterator[tuple[PreparedData, SplitTensors]]:
+    """A temporary :func:`generated_store` of ``rows`` train rows and its train split on the
+    CPU (removed on exit)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = generated_store(Path(tmp), rows)
+        yield data, SplitTensors(data, "train", torch.device("cpu"), model_inputs(data.schema))
 
 
 class Variant:
