@@ -36,6 +36,7 @@ from train_throughput import Variant, generated_train_split
 from ctrbench.cards import load_model_card, resolve_model_spec
 from ctrbench.engine.devices import autocast
 from ctrbench.engine.optim import clip_grad_norm
+from ctrbench.models import count_parameters
 
 PHASES = ("take", "zero", "forward", "backward", "optimizer")
 
@@ -93,6 +94,9 @@ def main() -> None:
         for name in resolve_model_spec(args.models):
             optimizer = args.optimizer or load_model_card(name).train.optimizer
             variant = Variant(data, name, optimizer, args.batch_size, train)
+            if count_parameters(variant.model) == 0:  # pop: fitted, never stepped
+                print(f"{name}: nothing to train", flush=True)
+                continue
             variant.run(10)  # past any first-step set-up
             best = dict.fromkeys(PHASES, float("inf"))
             whole = float("inf")

@@ -49,8 +49,8 @@ def test_ctrbench_is_imported_before_torch(path):
 
 def test_step_breakdown_times_each_phase_of_the_trainers_step(tmp_path):
     """benchmarks/step_breakdown.py runs the trainer's step phase by phase and saves one row per
-    model with every phase, the whole step and their sum (figures only, nothing asserted on
-    their size)."""
+    trained model with every phase, the whole step and their sum (figures only, nothing
+    asserted on their size); pop, which trains nothing, is skipped."""
     import json
     import os
     import subprocess
@@ -58,12 +58,12 @@ def test_step_breakdown_times_each_phase_of_the_trainers_step(tmp_path):
 
     env = {**os.environ, "CTRBENCH_HOME": str(tmp_path / "home")}
     done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "step_breakdown.py"), "--models", "lr,din",
+        [sys.executable, str(BENCHMARKS / "step_breakdown.py"), "--models", "lr,din,pop",
          "--batch-size", "16", "--steps", "2", "--rounds", "1", "--rows", "200",
          "--results-dir", str(tmp_path / "results"), "--machine", "box-1"],
         capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "sum of phases" in done.stdout
+    assert "sum of phases" in done.stdout and "pop: nothing to train" in done.stdout
     (saved,) = (tmp_path / "results" / "box-1").glob("*-step_breakdown.json")
     rows = json.loads(saved.read_text())["rows"]
     assert [r["model"] for r in rows] == ["lr", "din"]
