@@ -40,9 +40,10 @@ class FusedEmbedding(nn.Embedding):
 
     In-place accumulation (dense tables, the trainer's ``adam``): :meth:`zero_dense_grad` arms
     the next backward pass to add the lookups' gradients (and the touched-row L2 of
-    :attr:`row_l2`) straight into the zeroed dense ``weight.grad`` with ``index_add_``, with
+    :attr:`row_l2`) straight into the zeroed dense ``weight.grad`` (:func:`add_rows`), with
     no sort, no sparse tensor and no sparse-into-dense accumulation; autograd then receives an
-    empty gradient. The same values as the sparse route, summed in the same order. Only a
+    empty gradient. The same values as the sparse route up to float rounding (the lookups'
+    gradients are summed in the same order; the L2 term is scaled before it is added). Only a
     backward pass that follows :meth:`zero_dense_grad` takes this route (once): call
     ``torch.autograd.grad`` on the weight only without an armed table.
     """
@@ -109,13 +110,18 @@ class FusedEmbedding(nn.Embedding):
         ids, values = ids.index_select(0, keep).long(), values.index_select(0, keep)
         if not grad.is_sparse:  # a dense gradient from elsewhere: add the rows into it
             return grad.index_add(0, ids, values.to(grad.dtype))
-        if self._scratch is None or self._scratch.device != ids.device:
-            self._scratch = torch.empty(self.num_embeddings, dtype=torch.long, device=ids.device)
-        rows, inverse = unique_rows(ids, self._scratch)  # (R,), (N,)
+        rows, inverse = unique_rows(ids, self._scratch_on(ids.device))  # (R,), (N,)
         summed = values.new_zeros(rows.shape[0], values.shape[1]).index_add_(0, inverse, values)
         self._collected_indices = rows.unsqueeze(0)  # (1, R)
         return torch.sparse_coo_tensor(self._collected_indices, summed, self.weight.shape,
                                        is_coalesced=True, check_invariants=False)
+
+    def _scratch_on(self, device: torch.device) -> torch.Tensor:
+        """The ``[num_embeddings]`` int64 buffer of :func:`unique_rows` / :func:`distinct_rows`
+        on ``device`` (made once)."""
+        if self._scratch is None or self._scratch.device != device:
+            self._scratch = torch.empty(self.num_embeddings, dtype=torch.long, device=device)
+        return self._scratch
 
     def _add_in_place(self, target: torch.Tensor, ids: torch.Tensor,
                       values: torch.Tensor) -> None:
@@ -124,10 +130,7 @@ class FusedEmbedding(nn.Embedding):
         ids = ids.long()
         add_rows(target, ids, values.to(target.dtype))
         if self.row_l2 is not None:
-            if self._scratch is None or self._scratch.device != ids.device:
-                self._scratch = torch.empty(self.num_embeddings, dtype=torch.long,
-                                            device=ids.device)
-            rows = distinct_rows(ids, self._scratch)  # (R,) unsorted, padding included
+            rows = distinct_rows(ids, self._scratch_on(ids.device))  # (R,) unsorted, padding too
             l2, scale = self.row_l2
             decay = self.weight.detach().index_select(0, rows)  # (R, D)
             if scale is not None:
