@@ -1,14 +1,15 @@
 """Where one training step's time goes: batch slicing, zeroing, forward, backward, optimiser.
 
 For each model card (the cards' own optimiser unless ``--optimizer``), times ``--steps`` steps
-of Electronics-shaped generated data (``train_throughput.generated_store``) phase by phase, in
-the order :class:`ctrbench.engine.train.TrainStep` runs them: ``take`` (the batch's index
-slices), ``zero`` (``Optimizers.zero_grad``), ``forward`` (``forward_train``, BCE, auxiliary
-terms, the L2 of plain tables, under the card's autocast), ``backward`` (the embedding tables'
-gradient hooks included) and ``optimizer`` (clipping and the optimiser step). The same
-variant's whole ``TrainStep`` is timed in the same rounds, so the phases' sum can be checked
-against it. Each figure is the best of ``--rounds`` rounds (the machine may be shared; on the
-2-core VM one vCPU intermittently runs at half speed, which best-of filters). Figures only.
+of Electronics-shaped generated data (``train_throughput.generated_store``) phase by phase,
+through the phases :class:`ctrbench.engine.train.TrainStep` itself runs: ``take`` (the batch's
+index slices), ``zero`` (``TrainStep.zero``), ``forward`` (``TrainStep.losses``: forward_train,
+BCE, auxiliary terms, the L2 of plain tables, under the card's autocast), ``backward`` (the
+embedding tables' gradient hooks included) and ``optimizer`` (``TrainStep.update``: clipping and
+the optimiser step). The same variant's whole ``TrainStep`` is timed in the same rounds, so
+the phases' sum can be checked against it. Each figure is the best of ``--rounds`` rounds
+(the machine may be shared; on the 2-core VM one vCPU intermittently runs at half speed, which
+best-of filters). Figures only.
 Usage:
   python benchmarks/step_breakdown.py                          # lr, din, dien, mian at 128
   python benchmarks/step_breakdown.py --models table2 --batch-size 1024 --no-save
@@ -26,7 +27,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,8 +34,6 @@ from bench_results import add_save_options, save_from_args
 from train_throughput import Variant, generated_train_split
 
 from ctrbench.cards import load_model_card, resolve_model_spec
-from ctrbench.engine.devices import autocast
-from ctrbench.engine.optim import clip_grad_norm
 from ctrbench.models import count_parameters
 
 PHASES = ("take", "zero", "forward", "backward", "optimizer")
@@ -43,9 +41,9 @@ PHASES = ("take", "zero", "forward", "backward", "optimizer")
 
 def phase_times(variant: Variant, steps: int) -> dict[str, float]:
     """Seconds per step of each phase over ``steps`` steps of ``variant`` (TrainStep's order)."""
-    step, model, cfg = variant.step, variant.model, variant.card.train
+    step = variant.step
     totals = dict.fromkeys(PHASES, 0.0)
-    model.train()
+    variant.model.train()
     for _ in range(steps):
         if variant.position + variant.batch_size > variant.train.rows:
             variant.position = 0
@@ -54,23 +52,13 @@ def phase_times(variant: Variant, steps: int) -> dict[str, float]:
         marks = [time.perf_counter()]
         batch, label = variant.train.take(idx)
         marks.append(time.perf_counter())
-        step.optimizers.zero_grad()
-        if step.l2 is not None:
-            step.l2.clear()
+        step.zero()
         marks.append(time.perf_counter())
-        with autocast(step.device, cfg.precision):
-            logits, aux_terms = model.forward_train(batch)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), label)
-        for term in aux_terms.values():
-            loss = loss + term.float()
-        if step.l2 is not None and (penalty := step.l2.penalty()) is not None:
-            loss = loss + penalty
+        loss, _, _ = step.losses(batch, label)
         marks.append(time.perf_counter())
         loss.backward()
         marks.append(time.perf_counter())
-        if cfg.grad_clip > 0:
-            clip_grad_norm(step.optimizers.params, cfg.grad_clip)
-        step.optimizers.step()
+        step.update()
         marks.append(time.perf_counter())
         for name, start, end in zip(PHASES, marks, marks[1:]):
             totals[name] += end - start

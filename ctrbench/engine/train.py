@@ -106,9 +106,22 @@ class TrainStep:
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (loss, BCE, aux), detached scalars; ``loss`` = BCE + aux + the L2 of plain
         embedding tables (a fused bank's L2 is a gradient hook, not in the value)."""
+        self.zero()
+        loss, bce, aux = self.losses(batch, label)
+        loss.backward()
+        self.update()
+        return loss.detach(), bce.detach(), aux.detach()
+
+    # The phases of one step, in order (benchmarks/step_breakdown.py times them one by one).
+    def zero(self) -> None:
+        """Zero the gradients (a dense fused table in place) and the L2's touched rows."""
         self.optimizers.zero_grad()
         if self.l2 is not None:
             self.l2.clear()
+
+    def losses(self, batch: dict[str, torch.Tensor], label: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward under the card's autocast: (loss with graph, BCE, aux)."""
         with autocast(self.device, self.cfg.precision):
             logits, aux_terms = self.model.forward_train(batch)  # (B,), {name: scalar}
         bce = F.binary_cross_entropy_with_logits(logits.float(), label)
@@ -120,11 +133,13 @@ class TrainStep:
             penalty = self.l2.penalty()
             if penalty is not None:
                 loss = loss + penalty
-        loss.backward()
+        return loss, bce, aux
+
+    def update(self) -> None:
+        """Clip (``grad_clip > 0``) and step the optimisers."""
         if self.cfg.grad_clip > 0:
             clip_grad_norm(self.optimizers.params, self.cfg.grad_clip)
         self.optimizers.step()
-        return loss.detach(), bce.detach(), aux.detach()
 
     def close(self) -> None:
         if self.l2 is not None:
