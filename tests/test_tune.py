@@ -386,6 +386,13 @@ WORKER = textwrap.dedent("""
     from pathlib import Path
     import ctrbench.cli, ctrbench.engine.train, optuna, torch  # import before the start signal
     torch.set_num_threads(1)
+    # Each trial lasts at least a second, so that one worker cannot finish every trial before
+    # the other has opened the study (an LR trial on this tiny store takes well under that).
+    train = ctrbench.engine.train.train_and_evaluate
+    def slow_train(*args, **kwargs):
+        time.sleep(1.0)
+        return train(*args, **kwargs)
+    ctrbench.engine.train.train_and_evaluate = slow_train
     ready, go = Path(sys.argv[1]), Path(sys.argv[2])
     ready.write_text("ready")
     while not go.exists():
