@@ -90,6 +90,33 @@ def test_embedding_bank_equals_one_nn_embedding_per_vocabulary(sparse, direct_us
     assert bank.weight.grad.is_sparse == tables["item"].weight.grad.is_sparse
 
 
+def test_linear_term_is_the_sum_of_pooled_field_weights_values_and_gradients():
+    """LR's one weighted lookup equals embedding every field, pooling each history by its
+    masked mean and summing (a full, a partial and an empty history)."""
+    from ctrbench.models.inputs import LinearTerm, embed_pooled_fields
+
+    schema = tiny_schema()
+    batch = tiny_batch()
+    batch["hist_item_id"] = torch.tensor([[3, 4, 0], [0, 0, 0]])
+    batch = {k: torch.cat([v, v[:1]]) for k, v in batch.items()}  # a third row: full history
+    batch["hist_item_id"][2], batch["hist_cate_id"][2] = torch.tensor([1, 2, 5]), torch.tensor(
+        [1, 1, 3])
+    batch["hist_len"][2] = 3
+    torch.manual_seed(0)
+    term = LinearTerm(schema, init_std=0.5)
+    with torch.no_grad():
+        term.bias.fill_(0.3)
+    got = term(batch)
+    got.pow(2).sum().backward()
+    got_grad = term.bank.weight.grad.clone()
+    term.bank.weight.grad = None
+    want = embed_pooled_fields(term.bank, schema, batch).sum(dim=(1, 2)) + term.bias
+    want.pow(2).sum().backward()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(dense(got_grad), dense(term.bank.weight.grad))
+    assert not torch.equal(got[0], got[1])  # the histories matter
+
+
 def test_embedding_bank_padding_row_zero_and_shared_tables():
     schema = tiny_schema()
     bank = EmbeddingBank(schema, dim=4)
