@@ -46,13 +46,13 @@ def _forward_loop(gx: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
     scale[two_h:] = 2.0
     w_t = (w_hh * scale).t()  # (H, 3H): candidate rows doubled
     gx_t = gx.transpose(0, 1)  # (T, B, 3H) view
-    # Input to each step's addmm: gx + b_hh for r and z, 2 b_hn alone for the candidate.
-    base = torch.empty(steps, batch_size, 3 * hidden, dtype=gx.dtype, device=gx.device)
-    torch.add(gx_t[..., :two_h], b_hh[:two_h], out=base[..., :two_h])
-    base[..., two_h:] = 2.0 * b_hh[two_h:]
+    # Each step's addmm adds h W_hh^T in place onto what P starts as: gx + b_hh for r and z,
+    # 2 b_hn alone for the candidate (in place: no copy of the addend per step).
+    pre = torch.empty(steps, batch_size, 3 * hidden, dtype=gx.dtype, device=gx.device)
+    torch.add(gx_t[..., :two_h], b_hh[:two_h], out=pre[..., :two_h])
+    pre[..., two_h:] = 2.0 * b_hh[two_h:]
     gx_n2 = gx_t[..., two_h:] * 2.0  # (T, B, H)
     states = gx.new_zeros(steps + 1, batch_size, hidden)
-    pre = torch.empty_like(base)
     rz = gx.new_empty(steps, batch_size, two_h)
     cand = gx.new_empty(steps, batch_size, hidden)
     minus_one = gx.new_full((), -1.0)
@@ -60,10 +60,10 @@ def _forward_loop(gx: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
     state_v, pre_v, rz_v, cand_v = (b.unbind(0) for b in (states, pre, rz, cand))
     pre_rz_v, hn2_v = pre[..., :two_h].unbind(0), pre[..., two_h:].unbind(0)
     r_v, z_v = rz[..., :hidden].unbind(0), rz[..., hidden:].unbind(0)
-    base_v, gx_n2_v = base.unbind(0), gx_n2.unbind(0)
+    gx_n2_v = gx_n2.unbind(0)
     for t in range(steps):
         h, n = state_v[t], cand_v[t]
-        torch.addmm(base_v[t], h, w_t, out=pre_v[t])  # (B, 3H)
+        pre_v[t].addmm_(h, w_t)  # (B, 3H)
         torch.sigmoid(pre_rz_v[t], out=rz_v[t])  # (B, 2H)
         half = torch.sigmoid(torch.addcmul(gx_n2_v[t], r_v[t], hn2_v[t]))  # sigmoid(2 n_pre)
         torch.add(minus_one, half, alpha=2.0, out=n)  # n = tanh(n_pre)
@@ -113,7 +113,8 @@ def _backward(grad_out: torch.Tensor, saved: tuple[torch.Tensor, ...],
     steps, batch_size, hidden = rz.shape[0], rz.shape[1], w_hh.shape[1]
     prev = states[:-1]  # (T, B, H): h_{t-1}
     gate = attention.t().unsqueeze(-1) if attention is not None else None  # (T, B, 1)
-    grad = grad_out.transpose(0, 1).contiguous()  # (T, B, H): becomes dL/dh_t in the loop
+    # (T, B, H), our own copy (never autograd's tensor): becomes dL/dh_t in the loop
+    grad = grad_out.transpose(0, 1).clone(memory_format=torch.contiguous_format)
     grad_v = grad.unbind(0)
     d_gx = pre.new_empty(steps, batch_size, 3 * hidden)
     d_w = w_hh.new_zeros(3 * hidden, hidden)
@@ -128,7 +129,7 @@ def _backward(grad_out: torch.Tensor, saved: tuple[torch.Tensor, ...],
         for t in range(end - 1, max(first, 1) - 1, -1):  # dL/dh_{t-1} from step t
             dh, i = grad_v[t], t - first
             g = (coef[i] * dh.unsqueeze(1)).view(batch_size, 3 * hidden)  # (B, 3H)
-            torch.addmm(torch.addcmul(grad_v[t - 1], dh, keep[i]), g, w_hh, out=grad_v[t - 1])
+            grad_v[t - 1].addcmul_(dh, keep[i]).addmm_(g, w_hh)  # in place: no copies
         g_blk = grad[block]  # final: every later step has been walked
         d_gates = coef.mul_(g_blk.unsqueeze(2)).view(-1, 3 * hidden)  # (S B, 3H): d(pre)
         d_w.addmm_(d_gates.t(), prev[block].reshape(-1, hidden))
