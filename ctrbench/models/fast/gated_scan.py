@@ -116,7 +116,9 @@ def _backward(grad_out: torch.Tensor, saved: tuple[torch.Tensor, ...],
     # (T, B, H), our own copy (never autograd's tensor): becomes dL/dh_t in the loop
     grad = grad_out.transpose(0, 1).clone(memory_format=torch.contiguous_format)
     grad_v = grad.unbind(0)
-    d_gx = pre.new_empty(steps, batch_size, 3 * hidden)
+    # batch-major like gx (autograd's next node reshapes it without a copy), written through
+    # a time-major view block by block
+    d_gx = pre.new_empty(batch_size, steps, 3 * hidden).transpose(0, 1)  # (T, B, 3H) view
     d_w = w_hh.new_zeros(3 * hidden, hidden)
     d_b = w_hh.new_zeros(3 * hidden)
     d_att = None if gate is None else pre.new_empty(steps, batch_size)
@@ -134,8 +136,8 @@ def _backward(grad_out: torch.Tensor, saved: tuple[torch.Tensor, ...],
         d_gates = coef.mul_(g_blk.unsqueeze(2)).view(-1, 3 * hidden)  # (S B, 3H): d(pre)
         d_w.addmm_(d_gates.t(), prev[block].reshape(-1, hidden))
         d_b += d_gates.sum(dim=0)
-        out = d_gx[block].view(-1, 3 * hidden)
-        out[:, : 2 * hidden] = d_gates[:, : 2 * hidden]
+        d_gx[block][..., : 2 * hidden] = d_gates.view(g_blk.shape[0], batch_size, 3 * hidden)[
+            ..., : 2 * hidden]
         torch.mul(g_blk, d_cand, out=d_gx[block][..., 2 * hidden :])  # n's input part: no r
         if d_att is not None:  # dh'/da = z (n - h)
             z = rz[block][..., hidden:]
