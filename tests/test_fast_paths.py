@@ -4,8 +4,9 @@
 - the fused Dice function against :func:`ctrbench.models.layers.dice` (values, gradients);
 - ``UniformDropout`` against ``nn.Dropout`` (same distribution, the designed random stream);
 - ``BatchedCIN`` against :class:`ctrbench.models.layers.CIN` (values, gradients);
-- evaluation in row blocks against one pass;
-- the GRU / AUGRU scans against ``nn.GRU`` and the autograd AUGRU loop (values, gradients).
+- evaluation in row blocks against one pass.
+
+The GRU / AUGRU scans (padded and packed) are in ``test_fast_scans.py``.
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ from torch import nn
 from ctrbench.models.fast.cin import BatchedCIN
 from ctrbench.models.fast.dropout import UniformDropout
 from ctrbench.models.fast.embedding_bank import EmbeddingBank
-from ctrbench.models.fast.gated_scan import augru_scan, gru_scan
 from ctrbench.models.fast.row_blocks import in_row_blocks
 from ctrbench.models.layers import CIN, Dice
-from ctrbench.models.sequence import augru_reference
 
 
 @pytest.fixture(autouse=True)
@@ -479,77 +478,3 @@ def test_in_row_blocks_equals_one_pass_block_by_block(form):
     assert torch.equal(in_row_blocks(fn, inputs, 10), whole) and len(seen) == 1  # no split
     with pytest.raises(ValueError, match="block_rows"):
         in_row_blocks(fn, inputs, 0)
-
-
-# --------------------------------------------------------------------------- gated scans
-def scan_inputs(batch_size: int = 5, steps: int = 7, hidden: int = 4, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    def make(*shape):
-        return torch.randn(*shape, generator=gen, dtype=torch.double).requires_grad_()
-    attention = torch.rand(batch_size, steps, generator=gen, dtype=torch.double)
-    return (make(batch_size, steps, 3 * hidden), attention.requires_grad_(),
-            make(3 * hidden, hidden), make(3 * hidden))
-
-
-@pytest.mark.parametrize("block_rows", [4096, 10, 1])  # one block; 2 steps; 1 step per block
-def test_gru_scan_equals_nn_gru_values_and_gradients(monkeypatch, block_rows):
-    monkeypatch.setattr("ctrbench.models.fast.gated_scan.BLOCK_ROWS", block_rows)
-    torch.manual_seed(0)
-    gru = nn.GRU(6, 4, batch_first=True).double()
-    x = torch.randn(5, 7, 6, dtype=torch.double, requires_grad=True)
-    params = [x, *gru.parameters()]
-    weights = torch.randn(5, 7, 4, dtype=torch.double)  # every state gets a gradient
-    reference = gru(x)[0]
-    gx = nn.functional.linear(x, gru.weight_ih_l0, gru.bias_ih_l0)
-    scanned = gru_scan(gx, gru.weight_hh_l0, gru.bias_hh_l0)
-    torch.testing.assert_close(scanned, reference)
-    expected = torch.autograd.grad((reference * weights).sum(), params)
-    got = torch.autograd.grad((scanned * weights).sum(), params)
-    for mine, theirs in zip(got, expected):
-        torch.testing.assert_close(mine, theirs)
-    gx, _, w_hh, b_hh = scan_inputs()
-    assert torch.autograd.gradcheck(gru_scan, (gx, w_hh, b_hh))
-
-
-@pytest.mark.parametrize("block_rows", [4096, 10, 1])
-def test_augru_scan_equals_the_autograd_loop_at_every_step(monkeypatch, block_rows):
-    monkeypatch.setattr("ctrbench.models.fast.gated_scan.BLOCK_ROWS", block_rows)
-    inputs = scan_inputs(seed=3)
-    assert torch.autograd.gradcheck(augru_scan, inputs)
-    states = augru_scan(*inputs)  # (B, T, H)
-    for t in (0, 3, 6):  # the state after step t is the reference run over the first t + 1
-        gx, attention, w_hh, b_hh = inputs
-        prefix = augru_reference(gx[:, : t + 1], attention[:, : t + 1], w_hh, b_hh)
-        torch.testing.assert_close(states[:, t], prefix)
-    weights = torch.randn(5, 4, dtype=torch.double)
-    expected = torch.autograd.grad((augru_reference(*inputs) * weights).sum(), inputs)
-    got = torch.autograd.grad((augru_scan(*inputs)[:, -1] * weights).sum(), inputs)
-    for mine, theirs in zip(got, expected):
-        torch.testing.assert_close(mine, theirs)
-
-
-def test_gated_scan_in_float32_and_one_step():
-    gx, attention, w_hh, b_hh = (t.detach().float() for t in scan_inputs(steps=1))
-    gru = nn.GRU(4, 4, batch_first=True)
-    with torch.no_grad():
-        gru.weight_hh_l0.copy_(w_hh)
-        gru.bias_hh_l0.copy_(b_hh)
-        gru.weight_ih_l0.copy_(torch.eye(12, 4))
-        gru.bias_ih_l0.zero_()
-        x = gx[..., :4].clone()
-        gx = nn.functional.linear(x, gru.weight_ih_l0, gru.bias_ih_l0)
-        torch.testing.assert_close(gru_scan(gx, w_hh, b_hh), gru(x)[0])
-        # tanh as 2 sigmoid(2x) - 1: float32 agreement to rounding
-        torch.testing.assert_close(augru_scan(gx, attention, w_hh, b_hh)[:, -1],
-                                   augru_reference(gx, attention, w_hh, b_hh))
-
-
-def test_gated_scans_take_an_empty_batch():
-    """Zero rows (an empty block) give empty states and zero weight gradients, no error."""
-    gx = torch.zeros(0, 5, 12, requires_grad=True)
-    w_hh = torch.randn(12, 4, requires_grad=True)
-    b_hh = torch.zeros(12, requires_grad=True)
-    attention = torch.zeros(0, 5, requires_grad=True)
-    (gru_scan(gx, w_hh, b_hh).sum() + augru_scan(gx, attention, w_hh, b_hh).sum()).backward()
-    assert gx.grad.shape == (0, 5, 12) and attention.grad.shape == (0, 5)
-    assert torch.equal(w_hh.grad, torch.zeros(12, 4))

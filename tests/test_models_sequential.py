@@ -187,21 +187,37 @@ def test_dien_fast_augru_matches_the_reference_loop_in_the_model():
         torch.testing.assert_close(g_fast[name], grad, rtol=1e-4, atol=1e-6)
 
 
-def test_dien_extractor_by_length_groups_gives_the_same_model():
-    whole = card_model("dien").train()
-    grouped = card_model("dien").train()
-    whole.GROUPED_ROWS, grouped.GROUPED_ROWS = 10**9, 1  # one pass vs per length group
+def test_dien_packed_training_step_equals_one_over_the_padded_history(monkeypatch):
+    """Logits, auxiliary loss and every gradient of DIEN's packed recurrences equal those of
+    a reference that runs nn.GRU and the autograd AUGRU loop over the padded history
+    (attention 0 on padding carries the state; the final interest read at the last valid
+    step)."""
+    from ctrbench.models.sequence import augru_reference
+
+    def padded(self, behaviours, query, mask, lengths):
+        states = self.extractor(behaviours)[0]  # (B, T', I), padding computed too
+        attention = masked_softmax((states * query.unsqueeze(1)).sum(-1), mask, dim=1)
+        ev = self.evolution
+        evolved = augru_reference(ev.input_proj(states), attention, ev.hidden_proj.weight,
+                                  ev.hidden_proj.bias, every_step=True)  # (B, T', I)
+        last = (lengths - 1).clamp(0, mask.shape[1] - 1)
+        final = evolved[torch.arange(last.shape[0]), last] * (lengths > 0)[:, None]
+        return states * mask[..., None], attention, final
+
+    packed, reference = card_model("dien", seed=2).train(), card_model("dien", seed=2).train()
     batch = batch_with_lengths(seed=10, size=24)
     results = []
-    for model in (whole, grouped):
+    for model in (packed, reference):
+        if model is reference:
+            monkeypatch.setattr(type(model), "_recurrences", padded)
         torch.manual_seed(0)  # the same dropout masks
         logits, extra = model.forward_train(batch)
         loss = bce(logits, batch) + extra["aux"]
         results.append((logits, extra["aux"], grads(model, loss)))
-    torch.testing.assert_close(results[1][0], results[0][0])
-    torch.testing.assert_close(results[1][1], results[0][1])
-    for name, grad in results[0][2].items():
-        torch.testing.assert_close(results[1][2][name], grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    for name, grad in results[1][2].items():
+        torch.testing.assert_close(results[0][2][name], grad, rtol=1e-4, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- DIN
@@ -407,3 +423,26 @@ def test_dien_eval_in_row_blocks_equals_one_pass(monkeypatch):
         monkeypatch.setattr(DIEN, "EVAL_ROWS", 4)  # blocks of 4, 4, 2 rows
         blocks = model(batch)
     torch.testing.assert_close(blocks, whole)
+
+
+def test_dien_packed_recurrences_equal_the_padded_ones():
+    """DIEN's recurrences run packed by step; at valid steps they equal nn.GRU and the
+    reference AUGRU loop over the padded history (attention 0 on padding), and the final
+    interest is the AUGRU state at the last valid step (0 for an empty history)."""
+    from ctrbench.models.sequence import augru_reference
+
+    model = card_model("dien", seed=7).train()
+    batch = batch_with_lengths(seed=8)
+    parts = model._interests(batch)
+    mask, behaviours = parts["mask"], parts["behaviours"]
+    lengths = batch[HIST_LEN]
+    states = model.extractor(behaviours)[0] * mask[..., None]  # (B, T', I)
+    torch.testing.assert_close(parts["states"], states)
+    evolution = model.evolution
+    gx = evolution.input_proj(states)
+    evolved = augru_reference(gx, parts["attention"], evolution.hidden_proj.weight,
+                              evolution.hidden_proj.bias, every_step=True)
+    last = (lengths - 1).clamp_min(0)
+    want = evolved[torch.arange(16), last] * (lengths > 0)[:, None]
+    torch.testing.assert_close(parts["final"], want)
+    assert torch.equal(parts["final"][0], torch.zeros_like(want[0]))  # the empty history

@@ -7,7 +7,8 @@ evolution (attention + AUGRU) over the left-aligned history.
   mean over pairs with ``t + 1 < hist_len``), DIEN paper Eq. 4;
 - attention ``a_t = softmax_t(h_t W e_i)`` over valid steps (DIEN paper Eq. 6);
 - evolution: AUGRU with ``u'_t = a_t u_t``; its state after the last valid step is the final
-  interest (``a_t = 0`` on padding carries the state; an empty history gives zeros);
+  interest (an empty history gives zeros); both recurrences stop at each history's last
+  valid step (packed by step: padding is never computed);
 - prediction: ``MLP([e_u; e_i; h'; mean_t e_t; e_c])``, Dice [200, 80]; the pooled history
   ``mean_t e_t`` follows the authors' code.
 """
@@ -24,14 +25,13 @@ from ctrbench.errors import CtrbenchError
 from ctrbench.models.base import AttentionWeights, CTRModel, Explanation
 from ctrbench.models.config import ACTIVATIONS, ModelConfig, Number, OneOf, Widths, param
 from ctrbench.models.fast.embedding_bank import EmbeddingBank
-from ctrbench.models.fast.gated_scan import gru_scan
+from ctrbench.models.fast.packed_scan import StepPacking, packed_gru_scan
 from ctrbench.models.fast.row_blocks import in_row_blocks
 from ctrbench.models.init import INIT_STD
 from ctrbench.models.layers import MLP, masked_mean, masked_softmax
 from ctrbench.models.registry import register
 from ctrbench.models.sequence import (
     AUGRU,
-    apply_by_length,
     effective_length,
     embed_history,
     pad_steps,
@@ -56,11 +56,6 @@ class DIEN(CTRModel):
     EVAL_ROWS = 1024  # rows per block when forward runs in eval mode
 
     config_class = DIENConfig
-    # From this many rows the recurrences run per history-length group (``auto_groups``: 2 at
-    # 256 rows, 4 at 512, 6 from 768). DIEN step, interleaved, one thread, against one pass:
-    # +4% at 128 (2 groups), -5% at 256, -14% at 512, -21% at 1024 (docs/performance.md).
-    GROUPED_ROWS = 256
-    LENGTH_GROUPS: int | None = None  # None: auto_groups of the batch (benchmarks/dien_groups.py)
 
     def __init__(self, schema: Schema, config: DIENConfig) -> None:
         super().__init__(schema, config)
@@ -91,54 +86,35 @@ class DIEN(CTRModel):
             batch, (self.schema.item, self.schema.user, self.schema.context))  # (B, ., D)
         candidate = item.flatten(1)  # (B, I)
         query = self.attention(candidate)  # (B, I): W e_i
-        if behaviours.shape[0] < self.GROUPED_ROWS:
-            states, attention, evolved = self._recurrences(behaviours, query, mask)
-        else:
-            states, attention, evolved = self._recurrences_by_length(behaviours, query, mask)
-        last = (batch[HIST_LEN].long() - 1).clamp(0, steps - 1)  # (B,): the last valid step
-        final = evolved[torch.arange(last.shape[0], device=last.device), last]  # (B, I)
+        states, attention, final = self._recurrences(behaviours, query, mask, batch[HIST_LEN])
         return {"mask": mask, "behaviours": behaviours, "candidate": candidate,
                 "user": user.flatten(1), "context": context.flatten(1),
                 "states": states, "attention": attention, "final": final}
 
-    def _recurrences(self, behaviours: torch.Tensor, query: torch.Tensor,
-                     mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Extractor states ``[B, T', I]``, attention ``[B, T']`` (exactly 0 on padding) and
-        AUGRU states ``[B, T', I]`` (carried unchanged over padding) of histories ``[B, T', I]``
-        for ``query = W e_i [B, I]``."""
-        states = self._gru(behaviours)  # (B, T', I); valid steps never see padding
-        scores = (states * query.unsqueeze(1)).sum(-1)  # (B, T')
-        attention = masked_softmax(scores, mask, dim=1)  # (B, T')
-        return states, attention, self.evolution.states(states, attention)
+    def _recurrences(self, behaviours: torch.Tensor, query: torch.Tensor, mask: torch.Tensor,
+                     lengths: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Extractor states ``[B, T', I]`` (0 beyond each history), attention ``[B, T']``
+        (exactly 0 on padding) and the final interest ``[B, I]`` (the AUGRU state at the last
+        valid step; 0 for an empty history) of histories ``[B, T', I]`` of ``lengths [B]`` for
+        ``query = W e_i [B, I]``. Both recurrences run packed by step (:class:`StepPacking`):
+        each step only on the histories still going."""
+        packing = StepPacking.of(lengths, behaviours.shape[1])
+        states = self._gru(behaviours, packing)  # (N, I) at the valid steps
+        scores = (states * query.index_select(0, packing.row_of)).sum(-1)  # (N,)
+        attention = masked_softmax(packing.unpack(scores), mask, dim=1)  # (B, T')
+        evolved = self.evolution.packed_states(states, packing.pack(attention), packing)
+        return packing.unpack(states), attention, packing.last(evolved)
 
-    def _recurrences_by_length(self, behaviours: torch.Tensor, query: torch.Tensor,
-                               mask: torch.Tensor
-                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`_recurrences` per history-length group (``apply_by_length``;
-        ``LENGTH_GROUPS`` groups, by default its ``auto_groups``), each trimmed to its bound:
-        the recurrences' cost grows with steps x rows at large batches but is per-step
-        overhead at small ones, where one pass is faster. Outputs at trimmed steps are 0, and
-        nothing reads them: attention and the auxiliary loss mask them, and the final
-        interest is read at the last valid step."""
-        width = behaviours.shape[-1]
-        packed = torch.cat([behaviours, query.unsqueeze(1).expand_as(behaviours)], dim=-1)
-
-        def run(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:  # (R, t, 2I + 1)
-            states, attention, evolved = self._recurrences(x[..., :width], x[:, 0, width:], m)
-            return torch.cat([states, attention.unsqueeze(-1), evolved], dim=-1)
-
-        out = apply_by_length(run, packed, mask, self.LENGTH_GROUPS)  # (B, T', 2I + 1)
-        states, attention, evolved = out.split([width, 1, width], dim=-1)
-        return states, attention.squeeze(-1), evolved
-
-    def _gru(self, x: torch.Tensor) -> torch.Tensor:
-        """The extractor's states ``[B, T, I]``: ``nn.GRU`` (cuDNN off the CPU), and on the CPU
-        the same equations and parameters through :func:`gru_scan` (hand-written backward)."""
+    def _gru(self, x: torch.Tensor, packing: StepPacking) -> torch.Tensor:
+        """The extractor's states at the valid steps of ``x [B, T, I]``, packed ``[N, I]``:
+        ``nn.GRU`` (cuDNN) off the CPU, and on the CPU the same equations and parameters
+        through :func:`packed_gru_scan` (hand-written backward, padding never computed)."""
         gru = self.extractor
         if x.device.type != "cpu":
-            return gru(x)[0]
-        gx = F.linear(x, gru.weight_ih_l0, gru.bias_ih_l0)  # (B, T, 3I), every step at once
-        return gru_scan(gx, gru.weight_hh_l0, gru.bias_hh_l0)
+            return packing.pack(gru(x)[0])
+        gx = F.linear(packing.pack(x), gru.weight_ih_l0, gru.bias_ih_l0)  # (N, 3I)
+        return packed_gru_scan(gx, gru.weight_hh_l0, gru.bias_hh_l0, packing)
 
     def _logits(self, batch: Batch, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         pooled = masked_mean(parts["behaviours"], parts["mask"])  # (B, I)

@@ -16,6 +16,7 @@ from torch import nn
 from ctrbench.models.fast.dropout import UniformDropout
 from ctrbench.models.fast.embedding_bank import EmbeddingBank
 from ctrbench.models.fast.gated_scan import augru_scan
+from ctrbench.models.fast.packed_scan import StepPacking, packed_augru_scan
 from ctrbench.models.fast.row_blocks import in_row_blocks
 from ctrbench.models.layers import MLP, masked_softmax
 from ctrbench.schema import HIST_LEN, Batch, FieldSpec
@@ -171,6 +172,18 @@ class AUGRU(nn.Module):
 
     def forward(self, x: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
         return self.states(x, attention)[:, -1]  # (B, H)
+
+    def packed_states(self, x: torch.Tensor, attention: torch.Tensor,
+                      packing: StepPacking) -> torch.Tensor:
+        """The states at the valid steps of packed ``x [N, D]``, ``attention [N]``
+        (:class:`StepPacking`): ``[N, H]``, each history's recurrence stopping at its last
+        valid step (the same states as :meth:`states` there)."""
+        gx = self.input_proj(x)  # (N, 3H), every valid step at once
+        weight, bias = self.hidden_proj.weight, self.hidden_proj.bias
+        if self.fast:
+            return packed_augru_scan(gx, attention, weight, bias, packing)
+        return packing.pack(augru_reference(packing.unpack(gx), packing.unpack(attention),
+                                            weight, bias, every_step=True))
 
     def states(self, x: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
         """The state after every step ``[B, T, H]`` (the last is :meth:`forward`'s)."""
