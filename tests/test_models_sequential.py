@@ -133,11 +133,12 @@ def test_dien_aux_loss_matches_a_per_sample_computation():
     model = card_model("dien").eval()
     batch = batch_with_lengths(seed=6)
     parts = model._interests(batch)
-    value = model.auxiliary_loss(batch, parts["states"], parts["behaviours"], parts["mask"])
+    value = model.auxiliary_loss(batch, parts)
+    states = parts["packing"].unpack(parts["states"])  # (B, T', I)
     bank, terms = model.bank, []
     for b in range(16):
         for t in range(int(batch[HIST_LEN][b]) - 1):  # pairs (t, t + 1), both valid
-            h = parts["states"][b, t]
+            h = states[b, t]
             pos = torch.cat([bank.block("item")[batch["hist_item_id"][b, t + 1]],
                              bank.block("cate")[batch["hist_cate_id"][b, t + 1]]])
             neg = torch.cat([bank.block("item")[batch["neg_hist_item_id"][b, t + 1]],
@@ -187,37 +188,60 @@ def test_dien_fast_augru_matches_the_reference_loop_in_the_model():
         torch.testing.assert_close(g_fast[name], grad, rtol=1e-4, atol=1e-6)
 
 
-def test_dien_packed_training_step_equals_one_over_the_padded_history(monkeypatch):
-    """Logits, auxiliary loss and every gradient of DIEN's packed recurrences equal those of
-    a reference that runs nn.GRU and the autograd AUGRU loop over the padded history
-    (attention 0 on padding carries the state; the final interest read at the last valid
-    step)."""
-    from ctrbench.models.sequence import augru_reference
+def padded_dien_forward_train(model, batch):
+    """DIEN's logits and weighted auxiliary loss computed over the padded history with
+    nn.GRU and the autograd AUGRU loop (attention 0 on padding carries the state; the final
+    interest read at the last valid step): the reference for the packed model."""
+    from ctrbench.models.layers import masked_mean
+    from ctrbench.models.sequence import augru_reference, effective_length, embed_history
+    from ctrbench.schema import history_mask
 
-    def padded(self, behaviours, query, mask, lengths):
-        states = self.extractor(behaviours)[0]  # (B, T', I), padding computed too
-        attention = masked_softmax((states * query.unsqueeze(1)).sum(-1), mask, dim=1)
-        ev = self.evolution
-        evolved = augru_reference(ev.input_proj(states), attention, ev.hidden_proj.weight,
-                                  ev.hidden_proj.bias, every_step=True)  # (B, T', I)
-        last = (lengths - 1).clamp(0, mask.shape[1] - 1)
-        final = evolved[torch.arange(last.shape[0]), last] * (lengths > 0)[:, None]
-        return states * mask[..., None], attention, final
+    schema, bank = model.schema, model.bank
+    steps = effective_length(batch, schema.max_len)
+    mask = history_mask(batch, steps)  # (B, T')
+    behaviours = embed_history(bank, batch, schema.behavior, steps)  # (B, T', I)
+    item, user, context = bank.single_fields(batch, (schema.item, schema.user, schema.context))
+    candidate = item.flatten(1)
+    query = model.attention(candidate)
+    states = model.extractor(behaviours)[0]  # (B, T', I), padding computed too
+    attention = masked_softmax((states * query.unsqueeze(1)).sum(-1), mask, dim=1)
+    ev = model.evolution
+    evolved = augru_reference(ev.input_proj(states), attention, ev.hidden_proj.weight,
+                              ev.hidden_proj.bias, every_step=True)  # (B, T', I)
+    lengths = batch[HIST_LEN]
+    last = (lengths - 1).clamp(0, steps - 1)
+    final = evolved[torch.arange(last.shape[0]), last] * (lengths > 0)[:, None]
+    inputs = [user.flatten(1), candidate, final, masked_mean(behaviours, mask),
+              context.flatten(1)]
+    logits = model.mlp(torch.cat(inputs, dim=-1)).squeeze(-1)
+    negatives = embed_history(bank, batch, schema.neg_behavior, steps)
+    pairs = mask[:, 1:].to(states.dtype)  # (B, T'-1): t + 1 valid
+    current = states[:, :-1]
+    pair_loss = (F.softplus(-(current * behaviours[:, 1:]).sum(-1))
+                 + F.softplus((current * negatives[:, 1:]).sum(-1)))
+    return logits, model.aux_weight * (pair_loss * pairs).sum() / pairs.sum().clamp_min(1.0)
 
-    packed, reference = card_model("dien", seed=2).train(), card_model("dien", seed=2).train()
+
+def test_dien_packed_training_step_equals_one_over_the_padded_history():
+    """Logits, auxiliary loss and every gradient of DIEN (recurrences, pooling and auxiliary
+    loss packed by step) equal those of the padded reference."""
+    model = card_model("dien", seed=2).train()
     batch = batch_with_lengths(seed=10, size=24)
     results = []
-    for model in (packed, reference):
-        if model is reference:
-            monkeypatch.setattr(type(model), "_recurrences", padded)
+    for run in (model.forward_train, lambda b: padded_dien_forward_train(model, b)):
         torch.manual_seed(0)  # the same dropout masks
-        logits, extra = model.forward_train(batch)
-        loss = bce(logits, batch) + extra["aux"]
-        results.append((logits, extra["aux"], grads(model, loss)))
+        logits, extra = run(batch)
+        aux = extra["aux"] if isinstance(extra, dict) else extra
+        results.append((logits, aux, grads(model, bce(logits, batch) + aux)))
     torch.testing.assert_close(results[0][0], results[1][0])
     torch.testing.assert_close(results[0][1], results[1][1])
     for name, grad in results[1][2].items():
-        torch.testing.assert_close(results[0][2][name], grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(dense(results[0][2][name]), dense(grad), rtol=1e-4,
+                                   atol=1e-6)
+
+
+def dense(grad: torch.Tensor) -> torch.Tensor:
+    return grad.to_dense() if grad.is_sparse else grad
 
 
 # --------------------------------------------------------------------------- DIN
@@ -434,10 +458,14 @@ def test_dien_packed_recurrences_equal_the_padded_ones():
     model = card_model("dien", seed=7).train()
     batch = batch_with_lengths(seed=8)
     parts = model._interests(batch)
-    mask, behaviours = parts["mask"], parts["behaviours"]
+    packing = parts["packing"]
+    behaviours = packing.unpack(parts["behaviours"])  # (B, T', I), 0 on padding
+    mask = torch.arange(behaviours.shape[1])[None] < batch[HIST_LEN][:, None]
     lengths = batch[HIST_LEN]
     states = model.extractor(behaviours)[0] * mask[..., None]  # (B, T', I)
-    torch.testing.assert_close(parts["states"], states)
+    torch.testing.assert_close(packing.unpack(parts["states"]), states)
+    torch.testing.assert_close(packing.mean(parts["behaviours"]),
+                               behaviours.sum(1) / lengths.clamp_min(1)[:, None])
     evolution = model.evolution
     gx = evolution.input_proj(states)
     evolved = augru_reference(gx, parts["attention"], evolution.hidden_proj.weight,

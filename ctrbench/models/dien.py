@@ -15,6 +15,7 @@ evolution (attention + AUGRU) over the left-aligned history.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,15 +29,14 @@ from ctrbench.models.fast.embedding_bank import EmbeddingBank
 from ctrbench.models.fast.packed_scan import StepPacking, packed_gru_scan
 from ctrbench.models.fast.row_blocks import in_row_blocks
 from ctrbench.models.init import INIT_STD
-from ctrbench.models.layers import MLP, masked_mean, masked_softmax
+from ctrbench.models.layers import MLP, masked_softmax
 from ctrbench.models.registry import register
 from ctrbench.models.sequence import (
     AUGRU,
     effective_length,
-    embed_history,
     pad_steps,
 )
-from ctrbench.schema import HIST_LEN, Batch, Schema, history_mask
+from ctrbench.schema import HIST_LEN, Batch, FieldSpec, Schema, history_mask
 
 
 @dataclass(frozen=True)
@@ -79,45 +79,56 @@ class DIEN(CTRModel):
                        out_dim=1)
 
     def _interests(self, batch: Batch) -> dict[str, torch.Tensor]:
-        steps = effective_length(batch, self.schema.max_len)
+        """Everything :meth:`_logits` and the auxiliary loss read. The history runs packed by
+        step (:class:`StepPacking`, ``N`` valid steps): ``behaviours`` and ``states`` are
+        ``[N, I]``, ``attention`` is ``[B, T']`` (0 on padding)."""
+        schema = self.schema
+        steps = effective_length(batch, schema.max_len)
         mask = history_mask(batch, steps)  # (B, T')
-        behaviours = embed_history(self.bank, batch, self.schema.behavior, steps)  # (B, T', I)
+        packing = StepPacking.of(batch[HIST_LEN], steps)
+        behaviours = self._packed_history(batch, schema.behavior, packing)  # (N, I)
         item, user, context = self.bank.single_fields(
-            batch, (self.schema.item, self.schema.user, self.schema.context))  # (B, ., D)
+            batch, (schema.item, schema.user, schema.context))  # (B, ., D)
         candidate = item.flatten(1)  # (B, I)
         query = self.attention(candidate)  # (B, I): W e_i
-        states, attention, final = self._recurrences(behaviours, query, mask, batch[HIST_LEN])
-        return {"mask": mask, "behaviours": behaviours, "candidate": candidate,
+        states, attention, final = self._recurrences(behaviours, query, mask, packing)
+        return {"packing": packing, "behaviours": behaviours, "candidate": candidate,
                 "user": user.flatten(1), "context": context.flatten(1),
                 "states": states, "attention": attention, "final": final}
 
+    def _packed_history(self, batch: Batch, specs: Sequence[FieldSpec],
+                        packing: StepPacking) -> torch.Tensor:
+        """History fields ``specs`` embedded at the valid steps only: ``[N, len(specs) D]``
+        (the ids are packed before the one lookup)."""
+        steps = packing.steps
+        pairs = [(spec.vocab, packing.pack(batch[spec.name][:, :steps])) for spec in specs]
+        return self.bank.lookup_stacked(pairs).flatten(1)  # (N, K D)
+
     def _recurrences(self, behaviours: torch.Tensor, query: torch.Tensor, mask: torch.Tensor,
-                     lengths: torch.Tensor
+                     packing: StepPacking
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Extractor states ``[B, T', I]`` (0 beyond each history), attention ``[B, T']``
-        (exactly 0 on padding) and the final interest ``[B, I]`` (the AUGRU state at the last
-        valid step; 0 for an empty history) of histories ``[B, T', I]`` of ``lengths [B]`` for
-        ``query = W e_i [B, I]``. Both recurrences run packed by step (:class:`StepPacking`):
-        each step only on the histories still going."""
-        packing = StepPacking.of(lengths, behaviours.shape[1])
-        states = self._gru(behaviours, packing)  # (N, I) at the valid steps
+        """Extractor states ``[N, I]``, attention ``[B, T']`` (exactly 0 on padding) and the
+        final interest ``[B, I]`` (the AUGRU state at the last valid step; 0 for an empty
+        history) of packed histories ``[N, I]`` for ``query = W e_i [B, I]``. Both
+        recurrences run packed by step: each step only on the histories still going."""
+        states = self._gru(behaviours, packing)  # (N, I)
         scores = (states * query.index_select(0, packing.row_of)).sum(-1)  # (N,)
         attention = masked_softmax(packing.unpack(scores), mask, dim=1)  # (B, T')
         evolved = self.evolution.packed_states(states, packing.pack(attention), packing)
-        return packing.unpack(states), attention, packing.last(evolved)
+        return states, attention, packing.last(evolved)
 
     def _gru(self, x: torch.Tensor, packing: StepPacking) -> torch.Tensor:
-        """The extractor's states at the valid steps of ``x [B, T, I]``, packed ``[N, I]``:
-        ``nn.GRU`` (cuDNN) off the CPU, and on the CPU the same equations and parameters
-        through :func:`packed_gru_scan` (hand-written backward, padding never computed)."""
+        """The extractor's states at the valid steps, packed ``[N, I]``, of packed ``x``:
+        ``nn.GRU`` (cuDNN) over the padded history off the CPU, and on the CPU the same
+        equations and parameters through :func:`packed_gru_scan` (hand-written backward)."""
         gru = self.extractor
         if x.device.type != "cpu":
-            return packing.pack(gru(x)[0])
-        gx = F.linear(packing.pack(x), gru.weight_ih_l0, gru.bias_ih_l0)  # (N, 3I)
+            return packing.pack(gru(packing.unpack(x))[0])
+        gx = F.linear(x, gru.weight_ih_l0, gru.bias_ih_l0)  # (N, 3I)
         return packed_gru_scan(gx, gru.weight_hh_l0, gru.bias_hh_l0, packing)
 
     def _logits(self, batch: Batch, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        pooled = masked_mean(parts["behaviours"], parts["mask"])  # (B, I)
+        pooled = parts["packing"].mean(parts["behaviours"])  # (B, I): mean over valid steps
         inputs = [parts["user"], parts["candidate"], parts["final"], pooled, parts["context"]]
         return self.mlp(torch.cat(inputs, dim=-1)).squeeze(-1)  # (B,)
 
@@ -134,24 +145,24 @@ class DIEN(CTRModel):
         logits = self._logits(batch, parts)
         if not self.has_auxiliary_loss:
             return logits, {}
-        aux = self.auxiliary_loss(batch, parts["states"], parts["behaviours"], parts["mask"])
-        return logits, {"aux": self.aux_weight * aux}
+        return logits, {"aux": self.aux_weight * self.auxiliary_loss(batch, parts)}
 
-    def auxiliary_loss(self, batch: Batch, states: torch.Tensor, behaviours: torch.Tensor,
-                       mask: torch.Tensor) -> torch.Tensor:
-        """Unweighted auxiliary loss: mean over valid ``(t, t + 1)`` pairs of
-        ``-log sigmoid(<h_t, e_{t+1}>) - log(1 - sigmoid(<h_t, e^-_{t+1}>))``."""
-        steps = mask.shape[1]
-        negatives = embed_history(self.bank, batch, self.schema.neg_behavior, steps)  # (B,T',I)
-        pair_mask = mask[:, 1:].to(states.dtype)  # (B, T'-1): t + 1 < hist_len
-        current = states[:, :-1]  # (B, T'-1, I)
-        pos_logit = (current * behaviours[:, 1:]).sum(-1)  # (B, T'-1)
-        neg_logit = (current * negatives[:, 1:]).sum(-1)  # (B, T'-1)
+    def auxiliary_loss(self, batch: Batch, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Unweighted auxiliary loss of :meth:`_interests`' ``parts``: mean over valid
+        ``(t, t + 1)`` pairs of ``-log sigmoid(<h_t, e_{t+1}>) - log(1 - sigmoid(<h_t,
+        e^-_{t+1}>))``. Packed, the pairs are every valid step ``t + 1 >= 1`` and the step
+        before it (``StepPacking.previous``)."""
+        packing = parts["packing"]
+        later = packing.sizes[0] if packing.sizes else 0  # packed rows from step 1 on
+        current = parts["states"].index_select(0, packing.previous[later:])  # (P, I): h_t
+        negatives = self._packed_history(batch, self.schema.neg_behavior, packing)  # (N, I)
+        pos_logit = (current * parts["behaviours"][later:]).sum(-1)  # (P,)
+        neg_logit = (current * negatives[later:]).sum(-1)  # (P,)
         pair_loss = (F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit),
-                                                        reduction="none")
+                                                        reduction="sum")
                      + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit),
-                                                          reduction="none"))
-        return (pair_loss * pair_mask).sum() / pair_mask.sum().clamp_min(1.0)
+                                                          reduction="sum"))
+        return pair_loss / max(1, pos_logit.shape[0])
 
     def explain(self, batch: Batch) -> Explanation:
         """``attention``: the candidate's attention on each interest state ``[B, T]``."""

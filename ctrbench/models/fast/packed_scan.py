@@ -38,6 +38,7 @@ class StepPacking:
     row_of: torch.Tensor  # (N,): the batch row b of each packed row
     previous: torch.Tensor  # (N,): packed row of the same history's step t - 1; N for t = 0
     last_index: torch.Tensor  # (B,): packed row of each history's last valid step; N if none
+    lengths: torch.Tensor  # (B,): valid steps per history (clamped to 0..T)
     sizes: list[int]  # n_t for t = 0 .. T - 1 (trailing zeros dropped)
     rows: int  # B
     steps: int  # T
@@ -67,11 +68,18 @@ class StepPacking:
             sorted_lengths > 0, offsets.index_select(0, (sorted_lengths - 1).clamp_min(0))
             + torch.arange(batch_size, device=lengths.device), total)  # (B,) by slot
         last_index = torch.empty_like(last_sorted).scatter_(0, order, last_sorted)
-        return StepPacking(places, row_of, previous, last_index, sizes, batch_size, steps)
+        return StepPacking(places, row_of, previous, last_index, lengths, sizes, batch_size,
+                           steps)
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, ...]`` -> ``[N, ...]``."""
         return x.reshape(self.rows * self.steps, *x.shape[2:]).index_select(0, self.places)
+
+    def mean(self, packed: torch.Tensor) -> torch.Tensor:
+        """``[N, ...]`` -> ``[B, ...]``: each history's mean over its valid steps (0 if none)."""
+        total = packed.new_zeros(self.rows, *packed.shape[1:]).index_add(0, self.row_of, packed)
+        count = self.lengths.clamp_min(1).to(packed.dtype)  # (B,)
+        return total / count.view(-1, *([1] * (packed.dim() - 1)))
 
     def last(self, packed: torch.Tensor) -> torch.Tensor:
         """``[N, ...]`` -> ``[B, ...]``: each history's last valid step (0 for an empty one)."""
