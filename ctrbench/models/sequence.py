@@ -320,7 +320,7 @@ class TransformerBlock(nn.Module):
         h = x.reshape(-1, dim).index_select(0, places)  # (N, D)
         attention = self.attention
         qkv = attention.qkv(self.norm1(h) if self.pre_ln else h)  # (N, 3D)
-        qkv = qkv.new_zeros(batch_size * steps, 3 * dim).index_copy(0, packed, qkv)
+        qkv = qkv.new_zeros(batch_size * steps, 3 * dim).index_copy_(0, packed, qkv)  # no clone
         contexts = []
         for (bound, _), qkv_g, mask_part in zip(parts, qkv.view(batch_size, steps, -1).split(sizes),
                                                  mask_g.split(sizes)):
@@ -333,7 +333,7 @@ class TransformerBlock(nn.Module):
         else:
             h = self.norm1(h + self.dropout(mixed))
             h = self.norm2(h + self.dropout(self.ffn(h)))
-        return h.new_zeros(batch_size * steps, dim).index_copy(0, places, h).view(
+        return h.new_zeros(batch_size * steps, dim).index_copy_(0, places, h).view(
             batch_size, steps, dim)  # (B, T, D)
 
 
