@@ -149,6 +149,9 @@ def test_step_packing_layout_and_empty_batches():
     x = torch.arange(16.0).view(4, 4) * (torch.arange(4) < lengths[:, None])
     assert torch.equal(packing.unpack(packing.pack(x)), x)
     assert torch.equal(packing.last(packing.pack(x)), torch.tensor([0.0, 6.0, 0.0, 13.0]))
+    full = StepPacking.of(torch.tensor([2, 1]), 3)  # no empty history: no zero row appended
+    y = torch.arange(6.0).view(2, 3)
+    assert torch.equal(full.last(full.pack(y)), torch.tensor([1.0, 3.0]))
     empty = StepPacking.of(torch.zeros(3, dtype=torch.long), 4)
     assert empty.sizes == [] and empty.places.shape == (0,)
     gx = torch.zeros(0, 12, requires_grad=True)

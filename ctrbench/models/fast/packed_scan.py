@@ -83,6 +83,8 @@ class StepPacking:
 
     def last(self, packed: torch.Tensor) -> torch.Tensor:
         """``[N, ...]`` -> ``[B, ...]``: each history's last valid step (0 for an empty one)."""
+        if self.sizes and self.sizes[0] == self.rows:  # no empty history: no zero row needed
+            return packed.index_select(0, self.last_index)
         padded = torch.cat([packed, packed.new_zeros(1, *packed.shape[1:])])
         return padded.index_select(0, self.last_index)
 
@@ -95,9 +97,10 @@ class StepPacking:
 
 def _forward_loop(gx: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
                   gate: torch.Tensor | None, sizes: list[int]) -> tuple[torch.Tensor, ...]:
-    """Packed ``gx [N, 3H]`` (and ``gate [N, 1]``) -> packed states, pre-activations, gates
-    and candidates ``[N, .]`` (see :mod:`gated_scan`: ``tanh`` as ``2 sigmoid(2x) - 1``, the
-    candidate's part of ``P`` holds ``2 hn``)."""
+    """Packed ``gx [N, 3H]`` (and ``gate [N, 1]``) -> packed states ``[N + 1, H]`` (row N is
+    0, the state before step 0 for the backward), pre-activations, gates and candidates
+    ``[N, .]`` (see :mod:`gated_scan`: ``tanh`` as ``2 sigmoid(2x) - 1``, the candidate's
+    part of ``P`` holds ``2 hn``)."""
     hidden = w_hh.shape[1]
     two_h = 2 * hidden
     scale = torch.ones(3 * hidden, 1, dtype=gx.dtype, device=gx.device)
@@ -107,11 +110,12 @@ def _forward_loop(gx: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
     torch.add(gx[:, :two_h], b_hh[:two_h], out=pre[:, :two_h])
     pre[:, two_h:] = 2.0 * b_hh[two_h:]
     gx_n2 = gx[:, two_h:] * 2.0  # (N, H)
-    states = gx.new_empty(gx.shape[0], hidden)
+    states = gx.new_empty(gx.shape[0] + 1, hidden)  # and a zero row N: h_{-1} for backward
+    states[-1] = 0.0
     rz = gx.new_empty(gx.shape[0], two_h)
     cand = gx.new_empty(gx.shape[0], hidden)
     minus_one = gx.new_full((), -1.0)
-    state_v, pre_v, rz_v, cand_v = (b.split(sizes) for b in (states, pre, rz, cand))
+    state_v, pre_v, rz_v, cand_v = (b.split(sizes) for b in (states[:-1], pre, rz, cand))
     pre_rz_v, hn2_v = pre[:, :two_h].split(sizes), pre[:, two_h:].split(sizes)
     r_v, z_v = rz[:, :hidden].split(sizes), rz[:, hidden:].split(sizes)
     gx_n2_v = gx_n2.split(sizes)
@@ -139,8 +143,7 @@ def _backward(grad_out: torch.Tensor, saved: tuple[torch.Tensor, ...],
     states, pre, rz, cand, w_hh = saved
     sizes = packing.sizes
     hidden = w_hh.shape[1]
-    prev = torch.cat([states, states.new_zeros(1, hidden)]).index_select(
-        0, packing.previous)  # (N, H): h_{t-1}, 0 at t = 0
+    prev = states.index_select(0, packing.previous)  # (N, H): h_{t-1}, row N (0) at t = 0
     grad = grad_out
     grad_v = grad.split(sizes)
     d_gx = pre.new_empty(pre.shape)
@@ -190,7 +193,7 @@ class _PackedGatedScan(torch.autograd.Function):
         ctx.packing = packing
         ctx.has_gate = gate is not None
         ctx.save_for_backward(states, pre, rz, cand, w_hh, *(() if gate is None else (gate,)))
-        return states
+        return states[:-1]  # (N, H)
 
     @staticmethod
     @once_differentiable
