@@ -74,7 +74,7 @@ def _forward_loop(gx: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
     return states, pre, rz, cand
 
 
-def _coefficients(prev: torch.Tensor, pre: torch.Tensor, rz: torch.Tensor, cand: torch.Tensor,
+def gate_coefficients(prev: torch.Tensor, pre: torch.Tensor, rz: torch.Tensor, cand: torch.Tensor,
                   gate: torch.Tensor | None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """For steps ``[S, B, .]``: ``A [S, B, 3, H]`` with d(pre-activation of r | z | hn) =
@@ -125,7 +125,7 @@ def _backward(grad_out: torch.Tensor, saved: tuple[torch.Tensor, ...],
     span = max(1, BLOCK_ROWS // max(1, batch_size))  # steps per block (any, for 0 rows)
     for end in range(steps, 0, -span):
         block = slice(max(0, end - span), end)
-        coef, keep, d_cand, new_minus_old = _coefficients(
+        coef, keep, d_cand, new_minus_old = gate_coefficients(
             prev[block], pre[block], rz[block], cand[block], None if gate is None else gate[block])
         first = block.start
         for t in range(end - 1, max(first, 1) - 1, -1):  # dL/dh_{t-1} from step t

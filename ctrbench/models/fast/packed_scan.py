@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.function import once_differentiable
 
-from ctrbench.models.fast.gated_scan import BLOCK_ROWS, _coefficients
+from ctrbench.models.fast.gated_scan import BLOCK_ROWS, gate_coefficients
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def _backward(grad_out: torch.Tensor, saved: tuple[torch.Tensor, ...],
             start -= 1
         block = slice(offsets[start], offsets[end])
         coef, keep, d_cand, new_minus_old = (
-            None if x is None else x.squeeze(0) for x in _coefficients(
+            None if x is None else x.squeeze(0) for x in gate_coefficients(
                 prev[block].unsqueeze(0), pre[block].unsqueeze(0), rz[block].unsqueeze(0),
                 cand[block].unsqueeze(0), None if gate is None else gate[block].unsqueeze(0)))
         block_sizes = sizes[start:end]
