@@ -74,9 +74,9 @@ def _forward_loop(gx: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
     return states, pre, rz, cand
 
 
-def gate_coefficients(prev: torch.Tensor, pre: torch.Tensor, rz: torch.Tensor, cand: torch.Tensor,
-                  gate: torch.Tensor | None
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def gate_coefficients(prev: torch.Tensor, pre: torch.Tensor, rz: torch.Tensor,
+                      cand: torch.Tensor, gate: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """For steps ``[S, B, .]``: ``A [S, B, 3, H]`` with d(pre-activation of r | z | hn) =
     ``A * dh'``, the keep gate ``k = dh'/dh`` (direct path), d(pre-activation of n)/dh' and,
     for AUGRU, ``n - h`` (for the attention's gradient). Each factor in as few passes as it
