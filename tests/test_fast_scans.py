@@ -158,3 +158,23 @@ def test_step_packing_layout_and_empty_batches():
     states = packed_gru_scan(gx, torch.randn(12, 4), torch.randn(12), empty)
     assert states.shape == (0, 4)
     assert torch.equal(empty.unpack(states), torch.zeros(3, 4, 4))
+
+
+@pytest.mark.parametrize("scan", ["gru", "augru", "packed_gru"])
+def test_scans_never_write_into_the_incoming_gradient(scan):
+    """With one row, the time-major view of the incoming gradient is already contiguous: the
+    backward must still work on its own copy (it updates dL/dh in place), never on the caller's
+    ``grad_outputs`` tensor."""
+    gx, attention, w_hh, b_hh = (t[:1] if t.dim() > 1 and t.shape[0] == 5 else t
+                                 for t in scan_inputs(steps=4))
+    if scan == "gru":
+        states = gru_scan(gx, w_hh, b_hh)
+    elif scan == "augru":
+        states = augru_scan(gx, attention, w_hh, b_hh)
+    else:
+        packing = StepPacking.of(torch.tensor([4]), 4)
+        states = packed_gru_scan(packing.pack(gx), w_hh, b_hh, packing)
+    grad_out = torch.randn(states.shape, dtype=states.dtype)
+    before = grad_out.clone()
+    torch.autograd.grad(states, (gx, w_hh), grad_out)
+    assert torch.equal(grad_out, before)
