@@ -292,11 +292,14 @@ def test_apply_by_length_equals_one_pass_at_valid_steps():
     assert calls == [(5, 6, 8)]  # one group only: a single pass
 
 
-@pytest.mark.parametrize("pre_ln,fused", [(True, None), (False, None), (True, True)])
-def test_packed_block_equals_one_pass_at_valid_steps(pre_ln, fused):
+@pytest.mark.parametrize("pre_ln,packed,fused", [
+    (True, True, None), (False, True, None),  # packed_attention, the CPU path
+    (True, False, None), (False, False, None), (True, False, True)])  # mix per group
+def test_packed_block_equals_one_pass_at_valid_steps(pre_ln, packed, fused):
     torch.manual_seed(0)
     block = TransformerBlock(8, heads=2, ffn_mult=2, pre_ln=pre_ln).train()  # no dropout
-    block.attention.fused = fused  # None: the CPU matmul path; True: the fused kernel
+    block.PACKED_ATTENTION = packed
+    block.attention.fused = fused  # mix: None: the CPU matmul path; True: the fused kernel
     with torch.no_grad():
         for p in block.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -311,7 +314,8 @@ def test_packed_block_equals_one_pass_at_valid_steps(pre_ln, fused):
     grads_whole = torch.autograd.grad(whole[mask].sum(), [x, *block.parameters()])
     for a, b in zip(grads_packed, grads_whole):
         torch.testing.assert_close(a, b)
-    block.PACKED_ROWS = 1  # forward_by_length: apply_by_length from this many rows
+    torch.testing.assert_close(block.forward_by_length(x, mask)[mask], whole[mask])
+    block.PACKED_ROWS = 1  # off the CPU, forward_by_length: apply_by_length from this many rows
     torch.testing.assert_close(block.forward_by_length(x, mask)[mask], whole[mask])
 
 

@@ -119,17 +119,18 @@ class BehaviorInteraction(nn.Module):
         """
         width = item.shape[1]
         w_item, w_state = self.weight[..., :width], self.weight[..., width:2 * width]
-        if self.per_step:  # every W_t for every step, then the one chosen by recency
+        if self.per_step:  # the W_t, b_t chosen by each step's recency
             per_item = torch.addmm(self.bias, item, w_item.t())  # (B, L)
-            if self.product:  # h_t . (w_h + w_p * e_i): one matrix per row
+            if self.product:  # h_t . (w_h + w_p * e_i): every W_t per row, then the chosen one
                 per_row = w_state + self.weight[..., 2 * width:] * item.unsqueeze(1)  # (B,L,I)
                 per_state = torch.bmm(states, per_row.transpose(1, 2))  # (B, T, L)
-            else:
-                per_state = states @ w_state.t()  # (B, T, L)
-            # a gather over the last dim: its backward writes each (row, step) once, so it is
-            # deterministic (an index into W by recency accumulated in a thread-dependent order)
-            logits = (per_state + per_item.unsqueeze(1)).gather(
-                2, recency.unsqueeze(-1)).squeeze(-1)  # (B, T)
+                # a gather over the last dim: its backward writes each (row, step) once, so it
+                # is deterministic (an index into W accumulated in a thread-dependent order)
+                logits = (per_state + per_item.unsqueeze(1)).gather(
+                    2, recency.unsqueeze(-1)).squeeze(-1)  # (B, T)
+            else:  # each step's own W_t only: index_select's backward (index_add_) is serial
+                chosen = w_state.index_select(0, recency.reshape(-1)).view_as(states)  # (B,T,I)
+                logits = (states * chosen).sum(-1) + per_item.gather(1, recency)  # (B, T)
         else:
             per_item = item @ w_item + self.bias  # (B,)
             vector = w_state + self.weight[2 * width:] * item if self.product else \

@@ -16,6 +16,7 @@ from torch import nn
 from ctrbench.models.fast.dropout import UniformDropout
 from ctrbench.models.fast.embedding_bank import EmbeddingBank
 from ctrbench.models.fast.gated_scan import augru_scan
+from ctrbench.models.fast.packed_attention import AttentionLayout, packed_attention
 from ctrbench.models.fast.packed_scan import StepPacking, packed_augru_scan
 from ctrbench.models.fast.row_blocks import in_row_blocks
 from ctrbench.models.layers import MLP, masked_softmax
@@ -272,7 +273,10 @@ class TransformerBlock(nn.Module):
     Outputs at valid steps never depend on padded steps (key padding mask).
     """
 
-    PACKED_ROWS = 512  # forward_by_length: forward_packed below this many rows
+    PACKED_ROWS = 512  # off the CPU, forward_by_length: forward_packed below this many rows
+    #: on the CPU, forward_packed's attention is packed_attention (False: MaskedSelfAttention.mix
+    #: per length group, the path off the CPU; same function)
+    PACKED_ATTENTION = True
 
     def __init__(self, dim: int, heads: int = 8, ffn_mult: int = 4, dropout: float = 0.0,
                  pre_ln: bool = True) -> None:
@@ -293,48 +297,57 @@ class TransformerBlock(nn.Module):
     def forward_by_length(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The block by history length: ``x [B, T, D]``, left-aligned ``mask [B, T]`` ->
         ``[B, T, D]``, equal to ``forward`` at valid steps (up to float rounding), 0 at padded
-        steps. From ``PACKED_ROWS`` rows :func:`apply_by_length` runs the whole block per
-        length group; below, :meth:`forward_packed` (see there)."""
-        if x.shape[0] >= self.PACKED_ROWS:
+        steps. On the CPU :meth:`forward_packed` at every batch size; elsewhere from
+        ``PACKED_ROWS`` rows :func:`apply_by_length` runs the whole block per length group."""
+        if x.device.type != "cpu" and x.shape[0] >= self.PACKED_ROWS:
             return apply_by_length(self, x, mask)
         return self.forward_packed(x, mask)
 
     def forward_packed(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Position-wise parts (LayerNorms, projections, FFN, dropout) once over the ``N``
         valid steps ``[N, D]``; only the attention between the projections runs per length
-        group (:func:`length_groups`, :func:`auto_groups`), trimmed to the group's bound.
-        Fewer ops than :func:`apply_by_length` (one call per position-wise op, not one per
-        group) and no work on padded steps, but more gathers and scatters: forward + backward
-        of MIAN's block 10.4 vs 13.1 ms at batch 128, 19.9 vs 21.4 ms at 256, 80 vs 68 ms at
-        1024; the MIAN training step -5% at 128, -4% at 256, +1% at 512 (interleaved A/B, CPU
-        time), hence ``PACKED_ROWS``. ``[B, T, D] -> [B, T, D]``, 0 at padded steps."""
+        group (:func:`length_groups`, :func:`auto_groups`). On the CPU the attention is
+        :func:`~ctrbench.models.fast.packed_attention.packed_attention` (one width-major
+        buffer, products oriented for narrow heads, a hand-written backward); elsewhere
+        :meth:`MaskedSelfAttention.mix` per group, trimmed to the group's bound.
+        ``[B, T, D] -> [B, T, D]``, 0 at padded steps."""
         batch_size, steps, dim = x.shape
-        parts = length_groups(mask, auto_groups(batch_size))
-        order = torch.cat([rows for _, rows in parts])  # (B,): rows in group order
-        sizes = [rows.shape[0] for _, rows in parts]
-        mask_g = mask.index_select(0, order)  # (B, T), rows in group order
-        packed = mask_g.reshape(-1).nonzero().squeeze(1)  # (N,): valid steps, group order
-        source = order.repeat_interleave(steps) * steps + torch.arange(
-            steps, device=x.device).repeat(batch_size)  # (B T,): each group-order step's place
-        places = source.index_select(0, packed)  # (N,): the valid steps' places in x
-        h = x.reshape(-1, dim).index_select(0, places)  # (N, D)
         attention = self.attention
+        parts = length_groups(mask, auto_groups(batch_size))
+        layout = AttentionLayout.of(mask, parts, attention.heads, attention.head_dim, x.dtype)
+        h = x.reshape(-1, dim).index_select(0, layout.places)  # (N, D)
         qkv = attention.qkv(self.norm1(h) if self.pre_ln else h)  # (N, 3D)
-        qkv = qkv.new_zeros(batch_size * steps, 3 * dim).index_copy_(0, packed, qkv)  # no clone
-        contexts = []
-        for (bound, _), qkv_g, mask_part in zip(parts, qkv.view(batch_size, steps, -1).split(sizes),
-                                                 mask_g.split(sizes)):
-            context = attention.mix(qkv_g[:, :bound], mask_part[:, :bound])  # (R, bound, D)
-            contexts.append(nn.functional.pad(context, (0, 0, 0, steps - bound)))  # (R, T, D)
-        mixed = attention.out(torch.cat(contexts).reshape(-1, dim).index_select(0, packed))
+        if x.device.type == "cpu" and self.PACKED_ATTENTION:
+            context = packed_attention(qkv, layout)  # (N, D)
+        else:
+            context = self._mix_by_group(qkv, mask, parts, layout)  # (N, D)
+        mixed = attention.out(context)  # (N, D)
         if self.pre_ln:
             h = h + self.dropout(mixed)  # (N, D)
             h = h + self.dropout(self.ffn(self.norm2(h)))
         else:
             h = self.norm1(h + self.dropout(mixed))
             h = self.norm2(h + self.dropout(self.ffn(h)))
-        return h.new_zeros(batch_size * steps, dim).index_copy_(0, places, h).view(
+        return h.new_zeros(batch_size * steps, dim).index_copy_(0, layout.places, h).view(
             batch_size, steps, dim)  # (B, T, D)
+
+    def _mix_by_group(self, qkv: torch.Tensor, mask: torch.Tensor,
+                      parts: list[tuple[int, torch.Tensor]],
+                      layout: AttentionLayout) -> torch.Tensor:
+        """:meth:`MaskedSelfAttention.mix` per length group over the padded ``qkv``: packed
+        ``[N, 3D]`` in ``layout``'s order -> context ``[N, D]`` in the same order."""
+        batch_size, steps = mask.shape
+        width = qkv.shape[1]
+        mask_g = mask.index_select(0, layout.order)  # (B, T), rows in group order
+        packed = mask_g.reshape(-1).nonzero().squeeze(1)  # (N,): valid steps, group order
+        padded = qkv.new_zeros(batch_size * steps, width).index_copy_(0, packed, qkv)
+        sizes = [rows.shape[0] for _, rows in parts]
+        contexts = []
+        for (bound, _), qkv_g, mask_part in zip(parts, padded.view(batch_size, steps, -1).split(
+                sizes), mask_g.split(sizes)):
+            context = self.attention.mix(qkv_g[:, :bound], mask_part[:, :bound])  # (R, bound, D)
+            contexts.append(nn.functional.pad(context, (0, 0, 0, steps - bound)))  # (R, T, D)
+        return torch.cat(contexts).reshape(batch_size * steps, -1).index_select(0, packed)
 
 
 def length_groups(mask: torch.Tensor, groups: int = 6) -> list[tuple[int, torch.Tensor]]:

@@ -11,9 +11,13 @@
 - :mod:`~ctrbench.models.fast.row_blocks`: evaluation in blocks of rows (reference: one pass).
 - :mod:`~ctrbench.models.fast.gated_scan`: DIEN's GRU and AUGRU recurrences with a hand-written
   backward (references: ``nn.GRU`` and :func:`ctrbench.models.sequence.augru_reference`, which
-  ``AUGRU(fast=False)`` runs).
+  ``AUGRU(fast=False)`` runs); :mod:`~ctrbench.models.fast.packed_scan`: the same over the
+  valid steps only, packed by step (reference: the padded scans at the valid steps).
+- :mod:`~ctrbench.models.fast.packed_attention`: MIAN's multi-head self-attention over the valid
+  steps by length group, with a hand-written backward (reference:
+  :meth:`ctrbench.models.sequence.MaskedSelfAttention.mix` over the padded batch).
 
 Nothing is imported here: ``models.layers`` imports ``dice``, ``dropout`` and ``embedding_bank``
 (which import no model module but ``models.init``), ``cin`` imports ``models.layers``, and
-``gated_scan`` imports only torch.
+``gated_scan`` and ``packed_attention`` import only torch (``packed_scan`` imports ``gated_scan``).
 """
