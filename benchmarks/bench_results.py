@@ -78,6 +78,9 @@ def environment() -> dict[str, Any]:
                            # ctrbench sets PASSIVE before torch loads; 2-thread CPU figures
                            # differ ~2x between PASSIVE and the spinning default
                            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    allocator = sys.modules.get("ctrbench.allocator")  # glibc thresholds: ~9% of DIN at 1024
+    if allocator is not None:
+        env["malloc"] = allocator.status
     try:
         with open("/proc/cpuinfo") as fh:
             env["cpu"] = next((line.split(":", 1)[1].strip() for line in fh

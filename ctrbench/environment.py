@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 import ctrbench
+from ctrbench import allocator
 
 _PACKAGE_DIR = Path(ctrbench.__file__).resolve().parent
 
@@ -74,6 +75,7 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        "malloc": allocator.status,
         "git_commit": git["commit"],
         "git_dirty": git["dirty"],
         "argv": list(sys.argv),

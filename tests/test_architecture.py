@@ -20,7 +20,7 @@ PACKAGE = ROOT / "ctrbench"
 
 FLOORS: list[tuple[str, set[str]]] = [
     ("ground", {"ctrbench", "errors", "paths", "schema", "record", "analysis", "registry",
-                "progress", "seeding", "environment", "validate", "openmp"}),
+                "progress", "seeding", "environment", "validate", "openmp", "allocator"}),
     ("cards", {"cards"}),
     ("data and models", {"data", "models"}),
     ("engine", {"engine"}),
