@@ -78,7 +78,7 @@ def environment() -> dict[str, Any]:
                            # ctrbench sets PASSIVE before torch loads; 2-thread CPU figures
                            # differ ~2x between PASSIVE and the spinning default
                            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
-    allocator = sys.modules.get("ctrbench.allocator")  # glibc thresholds: ~9% of DIN at 1024
+    allocator = sys.modules.get("ctrbench.allocator")  # glibc's thresholds (page faults)
     if allocator is not None:
         env["malloc"] = allocator.status
     try:

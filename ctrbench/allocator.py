@@ -4,12 +4,13 @@
 By default glibc serves allocations above a dynamic threshold (128 KiB, raised to the size of
 the largest mmap'd block freed so far, at most 32 MiB) with fresh ``mmap`` pages and hands the
 top of its heap back to the operating system once more than twice that is free. A training step
-at batch 1024 allocates and frees many such tensors, so every step page-faulted its memory in
-again: DIN 2,300-2,600 minor faults per step, MIAN ~1,100, 9% of DIN's step (docs/performance.md
-§2, sixth round). Fixing both thresholds high, the memory a step frees stays in the heap and the
-next step reuses it: 0-40 faults per step, DIN 35-36 -> 32 ms, MIAN 55-57 -> 54 ms. The process
-keeps its peak heap (up to ``TRIM_THRESHOLD`` free at its top) instead of returning it between
-steps.
+at batch 1024 on Electronics-shaped data allocates and frees many such tensors, so every step
+page-faulted part of its memory in again: DIN 1,000-2,600 minor faults per step, MIAN 600-1,100
+(docs/performance.md §2, sixth round). With both thresholds fixed high the memory a step frees
+stays in the heap and the next step reuses it (0-40 faults per step); one model per process,
+batch 1024: DIN 34.9-36.4 -> 33.8-34.7 ms per step, LR 1.67-1.68 -> 1.51-1.63 ms, MIAN, DIEN
+and DeepFM within noise; at batch 128 no model faulted. The process keeps its peak heap (up to
+``TRIM_THRESHOLD`` free at its top) instead of returning it between steps.
 
 Nothing is changed when the user set glibc's own variables (``MALLOC_MMAP_THRESHOLD_``,
 ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``, ``GLIBC_TUNABLES``: glibc read them at start),
