@@ -3,11 +3,11 @@ with a hand-written backward (the CPU path of MIAN's transformer block).
 
 The queries, keys and values of a batch's ``N`` valid steps arrive packed, ``qkv [N, 3D]``
 (the block's QKV projection, run once over the valid steps). They are scattered once into a
-zero-padded buffer laid out **width-major**, ``[3, B, D, T_b]``: each row's and head's
-``Q^T``, ``K^T``, ``V^T`` are ``[d, T_b]`` slices, so every length group (rows of at most
-``bound`` valid steps, :func:`ctrbench.models.sequence.length_groups`) reads them as strided
-``[R h, d, bound]`` views, with no copy per group. Every product is then formed so that its
-output has ``T`` columns, never the head width ``d``:
+zero-padded ``[B, T_b, 3, D]`` buffer, rows in length-group order
+(:func:`ctrbench.models.sequence.length_groups`: rows of at most ``bound`` valid steps). Each
+group transposes its own rows and its keys once into **width-major** ``[3, R, D, T_k]``, so
+each row's and head's ``Q^T``, ``K^T``, ``V^T`` are ``[d, T]`` views. Every product is then
+formed so that its output has ``T`` columns, never the head width ``d``:
 
 - forward: ``S = Q K^T`` (``[bound, d] x [d, keys]``), ``P = softmax(S + mask)``,
   ``C^T = V^T P^T`` (``[d, keys] x [keys, bound]``);
@@ -62,8 +62,9 @@ class AttentionLayout:
     """Where the valid steps of a ``[B, T]`` left-aligned batch live in the attention buffer.
 
     Buffer row ``i`` holds batch row ``order[i]``; rows come in length-group order, so each
-    group is a contiguous block of buffer rows. Valid step ``n`` (of ``N``, rows in buffer
-    order, steps ascending) is step ``steps[n]`` of buffer row ``rows[n]``."""
+    group is a contiguous block of buffer rows. The ``N`` valid steps are numbered with rows in
+    buffer order and steps ascending: step ``n`` is at ``places[n]`` in the batch and at
+    ``slots[n]`` in the buffer."""
 
     order: torch.Tensor  # (B,): the batch row of each buffer row
     places: torch.Tensor  # (N,): flat index b * T + t of each valid step in [B * T]
@@ -166,7 +167,7 @@ class _PackedAttention(torch.autograd.Function):
             target[:, :group.keys, 1] = _token_major(torch.bmm(q_t[:, :, :tq], ds).mul_(scale),
                                                      rows, width)  # dK
             target[:, :group.keys, 2] = _token_major(torch.bmm(dc_t, p), rows, width)  # dV
-        # rows of grad_qkv past a group's keys are never written and never read
+        # grad_qkv past a group's queries (q) or keys (k, v): never written, never read
         return grad_qkv.view(-1, 3 * width).index_select(0, layout.slots), None  # (N, 3D)
 
 
