@@ -224,13 +224,15 @@ def test_a_refused_submission_is_one_clear_error_and_leaves_nothing(work):
 @pytest.mark.slurm
 def test_ctrl_c_scancel_and_kill_are_recorded_failed_and_redone(work):
     results = work
-    # 10 epochs of lr (~10 s on an idle machine; its validation AUC rises through epoch 10), so
-    # that the scancel below lands while the task trains rather than after it finished
     cmd = [sys.executable, "-m", "ctrbench.cli", "run", "-m", "lr", "-d", "synthetic",
            "--seed-list", "2", "--epochs", "10", "--results", str(results),
            "--executor", "slurm", "--time", "20:00"]
+    # the run cancelled below trains ~17 s on an idle machine (10 epochs at batch 16, no early
+    # stop), so that the scancel lands while it trains: at batch 128 its 10 epochs took ~2.5 s
+    # and the task finished first in one CI run
+    slow = [*cmd, "--set", "train.batch_size=16", "--set", "train.patience=20"]
     # 1. Ctrl-C while waiting: the job keeps running, the message says how to reattach
-    waiter = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    waiter = subprocess.Popen(slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = []
     for line in waiter.stderr:
         seen.append(line)
@@ -255,7 +257,7 @@ def test_ctrl_c_scancel_and_kill_are_recorded_failed_and_redone(work):
     assert record.status == "failed" and f"Slurm task {job_id}_0" in record.error
 
     # 3. the next run submits it again (and only it) and finishes it
-    redo = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
+    redo = subprocess.run(slow, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert redo.returncode == 0, redo.stderr
     assert "submitted 1 run(s)" in redo.stderr and "1 finished" in redo.stdout
     assert read_record(record_file).status == "finished"
