@@ -225,14 +225,14 @@ class CIN(nn.Module):
         self.out_dim = out_dim
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
-        batch, m, dim = x0.shape
+        m = x0.shape[1]
         if m != self.num_fields:
             raise ValueError(f"CIN built for {self.num_fields} fields, got {m}")
         base = x0.transpose(1, 2).unsqueeze(3)  # (B, D, m, 1): maps kept D-major for the matmul
         hidden = x0.transpose(1, 2)  # (B, D, H_0 = m)
         pooled: list[torch.Tensor] = []
         for k, layer in enumerate(self.layers):
-            z = (base * hidden.unsqueeze(2)).reshape(batch, dim, -1)  # (B, D, m*H_{k-1})
+            z = (base * hidden.unsqueeze(2)).flatten(2)  # (B, D, m*H_{k-1})
             out = layer(z)  # (B, D, H_k)
             if self.activation == "relu":
                 out = torch.relu(out)

@@ -312,6 +312,8 @@ class TransformerBlock(nn.Module):
         :meth:`MaskedSelfAttention.mix` per group, trimmed to the group's bound.
         ``[B, T, D] -> [B, T, D]``, 0 at padded steps."""
         batch_size, steps, dim = x.shape
+        if batch_size == 0:
+            return x.new_zeros(x.shape)
         attention = self.attention
         parts = length_groups(mask, auto_groups(batch_size))
         layout = AttentionLayout.of(mask, parts, attention.heads, attention.head_dim, x.dtype)

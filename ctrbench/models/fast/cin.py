@@ -39,5 +39,5 @@ class BatchedCIN(CIN):
                                            dim=1)
             else:
                 hidden, direct = out, out
-            pooled.append(direct.reshape(batch, dim, -1).sum(dim=1))  # (B, kept_k)
+            pooled.append(direct.reshape(batch, dim, direct.shape[1]).sum(dim=1))  # (B, kept_k)
         return torch.cat(pooled, dim=1)  # (B, out_dim)
