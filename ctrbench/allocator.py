@@ -20,7 +20,6 @@ when ``CTRBENCH_MALLOC=default``, or where the C library has no ``mallopt`` (not
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -37,11 +36,10 @@ status = "not called"
 
 
 def _libc() -> Any | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """The symbols already loaded in this process (the C library's among them): no
+    ``find_library`` subprocess on every ``import ctrbench``."""
     try:
-        return ctypes.CDLL(name)
+        return ctypes.CDLL(None)
     except OSError:
         return None
 

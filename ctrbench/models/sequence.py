@@ -337,19 +337,18 @@ class TransformerBlock(nn.Module):
                       parts: list[tuple[int, torch.Tensor]],
                       layout: AttentionLayout) -> torch.Tensor:
         """:meth:`MaskedSelfAttention.mix` per length group over the padded ``qkv``: packed
-        ``[N, 3D]`` in ``layout``'s order -> context ``[N, D]`` in the same order."""
-        batch_size, steps = mask.shape
-        width = qkv.shape[1]
+        ``[N, 3D]`` in ``layout``'s order -> context ``[N, D]`` in the same order (padded as
+        in ``layout``'s buffer: rows in group order, ``T_b`` steps)."""
+        batch_size, steps = layout.rows, layout.buffer_steps
         mask_g = mask.index_select(0, layout.order)  # (B, T), rows in group order
-        packed = mask_g.reshape(-1).nonzero().squeeze(1)  # (N,): valid steps, group order
-        padded = qkv.new_zeros(batch_size * steps, width).index_copy_(0, packed, qkv)
+        padded = qkv.new_zeros(batch_size * steps, qkv.shape[1]).index_copy_(
+            0, layout.slots, qkv).view(batch_size, steps, -1)  # (B, T_b, 3D)
         sizes = [rows.shape[0] for _, rows in parts]
         contexts = []
-        for (bound, _), qkv_g, mask_part in zip(parts, padded.view(batch_size, steps, -1).split(
-                sizes), mask_g.split(sizes)):
+        for (bound, _), qkv_g, mask_part in zip(parts, padded.split(sizes), mask_g.split(sizes)):
             context = self.attention.mix(qkv_g[:, :bound], mask_part[:, :bound])  # (R, bound, D)
-            contexts.append(nn.functional.pad(context, (0, 0, 0, steps - bound)))  # (R, T, D)
-        return torch.cat(contexts).reshape(batch_size * steps, -1).index_select(0, packed)
+            contexts.append(nn.functional.pad(context, (0, 0, 0, steps - bound)))  # (R, T_b, D)
+        return torch.cat(contexts).reshape(batch_size * steps, -1).index_select(0, layout.slots)
 
 
 def length_groups(mask: torch.Tensor, groups: int = 6) -> list[tuple[int, torch.Tensor]]:
