@@ -9,6 +9,9 @@ padded ``[B, T]``: the same number of ops per step, no arithmetic on padding (ab
 on Amazon-like histories); against running per history-length group (``apply_by_length``):
 one loop of T steps instead of one per group, so far fewer dispatched ops at large batches.
 
+The forward loop runs on ``(h + 1) / 2`` (see :func:`_forward_loop`); 16-bit inputs run in
+float32 and return in their own dtype.
+
 Outputs at steps ``t >= hist_len`` are 0 and carry no gradient (the recurrence stops at the
 last valid step; a row with ``hist_len = 0`` is all zeros).
 
@@ -20,6 +23,7 @@ with float64 ``gradcheck`` (``tests/test_fast_scans.py``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -95,45 +99,61 @@ class StepPacking:
                                                             *packed.shape[1:])
 
 
+def prefix_views(x: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, ...]:
+    """For packed ``x [N, ...]``: the rows of step ``t - 1`` still active at step ``t``
+    (``x[offsets[t - 1] : offsets[t - 1] + n_t]``) for ``t = 1 .. T' - 1``, as views made by
+    one ``split`` (instead of one slice per step in the loops)."""
+    parts = []
+    for before, rows in pairwise(sizes):
+        parts += [rows, before - rows]
+    pieces = x.split([*parts, sizes[-1]] if sizes else [])
+    return pieces[0 : len(parts) : 2]
+
+
 def _forward_loop(gx: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
                   gate: torch.Tensor | None, sizes: list[int]) -> tuple[torch.Tensor, ...]:
     """Packed ``gx [N, 3H]`` (and ``gate [N, 1]``) -> packed states ``[N + 1, H]`` (row N is
     0, the state before step 0 for the backward), pre-activations, gates and candidates
-    ``[N, .]`` (see :mod:`gated_scan`: ``tanh`` as ``2 sigmoid(2x) - 1``, the candidate's
-    part of ``P`` holds ``2 hn``)."""
+    ``[N, .]`` (see :mod:`gated_scan`: the candidate's part of ``P`` holds ``2 hn``).
+
+    The loop runs on ``u = (h + 1) / 2`` and ``s = (n + 1) / 2 = sigmoid(2 n_pre)`` (``tanh``
+    as a ``sigmoid``, which costs ~4x less here): both updates are the same ``lerp`` in these
+    coordinates, ``W_hh h = 2 W_hh u - W_hh 1`` folds into the weights and a bias from step 1
+    on, and ``h``, ``n`` are recovered by one whole-buffer op each after the loop. Per step:
+    five ops for the GRU, six for AUGRU."""
     hidden = w_hh.shape[1]
     two_h = 2 * hidden
     scale = torch.ones(3 * hidden, 1, dtype=gx.dtype, device=gx.device)
-    scale[two_h:] = 2.0
-    w_t = (w_hh * scale).t()  # (H, 3H): candidate rows doubled
-    pre = torch.empty_like(gx)  # (N, 3H): gx + b_hh for r and z, 2 b_hn for the candidate
+    scale[two_h:] = 2.0  # the candidate's rows produce 2 hn
+    w_scaled = w_hh * scale  # (3H, H)
+    w_t = (2.0 * w_scaled).t()  # (H, 3H): acts on u
+    # P: gx + b_hh for r and z, 2 b_hn for the candidate (r and z are then replaced by their
+    # gates in place: the backward reads only P's candidate part)
+    pre = torch.empty_like(gx)  # (N, 3H)
     torch.add(gx[:, :two_h], b_hh[:two_h], out=pre[:, :two_h])
     pre[:, two_h:] = 2.0 * b_hh[two_h:]
-    gx_n2 = gx[:, two_h:] * 2.0  # (N, H)
-    states = gx.new_empty(gx.shape[0] + 1, hidden)  # and a zero row N: h_{-1} for backward
-    states[-1] = 0.0
-    rz = gx.new_empty(gx.shape[0], two_h)
-    cand = gx.new_empty(gx.shape[0], hidden)
-    minus_one = gx.new_full((), -1.0)
-    state_v, pre_v, rz_v, cand_v = (b.split(sizes) for b in (states[:-1], pre, rz, cand))
-    pre_rz_v, hn2_v = pre[:, :two_h].split(sizes), pre[:, two_h:].split(sizes)
-    r_v, z_v = rz[:, :hidden].split(sizes), rz[:, hidden:].split(sizes)
-    gx_n2_v = gx_n2.split(sizes)
+    first = sizes[0] if sizes else 0
+    pre[first:] -= w_scaled.sum(dim=1)  # - W_hh 1 from step 1 on (h_0 = 0 adds nothing)
+    cand = gx[:, two_h:] * 2.0  # (N, H): 2 gx_n, then s, then n
+    states = gx.new_empty(gx.shape[0] + 1, hidden)  # u, then h; row N: h_{-1} = 0
+    state_v, pre_v, cand_v = (b.split(sizes) for b in (states[:-1], pre, cand))
+    rz_v, hn2_v = pre[:, :two_h].split(sizes), pre[:, two_h:].split(sizes)
+    r_v, z_v = pre[:, :hidden].split(sizes), pre[:, hidden:two_h].split(sizes)
+    previous_v = (gx.new_full((first, hidden), 0.5), *prefix_views(states[:-1], sizes))
     gates = gate.split(sizes) if gate is not None else None  # (n_t, 1) each
-    h = gx.new_zeros(sizes[0] if sizes else 0, hidden)
-    for t, rows in enumerate(sizes):
+    for t in range(len(sizes)):
+        u = previous_v[t]  # (n_t, H)
         if t:
-            h = state_v[t - 1][:rows]
-            pre_v[t].addmm_(h, w_t)  # (n_t, 3H); h_0 = 0 adds nothing
-        n = cand_v[t]
-        torch.sigmoid(pre_rz_v[t], out=rz_v[t])  # (n_t, 2H)
-        half = torch.sigmoid(torch.addcmul(gx_n2_v[t], r_v[t], hn2_v[t]))  # sigmoid(2 n_pre)
-        torch.add(minus_one, half, alpha=2.0, out=n)  # n = tanh(n_pre)
+            pre_v[t].addmm_(u, w_t)  # (n_t, 3H)
+        rz_v[t].sigmoid_()  # (n_t, 2H)
+        s = cand_v[t].addcmul_(r_v[t], hn2_v[t]).sigmoid_()  # (n_t, H)
         if gates is None:
-            torch.lerp(n, h, z_v[t], out=state_v[t])  # n + z (h - n)
+            torch.lerp(s, u, z_v[t], out=state_v[t])  # u' = s + z (u - s)
         else:
-            torch.lerp(h, n, z_v[t] * gates[t], out=state_v[t])  # h + a z (n - h)
-    return states, pre, rz, cand
+            torch.lerp(u, s, z_v[t] * gates[t], out=state_v[t])  # u' = u + a z (s - u)
+    states.mul_(2.0).sub_(1.0)[-1] = 0.0  # h = 2 u - 1
+    cand.mul_(2.0).sub_(1.0)  # n = 2 s - 1
+    return states, pre, pre[:, :two_h], cand
 
 
 def _backward(grad_out: torch.Tensor, saved: tuple[torch.Tensor, ...],
@@ -146,6 +166,8 @@ def _backward(grad_out: torch.Tensor, saved: tuple[torch.Tensor, ...],
     prev = states.index_select(0, packing.previous)  # (N, H): h_{t-1}, row N (0) at t = 0
     grad = grad_out
     grad_v = grad.split(sizes)
+    grad_u = grad.unsqueeze(1).split(sizes)  # (n_t, 1, H) each
+    grad_previous = (None, *prefix_views(grad, sizes))  # dL/dh_{t-1} of step t's rows
     d_gx = pre.new_empty(pre.shape)
     d_w = w_hh.new_zeros(3 * hidden, hidden)
     d_b = w_hh.new_zeros(3 * hidden)
@@ -165,11 +187,13 @@ def _backward(grad_out: torch.Tensor, saved: tuple[torch.Tensor, ...],
                 cand[block].unsqueeze(0), None if gate is None else gate[block].unsqueeze(0)))
         block_sizes = sizes[start:end]
         coef_v, keep_v = coef.split(block_sizes), keep.split(block_sizes)
+        products = torch.empty_like(coef)  # (S, 3, H): coef * dh, step by step
+        products_v = products.split(block_sizes)
+        flat_v = products.view(-1, 3 * hidden).split(block_sizes)
         for t in range(end - 1, max(start, 1) - 1, -1):  # dL/dh_{t-1} from step t
-            rows, i = sizes[t], t - start
-            dh = grad_v[t]  # (n_t, H)
-            g = (coef_v[i] * dh.unsqueeze(1)).view(rows, 3 * hidden)  # (n_t, 3H)
-            grad_v[t - 1][:rows].addcmul_(dh, keep_v[i]).addmm_(g, w_hh)
+            i = t - start
+            torch.mul(coef_v[i], grad_u[t], out=products_v[i])  # (n_t, 3, H)
+            grad_previous[t].addcmul_(grad_v[t], keep_v[i]).addmm_(flat_v[i], w_hh)
         g_blk = grad[block]  # final: every later step has been walked
         d_gates = coef.mul_(g_blk.unsqueeze(1)).view(-1, 3 * hidden)  # (S, 3H): d(pre)
         d_w.addmm_(d_gates.t(), prev[block])
@@ -205,14 +229,27 @@ class _PackedGatedScan(torch.autograd.Function):
             return (*_backward(grad, saved[:5], gate, ctx.packing), None)
 
 
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the recurrence runs in: float32 for 16-bit inputs (bf16 under autocast). The
+    loop keeps ``h`` and ``n`` as ``(x + 1) / 2``, whose rounding in bf16 is absolute (~2^-9
+    near 0), and its states feed every later step; the recurrence is latency-bound, so float32
+    costs two casts of ``[N, .]``."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
 def packed_gru_scan(gx: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
                     packing: StepPacking) -> torch.Tensor:
-    """GRU states, packed ``[N, H]``, from packed input projections ``gx [N, 3H]``."""
-    return _PackedGatedScan.apply(gx, w_hh.to(gx.dtype), b_hh.to(gx.dtype), None, packing)
+    """GRU states, packed ``[N, H]`` in ``gx``'s dtype, from packed input projections
+    ``gx [N, 3H]``."""
+    work = _work_dtype(gx.dtype)
+    return _PackedGatedScan.apply(gx.to(work), w_hh.to(work), b_hh.to(work), None,
+                                  packing).to(gx.dtype)
 
 
 def packed_augru_scan(gx: torch.Tensor, attention: torch.Tensor, w_hh: torch.Tensor,
                       b_hh: torch.Tensor, packing: StepPacking) -> torch.Tensor:
-    """AUGRU states, packed ``[N, H]``, from packed ``gx [N, 3H]`` and ``attention [N]``."""
-    return _PackedGatedScan.apply(gx, w_hh.to(gx.dtype), b_hh.to(gx.dtype),
-                                  attention.to(gx.dtype).unsqueeze(1), packing)
+    """AUGRU states, packed ``[N, H]`` in ``gx``'s dtype, from packed ``gx [N, 3H]`` and
+    ``attention [N]``."""
+    work = _work_dtype(gx.dtype)
+    return _PackedGatedScan.apply(gx.to(work), w_hh.to(work), b_hh.to(work),
+                                  attention.to(work).unsqueeze(1), packing).to(gx.dtype)
