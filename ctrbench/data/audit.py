@@ -88,7 +88,9 @@ def pair_identity(split: str, cols: Mapping[str, np.ndarray], reps: int) -> Audi
     for name, arr in cols.items():
         if name in CANDIDATE_COLUMNS:
             continue
-        a = np.asarray(arr).reshape(n, reps, -1)  # (S, reps, width)
+        arr = np.asarray(arr)
+        width = int(np.prod(arr.shape[1:], dtype=np.int64))  # named: -1 fails on 0 rows
+        a = arr.reshape(n, reps, width)  # (S, reps, width)
         same = (a == a[:, :1]) | (np.isnan(a) & np.isnan(a[:, :1]) if a.dtype.kind == "f"
                                   else False)
         bad = int((~same.all(axis=(1, 2))).sum())

@@ -324,6 +324,13 @@ def _users_table_columns(tables: CanonicalTables, ev: Events, names: Sequence[st
         dupes = index[index.duplicated()].unique()[:3].tolist()
         raise DataError(f"the users table lists some users more than once: {dupes}")
     row = index.get_indexer(ev.user_names.astype(str))
+    if not (row >= 0).any():  # an empty table, or ids of another form than the interactions'
+        table_ids = index[:2].tolist()
+        raise DataError(
+            f"no user of the interactions is in the users table ({len(index):,} rows"
+            + (f", ids like {table_ids}" if table_ids else "")
+            + f"; the interactions' ids look like {ev.user_names[:2].astype(str).tolist()})",
+            hint="check the users table's file and its user id column")
     out = {}
     for name in names:
         codes, _ = pd.factorize(users[name].astype(str))

@@ -95,7 +95,17 @@ class CanonicalTables:
             raise DataError("reader produced an items table without item/category")
         if self.users is not None and "user" not in self.users.columns:
             raise DataError("reader produced a users table without a user column")
+        ratings = np.asarray(self.interactions["rating"], dtype=np.float64)
+        if np.isinf(ratings).any() or (np.abs(ratings) > np.finfo(np.float32).max).any():
+            # a reader's own check names the lines; this guard keeps an infinite rating from
+            # ever reaching the per-user running means (inf - inf = NaN for every later user)
+            raise DataError("reader produced infinite ratings (or ratings beyond float32)")
         if len(self.interactions) == 0:
+            read = [r for r in self.reports if r.lines]
+            if any(r.bad for r in read):  # every line malformed: say so, not "empty"
+                raise DataError("no interactions left after reading: "
+                                + "; ".join(r.summary() for r in read),
+                                hint="fix the lines named (or the card's columns and formats)")
             raise DataError("no interactions left after reading (are the raw files empty?)")
 
 

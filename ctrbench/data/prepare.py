@@ -23,7 +23,7 @@ from ctrbench.cards import DatasetCard, config_hash, load_dataset_card
 from ctrbench.data.build import DATA_CODE_VERSION, build_samples
 from ctrbench.data.canonical import cleaning_warnings
 from ctrbench.data.sources import read_source
-from ctrbench.data.store import PreparedData, open_store, write_store
+from ctrbench.data.store import PreparedData, ensure_directory, open_store, write_store
 from ctrbench.errors import DataError
 from ctrbench.progress import message
 
@@ -148,6 +148,7 @@ def prepare(name_or_card: str | DatasetCard, *, force: bool = False, strict: boo
 
     start = time.perf_counter()
     card = _card(name_or_card)
+    ensure_directory(paths.prepared_root(), "prepared-data folder")  # before, not after, a build
     with locked_raw(card):
         files = fetch_sources(card, from_dir=Path(from_dir) if from_dir is not None else None)
         raw_sha = raw_sha256(files)
@@ -176,6 +177,10 @@ def prepare(name_or_card: str | DatasetCard, *, force: bool = False, strict: boo
             "raw_sha256": raw_sha, "ctrbench_version": __version__,
             "card": card.resolved(), "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                   time.gmtime())}
+    for split, columns in built.splits.items():
+        if not len(columns["label"]):
+            message(f"warning: {card.name}: the {split} split is empty, and runs need rows in "
+                    "every split (too few users, or too few events per user?)")
     meta["expected_mismatches"] = check_expected(card, meta)
     for problem in meta["expected_mismatches"]:
         message(f"warning: {card.name}: {problem} (card [expected])")

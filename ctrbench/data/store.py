@@ -83,6 +83,18 @@ def open_store(path: str | os.PathLike) -> PreparedData:
     return PreparedData(path=path, meta=meta, schema=Schema.from_dict(meta["schema"]))
 
 
+def ensure_directory(path: Path, what: str) -> None:
+    """Create directory ``path`` (and its parents), or raise :class:`DataError` naming the file
+    that stands where a directory must be."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise DataError(f"cannot create the {what} {path}: {blocker} is a file, not a directory",
+                        hint="move that file away (or point CTRBENCH_HOME / --out elsewhere)"
+                        ) from None
+
+
 def write_store(
     final_path: str | os.PathLike,
     schema: Schema,
@@ -94,7 +106,7 @@ def write_store(
     ``meta`` gets ``schema``, ``store_format`` and per-split ``rows``/``positive_rate`` added.
     """
     final_path = Path(final_path)
-    final_path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_directory(final_path.parent, "prepared-data folder")
     tmp = final_path.with_name(f".{final_path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         tmp.mkdir()

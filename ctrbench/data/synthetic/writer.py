@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ctrbench.data.store import ensure_directory
 from ctrbench.data.synthetic.sampler import ChunkEvents, Sampler, simulate_chunk
 from ctrbench.data.synthetic.world import (
     AGE_GROUPS,
@@ -180,7 +181,7 @@ def generate(params: WorldParams, out_dir: str | os.PathLike,
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise DataError(f"{out_dir} already exists", hint="choose another --out directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    ensure_directory(out_dir.parent, "folder")
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
