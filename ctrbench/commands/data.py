@@ -1,4 +1,4 @@
-"""``ctrbench prepare NAME [--from DIR] [--strict] [--force]``: build a dataset's store."""
+"""``ctrbench prepare NAME [--from DIR [--replace]] [--strict] [--force]``: build a store."""
 
 from __future__ import annotations
 
@@ -25,12 +25,16 @@ def _report_lines(reports: list[dict]) -> list[str]:
 @click.argument("name")
 @click.option("--from", "from_dir", type=click.Path(path_type=Path), default=None,
               help="Offline mirror: a directory holding the raw files by name.")
+@click.option("--replace", is_flag=True, default=False,
+              help="Fetch the raw files again (from --from DIR when given) and replace the "
+                   "cached copies (as `ctrbench download --replace`).")
 @click.option("--strict", is_flag=True, default=False,
               help="Fail on the first malformed raw line instead of skipping and counting it "
                    "(an existing store built with skipped lines fails the same way).")
 @click.option("--force", is_flag=True, default=False,
               help="Rebuild even if a finished store with the same key exists.")
-def prepare(name: str, from_dir: Path | None, strict: bool, force: bool) -> None:
+def prepare(name: str, from_dir: Path | None, replace: bool, strict: bool,
+            force: bool) -> None:
     """Read a dataset's raw files, build its protocol and write the prepared store.
 
     The store is keyed by a hash of the resolved card, the raw files' sha256 and the builder
@@ -46,6 +50,11 @@ def prepare(name: str, from_dir: Path | None, strict: bool, force: bool) -> None
     from ctrbench.data.prepare import prepare as run_prepare
     from ctrbench.data.store import SPLITS
 
+    if replace:
+        from ctrbench.cards import load_dataset_card
+        from ctrbench.data.download import fetch_report
+
+        fetch_report(load_dataset_card(name), from_dir=from_dir, replace=True)
     result = run_prepare(name, force=force, strict=strict, from_dir=from_dir)
     meta = result.data.meta
     status = "reused existing store" if result.reused else "built"

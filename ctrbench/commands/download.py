@@ -32,7 +32,11 @@ def _status(status: str, check: str) -> str:
               help="Keep a file that fails its checksum: it is reported as unverified, its "
                    "sha256 is recorded as accepted, and later commands keep using it. Use only "
                    "for a file you trust.")
-def download(name: str, from_dir: Path | None, lenient: bool) -> None:
+@click.option("--replace", is_flag=True, default=False,
+              help="Fetch the files again (from --from DIR when given) and replace the cached "
+                   "copies; for a card that pins no checksum the new copy's sha256 becomes the "
+                   "reference later copies must match.")
+def download(name: str, from_dir: Path | None, lenient: bool, replace: bool) -> None:
     """Download a dataset's raw files into the cache and verify their checksums.
 
     Files already cached and verified are not fetched again. Prints one row per raw file:
@@ -53,7 +57,7 @@ def download(name: str, from_dir: Path | None, lenient: bool) -> None:
         click.echo(f"{name}: no raw files to download (the {card.reader!r} reader generates "
                    "its data locally)")
         return
-    fetched = fetch_report(card, from_dir=from_dir, strict_hash=not lenient)
+    fetched = fetch_report(card, from_dir=from_dir, strict_hash=not lenient, replace=replace)
     rows = [[f.role, f.file, _human_size(f.size), f.sha256, _status(f.status, f.check)]
             for f in fetched]
     click.echo(tabulate(rows, headers=["role", "file", "size", "sha256", "status"]))

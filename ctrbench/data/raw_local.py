@@ -10,16 +10,22 @@
 - :func:`raw_lock`: an exclusive lock (``filelock``; released by the OS when the process dies,
   even by ``kill -9``) held while raw files are fetched, generated or read. Whoever holds it
   knows no other ctrbench process is writing there, so :func:`clean_leftovers` may remove
-  every temporary name (``.*.tmp-*``, ``.*.part``, pooch's ``tmp*``) a killed process left.
+  every temporary name a killed process left: ctrbench's own (``.<name>.tmp-<hex>``, files and
+  folders; pooch downloads inside such a folder) and those of older versions (``.*.part``, and
+  pooch's ``tmpXXXXXXXX`` without a dot); never a name the card uses (``tmp_reviews.json.gz``).
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import os
+import re
 import shutil
+import stat
 import uuid
+import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -29,7 +35,8 @@ from ctrbench.errors import ChecksumError, DataError
 from ctrbench.progress import message
 
 LOCK_NAME = ".lock"  # raw/.<card>.lock, beside the card's folder
-LEFTOVER_PATTERNS = (".*.tmp-*", ".*.part", "tmp*")
+LEFTOVER_PATTERNS = (".*.tmp-*", ".*.part")  # ctrbench's temporary names (leading dot)
+POOCH_LEFTOVER = re.compile(r"tmp[a-z0-9_]{6,}")  # tempfile's name, from older versions
 _LOCKS: dict[str, object] = {}  # path -> FileLock (re-entrant within this process)
 
 
@@ -86,18 +93,45 @@ def mirror_listing(mirror: Path, limit: int = 12) -> str:
     return ", ".join(found[:limit]) + (" ..." if len(found) > limit else "") or "(nothing)"
 
 
-def count_lines(path: Path) -> int:
-    """Lines in a text file (decompressed when it ends in ``.gz``), counted in chunks."""
-    opener = gzip.open if path.suffix == ".gz" else open
+def count_lines(path: Path, name: str | None = None, gz: bool | None = None) -> int:
+    """Lines in a text file (decompressed when ``gz``, default: its name ends in ``.gz``).
+
+    A truncated or corrupt gzip file raises ChecksumError, a file that cannot be read DataError;
+    both name it ``name`` (default: the file's name).
+    """
+    name = name or path.name
+    gz = path.name.endswith(".gz") if gz is None else gz
     total, last = 0, b"\n"
     try:
-        with opener(path, "rb") as fh:
+        with (gzip.open if gz else open)(path, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 total += chunk.count(b"\n")
                 last = chunk[-1:]
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path.name}: cannot read to count its lines: {exc}") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise ChecksumError(f"{name} is truncated or not a valid gzip file ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"{name}: cannot read to count its lines: {exc}") from None
     return total + (last != b"\n")
+
+
+def describe_path(path: Path) -> str:
+    """Why ``path`` is not a readable file: missing, a directory, a symbolic link loop, ..."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        try:
+            return f"is a broken symbolic link (to {os.readlink(path)})"
+        except OSError:
+            parent = path.parent
+            return "does not exist" + ("" if parent.is_dir() else
+                                       f" (nor does its folder {parent})")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a file"
+    return "is a file" if stat.S_ISREG(mode) else "is not a regular file"
 
 
 def mismatch_hint(src: SourceSpec) -> str:
@@ -172,6 +206,32 @@ def verify_members(src: SourceSpec, folder: Path) -> str:
     return text + (f"; unverified: {', '.join(others)}" if others else "")
 
 
+def members_sha256(src: SourceSpec, folder: Path, file_sha256) -> dict[str, str]:
+    """Member name -> sha256 (``file_sha256(path)``) of the members ``folder`` holds."""
+    names = member_names(src) or sorted(p.name for p in folder.iterdir() if p.is_file())
+    return {n: file_sha256(folder / n) for n in names if (folder / n).is_file()}
+
+
+def archive_members_sha256(src: SourceSpec, archive: Path) -> dict[str, str] | None:
+    """Member name -> sha256 of the members of a zip ``archive``; None if it cannot be read."""
+    import zipfile
+
+    out: dict[str, str] = {}
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            by_name = {Path(i.filename).name: i for i in zf.infolist() if not i.is_dir()}
+            for name in member_names(src):
+                if name in by_name:
+                    h = hashlib.sha256()
+                    with zf.open(by_name[name]) as fh:
+                        while chunk := fh.read(1 << 20):
+                            h.update(chunk)
+                    out[name] = h.hexdigest()
+    except (OSError, EOFError, zlib.error, zipfile.BadZipFile):
+        return None
+    return out
+
+
 def copy_members(src: SourceSpec, origin: Path, target: Path) -> Path:
     """Copy the members of the extracted folder ``origin`` into ``target`` (temp + rename)."""
     tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -224,21 +284,22 @@ def raw_lock(*folders: Path) -> Iterator[None]:
         yield
 
 
-def clean_leftovers(folder: Path) -> list[Path]:
-    """Remove temporary files and folders a killed process left in ``folder``.
+def clean_leftovers(folder: Path, keep: frozenset[str] = frozenset()) -> list[Path]:
+    """Remove temporary files and folders a killed process left in ``folder``; never a name in
+    ``keep`` (the card's files).
 
     Call only while holding :func:`raw_lock` of ``folder``.
     """
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
-    for pattern in LEFTOVER_PATTERNS:
-        for path in folder.glob(pattern):
-            if path.name == LOCK_NAME:
-                continue
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-            removed.append(path)
+    legacy = [p for p in folder.iterdir() if POOCH_LEFTOVER.fullmatch(p.name) and p.is_file()]
+    for path in sorted({*legacy, *(p for pat in LEFTOVER_PATTERNS for p in folder.glob(pat))}):
+        if path.name == LOCK_NAME or path.name in keep:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
     return removed
