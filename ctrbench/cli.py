@@ -7,8 +7,10 @@ usage errors exit 2 (click); bugs keep their traceback.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
+import os
 import sys
 
 import click
@@ -42,6 +44,10 @@ class CtrbenchGroup(click.Group):
         except OSError as exc:  # a disk that refuses writes is not a bug: one clear line
             if exc.errno not in DISK_ERRNOS:
                 raise
+            if _unreadable(exc):
+                raise click.ClickException(
+                    f"cannot read {exc.filename}: {exc.strerror}\n  hint: make it readable by "
+                    "this user (e.g. chmod a+r), then run the same command again") from None
             raise click.ClickException(
                 f"cannot write {exc.filename or 'a file'}: {exc.strerror}\n  hint: free some "
                 "space or make the directory writable, then run the same command again"
@@ -49,6 +55,25 @@ class CtrbenchGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted; finished results are kept, the next run resumes.", err=True)
             sys.exit(130)
+
+
+def _unreadable(exc: OSError) -> bool:
+    """Whether a refused access was a read: its file exists and this process may not open it
+    for reading (a write to a readable file, or to a new one, is not)."""
+    if (exc.errno not in (errno.EACCES, errno.EPERM)
+            or not isinstance(exc.filename, (str, os.PathLike))):
+        return False
+    try:
+        os.stat(exc.filename)
+    except OSError:
+        return False  # missing or out of reach: not a file that was being read
+    try:
+        os.close(os.open(exc.filename, os.O_RDONLY | os.O_NONBLOCK))
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 @click.group(cls=CtrbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})

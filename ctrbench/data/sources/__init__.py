@@ -8,15 +8,45 @@ path (see ``ctrbench.data.download.fetch_sources``). Readers register by the car
 from __future__ import annotations
 
 import importlib
+import lzma
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import numpy as np
+
 from ctrbench.cards import DatasetCard
 from ctrbench.data.canonical import CanonicalTables, clean_interactions
+from ctrbench.errors import DataError
 from ctrbench.registry import Registry
 
 Reader = Callable[..., CanonicalTables]
 READERS: Registry[Reader] = Registry("reader")
+
+#: a rating beyond this is inf once stored as float32 (the canonical rating dtype)
+RATING_MAX = float(np.finfo(np.float32).max)
+RATING_NOT_FINITE = "rating not finite"
+#: what a damaged compressed file raises while it is read (besides OSError, e.g. BadGzipFile)
+DECOMPRESS_ERRORS = (EOFError, zlib.error, zipfile.BadZipFile, lzma.LZMAError)
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def rating_overflows(ratings: np.ndarray) -> np.ndarray:
+    """Bool mask of ratings that are +-inf or beyond float32 (NaN, a missing rating, is not)."""
+    with np.errstate(invalid="ignore"):
+        return np.abs(np.asarray(ratings, dtype=np.float64)) > RATING_MAX
+
+
+def cannot_read(path: Path | str, exc: BaseException) -> DataError:
+    """The one message for a raw file that cannot be read (no permission, damaged)."""
+    if isinstance(exc, PermissionError):
+        return DataError(f"cannot read {path}: {exc.strerror}",
+                         hint="make it readable by this user (e.g. chmod a+r), then run the "
+                              "same command again")
+    reason = getattr(exc, "strerror", None) or exc
+    return DataError(f"cannot read {path}: {reason}",
+                     hint="the file is truncated or corrupt: copy or download it again")
 
 _MODULES = ("amazon", "movielens", "synthetic", "table")
 

@@ -16,9 +16,11 @@ are read and kept in compact typed arrays (a few bytes per review), so Books (8.
 in bounded memory; meta lines are only parsed for items that appear in the reviews.
 
 A review line is malformed (counted with its line number and skipped, or raised with
-``strict``) when it is not a JSON object, lacks a key field, has a non-numeric rating or a time
-that is not a finite number in years 1..9999 (``ctrbench.data.canonical.MIN_TS``/``MAX_TS``),
-or nests too deep for the JSON parser.
+``strict``) when it is not a JSON object, lacks a key field, has a non-numeric rating or one that
+is not finite in float32 (NaN, inf, 1e39: "rating not finite"; a missing rating is kept as NaN),
+a time that is not a finite number in years 1..9999 (``ctrbench.data.canonical.MIN_TS``/
+``MAX_TS``), or nests too deep for the JSON parser. A UTF-8 BOM before the first line is
+ignored, in reviews and meta.
 
 Crawl-time snapshot fields (2014: ``salesRank``, ``related``, ``helpful``) are dropped unless
 ``keep_snapshot_fields`` (read for the 2014 release only): they describe the item when the data
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import json
 import zlib
 from array import array
@@ -41,7 +44,13 @@ import pandas as pd
 from ctrbench.cards import DatasetCard, check_keys
 from ctrbench.data.canonical import MAX_TS, MIN_TS, CanonicalTables, ReadReport
 from ctrbench.data.features import UNKNOWN_CATEGORY
-from ctrbench.data.sources import READERS
+from ctrbench.data.sources import (
+    RATING_MAX,
+    RATING_NOT_FINITE,
+    READERS,
+    UTF8_BOM,
+    cannot_read,
+)
 from ctrbench.data.sources.amazon_meta import (  # noqa: F401 (re-exported)
     CATEGORY_RULES,
     META_FORMATS,
@@ -67,20 +76,25 @@ PRECHECK_SAMPLE = 2048
 
 # --------------------------------------------------------------------------- streaming
 def _gzip_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(0-based line number, raw line) of a gzip file; corrupt/truncated gzip -> DataError."""
+    """(0-based line number, raw line) of a gzip file, a leading UTF-8 BOM removed;
+    corrupt/truncated gzip or no permission -> DataError."""
     step = 1 << 16
     try:
         # the outer buffer makes line iteration C-level (GzipFile.readline is Python)
         with io.BufferedReader(gzip.GzipFile(path, "rb"), 1 << 20) as fh, \
                 progress(f"reading {path.name}", unit="lines") as bar:
             line_no = -1
-            for line_no, line in enumerate(fh):
+            if (first := fh.readline()).startswith(UTF8_BOM):
+                first = first[len(UTF8_BOM):]
+            for line_no, line in enumerate(itertools.chain((first,) if first else (), fh)):
                 if line_no % step == step - 1:
                     bar.update(step)
                 yield line_no, line
             bar.done += (line_no + 1) % step  # counted, shown once by close()
     except FileNotFoundError:
         raise DataError(f"raw file not found: {path}") from None
+    except PermissionError as exc:
+        raise cannot_read(path, exc) from None
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise DataError(f"{path} is truncated or not a valid gzip file ({exc})",
                         hint="delete it and download again (`ctrbench download NAME`)") from None
@@ -130,10 +144,14 @@ def _parse_review(raw: bytes, fmt: str = "2014") -> tuple[str, str, int, float, 
         raise ValueError(f"{time_key} out of range ({str(ts)[:24]})")
     seconds = int(ts) // per_second if isinstance(ts, int) else int(seconds)
     rating = record.get(rating_key)
+    if rating is None:  # no rating: kept, NaN
+        return user, item, seconds, float("nan"), record
     try:
-        rating = float("nan") if rating is None else float(rating)
+        rating = float(rating)
     except (TypeError, ValueError, OverflowError):
         raise ValueError(f"non-numeric {rating_key}") from None
+    if not abs(rating) <= RATING_MAX:  # NaN, inf, or inf once stored as float32
+        raise ValueError(RATING_NOT_FINITE)
     return user, item, seconds, rating, record
 
 

@@ -32,7 +32,8 @@ Speed: the item key is found by a regular expression on the raw bytes (when its 
 exactly once), and lines of items nobody reviewed are skipped unparsed. Kept JSON lines (2018,
 2023) go whole through the C JSON decoder, which measured faster than cutting out the category
 fields with regular expressions; 2014 lines (Python literals) have their ``categories`` cut out
-and tokenized, with ``ast.literal_eval`` of the whole line when that is not certain to be exact.
+and tokenized, with ``ast.literal_eval`` of the whole line when that is not certain to be exact
+(e.g. ``'categories': `` inside a string value: :func:`_is_key_at`).
 """
 
 from __future__ import annotations
@@ -58,8 +59,13 @@ _FIELDS = {"2018": ("asin", "category", "main_cat"),  # item key, path, main cat
            "2023": ("parent_asin", "categories", "main_category")}
 _ALT_RE = re.compile(r"""alt\s*=\s*["']([^"']*)["']""")
 _CATS_2014 = (b"'categories': ", b'"categories": ')
+_CATS_2014_TEXT = tuple(k.decode() for k in _CATS_2014)
+_ASIN_2014_TEXT = tuple(k.decode() for k in _KEY_TEXT["2014"])
+_ASIN_FIRST = tuple("{" + k for k in _ASIN_2014_TEXT)  # the usual line: asin is the first key
 # one token of a list of lists of Python string literals
 _TOKEN_RE = re.compile(r"""\s*(\[|\]|,|'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+# text outside string literals, then whole string literals (possessive: no backtracking)
+_OUTSIDE_RE = re.compile(r"""(?:[^'"]++|'(?:[^'\\\n]++|\\.)*+'|"(?:[^"\\\n]++|\\.)*+")*+""")
 
 
 # --------------------------------------------------------------------------- detection
@@ -148,6 +154,21 @@ def _fast_categories(text: str, start: int) -> list[list[str]] | None:
     return result
 
 
+def _is_key_at(text: str, at: int) -> bool:
+    """Whether the quoted key starting at ``text[at]`` (``'key': `` or ``"key": ``) is a key of
+    the line's dict, not text inside a string value.
+
+    Cheap when certain: a key that follows ``{`` or ``, `` and no quote of the other kind before
+    it cannot lie inside a string (inside a string of its own quote, it would be escaped).
+    Otherwise the text before it is scanned at C speed for whole string literals.
+    """
+    if at <= 0 or text[at - 1] not in "{ ":
+        return False
+    if text.find('"' if text[at] == "'" else "'", 0, at) < 0:
+        return True
+    return _OUTSIDE_RE.match(text, 0, at).end() == at
+
+
 def _literal_dict(text: str) -> dict:
     try:
         record = ast.literal_eval(text)
@@ -179,8 +200,9 @@ def _paths_2014(value: object) -> list[list[str]]:
 def parse_meta_line(text: str) -> tuple[str, list[list[str]]]:
     """``(asin, categories)`` of one 2014 meta line (Python dict literal, or JSON).
 
-    Fast path when ``asin`` and ``categories`` each occur once as keys and the line is a
-    complete ``{...}``; otherwise a full parse. Raises ValueError (with a reason) when malformed.
+    Fast path when ``asin`` and ``categories`` each occur once as keys, outside any string
+    value (:func:`_is_key_at`), and the line is a complete ``{...}``; otherwise a full parse.
+    Raises ValueError (with a reason) when malformed.
     """
     stripped = text.strip()
     raw = stripped.encode("utf-8", "surrogatepass")
@@ -188,12 +210,14 @@ def parse_meta_line(text: str) -> tuple[str, list[list[str]]]:
             and sum(raw.count(k) for k in _KEY_TEXT["2014"]) == 1
             and sum(raw.count(k) for k in _CATS_2014) <= 1):
         m = _KEY["2014"].search(raw)
-        if m is not None:
+        if m is not None and (stripped.startswith(_ASIN_FIRST) or _is_key_at(
+                stripped, max(stripped.find(k) for k in _ASIN_2014_TEXT))):
             asin = (m.group(1) if m.group(1) is not None else m.group(2)).decode("utf-8")
-            at = max(stripped.find(k.decode()) for k in _CATS_2014)
+            at = max(stripped.find(k) for k in _CATS_2014_TEXT)
             if at < 0:
                 return asin, []
-            cats = _fast_categories(stripped, at + len(_CATS_2014[0]))
+            cats = (_fast_categories(stripped, at + len(_CATS_2014[0]))
+                    if _is_key_at(stripped, at) else None)
             if cats is not None:
                 return asin, cats
     record = (_json_dict(raw) if stripped.startswith('{"') else _literal_dict(stripped))

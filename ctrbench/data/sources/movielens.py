@@ -3,8 +3,10 @@
 The layout is detected from the archive's members (``ml-100k/u.data`` or ``ml-1m/ratings.dat``);
 members are streamed through :mod:`zipfile` (nothing is extracted to disk). An extracted directory
 works too. Files are latin-1 text; lines are parsed in chunks with vectorised pandas string
-operations, and malformed lines (wrong field count, non-numeric id/rating/time) are counted in a
-:class:`ReadReport` with their line numbers and skipped (``strict`` raises at the first).
+operations, and malformed lines (wrong field count, non-numeric id/rating/time, a rating that is
+not finite in float32, a time outside years 1..9999) are counted in a :class:`ReadReport` with
+their line numbers and skipped (``strict`` raises at the first). An empty or corrupt member is
+one :class:`~ctrbench.errors.DataError` naming it.
 
 - interactions: ``u.data`` (``user<TAB>item<TAB>rating<TAB>unix``) or ``ratings.dat``
   (``UserID::MovieID::Rating::Timestamp``); ``line`` is the 0-based line in that file.
@@ -33,9 +35,15 @@ import numpy as np
 import pandas as pd
 
 from ctrbench.cards import DatasetCard, check_keys
-from ctrbench.data.canonical import CanonicalTables, ReadReport
+from ctrbench.data.canonical import MAX_TS, MIN_TS, CanonicalTables, ReadReport
 from ctrbench.data.features import UNKNOWN_CATEGORY
-from ctrbench.data.sources import READERS
+from ctrbench.data.sources import (
+    DECOMPRESS_ERRORS,
+    RATING_MAX,
+    RATING_NOT_FINITE,
+    READERS,
+    cannot_read,
+)
 from ctrbench.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -79,11 +87,17 @@ class _Archive:
         else:
             try:
                 self._zip = zipfile.ZipFile(path)
+            except PermissionError as exc:
+                raise cannot_read(path, exc) from None
             except (zipfile.BadZipFile, OSError) as exc:
                 raise DataError(f"{path.name} is not a readable zip archive: {exc}",
                                 hint="delete it from the cache and run `ctrbench download` "
                                      "again") from None
             self.members = {Path(n).name: n for n in self._zip.namelist() if not n.endswith("/")}
+
+    @property
+    def is_zip(self) -> bool:
+        return self._zip is not None
 
     def layout(self) -> Layout:
         for layout in (ML_100K, ML_1M):
@@ -126,6 +140,11 @@ def _line_chunks(stream: IO[bytes]) -> Iterator[tuple[int, list[str]]]:
 FIELD_SEP = "\x1f"  # ASCII unit separator: the parser's one-character delimiter
 END_MARK = "\x1e"  # appended to every line: the column it lands in is the line's field count
 EXTRA_FIELDS = 8  # surplus columns that let the parser keep lines with too many fields
+INT64_RANGE = (-(2.0**63), float(np.nextafter(2.0**63, 0)))  # floats that fit in an int64
+FLOAT64_MAX = float(np.finfo(np.float64).max)
+# column -> (lowest, highest, reason) of the MovieLens ratings file
+RATING_RANGES = {"ts": (MIN_TS, MAX_TS, "time out of range"),
+                 "rating": (-RATING_MAX, RATING_MAX, RATING_NOT_FINITE)}
 
 
 def _parse_with_marks(lines: Sequence[str], sep: str, names: Sequence[str],
@@ -146,12 +165,15 @@ def _parse_with_marks(lines: Sequence[str], sep: str, names: Sequence[str],
 
 def parse_delimited(lines: Sequence[str], start: int, *, sep: str, names: Sequence[str],
                     integer: Sequence[str] = (), numeric: Sequence[str] = (),
+                    ranges: Mapping[str, tuple[float, float, str]] | None = None,
                     report: ReadReport, strict: bool) -> pd.DataFrame:
     """Split ``lines`` on ``sep`` into columns ``names`` with pandas' C parser (no Python loop
     over lines unless the chunk has a line with more than ``EXTRA_FIELDS`` surplus fields).
 
-    Lines with another field count, or a non-numeric value in an ``integer``/``numeric`` column,
-    are recorded in ``report`` (1-based line numbers) and dropped; blank lines are skipped.
+    Lines with another field count, a non-numeric value in an ``integer``/``numeric`` column, an
+    ``integer`` beyond int64, or a value outside ``ranges[col] = (low, high, reason)`` (inf and
+    -inf included) are recorded in ``report`` (1-based line numbers) and dropped; blank lines
+    are skipped.
     The result has a ``line`` column (0-based line number) and the ``names`` columns: text
     columns as str (NaN when empty), ``integer`` ones as int64 and ``numeric`` ones as float64.
     """
@@ -183,11 +205,19 @@ def parse_delimited(lines: Sequence[str], start: int, *, sep: str, names: Sequen
             out[col] = values.to_numpy(dtype=object, na_value=np.nan)
             continue
         as_num = pd.to_numeric(values.where(values != END_MARK), errors="coerce")
-        not_ok = as_num.isna().to_numpy()
-        if col in integer:
-            not_ok = not_ok | ((as_num.to_numpy() % 1 != 0) & ~not_ok)
-        reason[(reason == "") & not_ok & ~blank] = f"{col} is not a number"
-        out[col] = as_num.to_numpy(dtype=np.float64, na_value=np.nan)
+        number = as_num.to_numpy(dtype=np.float64, na_value=np.nan)
+        missing = np.isnan(number)
+        default = ((*INT64_RANGE, f"{col} out of range") if col in integer
+                   else (-FLOAT64_MAX, FLOAT64_MAX, f"{col} not finite"))
+        low, high, why = (ranges or {}).get(col, default)
+        with np.errstate(invalid="ignore"):
+            outside = ~missing & ~((number >= low) & (number <= high))  # also +-inf
+            if col in integer:
+                missing |= ~outside & (number % 1 != 0)
+        free = (reason == "") & ~blank
+        reason[free & missing] = f"{col} is not a number"
+        reason[free & outside] = why
+        out[col] = number
     bad = reason != ""
     for idx in np.flatnonzero(bad):  # malformed lines only
         report.add_bad(int(line_no[idx]) + 1, str(reason[idx]), strict)
@@ -199,15 +229,32 @@ def parse_delimited(lines: Sequence[str], start: int, *, sep: str, names: Sequen
 
 def _read_file(archive: _Archive, member: str, *, sep: str, names: Sequence[str],
                integer: Sequence[str] = (), numeric: Sequence[str] = (),
+               ranges: Mapping[str, tuple[float, float, str]] | None = None,
                strict: bool) -> tuple[pd.DataFrame, ReadReport]:
+    """One member parsed (see :func:`parse_delimited`); DataError when it is corrupt or holds
+    no line but blank ones."""
     report = ReadReport(file=member)
     frames = []
-    with archive.open(member) as stream:
-        for start, lines in _line_chunks(stream):
-            frames.append(parse_delimited(lines, start, sep=sep, names=names, integer=integer,
-                                          numeric=numeric, report=report, strict=strict))
-    if not frames:
-        return pd.DataFrame({"line": np.array([], np.int64), **{n: [] for n in names}}), report
+    where = (f"{archive.path.name}: {archive.members[member]}" if archive.is_zip
+             else archive.members[member])
+    try:
+        with archive.open(member) as stream:
+            for start, lines in _line_chunks(stream):
+                frames.append(parse_delimited(lines, start, sep=sep, names=names,
+                                              integer=integer, numeric=numeric, ranges=ranges,
+                                              report=report, strict=strict))
+    except PermissionError as exc:
+        raise cannot_read(where, exc) from None
+    except (*DECOMPRESS_ERRORS, NotImplementedError, OSError) as exc:
+        if not archive.is_zip:  # a file of an extracted directory: OSError is not corruption
+            raise
+        raise DataError(f"{where} is corrupt ({exc})",
+                        hint="delete the archive from the cache and run `ctrbench download` "
+                             "again") from None
+    if report.bad == 0 and sum(len(f) for f in frames) == 0:
+        raise DataError(f"{where} is empty",
+                        hint="is it the GroupLens release? delete it and run `ctrbench "
+                             "download` again")
     return pd.concat(frames, ignore_index=True), report
 
 
@@ -216,7 +263,8 @@ def _ratings(archive: _Archive, layout: Layout, strict: bool
              ) -> tuple[pd.DataFrame, ReadReport]:
     df, report = _read_file(archive, layout.ratings, sep=layout.sep,
                             names=("user", "item", "rating", "ts"),
-                            integer=("user", "item", "ts"), numeric=("rating",), strict=strict)
+                            integer=("user", "item", "ts"), numeric=("rating",),
+                            ranges=RATING_RANGES, strict=strict)
     interactions = pd.DataFrame({
         "user": df["user"].astype(str),
         "item": df["item"].astype(str),

@@ -19,7 +19,8 @@ the card's directory, used in place) and maps their columns in ``[reader_params]
 Files are read in chunks (:mod:`ctrbench.data.sources.table_chunks`), so memory is bounded by
 the kept columns. Malformed rows are counted in the :class:`ReadReport` with their file line
 (the CSV header is line 1; for parquet the 1-based row) and skipped, or raised with ``strict``:
-a missing user/item/time, a non-numeric rating, more fields than the header, and a time that
+a missing user/item/time, a non-numeric rating or one that is not finite in float32 (inf, 1e39:
+"rating not finite"; an empty rating is kept as NaN), more fields than the header, and a time that
 cannot be read: numeric times (the column is numeric when at least half of the first chunk's
 values are numbers) that are not numbers, not finite, or outside years 1..9999; date strings
 pandas cannot parse. ``line`` in the interactions table is the 0-based data row (file line
@@ -40,7 +41,13 @@ import pandas as pd
 from ctrbench.cards import DatasetCard, check_keys
 from ctrbench.data.canonical import CanonicalTables, ReadReport, time_out_of_range
 from ctrbench.data.features import UNKNOWN_CATEGORY
-from ctrbench.data.sources import READERS
+from ctrbench.data.sources import (
+    DECOMPRESS_ERRORS,
+    RATING_NOT_FINITE,
+    READERS,
+    cannot_read,
+    rating_overflows,
+)
 from ctrbench.data.sources.table_chunks import Chunk, is_parquet
 from ctrbench.data.sources.table_chunks import iter_chunks as _iter_chunks
 from ctrbench.errors import CardError, DataError
@@ -110,6 +117,8 @@ def table_columns(path: Path, params: TableParams) -> list[str]:
     except UnicodeDecodeError:
         raise DataError(f"{path.name}: line 1 (the header): not valid {params.encoding} text",
                         hint='set [reader_params] encoding, e.g. encoding = "latin-1"') from None
+    except (PermissionError, *DECOMPRESS_ERRORS) as exc:
+        raise cannot_read(path, exc) from None
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read the header of {path}: {exc}") from None
     except ImportError:
@@ -243,6 +252,7 @@ def read_interactions(path: Path, params: TableParams, *, strict: bool
         reason = np.full(len(frame), "", dtype=object)
         if params.rating_col:
             rating, not_number = _numbers(frame[params.rating_col])
+            reason[rating_overflows(rating.to_numpy())] = RATING_NOT_FINITE
             reason[not_number] = "rating is not a number"
         else:
             rating = pd.Series(np.nan, index=frame.index)

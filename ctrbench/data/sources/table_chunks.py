@@ -12,13 +12,16 @@ with the 1-based file line of every row (the header is line 1), so messages name
 a quoted field that spans lines counts as one line from there on.
 
 A file that is not valid text in ``encoding`` or that has an unterminated quote is a
-:class:`~ctrbench.errors.DataError` naming the line and the ``reader_params`` setting to try.
+:class:`~ctrbench.errors.DataError` naming the line and the ``reader_params`` setting to try; one
+that cannot be read (no permission, a truncated or corrupt compressed file) is one naming the file.
 """
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import gzip
+import lzma
 import re
 import warnings
 from collections.abc import Iterator, Sequence
@@ -28,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ctrbench.data.sources import DECOMPRESS_ERRORS, cannot_read
 from ctrbench.errors import DataError
 
 CHUNK_ROWS = 500_000
@@ -51,7 +55,7 @@ def is_parquet(path: Path) -> bool:
 
 def _first_undecodable_line(path: Path, encoding: str) -> tuple[int, str]:
     """(1-based line, offending bytes) of the first line that is not ``encoding`` text."""
-    opener = gzip.open if path.suffix == ".gz" else open
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix, open)
     decoder = codecs.getincrementaldecoder(encoding)()
     with opener(path, "rb") as fh:
         for number, raw in enumerate(fh, start=1):
@@ -63,7 +67,10 @@ def _first_undecodable_line(path: Path, encoding: str) -> tuple[int, str]:
 
 
 def _encoding_error(path: Path, encoding: str) -> DataError:
-    line, sample = _first_undecodable_line(path, encoding)
+    try:
+        line, sample = _first_undecodable_line(path, encoding)
+    except (OSError, *DECOMPRESS_ERRORS) as exc:  # damaged, not mis-encoded
+        return cannot_read(path, exc)
     where = f"line {line}: " if line else ""
     return DataError(f"{path.name}: {where}not valid {encoding} text (bytes {sample})",
                      hint='set the file\'s encoding in the card, e.g. [reader_params] '
@@ -129,5 +136,7 @@ def iter_chunks(path: Path, columns: Sequence[str], *, sep: str, encoding: str,
         raise _encoding_error(path, encoding) from None
     except pd.errors.ParserError as exc:
         raise _parser_error(path, exc) from None
-    except (OSError, ValueError, EOFError) as exc:
+    except (PermissionError, *DECOMPRESS_ERRORS) as exc:
+        raise cannot_read(path, exc) from None
+    except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
