@@ -20,7 +20,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 V1_INIT = "torch_default_dense"  # the only rule before version 2
 STATUSES = ("finished", "failed", "running")
+UNREADABLE_HINT = ("re-run it with --force (the file is first moved to replaced/), or read it "
+                   "with the ctrbench that wrote it")
 
 
 @dataclass
@@ -87,16 +89,30 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "") -> RunRecord:
+        """The record in ``data``; a :class:`CtrbenchError` naming ``source`` when it is not a
+        JSON object, has a version this code cannot read, or keys its version lacks or needs."""
+        if not isinstance(data, Mapping):
+            raise CtrbenchError(f"run record {source} is not a JSON object "
+                                f"({type(data).__name__})")
         version = data.get("schema_version")
         if version not in READABLE_VERSIONS:
             raise CtrbenchError(
                 f"run record {source or data.get('run_id')} has schema_version {version}; "
                 f"this ctrbench reads versions {READABLE_VERSIONS}",
-                hint="re-run it with --force, or read it with the ctrbench that wrote it",
+                hint=UNREADABLE_HINT,
             )
         data = dict(data)
         if version == 1:
             data.setdefault("init", V1_INIT)
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        missing = [f.name for f in fields(cls) if f.name not in data
+                   and f.default is MISSING and f.default_factory is MISSING]
+        problems = ([f"unknown keys for schema_version {version}: {', '.join(unknown)}"]
+                    if unknown else [])
+        problems += [f"missing keys: {', '.join(missing)}"] if missing else []
+        if problems:
+            raise CtrbenchError(f"run record {source or data.get('run_id')} cannot be read: "
+                                + "; ".join(problems), hint=UNREADABLE_HINT)
         data["epochs"] = [EpochRow(**row) for row in data.get("epochs", [])]
         return cls(**data)
 

@@ -12,12 +12,19 @@ from ctrbench.paths import default_results_root
 
 
 def _paper_map(items: tuple[str, ...]) -> dict[str, str]:
+    """``--paper-map DATASET=PAPER`` items; PAPER must be one of the paper's datasets."""
+    from ctrbench.report.data import PAPER_DATASETS
+
     out = {}
     for item in items:
         name, sep, paper = item.partition("=")
         if not sep or not name or not paper:
             raise click.BadParameter(f"{item!r}: expected DATASET=PAPER_DATASET "
                                      "(e.g. books-small=books)", param_hint="--paper-map")
+        if paper.strip() not in PAPER_DATASETS:
+            raise click.BadParameter(f"{item!r}: unknown paper dataset {paper.strip()!r}; "
+                                     f"the paper's are {', '.join(PAPER_DATASETS)}",
+                                     param_hint="--paper-map")
         out[name.strip()] = paper.strip()
     return out
 
@@ -41,8 +48,8 @@ def _resamples(_ctx: click.Context, _param: click.Parameter, value: str) -> int 
               help="Only these datasets (repeatable). Default: every dataset with records.")
 @click.option("--reference", default=None, metavar="MODEL",
               help="Declare the comparisons: every model against MODEL. Default: mian against "
-                   "each baseline when both are present (Table 2), else the model with the best "
-                   "mean validation AUC.")
+                   "each baseline when both are present (Table 2), else the trained model with "
+                   "the best mean validation AUC. Never pop (the popularity floor).")
 @click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Results root holding runs/ (default: ./results).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -122,9 +129,11 @@ def check(baseline: Path, results_dir: Path | None, datasets: tuple[str, ...], u
     Exit codes:
       0  no regression (better / unchanged / new models only); also after --update
       1  at least one model regressed (worse)
-      2  the gate could not run: bad option, missing or malformed baseline, unwritable
-         baseline (--update), or a crash (never 1)
-      3  incomparable (and no regression): missing runs, other config, dataset or protocol
+      2  the gate could not run: bad option, missing or malformed baseline (e.g. a
+         non-finite AUC, a duplicated row), unwritable baseline (--update), or a crash
+         (never 1)
+      3  incomparable (and no regression): missing runs (fewer finished seeds than the
+         baseline), a non-finite test AUC, other config, dataset or protocol
     \b
     Examples:
       ctrbench check --baseline results/reference/ci-synthetic.csv --results .cache/ci-results

@@ -15,6 +15,7 @@ depends on the number of item fields; IUIM needs user fields) stay in the model'
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -78,8 +79,8 @@ class Flag(Rule):
 
 
 class Number(Rule):
-    """A real number in ``[low, high)`` (``high`` None: unbounded); ``low_open`` makes it
-    ``(low, high)``."""
+    """A finite real number in ``[low, high)`` (``high`` None: unbounded above, but never
+    ``inf``); ``low_open`` makes it ``(low, high)``. ``nan`` and ``inf`` are refused."""
 
     def __init__(self, low: float = 0.0, high: float | None = None, low_open: bool = False):
         self.low, self.high, self.low_open = low, high, low_open
@@ -91,6 +92,8 @@ class Number(Rule):
         if not _is_number(value):
             raise self.fail(value)
         value = float(value)
+        if not math.isfinite(value):
+            raise self.fail(value)
         too_low = value <= self.low if self.low_open else not value >= self.low
         if too_low or (self.high is not None and not value < self.high):
             raise self.fail(value)

@@ -8,6 +8,9 @@ tables, rendered, so that the CLI can print them; the library itself never print
 
 from __future__ import annotations
 
+import os
+import shutil
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +26,7 @@ from ctrbench.record import atomic_write_text
 from ctrbench.registry import did_you_mean
 from ctrbench.report import health, plots, strata, versus_pop
 from ctrbench.report import tables as rt
+from ctrbench.report.compare import is_floor
 from ctrbench.report.data import CardBook, ResultSet, load_results
 from ctrbench.report.tuned import TUNED_LEGEND, ordering_footer, tuned_display, tuned_tables
 
@@ -232,9 +236,14 @@ def build_report(
     if rs.runs.empty:
         raise CtrbenchError(f"no run records (seed-*.json) under {Path(results_root) / 'runs'}",
                             hint="run `ctrbench run ...` first, or pass --results DIR")
-    if reference and reference not in set(rs.finished["model"]):
-        raise did_you_mean("reference model", reference,
-                           sorted(set(rs.finished["model"])))
+    if rs.finished.empty:
+        shown = rt.failed_table(rs).drop(columns=["path"])
+        raise CtrbenchError(
+            f"no finished run under {Path(results_root) / 'runs'}: nothing to report, nothing "
+            f"written; {len(rs.runs)} record(s) not finished:\n" + _grid(shown, "simple"),
+            hint="fix what the errors name and run them again (`ctrbench run ...` redoes a "
+                 "failed run without --force)")
+    _check_reference(rs, reference)
     cards = cards or CardBook()
     out = Path(out_dir) if out_dir is not None else Path(results_root) / "report"
     message(f"report: {len(rs.finished)} finished run(s), {len(rs.not_finished)} other(s)")
@@ -300,17 +309,47 @@ def build_report(
     txt = _grid(shown, "simple") if not failed.empty else "(none)\n"
     tables.append(Table("failed", "Runs not finished (never averaged)", failed, md, txt))
 
+    unmapped = sorted(set(paper_map or {}) - set(rs.datasets()))
+    missing += [f"--paper-map {ds}=...: no records for dataset {ds!r} (ignored)"
+                for ds in unmapped]
     report = Report(tables, notes=missing)
     ensure_writable_dir(out, "the report")
-    for t in tables:
-        report.files.append(out / f"{t.name}.csv")
-        atomic_write_text(report.files[-1], rt.csv_text(t.frame))
-        if t.markdown:
-            report.files.append(out / f"{t.name}.md")
-            atomic_write_text(report.files[-1], f"# {t.title}\n\n{t.markdown}")
-    if make_plots:
-        report.files.extend(_plots(rs, board, out / "plots", strata_frame))
+    # figures are drawn first, into a hidden folder, and moved beside the tables only when
+    # every table is written: a report that fails half-way writes no new file
+    staged = out / f".plots.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        drawn = _plots(rs, board, staged, strata_frame) if make_plots else []
+        for t in tables:
+            report.files.append(out / f"{t.name}.csv")
+            atomic_write_text(report.files[-1], rt.csv_text(t.frame))
+            if t.markdown:
+                report.files.append(out / f"{t.name}.md")
+                atomic_write_text(report.files[-1], f"# {t.title}\n\n{t.markdown}")
+        if drawn:
+            (out / "plots").mkdir(exist_ok=True)
+        for path in drawn:
+            report.files.append(inside(out / "plots", path.name))
+            os.replace(path, report.files[-1])
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
     return report
+
+
+def _check_reference(rs: ResultSet, reference: str | None) -> None:
+    """``--reference``: a model with finished runs, never the popularity floor."""
+    if not reference:
+        return
+    models = set(rs.finished["model"])
+    if reference not in models:
+        raise did_you_mean("reference model", reference, sorted(models))
+    archs = rs.finished.loc[rs.finished["model"] == reference, "arch"]
+    if is_floor(reference, archs):
+        trained = sorted(m for m in models
+                         if not is_floor(m, rs.finished.loc[rs.finished["model"] == m, "arch"]))
+        raise CtrbenchError(
+            f"--reference {reference}: {reference} is the item-popularity floor (nothing "
+            "trained), never the reference",
+            hint="choose a trained model" + (f": {', '.join(trained)}" if trained else ""))
 
 
 def _plots(rs: ResultSet, board: pd.DataFrame, out: Path, strata_frame: pd.DataFrame
@@ -322,7 +361,7 @@ def _plots(rs: ResultSet, board: pd.DataFrame, out: Path, strata_frame: pd.DataF
     usable = set(zip(board.loc[board["status"] == "ok", "dataset"],
                      board.loc[board["status"] == "ok", "model"]))
     keep = [(d, m) in usable for d, m in zip(rs.curves["dataset"], rs.curves["model"])]
-    curves = rs.curves[keep]
+    curves = rs.curves[np.array(keep, dtype=bool)]  # a list, even empty, would pick columns
     for ds, part in curves.groupby("dataset", sort=True):
         path = inside(out, f"learning-{safe_name('dataset', ds)}.png")
         untrained = rs.finished.groupby(["dataset", "model"])["n_parameters"].max() == 0

@@ -8,9 +8,11 @@ identity equal the reference row's are compared; when no run matches, the model 
 AUC drops by more than ``tolerance`` AND a one-sided test over seeds finds the drop significant
 at ``alpha``: the paired t-test when both sides ran the same seeds, else Welch's t-test. With
 fewer than two seeds on a side no test is possible and the tolerance alone decides. ``better`` is
-the mirror image (one-sided in the other direction). For every model the gate states the
-smallest drop it detects with 80% power at the reference's seed std and n
-(:mod:`ctrbench.analysis.power`).
+the mirror image (one-sided in the other direction). A model with fewer finished seeds than its
+reference row, or with a finished record whose test AUC is not finite, is ``incomparable`` (its
+numbers are still shown). A baseline with a non-finite AUC or a duplicated row is malformed.
+For every model the gate states the smallest drop it detects with 80% power at the
+reference's seed std and n (:mod:`ctrbench.analysis.power`).
 
 Exit codes: 0 no regression, 1 a regression, 3 incomparable (and no regression), 2 the gate
 could not run (a missing or malformed baseline, an unwritable baseline for ``--update``, or a
@@ -50,14 +52,21 @@ class BaselineError(CtrbenchError):
 
 
 def parse_seed_aucs(text: str) -> dict[int, float]:
-    """``"0:0.8123;1:0.8130"`` -> {0: 0.8123, 1: 0.8130}."""
+    """``"0:0.8123;1:0.8130"`` -> {0: 0.8123, 1: 0.8130}; each AUC finite, in [0, 1], each
+    seed once."""
     out: dict[int, float] = {}
     for item in filter(None, (t.strip() for t in str(text).split(";"))):
         seed, _, value = item.partition(":")
         try:
-            out[int(seed)] = float(value)
+            key, auc = int(seed), float(value)
         except ValueError:
             raise BaselineError(f"bad seed_aucs entry {item!r} (expected seed:auc)") from None
+        if not 0.0 <= auc <= 1.0:  # also nan and inf
+            raise BaselineError(f"bad seed_aucs entry {item!r}: the AUC is not a finite "
+                                "number in [0, 1]")
+        if key in out:
+            raise BaselineError(f"bad seed_aucs entry {item!r}: seed {key} appears twice")
+        out[key] = auc
     return out
 
 
@@ -76,9 +85,27 @@ def read_reference(path: Path) -> pd.DataFrame:
         raise BaselineError(f"baseline {path} lacks column(s) {', '.join(missing)}",
                             hint="it must be a leaderboard.csv written by this ctrbench's "
                             "report or `check --update` (regenerate it)")
+    twice = frame[frame.duplicated(["dataset", "model"], keep=False)]
+    if not twice.empty:
+        ds, model = twice.iloc[0][["dataset", "model"]]
+        rows = twice.index[(twice["dataset"] == ds) & (twice["model"] == model)] + 2
+        raise BaselineError(f"baseline {path}: {ds}/{model} appears more than once (lines "
+                            f"{', '.join(map(str, rows))}); one row per dataset and model",
+                            hint="regenerate it with `ctrbench check --baseline PATH --update`")
+    raw_auc = frame["auc_mean"].copy()
     for col in ("auc_mean", "auc_std", "n_seeds"):
         frame[col] = pd.to_numeric(frame[col].replace("", np.nan), errors="coerce")
-    frame["seed_map"] = [parse_seed_aucs(t) for t in frame["seed_aucs"]]
+    seed_maps = []
+    for i, r in frame.iterrows():
+        where = f"baseline {path} line {i + 2} ({r['dataset']}/{r['model']})"
+        try:
+            seed_maps.append(parse_seed_aucs(r["seed_aucs"]))
+        except BaselineError as exc:
+            raise BaselineError(f"{where}: {exc}") from None
+        if r["status"] == "ok" and not 0.0 <= r["auc_mean"] <= 1.0:
+            raise BaselineError(f"{where}: auc_mean {raw_auc[i]!r} is not a finite number in "
+                                "[0, 1]")
+    frame["seed_map"] = seed_maps
     for col in ("model_config", "dataset_identity"):
         try:
             frame[col] = [json.loads(t) if t else {} for t in frame[col]]
@@ -171,8 +198,23 @@ def judge(ref: pd.Series, cur: ModelRuns | None, why: str = "", *, tolerance: fl
         _power(row, len(seeds_ref), paired=True, alpha=alpha)
         return row
     # compared at the precision the reference stores (8 significant digits), so that an
-    # identical re-run is exactly unchanged
-    seeds_cur = {s: float(f"{v:.8g}") for s, v in cur.seed_values("test_auc").items()}
+    # identical re-run is exactly unchanged; a non-finite AUC is never compared
+    values = cur.seed_values("test_auc")
+    broken = sorted(s for s, v in values.items() if not np.isfinite(v))
+    seeds_cur = {s: float(f"{v:.8g}") for s, v in values.items() if np.isfinite(v)}
+    missing = sorted(set(seeds_ref) - set(seeds_cur))
+    incomparable = []
+    if broken:
+        incomparable.append(f"test AUC is not a finite number in the finished record(s) of "
+                            f"seed {_seeds(broken)}")
+    if len(seeds_cur) < len(seeds_ref):
+        incomparable.append(f"missing runs: {len(seeds_cur)} finished seed(s) against the "
+                            f"baseline's {len(seeds_ref)} (no finished run for seed "
+                            f"{_seeds(missing)})")
+    if not seeds_cur:
+        row.note = "; ".join(filter(None, [why, *incomparable]))
+        _power(row, len(seeds_ref), paired=True, alpha=alpha)
+        return row
     cur_vals = np.array(list(seeds_cur.values()), dtype=float)
     s_cur = stats.summarize(cur_vals)
     row.cur_auc, row.cur_std, row.cur_seeds = s_cur.mean, s_cur.std, len(seeds_cur)
@@ -200,9 +242,17 @@ def judge(ref: pd.Series, cur: ModelRuns | None, why: str = "", *, tolerance: fl
         row.verdict = "better"
     else:
         row.verdict = "unchanged"
+    if incomparable:  # the numbers stay shown; the gate never passes on fewer or broken seeds
+        row.verdict = "incomparable"
+        notes = incomparable + notes
     row.note = "; ".join(notes)
     _power(row, len(seeds_cur), paired=paired, alpha=alpha)
     return row
+
+
+def _seeds(seeds: Sequence[int], limit: int = 8) -> str:
+    shown = ", ".join(map(str, seeds[:limit]))
+    return shown + (f" and {len(seeds) - limit} more" if len(seeds) > limit else "")
 
 
 def _power(row: CheckRow, n_cur: int, *, paired: bool, alpha: float) -> None:

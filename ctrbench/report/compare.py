@@ -3,9 +3,11 @@
 The comparisons are declared before any test number is looked at (:func:`declare`):
 ``--reference MODEL`` compares every other model with it; without it, a dataset holding ``mian``
 and baselines compares mian with each baseline (the paper's claim, Table 2); otherwise the
-reference is the model with the best mean **validation** AUC. The Holm family is exactly the
-declared comparisons. Every number of a comparison (ΔAUC, RelaImpr, tests, DeLong, bootstrap)
-uses the seeds both models ran (n shown), and is oriented "row model vs reference".
+reference is the trained model with the best mean **validation** AUC. ``pop`` (the
+item-popularity floor, nothing trained) is never the reference (:func:`is_floor`). The Holm
+family is exactly the declared comparisons. Every number of a comparison (ΔAUC, RelaImpr,
+tests, DeLong, bootstrap) uses the seeds both models ran (n shown), and is oriented "row model
+vs reference".
 
 Uncertainty (:func:`bootstrap_dataset`): a two-level bootstrap, seeds x test users
 (:mod:`ctrbench.analysis.cluster`), of each model's seed-mean AUC and of each declared ΔAUC.
@@ -13,7 +15,7 @@ Uncertainty (:func:`bootstrap_dataset`): a two-level bootstrap, seeds x test use
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +24,7 @@ from ctrbench.analysis import cluster, stats
 from ctrbench.progress import message
 from ctrbench.report.data import CardBook, ResultSet
 from ctrbench.report.groups import ModelRuns
+from ctrbench.report.versus_pop import POP_MODEL
 
 NAN = float("nan")
 TABLE2_MODEL = "mian"
@@ -37,10 +40,19 @@ class Declared:
     reason: str
 
 
+def is_floor(model: str, archs: Iterable[str] = ()) -> bool:
+    """Whether ``model`` is the item-popularity floor (named ``pop`` or of arch ``pop``): a
+    floor every model is measured against, never the reference."""
+    return model == POP_MODEL or POP_MODEL in set(archs)
+
+
 def declare(groups: Mapping[str, ModelRuns], cards: CardBook, requested: str | None) -> Declared:
     """Which comparisons this dataset's table makes, decided without looking at test metrics."""
     usable = [m for m, g in groups.items() if g.status == "ok"]
     if requested:
+        if is_floor(requested, groups[requested].runs["arch"] if requested in groups else ()):
+            return Declared(None, (), f"{requested!r} is the popularity floor, never the "
+                            "reference")
         if requested not in usable:
             return Declared(None, (), f"reference {requested!r} has no usable runs here")
         return Declared(requested, tuple(m for m in usable if m != requested),
@@ -50,10 +62,11 @@ def declare(groups: Mapping[str, ModelRuns], cards: CardBook, requested: str | N
         return Declared(TABLE2_MODEL, baselines,
                         "default with mian and baselines present: mian against each baseline "
                         "(the paper's Table 2 claim)")
-    valid = [(groups[m].runs["valid_auc"].mean(), m) for m in usable]
+    valid = [(groups[m].runs["valid_auc"].mean(), m) for m in usable
+             if not is_floor(m, groups[m].runs["arch"])]
     valid = [v for v in valid if np.isfinite(v[0])]
     if not valid:
-        return Declared(None, (), "no model with finished runs and a validation AUC")
+        return Declared(None, (), "no trained model with finished runs and a validation AUC")
     best = max(valid, key=lambda v: (v[0], v[1]))[1]
     return Declared(best, tuple(m for m in usable if m != best),
                     "best mean validation AUC (test data never chooses the reference)")

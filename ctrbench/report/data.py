@@ -86,6 +86,20 @@ def config_key(config: Mapping[str, Any]) -> str:
     return config_hash(flatten_config(config))
 
 
+#: seeds are stored as 64-bit integers (pandas, numpy); anything else cannot be a run's seed
+MAX_SEED = 2**63 - 1
+
+
+def checked_seed(seed: object, path: Path) -> int:
+    """The record's seed, or a :class:`CtrbenchError` when it is not an integer in
+    [0, 2**63 - 1] (a larger one overflowed every table built from the records)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        shown = str(seed) if len(str(seed)) <= 30 else str(seed)[:27] + "..."
+        raise CtrbenchError(f"run record {path}: seed {shown} is not an integer in "
+                            "[0, 2**63 - 1]")
+    return seed
+
+
 def _run_row(path: Path, rec: RunRecord) -> dict[str, Any]:
     epochs = rec.epochs
 
@@ -95,7 +109,8 @@ def _run_row(path: Path, rec: RunRecord) -> dict[str, Any]:
 
     ident = rec.dataset_identity or {}
     return {
-        "dataset": rec.dataset, "model": rec.model, "seed": int(rec.seed), "status": rec.status,
+        "dataset": rec.dataset, "model": rec.model, "seed": checked_seed(rec.seed, path),
+        "status": rec.status,
         "error": rec.error or "", "identity": identity_key(ident),
         "protocol": str(ident.get("protocol", "")), "version": str(ident.get("version", "")),
         "arch": str((rec.model_config or {}).get("arch", "")),
@@ -142,6 +157,7 @@ def _unreadable_row(path: Path, root: Path, error: str) -> dict[str, Any]:
         seed = int(path.stem.split("-", 1)[1])
     except (IndexError, ValueError):
         seed = -1
+    seed = seed if 0 <= seed <= MAX_SEED else -1
     row: dict[str, Any] = dict.fromkeys(RUN_COLUMNS, np.nan)
     row.update(dataset=dataset, model=model, seed=seed, status="unreadable", error=error,
                identity="", protocol="", version="", arch="", flags="", config="", n_parameters=0,

@@ -325,9 +325,22 @@ def failed_table(rs: ResultSet) -> pd.DataFrame:
     """Runs that are not finished (failed, running, unreadable): listed, never averaged."""
     nf = rs.not_finished
     paths = [_relative(p, rs) for p in nf["path"]]
-    errors = [str(e).splitlines()[0][:160] if isinstance(e, str) else "" for e in nf["error"]]
+    errors = [_first_line(e, status) for e, status in zip(nf["error"], nf["status"])]
     frame = nf.assign(path=paths, error=errors)
     return frame.loc[:, list(FAILED_COLUMNS)].reset_index(drop=True)
+
+
+def _first_line(error: object, status: str) -> str:
+    """The first line of a record's error (at most 160 characters), or what its status says
+    when it holds none (``running``: in progress or killed; an unknown status named)."""
+    lines = str(error).splitlines() if isinstance(error, str) else []
+    if lines and lines[0].strip():
+        return lines[0][:160]
+    if status == "running":
+        return "no result: still running, or killed while running"
+    if status in ("failed", "unreadable"):
+        return ""
+    return f"unknown status {str(status)[:40]!r}: not a finished run"
 
 
 def _relative(path: str, rs: ResultSet) -> str:

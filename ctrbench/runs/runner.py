@@ -5,16 +5,16 @@
 - Identity: run id = ``config_hash`` of the prepared data's identity, the resolved model config
   and the seed (not the device). What a record file holds is judged by one rule
   (:func:`ctrbench.runs.state.record_state`): a run whose own record is finished is skipped
-  (unless ``force``); a finished record of another configuration is never destroyed: the run is
-  refused (status ``refused``) unless ``force``, which first moves the old record to
-  ``replaced/``.
+  (unless ``force``); a finished record of another configuration, or a file this ctrbench
+  cannot read, is never destroyed: the run is refused (status ``refused``) unless ``force``,
+  which first moves the old file to ``replaced/``.
 - Safety: a per-run OS lock (:mod:`ctrbench.runs.lock`) so that concurrent processes never run
   the same run; records and scores are written atomically, scores first, then the record, so an
   interrupted run leaves either the old record or the new one, never a partial one. A run that
   raises (NaN loss, OOM, any exception) is recorded as ``failed`` and the protocol goes on. A
   results directory that refuses writes is found before any training; a disk that fills at
   the end of a run gets nothing half-written, and the outcome goes to a fallback directory
-  (status ``unsaved``, the detail says where).
+  under a name of its own (status ``unsaved``, the detail says where).
 - Parallelism: ``jobs > 1`` runs independent runs in spawned worker processes, each with
   ``usable_cores // jobs`` torch threads (or ``threads``) and one device from ``devices``
   (round-robin); a worker whose parent dies (kill -9) stops its run, releases its lock and
@@ -52,7 +52,7 @@ from ctrbench.data.store import PreparedData
 from ctrbench.engine.threads import apply_threads, default_threads
 from ctrbench.errors import CardError, CtrbenchError, WriteError
 from ctrbench.paths import ensure_writable_dir
-from ctrbench.record import EpochRow, RunRecord, record_path
+from ctrbench.record import EpochRow, RunRecord, record_path, scores_path
 from ctrbench.runs import orphans
 from ctrbench.runs.lock import RunLock
 from ctrbench.runs.state import RecordState, record_state, save_outcome
@@ -180,8 +180,8 @@ def finished_record(spec: RunSpec) -> RunRecord | None:
 
 
 def refusal(state: RecordState) -> str:
-    return (f"not run: the record holds {state.detail}; it is kept. Pass --force to replace "
-            "it (it is moved to replaced/), or --results DIR to keep both")
+    return (f"not run: the record file holds {state.detail}; it is kept. Pass --force to "
+            "replace it (it is moved to replaced/), or --results DIR to keep both")
 
 
 def pending(specs: Sequence[RunSpec], force: bool = False) -> list[RunSpec]:
@@ -211,8 +211,11 @@ def _save(spec: RunSpec, record: RunRecord, arrays: dict[str, Any] | None) -> st
     saved = save_outcome(spec.record_file, record, arrays, relative)
     if saved.fallback is None:
         return ""
+    move = f"move it to {spec.record_file}"
+    if arrays is not None:
+        move += f" and {scores_path(saved.fallback)} to {scores_path(spec.record_file)}"
     return (f"the results disk refused it ({saved.errors[0]}); saved to {saved.fallback} "
-            f"instead: move it and its .npz to {spec.record_file.parent}/")
+            f"instead: {move}")
 
 
 def _base_record(spec: RunSpec, dataset: DatasetHandle, env: dict[str, Any]) -> RunRecord:
@@ -337,11 +340,11 @@ def execute(specs: Sequence[RunSpec], dataset: DatasetHandle, *, device: str = "
             show_progress: bool = True, threads: int | None = None) -> list[RunResult]:
     """Run every spec not finished yet (all with ``force``); returns one result per spec.
 
-    A spec whose record file holds a finished record of another configuration is refused
-    (unless ``force``). Raises :class:`CtrbenchError` before any training when a record
-    directory cannot be written. ``threads``: torch intra-op threads per process; None leaves
-    this process's setting alone and gives each of several workers ``usable_cores() // workers``
-    (:mod:`ctrbench.engine.threads`).
+    A spec whose record file holds a finished record of another configuration, or a file this
+    ctrbench cannot read, is refused (unless ``force``). Raises :class:`CtrbenchError` before
+    any training when a record directory cannot be written. ``threads``: torch intra-op
+    threads per process; None leaves this process's setting alone and gives each of several
+    workers ``usable_cores() // workers`` (:mod:`ctrbench.engine.threads`).
     """
     for directory in sorted({s.record_file.parent for s in specs}):
         ensure_writable_dir(directory, "run records")
@@ -436,7 +439,7 @@ def leaderboard(specs: Sequence[RunSpec]) -> tuple[list[list[Any]], list[list[An
                 epoch_seconds.extend(e.train_seconds for e in record.epochs)
             elif state.kind == "failed" and record is not None:
                 failed.append([model, spec.seed, record.error or ""])
-            elif state.kind in ("other", "inconsistent", "unreadable"):
+            elif state.kind in ("other", "inconsistent", "unreadable", "damaged"):
                 failed.append([model, spec.seed, f"not counted: {state.detail}"])
         rows.append([model, f"{len(aucs)}/{len(model_specs)}", _mean_std(aucs),
                      _mean_std(losses), f"{np.mean(epoch_seconds):.1f}" if epoch_seconds else "–"])

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ctrbench.errors import CtrbenchError
-from ctrbench.record import atomic_write_text, read_record, scores_path, write_record
+from ctrbench.record import atomic_write_text, read_record
 from ctrbench.runs import runner, slurm
 from ctrbench.runs.lock import RunLock
 from ctrbench.runs.runner import DatasetHandle, RunResult, RunSpec
@@ -122,22 +122,26 @@ def _clear_dead_task_lock(spec: RunSpec, marker: dict[str, Any]) -> None:
 
 def record_failed(spec: RunSpec, dataset: DatasetHandle, error: str,
                   environment: dict[str, Any] | None = None) -> RunResult:
-    """Write a failed record for ``spec`` unless a finished one (or a live holder) is there."""
+    """Write a failed record for ``spec`` unless its own finished one (or a live holder) is
+    there; a protected record (:func:`runner.record_state`) is kept and nothing is written."""
     lock = RunLock(runner.lock_path(spec.record_file))
     if not lock.acquire():
         holder = lock.holder or {}
         return RunResult(spec, "locked", f"in progress (pid {holder.get('pid')} on "
                                          f"{holder.get('host', '?')})")
     try:
-        if runner.finished_record(spec) is not None:
+        state = runner.record_state(spec)
+        if state.kind == "finished":
             return RunResult(spec, "finished", "finished")
+        if state.protected:
+            return RunResult(spec, "failed", f"{error} (not recorded: {spec.record_file} "
+                                             f"holds {state.detail}; it is kept)")
         record = runner._base_record(spec, dataset, environment or {})
         record.status = "failed"
         record.error = error
         record.finished_at = record.started_at
-        write_record(spec.record_file, record)
-        scores_path(spec.record_file).unlink(missing_ok=True)
-        return RunResult(spec, "failed", error)
+        where = runner._save(spec, record, None)
+        return RunResult(spec, "failed", error + (f" ({where})" if where else ""))
     finally:
         lock.release()
 

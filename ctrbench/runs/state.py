@@ -6,29 +6,38 @@ runs" logic, the refusal to overwrite a finished record of another configuration
 closing summary of ``ctrbench run``. A record counts for a run only when its run id, seed,
 dataset identity and resolved model configuration are the run's own; a record whose run id is
 right but whose content is not (edited by hand) counts for nothing and is never overwritten
-silently.
+silently. A file this ctrbench cannot read (a newer schema version, a key it does not know, a
+broken hand edit) may be someone's finished result: it is protected like a finished record of
+another configuration. Only a file that is clearly cut short (empty, or a JSON object that
+ends early) or says it is a failed record is redone without ``--force``.
 
 Saving (:func:`save_outcome`): a finished record is never destroyed. Without ``--force`` the
 runner refuses to replace one (see ``runner.execute``); with ``--force`` the old record and its
-scores are first moved to ``replaced/<run_id>.seed-<k>.json`` (``.npz``). When the results disk
-refuses the write (read-only, full), nothing half-written is left there and the outcome is
-written to the first fallback directory that accepts it (``$CTRBENCH_FALLBACK_DIR``, then
-``$CTRBENCH_HOME/unsaved``, then the system temp dir); the caller reports where it went.
+scores are first moved to ``replaced/<run_id>.seed-<k>.json`` (``.npz``; ``<run_id>-2`` and so
+on when that name is taken). A file that cannot be read is moved there too, byte for byte
+(``replaced/unreadable.seed-<k>.json``), never deleted. When the results disk refuses the write
+(read-only, full), nothing half-written is left there and the outcome is written under a new,
+unique name (run id, UTC time, random suffix) in the first fallback directory that accepts it
+(``$CTRBENCH_FALLBACK_DIR``, then ``$CTRBENCH_HOME/unsaved``, then the system temp dir), so
+that no rescued result ever overwrites another; the caller reports where it went.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ctrbench.errors import WriteError
+from ctrbench.errors import CtrbenchError, WriteError
+from ctrbench.paths import safe_name
 from ctrbench.record import (
     RunRecord,
     read_record,
@@ -38,13 +47,15 @@ from ctrbench.record import (
     write_scores,
 )
 
-KINDS = ("none", "finished", "failed", "running", "other", "inconsistent", "unreadable")
+KINDS = ("none", "finished", "failed", "running", "other", "inconsistent", "unreadable",
+         "damaged")
 
 
 @dataclass(frozen=True)
 class RecordState:
     """``kind``: none | finished | failed | running (this run's own record), other (another
-    configuration's), inconsistent (run id right, content not), unreadable."""
+    configuration's), inconsistent (run id right, content not), unreadable (cannot be read, may
+    be a finished result), damaged (cannot be read, but clearly cut short or failed)."""
 
     kind: str
     record: RunRecord | None = None
@@ -52,7 +63,10 @@ class RecordState:
 
     @property
     def protected(self) -> bool:
-        """A finished record that is not this run's: replaced only with ``--force``."""
+        """A finished record that is not this run's, or a file that cannot be read and may be
+        one: replaced only with ``--force``."""
+        if self.kind == "unreadable":
+            return True
         return (self.kind in ("other", "inconsistent") and self.record is not None
                 and self.record.status == "finished")
 
@@ -73,6 +87,23 @@ def _differences(expected: Mapping[str, Any], found: Mapping[str, Any], prefix: 
     return out
 
 
+def _cut_short_or_failed(path: Path) -> bool:
+    """Whether an unreadable record file is clearly no finished result: empty, a JSON object
+    that ends early (what an in-place writer killed midway leaves), or one whose ``status``
+    says failed or running. Anything else (a newer schema, a broken hand edit) may be one."""
+    try:
+        body = path.read_bytes().decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return False
+    if not body:
+        return True
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as exc:  # at the very end, or no closing brace: cut short
+        return body.startswith("{") and (exc.pos >= len(body) or not body.endswith("}"))
+    return isinstance(data, dict) and data.get("status") in ("failed", "running")
+
+
 def record_state(spec: Any) -> RecordState:
     """What ``spec.record_file`` holds for ``spec`` (a :class:`ctrbench.runs.runner.RunSpec`)."""
     path = Path(spec.record_file)
@@ -80,8 +111,11 @@ def record_state(spec: Any) -> RecordState:
         return RecordState("none")
     try:
         record = read_record(path)
-    except Exception as exc:  # bad JSON, old schema, keys the schema lacks
-        return RecordState("unreadable", None, str(exc).splitlines()[0])
+    except Exception as exc:  # bad JSON, a newer schema, keys the schema lacks, wrong types
+        reason = str(exc).splitlines()[0]
+        if _cut_short_or_failed(path):
+            return RecordState("damaged", None, f"a cut-short or failed record ({reason})")
+        return RecordState("unreadable", None, f"a file this ctrbench cannot read ({reason})")
     model = _json(spec.card.resolved())
     identity = _json(dict(getattr(spec, "identity", {}) or {}))
     differ = _differences(model, record.model_config or {}, "model.")
@@ -120,15 +154,37 @@ class Saved:
     errors: tuple[str, ...] = ()
 
 
-def _archive_finished(record_file: Path) -> None:
-    """Move a finished record (and its scores) to ``replaced/`` before it is overwritten."""
+def _label(name: str, default: str) -> str:
+    """``name`` when it can be part of a file name, else ``default``."""
+    try:
+        return safe_name("run id", name)
+    except CtrbenchError:
+        return default
+
+
+def _free(make: Callable[[str], Path], label: str) -> Path:
+    """``make(label)``, or ``make(label-2)``, ... : the first whose record and scores are both
+    absent, so that nothing kept earlier is overwritten."""
+    target, n = make(label), 1
+    while target.exists() or scores_path(target).exists():
+        n += 1
+        target = make(f"{label}-{n}")
+    return target
+
+
+def _archive(record_file: Path) -> None:
+    """Before ``record_file`` is overwritten, move it (and its scores) to ``replaced/`` when it
+    may be worth keeping: a finished record, or a file that cannot be read (moved as it is). A
+    readable failed or running record is simply overwritten."""
     try:
         old = read_record(record_file)
     except Exception:
-        return
-    if old.status != "finished":
-        return
-    target = replaced_path(record_file, old.run_id)
+        label = "unreadable"
+    else:
+        if old.status != "finished":
+            return
+        label = _label(old.run_id, "finished")
+    target = _free(lambda name: replaced_path(record_file, name), label)
     target.parent.mkdir(parents=True, exist_ok=True)
     if scores_path(record_file).is_file():
         os.replace(scores_path(record_file), scores_path(target))
@@ -154,27 +210,45 @@ def _write_pair(record_file: Path, record: RunRecord, arrays: dict[str, np.ndarr
         raise
 
 
+def rescue_path(root: Path, relative: Path, run_id: str) -> Path:
+    """A new name under ``root`` for an outcome the results disk refused:
+    ``<dataset>/<model>/<UTC time>.<run_id>.<random>.seed-<k>.json`` (``relative`` is
+    ``<dataset>/<model>/seed-<k>.json``), so that rescued results never overwrite each other."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    label = f"{stamp}.{_label(run_id, 'run')}.{uuid.uuid4().hex[:6]}"
+    return _free(lambda name: root / relative.parent / f"{name}.{relative.name}", label)
+
+
+def _why(path: Path, exc: OSError | WriteError) -> str:
+    """One line: the file and the OS error (a WriteError's message names its file already)."""
+    if isinstance(exc, WriteError):
+        return str(exc).splitlines()[0]
+    return f"{path}: {exc.strerror or exc}"
+
+
 def save_outcome(record_file: Path, record: RunRecord, arrays: dict[str, np.ndarray] | None,
                  relative: Path) -> Saved:
-    """Write ``record`` (and ``arrays`` as its scores) at ``record_file``; a finished record
-    already there is archived first. If the disk refuses, try each fallback root (``relative``
-    is the record's path under the results root). Raises :class:`WriteError` when nothing
-    accepted it."""
+    """Write ``record`` (and ``arrays`` as its scores) at ``record_file``; a finished record or
+    an unreadable file already there is moved to ``replaced/`` first. If the disk refuses, write
+    under a new name (:func:`rescue_path`) in the first fallback root that accepts it
+    (``relative`` is the record's path under the results root). Raises :class:`WriteError` when
+    nothing accepted it."""
     errors = []
     try:
         if record_file.is_file():
-            _archive_finished(record_file)
+            _archive(record_file)
         _write_pair(record_file, record, arrays)
         return Saved(record_file)
     except (WriteError, OSError) as exc:
-        errors.append(f"{record_file}: {getattr(exc, 'strerror', None) or exc}")
+        errors.append(_why(record_file, exc))
         first = exc
     for root in fallback_roots():
         target = root / relative
         try:
+            target = rescue_path(root, relative, record.run_id)
             _write_pair(target, record, arrays)
             return Saved(record_file, fallback=target, errors=tuple(errors))
         except (WriteError, OSError) as exc:
-            errors.append(f"{target}: {getattr(exc, 'strerror', None) or exc}")
+            errors.append(_why(target, exc))
     raise WriteError(record_file, first if isinstance(first, OSError)
                      else OSError(first.errno, "; ".join(errors))) from first
