@@ -58,6 +58,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise CardError(f"card {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 text; tomllib raises this one raw
+        raise CardError(f"{path} is not a TOML file: byte {exc.start} is not UTF-8 text "
+                        f"({exc.reason})", hint="save it as UTF-8 text") from None
     except OSError as exc:
         raise CardError(f"cannot read card {path}: {exc}") from None
 

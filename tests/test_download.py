@@ -14,8 +14,10 @@ from click.testing import CliRunner
 from ctrbench import paths
 from ctrbench.cards import load_dataset_card
 from ctrbench.cli import main
+from ctrbench.data import checksum_ledger
 from ctrbench.data import download as dl
-from ctrbench.data.download import fetch_report, fetch_sources, raw_sha256
+from ctrbench.data.checksum_ledger import raw_sha256
+from ctrbench.data.download import fetch_report, fetch_sources
 from ctrbench.errors import ChecksumError, DataError
 
 GOOD = b"user\titem\n" + b"".join(f"u{i}\ti{i % 7}\n".encode() for i in range(500))
@@ -202,8 +204,8 @@ def test_raw_sha256_hashes_each_file_once(home, http_server, monkeypatch):
     write_card(home, "toy", source("r.tsv", url=http_server.url("r.tsv"), sha256=sha(GOOD)))
     files = fetch_sources(load_dataset_card("toy"))
     calls = []
-    real_hash = dl.hash_file
-    monkeypatch.setattr(dl, "hash_file", lambda p: calls.append(p) or real_hash(p))
+    real_hash = checksum_ledger.hash_file
+    monkeypatch.setattr(checksum_ledger, "hash_file", lambda p: calls.append(p) or real_hash(p))
     assert raw_sha256(files) == {"reviews": sha(GOOD)}
     assert raw_sha256(files) == {"reviews": sha(GOOD)}
     assert calls == []  # the download already recorded the digests

@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from ctrbench import paths
 from ctrbench.cards import load_dataset_card
 from ctrbench.cli import main
-from ctrbench.data.download import LEDGER_NAME, fetch_report
+from ctrbench.data.checksum_ledger import LEDGER_NAME
+from ctrbench.data.download import fetch_report
 from ctrbench.errors import ChecksumError, DataError
 
 FIX = Path(__file__).parent / "fixtures"
@@ -241,7 +242,7 @@ def test_a_cached_source_named_tmp_is_kept(cards, tmp_path):
     result = invoke("download", "mine")
     assert result.exit_code == 0, result.output
     removed = [line for line in result.output.splitlines() if line.startswith("removed")]
-    assert removed == [f"removed {leftover} (left by an interrupted run)"]
+    assert removed == [f"removed {leftover} (left by an interrupted run)"], result.output
     assert (raw / "tmp_reviews.json.gz").is_file() and (raw / "tmpmeta0123").is_file()
     assert not leftover.exists()
 

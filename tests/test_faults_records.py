@@ -107,7 +107,7 @@ def test_failed_rerun_of_another_config_never_destroys_a_finished_record(cli, tm
     record_text, scores_bytes = path.read_text(), path.with_suffix(".npz").read_bytes()
 
     planned = cli("plan", *base[1:], *FAST[:-1], *DIVERGE)
-    assert planned.exit_code == 0 and "would replace a finished record" in planned.output
+    assert planned.exit_code == 0 and "would replace a record that is kept" in planned.output
     second = cli(*base, *FAST, *DIVERGE)
     assert second.exit_code == 1, second.output
     assert "refused" in second.output and "--force" in second.output

@@ -103,7 +103,8 @@ def test_killed_trial_is_retried_with_its_seed_on_every_storage(work, store_dir,
         worker.wait()
 
     start = time.monotonic()
-    result = _tune(store_dir, killed, 2, *_storage(kind, work, killed))  # no --fail-running
+    result = _tune(store_dir, killed, 2, *_storage(kind, work, killed),  # no --fail-running
+                   "--replace-card")  # the card of study `straight` is there
     elapsed = time.monotonic() - start
     trials = _load(kind, work, killed).trials
     first = trials[running[0].number]

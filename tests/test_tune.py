@@ -287,7 +287,7 @@ def test_diverging_trial_fails_and_the_study_goes_on(work, store_dir):
 def test_interrupted_study_resumes_as_if_uninterrupted(work, store_dir):
     tune("--trials", "1", "--study", "once", store=store_dir)
     tune("--trials", "3", "--study", "once", store=store_dir)
-    tune("--trials", "3", "--study", "straight", store=store_dir)
+    tune("--trials", "3", "--study", "straight", "--replace-card", store=store_dir)  # its card
     resumed, straight = load("once"), load("straight")
     assert len(resumed.trials) == 3
     assert [t.state for t in resumed.trials] == [TrialState.COMPLETE] * 3
@@ -295,7 +295,7 @@ def test_interrupted_study_resumes_as_if_uninterrupted(work, store_dir):
     assert [t.params for t in resumed.trials] == [t.params for t in straight.trials]
     assert [t.value for t in resumed.trials] == [t.value for t in straight.trials]
     # --trials counts the study's trials: asking for 2 when 3 are done runs nothing
-    result = tune("--trials", "2", "--study", "once", store=store_dir)
+    result = tune("--trials", "2", "--study", "once", "--replace-card", store=store_dir)
     assert "the study has 3 complete or pruned trials" in result.output
     assert len(load("once").trials) == 3
 

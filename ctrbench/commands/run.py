@@ -16,21 +16,30 @@ from ctrbench.commands.slurm_options import (
     slurm_settings,
 )
 
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding range; torch accepts it too
 
-def _parse_seeds(seeds: int | None, seed_list: str | None) -> list[int]:
+
+def _seed_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    """``--seed-list 0,1,2`` -> [0, 1, 2] (repeats dropped); bad values exit 2 with the range."""
+    if value is None:
+        return None
+    try:
+        seeds = [int(s) for s in value.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected integers like 0,1,2") from None
+    bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if not seeds or bad:
+        raise click.BadParameter(f"{value!r}: give one or more seeds in 0..{MAX_SEED}")
+    return list(dict.fromkeys(seeds))
+
+
+def _parse_seeds(seeds: int | None, seed_list: list[int] | None) -> list[int]:
+    """The seeds to run: --seed-list, or 0..N-1 for --seeds N (default 3); not both."""
     if seed_list is not None:
-        try:
-            out = [int(s) for s in seed_list.split(",") if s.strip()]
-        except ValueError:
-            raise click.BadParameter(f"{seed_list!r}: expected integers like 0,1,2",
-                                     param_hint="--seed-list") from None
-        if not out or min(out) < 0:
-            raise click.BadParameter("give one or more seeds >= 0", param_hint="--seed-list")
-        return list(dict.fromkeys(out))
-    n = 3 if seeds is None else seeds
-    if n < 1:
-        raise click.BadParameter("must be >= 1", param_hint="--seeds")
-    return list(range(n))
+        if seeds is not None:
+            raise click.UsageError("--seeds N and --seed-list exclude each other: give one")
+        return seed_list
+    return list(range(3 if seeds is None else seeds))
 
 
 def selection_options(func: Callable) -> Callable:
@@ -40,10 +49,11 @@ def selection_options(func: Callable) -> Callable:
                      help="Model names, groups or globs, comma-separated (mian,dien | table2 | "
                           "'mian*')."),
         click.option("--dataset", "-d", required=True, help="Dataset card name (e.g. synthetic)."),
-        click.option("--seeds", type=int, default=None,
+        click.option("--seeds", type=click.IntRange(min=1), default=None,
                      help="Run seeds 0..N-1 (default 3)."),
-        click.option("--seed-list", default=None, help="Explicit seeds, e.g. 0,1,2."),
-        click.option("--epochs", type=int, default=None,
+        click.option("--seed-list", default=None, callback=_seed_list,
+                     help=f"Explicit seeds in 0..{MAX_SEED}, e.g. 0,1,2 (not with --seeds)."),
+        click.option("--epochs", type=click.IntRange(min=1), default=None,
                      help="Cap every model's train.epochs at N (part of the run's identity)."),
         click.option("--device", default="auto", show_default=True,
                      help="auto | cpu | cuda | cuda:N."),
@@ -61,7 +71,8 @@ def selection_options(func: Callable) -> Callable:
     return func
 
 
-def _prepare_selection(models: str, dataset: str, seeds: int | None, seed_list: str | None,
+def _prepare_selection(models: str, dataset: str, seeds: int | None,
+                       seed_list: list[int] | None,
                        epochs: int | None, results_dir: Path | None, set_items: tuple[str, ...],
                        config_file: Path | None):
     from ctrbench.paths import default_results_root
@@ -106,7 +117,7 @@ def _quiet_option(func: Callable) -> Callable:
 
 @click.command(name="run")
 @selection_options
-@click.option("--jobs", "-j", type=int, default=1, show_default=True,
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Independent runs in parallel worker processes.")
 @click.option("--devices", default=None,
               help="Devices for the workers, round-robin, e.g. cuda:0,cuda:1.")
@@ -116,7 +127,8 @@ def _quiet_option(func: Callable) -> Callable:
 @threads_option
 @_quiet_option
 @executor_options
-def run(models: str, dataset: str, seeds: int | None, seed_list: str | None, epochs: int | None,
+def run(models: str, dataset: str, seeds: int | None, seed_list: list[int] | None,
+        epochs: int | None,
         device: str, results_dir: Path | None, set_items: tuple[str, ...],
         config_file: Path | None, jobs: int, devices: str | None, force: bool,
         threads: str, quiet: bool, executor: str = "local", **slurm_args) -> None:
@@ -148,8 +160,6 @@ def run(models: str, dataset: str, seeds: int | None, seed_list: str | None, epo
 
     if quiet:
         progress.set_mode("quiet")
-    if jobs < 1:
-        raise click.BadParameter("must be >= 1", param_hint="--jobs")
     n_threads = resolve_threads_option(threads, jobs)
     device_list = [d.strip() for d in devices.split(",") if d.strip()] if devices else []
     check_executor_options(executor, **slurm_args)
@@ -206,7 +216,8 @@ def _print_summary(results, specs) -> None:
 @selection_options
 @click.option("--force", is_flag=True,
               help="List every run, finished or not (the commands get --force).")
-def plan(models: str, dataset: str, seeds: int | None, seed_list: str | None, epochs: int | None,
+def plan(models: str, dataset: str, seeds: int | None, seed_list: list[int] | None,
+         epochs: int | None,
          device: str, results_dir: Path | None, set_items: tuple[str, ...],
          config_file: Path | None, force: bool) -> None:
     """Print one self-contained `ctrbench run` command per pending run (for a batch system).
@@ -233,9 +244,10 @@ def plan(models: str, dataset: str, seeds: int | None, seed_list: str | None, ep
     click.echo(f"{len(todo)} of {len(specs)} runs pending", err=True)
     held = [s for s in todo if runner.record_state(s).protected] if not force else []
     if held:
-        click.echo(f"{len(held)} of them would replace a finished record of another "
-                   "configuration: their commands are refused unless you add --force "
-                   "(the old records then move to replaced/)", err=True)
+        click.echo(f"{len(held)} of them would replace a record that is kept (a finished "
+                   "record of another configuration, or one this ctrbench cannot read): their "
+                   "commands are refused unless you add --force (the old records then move to "
+                   "replaced/)", err=True)
 
 
 __all__ = ["plan", "run"]

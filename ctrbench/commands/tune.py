@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import click
@@ -16,6 +17,24 @@ from ctrbench.commands.slurm_options import (
 )
 from ctrbench.tune.slurm_workers import check_shared_storage, default_storage
 from ctrbench.tune.space import PRUNERS, SAMPLERS
+
+
+class Seconds(click.ParamType):
+    """A finite number of seconds > 0 (``nan``, ``inf``, 0 and negatives exit 2)."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"{value!r}: expected a finite number of seconds > 0", param, ctx)
+        return seconds
+
+
+SECONDS = Seconds()
 
 
 def _load_data(spec: str):
@@ -51,13 +70,13 @@ def _trial_line(frozen, counts, target: int) -> str:
                    "'lr,din'); one study per model, same trials, seed, pruner and epochs.")
 @click.option("--dataset", required=True,
               help="Dataset card (prepared when needed) or the path of a prepared store.")
-@click.option("--trials", "n_trials", type=int, default=None,
+@click.option("--trials", "n_trials", type=click.IntRange(min=0), default=None,
               help="Run until the STUDY holds this many complete or pruned trials, counting "
                    "trials already stored (by earlier runs or other workers); 0 only rewrites "
                    "the outputs. [default: 20; with --timeout-per-model: no trial cap]")
-@click.option("--timeout", type=float, default=None,
+@click.option("--timeout", type=SECONDS, default=None,
               help="Start no new trial after this many seconds (a running trial finishes).")
-@click.option("--timeout-per-model", type=float, default=None,
+@click.option("--timeout-per-model", type=SECONDS, default=None,
               help="With --models: budget every model by wall clock instead of trials (each "
                    "study starts no new trial after this many seconds).")
 @click.option("--storage", default=None,
@@ -68,19 +87,23 @@ def _trial_line(frozen, counts, target: int) -> str:
               help="Study name [default: <model>@<dataset>] (not with --models).")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default="tpe", show_default=True)
 @click.option("--pruner", type=click.Choice(PRUNERS), default="median", show_default=True)
-@click.option("--prune-after", type=int, default=5, show_default=True,
+@click.option("--prune-after", type=click.IntRange(min=0), default=5, show_default=True,
               help="Median pruner: complete trials needed before it prunes anything.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the sampler and each trial's training (derived per trial number).")
-@click.option("--epochs", type=int, default=None, help="Cap on training epochs per trial.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Cap on training epochs per trial.")
 @click.option("--results", "results_root", type=click.Path(path_type=Path), default=None,
               help="Results directory [default: ./results].")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
 @click.option("--card-first/--no-card-first", default=True, show_default=True,
               help="Make the card's own values the first trial of a new study.")
-@click.option("--heartbeat", type=int, default=60, show_default=True,
+@click.option("--heartbeat", type=click.IntRange(min=0), default=60, show_default=True,
               help="Seconds between a worker's heartbeats (database storages); a trial "
                    "silent for twice as long is marked FAIL and retried once. 0 disables.")
+@click.option("--replace-card", is_flag=True, default=False,
+              help="Let this study's best replace a tuned card that another study or storage "
+                   "wrote (refused otherwise: the card is kept, the trials too).")
 @click.option("--fail-running", is_flag=True, default=False,
               help="First mark every RUNNING trial FAIL (for journal storage, which has no "
                    "heartbeat; only when no other worker is alive).")
@@ -95,7 +118,8 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
          timeout: float | None, timeout_per_model: float | None, storage: str | None,
          study_name: str | None, sampler: str, pruner: str, prune_after: int, seed: int,
          epochs: int | None, results_root: Path | None, device: str, card_first: bool,
-         heartbeat: int, fail_running: bool, threads: str, quiet: bool, workers: int = 1,
+         heartbeat: int, replace_card: bool, fail_running: bool, threads: str, quiet: bool,
+         workers: int = 1,
          executor: str = "local", **slurm_args) -> None:
     """Tune hyperparameters on a dataset's VALIDATION split (never test).
 
@@ -106,7 +130,10 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
     resumes it, and several `ctrbench tune` processes, on one machine or many, can share one
     study (same --storage and --study). Writes <results>/tuning/<study>/ (trials.csv,
     trials.md, history.png, importances.png) and the tuned card
-    models/tuned/<model>@<dataset>.toml, which extends the model's card.
+    models/tuned/<model>@<dataset>.toml, which extends the model's card. Only the study that
+    wrote that card (same --study and storage) rewrites it; another study's card is kept, with
+    exit status 1, unless --replace-card. Ctrl-C or SIGTERM (exit 130, 143) queue the running
+    trial's values again with its training seed: the next run retries them.
 
     \b
     The path from tuning to a result:
@@ -137,6 +164,7 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
     from ctrbench.engine.threads import apply_threads
     from ctrbench.errors import CtrbenchError
     from ctrbench.paths import default_results_root
+    from ctrbench.runs.runner import install_termination_handler
     from ctrbench.tune.group import (
         budget_mode,
         study_name_of,
@@ -149,6 +177,7 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
     from ctrbench.tune.study import TuneSettings
 
     apply_threads(resolve_threads_option(threads))
+    install_termination_handler()  # SIGTERM -> exit 143 as Ctrl-C: the trial is queued again
     if (model is None) == (models_spec is None):
         raise click.UsageError("give exactly one of --model NAME or --models GROUP")
     if models_spec is not None and study_name is not None:
@@ -208,7 +237,8 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
         rows, budget_path = tune_group(
             cards, data, settings, results_root=results_root, label=_group_label(models_spec),
             storage_for=storage_for, heartbeat=heartbeat, fail_running=fail_running,
-            on_message=progress_mod.message, on_trial=on_trial, execute=execute)
+            replace_card=replace_card, on_message=progress_mod.message, on_trial=on_trial,
+            execute=execute)
         click.echo(f"budget: {budget_mode(settings)}")
         click.echo(tabulate(
             [(r.model, r.status, r.trials_complete, r.trials_pruned, r.trials_failed,
@@ -232,6 +262,9 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
         if any(r.status == "no complete trial" for r in rows):
             raise CtrbenchError("some studies of the group have no complete trial, so no "
                                 "tuned card", hint=f"see {budget_path.parent / 'budget.md'}")
+        refused = [r.detail for r in rows if r.status == "card refused"]
+        if refused:
+            raise CtrbenchError("\n".join(refused))
         return
 
     card = load_model_card(model)
@@ -239,7 +272,8 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
     outcome = tune_one(card, data, settings, results_root=results_root,
                        storage=storage_for(study_name_of(card, data, study_name)),
                        study_name=study_name, heartbeat=heartbeat, fail_running=fail_running,
-                       on_message=progress_mod.message, on_trial=on_trial, execute=execute)
+                       replace_card=replace_card, on_message=progress_mod.message,
+                       on_trial=on_trial, execute=execute)
     if outcome.summary is None:  # --no-wait: the workers run on
         return
     summary, out_dir, name = outcome.summary, outcome.out_dir, outcome.summary.study_name
@@ -261,7 +295,10 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
     rows = [(k, f"{v:.6g}" if isinstance(v, float) else str(v))
             for k, v in sorted(best.params.items())]
     click.echo(tabulate(rows, headers=["parameter", "value"], disable_numparse=True))
-    click.echo(f"tuned card: {outcome.card_path}")
+    if outcome.refused:
+        raise CtrbenchError(outcome.refused)
+    click.echo(f"tuned card: {outcome.card_path}"
+               + (f" (replaced {outcome.replaced})" if outcome.replaced else ""))
     click.echo(f"next:   ctrbench run --models '{tuned_card_name(card, dataset_name)}' "
                f"--dataset {dataset_name} --seeds 5")
 

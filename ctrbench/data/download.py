@@ -36,10 +36,8 @@ fetched again while its content is unchanged.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Mapping
@@ -50,6 +48,18 @@ from typing import Any
 
 from ctrbench import paths, progress
 from ctrbench.cards import DatasetCard, SourceSpec, load_dataset_card
+from ctrbench.data.checksum_ledger import (
+    CHUNK,
+    LEDGER_NAME,
+    Digests,
+    file_digests,
+    ledger_entry,
+    ledger_location,
+    path_sha256,
+    remember,
+    write_ledger_entry,
+)
+from ctrbench.data.pooch_transport import download_file
 from ctrbench.data.raw_local import (
     archive_members_sha256,
     archive_stem,
@@ -57,7 +67,7 @@ from ctrbench.data.raw_local import (
     copy_members,
     count_lines,
     describe_path,
-    dir_sha256,
+    differing_members,
     find_in_mirror,
     from_hint,
     holds_members,
@@ -72,10 +82,6 @@ from ctrbench.errors import ChecksumError, CtrbenchError, DataError
 
 log = logging.getLogger(__name__)
 
-LEDGER_NAME = "checksums.json"
-LOCAL_LEDGER_NAME = "local-checksums.json"  # for user files outside the raw cache
-CHUNK = 1 << 20  # bytes per read when hashing or copying
-HTTP_TIMEOUT_S = 60.0
 
 
 # --------------------------------------------------------------------------- results
@@ -92,119 +98,6 @@ class FetchedSource:
     pinned: bool  # whether the card pins a checksum that was verified
     origin: str = ""  # the URL or mirror path it came from (empty when cached or local)
     check: str = ""  # what was verified, e.g. "verified", "unverified: accepted with ..."
-
-
-# --------------------------------------------------------------------------- hashing
-@dataclass(frozen=True)
-class Digests:
-    sha256: str
-    md5: str
-    size: int
-
-
-def hash_file(path: Path) -> Digests:
-    """sha256 and md5 of ``path`` in one streaming pass."""
-    sha, md5 = hashlib.sha256(), hashlib.md5()
-    size = 0
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            sha.update(chunk)
-            md5.update(chunk)
-            size += len(chunk)
-    return Digests(sha.hexdigest(), md5.hexdigest(), size)
-
-
-# --------------------------------------------------------------------------- the ledger
-def _ledger_location(path: Path) -> tuple[Path, str]:
-    """(ledger file, key) for ``path``: beside it in the raw cache, else one ledger for locals."""
-    raw_root = (paths.cache_root() / "raw").resolve()
-    resolved = path.resolve()
-    if resolved.parent.parent == raw_root:  # raw/<card>/<file>
-        return resolved.parent / LEDGER_NAME, resolved.name
-    return raw_root / LOCAL_LEDGER_NAME, str(resolved)
-
-
-def _read_ledger(ledger: Path) -> dict[str, dict[str, Any]]:
-    try:
-        data = json.loads(ledger.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, json.JSONDecodeError) as exc:
-        log.warning("ignoring unreadable checksum ledger %s: %s", ledger, exc)
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_ledger_entry(path: Path, entry: Mapping[str, Any]) -> None:
-    """Record ``entry`` for ``path`` (temp file + rename). A failure only costs a re-hash."""
-    ledger, key = _ledger_location(path)
-    try:
-        ledger.parent.mkdir(parents=True, exist_ok=True)
-        data = _read_ledger(ledger)
-        data[key] = dict(entry)
-        tmp = ledger.with_name(f".{ledger.name}.tmp-{uuid.uuid4().hex[:8]}")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, ledger)
-    except OSError as exc:
-        log.warning("cannot record checksums in %s: %s", ledger, exc)
-
-
-def _ledger_entry(path: Path) -> dict[str, Any] | None:
-    ledger, key = _ledger_location(path)
-    entry = _read_ledger(ledger).get(key)
-    return entry if isinstance(entry, dict) else None
-
-
-def _fresh_entry(path: Path) -> dict[str, Any] | None:
-    """The ledger entry of ``path`` if the file is unchanged since it was hashed."""
-    entry = _ledger_entry(path)
-    if entry is None:
-        return None
-    stat = path.stat()
-    if entry.get("size") != stat.st_size or entry.get("mtime_ns") != stat.st_mtime_ns:
-        return None
-    return entry
-
-
-def _remember(path: Path, digests: Digests, **extra: Any) -> dict[str, Any]:
-    """Record the digests of ``path`` as it is now.
-
-    Kept from the previous entry: ``recorded_sha256`` (the first-seen hash of a file the card
-    pins none for, which later versions must match) and, for unchanged content, ``lines``.
-    """
-    previous = _ledger_entry(path) or {}
-    stat = path.stat()
-    entry: dict[str, Any] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                             "sha256": digests.sha256, "md5": digests.md5}
-    for key in ("recorded_sha256", "accepted_sha256"):
-        if key in previous:
-            entry[key] = previous[key]
-    if "lines" in previous and previous.get("sha256") == digests.sha256:
-        entry["lines"] = previous["lines"]
-    entry.update(extra)
-    _write_ledger_entry(path, entry)
-    return entry
-
-
-def file_digests(path: Path) -> dict[str, Any]:
-    """Ledger entry (sha256, md5, size, ...) of ``path``, hashing only if it changed."""
-    entry = _fresh_entry(path)
-    if entry is None:
-        entry = _remember(path, hash_file(path))
-    return entry
-
-
-def path_sha256(path: Path) -> str:
-    """sha256 of a file, or of an extracted archive folder (see ``raw_local.dir_sha256``)."""
-    path = Path(path)
-    if path.is_dir():
-        return dir_sha256(path, lambda p: str(file_digests(p)["sha256"]))
-    return str(file_digests(path)["sha256"])
-
-
-def raw_sha256(files: Mapping[str, Path]) -> dict[str, str]:
-    """Role -> sha256 of each verified raw file (cached, so big files are hashed once)."""
-    return {role: path_sha256(Path(p)) for role, p in files.items()}
 
 
 # --------------------------------------------------------------------------- verification
@@ -301,7 +194,7 @@ def _verify(src: SourceSpec, path: Path, entry: dict[str, Any], *, origin: str,
         if not pinned and (first_seen or src.lines) and entry.get("lines") is None:
             extra = _read_through(src, path, f"{src.file} ({path})")
             if extra:
-                entry = _remember(path, Digests(entry["sha256"], entry["md5"], entry["size"]),
+                entry = remember(path, Digests(entry["sha256"], entry["md5"], entry["size"]),
                                   **extra)
         if not pinned:
             _check_line_count(src, entry.get("lines"))
@@ -313,14 +206,14 @@ def _verify(src: SourceSpec, path: Path, entry: dict[str, Any], *, origin: str,
         log.warning("%s (kept: strict_hash=False)", exc)
         progress.message(f"warning: {exc} (kept, unverified: --no-strict-hash)")
         entry = dict(entry, accepted_sha256=entry["sha256"], recorded_sha256=entry["sha256"])
-        _write_ledger_entry(path, entry)
+        write_ledger_entry(path, entry)
         return entry, ACCEPTED
     if first_seen:
         entry = dict(entry, recorded_sha256=entry["sha256"])
-        _write_ledger_entry(path, entry)
+        write_ledger_entry(path, entry)
         log.info("%s: card pins no checksum; recorded sha256 %s", src.file, entry["sha256"])
         progress.message(f"{src.file}: no checksum in the card; recorded sha256 "
-                         f"{entry['sha256']} in {_ledger_location(path)[0]}")
+                         f"{entry['sha256']} in {ledger_location(path)[0]}")
     return entry, _check_text(src)
 
 
@@ -403,100 +296,16 @@ def _copy_from_mirror(origin: Path, target: Path) -> tuple[Path, Digests]:
     return tmp, Digests(sha.hexdigest(), md5.hexdigest(), size)
 
 
-class _PoochProgress:
-    """The progress-bar interface pooch's HTTPDownloader drives, on ctrbench.progress."""
-
-    def __init__(self, desc: str) -> None:
-        self._bar = progress.Progress(desc, None, "B", interval=0.5)
-
-    @property
-    def total(self) -> int | None:
-        return self._bar.total
-
-    @total.setter
-    def total(self, value: int) -> None:
-        self._bar.total = value or None
-
-    def update(self, n: int) -> None:
-        self._bar.update(n)
-
-    def reset(self) -> None:
-        self._bar.done = 0
-
-    def close(self) -> None:
-        self._bar.close()
-
-
-class _HashingDownloader:
-    """pooch's HTTP downloader that also hashes the temporary file it wrote (before pooch's own
-    check), so that a mismatch can name the actual hash and a success needs no second pass."""
-
-    def __init__(self, desc: str) -> None:
-        import pooch
-
-        self._inner = pooch.HTTPDownloader(progressbar=_PoochProgress(desc), chunk_size=CHUNK,
-                                           timeout=HTTP_TIMEOUT_S)
-        self.digests: Digests | None = None
-
-    def __call__(self, url: str, output_file: str, pooch_obj: Any, check_only: bool = False):
-        result = self._inner(url, output_file, pooch_obj, check_only=check_only)
-        if not check_only:
-            self.digests = hash_file(Path(output_file))
-        return result
-
-
-def _download(src: SourceSpec, url: str, folder: Path, strict_hash: bool
-              ) -> tuple[Path, Digests]:
-    """Fetch ``url`` through pooch into the temporary ``folder`` (pooch's own temporary file,
-    hash check, rename there); returns the file and its digests."""
-    import pooch
-    import requests
-
-    name = Path(src.file).name
-    expected = _expected_hash(src) if strict_hash else None
-    known_hash = f"{expected[0]}:{expected[1]}" if expected else None
-    downloader = _HashingDownloader(f"downloading {src.file}")
-    pooch_log = pooch.get_logger()
-    level = pooch_log.level
-    pooch_log.setLevel(logging.WARNING)  # we report progress ourselves
-    try:
-        path = Path(pooch.retrieve(url, known_hash=known_hash, fname=name, path=folder,
-                                   downloader=downloader))
-    except ValueError as exc:
-        if downloader.digests is None or expected is None:
-            raise DataError(f"downloading {url} failed: {exc}") from None
-        alg, want = expected
-        got = getattr(downloader.digests, alg)
-        raise ChecksumError(
-            f"checksum mismatch for {src.file} (from {url}): expected {alg} {want}, "
-            f"actual {alg} {got}",
-            hint="the download was deleted; try again later, another mirror, or --from DIR",
-        ) from None
-    except requests.exceptions.RequestException as exc:
-        raise DataError(f"cannot download {url}: {_short_reason(exc)}") from None
-    except OSError as exc:
-        raise DataError(f"cannot write {folder}: {exc}") from None
-    finally:
-        pooch_log.setLevel(level)
-    return path, downloader.digests or hash_file(path)
-
-
-def _short_reason(exc: BaseException) -> str:
-    text = str(exc)
-    match = re.search(r"\[Errno -?\d+\] [^'\")]+|\d{3} \w[\w ]*Error[^\n]*", text)
-    return match.group(0).strip() if match else text[:200]
-
-
 def _check_reference(src: SourceSpec, target: Path, sha256: str, origin: str,
                      again: str) -> None:
     """Refuse a new copy of a file the card pins no hash for whose sha256 is not the one
     recorded when its first copy was seen (the ledger keeps it even if the file was deleted)."""
-    reference = (_ledger_entry(target) or {}).get("recorded_sha256")
+    reference = (ledger_entry(target) or {}).get("recorded_sha256")
     if not reference or reference == sha256:
         return
     first = (f"the cached copy {target}" if target.is_file() else
              f"the copy first cached as {target} (deleted since; its sha256 is kept in "
-             f"{_ledger_location(target)[0]})")
+             f"{ledger_location(target)[0]})")
     raise ChecksumError(
         f"{src.file}: the copy from {origin} (sha256 {sha256[:12]}...) differs from {first} "
         f"(sha256 {reference[:12]}...): it changed since its sha256 was first recorded; the "
@@ -538,13 +347,13 @@ def _install(card: DatasetCard, src: SourceSpec, tmp: Path, digests: Digests, ta
     stat = target.stat()
     entry.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
     if not pinned or "accepted_sha256" in entry:
-        old = (_ledger_entry(target) or {}).get("recorded_sha256")
+        old = (ledger_entry(target) or {}).get("recorded_sha256")
         entry["recorded_sha256"] = digests.sha256
         if not pinned and old != digests.sha256 and "accepted_sha256" not in entry:
             log.info("%s: card pins no checksum; recorded sha256 %s", src.file, digests.sha256)
             progress.message(f"{src.file}: no checksum in the card; recorded sha256 "
-                             f"{digests.sha256} in {_ledger_location(target)[0]}")
-    _write_ledger_entry(target, entry)
+                             f"{digests.sha256} in {ledger_location(target)[0]}")
+    write_ledger_entry(target, entry)
     return entry, ACCEPTED if "accepted_sha256" in entry else _check_text(src)
 
 
@@ -572,7 +381,8 @@ def _fetch_remote(card: DatasetCard, src: SourceSpec, target: Path, *,
         progress.message(f"downloading {src.file} from {url}")
         folder = _temp_name(target)
         try:
-            tmp, digests = _download(src, url, folder, strict_hash)
+            tmp, digests = download_file(src.file, url, folder,
+                                         _expected_hash(src) if strict_hash else None)
             entry, check = _install(card, src, tmp, digests, target, origin=url,
                                     strict_hash=strict_hash, replace=replace,
                                     again=f"ctrbench download {card.name} --replace")
@@ -636,13 +446,6 @@ def _file_sha256(path: Path) -> str:
     return str(file_digests(path)["sha256"])
 
 
-def _differing(ours: Mapping[str, str] | None, theirs: Mapping[str, str]) -> list[str]:
-    """Members whose sha256 differ (all of them when ``ours`` could not be read)."""
-    if ours is None:
-        return sorted(theirs)
-    return sorted(n for n in {*ours, *theirs} if ours.get(n) != theirs.get(n))
-
-
 def _folder_differs(src: SourceSpec, origin: Path, cached: Path, diff: list[str],
                     ours: Mapping[str, str] | None, theirs: Mapping[str, str],
                     again: str) -> ChecksumError:
@@ -665,7 +468,7 @@ def _fetch_folder(card: DatasetCard, src: SourceSpec, origin: Path, target: Path
     again = f"ctrbench download {card.name} --from {from_dir} --replace"
     if not replace and target.is_file():
         ours = archive_members_sha256(src, target)
-        diff = _differing(ours, theirs)
+        diff = differing_members(ours, theirs)
         if diff:
             raise _folder_differs(src, origin, target, diff, ours, theirs, again)
         cached = _cached_file(src, target, strict_hash)
@@ -673,7 +476,7 @@ def _fetch_folder(card: DatasetCard, src: SourceSpec, origin: Path, target: Path
             return cached
     if not replace and extracted.is_dir():
         ours = members_sha256(src, extracted, _file_sha256)
-        diff = _differing(ours, theirs)
+        diff = differing_members(ours, theirs)
         if not diff:
             return _folder_source(src, extracted, "cached")
         try:
@@ -722,7 +525,7 @@ def _fetch_one(card: DatasetCard, src: SourceSpec, from_dir: Path | None,
             cached = _cached_file(src, target, strict_hash)
             if cached is not None:
                 return cached
-        if not replace and strict_hash and not pinned and _ledger_entry(target):
+        if not replace and strict_hash and not pinned and ledger_entry(target):
             _check_reference(src, target, _file_sha256(origin), str(origin),  # before copying
                              f"ctrbench download {card.name} --from {from_dir} --replace")
         return _fetch_from_mirror(card, src, origin, target, from_dir=from_dir,

@@ -144,7 +144,8 @@ def prepare(name_or_card: str | DatasetCard, *, force: bool = False, strict: boo
     The raw files are fetched and read under the card's raw-cache lock
     (``download.locked_raw``), which also removes what a killed run left there.
     """
-    from ctrbench.data.download import fetch_sources, locked_raw, raw_sha256
+    from ctrbench.data.checksum_ledger import raw_sha256
+    from ctrbench.data.download import fetch_sources, locked_raw
 
     start = time.perf_counter()
     card = _card(name_or_card)

@@ -26,7 +26,7 @@ import shutil
 import stat
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -303,3 +303,11 @@ def clean_leftovers(folder: Path, keep: frozenset[str] = frozenset()) -> list[Pa
             path.unlink(missing_ok=True)
         removed.append(path)
     return removed
+
+
+def differing_members(ours: Mapping[str, str] | None, theirs: Mapping[str, str]) -> list[str]:
+    """Member names whose sha256 differ between two ``name -> sha256`` maps (all of
+    ``theirs`` when ``ours`` could not be read)."""
+    if ours is None:
+        return sorted(theirs)
+    return sorted(n for n in {*ours, *theirs} if ours.get(n) != theirs.get(n))

@@ -94,6 +94,9 @@ class Overrides:
 
     common: dict[str, Any] = field(default_factory=dict)
     per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: ``--set model:key=value`` items by model name (a config file may hold tables for models
+    #: a command does not select; an item typed for one must name a selected model)
+    set_items: dict[str, list[str]] = field(default_factory=dict)
 
     def for_model(self, name: str) -> dict[str, Any]:
         return _merge(self.common, self.per_model.get(name, {}))
@@ -123,6 +126,7 @@ def load_overrides(config_file: Path | None = None, set_items: Sequence[str] = (
         if ":" in key:
             model, rest = item.split(":", 1)
             out.per_model[model] = _merge(out.per_model.get(model, {}), parse_set_option([rest]))
+            out.set_items.setdefault(model, []).append(item)
         else:
             out.common = _merge(out.common, parse_set_option([item]))
     return out
@@ -146,6 +150,12 @@ def resolve_cards(models: str | Sequence[str], overrides: Overrides | None = Non
     if unknown:
         raise CardError(f"overrides name unknown model(s): {', '.join(unknown)}",
                         hint="per-model overrides are `model:key=value` or [models.<name>]")
+    unselected = [item for name, items in overrides.set_items.items() if name not in names
+                  for item in items]
+    if unselected:
+        raise CardError(f"--set {', '.join(unselected)}: names a model that is not selected "
+                        f"(selected: {', '.join(names)})",
+                        hint="add the model to --models, or drop the override")
     cards = []
     for name in names:
         card = load_model_card(name).with_overrides(overrides.for_model(name))

@@ -23,8 +23,10 @@ from ctrbench.data.store import PreparedData
 from ctrbench.errors import CtrbenchError
 from ctrbench.record import atomic_write_text
 from ctrbench.tune.outputs import (
+    card_holder,
     study_dir,
     tuned_card_name,
+    tuned_card_path,
     tuned_from_table,
     write_plots,
     write_trials_table,
@@ -41,7 +43,9 @@ class ModelBudget:
     """What one model of a group received and what came of it."""
 
     model: str
-    status: str  # "tuned" | "nothing to tune" | "no complete trial" | "submitted" (not awaited)
+    # "tuned" | "nothing to tune" | "no complete trial" | "submitted" (not awaited) |
+    # "card refused" (tuned, but models/tuned/ holds another study's card: kept)
+    status: str
     study: str = ""
     trials_complete: int = 0
     trials_pruned: int = 0
@@ -49,6 +53,7 @@ class ModelBudget:
     wall_clock_s: float = 0.0
     best_valid_auc: float | None = None
     tuned_card: str = ""
+    detail: str = ""  # why a tuned study has no card ("card refused")
 
     @property
     def trials_done(self) -> int:
@@ -62,6 +67,8 @@ class StudyOutcome:
     plots: dict[str, str]
     card_path: Path | None
     tuned_from: dict[str, Any] | None
+    replaced: str | None = None  # what the written card replaced (with replace_card)
+    refused: str | None = None  # why no card was written although a trial completed
 
 
 @dataclass(frozen=True)
@@ -88,10 +95,13 @@ def study_name_of(card: ModelCard, data: PreparedData, study_name: str | None = 
 
 def tune_one(card: ModelCard, data: PreparedData, settings: TuneSettings, *,
              results_root: Path, storage: str | None = None, study_name: str | None = None,
-             heartbeat: int = 60, fail_running: bool = False,
+             heartbeat: int = 60, fail_running: bool = False, replace_card: bool = False,
              on_message: Callable[[str], None] = lambda text: None,
              on_trial: Callable | None = None, execute: Executor | None = None) -> StudyOutcome:
-    """Open (or resume) ``card``'s study on ``data``, run it, write its table and tuned card."""
+    """Open (or resume) ``card``'s study on ``data``, run it, write its table and tuned card.
+
+    A tuned card that another study or storage wrote is kept (``refused`` says why) unless
+    ``replace_card``; the study's trials stay in its storage either way."""
     space = parse_search_space(card)
     if settings.sampler == "grid":
         from ctrbench.tune.space import grid
@@ -108,6 +118,12 @@ def tune_one(card: ModelCard, data: PreparedData, settings: TuneSettings, *,
         on_message(f"marked {len(failed)} RUNNING trial(s) FAIL: {failed}")
     on_message(f"study {name!r} in {handle.display}: {len(study.trials)} trial(s) stored; "
                f"running until {settings.n_trials} are complete or pruned")
+    card_file = tuned_card_path(card, dataset_name)
+    holder = card_holder(card_file, name, handle.display)
+    if holder:
+        on_message(f"{card_file} holds {holder}: this study's best "
+                   + ("will replace it (--replace-card)" if replace_card
+                      else "will not replace it unless you add --replace-card"))
     out_dir = study_dir(results_root, name)
     try:
         if execute is None:
@@ -124,13 +140,19 @@ def tune_one(card: ModelCard, data: PreparedData, settings: TuneSettings, *,
         return StudyOutcome(summary, out_dir, plots, None, None)
     tuned_from = tuned_from_table(study, summary.storage, summary.best, dataset_name, signature,
                                   settings)
+    holder = card_holder(card_file, name, summary.storage)
+    if holder and not replace_card:
+        refused = (f"tuned card not written: {card_file} holds {holder}; it is kept. This "
+                   f"study's trials are kept in {summary.storage}: run the same command with "
+                   "--replace-card to make its best trial the tuned card (no trial runs again)")
+        return StudyOutcome(summary, out_dir, plots, None, tuned_from, refused=refused)
     card_path = write_tuned_card(card, dataset_name, summary.best, tuned_from)
-    return StudyOutcome(summary, out_dir, plots, card_path, tuned_from)
+    return StudyOutcome(summary, out_dir, plots, card_path, tuned_from, replaced=holder)
 
 
 def tune_group(cards: Sequence[ModelCard], data: PreparedData, settings: TuneSettings, *,
                results_root: Path, label: str, storage_for: Callable[[str], str | None],
-               heartbeat: int = 60, fail_running: bool = False,
+               heartbeat: int = 60, fail_running: bool = False, replace_card: bool = False,
                on_message: Callable[[str], None] = lambda text: None,
                on_trial: Callable | None = None,
                execute: Executor | None = None) -> tuple[list[ModelBudget], Path]:
@@ -152,19 +174,21 @@ def tune_group(cards: Sequence[ModelCard], data: PreparedData, settings: TuneSet
         on_message(f"--- {card.name} ({len(rows) + 1}/{len(cards)})")
         outcome = tune_one(card, data, settings, results_root=results_root,
                            storage=storage_for(name), study_name=name, heartbeat=heartbeat,
-                           fail_running=fail_running, on_message=on_message, on_trial=on_trial,
-                           execute=execute)
+                           fail_running=fail_running, replace_card=replace_card,
+                           on_message=on_message, on_trial=on_trial, execute=execute)
         s = outcome.summary
         if s is None:
             rows.append(ModelBudget(model=card.name, status="submitted", study=name))
             continue
         wall = float(outcome.tuned_from["wall_clock_s"]) if outcome.tuned_from else 0.0
+        status = ("no complete trial" if s.best is None
+                  else "card refused" if outcome.refused else "tuned")
         rows.append(ModelBudget(
-            model=card.name, status="tuned" if s.best is not None else "no complete trial",
+            model=card.name, status=status,
             study=name, trials_complete=s.n_complete, trials_pruned=s.n_pruned,
             trials_failed=s.n_failed, wall_clock_s=wall,
             best_valid_auc=None if s.best is None else float(s.best.value),
-            tuned_card=str(outcome.card_path or "")))
+            tuned_card=str(outcome.card_path or ""), detail=outcome.refused or ""))
     path = write_budget(results_root, label, dataset, settings, rows)
     return rows, path
 
@@ -181,7 +205,7 @@ def unequal_budgets(rows: Sequence[ModelBudget], settings: TuneSettings) -> list
     if settings.timeout is not None:
         return []  # a wall-clock budget gives fast models more trials, by design
     return [f"{r.model}: {r.trials_done} trials done, {settings.n_trials} declared"
-            for r in rows if r.status in ("tuned", "no complete trial")
+            for r in rows if r.status in ("tuned", "no complete trial", "card refused")
             and r.trials_done != settings.n_trials]
 
 

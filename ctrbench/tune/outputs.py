@@ -4,7 +4,9 @@
   AUC), one column per searched parameter, duration, the epoch a pruned trial stopped at, the
   trial's training seed, the worker that ran it, and the error of a failed trial;
 - ``models/tuned/<model>@<dataset>.toml`` (in the working directory, which card lookup searches):
-  ``extends`` the tuned card, sets the best trial's values, and records ``[tuned_from]``;
+  ``extends`` the tuned card, sets the best trial's values, and records ``[tuned_from]``. Only
+  the study that wrote it (same name, same storage) rewrites it; any other card there is kept
+  unless the caller asks to replace it (:func:`card_holder`, ``tune --replace-card``);
 - ``history.png`` (optimisation history) and ``importances.png`` (parameter importances; needs
   at least two complete trials).
 All files are written to a temporary name and renamed.
@@ -36,6 +38,11 @@ from ctrbench.paths import safe_name
 from ctrbench.record import atomic_write_text
 from ctrbench.tune.space import decode, parse_search_space
 from ctrbench.tune.storage import safe_file_name
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 TRIAL_COLUMNS = ("number", "state", "value", "duration_s", "pruned_at_epoch", "best_epoch",
                  "train_seed", "worker", "error")
@@ -144,7 +151,9 @@ def tuned_card_text(card: ModelCard, dataset: str, best: FrozenTrial,
     header = (
         f"# Written by `ctrbench tune`: {card.name} tuned on {dataset} (study "
         f"{tuned_from['study']!r}, trial {best.number}).\n"
-        "# Re-running the study rewrites this file. Evaluate it on fresh seeds with\n"
+        "# Re-running this study (same --study and storage) rewrites this file; another study\n"
+        "# or storage may replace it only with `ctrbench tune --replace-card`.\n"
+        "# Evaluate it on fresh seeds with\n"
         f"#   ctrbench run --models '{name}' --dataset {dataset} --seeds 5\n"
     )
     description = f"{card.name} tuned on {dataset} (valid AUC {best.value:.5f})"
@@ -155,11 +164,38 @@ def tuned_card_text(card: ModelCard, dataset: str, best: FrozenTrial,
     return header + top + "\n" + "\n".join(tables)
 
 
+def tuned_card_path(card: ModelCard, dataset: str, cards_root: Path | None = None) -> Path:
+    """``<cards_root>/tuned/<model>@<dataset>.toml`` (default ``./models``)."""
+    root = Path.cwd() / "models" if cards_root is None else Path(cards_root)
+    return root / "tuned" / f"{tuned_card_name(card, dataset)}.toml"
+
+
+def card_holder(path: Path, study: str, storage: str) -> str | None:
+    """What the card at ``path`` holds when it is not study ``study``'s in ``storage`` (another
+    study or storage, or a card `ctrbench tune` did not write); None when the file is absent or
+    this study's own, i.e. when writing it loses nothing."""
+    try:
+        table = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        return f"a card that cannot be read ({exc})"
+    origin = table.get("tuned_from")
+    if not isinstance(origin, Mapping):
+        return "a card not written by `ctrbench tune` (no [tuned_from] table)"
+    if origin.get("study") == study and origin.get("storage") == storage:
+        return None
+    value = origin.get("value")
+    score = f", valid AUC {value:.5f}" if isinstance(value, float) else ""
+    return (f"the card of study {origin.get('study')!r} in {origin.get('storage')} (trial "
+            f"{origin.get('trial')}{score}, tuned {origin.get('tuned_at', 'at an unknown time')})")
+
+
 def write_tuned_card(card: ModelCard, dataset: str, best: FrozenTrial,
                      tuned_from: Mapping[str, Any], cards_root: Path | None = None) -> Path:
-    """Write ``<cards_root>/tuned/<model>@<dataset>.toml`` (default ``./models``)."""
-    root = Path.cwd() / "models" if cards_root is None else Path(cards_root)
-    path = root / "tuned" / f"{tuned_card_name(card, dataset)}.toml"
+    """Write ``<cards_root>/tuned/<model>@<dataset>.toml`` (default ``./models``); the caller
+    checks :func:`card_holder` first."""
+    path = tuned_card_path(card, dataset, cards_root)
     atomic_write_text(path, tuned_card_text(card, dataset, best, tuned_from))
     return path
 

@@ -9,7 +9,8 @@
 Trials left RUNNING by a killed worker are retried the same way on every storage
 (:func:`requeue`): the trial is marked FAIL and its parameters are queued once more, with the
 killed trial's training seed, so that the retry computes exactly what the killed trial would
-have (one retry per trial). How a dead worker is found:
+have (one retry per trial). A trial stopped by Ctrl-C or SIGTERM is retried the same way at once
+(:func:`retry_interrupted`; not counted as its retry). How a dead worker is found:
 
 - on the same host, on every storage: each trial records its worker's host, pid and process
   start time; a RUNNING trial whose worker process no longer exists is taken over at once
@@ -230,8 +231,29 @@ def _retry_stale(study: optuna.Study, trial: FrozenTrial) -> None:
     _queue_retry(study, trial)
 
 
-def _queue_retry(study: optuna.Study, trial: FrozenTrial) -> None:
-    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+def retry_interrupted(study: optuna.Study, trial_id: int, reason: str, fail: bool) -> None:
+    """Queue the values of a trial stopped by Ctrl-C or SIGTERM once more, with its training
+    seed, as for a killed worker (:func:`requeue`); an interruption is not the trial's fault, so
+    it does not count against ``MAX_RETRY``. ``fail``: mark the trial FAIL here (optuna does so
+    itself after a KeyboardInterrupt, never after a SystemExit)."""
+    storage = study._storage
+    trial = storage.get_trial(trial_id)
+    drawn = trial.params or trial.system_attrs.get("fixed_params")
+    storage.set_trial_user_attr(trial_id, "error", f"{reason}; " + (
+        "its values are queued again with its training seed" if drawn else "no value drawn yet"))
+    if fail:
+        try:
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                return
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return
+    _queue_retry(study, storage.get_trial(trial_id), counted=False)
+
+
+def _queue_retry(study: optuna.Study, trial: FrozenTrial, counted: bool = True) -> None:
+    history = [*trial.system_attrs.get("retry_history", [])]
+    if counted:
+        history.append(trial.number)
     # a queued trial (the card's own values) killed before all its values were drawn still
     # knows them all; values not drawn yet in a sampled trial are sampled again
     params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}

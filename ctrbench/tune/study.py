@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import signal
 import time
 import traceback
 from collections.abc import Callable
@@ -42,7 +43,13 @@ from ctrbench.progress import message
 from ctrbench.record import EpochRow
 from ctrbench.tune import space as tune_space
 from ctrbench.tune.space import PRUNERS, SAMPLERS, Dimension
-from ctrbench.tune.storage import StudyStorage, fail_stale, reclaim_dead_workers, worker_attrs
+from ctrbench.tune.storage import (
+    StudyStorage,
+    fail_stale,
+    reclaim_dead_workers,
+    retry_interrupted,
+    worker_attrs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +83,8 @@ class TuneSettings:
             raise CtrbenchError("--trials must be >= 0")
         if self.max_epochs is not None and self.max_epochs < 1:
             raise CtrbenchError("--epochs must be >= 1")
-        if self.timeout is not None and self.timeout <= 0:
-            raise CtrbenchError("--timeout must be > 0 seconds")
+        if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise CtrbenchError("--timeout must be a finite number of seconds > 0")
         if self.prune_after < 0:
             raise CtrbenchError("--prune-after must be >= 0")
 
@@ -194,6 +201,19 @@ class TrialObjective:
             raise SurplusTrial(f"trial {trial.number} is not needed")
 
     def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self._run(trial)
+        except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C; SIGTERM under its handler
+            what = ("Ctrl-C" if isinstance(exc, KeyboardInterrupt)
+                    else "SIGTERM" if exc.code == 128 + signal.SIGTERM else f"exit {exc.code}")
+            try:
+                retry_interrupted(trial.study, trial._trial_id, f"interrupted ({what})",
+                                  fail=isinstance(exc, SystemExit))
+            except Exception:  # never hide the interruption; a RUNNING trial is reclaimed later
+                log.warning("could not queue trial %d again", trial.number, exc_info=True)
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float:
         s = self.settings
         for key, value in worker_attrs().items():  # first: a killed worker is then found dead
             trial.set_user_attr(key, value)
@@ -215,9 +235,6 @@ class TrialObjective:
             raise
         except CtrbenchError as exc:  # NaN loss, an invalid sampled value: one clear line
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
-            raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("error", "interrupted")
             raise
         except Exception as exc:  # a bug: keep its traceback for the table and the log
             text = "".join(traceback.format_exception(exc))
