@@ -19,6 +19,18 @@ def pytest_configure(config):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.fixture(autouse=True)
+def progress_mode():
+    """Each test starts with the default progress mode: a CLI call with ``-q`` in one test
+    sets ``ctrbench.progress``'s mode for the rest of its worker process."""
+    from ctrbench import progress
+
+    saved = progress._MODE
+    progress.set_mode("auto")
+    yield
+    progress.set_mode(saved)
+
+
 @pytest.fixture
 def http_server(monkeypatch):
     """A real HTTP server on 127.0.0.1 serving ``server.files``; counts ``server.requests``."""

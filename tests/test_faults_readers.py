@@ -5,6 +5,8 @@ a click "Aborted!" or a value that poisons the features."""
 from __future__ import annotations
 
 import bz2
+import errno
+import functools
 import gzip
 import json
 import lzma
@@ -232,13 +234,27 @@ def test_small_truncated_gzip_is_not_aborted(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- 10: unreadable
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@functools.cache
+def _nobody_imports_ctrbench() -> bool:
+    """Whether uid 65534 can import ctrbench with this interpreter (not from tox's private
+    ``.tox``, mode 0700)."""
+    probe = subprocess.run([*NOBODY, sys.executable, "-c", "import ctrbench.cli"],
+                           capture_output=True, timeout=120)
+    return probe.returncode == 0
+
+
 def _as_nobody(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     """``ctrbench ARGS`` as an ordinary user (uid 65534 when the tests run as root)."""
     command = [sys.executable, "-m", "ctrbench.cli", *args]
     if os.geteuid() == 0:  # setpriv, not Popen(user=): the interpreter may live under /root
         if shutil.which("setpriv") is None:
             pytest.skip("running as root without setpriv")
-        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        if not _nobody_imports_ctrbench():
+            pytest.skip("an ordinary user cannot import ctrbench from this environment")
+        command = [*NOBODY, *command]
     return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env},
                           timeout=300, cwd=env["CTRBENCH_CARDS"])
 
@@ -325,3 +341,25 @@ def test_2014_meta_asin_inside_a_string_is_not_the_key():
 def test_2014_meta_real_category_after_a_quoted_decoy():
     line = """{'asin': 'A0', 'title': "Bob's 'categories' \\"x\\"", 'categories': [['R', 'S']]}"""
     assert parse_meta_line(line) == ("A0", [["R", "S"]])
+
+
+def test_a_refused_read_is_told_from_a_refused_write(tmp_path, monkeypatch):
+    """The CLI's message for EACCES: "cannot read" when the named file exists and may not be
+    opened for reading, "cannot write" otherwise (runs as root too: ``os.open`` is stubbed)."""
+    from ctrbench import cli
+
+    existing = tmp_path / "orders.csv"
+    existing.write_text("u,i,t\n")
+    refused = PermissionError(errno.EACCES, "Permission denied", str(existing))
+    real_open = os.open
+
+    def no_read(path, flags, *args):
+        if str(path) == str(existing):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    assert not cli._unreadable(refused)  # readable: the refusal was a write
+    monkeypatch.setattr(cli.os, "open", no_read)
+    assert cli._unreadable(refused)
+    missing = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "new.csv"))
+    assert not cli._unreadable(missing)
