@@ -181,10 +181,13 @@ def test_interrupted_trial_is_retried_with_its_seed(work, store_dir, monkeypatch
 @pytest.mark.slow
 @pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signalled_worker_leaves_its_trial_queued_again(work, store_dir, signum, code):  # noqa: F811
-    (work / "models" / "lr_long.toml").write_text(f'extends = "{MODEL}"\n[train]\npatience = 500\n')
+    # long enough that the signal always lands inside the first trial, even on a loaded CI
+    # machine (500 epochs of the tiny data took ~2 s, and a run there finished before it)
+    (work / "models" / "lr_long.toml").write_text(
+        f'extends = "{MODEL}"\n[train]\nepochs = 100000\npatience = 100000\n')
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "ctrbench.cli", "tune", "--model", "lr_long", "--dataset",
-            str(store_dir), "--epochs", "500", "--pruner", "none", "--results", "res",
+            str(store_dir), "--epochs", "100000", "--pruner", "none", "--results", "res",
             "--study", "sig", "--trials", "2", "-q"]
     worker = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
