@@ -66,6 +66,7 @@ def test_config_file_that_is_not_utf8_is_one_clean_error(work):
     ("plan", ["--epochs", "-3"], "--epochs"),
     ("run", ["--epochs", "0"], "--epochs"),
     ("plan", ["--seeds", "0"], "--seeds"),
+    ("plan", ["--seeds", "1000000000"], "--seeds"),  # a list of 10^9 runs before: no bound
     ("run", ["--jobs", "0"], "--jobs"),
     ("plan", ["--seed-list", "99999999999999999999"], "--seed-list"),
     ("plan", ["--seed-list", "0,4294967296"], "--seed-list"),

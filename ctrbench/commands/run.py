@@ -17,6 +17,7 @@ from ctrbench.commands.slurm_options import (
 )
 
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding range; torch accepts it too
+MAX_SEEDS = 10_000  # runs per model: beyond it, a typo, not a protocol
 
 
 def _seed_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
@@ -49,8 +50,8 @@ def selection_options(func: Callable) -> Callable:
                      help="Model names, groups or globs, comma-separated (mian,dien | table2 | "
                           "'mian*')."),
         click.option("--dataset", "-d", required=True, help="Dataset card name (e.g. synthetic)."),
-        click.option("--seeds", type=click.IntRange(min=1), default=None,
-                     help="Run seeds 0..N-1 (default 3)."),
+        click.option("--seeds", type=click.IntRange(min=1, max=MAX_SEEDS), default=None,
+                     help=f"Run seeds 0..N-1 (default 3; N <= {MAX_SEEDS:,})."),
         click.option("--seed-list", default=None, callback=_seed_list,
                      help=f"Explicit seeds in 0..{MAX_SEED}, e.g. 0,1,2 (not with --seeds)."),
         click.option("--epochs", type=click.IntRange(min=1), default=None,
