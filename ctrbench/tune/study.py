@@ -345,8 +345,16 @@ def run_study(
             objective.predicted_number = number
             study.sampler = make_sampler(settings.sampler, space,
                                          derive_seed(settings.seed, "sampler", number))
-            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[after_trial],
-                           gc_after_trial=False)
+            try:
+                study.optimize(objective, n_trials=1, catch=(Exception,),
+                               callbacks=[after_trial], gc_after_trial=False)
+            except ValueError as exc:
+                if not str(exc).startswith("Cannot tell a"):
+                    raise
+                # SQLite has no row lock: two workers can pop the same queued trial, and the
+                # one that finishes second may not record it again; the study goes on
+                message(f"a queued trial was also run by another worker, which recorded it "
+                        f"first ({exc})")
     counts = count_states(study)
     try:
         best = study.best_trial
