@@ -182,10 +182,12 @@ def test_interrupted_trial_is_retried_with_its_seed(work, store_dir, monkeypatch
 @pytest.mark.slow
 @pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signalled_worker_leaves_its_trial_queued_again(work, store_dir, signum, code):  # noqa: F811
-    # long enough that the signal always lands inside the first trial, even on a loaded CI
-    # machine (500 epochs of the tiny data took ~2 s, and a run there finished before it)
+    # trials long enough that the signal always lands inside the first one, even on a loaded
+    # CI machine: the search space's patience (1-2) stopped them within a second or two, and
+    # a worker there finished both trials before the signal (exit 0)
     (work / "models" / "lr_long.toml").write_text(
-        f'extends = "{MODEL}"\n[train]\nepochs = 100000\npatience = 100000\n')
+        f'extends = "{MODEL}"\n[train]\nepochs = 100000\npatience = 100000\n[search]\n'
+        '"train.patience" = { type = "int", low = 100000, high = 100000 }\n')
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "ctrbench.cli", "tune", "--model", "lr_long", "--dataset",
             str(store_dir), "--epochs", "100000", "--pruner", "none", "--results", "res",
