@@ -45,9 +45,9 @@ class CtrbenchGroup(click.Group):
             if exc.errno not in DISK_ERRNOS:
                 raise
             if _unreadable(exc):
-                raise click.ClickException(
-                    f"cannot read {exc.filename}: {exc.strerror}\n  hint: make it readable by "
-                    "this user (e.g. chmod a+r), then run the same command again") from None
+                from ctrbench.data.sources import cannot_read  # the readers' own message
+
+                raise click.ClickException(str(cannot_read(exc.filename, exc))) from None
             raise click.ClickException(
                 f"cannot write {exc.filename or 'a file'}: {exc.strerror}\n  hint: free some "
                 "space or make the directory writable, then run the same command again"

@@ -95,8 +95,7 @@ class CanonicalTables:
             raise DataError("reader produced an items table without item/category")
         if self.users is not None and "user" not in self.users.columns:
             raise DataError("reader produced a users table without a user column")
-        ratings = np.asarray(self.interactions["rating"], dtype=np.float64)
-        if np.isinf(ratings).any() or (np.abs(ratings) > np.finfo(np.float32).max).any():
+        if rating_overflows(self.interactions["rating"].to_numpy()).any():
             # a reader's own check names the lines; this guard keeps an infinite rating from
             # ever reaching the per-user running means (inf - inf = NaN for every later user)
             raise DataError("reader produced infinite ratings (or ratings beyond float32)")
@@ -107,6 +106,16 @@ class CanonicalTables:
                                 + "; ".join(r.summary() for r in read),
                                 hint="fix the lines named (or the card's columns and formats)")
             raise DataError("no interactions left after reading (are the raw files empty?)")
+
+
+#: a rating beyond this is inf once stored as float32 (the canonical rating dtype)
+RATING_MAX = float(np.finfo(np.float32).max)
+
+
+def rating_overflows(ratings: np.ndarray) -> np.ndarray:
+    """Bool mask of ratings that are +-inf or beyond float32 (NaN, a missing rating, is not)."""
+    with np.errstate(invalid="ignore"):
+        return np.abs(np.asarray(ratings, dtype=np.float64)) > RATING_MAX
 
 
 def time_out_of_range(seconds: np.ndarray) -> np.ndarray:

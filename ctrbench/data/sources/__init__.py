@@ -14,8 +14,6 @@ import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import numpy as np
-
 from ctrbench.cards import DatasetCard
 from ctrbench.data.canonical import CanonicalTables, clean_interactions
 from ctrbench.errors import DataError
@@ -24,18 +22,10 @@ from ctrbench.registry import Registry
 Reader = Callable[..., CanonicalTables]
 READERS: Registry[Reader] = Registry("reader")
 
-#: a rating beyond this is inf once stored as float32 (the canonical rating dtype)
-RATING_MAX = float(np.finfo(np.float32).max)
 RATING_NOT_FINITE = "rating not finite"
 #: what a damaged compressed file raises while it is read (besides OSError, e.g. BadGzipFile)
 DECOMPRESS_ERRORS = (EOFError, zlib.error, zipfile.BadZipFile, lzma.LZMAError)
 UTF8_BOM = b"\xef\xbb\xbf"
-
-
-def rating_overflows(ratings: np.ndarray) -> np.ndarray:
-    """Bool mask of ratings that are +-inf or beyond float32 (NaN, a missing rating, is not)."""
-    with np.errstate(invalid="ignore"):
-        return np.abs(np.asarray(ratings, dtype=np.float64)) > RATING_MAX
 
 
 def cannot_read(path: Path | str, exc: BaseException) -> DataError:

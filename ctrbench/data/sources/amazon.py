@@ -42,10 +42,9 @@ import numpy as np
 import pandas as pd
 
 from ctrbench.cards import DatasetCard, check_keys
-from ctrbench.data.canonical import MAX_TS, MIN_TS, CanonicalTables, ReadReport
+from ctrbench.data.canonical import MAX_TS, MIN_TS, RATING_MAX, CanonicalTables, ReadReport
 from ctrbench.data.features import UNKNOWN_CATEGORY
 from ctrbench.data.sources import (
-    RATING_MAX,
     RATING_NOT_FINITE,
     READERS,
     UTF8_BOM,

@@ -39,14 +39,18 @@ import numpy as np
 import pandas as pd
 
 from ctrbench.cards import DatasetCard, check_keys
-from ctrbench.data.canonical import CanonicalTables, ReadReport, time_out_of_range
+from ctrbench.data.canonical import (
+    CanonicalTables,
+    ReadReport,
+    rating_overflows,
+    time_out_of_range,
+)
 from ctrbench.data.features import UNKNOWN_CATEGORY
 from ctrbench.data.sources import (
     DECOMPRESS_ERRORS,
     RATING_NOT_FINITE,
     READERS,
     cannot_read,
-    rating_overflows,
 )
 from ctrbench.data.sources.table_chunks import Chunk, is_parquet
 from ctrbench.data.sources.table_chunks import iter_chunks as _iter_chunks
