@@ -47,3 +47,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """Isolated cache and card roots; returns the card root's datasets/ directory."""
+    monkeypatch.setenv("CTRBENCH_HOME", str(tmp_path / "home"))
+    cards = tmp_path / "cards"
+    (cards / "datasets").mkdir(parents=True)
+    monkeypatch.setenv("CTRBENCH_CARDS", str(cards))
+    return cards / "datasets"

@@ -32,16 +32,6 @@ def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    """Isolated cache and card roots; returns the card root's datasets/ directory."""
-    monkeypatch.setenv("CTRBENCH_HOME", str(tmp_path / "home"))
-    cards = tmp_path / "cards"
-    (cards / "datasets").mkdir(parents=True)
-    monkeypatch.setenv("CTRBENCH_CARDS", str(cards))
-    return cards / "datasets"
-
-
 def write_card(datasets: Path, name: str, sources: str, reader: str = "amazon") -> None:
     (datasets / f"{name}.toml").write_text(
         f'name = "{name}"\nreader = "{reader}"\nprotocol = "din"\n\n{sources}'

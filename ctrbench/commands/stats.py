@@ -87,7 +87,8 @@ def stats(name: str, from_dir: Path | None, tablefmt: str, audit: bool) -> None:
 @click.option("--scale", type=click.Choice(["default", "electronics", "books"]), default=None,
               help="Size preset (default: the card's). electronics = 1.69M reviews, 498k meta "
                    "lines; books = 8.9M reviews, 2.37M meta lines.")
-@click.option("--seed", type=int, default=None, help="Generator seed (default: the card's).")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="Generator seed, >= 0 (default: the card's).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
               help="New directory to write the raw files into (must not exist).")
 def generate(name: str, scale: str | None, seed: int | None, out_dir: Path) -> None:
@@ -104,9 +105,11 @@ def generate(name: str, scale: str | None, seed: int | None, out_dir: Path) -> N
     from ctrbench.cards import load_dataset_card
     from ctrbench.data.synthetic import PARAMS_FILE, world_params
     from ctrbench.data.synthetic import generate as generate_world
+    from ctrbench.data.synthetic.writer import refuse_existing
     from ctrbench.errors import CardError
     from ctrbench.progress import progress
 
+    refuse_existing(out_dir)  # before any progress line
     card = load_dataset_card(name)
     if card.reader != "synthetic":
         raise CardError(f"dataset {name!r} is read from downloaded files (reader "

@@ -8,7 +8,8 @@
   card publishes one for (``member_lines``) and names those it cannot check ("unverified").
 - :func:`dir_sha256`: the identity of a folder (sha256 over its members' names and sha256).
 - :func:`raw_lock`: an exclusive lock (``filelock``; released by the OS when the process dies,
-  even by ``kill -9``) held while raw files are fetched, generated or read. Whoever holds it
+  even by ``kill -9``; a wait for another process is announced) held while raw files are
+  fetched, generated or read. Whoever holds it
   knows no other ctrbench process is writing there, so :func:`clean_leftovers` may remove
   every temporary name a killed process left: ctrbench's own (``.<name>.tmp-<hex>``, files and
   folders; pooch downloads inside such a folder) and those of older versions (``.*.part``, and
@@ -279,9 +280,20 @@ def raw_lock(*folders: Path) -> Iterator[None]:
             except OSError as exc:
                 raise DataError(f"cannot create the raw cache {folder}: {exc}") from None
             key = str(folder.parent / f".{folder.name}{LOCK_NAME}")
-            lock = _LOCKS.setdefault(key, FileLock(key))
-            stack.enter_context(lock)  # type: ignore[arg-type]
+            _acquire(_LOCKS.setdefault(key, FileLock(key)), folder, key)
+            stack.callback(_LOCKS[key].release)  # type: ignore[attr-defined]
         yield
+
+
+def _acquire(lock, folder: Path, key: str) -> None:
+    """Take ``lock``; say so first when another process holds it (a download may be long)."""
+    from filelock import Timeout
+
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        message(f"waiting for another ctrbench process using {folder} (lock {key}) ...")
+        lock.acquire()
 
 
 def clean_leftovers(folder: Path, keep: frozenset[str] = frozenset()) -> list[Path]:

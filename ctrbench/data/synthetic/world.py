@@ -49,6 +49,7 @@ events, :mod:`.writer` writes the raw files, :mod:`.oracle` scores candidates.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -99,6 +100,10 @@ class WorldParams:
     gzip_level: int = 6
 
     def __post_init__(self) -> None:
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise CardError(f"seed must be an integer >= 0, got {self.seed!r} "
+                            "(reader_params.seed, or generate --seed)")
         for name in ("mix", "mix_after_gap"):
             value = tuple(float(v) for v in getattr(self, name))
             if len(value) != 3 or min(value) < 0 or not math.isclose(sum(value), 1.0, abs_tol=1e-9):

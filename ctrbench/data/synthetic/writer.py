@@ -171,6 +171,12 @@ def write_users(path: Path, uid: np.ndarray, users: Users) -> None:
     frame.to_csv(path, index=False)
 
 
+def refuse_existing(out_dir: Path) -> None:
+    """``generate`` writes a new directory only: an existing ``out_dir`` is a DataError."""
+    if out_dir.exists():
+        raise DataError(f"{out_dir} already exists", hint="choose another --out directory")
+
+
 def generate(params: WorldParams, out_dir: str | os.PathLike,
              on_progress: Callable[[str, int, int], None] | None = None) -> Path:
     """Write reviews, meta, users and ``oracle.npz`` into ``out_dir`` (atomically: temp + rename).
@@ -179,8 +185,7 @@ def generate(params: WorldParams, out_dir: str | os.PathLike,
     An existing finished ``out_dir`` is an error (callers check first).
     """
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise DataError(f"{out_dir} already exists", hint="choose another --out directory")
+    refuse_existing(out_dir)
     ensure_directory(out_dir.parent, "folder")
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
