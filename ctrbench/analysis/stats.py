@@ -116,6 +116,12 @@ def pooled_std(a: Sequence[float], b: Sequence[float]) -> float:
 ALTERNATIVES = ("two-sided", "less", "greater")
 
 
+def _constant(x: np.ndarray) -> bool:
+    """All values equal up to float noise (``CONSTANT_ATOL``, relative above magnitude 1): the
+    sample variance is taken as exactly 0 (scipy would warn of precision loss near there)."""
+    return bool(np.ptp(x) <= CONSTANT_ATOL * max(1.0, float(np.max(np.abs(x)))))
+
+
 def _constant_p(diff: float, alternative: str) -> float:
     """p of a t-test whose statistic is infinite (or 0/0): the sign of ``diff`` decides."""
     if abs(diff) <= CONSTANT_ATOL:
@@ -138,7 +144,7 @@ def paired_ttest(a: Sequence[float], b: Sequence[float], alternative: str = "two
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     if d.size < 2 or not np.all(np.isfinite(d)):
         return NAN
-    if np.ptp(d) <= CONSTANT_ATOL:
+    if _constant(d):
         return _constant_p(float(d.mean()), alternative)
     return float(sps.ttest_rel(a, b, alternative=alternative).pvalue)
 
@@ -161,16 +167,36 @@ def wilcoxon_signed_rank(a: Sequence[float], b: Sequence[float]) -> float:
 
 def welch_ttest(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided"
                 ) -> float:
-    """p of Welch's unequal-variance t-test of mean(a) - mean(b) (unpaired samples); nan if
-    impossible. ``alternative`` as in :func:`paired_ttest`."""
+    """p of Welch's unequal-variance t-test of mean(a) - mean(b) (unpaired samples);
+    ``alternative`` as in :func:`paired_ttest`. nan with fewer than 2 values on a side or a
+    non-finite value.
+
+    A side whose values are all equal (:func:`_constant`) has sample variance 0, and the test
+    is its limit as that variance goes to 0 (continuous in the data, no scipy warning):
+
+    - one side constant (``a``, say): t = (mean a - mean b) / (s_b / sqrt(n_b)) on n_b - 1
+      degrees of freedom (Welch-Satterthwaite's df at s_a = 0), i.e. the one-sample t-test
+      of ``b`` against the constant ``mean(a)``;
+    - both constant: t is infinite or 0/0, so p = 1 for equal means, else 0 (or 1 for a
+      one-sided alternative in the other direction), as :func:`paired_ttest` does.
+    """
     if alternative not in ALTERNATIVES:
         raise ValueError(f"alternative must be one of {ALTERNATIVES}")
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if x.size < 2 or y.size < 2:
+    if x.size < 2 or y.size < 2 or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
         return NAN
-    if np.ptp(x) <= CONSTANT_ATOL and np.ptp(y) <= CONSTANT_ATOL:
-        return _constant_p(float(x.mean() - y.mean()), alternative)
-    return float(sps.ttest_ind(x, y, equal_var=False, alternative=alternative).pvalue)
+    flat_x, flat_y = _constant(x), _constant(y)
+    diff = float(x.mean() - y.mean())
+    if flat_x and flat_y:
+        return _constant_p(diff, alternative)
+    if not (flat_x or flat_y):
+        return float(sps.ttest_ind(x, y, equal_var=False, alternative=alternative).pvalue)
+    spread = y if flat_x else x  # the side with a variance
+    t = diff / math.sqrt(float(spread.var(ddof=1)) / spread.size)
+    dist = sps.t(spread.size - 1)
+    if alternative == "two-sided":
+        return float(min(1.0, 2.0 * dist.sf(abs(t))))
+    return float(dist.cdf(t) if alternative == "less" else dist.sf(t))
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:

@@ -109,7 +109,9 @@ def report(datasets: tuple[str, ...], reference: str | None, results_dir: Path |
               default=None, help="Results root holding runs/ (default: ./results).")
 @click.option("--dataset", "datasets", multiple=True, help="Only these datasets (repeatable).")
 @click.option("--update", is_flag=True,
-              help="Rewrite the baseline from the current runs (on purpose), then exit 0.")
+              help="Rewrite the baseline from the current runs (on purpose), then exit 0. "
+                   "With --dataset, only those datasets' rows are replaced; the others are "
+                   "kept.")
 @click.option("--tolerance", type=click.FloatRange(min=0), default=0.001, show_default=True,
               help="Smallest AUC change that counts.")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True),
@@ -163,6 +165,7 @@ def _check(baseline: Path, root: Path, datasets: list[str] | None, update: bool,
     from ctrbench.report.check import (
         check_results,
         exit_code,
+        kept_rows,
         power_lines,
         read_reference,
         update_reference,
@@ -170,7 +173,9 @@ def _check(baseline: Path, root: Path, datasets: list[str] | None, update: bool,
 
     if update:
         frame = update_reference(baseline, root, datasets=datasets)
-        click.echo(f"wrote {baseline}: {len(frame)} row(s) from {root}")
+        kept = kept_rows(baseline, datasets)
+        click.echo(f"wrote {baseline}: {len(frame)} row(s) from {root}"
+                   + (f"; kept its {kept} row(s) of other datasets" if kept else ""))
         for line in power_lines(frame, tolerance=tolerance, alpha=alpha):
             click.echo(f"power: {line}")
         return 0

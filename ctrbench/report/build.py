@@ -8,6 +8,7 @@ tables, rendered, so that the CLI can print them; the library itself never print
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -27,10 +28,11 @@ from ctrbench.registry import did_you_mean
 from ctrbench.report import health, plots, strata, versus_pop
 from ctrbench.report import tables as rt
 from ctrbench.report.compare import is_floor
-from ctrbench.report.data import CardBook, ResultSet, load_results
+from ctrbench.report.data import CardBook, ResultSet, load_results, markdown_safe
 from ctrbench.report.tuned import TUNED_LEGEND, ordering_footer, tuned_display, tuned_tables
 
 DASH = "–"
+MANIFEST = (".ctrbench-report", "files.json")  # what the last report in a folder wrote
 DEFAULT_GIM_PARTS = ("item", "context", "behavior", "user", "ibim", "iuim", "icim")
 
 
@@ -165,7 +167,9 @@ class Table:
 
 
 def _grid(shown: pd.DataFrame, fmt: str) -> str:
-    """A table of preformatted strings (no number re-parsing: "0.6000" stays as written)."""
+    """A table of preformatted strings (no number re-parsing: "0.6000" stays as written);
+    in Markdown (github) a ``|`` inside a cell is escaped, so it never adds a column."""
+    shown = markdown_safe(shown) if fmt == "github" else shown
     return tabulate(shown, headers="keys", tablefmt=fmt, showindex=False,
                     disable_numparse=True) + "\n"
 
@@ -332,7 +336,39 @@ def build_report(
             os.replace(path, report.files[-1])
     finally:
         shutil.rmtree(staged, ignore_errors=True)
+    removed = _remove_previous(out, report.files)
+    if removed:
+        report.notes.append(f"removed {len(removed)} file(s) of the previous report in {out} "
+                            f"that this one does not write: {', '.join(removed[:5])}"
+                            + (" ..." if len(removed) > 5 else ""))
     return report
+
+
+def _remove_previous(out: Path, written: Sequence[Path]) -> list[str]:
+    """Remove the files the previous report in ``out`` wrote (listed in its manifest) that
+    this one did not rewrite, so the folder never mixes two reports (a figure of a dataset or
+    model the new tables do not have); then list this report's files. Only files a report
+    listed are ever removed."""
+    manifest = out.joinpath(*MANIFEST)
+    try:
+        previous = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        previous = []
+    mine = sorted(p.relative_to(out).as_posix() for p in written)
+    removed = []
+    for rel in previous if isinstance(previous, list) else []:
+        if not isinstance(rel, str) or rel in mine:
+            continue
+        try:
+            path = inside(out, rel)
+        except CtrbenchError:
+            continue
+        if path.is_file():
+            path.unlink()
+            removed.append(rel)
+    manifest.parent.mkdir(exist_ok=True)
+    atomic_write_text(manifest, json.dumps({"files": mine}, indent=1) + "\n")
+    return removed
 
 
 def _check_reference(rs: ResultSet, reference: str | None) -> None:
@@ -384,7 +420,9 @@ def _plots(rs: ResultSet, board: pd.DataFrame, out: Path, strata_frame: pd.DataF
             scores = rs.scores(rec.path)
             if scores is None or "explain__gim" not in scores:
                 continue
-            weights = scores["explain__gim"]  # (S, P)
+            weights = np.asarray(scores["explain__gim"])  # (S, P)
+            if weights.ndim != 2 or weights.size == 0:
+                continue  # no sample to draw in this seed's file: try the next seed
             parts = rs.explain_parts.get(rec.path, {}).get("gim") or list(DEFAULT_GIM_PARTS)
             if len(parts) != weights.shape[1]:
                 parts = [f"part {i}" for i in range(weights.shape[1])]

@@ -21,6 +21,7 @@ crash: never 1).
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from ctrbench.analysis import stats
 from ctrbench.analysis.power import detectable_drop
 from ctrbench.errors import CtrbenchError, WriteError
 from ctrbench.record import atomic_write_text
-from ctrbench.report.data import CardBook, ResultSet, load_results
+from ctrbench.report.data import MAX_SEED, CardBook, ResultSet, load_results
 from ctrbench.report.groups import ModelRuns, describe_difference
 from ctrbench.report.tables import LEADERBOARD_COLUMNS, csv_text, leaderboard
 
@@ -61,6 +62,9 @@ def parse_seed_aucs(text: str) -> dict[int, float]:
             key, auc = int(seed), float(value)
         except ValueError:
             raise BaselineError(f"bad seed_aucs entry {item!r} (expected seed:auc)") from None
+        if not 0 <= key <= MAX_SEED:
+            raise BaselineError(f"bad seed_aucs entry {item!r}: the seed is not an integer in "
+                                "[0, 2**63 - 1]")
         if not 0.0 <= auc <= 1.0:  # also nan and inf
             raise BaselineError(f"bad seed_aucs entry {item!r}: the AUC is not a finite "
                                 "number in [0, 1]")
@@ -107,11 +111,21 @@ def read_reference(path: Path) -> pd.DataFrame:
                                 "[0, 1]")
     frame["seed_map"] = seed_maps
     for col in ("model_config", "dataset_identity"):
-        try:
-            frame[col] = [json.loads(t) if t else {} for t in frame[col]]
-        except ValueError:
-            raise BaselineError(f"baseline {path}: column {col} is not JSON") from None
+        frame[col] = [_json_object(path, i, r, col) for i, r in frame.iterrows()]
     return frame
+
+
+def _json_object(path: Path, i: int, row: pd.Series, column: str) -> dict:
+    """The row's ``column`` (a JSON object, as written by ``--update``), or BaselineError."""
+    text = row[column]
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise BaselineError(f"baseline {path} line {i + 2} ({row['dataset']}/{row['model']}): "
+                            f"column {column} is not a JSON object: {text[:60]!r}")
+    return value
 
 
 @dataclass
@@ -330,13 +344,46 @@ def update_reference(path: Path, results_root: Path, *,
     if usable.empty:
         raise CtrbenchError("no model has usable runs (finished, one dataset identity, one "
                             "config): refusing to write an empty reference")
+    text = csv_text(usable)
+    if datasets:
+        text = _with_other_datasets(Path(path), text, set(datasets))
     try:
-        atomic_write_text(Path(path), csv_text(usable))
+        atomic_write_text(Path(path), text)
     except WriteError as exc:  # read-only or full disk: nothing half-written is left
         raise BaselineError(f"cannot write baseline {path}: {exc}") from None
     except OSError as exc:
         raise BaselineError(f"cannot write baseline {path}: {exc.strerror or exc}") from None
     return usable
+
+
+def _with_other_datasets(path: Path, text: str, datasets: set[str]) -> str:
+    """``text`` (the new rows of ``datasets``) followed by the existing baseline's rows of the
+    other datasets, their values unchanged: ``--update --dataset`` never drops another
+    dataset's rows."""
+    if not path.exists():
+        return text
+    try:
+        old = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise BaselineError(f"cannot keep the other datasets' rows of baseline {path}: {exc}",
+                            hint="update it whole (without --dataset)") from None
+    if "dataset" not in old.columns:
+        raise BaselineError(f"cannot keep the other datasets' rows of baseline {path}: it has "
+                            "no dataset column", hint="update it whole (without --dataset)")
+    kept = old[~old["dataset"].isin(datasets)]
+    if kept.empty:
+        return text
+    new = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    both = pd.concat([new, kept], ignore_index=True).fillna("")
+    return both.to_csv(index=False, lineterminator="\n")
+
+
+def kept_rows(path: Path, datasets: Sequence[str] | None) -> int:
+    """Rows of other datasets in the baseline at ``path`` (after ``--update --dataset``)."""
+    if not datasets or not Path(path).is_file():
+        return 0
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return int((~frame["dataset"].isin(list(datasets))).sum())
 
 
 def power_lines(frame: pd.DataFrame, *, tolerance: float, alpha: float) -> list[str]:

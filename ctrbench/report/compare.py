@@ -219,10 +219,10 @@ def bootstrap_dataset(rs: ResultSet, groups: Mapping[str, ModelRuns],
     else:
         clusters = "users"
     rng = np.random.default_rng(seed)
-    weights = cluster.user_weights(user_ids, n_boot, rng)  # (R, rows)
     message(f"bootstrap: {n_boot} resamples of {clusters} x {len(paths)} score vectors x "
             f"{labels.size:,} rows")
-    reps = cluster.weighted_aucs([rs.scores(p)["scores"] for p in paths], labels, weights)
+    reps = cluster.bootstrap_aucs([rs.scores(p)["scores"] for p in paths], labels, user_ids,
+                                  n_boot, rng)  # (vectors, R); weights built chunk by chunk
     row = {p: i for i, p in enumerate(paths)}
     alpha = 1.0 - confidence
     intervals = {}

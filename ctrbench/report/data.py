@@ -237,6 +237,7 @@ def load_results(results_root: Path, datasets: Sequence[str] | None = None) -> R
         try:
             rec = read_record(path)
             row = _run_row(path, rec)
+            _check_file_seed(path, row["seed"])
             config = flatten_config(rec.model_config or {})
             ident = flatten_config(rec.dataset_identity or {})
             curve = [(rec.dataset, rec.model, int(rec.seed), int(e.epoch), float(e.valid_auc),
@@ -259,10 +260,54 @@ def load_results(results_root: Path, datasets: Sequence[str] | None = None) -> R
         missing = sorted(set(datasets) - {r["dataset"] for r in rows})
         if missing:
             raise CtrbenchError(f"no run records for dataset(s) {', '.join(missing)} in {root}")
+    rows, twice = _refuse_duplicates(rows, root)
+    curves = [c for c in curves if c[:3] not in twice]
     runs = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
     runs = runs.sort_values(["dataset", "model", "seed"], kind="stable").reset_index(drop=True)
     return ResultSet(root, runs, pd.DataFrame(curves, columns=list(CURVE_COLUMNS)), parts,
                      configs, identities)
+
+
+def _check_file_seed(path: Path, seed: int) -> None:
+    """A record's seed must be its file name's (``seed-<k>.json``): a copy of another seed's
+    record under a new name would count that seed twice."""
+    if path.stem != f"seed-{seed}":
+        raise CtrbenchError(f"run record {path}: holds seed {seed} but its file name says "
+                            f"{path.stem.removeprefix('seed-')!r} (a copy of another seed's "
+                            "record?): not counted")
+
+
+def _refuse_duplicates(rows: list[dict[str, Any]], root: Path
+                       ) -> tuple[list[dict[str, Any]], set[tuple]]:
+    """Records that claim the same (dataset, model, seed) (a model directory copied under
+    another name) are all made unreadable: none of them is averaged twice, or chosen.
+    Returns the rows and the (dataset, model, seed) keys refused."""
+    seen: dict[tuple, list[int]] = {}
+    for i, r in enumerate(rows):
+        if r["status"] != "unreadable":
+            seen.setdefault((r["dataset"], r["model"], r["seed"]), []).append(i)
+    out, twice = list(rows), {key for key, where in seen.items() if len(where) > 1}
+    for (ds, model, seed) in twice:
+        where = seen[(ds, model, seed)]
+        files = ", ".join(Path(rows[i]["path"]).relative_to(root).as_posix() for i in where)
+        for i in where:
+            out[i] = _unreadable_row(Path(rows[i]["path"]), root,
+                                     f"{ds}/{model} seed {seed} is in more than one record "
+                                     f"({files}): none counted")
+    return out, twice
+
+
+def finite_auc(runs: pd.DataFrame) -> pd.Series:
+    """Rows whose test AUC is a finite number (a finished record may hold nan or inf)."""
+    return pd.Series(np.isfinite(runs["test_auc"].to_numpy(dtype=float)), index=runs.index)
+
+
+def markdown_safe(shown: pd.DataFrame) -> pd.DataFrame:
+    """``shown`` (strings) with ``|`` escaped in cells and headers, for Markdown tables."""
+    def esc(x: Any) -> Any:
+        return x.replace("|", "\\|") if isinstance(x, str) else x
+
+    return shown.rename(columns=esc).map(esc)
 
 
 # --------------------------------------------------------------------------- paper datasets

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from ctrbench.analysis import stats
-from ctrbench.report.data import ResultSet
+from ctrbench.report.data import ResultSet, finite_auc
 
 NAN = float("nan")
 
@@ -82,27 +82,46 @@ def group_models(rs: ResultSet, dataset: str) -> dict[str, ModelRuns]:
     out: dict[str, ModelRuns] = {}
     for model, grp in runs.groupby("model", sort=True):
         fin = grp[grp["status"] == "finished"].sort_values("seed")
-        n_failed = int((grp["status"] != "finished").sum())
+        broken = fin[~finite_auc(fin)]
+        fin = fin[finite_auc(fin)]
+        n_failed = int((grp["status"] != "finished").sum()) + len(broken)
+        left_out = non_finite_note(broken)
         if fin.empty:
             out[model] = ModelRuns(model, "no_finished_runs", fin, n_failed,
-                                   note="no finished runs")
+                                   note=left_out or "no finished runs")
             continue
         if fin["identity"].nunique() > 1:
             note = ("refused: records mix dataset identities: "
                     + _split_note(rs, fin, "identity", rs.identities))
-            out[model] = ModelRuns(model, "mixed_identity", fin, n_failed, note=note)
+            out[model] = ModelRuns(model, "mixed_identity", fin, n_failed,
+                                   note=_join(note, left_out))
             continue
         if fin["config"].nunique() > 1:
             note = ("refused: records mix configurations (one row = one configuration; rerun "
                     "or move one set to another --results): "
                     + _split_note(rs, fin, "config", rs.configs))
-            out[model] = ModelRuns(model, "mixed_config", fin, n_failed, note=note)
+            out[model] = ModelRuns(model, "mixed_config", fin, n_failed,
+                                   note=_join(note, left_out))
             continue
         first = fin.iloc[0]
         out[model] = ModelRuns(model, "ok", fin, n_failed, str(first["identity"]),
-                               str(first["protocol"]), str(first["version"]),
+                               str(first["protocol"]), str(first["version"]), note=left_out,
                                config=str(first["config"]))
     return out
+
+
+def non_finite_note(broken: pd.DataFrame) -> str:
+    """What the report says of finished records whose test AUC is nan or inf: left out of
+    every mean and test (as `check` refuses them), never silently."""
+    if broken.empty:
+        return ""
+    seeds = ", ".join(f"{int(s)} ({v})" for s, v in zip(broken["seed"], broken["test_auc"]))
+    return (f"test AUC not finite in the finished record(s) of seed {seeds}: left out of "
+            "every mean and test (listed in failed)")
+
+
+def _join(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
 
 
 def protocol_text(rs: ResultSet, groups: Mapping[str, ModelRuns]) -> str:

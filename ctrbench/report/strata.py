@@ -46,7 +46,7 @@ from ctrbench.analysis import stats
 from ctrbench.data.describe import GAP_DAYS, INACTIVE_DAYS
 from ctrbench.data.store import PreparedData, open_store
 from ctrbench.errors import DataError
-from ctrbench.report.data import ResultSet, identity_key
+from ctrbench.report.data import ResultSet, finite_auc, identity_key, markdown_safe
 from ctrbench.schema import GROUP_KEY, HIST_LEN, LABEL, OOV_ID, ORACLE
 
 ORACLE_ROW = "oracle"
@@ -262,6 +262,7 @@ def _bucket_aucs(cut: TestStrata, scores: np.ndarray) -> dict[tuple[str, int], f
 def _runs_by_model(rs: ResultSet, dataset: str, identity: str, usable: set[tuple[str, str]]
                    ) -> dict[str, list[tuple[int, str]]]:
     fin = rs.finished[(rs.finished["dataset"] == dataset) & (rs.finished["identity"] == identity)]
+    fin = fin[finite_auc(fin)]  # a non-finite test AUC is left out everywhere
     out: dict[str, list[tuple[int, str]]] = {}
     for r in fin.sort_values(["model", "seed"]).itertuples(index=False):
         if (dataset, r.model) in usable:
@@ -436,7 +437,8 @@ def render(frame: pd.DataFrame, notes: Mapping[str, str], alpha: float) -> tuple
         txt.append(f"[{ds}] {notes[ds]}")
         for family in dict.fromkeys(part["stratum"]):
             grid = wide(part[part["stratum"] == family])
-            md.append(f"### {family}\n\n" + tabulate(grid, headers="keys", tablefmt="github",
+            md.append(f"### {family}\n\n" + tabulate(markdown_safe(grid), headers="keys",
+                                                     tablefmt="github",
                                                      showindex=False, disable_numparse=True)
                       + "\n")
             txt.append(f"({family})\n" + tabulate(grid, headers="keys", tablefmt="simple",

@@ -28,7 +28,7 @@ from ctrbench.report.compare import (
     declare,
     shared_test_set,
 )
-from ctrbench.report.data import CardBook, ResultSet, paper_dataset
+from ctrbench.report.data import CardBook, ResultSet, finite_auc, paper_dataset
 from ctrbench.report.groups import ModelRuns, group_models, protocol_text
 
 __all__ = [
@@ -111,11 +111,9 @@ def leaderboard(rs: ResultSet, cards: CardBook, *, reference: str | None = None,
                 else f"Reference: none ({declared.reason})"]
         labels, labels_path = shared_test_set(rs, groups, ref)
         comp = compare(rs, groups, declared, alpha=alpha, labels=labels)
-        family = [m for m in declared.family if comp[m].declared]
         if ref:
             g = groups[ref]
-            head.append(f"declared comparisons (the Holm family, m = {len(family)}): "
-                        + (", ".join(f"{m} vs {ref}" for m in family) or "none"))
+            head.append(_family_text(declared, comp))
             head.append(f"dataset identity {g.identity[:8]}, protocol {g.protocol} v{g.version}")
             oracle = _oracle_auc(rs, g)
             if oracle is not None:
@@ -136,6 +134,22 @@ def leaderboard(rs: ResultSet, cards: CardBook, *, reference: str | None = None,
     frame = _sort_by_auc(frame)
     ints = ("n_common", "delong_better", "delong_worse", "delong_seeds")
     return frame.astype(dict.fromkeys(ints, "Int64")), why
+
+
+def _family_text(declared: Declared, comp: Mapping[str, Comparison]) -> str:
+    """The declared comparisons and the Holm family: those with a test (p finite); a declared
+    comparison without one (fewer than 2 common seeds) is named apart, since Holm's m counts
+    only the tests it adjusts."""
+    ref = declared.reference
+    family = [m for m in declared.family if comp[m].declared]
+    tested = [m for m in family if np.isfinite(comp[m].ttest_p)]
+    text = (f"declared comparisons (the Holm family, m = {len(tested)}): "
+            + (", ".join(f"{m} vs {ref}" for m in tested) or "none"))
+    untested = [f"{m} vs {ref} (n {comp[m].n_common})" for m in family if m not in tested]
+    if untested:
+        text += ("; declared but no test possible (fewer than 2 common seeds with finite "
+                 "AUCs), outside the Holm family: " + ", ".join(untested))
+    return text
 
 
 def _leaderboard_row(rs: ResultSet, ds: str, m: str, g: ModelRuns, ref: str | None,
@@ -322,10 +336,16 @@ def _paper_relative(rows: list[dict], cards: CardBook) -> None:
 
 
 def failed_table(rs: ResultSet) -> pd.DataFrame:
-    """Runs that are not finished (failed, running, unreadable): listed, never averaged."""
-    nf = rs.not_finished
+    """Runs that are not finished (failed, running, unreadable), and finished ones whose test
+    AUC is not finite: listed, never averaged."""
+    broken = rs.finished[~finite_auc(rs.finished)]
+    nf = pd.concat([rs.not_finished, broken]).sort_values(["dataset", "model", "seed"],
+                                                           kind="stable")
     paths = [_relative(p, rs) for p in nf["path"]]
     errors = [_first_line(e, status) for e, status in zip(nf["error"], nf["status"])]
+    errors = [f"test AUC is {auc}, not finite: left out of every mean and test"
+              if status == "finished" else e
+              for e, status, auc in zip(errors, nf["status"], nf["test_auc"])]
     frame = nf.assign(path=paths, error=errors)
     return frame.loc[:, list(FAILED_COLUMNS)].reset_index(drop=True)
 

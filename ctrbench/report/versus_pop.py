@@ -62,6 +62,7 @@ def add_pop_columns(board: pd.DataFrame, rs: ResultSet, alpha: float = 0.05) -> 
                 continue
             mine = fin[(fin["dataset"] == ds) & (fin["model"] == out.at[i, "model"])
                        & (fin["identity"] == pop_ident)]["test_auc"].to_numpy(dtype=float)
+            mine = mine[np.isfinite(mine)]  # left out of every mean (groups.non_finite_note)
             out.at[i, "pop_auc"] = pop_auc
             out.at[i, "pop_delta_auc"] = float(np.mean(mine)) - pop_auc
             p = one_sided_p(mine, pop_auc)
@@ -111,6 +112,14 @@ def header_note(board: pd.DataFrame, dataset: str) -> str:
                 "item-popularity floor")
     pop_auc = float(part.loc[part["beats_pop"] == POP_MODEL, "auc_mean"].iloc[0])
     losers = part.loc[part["beats_pop"] == "no", "model"].tolist()
-    tail = ("every model beats it" if not losers
-            else f"not beaten by: {', '.join(losers)}")
+    compared = part["beats_pop"].isin(["yes", "no"])
+    apart = part.loc[~compared & (part["beats_pop"] != POP_MODEL) & (part["status"] == "ok"),
+                     "model"].tolist()
+    if not compared.any():
+        tail = "no model compared with it"
+    else:
+        tail = ("every model compared beats it" if not losers
+                else f"not beaten by: {', '.join(losers)}")
+    if apart:
+        tail += f" ({', '.join(apart)}: another dataset identity than pop's, not compared)"
     return f"pop (item popularity) test AUC {pop_auc:.4f}; {tail}"
