@@ -79,6 +79,10 @@ def load_raw_card(kind: str, name: str, _chain: tuple[str, ...] = ()) -> dict[st
         raise CardError(f"card {paths[name]} says name = {data['name']!r}; it must match its file")
     parent = data.pop("extends", None)
     if parent is not None:
+        if not isinstance(parent, str) or parent not in paths:
+            raise CardError(f"{singular} card {name!r} extends {parent!r}, which is no "
+                            f"{singular} card ({paths[name]})",
+                            hint=did_you_mean(singular, str(parent), paths).hint)
         base = load_raw_card(kind, parent, (*_chain, name))
         for inherited_only in ("name", "groups", "paper", "description"):
             base.pop(inherited_only, None)

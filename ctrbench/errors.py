@@ -9,6 +9,7 @@ interrupted (Ctrl-C); 128 + N killed by signal N (SIGTERM: 143).
 from __future__ import annotations
 
 import errno
+import signal
 
 
 class CtrbenchError(Exception):
@@ -63,3 +64,14 @@ class WriteError(CtrbenchError):
 
 #: OS errors that mean "the disk refused" rather than "ctrbench has a bug"
 DISK_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM})
+
+
+def install_termination_handler() -> None:
+    """SIGTERM -> ``SystemExit(143)`` (exit status 128 + N), so that cleanup runs as after
+    Ctrl-C: temporary files removed, locks released, no partial record left. Main thread
+    only (where Python delivers signals)."""
+    signal.signal(signal.SIGTERM, _raise_system_exit)
+
+
+def _raise_system_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

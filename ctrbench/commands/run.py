@@ -170,7 +170,6 @@ def run(models: str, dataset: str, seeds: int | None, seed_list: list[int] | Non
     for d in [device, *device_list] if executor == "local" else []:
         resolve_device(d)  # unknown or unavailable devices fail before any work
     options = slurm_settings(**{k: v for k, v in slurm_args.items() if k != "no_wait"})
-    runner.install_termination_handler()
     handle, specs, results_root = _prepare_selection(models, dataset, seeds, seed_list, epochs,
                                                      results_dir, set_items, config_file)
     if executor == "slurm":  # the tasks resolve --device on their own nodes

@@ -164,7 +164,6 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
     from ctrbench.engine.threads import apply_threads
     from ctrbench.errors import CtrbenchError
     from ctrbench.paths import default_results_root
-    from ctrbench.runs.runner import install_termination_handler
     from ctrbench.tune.group import (
         budget_mode,
         study_name_of,
@@ -177,7 +176,6 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
     from ctrbench.tune.study import TuneSettings
 
     apply_threads(resolve_threads_option(threads))
-    install_termination_handler()  # SIGTERM -> exit 143 as Ctrl-C: the trial is queued again
     if (model is None) == (models_spec is None):
         raise click.UsageError("give exactly one of --model NAME or --models GROUP")
     if models_spec is not None and study_name is not None:

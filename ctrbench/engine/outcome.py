@@ -59,6 +59,16 @@ def diverged(card: ModelCard, epoch: int, step: int, value: float) -> TrainingDi
     )
 
 
+def scores_not_finite(card: ModelCard, epoch: int) -> TrainingDiverged:
+    """The error for validation scores with a NaN/inf after ``epoch`` (every loss was finite)."""
+    return TrainingDiverged(
+        f"training of {card.name!r} diverged: its validation scores after epoch {epoch} are "
+        "not all finite (every training loss was)",
+        epoch=epoch, step=0,
+        hint=f"lower train.lr (now {card.train.lr:g}) or set train.grad_clip",
+    )
+
+
 def score_test_split(model: CTRModel, data: PreparedData, dev: torch.device,
                      cfg: TrainConfig, seed: int, inputs: list[str], outcome: TrainOutcome) -> None:
     """Score the test split once with the restored best weights; explain a seeded sample."""

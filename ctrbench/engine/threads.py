@@ -75,6 +75,9 @@ def usable_cores(root: Path = _CGROUP_ROOT) -> int:
 
 
 AUTO_MAX_THREADS = 1  # ``auto``'s cap on intra-op threads per process (module docstring)
+#: the most ``--threads`` accepts: far beyond any core count, far below the count at which
+#: OpenMP fails to start its threads (``--threads 100000`` was a segmentation fault)
+MAX_THREADS = 1024
 
 
 def default_threads(workers: int = 1, cores: int | None = None) -> int:
@@ -98,6 +101,9 @@ def parse_threads(value: str | int | None) -> int | None:
         raise ValueError(f"expected a positive integer or 'auto', got {value!r}") from None
     if threads < 1:
         raise ValueError(f"expected a positive integer or 'auto', got {value!r}")
+    if threads > MAX_THREADS:
+        raise ValueError(f"expected a positive integer or 'auto', got {value!r} "
+                         f"(at most {MAX_THREADS} threads)")
     return threads
 
 

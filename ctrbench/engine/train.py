@@ -46,12 +46,14 @@ from ctrbench.engine.outcome import (
     TrainOutcome,
     diverged,
     score_test_split,
+    scores_not_finite,
 )
 from ctrbench.engine.splits import SplitTensors, model_inputs, predict
 from ctrbench.engine.threads import load_average
 from ctrbench.engine.untrained import fit_and_evaluate
-from ctrbench.errors import CardError
+from ctrbench.errors import CardError, DataError
 from ctrbench.models import CTRModel, build_model, config_of, count_parameters
+from ctrbench.models.config import ModelConfig
 from ctrbench.models.fast.embedding_bank import FusedEmbedding
 from ctrbench.models.init import apply_init
 from ctrbench.progress import progress as progress_bar
@@ -70,16 +72,22 @@ CUDA_CHECK_EVERY = 50  # on CUDA, check the loss for NaN/inf every this many ste
 def build_for_training(card: ModelCard, schema: Schema) -> CTRModel:
     """Build ``card``'s model with ``sparse`` set from the optimizer (lazy_adam -> sparse) and
     initialise its dense layers by ``card.train.init`` (:mod:`ctrbench.models.init`)."""
+    return apply_init(build_model(card.arch, schema, training_config(card)), card.train.init)
+
+
+def training_config(card: ModelCard) -> ModelConfig:
+    """``card``'s typed config with ``sparse`` set from the optimizer; a CardError for a bad
+    value or a ``params.sparse`` that contradicts ``train.optimizer`` (the runner calls it
+    when it resolves the cards, before any data is touched)."""
     params = dict(card.params)
     want_sparse = card.train.optimizer == "lazy_adam"
     if "sparse" in params and bool(params["sparse"]) != want_sparse:
         raise CardError(f"model {card.name!r}: params.sparse = {params['sparse']} conflicts with "
                         f"train.optimizer = {card.train.optimizer!r}",
                         hint="drop params.sparse; the trainer sets it from train.optimizer")
-    config = config_of(card.arch).from_params(
+    return config_of(card.arch).from_params(
         f"model {card.name!r} params (architecture {card.arch!r})",
         {**params, "sparse": want_sparse})
-    return apply_init(build_model(card.arch, schema, config), card.train.init)
 
 
 class TrainStep:
@@ -177,6 +185,24 @@ def _train_epoch(step_fn: TrainStep, train: SplitTensors, cfg: TrainConfig, card
 
 
 # --------------------------------------------------------------------------- the loop
+def stop_early(epoch: int, best_epoch: int, patience: int) -> bool:
+    """Stop after ``patience`` epochs without a better validation AUC; an epoch that improved
+    never stops the run (``patience = 0``: stop at the first epoch that does not improve)."""
+    return epoch != best_epoch and epoch - best_epoch >= patience
+
+
+def require_both_classes(labels: np.ndarray, data: PreparedData) -> None:
+    """Refuse a validation split with one class: its AUC is undefined, so no epoch can be
+    chosen by it (every epoch's AUC would be NaN and epoch 1 "best" by accident)."""
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        raise DataError(
+            f"the validation split of {data.identity.get('dataset', 'the dataset')!r} has one "
+            f"class only ({len(labels)} rows, all {classes[0]:g}): its AUC is undefined, so "
+            "early stopping cannot choose an epoch",
+            hint="the dataset needs positives and negatives in its validation split")
+
+
 def train_and_evaluate(
     data: PreparedData,
     card: ModelCard,
@@ -206,6 +232,7 @@ def train_and_evaluate(
     train = SplitTensors(data, "train", dev, inputs)
     valid = SplitTensors(data, "valid", dev, inputs)
     valid_labels = valid.extra_numpy(LABEL)
+    require_both_classes(valid_labels, data)
     health_batch, _ = valid.take(torch.arange(min(HEALTH_ROWS, valid.rows),
                                               device=valid.storage))
     dead_at_init = dead_relu_fractions(model, health_batch)
@@ -227,7 +254,7 @@ def train_and_evaluate(
             scores = predict(model, valid, cfg.eval_batch_size, cfg.precision).numpy()
             eval_seconds = time.perf_counter() - start
             if not np.isfinite(scores).all():
-                raise diverged(card, epoch, 0, float("nan"))
+                raise scores_not_finite(card, epoch)
             row = EpochRow(
                 epoch=epoch, train_loss=train_loss, train_aux_loss=aux_loss,
                 valid_auc=auc(valid_labels, scores), valid_logloss=logloss(valid_labels, scores),
@@ -244,7 +271,7 @@ def train_and_evaluate(
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if on_epoch is not None:
                 on_epoch(row)
-            if epoch - best_epoch >= cfg.patience:
+            if stop_early(epoch, best_epoch, cfg.patience):
                 break
     finally:
         step_fn.close()

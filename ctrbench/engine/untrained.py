@@ -25,7 +25,7 @@ from ctrbench.analysis.metrics import auc, logloss
 from ctrbench.cards import ModelCard
 from ctrbench.data.store import PreparedData
 from ctrbench.engine.devices import peak_memory_mb, reset_peak_memory, synchronize
-from ctrbench.engine.outcome import TrainOutcome, diverged, score_test_split
+from ctrbench.engine.outcome import TrainOutcome, score_test_split, scores_not_finite
 from ctrbench.engine.splits import SplitTensors, model_inputs, predict
 from ctrbench.models import CTRModel, count_parameters
 from ctrbench.record import EpochRow
@@ -57,7 +57,7 @@ def fit_and_evaluate(model: CTRModel, data: PreparedData, card: ModelCard, seed:
     scores = predict(model, valid, cfg.eval_batch_size, cfg.precision).numpy()
     eval_seconds = time.perf_counter() - start
     if not np.isfinite(scores).all():
-        raise diverged(card, 1, 0, float("nan"))
+        raise scores_not_finite(card, 1)
     row = EpochRow(
         epoch=1, train_loss=train_loss, train_aux_loss=0.0,
         valid_auc=auc(valid_labels, scores), valid_logloss=logloss(valid_labels, scores),

@@ -50,7 +50,7 @@ from ctrbench.cards import (
 )
 from ctrbench.data.store import PreparedData
 from ctrbench.engine.threads import apply_threads, default_threads
-from ctrbench.errors import CardError, CtrbenchError, WriteError
+from ctrbench.errors import CardError, CtrbenchError, WriteError, install_termination_handler
 from ctrbench.paths import ensure_writable_dir
 from ctrbench.record import EpochRow, RunRecord, record_path, scores_path
 from ctrbench.runs import orphans
@@ -90,16 +90,26 @@ class RunResult:
 
 @dataclass
 class Overrides:
-    """Configuration overrides: for every model, and per model name."""
+    """Configuration overrides in two layers, the config file below ``--set``; each layer for
+    every model (``common``) and per model name (``per_model``, more specific)."""
 
     common: dict[str, Any] = field(default_factory=dict)
     per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: ``--set model:key=value`` items by model name (a config file may hold tables for models
     #: a command does not select; an item typed for one must name a selected model)
     set_items: dict[str, list[str]] = field(default_factory=dict)
+    #: the ``--set`` layer: wins over the whole file, its per-model tables included
+    set_common: dict[str, Any] = field(default_factory=dict)
+    set_per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def for_model(self, name: str) -> dict[str, Any]:
-        return _merge(self.common, self.per_model.get(name, {}))
+        from_file = _merge(self.common, self.per_model.get(name, {}))
+        from_set = _merge(self.set_common, self.set_per_model.get(name, {}))
+        return _merge(from_file, from_set)
+
+    def model_names(self) -> set[str]:
+        """The model names that per-model overrides (file or ``--set``) address."""
+        return set(self.per_model) | set(self.set_per_model)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -107,7 +117,8 @@ def load_overrides(config_file: Path | None = None, set_items: Sequence[str] = (
     """Merge a config TOML file and ``--set`` items (``key=value`` or ``model:key=value``).
 
     Config file layout: ``[train]`` / ``[params]`` for every model, ``[models.<name>.train]``
-    / ``[models.<name>.params]`` for one model. ``--set`` wins over the file.
+    / ``[models.<name>.params]`` for one model. ``--set`` wins over the file (over its
+    per-model tables too); within each, a per-model value wins over a common one.
     """
     out = Overrides()
     if config_file is not None:
@@ -125,20 +136,29 @@ def load_overrides(config_file: Path | None = None, set_items: Sequence[str] = (
         key = item.split("=", 1)[0]
         if ":" in key:
             model, rest = item.split(":", 1)
-            out.per_model[model] = _merge(out.per_model.get(model, {}), parse_set_option([rest]))
+            out.set_per_model[model] = _merge(out.set_per_model.get(model, {}),
+                                              parse_set_option([rest]))
             out.set_items.setdefault(model, []).append(item)
         else:
-            out.common = _merge(out.common, parse_set_option([item]))
+            out.set_common = _merge(out.set_common, parse_set_option([item]))
     return out
 
 
 def _check_params(card: ModelCard) -> None:
     """Validate the card's params against its architecture's typed config before any run
     starts: an unknown key or a bad value is a CardError naming the card and the key."""
+    from ctrbench.engine.train import training_config
+    from ctrbench.errors import UnknownNameError
     from ctrbench.models import config_of
 
-    config_of(card.arch).from_params(
+    try:
+        config_class = config_of(card.arch)
+    except UnknownNameError as exc:
+        raise CardError(f"model card {card.name!r} ({card.path or 'no file'}): {exc.args[0]}",
+                        hint=exc.hint) from None
+    config_class.from_params(
         f"model {card.name!r} params (architecture {card.arch!r})", card.params)
+    training_config(card)  # params.sparse against train.optimizer
 
 
 def resolve_cards(models: str | Sequence[str], overrides: Overrides | None = None,
@@ -146,7 +166,7 @@ def resolve_cards(models: str | Sequence[str], overrides: Overrides | None = Non
     """Selected model cards with overrides applied and ``epochs`` as a cap."""
     overrides = overrides or Overrides()
     names = resolve_model_spec(models)
-    unknown = sorted(set(overrides.per_model) - set(model_names()))
+    unknown = sorted(overrides.model_names() - set(model_names()))
     if unknown:
         raise CardError(f"overrides name unknown model(s): {', '.join(unknown)}",
                         hint="per-model overrides are `model:key=value` or [models.<name>]")
@@ -307,15 +327,6 @@ def execute_one(spec: RunSpec, dataset: DatasetHandle, *, device: str = "auto",
 
 
 # --------------------------------------------------------------------------- many runs
-def _raise_system_exit(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
-def install_termination_handler() -> None:
-    """SIGTERM -> SystemExit, so that locks are released and no partial record is left."""
-    signal.signal(signal.SIGTERM, _raise_system_exit)
-
-
 _WORKER: dict[str, Any] = {}
 
 

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ctrbench.errors import install_termination_handler
 from ctrbench.record import atomic_write_text
 
 
@@ -32,9 +33,8 @@ def _setup(manifest: dict[str, Any]) -> None:
     import torch
 
     from ctrbench import progress
-    from ctrbench.runs import runner
 
-    runner.install_termination_handler()
+    install_termination_handler()
     progress.set_mode("lines")
     torch.set_num_threads(max(1, int(os.environ.get("SLURM_CPUS_PER_TASK", "1"))))
     for module in manifest.get("plugins", []):
