@@ -12,11 +12,12 @@ import importlib
 import logging
 import os
 import sys
+import threading
 
 import click
 
 from ctrbench import __version__
-from ctrbench.errors import DISK_ERRNOS, CtrbenchError
+from ctrbench.errors import DISK_ERRNOS, CtrbenchError, install_termination_handler
 
 # (module, attribute) of each command, in help order
 _COMMANDS = (
@@ -53,8 +54,17 @@ class CtrbenchGroup(click.Group):
                 "space or make the directory writable, then run the same command again"
             ) from None
         except KeyboardInterrupt:
-            click.echo("Interrupted; finished results are kept, the next run resumes.", err=True)
+            click.echo(f"Interrupted; {_after_interrupt(ctx.invoked_subcommand)}", err=True)
             sys.exit(130)
+
+
+def _after_interrupt(command: str | None) -> str:
+    """What a Ctrl-C leaves, said for the command it stopped."""
+    if command in ("run", "tune"):
+        return ("finished results are kept, the next run resumes." if command == "run" else
+                "finished trials are kept, the interrupted one is queued again; the same "
+                "command resumes the study.")
+    return "nothing half-written is taken for finished; run the same command again."
 
 
 def _unreadable(exc: OSError) -> bool:
@@ -88,6 +98,8 @@ def main(verbose: int) -> None:
       ctrbench report
       ctrbench check --baseline results/reference/synthetic.csv
     """
+    if threading.current_thread() is threading.main_thread():  # every command: SIGTERM runs
+        install_termination_handler()  # its cleanup (temporary folders, locks), exit 143
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -15,7 +15,8 @@ T = TypeVar("T")
 def did_you_mean(kind: str, name: str, known: Iterable[str]) -> UnknownNameError:
     """Build the error for an unknown ``name``, with close matches and the full list."""
     known = sorted(known)
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    same_but_case = [k for k in known if k.lower() == name.lower()]  # names are case-sensitive
+    close = same_but_case or difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     message = f"Unknown {kind} {name!r}."
     if close:
         message += f" Did you mean: {', '.join(close)}?"

@@ -215,3 +215,61 @@ def test_signalled_worker_leaves_its_trial_queued_again(work, store_dir, signum,
     [retry] = [t for t in trials if t.user_attrs.get("retry_of") == cut.number]
     assert retry.state == TrialState.WAITING and retry.user_attrs["train_seed"] == \
         cut.user_attrs["train_seed"]
+
+
+@pytest.mark.parametrize("command,says", [
+    (("download", "movielens-100k"), "nothing half-written is taken for finished"),
+    (("run", "-m", "lr", "-d", "synthetic"), "finished results are kept"),
+])
+def test_ctrl_c_says_what_it_leaves_for_the_command_it_stopped(work, monkeypatch, command,
+                                                               says):
+    """Ctrl-C in ``download`` said "the next run resumes", which is about ``run``."""
+    import ctrbench.cards as cards
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cards, "load_dataset_card", interrupted)
+    result = invoke(*command)
+    assert result.exit_code == 130, result.output
+    assert says in result.output
+    assert ("resumes" in result.output) == (command[0] == "run")
+
+
+def test_sigterm_during_generate_leaves_no_temporary_folder(tmp_path):
+    """SIGTERM killed ``generate`` outright: its ``.<out>.tmp-<hex>/`` stayed beside ``--out``
+    and nothing ever removed it. Every command now turns SIGTERM into exit 143 after its
+    cleanup."""
+    out = tmp_path / "world"
+    env = {**os.environ, "CTRBENCH_HOME": str(tmp_path / "home")}
+    child = subprocess.Popen([sys.executable, "-m", "ctrbench.cli", "generate", "--scale",
+                              "electronics", "--out", str(out)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not any(p.is_dir() and any(p.iterdir()) for p in tmp_path.glob(".world.tmp-*")):
+        assert child.poll() is None and time.monotonic() < deadline, "no temporary folder"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 143, err.decode()
+    assert list(tmp_path.glob(".world.tmp-*")) == [] and not out.exists()
+    assert b"Traceback" not in err
+
+
+@pytest.mark.parametrize("card", ['extends = "din"\n[params]\nheads_typo = 3\n',
+                                  'arch = "nosuch"\ndescription = "x"\n'])
+def test_list_models_names_a_card_it_cannot_build_and_lists_the_rest(work, card):
+    """A user card with a bad param or architecture stopped ``list models`` at that card: one
+    error, nothing listed."""
+    (work / "models" / "odd.toml").write_text(card)
+    result = invoke("list", "models")
+    assert result.exit_code == 1, result.output
+    assert "odd" in result.output and "skipped a card" in result.output
+    assert "mian" in result.output and "din" in result.output  # the others are listed
+    assert "Traceback" not in result.output
+
+
+def test_a_name_in_other_case_suggests_the_registered_one(work):
+    """``-m LR`` suggested nothing: the close-match search is case-sensitive."""
+    result = invoke("plan", "-m", "LR", "-d", "synthetic", "--results", "r")
+    assert result.exit_code == 1 and "Did you mean: lr?" in result.output, result.output

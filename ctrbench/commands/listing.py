@@ -25,13 +25,24 @@ def list_datasets() -> None:
     rows, errors = [], []
     for name in dataset_names():
         try:
-            card = load_dataset_card(name)
+            rows.append(_dataset_row(load_dataset_card(name)))
         except CardError as exc:
             errors.append(exc)
-            continue
-        rows.append([name, card.reader, card.protocol, card.description.split("\n")[0]])
     click.echo(tabulate(rows, headers=["dataset", "reader", "protocol", "description"]))
     _fail_on_broken_cards(errors)
+
+
+def _dataset_row(card) -> list[str]:
+    """name, reader, protocol and the description's first line; a CardError for a value that
+    is not text (the card loader does not check these)."""
+    from ctrbench.errors import CardError
+
+    values = [card.name, card.reader, card.protocol, card.description]
+    for key, value in zip(("reader", "protocol", "description"), values[1:]):
+        if not isinstance(value, str):
+            raise CardError(f"dataset card {card.path}: {key} = {value!r} "
+                            f"({type(value).__name__}): expected a string")
+    return [*values[:3], card.description.split("\n")[0]]
 
 
 @list_.command(name="models")
@@ -44,15 +55,24 @@ def list_models(group: str | None) -> None:
       ctrbench list models --group ablations
     """
     from ctrbench.cards import load_model_cards, model_names, resolve_model_spec
+    from ctrbench.errors import CardError, CtrbenchError
     from ctrbench.models import build_model, count_parameters
     from ctrbench.schema import reference_schema
 
+    if group is not None and not group.replace(",", " ").strip():
+        raise click.BadParameter(f"{group!r} names no group or model (e.g. baselines, mian*)",
+                                 param_hint="'--group'")
     schema = reference_schema()
-    names = resolve_model_spec(group) if group else model_names()
+    names = resolve_model_spec(group) if group is not None else model_names()
     cards, errors = load_model_cards(names)
     rows = []
     for card in cards:
-        n_params = count_parameters(build_model(card.arch, schema, card.params))
+        try:
+            n_params = count_parameters(build_model(card.arch, schema, card.params))
+        except CtrbenchError as exc:  # a bad param or architecture: name it, list the rest
+            errors.append(CardError(f"model card {card.name!r} ({card.path}): {exc.args[0]}",
+                                    hint=exc.hint))
+            continue
         rows.append([card.name, card.arch, f"{n_params:,}", ",".join(card.groups),
                      card.description.split("\n")[0]])
     click.echo(tabulate(rows, headers=["model", "arch", "params*", "groups", "description"]))
