@@ -166,3 +166,16 @@ def test_sparse_against_the_optimizer_is_refused_when_resolved(items):
     # per seed, after the data were prepared) with the same CardError
     with pytest.raises(CardError, match=r"conflicts with train\.optimizer"):
         runner.resolve_cards("lr", runner.load_overrides(None, items))
+
+
+def test_one_configuration_spelled_two_ways_has_one_run_id():
+    """``--set params.dropout=0`` and ``=0.0`` gave two run ids, so the second run was refused
+    as "another configuration" and the report kept the two apart."""
+    from ctrbench.cards import config_hash, load_model_card, model_names
+    from ctrbench.runs.runner import load_overrides, resolve_cards
+
+    ids = {config_hash(resolve_cards(["din"], load_overrides(None, [f"din:{item}"]))[0]
+                       .resolved()) for item in ("params.dropout=0", "params.dropout=0.0")}
+    assert len(ids) == 1
+    for name in model_names():  # no built-in card changes its run id
+        assert resolve_cards([name])[0].resolved() == load_model_card(name).resolved()

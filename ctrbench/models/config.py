@@ -174,6 +174,17 @@ class ModelConfig:
     def check(self) -> None:
         """Rules across fields; raise ``ValueError`` naming the parameters."""
 
+    @classmethod
+    def normalised(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Valid ``params`` with each known value in its rule's form (``0`` -> ``0.0`` for a
+        number; widths as lists): one configuration, one spelling, so one run id."""
+        rules = {f.name: f.metadata["rule"] for f in dataclasses.fields(cls)}
+        out = {}
+        for key, value in params.items():
+            value = rules[key].check(value) if key in rules else value
+            out[key] = list(value) if isinstance(value, tuple) else value
+        return out
+
     def as_params(self) -> dict[str, Any]:
         """Every parameter (defaults included) as plain TOML-like values (tuples -> lists)."""
         return {k: list(v) if isinstance(v, tuple) else v

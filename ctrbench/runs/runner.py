@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import datetime as dt
 import multiprocessing as mp
 import os
@@ -184,8 +185,16 @@ def resolve_cards(models: str | Sequence[str], overrides: Overrides | None = Non
                 raise CardError("--epochs must be >= 1")
             card = card.with_overrides({"train": {"epochs": min(card.train.epochs, epochs)}})
         _check_params(card)
-        cards.append(card)
+        cards.append(_one_spelling(card))
     return cards
+
+
+def _one_spelling(card: ModelCard) -> ModelCard:
+    """``card`` with its params in their rules' form, so that ``dropout=0`` and ``0.0`` are
+    one configuration with one run id (the built-in cards are unchanged by it)."""
+    from ctrbench.models import config_of
+
+    return dataclasses.replace(card, params=config_of(card.arch).normalised(card.params))
 
 
 def run_id(dataset: DatasetHandle, card: ModelCard, seed: int) -> str:
