@@ -91,7 +91,6 @@ def test_nan_run_is_listed_as_failed_and_exit_is_1(cli):
     (["-m", "lr", "-d", "synthetc"], "Unknown dataset"),
     (["-m", "lr", "-d", "synthetic", "--set", "train.lrr=1"], "did you mean 'lr'"),
     (["-m", "lr", "-d", "synthetic", "--set", "params.bogus=1"], "bogus"),
-    (["-m", "lr", "-d", "synthetic", "--device", "tpu"], "device"),
     (["-m", "lr", "-d", "synthetic", "--device", "cuda:99"], "cuda:99"),
 ])
 def test_user_errors_exit_1_with_one_message(cli, args, message):
@@ -104,6 +103,13 @@ def test_user_errors_exit_1_with_one_message(cli, args, message):
 def test_usage_errors_exit_2(cli):
     invoke, _ = cli
     assert invoke("run", "-m", "lr", "-d", "synthetic", "--seed-list", "a,b").exit_code == 2
+    for command in ("run", "plan"):  # a device name no command accepts: the option's value
+        for option in ("--device=tpu", "--device=cuda:x", "--devices=cpu,tpu"):
+            if command == "plan" and option.startswith("--devices"):
+                continue
+            result = invoke(command, "-m", "lr", "-d", "synthetic", option)
+            named = "tpu" in result.output or "cuda:x" in result.output
+            assert result.exit_code == 2 and named, result.output
     assert invoke("run", "-m", "lr", "-d", "synthetic", "--jobs", "0").exit_code == 2
     for bad in ("0", "two", "-1"):
         result = invoke("run", "-m", "lr", "-d", "synthetic", "--threads", bad)

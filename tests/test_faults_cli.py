@@ -273,3 +273,9 @@ def test_a_name_in_other_case_suggests_the_registered_one(work):
     """``-m LR`` suggested nothing: the close-match search is case-sensitive."""
     result = invoke("plan", "-m", "LR", "-d", "synthetic", "--results", "r")
     assert result.exit_code == 1 and "Did you mean: lr?" in result.output, result.output
+
+
+def test_tune_refuses_a_device_name_as_a_bad_option_value(work):
+    """``tune --device tpu`` exited 1 after loading the store (a usage error is 2)."""
+    result = invoke("tune", "--model", "lr", "--dataset", "synthetic", "--device", "tpu")
+    assert result.exit_code == 2 and "unknown device 'tpu'" in result.output, result.output

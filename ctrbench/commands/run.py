@@ -20,6 +20,21 @@ MAX_SEED = 2**32 - 1  # numpy's legacy seeding range; torch accepts it too
 MAX_SEEDS = 10_000  # runs per model: beyond it, a typo, not a protocol
 
 
+def device_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--device`` / ``--devices``: every name must be auto, cpu, cuda or cuda:N (else exit 2);
+    whether the device exists is checked where it trains (exit 1)."""
+    from ctrbench.engine.devices import parse_device
+    from ctrbench.errors import CtrbenchError
+
+    for name in (value or "").split(",") if param.name == "devices" else [value or "auto"]:
+        try:
+            if name.strip() or param.name != "devices":
+                parse_device(name)
+        except CtrbenchError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
 def _seed_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
     """``--seed-list 0,1,2`` -> [0, 1, 2] (repeats dropped); bad values exit 2 with the range."""
     if value is None:
@@ -56,7 +71,7 @@ def selection_options(func: Callable) -> Callable:
                      help=f"Explicit seeds in 0..{MAX_SEED}, e.g. 0,1,2 (not with --seeds)."),
         click.option("--epochs", type=click.IntRange(min=1), default=None,
                      help="Cap every model's train.epochs at N (part of the run's identity)."),
-        click.option("--device", default="auto", show_default=True,
+        click.option("--device", default="auto", show_default=True, callback=device_name,
                      help="auto | cpu | cuda | cuda:N."),
         click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path),
                      default=None, help="Results root (default ./results or $CTRBENCH_RESULTS)."),
@@ -120,7 +135,7 @@ def _quiet_option(func: Callable) -> Callable:
 @selection_options
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Independent runs in parallel worker processes.")
-@click.option("--devices", default=None,
+@click.option("--devices", default=None, callback=device_name,
               help="Devices for the workers, round-robin, e.g. cuda:0,cuda:1.")
 @click.option("--force", is_flag=True,
               help="Rerun finished runs; replace finished records of another configuration "
@@ -212,6 +227,33 @@ def _print_summary(results, specs) -> None:
         click.echo(f"{r.spec.model} seed {r.spec.seed}: {r.detail}; not run here", err=True)
 
 
+def _working_directory_environment(dataset: str, specs) -> str:
+    """``NAME=value `` assignments that make `plan`'s commands independent of the directory it
+    ran in: a relative ``$CTRBENCH_HOME`` or ``$CTRBENCH_CARDS`` made absolute, and this
+    directory added to the card roots when a card came from its ``./datasets`` or ``./models``
+    (not the built-in ones). Empty in the usual case."""
+    import os
+    import shlex
+
+    from ctrbench.cards import load_dataset_card
+    from ctrbench.paths import card_dirs
+
+    env: dict[str, str] = {}
+    home = os.environ.get("CTRBENCH_HOME", "")
+    if home and not Path(home).expanduser().is_absolute():
+        env["CTRBENCH_HOME"] = str(Path(home).resolve())
+    roots = [r for r in os.environ.get("CTRBENCH_CARDS", "").split(os.pathsep) if r]
+    cwd = Path.cwd().resolve()
+    paths = [(load_dataset_card(dataset).path, "datasets"),
+             *((spec.card.path, "models") for spec in specs)]
+    from_cwd = any(path and Path(path).resolve().is_relative_to(cwd / kind)
+                   and card_dirs(kind)[-1].resolve() != cwd / kind for path, kind in paths)
+    if from_cwd or any(not Path(r).expanduser().is_absolute() for r in roots):
+        env["CTRBENCH_CARDS"] = os.pathsep.join(
+            [str(Path(r).expanduser().resolve()) for r in roots] + [str(cwd)] * from_cwd)
+    return "".join(f"{name}={shlex.quote(value)} " for name, value in env.items())
+
+
 @click.command(name="plan")
 @selection_options
 @click.option("--force", is_flag=True,
@@ -237,10 +279,11 @@ def plan(models: str, dataset: str, seeds: int | None, seed_list: list[int] | No
     _, specs, results_root = _prepare_selection(models, dataset, seeds, seed_list, epochs,
                                                 results_dir, set_items, config_file)
     todo = runner.pending(specs, force)
+    prefix = _working_directory_environment(dataset, specs)
     for line in runner.plan_commands(todo, results_root=results_root, device=device,
                                      config_file=config_file, set_items=set_items,
                                      epochs=epochs, force=force):
-        click.echo(line)
+        click.echo(prefix + line)
     click.echo(f"{len(todo)} of {len(specs)} runs pending", err=True)
     held = [s for s in todo if runner.record_state(s).protected] if not force else []
     if held:

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 from tabulate import tabulate
 
+from ctrbench.commands.run import device_name
 from ctrbench.commands.slurm_options import (
     check_executor_options,
     executor_options,
@@ -95,7 +96,8 @@ def _trial_line(frozen, counts, target: int) -> str:
               help="Cap on training epochs per trial.")
 @click.option("--results", "results_root", type=click.Path(path_type=Path), default=None,
               help="Results directory [default: ./results].")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
+@click.option("--device", default="auto", show_default=True, callback=device_name,
+              help="auto | cpu | cuda[:N]")
 @click.option("--card-first/--no-card-first", default=True, show_default=True,
               help="Make the card's own values the first trial of a new study.")
 @click.option("--heartbeat", type=click.IntRange(min=0), default=60, show_default=True,

@@ -111,11 +111,23 @@ class ProtocolParams:
         params = cls(**data)
         if params.neg_exclude not in ("target", "reviewed"):
             raise CardError(f"{where}: neg_exclude must be \"target\" or \"reviewed\"")
-        if params.max_len < 1 or params.neg_per_pos < 1 or params.rating_bins < 1:
-            raise CardError(f"{where}: max_len, neg_per_pos and rating_bins must be >= 1")
-        if len(params.split) != 3 or min(params.split) < 0 or abs(sum(params.split) - 1) > 1e-6:
-            raise CardError(f"{where}: split must be three fractions summing to 1")
+        if params.seed < 0:
+            raise CardError(f"{where}: seed must be an integer >= 0, got {params.seed}")
+        for key, most in LIMITS.items():
+            value = getattr(params, key)
+            if not 1 <= value <= most:
+                raise CardError(f"{where}: {key} must be in 1..{most:,}, got {value:,}")
+        split = params.split
+        if (len(split) != 3 or not all(np.isfinite(split)) or min(split) < 0
+                or abs(sum(split) - 1) > 1e-6):
+            raise CardError(f"{where}: split must be three finite fractions summing to 1, "
+                            f"got {list(split)}")
         return params
+
+
+#: protocol_params' upper bounds: a history of max_len steps is stored per sample row, so an
+#: unbounded value allocated without end (max_len = 10^8 on a 90-row log)
+LIMITS = {"max_len": 1_000, "neg_per_pos": 100, "rating_bins": 1_000}
 
 
 @dataclass(frozen=True)
@@ -362,7 +374,10 @@ def build_samples(tables: CanonicalTables, card: DatasetCard) -> BuiltData:
     stats = history_stats(ev.user, ev.ts, ev.rating, ev.cate)
     targets = select_targets(ev, stats.n_before, card.protocol, params.seed, params.split)
     if len(targets["train"]) == 0:
-        raise DataError(f"dataset {card.name!r}: no training samples (too few events per user)")
+        cause = (f"the split {list(params.split)} leaves no training user"
+                 if card.protocol == "dien" and len(targets["valid"]) + len(targets["test"])
+                 else "too few events per user")
+        raise DataError(f"dataset {card.name!r}: no training samples ({cause})")
     keys = reviewed_keys(ev.user, ev.item, ev.n_items)
     cands = draw_candidates(ev, targets, card.protocol, params.seed, params.neg_per_pos, keys,
                             params.neg_exclude)

@@ -11,18 +11,29 @@ import torch
 from ctrbench.errors import CtrbenchError
 
 
+def parse_device(device: str) -> torch.device | None:
+    """A ``--device`` name -> its torch device (None for ``auto``); a CtrbenchError for a name
+    that is not auto, cpu, cuda or cuda:N. Whether the device exists is not checked (that is
+    :func:`resolve_device`, on the host that trains)."""
+    text = str(device).strip().lower()
+    if text == "auto":
+        return None
+    try:
+        parsed = torch.device(text)
+    except (RuntimeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise CtrbenchError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N")
+    return parsed
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` -> cuda if available else cpu; ``cpu``; ``cuda`` / ``cuda:N`` (must exist)."""
     if isinstance(device, torch.device):
         return device
-    text = str(device).strip().lower()
-    if text == "auto":
+    resolved = parse_device(device)
+    if resolved is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise CtrbenchError(f"unknown device {device!r}",
-                            hint="use auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             raise CtrbenchError(f"device {device!r} requested but CUDA is not available",
@@ -30,8 +41,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise CtrbenchError(f"device {device!r} does not exist "
                                 f"({torch.cuda.device_count()} CUDA device(s))")
-    elif resolved.type != "cpu":
-        raise CtrbenchError(f"unsupported device {device!r}", hint="use auto, cpu or cuda[:N]")
     return resolved
 
 

@@ -484,12 +484,24 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{arr.mean():.4f} ± {std:.4f}"
 
 
+def _shell_word(word: str) -> str:
+    """``word`` quoted for bash: :func:`shlex.quote`, or ``$'...'`` when it holds a control
+    character (a newline would split a plan's one-command line in two)."""
+    import shlex
+
+    if not any(ord(c) < 32 or ord(c) == 127 for c in word):
+        return shlex.quote(word)
+    escaped = "".join("\\\\" if c == "\\" else "\\'" if c == "'"
+                      else f"\\x{ord(c):02x}" if ord(c) < 32 or ord(c) == 127 else c
+                      for c in word)
+    return f"$'{escaped}'"
+
+
 def plan_commands(specs: Sequence[RunSpec], *, results_root: Path, device: str,
                   config_file: Path | None, set_items: Sequence[str],
                   epochs: int | None, force: bool = False) -> list[str]:
-    """One self-contained ``ctrbench run`` command line per spec."""
-    import shlex
-
+    """One self-contained ``ctrbench run`` command line per spec (bash syntax: one line each,
+    whatever the values hold)."""
     commands = []
     for spec in specs:
         parts = ["ctrbench", "run", "--models", spec.model, "--dataset", spec.dataset,
@@ -505,7 +517,7 @@ def plan_commands(specs: Sequence[RunSpec], *, results_root: Path, device: str,
             key = item.split("=", 1)[0]
             if ":" not in key or key.split(":", 1)[0] == spec.model:
                 parts += ["--set", item]
-        commands.append(shlex.join(parts))
+        commands.append(" ".join(_shell_word(part) for part in parts))
     return commands
 
 

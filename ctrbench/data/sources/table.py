@@ -6,7 +6,8 @@ the card's directory, used in place) and maps their columns in ``[reader_params]
 - source ``interactions`` (required): one row per event, columns ``user_col``, ``item_col``,
   ``time_col`` and optionally ``rating_col``. Time is unix time (numbers; ``time_unit`` "s" by
   default, or "ms", "us", "ns") or a date/time string parsed by pandas (``time_format``: a strftime
-  format, default: inferred; time zones are converted to UTC, naive times are taken as UTC).
+  format, default: inferred once per file, day first or month first, whichever reads more of
+  the first dates; time zones are converted to UTC, naive times are taken as UTC).
 - source ``items`` (optional): ``item_col`` and ``category_col``; every other column is kept as a
   categorical item attribute. Without an items file, ``category_col`` may be a column of the
   interactions table (an item's first category is used); without either, every category is
@@ -30,7 +31,9 @@ minus 2 for CSV).
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +67,8 @@ PARAM_KEYS = ("user_col", "item_col", "time_col", "rating_col", "category_col", 
 REQUIRED_KEYS = ("user_col", "item_col", "time_col")
 TIME_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 QUOTING = {"minimal": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE}
+DATE_GUESSES = 20  # distinct first dates a format is guessed from
+DATE_SAMPLE = 2_000  # distinct first dates the guesses are tried on
 
 
 @dataclass(frozen=True)
@@ -137,8 +142,13 @@ def require_columns(path: Path, role: str, needed: Mapping[str, str],
     missing = {param: col for param, col in needed.items() if col not in found}
     if missing:
         named = ", ".join(f"{col!r} (reader_params.{param})" for param, col in missing.items())
-        raise CardError(f"{role} table {path.name}: missing column(s) {named}",
-                        hint=f"columns found: {', '.join(found) or '(none)'}")
+        hint = f"columns found: {', '.join(found) or '(none)'}"
+        for sep in (";", "\t", "|", ","):  # one column holding them all: another delimiter
+            if len(found) == 1 and all(c in found[0].split(sep) for c in needed.values()):
+                hint += (f"; the file looks {sep!r}-separated: set [reader_params] "
+                         f"sep = {json.dumps(sep)}")
+                break
+        raise CardError(f"{role} table {path.name}: missing column(s) {named}", hint=hint)
     return found
 
 
@@ -150,7 +160,19 @@ def iter_chunks(path: Path, columns: Sequence[str], params: TableParams,
 
 
 def _text(values: pd.Series) -> pd.Series:
-    """Strings with surrounding blanks removed; missing or empty -> missing (NaN/NA)."""
+    """Strings with surrounding blanks removed; missing or empty -> missing (NaN/NA).
+
+    Whole numbers of a float column (a parquet integer column with a null comes back as
+    float64) are written as integers, value by value: id 5 is "5", as in a CSV file, not "5.0".
+    """
+    if pd.api.types.is_float_dtype(values):
+        numbers = values.to_numpy(np.float64, na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(numbers) & (numbers == np.floor(numbers)) & (
+                np.abs(numbers) < 2.0**63)
+        text = values.astype(str).to_numpy(dtype=object)
+        text[whole] = numbers[whole].astype(np.int64).astype(str)
+        values = pd.Series(text, index=values.index).where(values.notna())
     text = values.astype(str).where(values.notna()).str.strip()
     return text.where(text.str.len() > 0)
 
@@ -164,9 +186,42 @@ def _numbers(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
     return numbers, (numbers.isna() & text.notna()).to_numpy()
 
 
-def _date_seconds(text: pd.Series, params: TableParams) -> np.ndarray:
+def _date_format(text: pd.Series) -> str | None:
+    """The strftime format for every date of the file, chosen once on the first chunk: among
+    the formats pandas guesses from its first distinct values (month first and day first),
+    the one that parses most of them (ties: pandas' own guess from the first value). Pandas
+    alone guessed per chunk from one value, so "01/02/2023" made every later day > 12
+    unparseable and the same string could mean two dates in two chunks, and a date without
+    its time ("2023-01-09") among ISO times was unparseable."""
+    from pandas.tseries.api import guess_datetime_format
+
+    values = pd.unique(text.dropna())[:DATE_SAMPLE]
+    candidates: list[str] = []
+    for value in values[:DATE_GUESSES]:
+        for dayfirst in (False, True):
+            with warnings.catch_warnings():  # "Parsing dates in %d/%m/%Y format when ..."
+                warnings.simplefilter("ignore", UserWarning)
+                fmt = guess_datetime_format(str(value), dayfirst=dayfirst)
+            if fmt is not None and fmt not in candidates:
+                candidates.append(fmt)
+    if any(fmt.startswith("%Y-%m-%d") for fmt in candidates):
+        candidates.append("ISO8601")  # ISO dates with and without a time or an offset
+    sample = pd.Series(values, dtype=object)
+    best, best_parsed = None, 0
+    for fmt in candidates:
+        parsed = int(np.isfinite(_parse_dates(sample, fmt)).sum())
+        if parsed > best_parsed:
+            best, best_parsed = fmt, parsed
+    return best
+
+
+def _date_seconds(text: pd.Series, params: TableParams, fmt: str | None = None) -> np.ndarray:
     """Date/time strings -> unix seconds (NaN where unparseable or out of pandas' range)."""
-    fmt = params.time_format or None
+    return _parse_dates(text, params.time_format or fmt)
+
+
+def _parse_dates(text: pd.Series, fmt: str | None) -> np.ndarray:
+    """Unix seconds of ``text`` in format ``fmt`` (None: pandas guesses), NaN where not."""
     try:
         parsed = pd.to_datetime(text, errors="coerce", utc=True, format=fmt)
         return _seconds_from_datetimes(parsed).to_numpy(np.float64)
@@ -182,7 +237,7 @@ def _date_seconds(text: pd.Series, params: TableParams) -> np.ndarray:
     return text.map(seconds).to_numpy(np.float64, na_value=np.nan)
 
 
-def _seconds(raw: pd.Series, params: TableParams, numeric: bool
+def _seconds(raw: pd.Series, params: TableParams, numeric: bool, date_format: str | None = None
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(unix seconds as float, NaN where unreadable; mask of values that are not numbers or
     dates; mask of numbers out of range). Missing values may be flagged: the caller reports
@@ -198,7 +253,7 @@ def _seconds(raw: pd.Series, params: TableParams, numeric: bool
         with np.errstate(invalid="ignore"):
             seconds = np.floor(values.to_numpy(np.float64) / TIME_UNITS[params.time_unit])
     else:
-        seconds = _date_seconds(_text(raw), params)
+        seconds = _date_seconds(_text(raw), params, date_format)
         not_number = np.isnan(seconds)
     out_of_range = time_out_of_range(seconds) & ~not_number
     return np.where(out_of_range, np.nan, seconds), not_number, out_of_range
@@ -227,20 +282,26 @@ def _report_bad(report: ReadReport, rows: list[tuple[int, str]], strict: bool) -
 
 
 # --------------------------------------------------------------------------- the three tables
-def read_interactions(path: Path, params: TableParams, *, strict: bool
-                      ) -> tuple[pd.DataFrame, ReadReport]:
-    """The interactions table (canonical columns) and its report."""
+def read_interactions(path: Path, params: TableParams, *, strict: bool,
+                      category_in_log: bool = False) -> tuple[pd.DataFrame, ReadReport]:
+    """The interactions table (canonical columns) and its report; ``category_in_log``: the
+    card's ``category_col`` should be a column of this file (there is no items table), a
+    warning names it when it is not."""
     needed = {"user_col": params.user_col, "item_col": params.item_col,
               "time_col": params.time_col}
     if params.rating_col:
         needed["rating_col"] = params.rating_col
     found = require_columns(path, "interactions", needed, params)
     category_here = bool(params.category_col) and params.category_col in found
+    if category_in_log and params.category_col and not category_here:
+        log.warning("reader_params.category_col %r is not a column of %s (columns: %s) and "
+                    "there is no items table: every category is %s", params.category_col,
+                    path.name, ", ".join(found), UNKNOWN_CATEGORY)
     columns = list(dict.fromkeys([*needed.values(),
                                   *([params.category_col] if category_here else [])]))
     report = ReadReport(file=path.name)
     data_start = 1 if _is_parquet(path) else 2  # the first data row's line number
-    frames, numeric_time = [], None
+    frames, numeric_time, date_format = [], None, None
     text_columns = [c for c in columns if c not in (params.time_col, params.rating_col)]
     for chunk in iter_chunks(path, columns, params, text_columns):
         frame = chunk.frame
@@ -252,7 +313,11 @@ def read_interactions(path: Path, params: TableParams, *, strict: bool
                         else _text(raw_time).notna()).to_numpy()
         if numeric_time is None and time_present.any():
             numeric_time = _mostly_numeric(raw_time)  # decided once, on the first values
-        ts, unparseable, out_of_range = _seconds(raw_time, params, bool(numeric_time))
+            if not numeric_time and not params.time_format and not (
+                    pd.api.types.is_datetime64_any_dtype(raw_time)):
+                date_format = _date_format(_text(raw_time))  # also once
+        ts, unparseable, out_of_range = _seconds(raw_time, params, bool(numeric_time),
+                                                 date_format)
         reason = np.full(len(frame), "", dtype=object)
         if params.rating_col:
             rating, not_number = _numbers(frame[params.rating_col])
@@ -326,13 +391,22 @@ def _items_table(inter: pd.DataFrame, files: Mapping[str, Path], params: TablePa
             reserved=("item", "category"))
         reports.append(report)
         table = table.rename(columns={"key": "item", params.category_col: "category"})
+        if len(items) and not items["item"].isin(table["item"]).any():
+            table_ids = table["item"][:2].tolist()
+            raise DataError(
+                f"no item of the interactions is in the items table ({len(table):,} rows"
+                + (f", ids like {table_ids}" if table_ids else "")
+                + f"; the interactions' ids look like {items['item'][:2].tolist()})",
+                hint="check the items table's file and its item id column "
+                     "(every category would be <unknown>)")
         items = items.merge(table, on="item", how="left")
     elif "category" in inter.columns:
         first = inter.dropna(subset=["category"]).drop_duplicates("item", keep="first")
         items = items.merge(first[["item", "category"]], on="item", how="left")
     else:
-        log.warning("no items table and no category column: every category is %s",
-                    UNKNOWN_CATEGORY)
+        if not params.category_col:
+            log.warning("no items table and no category column: every category is %s",
+                        UNKNOWN_CATEGORY)
         items["category"] = UNKNOWN_CATEGORY
     items["category"] = items["category"].fillna(UNKNOWN_CATEGORY).replace(
         MISSING_VALUE, UNKNOWN_CATEGORY)
@@ -345,7 +419,8 @@ def read_table(files: Mapping[str, Path], params: TableParams, *, strict: bool =
     if "interactions" not in files:
         raise CardError("the table reader needs a source with role 'interactions'",
                         hint=f"sources given: {', '.join(sorted(files)) or '(none)'}")
-    inter, report = read_interactions(Path(files["interactions"]), params, strict=strict)
+    inter, report = read_interactions(Path(files["interactions"]), params, strict=strict,
+                                      category_in_log="items" not in files)
     reports = [report]
     items = _items_table(inter, files, params, strict, reports)
     inter = inter.drop(columns=["category"], errors="ignore")
