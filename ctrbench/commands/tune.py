@@ -250,7 +250,7 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
         click.echo(f"budget table: {budget_path} (and budget.md)")
         unequal = unequal_budgets(rows, settings)
         for line in unequal:
-            click.echo(f"UNEQUAL BUDGET: {line} (re-run the same command to complete it)")
+            click.echo(f"UNEQUAL BUDGET: {line}")
         dataset_name = str(data.meta.get("dataset", data.path.name))
         if "," in models_spec or models_spec in {r.model for r in rows}:
             selection = ",".join(r.model if r.status == "nothing to tune"
@@ -259,10 +259,12 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
             selection = f"{models_spec}@{dataset_name}"
         click.echo(f"next:   ctrbench run --models '{selection}' --dataset {dataset_name} "
                    "--seeds 5")
+        failing = [f"{r.model}: {r.failing}" for r in rows if r.failing]
         if any(r.status == "no complete trial" for r in rows):
-            raise CtrbenchError("some studies of the group have no complete trial, so no "
-                                "tuned card", hint=f"see {budget_path.parent / 'budget.md'}")
-        refused = [r.detail for r in rows if r.status == "card refused"]
+            raise CtrbenchError("\n".join(["some studies of the group have no complete trial, "
+                                            "so no tuned card", *failing]),
+                                hint=f"see {budget_path.parent / 'budget.md'}")
+        refused = [r.detail for r in rows if r.status == "card refused"] + failing
         if refused:
             raise CtrbenchError("\n".join(refused))
         return
@@ -284,10 +286,11 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
     for what, where in outcome.plots.items():
         click.echo(f"{what}: {where}")
     if summary.best is None:
-        if n_trials == 0 or summary.n_failed == 0:
+        if not summary.failing and (n_trials == 0 or summary.n_failed == 0):
             click.echo("no trial has completed yet: no tuned card written")
             return
-        raise CtrbenchError(f"no trial of study {name!r} has completed, so no tuned card",
+        raise CtrbenchError(f"no trial of study {name!r} has completed, so no tuned card"
+                            + (f" ({summary.failing})" if summary.failing else ""),
                             hint=f"see the errors in {out_dir / 'trials.md'}")
     best = summary.best
     dataset_name = outcome.tuned_from["dataset"]
@@ -301,6 +304,9 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
                + (f" (replaced {outcome.replaced})" if outcome.replaced else ""))
     click.echo(f"next:   ctrbench run --models '{tuned_card_name(card, dataset_name)}' "
                f"--dataset {dataset_name} --seeds 5")
+    if summary.failing:  # a card from fewer trials than asked for
+        raise CtrbenchError(f"study {name!r} {summary.failing}",
+                            hint=f"see the errors in {out_dir / 'trials.md'}")
 
 
 def _group_label(spec: str) -> str:

@@ -54,6 +54,7 @@ class ModelBudget:
     best_valid_auc: float | None = None
     tuned_card: str = ""
     detail: str = ""  # why a tuned study has no card ("card refused")
+    failing: str = ""  # why the study stopped short: its trials kept failing
 
     @property
     def trials_done(self) -> int:
@@ -188,7 +189,8 @@ def tune_group(cards: Sequence[ModelCard], data: PreparedData, settings: TuneSet
             study=name, trials_complete=s.n_complete, trials_pruned=s.n_pruned,
             trials_failed=s.n_failed, wall_clock_s=wall,
             best_valid_auc=None if s.best is None else float(s.best.value),
-            tuned_card=str(outcome.card_path or ""), detail=outcome.refused or ""))
+            tuned_card=str(outcome.card_path or ""), detail=outcome.refused or "",
+            failing=s.failing or ""))
     path = write_budget(results_root, label, dataset, settings, rows)
     return rows, path
 
@@ -201,12 +203,25 @@ def budget_mode(settings: TuneSettings) -> str:
 
 
 def unequal_budgets(rows: Sequence[ModelBudget], settings: TuneSettings) -> list[str]:
-    """Models whose budget differs from the declared one (trial budget only)."""
+    """Models whose budget differs from the declared one (trial budget only), each with what
+    to do about it."""
     if settings.timeout is not None:
         return []  # a wall-clock budget gives fast models more trials, by design
-    return [f"{r.model}: {r.trials_done} trials done, {settings.n_trials} declared"
-            for r in rows if r.status in ("tuned", "no complete trial", "card refused")
-            and r.trials_done != settings.n_trials]
+    lines = []
+    for r in rows:
+        if (r.status not in ("tuned", "no complete trial", "card refused")
+                or r.trials_done == settings.n_trials):
+            continue
+        line = f"{r.model}: {r.trials_done} trials done, {settings.n_trials} declared"
+        if r.failing:
+            line += " (its trials kept failing: fix its card, then re-run the same command)"
+        elif r.trials_done > settings.n_trials:
+            line += (" (more than declared: its study held them already; declare at least "
+                     f"{r.trials_done} to give every model as many)")
+        else:
+            line += " (re-run the same command to complete it)"
+        lines.append(line)
+    return lines
 
 
 def write_budget(results_root: Path, label: str, dataset: str, settings: TuneSettings,
@@ -233,8 +248,7 @@ def write_budget(results_root: Path, label: str, dataset: str, settings: TuneSet
              f"pruner {settings.pruner}, epoch cap {settings.max_epochs or 'the card'}; "
              "objective: validation AUC (the test split is never read).", "", table, ""]
     if payload["unequal"]:
-        lines += ["**Unequal budgets** (stopped early or interrupted; re-run the same command "
-                  "to complete them):", *[f"- {u}" for u in payload["unequal"]], ""]
+        lines += ["**Unequal budgets**:", *[f"- {u}" for u in payload["unequal"]], ""]
     atomic_write_text(out_dir / "budget.md", "\n".join(lines))
     return out_dir / "budget.json"
 

@@ -14,6 +14,7 @@ All files are written to a temporary name and renamed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -49,7 +50,14 @@ TRIAL_COLUMNS = ("number", "state", "value", "duration_s", "pruned_at_epoch", "b
 
 
 def study_dir(results_root: Path, study_name: str) -> Path:
-    return Path(results_root) / "tuning" / safe_file_name(study_name)
+    """``<results>/tuning/<study>``. A name that is not a plain file name as it stands (``/``,
+    spaces, ``..``) gets a suffix from its hash, so that it stays inside ``tuning/`` and two
+    such names (``a/b``, ``a b``) never share one folder."""
+    safe = safe_file_name(study_name)
+    if safe != study_name or not safe.strip("."):
+        digest = hashlib.sha256(study_name.encode()).hexdigest()[:8]
+        safe = f"{safe}-{digest}"
+    return Path(results_root) / "tuning" / safe
 
 
 def tuned_card_name(card: ModelCard, dataset: str) -> str:

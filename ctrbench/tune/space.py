@@ -220,6 +220,17 @@ def _check_search_values(card: ModelCard, config: type[ModelConfig], name: str,
         config.from_params(f"model card {card.name!r} [search] {dim.key!r}", {name: value})
 
 
+def _check_train_values(card: ModelCard, name: str, dim: Dimension) -> None:
+    """The same for a ``train.*`` dimension, by the ``[train]`` rules (a range or choice the
+    trainer refuses made every such trial FAIL at run time, one by one)."""
+    from ctrbench.validate import validate_train_values
+
+    values = dim.choices if dim.type == "categorical" else (dim.low, dim.high)
+    for value in values:
+        validate_train_values(f"model card {card.name!r} [search] {dim.key!r}",
+                              {name: list(value) if isinstance(value, tuple) else value})
+
+
 def parse_search_space(card: ModelCard) -> list[Dimension]:
     """The card's ``[search]`` table as validated dimensions (sorted by key)."""
     if not card.search:
@@ -243,6 +254,8 @@ def parse_search_space(card: ModelCard) -> list[Dimension]:
             check_keys(f"model card {card.name!r} [search] {section}", {name: None}, allowed)
         if section == "params" and config is not None:
             _check_search_values(card, config, name, dim)
+        elif section == "train":
+            _check_train_values(card, name, dim)
         dims.append(dim)
     if not dims:
         raise CardError(f"model card {card.name!r}: no [search] dimension applies to its "
@@ -297,6 +310,20 @@ def to_overrides(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         section, _, name = key.partition(".")
         out.setdefault(section, {})[name] = value
     return out
+
+
+def card_values_outside(card: ModelCard, space: list[Dimension]) -> list[str]:
+    """``key = value`` for each card value that is not a point of its dimension (so that
+    :func:`card_values` is None: the card itself is never a trial)."""
+    train = asdict(card.train)
+    outside = []
+    for d in space:
+        source = card.params if d.section == "params" else train
+        if d.name not in source:
+            outside.append(f"{d.key} not set")
+        elif not d.contains(source[d.name]):
+            outside.append(f"{d.key} = {source[d.name]!r}")
+    return outside
 
 
 def card_values(card: ModelCard, space: list[Dimension]) -> dict[str, Any] | None:

@@ -90,16 +90,30 @@ def redact(url: str) -> str:
 def _normalise_rdb_url(url: str) -> str:
     """Accept ``postgres://`` and bare ``postgresql://`` with whichever driver is installed."""
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+    example = "e.g. sqlite:///study.db, postgresql://user:pass@host/db or journal:study.log"
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise CtrbenchError(
-            f"--storage {redact(url)!r} is not a storage URL",
-            hint="e.g. sqlite:///study.db, postgresql://user:pass@host/db or journal:study.log",
-        ) from None
+    except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
+        raise CtrbenchError(f"--storage {redact(url)!r} is not a storage URL",
+                            hint=example) from None
     driver = parsed.drivername
+    if driver.split("+")[0] == "sqlite" and (
+            parsed.database in (None, "", ":memory:") or "mode=memory" in url
+            or parsed.database.startswith("file::memory:")):
+        raise CtrbenchError(
+            f"--storage {redact(url)!r} keeps the study in memory: its trials are lost when "
+            "the command ends (and the tuned card would name a study that is gone)",
+            hint="give a file: sqlite:///results/tuning/study.db or journal:study.log")
+    try:
+        parsed.get_dialect()
+    except NoSuchModuleError:
+        raise CtrbenchError(
+            f"--storage {redact(url)!r}: unknown storage scheme {driver!r}",
+            hint=f"{example} (an SQLAlchemy database URL, or journal:PATH)") from None
+    except ImportError:  # a known database whose driver is missing: said when opening it
+        pass
     if driver in ("postgres", "postgresql"):
         has_v3 = importlib.util.find_spec("psycopg") is not None
         has_v2 = importlib.util.find_spec("psycopg2") is not None

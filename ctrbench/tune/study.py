@@ -25,6 +25,7 @@ import hashlib
 import logging
 import math
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -57,6 +58,9 @@ DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 ACTIVE = (TrialState.RUNNING, TrialState.WAITING)
 POLL_SECONDS = 2.0  # how often a worker re-checks while other workers finish the last trials
 MAX_ERROR_CHARS = 4000
+# a worker whose last trials all failed stops (failed trials do not count towards --trials: a
+# space where every trial fails, e.g. diverges or builds no model, would otherwise run forever)
+MAX_FAILED_IN_A_ROW = 20
 
 
 @dataclass(frozen=True)
@@ -101,10 +105,60 @@ class TuneSummary:
     n_running: int
     stop_reason: str
     best: FrozenTrial | None
+    failing: str | None = None  # why it stopped when its trials kept failing
 
 
 class SurplusTrial(Exception):
     """A trial asked for after other workers had already started the requested number."""
+
+
+class SignalGate:
+    """Holds Ctrl-C and SIGTERM while optuna does its own bookkeeping around a trial (asking,
+    telling, starting and stopping its heartbeat thread): raised there, the signal broke
+    optuna (``UnboundLocalError: updated_state``, or a heartbeat thread left running, so the
+    process never exited). Inside a trial (``open``) a signal acts at once, as before; a held
+    one is raised when the next trial starts or when :meth:`__exit__` is reached."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.open = False
+        self.pending: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalGate:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.getsignal(signum)
+                signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+        if kind is None:
+            self.deliver()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.open:
+            self._raise(signum, frame)
+        elif self.pending is None:
+            self.pending = signum
+
+    def deliver(self) -> None:
+        """Raise a held signal now (its own handler's way: KeyboardInterrupt, exit 143)."""
+        if self.pending is not None:
+            signum, self.pending = self.pending, None
+            self._raise(signum, None)
+
+    def _raise(self, signum: int, frame: Any) -> None:
+        handler = self._previous.get(signum, signal.getsignal(signum))
+        if callable(handler):
+            handler(signum, frame)
+        elif handler != signal.SIG_IGN:  # the default action (SIGTERM: terminate)
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
 
 
 def derive_seed(seed: int, purpose: str, number: int) -> int:
@@ -191,6 +245,7 @@ class TrialObjective:
                  settings: TuneSettings) -> None:
         self.data, self.card, self.space, self.settings = data, card, space, settings
         self.predicted_number = -1  # the number the sampler was seeded for (run_study sets it)
+        self.gate = SignalGate()  # run_study enters it around optuna's optimize
 
     def _check_surplus(self, trial: optuna.Trial) -> None:
         ahead = sum(1 for t in trial.study.get_trials(deepcopy=False, states=(*DONE, *ACTIVE))
@@ -202,7 +257,12 @@ class TrialObjective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:
-            return self._run(trial)
+            self.gate.open = True  # a signal stops the trial at once (and is handled below)
+            try:
+                self.gate.deliver()  # one that came while optuna asked for this trial
+                return self._run(trial)
+            finally:
+                self.gate.open = False
         except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C; SIGTERM under its handler
             what = ("Ctrl-C" if isinstance(exc, KeyboardInterrupt)
                     else "SIGTERM" if exc.code == 128 + signal.SIGTERM else f"exit {exc.code}")
@@ -310,8 +370,20 @@ def run_study(
         defaults = tune_space.card_values(card, space)
         if defaults is not None:
             study.enqueue_trial(defaults, user_attrs={"origin": "card"}, skip_if_exists=True)
+    if settings.card_first and settings.sampler != "grid":
+        outside = tune_space.card_values_outside(card, space)
+        if outside:
+            message(f"{card.name}: the card's own values are not a point of its search space "
+                    f"({'; '.join(outside)}): they are not the study's first trial, and every "
+                    "trial changes them (restate the dimension in the card to keep them)")
+    failures: list[str] = []  # this worker's failed trials since its last complete or pruned
 
     def after_trial(study: optuna.Study, frozen: FrozenTrial) -> None:
+        error = str(frozen.user_attrs.get("error", ""))
+        if frozen.state in DONE:
+            failures.clear()
+        elif frozen.state == TrialState.FAIL and not error.startswith(("surplus", "interrupted")):
+            failures.append(error.splitlines()[0] if error else "no error recorded")
         if on_trial is not None:
             on_trial(frozen, count_states(study))
 
@@ -333,6 +405,9 @@ def run_study(
             stop_reason = f"timeout of {settings.timeout:g} s reached"
         elif grid_check is not None and grid_check.is_exhausted(study):
             stop_reason = "every point of the grid has been tried"
+        elif len(failures) >= MAX_FAILED_IN_A_ROW:
+            stop_reason = (f"stopped: {len(failures)} trials in a row failed (the last: "
+                           f"{failures[-1]}); fix the card or its [search] space, then re-run")
         elif done + running >= target:
             if not handle.heartbeat:
                 stop_reason = (f"the remaining trials are running in other workers ({running}); "
@@ -346,8 +421,9 @@ def run_study(
             study.sampler = make_sampler(settings.sampler, space,
                                          derive_seed(settings.seed, "sampler", number))
             try:
-                study.optimize(objective, n_trials=1, catch=(Exception,),
-                               callbacks=[after_trial], gc_after_trial=False)
+                with objective.gate:  # Ctrl-C / SIGTERM wait for optuna's bookkeeping
+                    study.optimize(objective, n_trials=1, catch=(Exception,),
+                                   callbacks=[after_trial], gc_after_trial=False)
             except ValueError as exc:
                 if not str(exc).startswith("Cannot tell a"):
                     raise
@@ -365,4 +441,5 @@ def run_study(
         n_complete=counts[TrialState.COMPLETE], n_pruned=counts[TrialState.PRUNED],
         n_failed=counts[TrialState.FAIL], n_running=counts[TrialState.RUNNING],
         stop_reason=stop_reason, best=best,
+        failing=stop_reason if len(failures) >= MAX_FAILED_IN_A_ROW else None,
     )
