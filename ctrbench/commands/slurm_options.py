@@ -12,6 +12,24 @@ from pathlib import Path
 import click
 
 
+def _checked(check_name: str) -> Callable:
+    """A click callback that runs ``ctrbench.runs.slurm.<check_name>`` on every value: a bad
+    value is a usage error (exit 2) before anything else, Slurm present or not."""
+    def callback(ctx: click.Context, param: click.Parameter, value):
+        from ctrbench.errors import CtrbenchError
+        from ctrbench.runs import slurm
+
+        for item in (value if isinstance(value, tuple) else (value,)):
+            try:
+                getattr(slurm, check_name)(item)
+            except CtrbenchError as exc:
+                hint = f" ({exc.hint})" if exc.hint else ""
+                raise click.BadParameter(f"{exc.args[0]}{hint}", ctx=ctx, param=param
+                                         ) from None
+        return value
+    return callback
+
+
 def executor_options(func: Callable) -> Callable:
     """``--executor`` and the Slurm resources every task asks for."""
     options = [
@@ -20,15 +38,17 @@ def executor_options(func: Callable) -> Callable:
                      help="local: run here; slurm: one Slurm job-array task per run (worker)."),
         click.option("--partition", default=None,
                      help="[slurm] Partition (default: the cluster's default partition)."),
-        click.option("--gpus-per-run", type=int, default=0, show_default=True,
+        click.option("--gpus-per-run", type=click.IntRange(min=0), default=0, show_default=True,
                      help="[slurm] GPUs per task (--gres=gpu:N)."),
-        click.option("--cpus-per-run", type=int, default=1, show_default=True,
+        click.option("--cpus-per-run", type=click.IntRange(min=1), default=1, show_default=True,
                      help="[slurm] CPU cores per task (torch threads)."),
         click.option("--time", "time_limit", default="4:00:00", show_default=True,
+                     callback=_checked("check_time"),
                      help="[slurm] Time limit per task, [D-]HH:MM:SS."),
-        click.option("--max-parallel", type=int, default=None,
+        click.option("--max-parallel", type=click.IntRange(min=1), default=None,
                      help="[slurm] At most N tasks running at once (the array's %N)."),
         click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="OPTION",
+                     callback=_checked("check_sbatch_arg"),
                      help="[slurm] Extra sbatch option, repeatable: --sbatch-arg=--account=lab."),
         click.option("--no-wait", is_flag=True,
                      help="[slurm] Submit and return; run the same command again to wait."),
@@ -77,16 +97,22 @@ def reattach_hint(job_ids: Sequence[str]) -> str:
 
 @contextlib.contextmanager
 def deferred_interrupt() -> Iterator[None]:
-    """Hold Ctrl-C until the block ends (sbatch done and every run marked), then raise it."""
+    """Hold Ctrl-C and SIGTERM until the block ends (sbatch done and every run marked), then
+    raise them (KeyboardInterrupt, SystemExit(143)): a job submitted but not marked would be
+    submitted again by the next run."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if signal.SIGTERM in caught:
+        raise SystemExit(128 + signal.SIGTERM)
     if caught:
         raise KeyboardInterrupt
 
@@ -126,6 +152,11 @@ def run_on_slurm(handle, specs, results_root: Path, options, *, device: str, for
             raise
         click.echo(f"\nInterrupted: {reattach_hint([t.job_id for t in tracked])}", err=True)
         sys.exit(130)
+    except SystemExit as exc:  # SIGTERM (exit 143): the jobs keep running too
+        if tracked and exc.code == 128 + signal.SIGTERM:
+            click.echo(f"\nTerminated: {reattach_hint([t.job_id for t in tracked])}",
+                       err=True)
+        raise
     return slurm_runs.results_of(specs, done, tracked)
 
 

@@ -27,8 +27,35 @@ ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED",
                  "STOPPED", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
 WAITING_STATES = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SUSPENDED", "STOPPED",
                   "RESV_DEL_HOLD", "SPECIAL_EXIT"}
-_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
+# Slurm's time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
+_TIME = re.compile(r"^(\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2})$")
 COMMAND_TIMEOUT_S = 60
+# sbatch options that ctrbench writes itself: another value would break the link between array
+# tasks, manifest entries and log files (--array: tasks without a run; --output/--error: logs
+# where nothing looks; --chdir: relative paths elsewhere; --wrap: no script at all)
+_OWN_OPTIONS = {"--array": "-a", "--output": "-o", "--error": "-e", "--chdir": "-D",
+                "--wrap": None}
+
+
+def check_time(value: str) -> None:
+    if not _TIME.match(value):
+        raise CtrbenchError(f"--time {value!r} is not a Slurm time limit",
+                            hint="e.g. 4:00:00, 30:00, 120 (minutes) or 1-12:00:00")
+
+
+def check_sbatch_arg(arg: str) -> None:
+    if not arg.startswith("-"):
+        raise CtrbenchError(f"--sbatch-arg {arg!r} is not an sbatch option",
+                            hint="e.g. --sbatch-arg=--account=mylab")
+    if "\n" in arg or "\r" in arg:
+        raise CtrbenchError(f"--sbatch-arg {arg!r} spans several lines",
+                            hint="one option per --sbatch-arg")
+    name = arg.split("=", 1)[0]
+    for long, short in _OWN_OPTIONS.items():
+        if name == long or (short and arg.startswith(short)):
+            raise CtrbenchError(f"--sbatch-arg {arg!r}: ctrbench sets {long} itself (one array "
+                                "task per run, logs under <results>/slurm/)",
+                                hint="use --max-parallel for --array's %N")
 
 
 @dataclass(frozen=True)
@@ -43,9 +70,7 @@ class SlurmOptions:
     sbatch_args: tuple[str, ...] = field(default_factory=tuple)  # e.g. --account=lab
 
     def __post_init__(self) -> None:
-        if not _TIME.match(self.time):
-            raise CtrbenchError(f"--time {self.time!r} is not a Slurm time limit",
-                                hint="e.g. 4:00:00, 30:00 or 1-12:00:00")
+        check_time(self.time)
         if self.gpus_per_run < 0:
             raise CtrbenchError("--gpus-per-run must be >= 0")
         if self.cpus_per_run < 1:
@@ -53,9 +78,7 @@ class SlurmOptions:
         if self.max_parallel is not None and self.max_parallel < 1:
             raise CtrbenchError("--max-parallel must be >= 1")
         for arg in self.sbatch_args:
-            if not arg.startswith("-"):
-                raise CtrbenchError(f"--sbatch-arg {arg!r} is not an sbatch option",
-                                    hint="e.g. --sbatch-arg=--account=mylab")
+            check_sbatch_arg(arg)
 
 
 @dataclass(frozen=True)
@@ -97,6 +120,14 @@ def _call(args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.
                             hint="is slurmctld reachable? try `scontrol ping`") from None
 
 
+def _directive(option: str, value: object) -> str:
+    """``#SBATCH --option=value``, the value in double quotes when it holds a space (sbatch
+    splits a directive line on white space: a results directory "my runs" was refused)."""
+    text = str(value)
+    return f'#SBATCH {option}="{text}"' if any(c.isspace() for c in text) else (
+        f"#SBATCH {option}={text}")
+
+
 def array_script(*, job_name: str, n_tasks: int, log_dir: Path, chdir: Path,
                  command: Sequence[str], options: SlurmOptions,
                  environment: dict[str, str] | None = None) -> str:
@@ -108,15 +139,15 @@ def array_script(*, job_name: str, n_tasks: int, log_dir: Path, chdir: Path,
     if options.max_parallel is not None:
         array += f"%{options.max_parallel}"
     lines = ["#!/bin/bash",
-             f"#SBATCH --job-name={job_name}",
+             _directive("--job-name", job_name),
              f"#SBATCH --array={array}",
-             f"#SBATCH --output={log_dir}/%A_%a.log",
-             f"#SBATCH --chdir={chdir}",
+             _directive("--output", f"{log_dir}/%A_%a.log"),
+             _directive("--chdir", chdir),
              "#SBATCH --ntasks=1",
              f"#SBATCH --cpus-per-task={options.cpus_per_run}",
              f"#SBATCH --time={options.time}"]
     if options.partition:
-        lines.append(f"#SBATCH --partition={options.partition}")
+        lines.append(_directive("--partition", options.partition))
     if options.gpus_per_run:
         lines.append(f"#SBATCH --gres=gpu:{options.gpus_per_run}")
     lines += [f"#SBATCH {arg}" for arg in options.sbatch_args]
@@ -135,7 +166,13 @@ def submit(script: Path, env: dict[str, str] | None = None) -> str:
     require_slurm()
     done = _call(["sbatch", "--parsable", str(script)], env=env)
     if done.returncode != 0:
-        raise CtrbenchError(f"sbatch refused {script}: {done.stderr.strip() or done.stdout}",
+        said = done.stderr.strip() or done.stdout.strip()
+        if "Unable to contact" in said or "connect failure" in said:
+            raise CtrbenchError(f"sbatch cannot reach the Slurm controller: {said}",
+                                hint="is slurmctld running? try `scontrol ping`; nothing was "
+                                     "submitted")
+        # (the script is not named: the caller removes a refused submission's directory)
+        raise CtrbenchError(f"sbatch refused the job array: {said}",
                             hint="check --partition, --time, --gpus-per-run and --sbatch-arg "
                                  "against `sinfo`")
     job_id = done.stdout.strip().split(";", 1)[0]  # "<id>[;cluster]"

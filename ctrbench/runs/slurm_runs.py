@@ -49,6 +49,7 @@ class Tracked:
     detail: str = ""
     submitted_at: str = ""  # ISO UTC (the marker's): older failed records are not this task's
     ended_at: float | None = None  # when squeue first stopped listing it as active
+    force: bool = False  # --force: older finished records are not this task's either
 
     @property
     def task(self) -> str:
@@ -80,11 +81,12 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def record_outcome(spec: RunSpec, since: str = "") -> tuple[str, str] | None:
+def record_outcome(spec: RunSpec, since: str = "", force: bool = False
+                   ) -> tuple[str, str] | None:
     """("finished" | "failed", detail) when the spec's record carries its run id, else None.
 
     ``since`` (an ISO UTC time): a failed record older than that (an earlier attempt's) does not
-    count."""
+    count; with ``force`` (a forced rerun) neither does an older finished one."""
     if not spec.record_file.is_file():
         return None
     try:
@@ -93,10 +95,10 @@ def record_outcome(spec: RunSpec, since: str = "") -> tuple[str, str] | None:
         return None
     if record.run_id != spec.run_id or record.status not in ("finished", "failed"):
         return None
+    if since and (force or record.status == "failed") and (record.finished_at or "") < since:
+        return None
     if record.status == "finished":
         return "finished", f"test AUC {record.test.get('auc', float('nan')):.4f}"
-    if since and (record.finished_at or "") < since:
-        return None
     return "failed", record.error or ""
 
 
@@ -121,9 +123,11 @@ def _clear_dead_task_lock(spec: RunSpec, marker: dict[str, Any]) -> None:
 
 
 def record_failed(spec: RunSpec, dataset: DatasetHandle, error: str,
-                  environment: dict[str, Any] | None = None) -> RunResult:
+                  environment: dict[str, Any] | None = None, since: str = "") -> RunResult:
     """Write a failed record for ``spec`` unless its own finished one (or a live holder) is
-    there; a protected record (:func:`runner.record_state`) is kept and nothing is written."""
+    there; a protected record (:func:`runner.record_state`) is kept and nothing is written.
+    ``since`` (a forced rerun's start, ISO UTC): an older finished record is kept, and the
+    rerun is reported failed (it is not the rerun's result)."""
     lock = RunLock(runner.lock_path(spec.record_file))
     if not lock.acquire():
         holder = lock.holder or {}
@@ -132,6 +136,10 @@ def record_failed(spec: RunSpec, dataset: DatasetHandle, error: str,
     try:
         state = runner.record_state(spec)
         if state.kind == "finished":
+            if since and (state.record.finished_at or "") < since:
+                return RunResult(spec, "failed", f"{error} (not recorded: {spec.record_file} "
+                                                 "holds an earlier finished record of this "
+                                                 "run; it is kept)")
             return RunResult(spec, "finished", "finished")
         if state.protected:
             return RunResult(spec, "failed", f"{error} (not recorded: {spec.record_file} "
@@ -146,14 +154,40 @@ def record_failed(spec: RunSpec, dataset: DatasetHandle, error: str,
         lock.release()
 
 
+TASK_ERROR = "ctrbench slurm task: error: "  # a task's last word on why it could not run
+
+
+def task_reason(log: str | os.PathLike | None) -> str:
+    """The last ``TASK_ERROR`` line of a task's log ("" when none or no log)."""
+    try:
+        with open(log or "", "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 65536))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [line for line in text.splitlines() if line.startswith(TASK_ERROR)]
+    return lines[-1][len(TASK_ERROR):].strip() if lines else ""
+
+
 def record_lost(spec: RunSpec, dataset: DatasetHandle, marker: dict[str, Any],
                 state: slurm.TaskState | None) -> RunResult:
-    """A task that ended without leaving its run's record: record the run as failed."""
+    """A task that ended without leaving its run's record: record the run as failed, with the
+    reason the task wrote to its log when it could not run."""
     _clear_dead_task_lock(spec, marker)
     how = f"state {state.state}" if state is not None else "no longer listed by squeue"
-    error = (f"Slurm task {marker['job_id']}_{marker['index']} ended ({how}) without writing a "
-             f"record (killed, out of memory or node failure?); log: {marker.get('log', '?')}")
-    return record_failed(spec, dataset, error)
+    task, log = f"{marker['job_id']}_{marker['index']}", marker.get("log")
+    reason = task_reason(log)
+    started = "submission" in marker and task_info_path(marker["submission"],
+                                                        int(marker["index"])).exists()
+    if reason:
+        what = f"without writing a record: {reason}"
+    elif not started and log and not Path(log).exists():
+        what = "before it started (cancelled while queued?)"
+    else:
+        what = "without writing a record (killed, out of memory or node failure?)"
+    error = f"Slurm task {task} ended ({how}) {what}; log: {log or '?'}"
+    since = marker.get("submitted_at", "") if marker.get("force") else ""
+    return record_failed(spec, dataset, error, since=since)
 
 
 # --------------------------------------------------------------------------- reconcile
@@ -186,11 +220,16 @@ def reconcile(specs: Sequence[RunSpec], dataset: DatasetHandle, force: bool = Fa
         if state is not None and state.active:
             attached.append(Tracked(spec, marker["job_id"], int(marker["index"]),
                                     "pending" if state.waiting else "running", _where(state),
-                                    submitted_at=marker.get("submitted_at", "")))
+                                    submitted_at=marker.get("submitted_at", ""),
+                                    force=bool(marker.get("force"))))
             continue
         outcome = record_outcome(spec)
         if not force and outcome is not None and outcome[0] == "finished":
             done.append(RunResult(spec, "skipped", "finished"))
+            continue
+        kept = runner.record_state(spec)
+        if not force and kept.protected:  # as a local run: refused, never submitted
+            done.append(RunResult(spec, "refused", runner.refusal(kept)))
             continue
         if marker is not None and outcome is None:  # its task ended without a record
             result = record_lost(spec, dataset, marker, state)
@@ -245,8 +284,10 @@ def submit_runs(todo: Sequence[RunSpec], dataset: DatasetHandle, options: slurm.
     for index, spec in enumerate(todo):
         write_marker(spec.record_file, {
             "job_id": job_id, "index": index, "run_id": spec.run_id, "submission": str(sub),
-            "log": str(sub / "logs" / f"{job_id}_{index}.log"), "submitted_at": submitted_at})
-        tracked.append(Tracked(spec, job_id, index, "pending", submitted_at=submitted_at))
+            "log": str(sub / "logs" / f"{job_id}_{index}.log"), "submitted_at": submitted_at,
+            "force": bool(force)})
+        tracked.append(Tracked(spec, job_id, index, "pending", submitted_at=submitted_at,
+                               force=bool(force)))
     return tracked
 
 
@@ -288,14 +329,15 @@ def poll(tracked: Sequence[Tracked], dataset: DatasetHandle,
             t.detail = _where(state)
             t.ended_at = None
         else:
-            outcome = record_outcome(t.spec, since=t.submitted_at)
+            outcome = record_outcome(t.spec, since=t.submitted_at, force=t.force)
             if outcome is not None:
                 t.state, t.detail = outcome
             elif t.ended_at is None:
                 t.ended_at = now  # give the record SETTLE_S to show up on a shared disk
             elif now - t.ended_at >= SETTLE_S:
                 marker = read_marker(t.spec.record_file) or {
-                    "job_id": t.job_id, "index": t.index}
+                    "job_id": t.job_id, "index": t.index, "force": t.force,
+                    "submitted_at": t.submitted_at}
                 result = record_lost(t.spec, dataset, marker, state)
                 t.state, t.detail = result.status, result.detail
         if (t.state, t.detail) != before:

@@ -29,6 +29,12 @@ def task_log(text: str) -> None:
     print(f"ctrbench slurm task: {text}", file=sys.stderr, flush=True)
 
 
+def task_error(text: str) -> None:
+    """The task's last word on why its run did not finish; the submitting side puts it into
+    the failed record when the task could not write one (``slurm_runs.task_reason``)."""
+    task_log(f"error: {' '.join(text.split())}")
+
+
 def _setup(manifest: dict[str, Any]) -> None:
     import torch
 
@@ -52,36 +58,60 @@ def _note_start(manifest_file: Path, index: int) -> None:
 def run_task(manifest: dict[str, Any], index: int) -> int:
     from ctrbench.cards import model_card_from_dict
     from ctrbench.data.store import open_store
+    from ctrbench.errors import CtrbenchError
     from ctrbench.runs import runner
-    from ctrbench.runs.slurm_runs import record_failed
+    from ctrbench.runs.slurm_runs import _now, record_failed
 
-    task = manifest["tasks"][index]
-    data = open_store(manifest["store"])
-    handle = runner.DatasetHandle(name=manifest["dataset"], data=data,
-                                  config=manifest["dataset_config"])
-    card = model_card_from_dict(task["card"])
-    spec = runner.RunSpec(dataset=handle.name, model=card.name, seed=int(task["seed"]),
-                          card=card, run_id=runner.run_id(handle, card, int(task["seed"])),
-                          record_file=Path(task["record"]))
+    started = _now()
     job = f"{os.environ.get('SLURM_ARRAY_JOB_ID', '?')}_{index}"
-    if spec.run_id != task["run_id"]:
-        result = record_failed(dataclasses.replace(spec, run_id=task["run_id"]), handle,
+    try:
+        task = manifest["tasks"][index]
+        store, record_file = manifest["store"], Path(task["record"])
+        seed, run_id = int(task["seed"]), str(task["run_id"])
+        dataset, config = str(manifest["dataset"]), manifest["dataset_config"]
+        device, force = str(manifest["device"]), bool(manifest["force"])
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        task_error(f"the manifest has no usable task {index} ({type(exc).__name__}: {exc}); "
+                   "was it edited after submission? submit again")
+        return 2
+    try:
+        data = open_store(store)
+    except (CtrbenchError, OSError) as exc:
+        task_error(f"cannot open the prepared store on {socket.gethostname()}: {exc} "
+                   "(every node must mount $CTRBENCH_HOME; the store must not be removed "
+                   "while tasks are queued)")
+        return 1
+    handle = runner.DatasetHandle(name=dataset, data=data, config=config)
+    try:
+        card = model_card_from_dict(task["card"])
+    except (CtrbenchError, KeyError, TypeError, ValueError) as exc:
+        task_error(f"the manifest's model card of task {index} cannot be rebuilt: {exc}")
+        return 2
+    spec = runner.RunSpec(dataset=handle.name, model=card.name, seed=seed, card=card,
+                          run_id=runner.run_id(handle, card, seed), record_file=record_file)
+    if spec.run_id != run_id:
+        result = record_failed(dataclasses.replace(spec, run_id=run_id), handle,
                                f"Slurm task {job}: the prepared store or the code changed since "
                                "submission (run id differs); submit again")
-        task_log(result.detail)
+        task_error(result.detail)
         return 1
     task_log(f"{spec.model} seed {spec.seed} on {socket.gethostname()} (task {job}, "
          f"store {data.path})")
     try:
-        result = runner.execute_one(spec, handle, device=manifest["device"],
-                                    force=bool(manifest["force"]), show_progress=True)
+        result = runner.execute_one(spec, handle, device=device, force=force,
+                                    show_progress=True)
     except (SystemExit, KeyboardInterrupt) as exc:  # SIGTERM: scancel, time limit, preemption
         code = exc.code if isinstance(exc, SystemExit) else 130
         result = record_failed(spec, handle, f"Slurm task {job} was terminated (signal, exit "
-                                             f"{code}: scancel, time limit or preemption)")
+                                             f"{code}: scancel, time limit or preemption)",
+                               since=started if force else "")
         task_log(f"terminated; recorded as {result.status}")
+        if result.status != "finished":
+            task_error(result.detail)
         return 143
     task_log(f"{spec.model} seed {spec.seed}: {result.status} {result.detail}")
+    if result.status in ("failed", "refused", "unsaved"):
+        task_error(f"{result.status}: {result.detail}")
     return 1 if result.status == "failed" else 0
 
 
@@ -94,8 +124,11 @@ def task_main(module: str, tasks: dict[str, Any], argv: list[str] | None = None)
     kind, manifest_file, index = args[0], Path(args[1]), int(args[2])
     try:
         manifest = json.loads(manifest_file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        task_log(f"cannot read {manifest_file}: {exc}")
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:  # (json.JSONDecodeError is a ValueError)
+        task_error(f"cannot read the manifest {manifest_file}: {exc} (edited or truncated "
+                   "after submission?)")
         return 2
     if manifest.get("kind") != kind:
         task_log(f"{manifest_file} is a {manifest.get('kind')!r} manifest, not {kind!r}")
