@@ -363,3 +363,25 @@ def test_a_refused_read_is_told_from_a_refused_write(tmp_path, monkeypatch):
     assert cli._unreadable(refused)
     missing = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "new.csv"))
     assert not cli._unreadable(missing)
+
+
+def test_a_read_error_pandas_reports_as_a_system_error_names_the_file(tmp_path, monkeypatch):
+    """pandas' C parser, warning about a bad line while the gzip read's CRC error was pending,
+    raised ``SystemError: … returned a result with an exception set`` (seen under xdist, when
+    the warning was the first of its worker): a traceback instead of "cannot read"."""
+    from ctrbench.data.sources import table_chunks
+
+    path = _compressed(tmp_path, ".gz", 200_000, "corrupt")  # a readable header
+
+    def parser_fails(*args, **kwargs):
+        try:
+            raise gzip.BadGzipFile("CRC check failed 0x9b83b6f != 0xfd5a5579")
+        except gzip.BadGzipFile:
+            raise SystemError("<method 'rfind' of 'str' objects> returned a result with an "
+                              "exception set") from None
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(table_chunks, "_csv_chunks", parser_fails)
+    params = TableParams(user_col="u", item_col="i", time_col="t")
+    with pytest.raises(DataError, match=r"cannot read .*orders\.csv\.gz.*CRC check failed"):
+        read_interactions(path, params, strict=False)

@@ -140,3 +140,8 @@ def iter_chunks(path: Path, columns: Sequence[str], *, sep: str, encoding: str,
         raise cannot_read(path, exc) from None
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
+    except SystemError as exc:  # pandas' C parser warned while a read error was pending
+        pending = exc.__context__
+        if not isinstance(pending, (OSError, *DECOMPRESS_ERRORS)):
+            raise
+        raise cannot_read(path, pending) from None
