@@ -1,13 +1,16 @@
 """Amazon review data (McAuley et al.; releases 2014, 2018 and 2023) -> canonical tables.
 
-Reviews: gzip JSON lines. The release is detected from the first line that is not blank
-(``reader_params.reviews_format`` may name it instead):
+Reviews: JSON lines, gzipped or plain (a file not named ``.gz`` is told by its first bytes: the
+2023 release's ``.jsonl``, a gunzipped copy; another compression is one error naming it). The
+release is detected from the first line that is not blank (``reader_params.reviews_format`` may
+name it instead):
 
 - ``2014`` and ``2018``: ``reviewerID`` (user), ``asin`` (item), ``unixReviewTime`` (unix
   seconds; whole days), ``overall`` (rating 1-5); 2014 also has ``helpful``, 2018 ``vote``,
   ``verified`` and ``style`` (not used);
 - ``2023``: ``user_id`` (user), ``parent_asin`` (item: the product, all its variants together;
-  the 2023 meta is keyed by it), ``timestamp`` (unix **milliseconds**, stored as seconds),
+  the 2023 meta is keyed by it), ``timestamp`` (unix **milliseconds**, stored as seconds; a
+  value below 1e11, i.e. a time in seconds, is a malformed line, not a date in 1970),
   ``rating``.
 
 Meta: see :mod:`ctrbench.data.sources.amazon_meta` (formats, detection, category rule per
@@ -53,6 +56,7 @@ from ctrbench.data.sources import (
 from ctrbench.data.sources.amazon_meta import (  # noqa: F401 (re-exported)
     CATEGORY_RULES,
     META_FORMATS,
+    UndecidedFormat,
     detect_meta_format,
     meta_entry,
     parse_meta_line,
@@ -60,7 +64,7 @@ from ctrbench.data.sources.amazon_meta import (  # noqa: F401 (re-exported)
     sales_rank_2014,
 )
 from ctrbench.errors import CardError, DataError
-from ctrbench.progress import progress
+from ctrbench.progress import message, progress
 
 READER_PARAM_KEYS = ("category_rule", "keep_snapshot_fields", "reviews_format", "meta_format")
 REVIEW_FORMATS = ("2014", "2018", "2023")
@@ -71,16 +75,40 @@ REVIEW_KEYS = {"2014": ("reviewerID", "asin", "unixReviewTime", "overall", 1),
 _JSON = json.JSONDecoder()
 # after this many meta lines, stop looking item keys up first if most lines were wanted
 PRECHECK_SAMPLE = 2048
+GZIP_MAGIC = b"\x1f\x8b"
+# a 2023 timestamp (ms) below this many seconds (1973-03-03) is a time in seconds: Amazon
+# reviews start in the 1990s, while seconds of any year after 1973 read as ms fall below it
+MS_BEFORE_1973 = 100_000_000
 
 
 # --------------------------------------------------------------------------- streaming
+# other compressions a user may have recompressed a file with: named, not read as text
+OTHER_MAGIC = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd",
+               b"PK\x03\x04": "zip"}
+
+
+def _is_gzip(path: Path) -> bool:
+    """Whether to read the file as gzip: named ``.gz`` (a ``.gz`` that is not gzip stays an
+    error: a damaged or mislabelled download) or starting with the gzip magic bytes; else it is
+    read as plain text. DataError for a file compressed otherwise."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    for magic, kind in OTHER_MAGIC.items():
+        if head.startswith(magic):
+            raise DataError(f"{path} is a {kind} file: the amazon reader reads gzip or plain "
+                            "JSON lines", hint="decompress it (or recompress it with gzip)")
+    return head.startswith(GZIP_MAGIC) or path.name.endswith(".gz")
+
+
 def _gzip_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(0-based line number, raw line) of a gzip file, a leading UTF-8 BOM removed;
-    corrupt/truncated gzip or no permission -> DataError."""
+    """(0-based line number, raw line) of a gzip file, or of a plain JSON-lines file (the 2023
+    release's ``.jsonl``, a gunzipped copy: told by its first bytes), a leading UTF-8 BOM
+    removed; corrupt/truncated gzip or no permission -> DataError."""
     step = 1 << 16
     try:
         # the outer buffer makes line iteration C-level (GzipFile.readline is Python)
-        with io.BufferedReader(gzip.GzipFile(path, "rb"), 1 << 20) as fh, \
+        raw = gzip.GzipFile(path, "rb") if _is_gzip(path) else open(path, "rb")
+        with io.BufferedReader(raw, 1 << 20) as fh, \
                 progress(f"reading {path.name}", unit="lines") as bar:
             line_no = -1
             if (first := fh.readline()).startswith(UTF8_BOM):
@@ -141,6 +169,9 @@ def _parse_review(raw: bytes, fmt: str = "2014") -> tuple[str, str, int, float, 
         raise ValueError(f"non-numeric {time_key}") from None
     if not (MIN_TS <= seconds <= MAX_TS):  # also catches NaN and inf
         raise ValueError(f"{time_key} out of range ({str(ts)[:24]})")
+    if per_second != 1 and 0 <= seconds < MS_BEFORE_1973:  # 1.6e9 read as ms: January 1970
+        raise ValueError(f"{time_key} {str(ts)[:24]} looks like seconds: the 2023 release "
+                         "gives milliseconds")
     seconds = int(ts) // per_second if isinstance(ts, int) else int(seconds)
     rating = record.get(rating_key)
     if rating is None:  # no rating: kept, NaN
@@ -223,17 +254,20 @@ def _read_meta(path: Path, wanted: Mapping[str, int], rule: str, strict: bool,
         report.lines += 1
         if not raw.strip():
             continue
+        line_fmt = fmt
         if fmt is None:
             try:
-                fmt = detect_meta_format(raw)
+                fmt = line_fmt = detect_meta_format(raw)
+            except UndecidedFormat:  # e.g. a 2018 line without category: read it, look on
+                line_fmt = "2018"
             except ValueError as exc:
                 report.add_bad(line_no + 1, str(exc), strict)
                 continue
         if report.lines == PRECHECK_SAMPLE:  # most lines wanted: parse first, skip no key
             precheck = len(categories) < PRECHECK_SAMPLE // 2
         try:  # None: an item nobody reviewed, skipped without parsing when certain
-            entry = meta_entry(raw, fmt, rule, wanted, precheck)
-            if entry is not None and keep_snapshot and fmt == "2014":
+            entry = meta_entry(raw, line_fmt, rule, wanted, precheck)
+            if entry is not None and keep_snapshot and line_fmt == "2014":
                 sales_rank[entry[0]] = sales_rank_2014(raw.decode("utf-8"))
         except ValueError as exc:
             report.add_bad(line_no + 1, str(exc), strict)
@@ -268,6 +302,10 @@ def read_amazon(reviews: Path, meta: Path | None, *, category_rule: str, strict:
             Path(meta), item_index, category_rule, strict, keep_snapshot_fields, meta_format)
         meta_report.format = f"amazon {meta_fmt}" if meta_fmt else ""
         reports.append(meta_report)
+        if missing := len(item_index) - len(categories):  # every wanted line has an entry
+            message(f"warning: {missing:,} of {len(item_index):,} reviewed items have no line in "
+                    f"{Path(meta).name}{' that could be read' if meta_report.bad else ''}: "
+                    f"category {UNKNOWN_CATEGORY} (is it the meta file of these reviews?)")
     names = list(item_index)
     items = pd.DataFrame({
         "item": np.array(names, dtype=object),

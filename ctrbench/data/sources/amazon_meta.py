@@ -26,7 +26,8 @@ Category rule per format (``reader_params.category_rule``):
   takes ``main_cat`` / ``main_category`` first and the path's last element as the fallback.
 
 An item with none of these gets ``<unknown>``. The format is detected from the first meta line
-that is not blank (``reader_params.meta_format`` may name it instead).
+that is not blank (``reader_params.meta_format`` may name it instead); a JSON line with ``asin``
+and no category field at all fits 2014 and 2018 alike (``<unknown>``), so the next line decides.
 
 Speed: the item key is found by a regular expression on the raw bytes (when its key occurs
 exactly once), and lines of items nobody reviewed are skipped unparsed. Kept JSON lines (2018,
@@ -69,8 +70,14 @@ _OUTSIDE_RE = re.compile(r"""(?:[^'"]++|'(?:[^'\\\n]++|\\.)*+'|"(?:[^"\\\n]++|\\
 
 
 # --------------------------------------------------------------------------- detection
+class UndecidedFormat(ValueError):
+    """A JSON meta line with ``asin`` and none of the category fields: 2014 (re-encoded) and
+    2018 read it alike (``<unknown>``), so the next line decides the file's format."""
+
+
 def detect_meta_format(line: bytes) -> str:
-    """The release a meta line belongs to (see the module docstring); ValueError if none."""
+    """The release a meta line belongs to (see the module docstring); ValueError if none
+    (:class:`UndecidedFormat` when the line fits 2014 and 2018 alike)."""
     text = line.strip()
     if text.startswith(b"{'"):
         return "2014"
@@ -85,6 +92,8 @@ def detect_meta_format(line: bytes) -> str:
     if "category" in record or "main_cat" in record:
         return "2018"
     if "asin" in record:
+        if "categories" not in record:
+            raise UndecidedFormat("a JSON line with asin and no category field")
         return "2014"
     raise ValueError("no asin or parent_asin field")
 

@@ -78,11 +78,14 @@ ML_1M = Layout("ml-1m", "ratings.dat", "movies.dat", "users.dat", "::", "::")
 class _Archive:
     """Members of a zip file (or of an extracted directory) by base name."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, wanted: Sequence[str] = ()) -> None:
         self.path = path
+        self.wanted = tuple(wanted)
         self._zip: zipfile.ZipFile | None = None
         if path.is_dir():
             self.members = {p.name: str(p) for p in sorted(path.rglob("*")) if p.is_file()}
+            self._prefer(wanted, {f"{path.name}/{p.relative_to(path).as_posix()}": str(p)
+                                  for p in sorted(path.rglob("*")) if p.is_file()})
         else:
             try:
                 self._zip = zipfile.ZipFile(path)
@@ -92,14 +95,26 @@ class _Archive:
                 raise DataError(f"{path.name} is not a readable zip archive: {exc}",
                                 hint="delete it from the cache and run `ctrbench download` "
                                      "again") from None
-            self.members = {Path(n).name: n for n in self._zip.namelist() if not n.endswith("/")}
+            names = [n for n in self._zip.namelist() if not n.endswith("/")]
+            self.members = {Path(n).name: n for n in names}
+            self._prefer(wanted, {n: n for n in names})
+
+    def _prefer(self, wanted: Sequence[str], found: Mapping[str, str]) -> None:
+        """Where a base name occurs more than once (a folder holding ml-100k/ and ml-1m/, a
+        backup copy), the file at the card's member path (``ml-1m/ratings.dat``) wins."""
+        for member in wanted:
+            for rel, where in found.items():
+                if ("/" + rel).endswith("/" + member.strip("/")):
+                    self.members[Path(member).name] = where
 
     @property
     def is_zip(self) -> bool:
         return self._zip is not None
 
     def layout(self) -> Layout:
-        for layout in (ML_100K, ML_1M):
+        """The card's layout (its members name the ratings file) first, else the first found."""
+        wanted = {Path(m).name for m in self.wanted}
+        for layout in sorted((ML_100K, ML_1M), key=lambda lay: lay.ratings not in wanted):
             if layout.ratings in self.members:
                 missing = [m for m in (layout.items, layout.users) if m not in self.members]
                 if missing:
@@ -314,7 +329,7 @@ def read_movielens(archive_path: Path, *, strict: bool = False,
 
     ``members``: files the archive must contain (the card's ``members``, compared by name).
     """
-    archive = _Archive(Path(archive_path))
+    archive = _Archive(Path(archive_path), members)
     try:
         missing = [m for m in members if Path(m).name not in archive.members]
         if missing:
