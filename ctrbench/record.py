@@ -110,11 +110,35 @@ class RunRecord:
         problems = ([f"unknown keys for schema_version {version}: {', '.join(unknown)}"]
                     if unknown else [])
         problems += [f"missing keys: {', '.join(missing)}"] if missing else []
+        problems += _wrong_types(data)
         if problems:
             raise CtrbenchError(f"run record {source or data.get('run_id')} cannot be read: "
                                 + "; ".join(problems), hint=UNREADABLE_HINT)
         data["epochs"] = [EpochRow(**row) for row in data.get("epochs", [])]
         return cls(**data)
+
+
+#: the JSON type of each key whose value the runner and the reports use as it is (a hand edit
+#: that breaks one makes the record unreadable, never a traceback further on)
+VALUE_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("run_id", "dataset", "model", "status", "model_hash"), (str,)),
+    **dict.fromkeys(("dataset_config", "dataset_identity", "model_config", "environment",
+                     "test", "valid", "extra", "health"), (dict,)),
+    "seed": (int,), "epochs": (list,), "error": (str, type(None)),
+    "best_epoch": (int, type(None)), "n_parameters": (int,),
+}
+
+
+def _wrong_types(data: Mapping[str, Any]) -> list[str]:
+    """One problem per value of the wrong JSON type (``true`` is no integer here)."""
+    wrong = [key for key, types in VALUE_TYPES.items() if key in data
+             and (not isinstance(data[key], types)
+                  or (isinstance(data[key], bool) and bool not in types))]
+    if isinstance(data.get("epochs"), list) and not all(isinstance(row, dict)
+                                                         for row in data["epochs"]):
+        wrong.append("epochs")
+    return [f"{key} has the wrong type ({type(data[key]).__name__}: {data[key]!r:.40})"
+            for key in dict.fromkeys(wrong)]
 
 
 def record_path(results_root: Path, dataset: str, model: str, seed: int) -> Path:

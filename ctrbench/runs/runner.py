@@ -18,16 +18,14 @@
 - Parallelism: ``jobs > 1`` runs independent runs in spawned worker processes, each with
   ``usable_cores // jobs`` torch threads (or ``threads``) and one device from ``devices``
   (round-robin); a worker whose parent dies (kill -9) stops its run, releases its lock and
-  exits (:mod:`ctrbench.runs.orphans`).
+  exits (:mod:`ctrbench.runs.orphans`); a worker that dies (kill -9, OOM, a native crash)
+  costs only its own run, recorded as failed, and a new worker goes on (:mod:`.pool`).
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import datetime as dt
-import multiprocessing as mp
-import os
 import signal
 import traceback
 from collections.abc import Sequence
@@ -339,7 +337,8 @@ def execute_one(spec: RunSpec, dataset: DatasetHandle, *, device: str = "auto",
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(device_queue: Any, threads: int, modules: Sequence[str], mode: str) -> None:
+def _init_worker(device: str, threads: int, modules: Sequence[str], mode: str,
+                 dataset: DatasetHandle) -> None:
     install_termination_handler()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates us
     orphans.exit_when_parent_dies()
@@ -347,15 +346,51 @@ def _init_worker(device_queue: Any, threads: int, modules: Sequence[str], mode: 
     for module in modules:  # architectures registered outside ctrbench.models
         __import__(module)
     progress_mod.set_mode(mode)
-    _WORKER["device"] = device_queue.get()
+    _WORKER.update(device=device, dataset=dataset)
 
 
-def _worker_run(spec: RunSpec, dataset: DatasetHandle, force: bool) -> RunResult:
-    try:
-        return execute_one(spec, dataset, device=_WORKER["device"], force=force,
+def _worker_run(task: tuple[RunSpec, bool]) -> RunResult:
+    spec, force = task
+    try:  # SystemExit (SIGTERM from the parent) propagates: the run's lock is released
+        return execute_one(spec, _WORKER["dataset"], device=_WORKER["device"], force=force,
                            show_progress=True)
-    except SystemExit as exc:  # SIGTERM from the parent: the run's lock is already released
-        os._exit(exc.code if isinstance(exc.code, int) else 1)  # never start another run
+    except Exception as exc:  # a bug outside training; keep going
+        return RunResult(spec, "failed", f"{type(exc).__name__}: {exc}")
+
+
+def _lost_run(spec: RunSpec, dataset: DatasetHandle, error: str, since: str) -> RunResult:
+    """The run of a worker that died without an answer: a failed record, unless the record
+    file holds its own finished record (written before the death; with ``--force``, only one
+    written after ``since`` counts) or one that is kept (:func:`record_state`)."""
+    lock = RunLock(lock_path(spec.record_file))
+    try:
+        acquired = lock.acquire()
+    except OSError as exc:  # the other runs go on: no exception out of the parent's loop
+        return RunResult(spec, "failed", f"{error} (not recorded: cannot create the lock file "
+                                         f"{lock.path}: {exc.strerror or exc})")
+    if not acquired:
+        holder = lock.holder or {}
+        return RunResult(spec, "locked", f"in progress (pid {holder.get('pid')} on "
+                                         f"{holder.get('host', '?')})")
+    try:
+        _clean_stale_temporaries(spec.record_file)  # the dead worker's, if it was writing
+        state = record_state(spec)
+        if state.kind == "finished" and (state.record.finished_at or "") >= since:
+            return RunResult(spec, "finished", "finished (recorded before its worker died)")
+        if state.kind == "finished" or state.protected:
+            what = ("an earlier finished record of this run" if state.kind == "finished"
+                    else state.detail)
+            return RunResult(spec, "failed", f"{error} (not recorded: {spec.record_file} "
+                                             f"holds {what}; it is kept)")
+        record = _base_record(spec, dataset, {})
+        record.status, record.error, record.finished_at = "failed", error, _now()
+        try:
+            where = _save(spec, record, None)
+        except WriteError as write_error:
+            where = f"the failed record could not be written: {write_error}"
+        return RunResult(spec, "failed", error + (f" ({where})" if where else ""))
+    finally:
+        lock.release()
 
 
 def _plugin_modules(specs: Sequence[RunSpec]) -> list[str]:
@@ -409,42 +444,30 @@ def execute(specs: Sequence[RunSpec], dataset: DatasetHandle, *, device: str = "
 def _execute_parallel(todo: Sequence[RunSpec], dataset: DatasetHandle, device: str, jobs: int,
                       devices: Sequence[str], force: bool,
                       threads: int | None = None) -> list[RunResult]:
+    """``todo`` in worker processes (:mod:`ctrbench.runs.pool`); a worker that dies (kill -9,
+    out of memory, a crash in native code) costs its own run only, recorded as failed."""
+    from ctrbench.runs.pool import how_it_died, run_tasks
+
     workers = min(jobs, len(todo))
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    for i in range(workers):
-        queue.put(devices[i % len(devices)] if devices else device)
     threads = default_threads(workers) if threads is None else threads
     mode = progress_mod._effective_mode()
     mode = "lines" if mode == "bar" else mode  # one terminal, several writers
+    modules = _plugin_modules(todo)
+    since = _now() if force else ""  # with --force, only a record written from now counts
     results: dict[int, RunResult] = {}
-    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                  initargs=(queue, threads, _plugin_modules(todo), mode))
-    try:
-        futures = {pool.submit(_worker_run, spec, dataset, force): i
-                   for i, spec in enumerate(todo)}
-        for done, future in enumerate(cf.as_completed(futures), 1):
-            i = futures[future]
-            spec = todo[i]
-            try:
-                results[i] = future.result()
-            except cf.process.BrokenProcessPool as exc:
-                results[i] = RunResult(spec, "interrupted", f"worker died: {exc}")
-            except Exception as exc:  # a bug outside training; keep going
-                results[i] = RunResult(spec, "failed", f"{type(exc).__name__}: {exc}")
-            progress_mod.message(f"[{done}/{len(todo)}] {spec.model} seed {spec.seed}: "
-                                 f"{results[i].status} {results[i].detail}")
-    except BaseException:  # Ctrl-C or SIGTERM in the parent: stop the workers cleanly
-        processes = list((getattr(pool, "_processes", None) or {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
-            process.terminate()  # SIGTERM -> SystemExit in the worker: its lock is released
-        for process in processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()  # its lock becomes stale and is taken over next time
-        raise
-    pool.shutdown(wait=True)
+
+    def done(i: int, result: RunResult) -> None:
+        results[i] = result
+        progress_mod.message(f"[{len(results)}/{len(todo)}] {result.spec.model} seed "
+                             f"{result.spec.seed}: {result.status} {result.detail}")
+
+    def lost(i: int, exitcode: int | None) -> None:
+        done(i, _lost_run(todo[i], dataset, how_it_died(exitcode), since))
+
+    run_tasks([(spec, force) for spec in todo], workers=workers, init=_init_worker,
+              init_args=lambda slot: ((devices[slot % len(devices)] if devices else device),
+                                      threads, modules, mode, dataset),
+              call=_worker_run, on_done=done, on_lost=lost)
     return [results.get(i, RunResult(s, "interrupted")) for i, s in enumerate(todo)]
 
 
@@ -463,9 +486,13 @@ def leaderboard(specs: Sequence[RunSpec]) -> tuple[list[list[Any]], list[list[An
         for spec in model_specs:
             state = record_state(spec)
             record = state.record
-            if state.kind == "finished" and record is not None:
-                aucs.append(record.test.get("auc", float("nan")))
-                losses.append(record.test.get("logloss", float("nan")))
+            auc = _number(record.test.get("auc")) if record is not None else 0.0
+            if state.kind == "finished" and not np.isfinite(auc):  # as `report`: left out
+                failed.append([model, spec.seed, f"test AUC not finite ({auc}) in the finished "
+                                                 "record: left out of the means"])
+            elif state.kind == "finished" and record is not None:
+                aucs.append(auc)
+                losses.append(_number(record.test.get("logloss")))
                 epoch_seconds.extend(e.train_seconds for e in record.epochs)
             elif state.kind == "failed" and record is not None:
                 failed.append([model, spec.seed, record.error or ""])
@@ -474,6 +501,13 @@ def leaderboard(specs: Sequence[RunSpec]) -> tuple[list[list[Any]], list[list[An
         rows.append([model, f"{len(aucs)}/{len(model_specs)}", _mean_std(aucs),
                      _mean_std(losses), f"{np.mean(epoch_seconds):.1f}" if epoch_seconds else "–"])
     return rows, failed
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def _mean_std(values: Sequence[float]) -> str:
