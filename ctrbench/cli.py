@@ -96,7 +96,7 @@ def main(verbose: int) -> None:
     Examples:
       ctrbench run --models table2 --dataset synthetic --seeds 3
       ctrbench report
-      ctrbench check --baseline results/reference/synthetic.csv
+      ctrbench check --baseline results/reference/ci-synthetic.csv --results .cache/ci-results
     """
     if threading.current_thread() is threading.main_thread():  # every command: SIGTERM runs
         install_termination_handler()  # its cleanup (temporary folders, locks), exit 143
