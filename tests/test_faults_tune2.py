@@ -229,3 +229,18 @@ def test_every_built_in_card_is_a_point_of_its_own_search_space():
         card = load_model_card(name)
         if has_search_space(card):
             assert card_values_outside(card, parse_search_space(card)) == [], name
+
+
+def test_a_second_signal_while_one_is_held_acts_at_once(capsys):
+    """A held Ctrl-C could not be repeated: were optuna's bookkeeping stuck (a locked storage),
+    only kill -9 stopped ``tune``."""
+    import signal as signal_module
+
+    from ctrbench.tune.study import SignalGate
+
+    gate = SignalGate()
+    gate._previous = {signal_module.SIGINT: signal_module.default_int_handler}
+    gate._handle(signal_module.SIGINT, None)  # held: optuna is between trials
+    assert gate.pending == signal_module.SIGINT and "again" in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt):
+        gate._handle(signal_module.SIGINT, None)

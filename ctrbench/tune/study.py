@@ -25,6 +25,7 @@ import hashlib
 import logging
 import math
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -117,7 +118,9 @@ class SignalGate:
     telling, starting and stopping its heartbeat thread): raised there, the signal broke
     optuna (``UnboundLocalError: updated_state``, or a heartbeat thread left running, so the
     process never exited). Inside a trial (``open``) a signal acts at once, as before; a held
-    one is raised when the next trial starts or when :meth:`__exit__` is reached."""
+    one is raised when the next trial starts or when :meth:`__exit__` is reached; a second
+    signal while one is held acts at once (optuna's bookkeeping may wait on a locked
+    storage)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -141,10 +144,12 @@ class SignalGate:
             self.deliver()
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.open:
+        if self.open or self.pending is not None:  # in a trial, or asked twice: at once
             self._raise(signum, frame)
-        elif self.pending is None:
-            self.pending = signum
+            return
+        self.pending = signum
+        sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping once optuna has recorded "
+                         "the trial (send it again to stop at once)\n")
 
     def deliver(self) -> None:
         """Raise a held signal now (its own handler's way: KeyboardInterrupt, exit 143)."""
