@@ -187,7 +187,7 @@ def test_the_printed_rescue_path_holds_the_result(planted, tmp_path):
 
 # --------------------------------------------------------------------------- slurm: lost task
 def test_a_lost_task_never_overwrites_a_protected_record(planted, tmp_path, finished):
-    from ctrbench.runs.slurm_runs import record_failed
+    from ctrbench.runs.runner import record_failed
 
     text, _ = finished
     spec = _spec(planted, tmp_path / "R")

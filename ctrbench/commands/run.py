@@ -26,10 +26,10 @@ def device_name(ctx: click.Context, param: click.Parameter, value: str | None) -
     from ctrbench.engine.devices import parse_device
     from ctrbench.errors import CtrbenchError
 
-    for name in (value or "").split(",") if param.name == "devices" else [value or "auto"]:
+    names = (value or "").split(",") if param.name == "devices" else [value or "auto"]
+    for name in filter(str.strip, names):
         try:
-            if name.strip() or param.name != "devices":
-                parse_device(name)
+            parse_device(name)
         except CtrbenchError as exc:
             raise click.BadParameter(str(exc)) from None
     return value

@@ -358,14 +358,17 @@ def _worker_run(task: tuple[RunSpec, bool]) -> RunResult:
         return RunResult(spec, "failed", f"{type(exc).__name__}: {exc}")
 
 
-def _lost_run(spec: RunSpec, dataset: DatasetHandle, error: str, since: str) -> RunResult:
-    """The run of a worker that died without an answer: a failed record, unless the record
-    file holds its own finished record (written before the death; with ``--force``, only one
-    written after ``since`` counts) or one that is kept (:func:`record_state`)."""
+def record_failed(spec: RunSpec, dataset: DatasetHandle, error: str,
+                  environment: dict[str, Any] | None = None, since: str = "") -> RunResult:
+    """The run of a process that ended without a result (a dead worker, a terminated or lost
+    Slurm task): a failed record saying ``error``, unless the record file holds the run's own
+    finished record (with ``since``, a forced rerun's start in ISO UTC, only one written from
+    then counts: an older one is kept and the run reported failed) or a protected one
+    (:func:`record_state`), which is kept."""
     lock = RunLock(lock_path(spec.record_file))
     try:
         acquired = lock.acquire()
-    except OSError as exc:  # the other runs go on: no exception out of the parent's loop
+    except OSError as exc:  # the other runs go on: no exception out of the caller's loop
         return RunResult(spec, "failed", f"{error} (not recorded: cannot create the lock file "
                                          f"{lock.path}: {exc.strerror or exc})")
     if not acquired:
@@ -373,16 +376,16 @@ def _lost_run(spec: RunSpec, dataset: DatasetHandle, error: str, since: str) -> 
         return RunResult(spec, "locked", f"in progress (pid {holder.get('pid')} on "
                                          f"{holder.get('host', '?')})")
     try:
-        _clean_stale_temporaries(spec.record_file)  # the dead worker's, if it was writing
+        _clean_stale_temporaries(spec.record_file)  # the dead process's, if it was writing
         state = record_state(spec)
         if state.kind == "finished" and (state.record.finished_at or "") >= since:
-            return RunResult(spec, "finished", "finished (recorded before its worker died)")
+            return RunResult(spec, "finished", "finished (recorded before the process ended)")
         if state.kind == "finished" or state.protected:
             what = ("an earlier finished record of this run" if state.kind == "finished"
                     else state.detail)
             return RunResult(spec, "failed", f"{error} (not recorded: {spec.record_file} "
                                              f"holds {what}; it is kept)")
-        record = _base_record(spec, dataset, {})
+        record = _base_record(spec, dataset, environment or {})
         record.status, record.error, record.finished_at = "failed", error, _now()
         try:
             where = _save(spec, record, None)
@@ -462,7 +465,7 @@ def _execute_parallel(todo: Sequence[RunSpec], dataset: DatasetHandle, device: s
                              f"{result.spec.seed}: {result.status} {result.detail}")
 
     def lost(i: int, exitcode: int | None) -> None:
-        done(i, _lost_run(todo[i], dataset, how_it_died(exitcode), since))
+        done(i, record_failed(todo[i], dataset, how_it_died(exitcode), since=since))
 
     run_tasks([(spec, force) for spec in todo], workers=workers, init=_init_worker,
               init_args=lambda slot: ((devices[slot % len(devices)] if devices else device),

@@ -32,8 +32,7 @@ from typing import Any
 from ctrbench.errors import CtrbenchError
 from ctrbench.record import atomic_write_text, read_record
 from ctrbench.runs import runner, slurm
-from ctrbench.runs.lock import RunLock
-from ctrbench.runs.runner import DatasetHandle, RunResult, RunSpec
+from ctrbench.runs.runner import DatasetHandle, RunResult, RunSpec, record_failed
 
 SETTLE_S = 5.0  # a task that ended is given this long for its record to appear (shared disks)
 
@@ -120,38 +119,6 @@ def _clear_dead_task_lock(spec: RunSpec, marker: dict[str, Any]) -> None:
     if (isinstance(holder, dict) and isinstance(task, dict)
             and holder.get("host") == task.get("host") and holder.get("pid") == task.get("pid")):
         path.unlink(missing_ok=True)
-
-
-def record_failed(spec: RunSpec, dataset: DatasetHandle, error: str,
-                  environment: dict[str, Any] | None = None, since: str = "") -> RunResult:
-    """Write a failed record for ``spec`` unless its own finished one (or a live holder) is
-    there; a protected record (:func:`runner.record_state`) is kept and nothing is written.
-    ``since`` (a forced rerun's start, ISO UTC): an older finished record is kept, and the
-    rerun is reported failed (it is not the rerun's result)."""
-    lock = RunLock(runner.lock_path(spec.record_file))
-    if not lock.acquire():
-        holder = lock.holder or {}
-        return RunResult(spec, "locked", f"in progress (pid {holder.get('pid')} on "
-                                         f"{holder.get('host', '?')})")
-    try:
-        state = runner.record_state(spec)
-        if state.kind == "finished":
-            if since and (state.record.finished_at or "") < since:
-                return RunResult(spec, "failed", f"{error} (not recorded: {spec.record_file} "
-                                                 "holds an earlier finished record of this "
-                                                 "run; it is kept)")
-            return RunResult(spec, "finished", "finished")
-        if state.protected:
-            return RunResult(spec, "failed", f"{error} (not recorded: {spec.record_file} "
-                                             f"holds {state.detail}; it is kept)")
-        record = runner._base_record(spec, dataset, environment or {})
-        record.status = "failed"
-        record.error = error
-        record.finished_at = record.started_at
-        where = runner._save(spec, record, None)
-        return RunResult(spec, "failed", error + (f" ({where})" if where else ""))
-    finally:
-        lock.release()
 
 
 TASK_ERROR = "ctrbench slurm task: error: "  # a task's last word on why it could not run

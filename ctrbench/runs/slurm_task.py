@@ -60,7 +60,8 @@ def run_task(manifest: dict[str, Any], index: int) -> int:
     from ctrbench.data.store import open_store
     from ctrbench.errors import CtrbenchError
     from ctrbench.runs import runner
-    from ctrbench.runs.slurm_runs import _now, record_failed
+    from ctrbench.runs.runner import record_failed
+    from ctrbench.runs.slurm_runs import _now
 
     started = _now()
     job = f"{os.environ.get('SLURM_ARRAY_JOB_ID', '?')}_{index}"
