@@ -141,6 +141,15 @@ def parse_set_option(items: Sequence[str]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- model cards
+def _plain_zero(value: Any) -> Any:
+    """``-0.0`` as ``0.0`` (in a tuple too): one number, one spelling in the run id."""
+    if isinstance(value, float):
+        return value + 0.0
+    if isinstance(value, tuple):
+        return tuple(_plain_zero(v) for v in value)
+    return value
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How a model is trained. The paper's settings are the defaults (MIAN §4.1.4)."""
@@ -167,7 +176,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checked = validate_train_values("train", asdict(self))
         for key, value in checked.items():
-            object.__setattr__(self, key, value)
+            object.__setattr__(self, key, _plain_zero(value))
 
     @classmethod
     def from_dict(cls, where: str, data: Mapping[str, Any]) -> TrainConfig:

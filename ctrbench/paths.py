@@ -74,11 +74,16 @@ def safe_name(kind: str, name: object) -> str:
     Names of datasets and models come from cards, command lines and run records (which anyone
     can edit); every path built from one goes through this guard.
     """
-    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+    if not is_safe_name(name):
         raise CtrbenchError(f"{kind} name {name!r} cannot be used in a file name",
                             hint="names are letters, digits and @ . _ + = - (no '/', no "
                                  "leading dot); fix or remove the card or record that holds it")
     return name
+
+
+def is_safe_name(name: object) -> bool:
+    """Whether ``name`` passes :func:`safe_name` (without raising)."""
+    return isinstance(name, str) and _SAFE_NAME.fullmatch(name) is not None
 
 
 def inside(root: Path, *parts: str) -> Path:

@@ -98,16 +98,17 @@ def test_iso_dates_with_and_without_time_or_offset_are_all_read(tmp_path):
     assert inter["ts"].tolist() == [1_672_531_200, 1_672_621_200, 1_673_222_400, 1_673_308_800]
 
 
-def test_a_category_col_missing_from_the_log_is_named(tmp_path, monkeypatch, caplog):
+def test_a_category_col_missing_from_the_log_is_named(tmp_path, monkeypatch):
     """No items table and a category_col that is not a column of the log (a typo): before,
-    "no items table and no category column", as if none had been named."""
+    "no items table and no category column", as if none had been named; then a warning and
+    every category <unknown>; now an error naming the column, the file and the columns found."""
     data = shop(tmp_path, monkeypatch, reader_params='category_col = "categroy"')
     (data / "orders.csv").write_text(orders().replace("u,i,t", "u,i,t,category"))
     result = cli("prepare", "shop")
-    assert result.exit_code == 0, result.output
-    assert ("reader_params.category_col 'categroy' is not a column of orders.csv (columns: "
-            "u, i, t, category)") in caplog.text
-    assert "no category column" not in caplog.text
+    assert result.exit_code == 1, result.output
+    assert "missing column 'categroy' (reader_params.category_col)" in result.output
+    assert "columns found: u, i, t, category" in result.output
+    assert "no category column" not in result.output
 
 
 def test_parquet_integer_ids_stored_as_floats_match_the_items_table(tmp_path, monkeypatch):

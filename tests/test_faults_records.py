@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from ctrbench.cli import main
 from ctrbench.errors import CtrbenchError
 from ctrbench.record import read_record, record_path
-from ctrbench.runs import runner
+from ctrbench.runs import runner, summary
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures" / "records"
@@ -298,7 +298,7 @@ def test_summary_uses_the_rule_that_skips_runs(planted):
     data["dataset_identity"]["version"] = 99  # another dataset version, run id left as it was
     data["test"]["auc"] = 0.99
     edited.write_text(json.dumps(data))
-    rows, not_counted = runner.leaderboard(specs)
+    rows, not_counted = summary.leaderboard(specs)
     assert rows[0][1] == "1/2", rows  # the edited record is not averaged in
     assert not_counted[0][:2] == ["tiny", 1] and "edited by hand" in not_counted[0][2]
     again = runner.execute(specs, handle, device="cpu", show_progress=False)

@@ -18,7 +18,7 @@ import train_fixtures as tf
 from click.testing import CliRunner
 
 from ctrbench.record import read_record
-from ctrbench.runs import runner
+from ctrbench.runs import runner, summary
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -165,7 +165,7 @@ def test_the_closing_summary_leaves_a_non_finite_auc_out_as_report_does(planted,
     specs[1].record_file.write_text(json.dumps(data))
     assert runner.finished_record(specs[1]) is not None  # still this run's finished record
 
-    (row,), failed = runner.leaderboard(specs)
+    (row,), failed = summary.leaderboard(specs)
     assert row[:4] == ["tiny", "1/2", f"{good['auc']:.4f} ± 0.0000",
                        f"{good['logloss']:.4f} ± 0.0000"], row
     (listed,) = failed
@@ -193,5 +193,5 @@ def test_a_record_with_a_value_of_the_wrong_type_is_unreadable_not_a_traceback(
     (result,) = runner.execute([spec], planted, device="cpu", show_progress=False)
     assert result.status == "refused" and key in result.detail, result.detail
     assert spec.record_file.read_bytes() == before
-    (row,), (listed,) = runner.leaderboard([spec])
+    (row,), (listed,) = summary.leaderboard([spec])
     assert row[1] == "0/1" and "not counted" in listed[2] and key in listed[2], listed

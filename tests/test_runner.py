@@ -20,6 +20,8 @@ from ctrbench.errors import CardError
 from ctrbench.record import read_record, read_scores, record_path
 from ctrbench.runs import runner
 from ctrbench.runs.lock import RunLock
+from ctrbench.runs.plan import plan_commands
+from ctrbench.runs.summary import leaderboard
 
 TESTS_DIR = Path(__file__).resolve().parent
 NAN_CARD = 'arch = "tiny_logistic"\n[params]\nnan_after = 2\n[train]\nbatch_size = 64\n'
@@ -130,7 +132,7 @@ def test_failed_run_is_recorded_and_the_protocol_goes_on(env):
     assert failed.status == "failed" and "TrainingDiverged" in failed.error
     assert "epoch 1, step 2" in failed.error and failed.extra["traceback"]
     assert not (record_path(results, "planted", "tiny_nan", 0).with_suffix(".npz")).exists()
-    rows, failed_rows = runner.leaderboard(specs)
+    rows, failed_rows = leaderboard(specs)
     assert rows[0][:2] == ["tiny_nan", "0/1"] and rows[1][1] == "1/1"
     assert failed_rows[0][:2] == ["tiny_nan", 0]
     # a failed run is not "finished": the next run tries it again
@@ -261,9 +263,8 @@ def test_parallel_jobs_in_spawned_workers(env):
 def test_plan_commands_are_self_contained(env, tmp_path):
     handle, results = env
     specs = specs_for(handle, results, models="tiny,tiny_b", seeds=(0, 2))
-    lines = runner.plan_commands(specs, results_root=results, device="cpu",
-                                 config_file=None, set_items=("train.lr=0.1", "tiny_b:params."
-                                                              "embedding_dim=2"), epochs=2)
+    lines = plan_commands(specs, results_root=results, device="cpu", config_file=None,
+                          set_items=("train.lr=0.1", "tiny_b:params.embedding_dim=2"), epochs=2)
     assert len(lines) == 4
     assert lines[0] == (f"ctrbench run --models tiny --dataset planted --seed-list 0 --results "
                         f"{results.resolve()} --device cpu --epochs 2 --set train.lr=0.1")

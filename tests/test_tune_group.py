@@ -18,7 +18,7 @@ from test_tune import store_dir  # noqa: F401  (the module-scoped tiny store fix
 from ctrbench import cards
 from ctrbench.cli import main
 from ctrbench.data.store import open_store
-from ctrbench.errors import CardError
+from ctrbench.errors import CardError, DataError
 from ctrbench.report.build import build_report
 from ctrbench.runs import runner
 
@@ -70,7 +70,7 @@ def _tune(*args: str, expect: int = 0):
 
 
 def test_group_gets_equal_budgets_and_never_reads_test(work):
-    with pytest.raises(ValueError):  # the poisoned split really is unreadable
+    with pytest.raises(DataError, match="test/"):  # the poisoned split really is unreadable
         open_store(work / "store").tensors("test")
     out = _tune("--trials", "3")
     assert "UNEQUAL" not in out.output

@@ -98,6 +98,7 @@ def _prepare_selection(models: str, dataset: str, seeds: int | None,
     overrides = runner.load_overrides(config_file, set_items)
     cards = runner.resolve_cards(models, overrides, epochs)
     handle = runner.default_dataset_loader(dataset)
+    runner.check_buildable(cards, handle)  # a configuration this schema refuses: exit 1, no run
     results_root = results_dir or default_results_root()
     specs = runner.plan_runs(handle, cards, seed_values, results_root)
     return handle, specs, results_root
@@ -191,8 +192,11 @@ def run(models: str, dataset: str, seeds: int | None, seed_list: list[int] | Non
         results = run_on_slurm(handle, specs, results_root, options, device=device, force=force,
                                no_wait=slurm_args["no_wait"])
     else:
+        from ctrbench.runs.slurm_runs import held_by_slurm
+
         results = runner.execute(specs, handle, device=device, jobs=jobs, devices=device_list,
-                                 force=force, show_progress=not quiet, threads=n_threads)
+                                 force=force, show_progress=not quiet, threads=n_threads,
+                                 held=held_by_slurm(specs, force))
     _print_summary(results, specs)
     if _explain_problems(results):
         sys.exit(1)
@@ -200,23 +204,25 @@ def run(models: str, dataset: str, seeds: int | None, seed_list: list[int] | Non
 
 def _explain_problems(results) -> bool:
     """One stderr line per failed, refused or unsaved run (exit status 1 when any)."""
-    failed = sum(r.status == "failed" for r in results)
+    from ctrbench.runs.runner import NOT_DONE
+
+    problems = [r for r in results if r.status in NOT_DONE]
+    failed = sum(r.status == "failed" for r in problems)
     if failed:
-        click.echo(f"{failed} run(s) failed (recorded as failed, never averaged); "
-                   "the other runs finished.", err=True)
-    for r in results:
-        if r.status in ("refused", "unsaved"):
-            click.echo(f"{r.spec.model} seed {r.spec.seed}: {r.status}: {r.detail}", err=True)
-    return any(r.status in ("failed", "refused", "unsaved") for r in results)
+        click.echo(f"{failed} run(s) failed (never averaged; the next `run` redoes them); "
+                   "the other runs went on.", err=True)
+    for r in problems:  # a failed run's reason too: one that left no record is in no table
+        click.echo(f"{r.spec.model} seed {r.spec.seed}: {r.status}: {r.detail}", err=True)
+    return bool(problems)
 
 
 def _print_summary(results, specs) -> None:
-    from ctrbench.runs import runner
+    from ctrbench.runs.summary import leaderboard
 
     counts: dict[str, int] = {}
     for result in results:
         counts[result.status] = counts.get(result.status, 0) + 1
-    rows, failed = runner.leaderboard(specs)
+    rows, failed = leaderboard(specs)
     click.echo(tabulate(rows, headers=["model", "seeds", "test AUC", "test logloss", "s/epoch"]))
     if failed:
         click.echo("\nFailed runs, and records that are not this run's (never in the means):")
@@ -275,16 +281,21 @@ def plan(models: str, dataset: str, seeds: int | None, seed_list: list[int] | No
     On Slurm, `ctrbench run ... --executor slurm` does this itself and follows the jobs.
     """
     from ctrbench.runs import runner
+    from ctrbench.runs.plan import plan_commands
+    from ctrbench.runs.slurm_runs import held_by_slurm
 
     _, specs, results_root = _prepare_selection(models, dataset, seeds, seed_list, epochs,
                                                 results_dir, set_items, config_file)
     todo = runner.pending(specs, force)
+    queued = held_by_slurm(todo, force)  # each named on stderr; not planned a second time
+    todo = [s for s in todo if id(s) not in queued]
     prefix = _working_directory_environment(dataset, specs)
-    for line in runner.plan_commands(todo, results_root=results_root, device=device,
-                                     config_file=config_file, set_items=set_items,
-                                     epochs=epochs, force=force):
+    for line in plan_commands(todo, results_root=results_root, device=device,
+                              config_file=config_file, set_items=set_items,
+                              epochs=epochs, force=force):
         click.echo(prefix + line)
-    click.echo(f"{len(todo)} of {len(specs)} runs pending", err=True)
+    click.echo(f"{len(todo)} of {len(specs)} runs pending"
+               + (f" ({len(queued)} more queued on Slurm)" if queued else ""), err=True)
     held = [s for s in todo if runner.record_state(s).protected] if not force else []
     if held:
         click.echo(f"{len(held)} of them would replace a record that is kept (a finished "

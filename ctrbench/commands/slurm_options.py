@@ -95,6 +95,27 @@ def reattach_hint(job_ids: Sequence[str]) -> str:
             f"stop: {cancel_hint(job_ids)}")
 
 
+def say_left_running(exc: BaseException, job_ids: Sequence[str]) -> None:
+    """On Ctrl-C (then exit 130) or SIGTERM (exit 143) while jobs run: say how to reattach."""
+    if not job_ids:
+        return
+    if isinstance(exc, KeyboardInterrupt):
+        click.echo(f"\nInterrupted: {reattach_hint(job_ids)}", err=True)
+        sys.exit(130)
+    if isinstance(exc, SystemExit) and exc.code == 128 + signal.SIGTERM:
+        click.echo(f"\nTerminated: {reattach_hint(job_ids)}", err=True)
+
+
+@contextlib.contextmanager
+def left_running(job_ids: Sequence[str]) -> Iterator[None]:
+    """Ctrl-C or SIGTERM in the block leaves ``job_ids`` running and says how to reattach."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit) as exc:
+        say_left_running(exc, job_ids)
+        raise
+
+
 @contextlib.contextmanager
 def deferred_interrupt() -> Iterator[None]:
     """Hold Ctrl-C and SIGTERM until the block ends (sbatch done and every run marked), then
@@ -137,7 +158,7 @@ def run_on_slurm(handle, specs, results_root: Path, options, *, device: str, for
             progress.message(f"{len(attached)} run(s) already queued or running in Slurm "
                              f"job(s) {jobs}: not submitted again")
         if fresh:
-            sub = Path(slurm_runs.read_marker(fresh[0].spec.record_file)["submission"])
+            sub = Path(slurm_runs.read_marker(fresh[0].spec)["submission"])
             progress.message(f"submitted {len(fresh)} run(s) as Slurm job array "
                              f"{fresh[0].job_id} (script, manifest and logs in {sub})")
         elif not attached:
@@ -147,15 +168,8 @@ def run_on_slurm(handle, specs, results_root: Path, options, *, device: str, for
         elif tracked:
             slurm_runs.wait(tracked, handle, interval=slurm_runs.poll_interval(),
                             on_line=progress.message)
-    except KeyboardInterrupt:
-        if not tracked:
-            raise
-        click.echo(f"\nInterrupted: {reattach_hint([t.job_id for t in tracked])}", err=True)
-        sys.exit(130)
-    except SystemExit as exc:  # SIGTERM (exit 143): the jobs keep running too
-        if tracked and exc.code == 128 + signal.SIGTERM:
-            click.echo(f"\nTerminated: {reattach_hint([t.job_id for t in tracked])}",
-                       err=True)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        say_left_running(exc, [t.job_id for t in tracked])
         raise
     return slurm_runs.results_of(specs, done, tracked)
 
@@ -191,12 +205,9 @@ def tune_on_slurm(study, handle, *, workers: int, model: str, store: Path, stora
     if job_ids and no_wait:
         click.echo(f"not waiting: {reattach_hint(job_ids)}", err=True)
         return None
-    try:
+    with left_running(job_ids):
         slurm_workers.wait_workers(study, out_dir, interval=slurm_runs.poll_interval(),
                                    on_line=progress.message)
-    except KeyboardInterrupt:
-        click.echo(f"\nInterrupted: {reattach_hint(job_ids)}", err=True)
-        sys.exit(130)
     reason = "no Slurm worker of this study is queued or running"
     running = count_states(study)[TrialState.RUNNING]
     if running and not handle.heartbeat:

@@ -10,6 +10,13 @@ import click
 AUDIT_FAILED_EXIT = 3
 
 
+def _result(row) -> str:
+    """The audit table's verdict for one row."""
+    if not row.passed:
+        return "LEAK"
+    return "ok" if row.judged else "too small"
+
+
 def _audit_table(rows, tablefmt: str) -> str:
     from tabulate import tabulate
 
@@ -18,7 +25,7 @@ def _audit_table(rows, tablefmt: str) -> str:
 
     body = [[r.check, r.split, share(r.positives) if r.check.startswith("candidate")
              else f"{int(r.positives):,}", share(r.negatives), f"{r.rows:,}",
-             "ok" if r.passed else "LEAK", r.detail] for r in rows]
+             _result(r), r.detail] for r in rows]
     return tabulate(body, headers=["check", "split", "positives (share / rows differing)",
                                    "negatives", "rows", "result", "detail"],
                     tablefmt=tablefmt, disable_numparse=True)
@@ -41,7 +48,8 @@ def stats(name: str, from_dir: Path | None, tablefmt: str, audit: bool) -> None:
     data the oracle's AUC; the card's [expected] values are shown in brackets. Then warnings
     where the data cannot support the models (one category, tied timestamps, very short
     histories, repeated events dropped, odd times). With --audit, the leakage audit: exit
-    status 0 when every check passes, 3 when one finds a leak.
+    status 0 when no check finds a leak (checks on too few samples to judge are said so),
+    3 when one finds a leak.
 
     \b
     Examples:
@@ -79,7 +87,10 @@ def stats(name: str, from_dir: Path | None, tablefmt: str, audit: bool) -> None:
     if failed:
         click.echo(f"audit: LEAK found by {', '.join(failed)}", err=True)
         raise SystemExit(AUDIT_FAILED_EXIT)
-    click.echo("audit: no leak found")
+    unjudged = sum(not r.judged for r in rows)
+    click.echo("audit: no leak found" + (
+        f", but {unjudged} of {len(rows)} checks were too small to judge (result "
+        '"too small" above: too few samples to flag even a total leak)' if unjudged else ""))
 
 
 @click.command(name="generate")

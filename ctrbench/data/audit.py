@@ -23,7 +23,9 @@ could carry the label. Each check gives one row per split; a split fails the che
   history, e.g. the target.
 
 Two shares "differ" when ``|p_pos - p_neg| > max(MIN_GAP, Z * standard error)`` (a two-proportion
-z-test at p < 0.001); the other checks are exact (any differing row fails).
+z-test at p < 0.001); the other checks are exact (any differing row fails). A split too small
+for the test to flag even a total leak (all positives hit, no negative: e.g. up to 5 positives
+and 5 negatives), or with no row for an exact check, is "too small to judge", not a pass.
 """
 
 from __future__ import annotations
@@ -55,18 +57,34 @@ class AuditRow:
     rows: int  # rows the check looked at
     passed: bool
     detail: str = ""
+    judged: bool = True  # False: too few rows for the check to flag even a total leak
+
+
+def _differ(p1: float, p2: float, hits: float, n1: int, n2: int) -> bool:
+    """Whether shares ``p1`` of ``n1`` and ``p2`` of ``n2`` (``hits`` in all) differ."""
+    pooled = hits / (n1 + n2)
+    se = math.sqrt(max(pooled * (1 - pooled), 0.0) * (1 / n1 + 1 / n2))
+    return abs(p1 - p2) > max(MIN_GAP, Z * se)
+
+
+def _too_small(n1: int, n2: int) -> bool:
+    """Whether even a total leak (every positive hit, no negative) would pass the test."""
+    return not n1 or not n2 or (not _differ(1.0, 0.0, n1, n1, n2)
+                                and not _differ(0.0, 1.0, n2, n1, n2))
 
 
 def _share_test(check: str, split: str, pos: np.ndarray, neg: np.ndarray, detail: str = ""
                 ) -> AuditRow:
     p1 = float(pos.mean()) if len(pos) else math.nan
     p2 = float(neg.mean()) if len(neg) else math.nan
-    if not len(pos) or not len(neg):
-        return AuditRow(check, split, p1, p2, len(pos) + len(neg), True, "no rows")
-    pooled = (pos.sum() + neg.sum()) / (len(pos) + len(neg))
-    se = math.sqrt(max(pooled * (1 - pooled), 0.0) * (1 / len(pos) + 1 / len(neg)))
-    passed = abs(p1 - p2) <= max(MIN_GAP, Z * se)
-    return AuditRow(check, split, p1, p2, len(pos) + len(neg), passed, detail)
+    rows = len(pos) + len(neg)
+    if _too_small(len(pos), len(neg)):
+        counts = (f"{len(pos):,} positive{'s' * (len(pos) != 1)}, "
+                  f"{len(neg):,} negative{'s' * (len(neg) != 1)}")
+        return AuditRow(check, split, p1, p2, rows, True, f"too small to judge ({counts})",
+                        judged=False)
+    passed = not _differ(p1, p2, float(pos.sum() + neg.sum()), len(pos), len(neg))
+    return AuditRow(check, split, p1, p2, rows, passed, detail)
 
 
 def _in_window(cand: np.ndarray, hist: np.ndarray, hist_len: np.ndarray) -> np.ndarray:
@@ -98,6 +116,9 @@ def pair_identity(split: str, cols: Mapping[str, np.ndarray], reps: int) -> Audi
             differing[name] = bad
     worst = max(differing.values(), default=0)
     detail = ", ".join(f"{k} ({v:,} samples)" for k, v in sorted(differing.items()))
+    if not n:
+        return AuditRow("pair_identity", split, 0.0, math.nan, 0, True,
+                        "too small to judge (0 samples)", judged=False)
     return AuditRow("pair_identity", split, float(worst), math.nan, n, not differing,
                     detail or "every non-candidate column identical within each sample")
 
@@ -210,8 +231,10 @@ def features_after_target(split: str, cols: Mapping[str, np.ndarray], schema: Sc
     detail = (f"disagree with the history: {', '.join(names)}" if names
               else "hist_len_bucket, fav_cate agree with the history" if checked
               else "no checkable user feature")
+    if not len(hist_len):
+        detail = "too small to judge (0 rows)"
     return AuditRow("features_after_target", split, float(bad), math.nan, checked, bad == 0,
-                    detail)
+                    detail, judged=len(hist_len) > 0)
 
 
 def audit(splits: Mapping[str, Mapping[str, np.ndarray]], schema: Schema, protocol: str,

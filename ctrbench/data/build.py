@@ -361,13 +361,19 @@ def data_hash(splits: Mapping[str, Mapping[str, np.ndarray]]) -> str:
     return h.hexdigest()
 
 
-def build_samples(tables: CanonicalTables, card: DatasetCard) -> BuiltData:
-    """Build the card's protocol from canonical tables (see the module docstring)."""
-    start = time.perf_counter()
+def check_protocol(card: DatasetCard) -> ProtocolParams:
+    """The card's protocol parameters; a :class:`CardError` names an unknown protocol or a
+    wrong parameter (``prepare`` calls it before any raw file is read)."""
     if card.protocol not in PROTOCOLS:
         raise CardError(f"dataset card {card.name!r}: unknown protocol {card.protocol!r}",
                         hint=f"one of: {', '.join(PROTOCOLS)}")
-    params = ProtocolParams.from_card(card)
+    return ProtocolParams.from_card(card)
+
+
+def build_samples(tables: CanonicalTables, card: DatasetCard) -> BuiltData:
+    """Build the card's protocol from canonical tables (see the module docstring)."""
+    start = time.perf_counter()
+    params = check_protocol(card)
     fields = FieldChoice.from_card(card, tables.users)
     tables.validate()
     ev = sorted_events(tables)

@@ -5,29 +5,41 @@ produced it: the resolved card (sources with their pinned checksums, reader, pro
 parameters, fields), the builder's :data:`~ctrbench.data.build.DATA_CODE_VERSION` and the sha256
 of the raw files actually used. A finished store with that key is reused (unless ``force``); any
 changed parameter, raw file or builder version gives a new key, so stale data is never reused.
-Stores are written under a temporary name and renamed when complete (``store.write_store``);
-temporary directories left by killed runs are removed once they are :data:`STALE_SECONDS` old.
+Stores are written under a temporary name and renamed when complete (``store.write_store``),
+one process per card at a time (:func:`build_lock`); a temporary directory whose writer was
+killed is removed by the next ``prepare`` (others once they are :data:`STALE_SECONDS` old). A
+damaged store is refused with its file named (``store.open_store``); ``--force`` rebuilds it.
 """
 
 from __future__ import annotations
 
-import os
+import re
 import shutil
 import time
-import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from ctrbench import __version__, paths
 from ctrbench.cards import DatasetCard, config_hash, load_dataset_card
-from ctrbench.data.build import DATA_CODE_VERSION, build_samples
+from ctrbench.data.build import DATA_CODE_VERSION, build_samples, check_protocol
 from ctrbench.data.canonical import cleaning_warnings
 from ctrbench.data.sources import read_source
-from ctrbench.data.store import PreparedData, ensure_directory, open_store, write_store
+from ctrbench.data.store import (
+    DamagedStoreError,
+    PreparedData,
+    abandoned,
+    damaged,
+    ensure_directory,
+    open_store,
+    write_store,
+)
 from ctrbench.errors import DataError
 from ctrbench.progress import message
 
 STALE_SECONDS = 3600.0
+_BUILD_LOCKS: dict[str, object] = {}  # lock path -> FileLock
 
 
 @dataclass
@@ -57,25 +69,35 @@ def store_path(card: DatasetCard, raw_sha: dict[str, str]) -> Path:
     return paths.prepared_root() / f"{card.name}-{store_key(card, raw_sha)}"
 
 
-def _open_finished(path: Path) -> PreparedData | None:
+def _open_finished(path: Path, *, damaged_ok: bool = True) -> PreparedData | None:
+    """The finished store at ``path``, else None (none there, or an incompatible format: it is
+    rebuilt). A damaged store raises :class:`DamagedStoreError` unless ``damaged_ok``."""
     if not (path / "meta.json").is_file():
         return None
     try:
         return open_store(path)
+    except DamagedStoreError:
+        if damaged_ok:
+            return None
+        raise
     except DataError:  # written by an incompatible version: rebuild
         return None
 
 
 def clean_stale_temp(name: str, older_than: float = STALE_SECONDS) -> list[Path]:
-    """Remove temporary store directories of ``name`` left by interrupted runs."""
+    """Remove temporary store directories of card ``name`` left by interrupted runs: at once
+    when their writer is known dead (:func:`store.abandoned`), else once ``older_than`` old."""
     root = paths.prepared_root()
     removed = []
     if not root.is_dir():
         return removed
     now = time.time()
+    own = re.compile(rf"\.{re.escape(name)}-[0-9a-f]{{16}}\.tmp-.*")  # not card <name>-dien's
     for tmp in root.glob(f".{name}-*.tmp-*"):
+        if not own.fullmatch(tmp.name):
+            continue
         try:
-            if now - tmp.stat().st_mtime >= older_than:
+            if abandoned(tmp) or now - tmp.stat().st_mtime >= older_than:
                 shutil.rmtree(tmp, ignore_errors=True)
                 removed.append(tmp)
         except FileNotFoundError:  # another process removed it first
@@ -120,54 +142,87 @@ def check_expected(card: DatasetCard, meta: dict) -> list[str]:
     return problems
 
 
-def _replace_store(path: Path, built, meta: dict) -> PreparedData:
-    """Write ``built`` at ``path``, replacing a finished store there (``--force``)."""
-    trash = None
-    if path.exists():
-        trash = path.with_name(f".{path.name}.tmp-old-{uuid.uuid4().hex[:8]}")
-        os.replace(path, trash)
+@contextmanager
+def build_lock(name: str) -> Iterator[None]:
+    """Hold ``<cache>/locks/prepare-<name>.lock`` (an OS lock, gone with its process): one
+    process at a time looks for, builds or replaces the stores of card ``name``; another waits
+    (saying so), then reuses what the first built."""
+    from filelock import FileLock
+
+    from ctrbench.data.raw_local import acquire_announced
+
+    folder = paths.cache_root() / "locks"
+    ensure_directory(folder, "lock folder")
+    key = str(folder / f"prepare-{name}.lock")
+    lock = _BUILD_LOCKS.setdefault(key, FileLock(key))  # re-entrant within this process
+    acquire_announced(lock, paths.prepared_root(), key)
     try:
-        data = write_store(path, built.schema, built.splits, meta)
-    except BaseException:
-        if trash is not None and not path.exists():
-            os.replace(trash, path)
-        raise
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
-    return data
+        yield
+    finally:
+        lock.release()
+
+
+def _require_own_identity(data: PreparedData, card: DatasetCard) -> None:
+    """Refuse a store whose meta.json was edited to name another dataset, card or key (keys an
+    older store lacks are not asked for)."""
+    expected = {"dataset": card.name, "card_hash": card_hash(card), "store_key": data.path.name}
+    for key, want in expected.items():
+        if key in data.meta and data.meta[key] != want:
+            raise damaged(data.path, {}, "meta.json",
+                          f"{key} is {data.meta.get(key)!r}, expected {want!r}")
+
+
+def _reusable(path: Path, strict: bool, card: DatasetCard) -> PreparedData | None:
+    """The finished store at ``path`` if it may be reused (a damaged one raises, as does one
+    whose meta.json no longer names ``card``: its identity would go into every run record)."""
+    existing = _open_finished(path, damaged_ok=False)
+    if existing is not None:
+        _require_own_identity(existing, card)
+    if existing is not None and "cleaning" not in existing.meta:
+        # built before repeated (user, item) events were dropped: rebuild under the
+        # same key; data without repeats (e.g. synthetic) comes out byte-identical
+        message(f"{path.name} was built before repeated events were dropped; rebuilding it")
+        return None
+    if existing is not None and strict:
+        revalidate_strict(existing)
+    return existing
 
 
 def prepare(name_or_card: str | DatasetCard, *, force: bool = False, strict: bool = False,
             from_dir: Path | None = None) -> PrepareResult:
     """Prepare (or reuse) the store of a dataset card; see the module docstring.
 
-    The raw files are fetched and read under the card's raw-cache lock
-    (``download.locked_raw``), which also removes what a killed run left there.
+    Holds the card's :func:`build_lock` throughout; the raw files are fetched and read under
+    the card's raw-cache lock (``download.locked_raw``), which also removes what a killed run
+    left there. The card's protocol is checked before any raw file is read.
     """
     from ctrbench.data.checksum_ledger import raw_sha256
     from ctrbench.data.download import fetch_sources, locked_raw
 
     start = time.perf_counter()
     card = _card(name_or_card)
+    check_protocol(card)
     ensure_directory(paths.prepared_root(), "prepared-data folder")  # before, not after, a build
-    with locked_raw(card):
-        files = fetch_sources(card, from_dir=Path(from_dir) if from_dir is not None else None)
-        raw_sha = raw_sha256(files)
-        path = store_path(card, raw_sha)
-        clean_stale_temp(card.name)
-        if not force:
-            existing = _open_finished(path)
-            if existing is not None and "cleaning" not in existing.meta:
-                # built before repeated (user, item) events were dropped: rebuild under the
-                # same key; data without repeats (e.g. synthetic) comes out byte-identical
-                message(f"{path.name} was built before repeated events were dropped; "
-                        "rebuilding it")
-            elif existing is not None:
-                if strict:
-                    revalidate_strict(existing)
+    with build_lock(card.name):
+        with locked_raw(card):
+            files = fetch_sources(card, from_dir=Path(from_dir) if from_dir is not None else None)
+            raw_sha = raw_sha256(files)
+            path = store_path(card, raw_sha)
+            clean_stale_temp(card.name)
+            existing = None if force else _reusable(path, strict, card)
+            if existing is not None:
                 return PrepareResult(existing, True, time.perf_counter() - start)
-        message(f"preparing {card.name}: reading {', '.join(sorted(files)) or 'generated data'}")
-        tables = read_source(card, files, strict=strict)
+            replace = path.exists() or path.is_symlink()  # else a store found later is kept
+            message(f"preparing {card.name}: reading "
+                    f"{', '.join(sorted(files)) or 'generated data'}")
+            tables = read_source(card, files, strict=strict)
+        data = _build_store(card, tables, path, raw_sha, replace, start)
+    return PrepareResult(data, False, time.perf_counter() - start)
+
+
+def _build_store(card: DatasetCard, tables, path: Path, raw_sha: dict[str, str],
+                 replace: bool, start: float) -> PreparedData:
+    """Build the card's samples from ``tables`` and write them at ``path`` (warnings said)."""
     for report in tables.reports:
         message(report.summary())
     for line in cleaning_warnings(tables.cleaning):
@@ -186,8 +241,7 @@ def prepare(name_or_card: str | DatasetCard, *, force: bool = False, strict: boo
     for problem in meta["expected_mismatches"]:
         message(f"warning: {card.name}: {problem} (card [expected])")
     meta["prepare_seconds"] = round(time.perf_counter() - start, 3)
-    data = _replace_store(path, built, meta)
-    return PrepareResult(data, False, time.perf_counter() - start)
+    return write_store(path, built.schema, built.splits, meta, replace=replace)
 
 
 def revalidate_strict(data: PreparedData) -> None:

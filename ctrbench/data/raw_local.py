@@ -280,12 +280,12 @@ def raw_lock(*folders: Path) -> Iterator[None]:
             except OSError as exc:
                 raise DataError(f"cannot create the raw cache {folder}: {exc}") from None
             key = str(folder.parent / f".{folder.name}{LOCK_NAME}")
-            _acquire(_LOCKS.setdefault(key, FileLock(key)), folder, key)
+            acquire_announced(_LOCKS.setdefault(key, FileLock(key)), folder, key)
             stack.callback(_LOCKS[key].release)  # type: ignore[attr-defined]
         yield
 
 
-def _acquire(lock, folder: Path, key: str) -> None:
+def acquire_announced(lock, folder: Path, key: str) -> None:
     """Take ``lock``; say so first when another process holds it (a download may be long)."""
     from filelock import Timeout
 

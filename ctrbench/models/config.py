@@ -91,7 +91,7 @@ class Number(Rule):
     def check(self, value: Any) -> float:
         if not _is_number(value):
             raise self.fail(value)
-        value = float(value)
+        value = float(value) + 0.0  # -0.0 -> 0.0: one number, one spelling in the run id
         if not math.isfinite(value):
             raise self.fail(value)
         too_low = value <= self.low if self.low_open else not value >= self.low

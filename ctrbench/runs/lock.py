@@ -4,7 +4,8 @@ same (dataset, model, seed) at once.
 The lock is an OS lock (``flock``, through the ``filelock`` package) on ``seed-<k>.lock`` beside
 the record: the kernel drops it when its process dies, however it dies (kill -9 included), so a
 dead owner never blocks anyone and no staleness has to be guessed. The holder writes its pid,
-host and start time into the file (for the "in progress (pid N on host)" message only). On
+host, start time and run id into the file (for the messages only: "in progress (pid N on
+host)", or that another configuration holds it; files of older versions hold no run id). On
 release the holder unlinks the file while it still holds the lock; a peer that opened the old
 file meanwhile sees it unlinked (filelock checks ``st_nlink``) and tries the path again, so two
 processes never both believe they hold the lock. A lock file left by a killed process is empty
@@ -57,10 +58,12 @@ def process_start_time(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else None
 
 
-def owner_info() -> dict[str, Any]:
-    """What a holder writes into its lock file: pid, host and process start time."""
-    return {"pid": os.getpid(), "host": socket.gethostname(),
+def owner_info(run_id: str | None = None) -> dict[str, Any]:
+    """What a holder writes into its lock file: pid, host, process start time and, when given,
+    the run id it works on."""
+    info = {"pid": os.getpid(), "host": socket.gethostname(),
             "start": process_start_time(os.getpid())}
+    return info if run_id is None else {**info, "run_id": run_id}
 
 
 def _file_lock(path: Path) -> FileLock:
@@ -79,8 +82,9 @@ class RunLock:
     disk): the caller turns it into a clear message before any work starts.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, run_id: str | None = None) -> None:
         self.path = Path(path)
+        self.run_id = run_id  # written into the file for a contender's message
         self.acquired = False
         self.holder: dict[str, Any] | None = None
         self._lock = _file_lock(self.path)
@@ -137,7 +141,7 @@ class RunLock:
             self._inode = (stat.st_dev, stat.st_ino)
             self.acquired = True
             try:  # informational only: a full disk must not cost us the lock
-                self.path.write_text(json.dumps(owner_info(), sort_keys=True))
+                self.path.write_text(json.dumps(owner_info(self.run_id), sort_keys=True))
             except OSError:
                 pass
             return True

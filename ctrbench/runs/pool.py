@@ -4,8 +4,10 @@
 survive the death of one worker (kill -9, an OOM kill, a crash in native code): the whole pool
 breaks, the other workers are terminated mid-run and every pending task fails with
 ``BrokenProcessPool``. Here the parent knows which task each worker holds (it sends one task
-at a time over the worker's own pipe): when a worker dies, ``on_lost(index, exitcode)`` gives
-that task's result, a new worker takes the next task, and the others go on undisturbed.
+at a time over the worker's own pipe, and the worker says when it takes it): when a worker dies
+holding a task it took, ``on_lost(index, exitcode)`` gives that task's result; a task sent to a
+worker that died before taking it (killed while idle between two tasks) goes to a new worker.
+A new worker takes the next task, and the others go on undisturbed.
 
 The parent waits on the workers' pipes and process sentinels (no polling, no timeouts). On any
 exception in the parent (Ctrl-C, SIGTERM) every worker is sent SIGTERM, joined (``GRACE_S``),
@@ -24,13 +26,14 @@ from dataclasses import dataclass
 from typing import Any
 
 GRACE_S = 30.0  # seconds a terminated worker gets to release its lock before it is killed
+TAKEN, DONE = "taken", "done"  # a worker's two messages per task
 
 
 def worker_loop(conn: Any, init: Callable[..., None], init_args: tuple,
                 call: Callable[[Any], Any]) -> None:
-    """In the child: ``init(*init_args)``, then answer each ``(index, payload)`` received with
-    ``(index, call(payload))`` until ``None`` or the parent's end closes. ``SystemExit``
-    (SIGTERM) exits at once: no further task is started."""
+    """In the child: ``init(*init_args)``, then for each ``(index, payload)`` received send
+    ``(TAKEN, index)`` and then ``(DONE, index, call(payload))``, until ``None`` or the parent's
+    end closes. ``SystemExit`` (SIGTERM) exits at once: no further task is started."""
     try:
         init(*init_args)
         while True:
@@ -38,8 +41,9 @@ def worker_loop(conn: Any, init: Callable[..., None], init_args: tuple,
             if message is None:
                 return
             index, payload = message
-            conn.send((index, call(payload)))
-    except EOFError:  # the parent is gone
+            conn.send((TAKEN, index))
+            conn.send((DONE, index, call(payload)))
+    except (EOFError, BrokenPipeError):  # the parent is gone
         return
     except SystemExit as exc:
         os._exit(exc.code if isinstance(exc.code, int) else 1)
@@ -68,7 +72,22 @@ class _Worker:
     conn: Any
     slot: int
     task: int | None = None
+    taken: bool = False  # it said it took ``task``: its death then loses the task
     answered: int = 0
+
+
+def _receive(worker: _Worker) -> tuple[tuple[Any] | None, bool]:
+    """Read what ``worker`` sent: ``((result,), _)`` once it answered, else ``(None, gone)``
+    where ``gone`` says its pipe is closed (it died). Notes a ``TAKEN``."""
+    try:
+        while worker.conn.poll():
+            message = worker.conn.recv()
+            if message[0] == DONE:
+                return (message[2],), False
+            worker.taken = True
+    except Exception:  # EOF, or cut short by its death
+        return None, True
+    return None, False
 
 
 def run_tasks(payloads: Sequence[Any], *, workers: int, init: Callable[..., None],
@@ -102,15 +121,20 @@ def run_tasks(payloads: Sequence[Any], *, workers: int, init: Callable[..., None
         index = todo.popleft()
         try:
             worker.conn.send((index, payloads[index]))
-        except OSError:  # it died: after a task, the next goes back; before any, it is lost
+        except OSError:  # it died before taking the task
             retire(worker)
-            if worker.answered:
-                todo.appendleft(index)
-            else:  # a worker that cannot start would else be replaced forever
-                on_lost(index, worker.process.exitcode)
+            untaken(worker, index)
             return
-        worker.task = index
+        worker.task, worker.taken = index, False
         busy.append(worker)
+
+    def untaken(worker: _Worker, index: int) -> None:
+        """A task whose worker died before taking it goes back, unless that worker never took
+        any (one that cannot start would else be replaced forever): then it is lost."""
+        if worker.answered:
+            todo.appendleft(index)
+        else:
+            on_lost(index, worker.process.exitcode)
 
     def retire(worker: _Worker) -> None:
         worker.conn.close()
@@ -125,18 +149,20 @@ def run_tasks(payloads: Sequence[Any], *, workers: int, init: Callable[..., None
             ready = multiprocessing.connection.wait(
                 [w.conn for w in busy] + [w.process.sentinel for w in busy])
             for worker in [w for w in busy if w.conn in ready or w.process.sentinel in ready]:
-                try:
-                    answer = worker.conn.recv() if worker.conn.poll() else None
-                except Exception:  # EOF, or cut short by its death
-                    answer = None
+                answer, gone = _receive(worker)
+                if answer is None and not (gone or worker.process.sentinel in ready):
+                    continue  # it took its task and is working on it
                 busy.remove(worker)
                 index, worker.task = worker.task, None
-                if answer is None:  # died holding the task
+                if answer is None:  # died holding the task, taken or not
                     retire(worker)
-                    on_lost(index, worker.process.exitcode)
+                    if worker.taken:
+                        on_lost(index, worker.process.exitcode)
+                    else:
+                        untaken(worker, index)
                     continue
                 worker.answered += 1
-                on_done(index, answer[1])
+                on_done(index, answer[0])
                 if todo:
                     give(worker)
                 else:

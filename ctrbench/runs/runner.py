@@ -24,11 +24,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import os
 import signal
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,7 @@ from ctrbench.cards import (
     parse_set_option,
     resolve_model_spec,
 )
-from ctrbench.data.store import PreparedData
+from ctrbench.data.store import SPLITS, PreparedData
 from ctrbench.engine.threads import apply_threads, default_threads
 from ctrbench.errors import CardError, CtrbenchError, WriteError, install_termination_handler
 from ctrbench.paths import ensure_writable_dir
@@ -83,8 +85,13 @@ class RunSpec:
 @dataclass
 class RunResult:
     spec: RunSpec
-    status: str  # finished | failed | skipped | locked | interrupted | refused | unsaved
+    # finished | failed | skipped | locked (this run, going on elsewhere) | queued (on Slurm)
+    # | interrupted | refused | unsaved
+    status: str
     detail: str = ""
+
+
+NOT_DONE = ("failed", "refused", "unsaved")  # statuses after which `run` exits 1
 
 
 @dataclass
@@ -177,22 +184,49 @@ def resolve_cards(models: str | Sequence[str], overrides: Overrides | None = Non
                         hint="add the model to --models, or drop the override")
     cards = []
     for name in names:
-        card = load_model_card(name).with_overrides(overrides.for_model(name))
+        written = load_model_card(name)
+        card = written.with_overrides(overrides.for_model(name))
         if epochs is not None:
             if epochs < 1:
                 raise CardError("--epochs must be >= 1")
             card = card.with_overrides({"train": {"epochs": min(card.train.epochs, epochs)}})
         _check_params(card)
-        cards.append(_one_spelling(card))
+        cards.append(_one_spelling(card, written.params))
     return cards
 
 
-def _one_spelling(card: ModelCard) -> ModelCard:
-    """``card`` with its params in their rules' form, so that ``dropout=0`` and ``0.0`` are
-    one configuration with one run id (the built-in cards are unchanged by it)."""
+def check_buildable(cards: Sequence[ModelCard], dataset: DatasetHandle) -> None:
+    """Build each card's model once on ``dataset``'s schema before any run starts: the checks
+    that need the schema (MIAN's ``heads`` dividing its width, IUIM without user fields) fail
+    the command once, as one CardError naming every model they refuse, not each run."""
+    from ctrbench.engine.train import build_for_training
+    from ctrbench.errors import CtrbenchError
+
+    refused: dict[str, CtrbenchError] = {}
+    for card in cards:
+        try:
+            build_for_training(card, dataset.data.schema)
+        except CtrbenchError as exc:
+            refused[card.name] = exc
+    if refused:
+        hints = [exc.hint for exc in refused.values() if exc.hint]
+        raise CardError("; ".join(f"model {name!r} cannot be built for dataset {dataset.name!r}: "
+                                  f"{exc.args[0]}" for name, exc in refused.items()),
+                        hint="; ".join([*dict.fromkeys(hints), "nothing was run"]))
+
+
+def _one_spelling(card: ModelCard, written: Mapping[str, Any]) -> ModelCard:
+    """``card`` with its params in their rules' form (``dropout=0`` and ``0.0`` are one
+    configuration) and without overrides that change nothing: a parameter the card as
+    ``written`` does not list, set to its default, and ``sparse`` (which ``train.optimizer``
+    decides). One configuration, one run id; the built-in cards keep theirs."""
     from ctrbench.models import config_of
 
-    return dataclasses.replace(card, params=config_of(card.arch).normalised(card.params))
+    config = config_of(card.arch)
+    params, defaults = config.normalised(card.params), config().as_params()
+    kept = {key: value for key, value in params.items() if key != "sparse"
+            and (key in written or value != defaults[key])}
+    return dataclasses.replace(card, params=kept)
 
 
 def run_id(dataset: DatasetHandle, card: ModelCard, seed: int) -> str:
@@ -227,6 +261,36 @@ def pending(specs: Sequence[RunSpec], force: bool = False) -> list[RunSpec]:
 
 def lock_path(record_file: Path) -> Path:
     return record_file.with_suffix(".lock")
+
+
+def _lock_failure(lock: RunLock, exc: OSError) -> str:
+    return f"cannot create the lock file {lock.path}: {exc.strerror or exc}"
+
+
+def _other_holder(spec: RunSpec, lock: RunLock) -> str | None:
+    """Who holds the run's lock when it is another configuration of this (model, seed) (its
+    run id differs), in words; None when it runs this very run, or names no run id (a lock
+    file of an older ctrbench)."""
+    holder = lock.holder or {}
+    other = holder.get("run_id")
+    if other is None or other == spec.run_id:
+        return None
+    return (f"{lock.path} is held by run {other}, another configuration of this model and "
+            f"seed (pid {holder.get('pid')} on {holder.get('host', '?')})")
+
+
+def _held(spec: RunSpec, lock: RunLock) -> RunResult:
+    """The result of a run whose lock another process holds: ``locked`` when that process runs
+    this very run; ``refused`` when it runs another configuration, whose finished record would
+    then block this one (never done, so never reported as in progress)."""
+    other = _other_holder(spec, lock)
+    if other is not None:
+        return RunResult(spec, "refused", f"not run: {other}; run again once it has ended "
+                                          "(with --force to replace its record), or use "
+                                          "--results DIR to keep both")
+    holder = lock.holder or {}
+    return RunResult(spec, "locked", f"in progress (pid {holder.get('pid')} on "
+                                     f"{holder.get('host', '?')})")
 
 
 # --------------------------------------------------------------------------- one run
@@ -269,17 +333,14 @@ def execute_one(spec: RunSpec, dataset: DatasetHandle, *, device: str = "auto",
     from ctrbench.engine.train import resolve_device, train_and_evaluate
     from ctrbench.environment import environment
 
-    lock = RunLock(lock_path(spec.record_file))
+    lock = RunLock(lock_path(spec.record_file), run_id=spec.run_id)
     try:
         acquired = lock.acquire()
-    except OSError as exc:
-        raise CtrbenchError(f"cannot create the lock file {lock.path}: {exc.strerror or exc}",
-                            hint="the results directory must be writable (and not full)"
-                            ) from None
+    except OSError as exc:  # the other runs go on (the directory was writable at the start)
+        return RunResult(spec, "failed", f"{_lock_failure(lock, exc)} (the results directory "
+                                         "must be writable and not full)")
     if not acquired:
-        holder = lock.holder or {}
-        return RunResult(spec, "locked", f"in progress (pid {holder.get('pid')} on "
-                                         f"{holder.get('host', '?')})")
+        return _held(spec, lock)
     try:
         state = record_state(spec)
         if not force and state.kind == "finished":
@@ -365,16 +426,16 @@ def record_failed(spec: RunSpec, dataset: DatasetHandle, error: str,
     finished record (with ``since``, a forced rerun's start in ISO UTC, only one written from
     then counts: an older one is kept and the run reported failed) or a protected one
     (:func:`record_state`), which is kept."""
-    lock = RunLock(lock_path(spec.record_file))
+    lock = RunLock(lock_path(spec.record_file), run_id=spec.run_id)
     try:
         acquired = lock.acquire()
     except OSError as exc:  # the other runs go on: no exception out of the caller's loop
-        return RunResult(spec, "failed", f"{error} (not recorded: cannot create the lock file "
-                                         f"{lock.path}: {exc.strerror or exc})")
+        return RunResult(spec, "failed", f"{error} (not recorded: {_lock_failure(lock, exc)})")
     if not acquired:
-        holder = lock.holder or {}
-        return RunResult(spec, "locked", f"in progress (pid {holder.get('pid')} on "
-                                         f"{holder.get('host', '?')})")
+        other = _other_holder(spec, lock)
+        if other is not None:  # this run is not going on elsewhere: it failed
+            return RunResult(spec, "failed", f"{error} (not recorded: {other})")
+        return _held(spec, lock)
     try:
         _clean_stale_temporaries(spec.record_file)  # the dead process's, if it was writing
         state = record_state(spec)
@@ -396,6 +457,22 @@ def record_failed(spec: RunSpec, dataset: DatasetHandle, error: str,
         lock.release()
 
 
+def _check_locking(directory: Path) -> None:
+    """Take and release a run lock in ``directory`` before any training: a file system without
+    ``flock`` stops the command with one message instead of failing every run alike."""
+    probe = RunLock(directory / f".ctrbench-lock-probe-{os.getpid()}.lock")
+    try:
+        probe.acquire()
+    except OSError as exc:
+        with contextlib.suppress(OSError):  # what filelock created before flock failed
+            probe.path.unlink(missing_ok=True)
+        raise CtrbenchError(f"cannot lock run records in {directory}: {exc.strerror or exc}",
+                            hint="runs need a file system with working flock (local disks, "
+                                 "NFSv4, Lustre with flock)") from None
+    finally:
+        probe.release()
+
+
 def _plugin_modules(specs: Sequence[RunSpec]) -> list[str]:
     from ctrbench.models import ARCHITECTURES
 
@@ -405,8 +482,14 @@ def _plugin_modules(specs: Sequence[RunSpec]) -> list[str]:
 
 def execute(specs: Sequence[RunSpec], dataset: DatasetHandle, *, device: str = "auto",
             jobs: int = 1, devices: Sequence[str] = (), force: bool = False,
-            show_progress: bool = True, threads: int | None = None) -> list[RunResult]:
+            show_progress: bool = True, threads: int | None = None,
+            held: Mapping[int, RunResult] | None = None) -> list[RunResult]:
     """Run every spec not finished yet (all with ``force``); returns one result per spec.
+
+    A split of the prepared data that no longer matches its ``meta.json`` raises
+    :class:`~ctrbench.data.store.DamagedStoreError` first.
+    ``held``: ``id(spec) -> result`` decided elsewhere and not run here (a run queued on Slurm,
+    :func:`ctrbench.runs.slurm_runs.held_by_slurm`).
 
     A spec whose record file holds a finished record of another configuration, or a file this
     ctrbench cannot read, is refused (unless ``force``). Raises :class:`CtrbenchError` before
@@ -416,11 +499,18 @@ def execute(specs: Sequence[RunSpec], dataset: DatasetHandle, *, device: str = "
     """
     for directory in sorted({s.record_file.parent for s in specs}):
         ensure_writable_dir(directory, "run records")
-    results: dict[int, RunResult] = {}
+        _check_locking(directory)
+    if specs:  # a damaged split is named now, not after a run's training
+        for split in SPLITS:
+            dataset.data.check_split(split)
+    results = dict(held or {})
     todo = []
-    for spec in specs:
+    for spec in (s for s in specs if id(s) not in results):
         state = record_state(spec)
-        if state.kind == "finished" and not force:
+        if spec.record_file.is_dir():  # the run could never be saved: refuse, do not train
+            results[id(spec)] = RunResult(spec, "refused", f"{spec.record_file} is a "
+                                          "directory, not a run record: move it away")
+        elif state.kind == "finished" and not force:
             results[id(spec)] = RunResult(spec, "skipped", "finished")
         elif state.protected and not force:
             results[id(spec)] = RunResult(spec, "refused", refusal(state))
@@ -472,90 +562,6 @@ def _execute_parallel(todo: Sequence[RunSpec], dataset: DatasetHandle, device: s
                                       threads, modules, mode, dataset),
               call=_worker_run, on_done=done, on_lost=lost)
     return [results.get(i, RunResult(s, "interrupted")) for i, s in enumerate(todo)]
-
-
-# --------------------------------------------------------------------------- summaries
-def leaderboard(specs: Sequence[RunSpec]) -> tuple[list[list[Any]], list[list[Any]]]:
-    """Rows (model, seeds finished, test AUC mean ± std, logloss, s/epoch) and the runs not
-    counted (failed, or a record that is not this run's: :func:`record_state`, the rule the
-    skip logic uses too)."""
-    rows: list[list[Any]] = []
-    failed: list[list[Any]] = []
-    by_model: dict[str, list[RunSpec]] = {}
-    for spec in specs:
-        by_model.setdefault(spec.model, []).append(spec)
-    for model, model_specs in by_model.items():
-        aucs, losses, epoch_seconds = [], [], []
-        for spec in model_specs:
-            state = record_state(spec)
-            record = state.record
-            auc = _number(record.test.get("auc")) if record is not None else 0.0
-            if state.kind == "finished" and not np.isfinite(auc):  # as `report`: left out
-                failed.append([model, spec.seed, f"test AUC not finite ({auc}) in the finished "
-                                                 "record: left out of the means"])
-            elif state.kind == "finished" and record is not None:
-                aucs.append(auc)
-                losses.append(_number(record.test.get("logloss")))
-                epoch_seconds.extend(e.train_seconds for e in record.epochs)
-            elif state.kind == "failed" and record is not None:
-                failed.append([model, spec.seed, record.error or ""])
-            elif state.kind in ("other", "inconsistent", "unreadable", "damaged"):
-                failed.append([model, spec.seed, f"not counted: {state.detail}"])
-        rows.append([model, f"{len(aucs)}/{len(model_specs)}", _mean_std(aucs),
-                     _mean_std(losses), f"{np.mean(epoch_seconds):.1f}" if epoch_seconds else "–"])
-    return rows, failed
-
-
-def _number(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def _mean_std(values: Sequence[float]) -> str:
-    if not values:
-        return "–"
-    arr = np.asarray(values, dtype=np.float64)
-    std = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-    return f"{arr.mean():.4f} ± {std:.4f}"
-
-
-def _shell_word(word: str) -> str:
-    """``word`` quoted for bash: :func:`shlex.quote`, or ``$'...'`` when it holds a control
-    character (a newline would split a plan's one-command line in two)."""
-    import shlex
-
-    if not any(ord(c) < 32 or ord(c) == 127 for c in word):
-        return shlex.quote(word)
-    escaped = "".join("\\\\" if c == "\\" else "\\'" if c == "'"
-                      else f"\\x{ord(c):02x}" if ord(c) < 32 or ord(c) == 127 else c
-                      for c in word)
-    return f"$'{escaped}'"
-
-
-def plan_commands(specs: Sequence[RunSpec], *, results_root: Path, device: str,
-                  config_file: Path | None, set_items: Sequence[str],
-                  epochs: int | None, force: bool = False) -> list[str]:
-    """One self-contained ``ctrbench run`` command line per spec (bash syntax: one line each,
-    whatever the values hold)."""
-    commands = []
-    for spec in specs:
-        parts = ["ctrbench", "run", "--models", spec.model, "--dataset", spec.dataset,
-                 "--seed-list", str(spec.seed), "--results", str(Path(results_root).resolve()),
-                 "--device", device]
-        if epochs is not None:
-            parts += ["--epochs", str(epochs)]
-        if force:
-            parts.append("--force")
-        if config_file is not None:
-            parts += ["--config", str(Path(config_file).resolve())]
-        for item in set_items:
-            key = item.split("=", 1)[0]
-            if ":" not in key or key.split(":", 1)[0] == spec.model:
-                parts += ["--set", item]
-        commands.append(" ".join(_shell_word(part) for part in parts))
-    return commands
 
 
 def default_dataset_loader(name: str) -> DatasetHandle:

@@ -29,7 +29,7 @@ WAITING_STATES = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SUSPEND
                   "RESV_DEL_HOLD", "SPECIAL_EXIT"}
 # Slurm's time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
 _TIME = re.compile(r"^(\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2})$")
-COMMAND_TIMEOUT_S = 60
+COMMAND_TIMEOUT_S = 60  # default wait for sbatch/squeue; $CTRBENCH_SLURM_TIMEOUT to change
 # sbatch options that ctrbench writes itself: another value would break the link between array
 # tasks, manifest entries and log files (--array: tasks without a run; --output/--error: logs
 # where nothing looks; --chdir: relative paths elsewhere; --wrap: no script at all)
@@ -107,17 +107,35 @@ def require_slurm() -> None:
                                  "`eval \"$(bash .ci/slurm.sh)\"`)")
 
 
+class NoAnswer(CtrbenchError):
+    """A Slurm command that did not answer in time: it may still have acted (sbatch)."""
+
+
+def command_timeout() -> float:
+    """Seconds to wait for sbatch or squeue (``$CTRBENCH_SLURM_TIMEOUT``, default 60)."""
+    value = os.environ.get("CTRBENCH_SLURM_TIMEOUT", "")
+    try:
+        seconds = float(value) if value else float(COMMAND_TIMEOUT_S)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise CtrbenchError(f"CTRBENCH_SLURM_TIMEOUT={value!r} is not a number of seconds > 0")
+    return seconds
+
+
 def _call(args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    timeout = command_timeout()
     try:
         return subprocess.run(list(args), capture_output=True, text=True, check=False,
-                              timeout=COMMAND_TIMEOUT_S,
+                              timeout=timeout,
                               env=None if env is None else {**os.environ, **env})
     except FileNotFoundError:
         require_slurm()
         raise
     except subprocess.TimeoutExpired:
-        raise CtrbenchError(f"`{shlex.join(args)}` did not answer in {COMMAND_TIMEOUT_S} s",
-                            hint="is slurmctld reachable? try `scontrol ping`") from None
+        raise NoAnswer(f"`{shlex.join(args)}` did not answer in {timeout:g} s",
+                       hint="is slurmctld reachable? try `scontrol ping`; "
+                            "CTRBENCH_SLURM_TIMEOUT=<seconds> waits longer") from None
 
 
 def _directive(option: str, value: object) -> str:

@@ -3,7 +3,8 @@
 - Submission: the dataset is prepared on the submitting host first (so no two tasks ever build
   the same store); a submission directory ``<results>/slurm/<stamp>/`` holds ``manifest.json``
   (store path, resolved model cards, run ids, record paths), ``job.sh`` and ``logs/<job>_<i>.log``.
-  Each run gets a marker ``seed-<k>.slurm-job`` beside its record naming its job and task.
+  Each run gets a marker ``seed-<k>.<run id>.slurm-job`` beside its record naming its job and
+  task (one per run id: two configurations of one seed never share a marker).
 - Tasks (:mod:`ctrbench.runs.slurm_task`) open the prepared store, check the run id, and run
   :func:`ctrbench.runs.runner.execute_one` (same lock, same record, same results directory as a
   local run). SIGTERM (``scancel``, time limit, preemption) is recorded as a failed run.
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ctrbench import progress
 from ctrbench.errors import CtrbenchError
 from ctrbench.record import atomic_write_text, read_record
 from ctrbench.runs import runner, slurm
@@ -60,20 +62,42 @@ class Tracked:
 
 
 # --------------------------------------------------------------------------- markers
-def marker_path(record_file: Path) -> Path:
-    return Path(record_file).with_suffix(".slurm-job")
+def marker_path(record_file: Path, run_id: str | None = None) -> Path:
+    """``seed-<k>.<run id>.slurm-job``: one marker per run id, so that two configurations of
+    one (model, seed) never share one. Without ``run_id``: the one-per-record-file marker
+    ``seed-<k>.slurm-job`` of earlier versions (still read, for its own run id only)."""
+    record_file = Path(record_file)
+    if run_id is None:
+        return record_file.with_suffix(".slurm-job")
+    return record_file.with_name(f"{record_file.stem}.{run_id}.slurm-job")
 
 
-def read_marker(record_file: Path) -> dict[str, Any] | None:
+def _load_marker(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(marker_path(record_file).read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):  # (json.JSONDecodeError and UnicodeDecodeError too)
         return None
-    return data if isinstance(data, dict) and "job_id" in data else None
+    if not isinstance(data, dict) or not str(data.get("job_id", "")).isdigit():
+        return None
+    return data if isinstance(data.get("index"), int) else None
 
 
-def write_marker(record_file: Path, data: dict[str, Any]) -> None:
-    atomic_write_text(marker_path(record_file), json.dumps(data, indent=2, sort_keys=True) + "\n")
+def read_marker(spec: RunSpec) -> dict[str, Any] | None:
+    """The marker of the spec's run id (its own file, else an earlier version's
+    one-per-record-file marker when that names the same run id); None when there is none."""
+    for path in (marker_path(spec.record_file, spec.run_id), marker_path(spec.record_file)):
+        data = _load_marker(path)
+        if data is not None and data.get("run_id") == spec.run_id:
+            return data
+    return None
+
+
+def write_marker(spec: RunSpec, data: dict[str, Any]) -> None:
+    atomic_write_text(marker_path(spec.record_file, spec.run_id),
+                      json.dumps(data, indent=2, sort_keys=True) + "\n")
+    legacy = marker_path(spec.record_file)
+    if (_load_marker(legacy) or {}).get("run_id") == spec.run_id:
+        legacy.unlink(missing_ok=True)  # superseded: never read in place of the new one
 
 
 def _now() -> str:
@@ -175,8 +199,7 @@ def reconcile(specs: Sequence[RunSpec], dataset: DatasetHandle, force: bool = Fa
               ) -> tuple[list[RunResult], list[Tracked], list[RunSpec]]:
     """Split specs into done (finished records), attached (their task is queued or running)
     and to-submit (missing, failed, or whose task ended without a record: recorded failed)."""
-    markers = {id(s): m for s in specs
-               if (m := read_marker(s.record_file)) is not None and m.get("run_id") == s.run_id}
+    markers = {id(s): m for s in specs if (m := read_marker(s)) is not None}
     states = slurm.query(m["job_id"] for m in markers.values())
     done: list[RunResult] = []
     attached: list[Tracked] = []
@@ -207,6 +230,41 @@ def reconcile(specs: Sequence[RunSpec], dataset: DatasetHandle, force: bool = Fa
     return done, attached, todo
 
 
+def held_by_slurm(specs: Sequence[RunSpec], force: bool = False) -> dict[int, RunResult]:
+    """For a local run: ``id(spec) -> RunResult(spec, "queued", ...)`` for every spec whose
+    Slurm task (its marker's) is still queued or running, so that it is not run twice. Nothing
+    is held with ``force``, nor when no marker names a task Slurm still lists; when Slurm
+    cannot be asked (its commands missing, the controller down) nothing is held either, and a
+    line says so (the run's lock and record rules still keep either run from overwriting the
+    other's finished record)."""
+    markers = {} if force else {id(s): m for s in specs if (m := read_marker(s)) is not None
+                                and runner.finished_record(s) is None}
+    if not markers:
+        return {}
+    try:
+        states = slurm.query(m["job_id"] for m in markers.values())
+    except CtrbenchError as exc:
+        progress.message(f"warning: cannot ask Slurm about the runs it was given ({exc}); "
+                         "running them here")
+        return {}
+    held = {}
+    for spec in specs:
+        marker = markers.get(id(spec))
+        state = states.get((marker["job_id"], marker["index"])) if marker else None
+        if state is not None and state.active:
+            held[id(spec)] = RunResult(spec, "queued", _queued_here(marker, state))
+            progress.message(f"{spec.model} seed {spec.seed}: {held[id(spec)].detail}")
+    return held
+
+
+def _queued_here(marker: dict[str, Any], state: slurm.TaskState) -> str:
+    task = f"{marker['job_id']}_{marker['index']}"
+    now = " ".join(filter(None, ("pending" if state.waiting else "running", _where(state))))
+    return (f"queued on Slurm as task {task}, {now}; not run here. Wait for it: the same "
+            f"command with --executor slurm; cancel it: scancel {task}; or --force to run it "
+            "here as well")
+
+
 # --------------------------------------------------------------------------- submit
 def task_command(manifest: Path, kind: str = "run",
                  module: str = "ctrbench.runs.slurm_task") -> list[str]:
@@ -219,6 +277,28 @@ def new_submission_dir(results_root: Path) -> Path:
     path = Path(results_root).resolve() / "slurm" / f"{stamp}-{uuid.uuid4().hex[:6]}"
     (path / "logs").mkdir(parents=True)
     return path
+
+
+def sbatch_submission(sub: Path, job_name: str, env: dict[str, str] | None = None) -> str:
+    """``sbatch`` the ``job.sh`` of submission directory ``sub``; writes ``sub/job_id`` and
+    returns the job id. A refused submission leaves no directory behind; one that sbatch did
+    not answer in time keeps it (the job may exist and its tasks need the manifest) and says
+    how to look for the job."""
+    try:
+        job_id = slurm.submit(sub / "job.sh", env=env)
+    except slurm.NoAnswer as exc:
+        raise CtrbenchError(
+            f"{exc.args[0]}: the job array may have been submitted all the same; its script, "
+            f"manifest and logs are kept in {sub}",
+            hint=f"look for it with `squeue -u $USER --name={job_name} -o '%i %V'` (one "
+                 f"submitted at {_now()[11:19]} UTC is this one): its tasks run as usual; "
+                 "`scancel` it before you run the command again, else its runs are submitted "
+                 "twice. CTRBENCH_SLURM_TIMEOUT=<seconds> waits longer") from None
+    except BaseException:  # refused: leave no submission directory behind
+        shutil.rmtree(sub, ignore_errors=True)
+        raise
+    atomic_write_text(sub / "job_id", job_id + "\n")
+    return job_id
 
 
 def submit_runs(todo: Sequence[RunSpec], dataset: DatasetHandle, options: slurm.SlurmOptions, *,
@@ -241,15 +321,10 @@ def submit_runs(todo: Sequence[RunSpec], dataset: DatasetHandle, options: slurm.
         job_name=f"ctrbench-{dataset.name}", n_tasks=len(todo), log_dir=sub / "logs",
         chdir=Path.cwd(), command=task_command(manifest_file), options=options))
     submitted_at = _now()
-    try:
-        job_id = slurm.submit(script)
-    except BaseException:  # refused: leave no submission directory behind
-        shutil.rmtree(sub, ignore_errors=True)
-        raise
-    atomic_write_text(sub / "job_id", job_id + "\n")
+    job_id = sbatch_submission(sub, f"ctrbench-{dataset.name}")
     tracked = []
     for index, spec in enumerate(todo):
-        write_marker(spec.record_file, {
+        write_marker(spec, {
             "job_id": job_id, "index": index, "run_id": spec.run_id, "submission": str(sub),
             "log": str(sub / "logs" / f"{job_id}_{index}.log"), "submitted_at": submitted_at,
             "force": bool(force)})
@@ -302,7 +377,7 @@ def poll(tracked: Sequence[Tracked], dataset: DatasetHandle,
             elif t.ended_at is None:
                 t.ended_at = now  # give the record SETTLE_S to show up on a shared disk
             elif now - t.ended_at >= SETTLE_S:
-                marker = read_marker(t.spec.record_file) or {
+                marker = read_marker(t.spec) or {
                     "job_id": t.job_id, "index": t.index, "force": t.force,
                     "submitted_at": t.submitted_at}
                 result = record_lost(t.spec, dataset, marker, state)

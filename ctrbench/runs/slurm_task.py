@@ -8,7 +8,8 @@
 - ``tune`` tasks have their own entry point, :mod:`ctrbench.tune.slurm_task` (tune sits above
   runs), which shares this module's set-up and dispatch (:func:`task_main`).
 
-Exit status: 0 finished (or skipped / locked elsewhere), 1 failed, 2 a bad manifest, 143 killed.
+Exit status: 0 finished (or skipped / locked by this run elsewhere), 1 failed, refused (e.g.
+another configuration holds the run's lock) or unsaved, 2 a bad manifest, 143 killed.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def run_task(manifest: dict[str, Any], index: int) -> int:
     from ctrbench.data.store import open_store
     from ctrbench.errors import CtrbenchError
     from ctrbench.runs import runner
-    from ctrbench.runs.runner import record_failed
+    from ctrbench.runs.runner import NOT_DONE, record_failed
     from ctrbench.runs.slurm_runs import _now
 
     started = _now()
@@ -111,9 +112,10 @@ def run_task(manifest: dict[str, Any], index: int) -> int:
             task_error(result.detail)
         return 143
     task_log(f"{spec.model} seed {spec.seed}: {result.status} {result.detail}")
-    if result.status in ("failed", "refused", "unsaved"):
+    if result.status in NOT_DONE:
         task_error(f"{result.status}: {result.detail}")
-    return 1 if result.status == "failed" else 0
+        return 1
+    return 0
 
 
 def task_main(module: str, tasks: dict[str, Any], argv: list[str] | None = None) -> int:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -80,19 +79,13 @@ def submit_workers(n: int, *, model: str, store: Path, study_name: str, storage_
                 "signature": signature}
     manifest_file = sub / "manifest.json"
     atomic_write_text(manifest_file, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    from ctrbench.runs.slurm_runs import task_command
+    from ctrbench.runs.slurm_runs import sbatch_submission, task_command
 
-    script = sub / "job.sh"
-    script.write_text(slurm.array_script(
-        job_name=f"ctrbench-tune-{safe_file_name(study_name)}", n_tasks=n, log_dir=sub / "logs",
-        chdir=Path.cwd(), options=options,
+    job_name = f"ctrbench-tune-{safe_file_name(study_name)}"
+    (sub / "job.sh").write_text(slurm.array_script(
+        job_name=job_name, n_tasks=n, log_dir=sub / "logs", chdir=Path.cwd(), options=options,
         command=task_command(manifest_file, "tune", module="ctrbench.tune.slurm_task")))
-    try:
-        job_id = slurm.submit(script, env={STORAGE_ENV: storage_url} if secret else None)
-    except BaseException:  # refused: leave no submission directory behind
-        shutil.rmtree(sub, ignore_errors=True)
-        raise
-    atomic_write_text(sub / "job_id", job_id + "\n")
+    job_id = sbatch_submission(sub, job_name, env={STORAGE_ENV: storage_url} if secret else None)
     try:
         jobs = json.loads(_jobs_file(out_dir).read_text())
     except (OSError, json.JSONDecodeError):

@@ -10,8 +10,9 @@ format     syntax                               item key    category fields
            quotes; a JSON re-encoding also                  each a list of strings
            reads)
 ``2018``   strict JSON                          ``asin``    ``category``: one flat path (list
-                                                            of strings), ``main_cat``: a string
-                                                            (sometimes an ``<img ... alt="X">``)
+                                                            of strings, HTML-escaped: ``&amp;``),
+                                                            ``main_cat``: a string (sometimes an
+                                                            ``<img ... alt="X">``)
 ``2023``   JSON lines                           ``parent_   ``categories``: one flat path,
                                                 asin``      ``main_category``: a string or null
 =========  ===================================  ==========  =================================
@@ -24,6 +25,8 @@ Category rule per format (``reader_params.category_rule``):
   take its last (most specific) element; an empty path falls back to ``main_cat`` /
   ``main_category`` (for ``main_cat`` an HTML image tag gives its ``alt`` text). ``main``
   takes ``main_cat`` / ``main_category`` first and the path's last element as the fallback.
+  2018 names are read with their HTML entities resolved (``Toys & Games``); 2014 and 2023
+  names are plain text.
 
 An item with none of these gets ``<unknown>``. The format is detected from the first meta line
 that is not blank (``reader_params.meta_format`` may name it instead); a JSON line with ``asin``
@@ -107,6 +110,11 @@ def clean_main(value: object) -> str:
         m = _ALT_RE.search(value)
         value = m.group(1) if m else ""
     return html.unescape(value).strip()
+
+
+def _unescape(name: str) -> str:
+    """A 2018 category name with its HTML entities resolved (``Toys &amp; Games``)."""
+    return html.unescape(name) if "&" in name else name
 
 
 def pick_category(paths: list[list[str]], rule: str, main: str = "") -> str:
@@ -250,7 +258,8 @@ def parse_json_meta(raw: bytes, fmt: str) -> tuple[str, list[list[str]], str]:
     path = record.get(path_name) or []
     if not isinstance(path, list):
         raise ValueError(f"{path_name!r} is not a list")
-    return key, ([[str(s) for s in path]] if path else []), clean_main(record.get(main_name))
+    names = [_unescape(str(s)) for s in path] if fmt == "2018" else [str(s) for s in path]
+    return key, ([names] if names else []), clean_main(record.get(main_name))
 
 
 # --------------------------------------------------------------------------- one line

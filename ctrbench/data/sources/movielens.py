@@ -11,8 +11,10 @@ one :class:`~ctrbench.errors.DataError` naming it.
 - interactions: ``u.data`` (``user<TAB>item<TAB>rating<TAB>unix``) or ``ratings.dat``
   (``UserID::MovieID::Rating::Timestamp``); ``line`` is the 0-based line in that file.
 - items: ``u.item`` (``id|title|release|video|url|`` + 19 genre flags) or ``movies.dat``
-  (``MovieID::Title::Genres``, ``|``-separated). Category = the first listed genre (for ml-100k
-  the first flag set, in the order of ``u.genre``); items without genre: ``<unknown>``.
+  (``MovieID::Title::Genres``, ``|``-separated; the id is the first field, the genres the
+  last, the title everything between, ``::`` included). Category = the first listed genre
+  (for ml-100k the first flag set, in the order of ``u.genre``); items without genre:
+  ``<unknown>``.
 - users: ``u.user`` (``id|age|gender|occupation|zip``) or ``users.dat``
   (``UserID::Gender::Age::Occupation::Zip``) -> columns gender, age, occupation, zip (first 3
   characters), all strings. In ml-1m, age and occupation are the published codes.
@@ -153,12 +155,26 @@ def _line_chunks(stream: IO[bytes]) -> Iterator[tuple[int, list[str]]]:
 
 FIELD_SEP = "\x1f"  # ASCII unit separator: the parser's one-character delimiter
 END_MARK = "\x1e"  # appended to every line: the column it lands in is the line's field count
+SEP_MASK = "\x1d"  # a separator inside a free-text field (a title), restored after parsing
 EXTRA_FIELDS = 8  # surplus columns that let the parser keep lines with too many fields
 INT64_RANGE = (-(2.0**63), float(np.nextafter(2.0**63, 0)))  # floats that fit in an int64
 FLOAT64_MAX = float(np.finfo(np.float64).max)
 # column -> (lowest, highest, reason) of the MovieLens ratings file
 RATING_RANGES = {"ts": (MIN_TS, MAX_TS, "time out of range"),
                  "rating": (-RATING_MAX, RATING_MAX, RATING_NOT_FINITE)}
+
+
+def _mask_middle(line: str, sep: str, k: int, at: int) -> str:
+    """``line`` with field ``at`` taken as free text: the first ``at`` and the last
+    ``k - 1 - at`` separators split it (joined by FIELD_SEP), those inside field ``at`` are
+    masked (ml-1m ``1::Star Wars:: Episode IV::Action``). A line with too few is left as is."""
+    head = line.split(sep, at)
+    if len(head) <= at:
+        return line
+    tail = head[at].rsplit(sep, k - 1 - at)
+    if len(tail) < k - at:
+        return line
+    return FIELD_SEP.join([*head[:at], tail[0].replace(sep, SEP_MASK), *tail[1:]])
 
 
 def _parse_with_marks(lines: Sequence[str], sep: str, names: Sequence[str],
@@ -180,7 +196,7 @@ def _parse_with_marks(lines: Sequence[str], sep: str, names: Sequence[str],
 def parse_delimited(lines: Sequence[str], start: int, *, sep: str, names: Sequence[str],
                     integer: Sequence[str] = (), numeric: Sequence[str] = (),
                     ranges: Mapping[str, tuple[float, float, str]] | None = None,
-                    report: ReadReport, strict: bool) -> pd.DataFrame:
+                    free_text: str = "", report: ReadReport, strict: bool) -> pd.DataFrame:
     """Split ``lines`` on ``sep`` into columns ``names`` with pandas' C parser (no Python loop
     over lines unless the chunk has a line with more than ``EXTRA_FIELDS`` surplus fields).
 
@@ -188,11 +204,16 @@ def parse_delimited(lines: Sequence[str], start: int, *, sep: str, names: Sequen
     ``integer`` beyond int64, or a value outside ``ranges[col] = (low, high, reason)`` (inf and
     -inf included) are recorded in ``report`` (1-based line numbers) and dropped; blank lines
     are skipped.
+    ``free_text``: a text column that may hold ``sep`` itself (the fields before it end at the
+    first separators, those after it at the last ones).
     The result has a ``line`` column (0-based line number) and the ``names`` columns: text
     columns as str (NaN when empty), ``integer`` ones as int64 and ``numeric`` ones as float64.
     """
     report.lines += len(lines)
     k = len(names)
+    if free_text:
+        at = list(names).index(free_text)
+        lines = [_mask_middle(line, sep, k, at) for line in lines]
     line_no = np.arange(start, start + len(lines), dtype=np.int64)
     text_columns = [n for n in names if n not in integer and n not in numeric]
     reason = np.full(len(lines), "", dtype=object)
@@ -216,6 +237,8 @@ def parse_delimited(lines: Sequence[str], start: int, *, sep: str, names: Sequen
     for i, col in enumerate(names):
         values = frame[i]
         if col in text_columns:
+            if col == free_text:
+                values = values.str.replace(SEP_MASK, sep, regex=False)
             out[col] = values.to_numpy(dtype=object, na_value=np.nan)
             continue
         as_num = pd.to_numeric(values.where(values != END_MARK), errors="coerce")
@@ -244,7 +267,7 @@ def parse_delimited(lines: Sequence[str], start: int, *, sep: str, names: Sequen
 def _read_file(archive: _Archive, member: str, *, sep: str, names: Sequence[str],
                integer: Sequence[str] = (), numeric: Sequence[str] = (),
                ranges: Mapping[str, tuple[float, float, str]] | None = None,
-               strict: bool) -> tuple[pd.DataFrame, ReadReport]:
+               free_text: str = "", strict: bool) -> tuple[pd.DataFrame, ReadReport]:
     """One member parsed (see :func:`parse_delimited`); DataError when it is corrupt or holds
     no line but blank ones."""
     report = ReadReport(file=member)
@@ -256,7 +279,8 @@ def _read_file(archive: _Archive, member: str, *, sep: str, names: Sequence[str]
             for start, lines in _line_chunks(stream):
                 frames.append(parse_delimited(lines, start, sep=sep, names=names,
                                               integer=integer, numeric=numeric, ranges=ranges,
-                                              report=report, strict=strict))
+                                              free_text=free_text, report=report,
+                                              strict=strict))
     except PermissionError as exc:
         raise cannot_read(where, exc) from None
     except (*DECOMPRESS_ERRORS, NotImplementedError, OSError) as exc:
@@ -301,7 +325,7 @@ def _items(archive: _Archive, layout: Layout, strict: bool) -> tuple[pd.DataFram
     else:
         df, report = _read_file(archive, layout.items, sep=layout.meta_sep,
                                 names=("item", "title", "genres"), integer=("item",),
-                                strict=strict)
+                                free_text="title", strict=strict)
         first = df["genres"].str.split("|", regex=False).str[0].str.strip()
         category = first.where(first.str.len() > 0, UNKNOWN_CATEGORY).to_numpy(dtype=object)
     items = pd.DataFrame({"item": df["item"].astype(str), "category": category.astype(str)})

@@ -6,12 +6,14 @@ the card's directory, used in place) and maps their columns in ``[reader_params]
 - source ``interactions`` (required): one row per event, columns ``user_col``, ``item_col``,
   ``time_col`` and optionally ``rating_col``. Time is unix time (numbers; ``time_unit`` "s" by
   default, or "ms", "us", "ns") or a date/time string parsed by pandas (``time_format``: a strftime
-  format, default: inferred once per file, day first or month first, whichever reads more of
-  the first dates; time zones are converted to UTC, naive times are taken as UTC).
+  format, also for integer columns; default: inferred once per file, day first or month first,
+  whichever reads more of the first dates, a warning when both read all of them alike; time
+  zones are converted to UTC, naive times are taken as UTC). Integers that are all valid
+  YYYYMMDD dates (20140523) are read as dates, with a warning, unless ``time_unit`` is set.
 - source ``items`` (optional): ``item_col`` and ``category_col``; every other column is kept as a
-  categorical item attribute. Without an items file, ``category_col`` may be a column of the
-  interactions table (an item's first category is used); without either, every category is
-  ``<unknown>``.
+  categorical item attribute. Without an items file, ``category_col`` is a column of the
+  interactions table (an item's first category is used; a name found in neither is a
+  CardError); without ``category_col``, every category is ``<unknown>``.
 - source ``users`` (optional): ``user_col`` and any categorical columns (e.g. gender, age group),
   each usable as a user field in the card's ``[fields] user = [...]``.
 - ``sep`` (CSV delimiter; default "," or tab for ``.tsv``), ``encoding`` (default utf-8) and
@@ -55,7 +57,7 @@ from ctrbench.data.sources import (
     READERS,
     cannot_read,
 )
-from ctrbench.data.sources.table_chunks import Chunk, is_parquet
+from ctrbench.data.sources.table_chunks import Chunk, encoding_hint, is_parquet
 from ctrbench.data.sources.table_chunks import iter_chunks as _iter_chunks
 from ctrbench.errors import CardError, DataError
 
@@ -69,6 +71,7 @@ TIME_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 QUOTING = {"minimal": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE}
 DATE_GUESSES = 20  # distinct first dates a format is guessed from
 DATE_SAMPLE = 2_000  # distinct first dates the guesses are tried on
+YYYYMMDD_RANGE = (19_000_101, 21_001_231)  # integer times read as dates when all are dates
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ class TableParams:
     time_col: str
     rating_col: str = ""
     category_col: str = ""
-    time_unit: str = "s"
+    time_unit: str = ""  # "" = "s", not declared: YYYYMMDD integers are then read as dates
     time_format: str = ""
     sep: str = ""
     encoding: str = "utf-8"
@@ -96,7 +99,7 @@ class TableParams:
                             hint='e.g. user_col = "user_id", item_col = "item_id", '
                                  'time_col = "timestamp"')
         params = cls(**{k: str(v) for k, v in card.reader_params.items()})
-        if params.time_unit not in TIME_UNITS:
+        if params.time_unit and params.time_unit not in TIME_UNITS:
             raise CardError(f"{where}: time_unit must be one of {', '.join(TIME_UNITS)}")
         if params.quoting not in QUOTING:
             raise CardError(f"{where}: quoting must be one of {', '.join(QUOTING)}")
@@ -125,7 +128,7 @@ def table_columns(path: Path, params: TableParams) -> list[str]:
         return [str(c) for c in header.columns]
     except UnicodeDecodeError:
         raise DataError(f"{path.name}: line 1 (the header): not valid {params.encoding} text",
-                        hint='set [reader_params] encoding, e.g. encoding = "latin-1"') from None
+                        hint=encoding_hint(path)) from None
     except (PermissionError, *DECOMPRESS_ERRORS) as exc:
         raise cannot_read(path, exc) from None
     except (OSError, ValueError) as exc:
@@ -186,13 +189,16 @@ def _numbers(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
     return numbers, (numbers.isna() & text.notna()).to_numpy()
 
 
-def _date_format(text: pd.Series) -> str | None:
-    """The strftime format for every date of the file, chosen once on the first chunk: among
-    the formats pandas guesses from its first distinct values (month first and day first),
-    the one that parses most of them (ties: pandas' own guess from the first value). Pandas
-    alone guessed per chunk from one value, so "01/02/2023" made every later day > 12
-    unparseable and the same string could mean two dates in two chunks, and a date without
-    its time ("2023-01-09") among ISO times was unparseable."""
+def _date_format(text: pd.Series) -> tuple[str | None, str | None]:
+    """(the strftime format for every date of the file, a rival), chosen once on the first
+    chunk: among the formats pandas guesses from its first distinct values (month first and
+    day first), the one that parses most of them (ties: pandas' own guess from the first
+    value). Pandas alone guessed per chunk from one value, so "01/02/2023" made every later
+    day > 12 unparseable and the same string could mean two dates in two chunks, and a date
+    without its time ("2023-01-09") among ISO times was unparseable.
+
+    The rival is a format that parses as many of those values and reads some of them as other
+    dates (every day <= 12: month first or day first?); None when the choice is clear."""
     from pandas.tseries.api import guess_datetime_format
 
     values = pd.unique(text.dropna())[:DATE_SAMPLE]
@@ -207,12 +213,16 @@ def _date_format(text: pd.Series) -> str | None:
     if any(fmt.startswith("%Y-%m-%d") for fmt in candidates):
         candidates.append("ISO8601")  # ISO dates with and without a time or an offset
     sample = pd.Series(values, dtype=object)
-    best, best_parsed = None, 0
+    best, best_parsed, best_seconds, rival = None, 0, None, None
     for fmt in candidates:
-        parsed = int(np.isfinite(_parse_dates(sample, fmt)).sum())
+        seconds = _parse_dates(sample, fmt)
+        parsed = int(np.isfinite(seconds).sum())
         if parsed > best_parsed:
-            best, best_parsed = fmt, parsed
-    return best
+            best, best_parsed, best_seconds, rival = fmt, parsed, seconds, None
+        elif (parsed == best_parsed > 0 and rival is None
+              and not np.array_equal(seconds, best_seconds, equal_nan=True)):
+            rival = fmt
+    return best, rival
 
 
 def _date_seconds(text: pd.Series, params: TableParams, fmt: str | None = None) -> np.ndarray:
@@ -251,7 +261,7 @@ def _seconds(raw: pd.Series, params: TableParams, numeric: bool, date_format: st
     if numeric:
         values, not_number = _numbers(raw)
         with np.errstate(invalid="ignore"):
-            seconds = np.floor(values.to_numpy(np.float64) / TIME_UNITS[params.time_unit])
+            seconds = np.floor(values.to_numpy(np.float64) / TIME_UNITS[params.time_unit or "s"])
     else:
         seconds = _date_seconds(_text(raw), params, date_format)
         not_number = np.isnan(seconds)
@@ -276,6 +286,48 @@ def _mostly_numeric(values: pd.Series) -> bool:
                                      >= 0.5)
 
 
+def _yyyymmdd(values: pd.Series) -> bool:
+    """Whether every present number is a valid date written as YYYYMMDD (19000101..21001231;
+    as unix seconds they would all fall in 1970)."""
+    numbers = _numbers(values)[0].dropna()
+    if numbers.empty or not numbers.between(*YYYYMMDD_RANGE).all() or (numbers % 1 != 0).any():
+        return False
+    dates = pd.to_datetime(numbers.astype(np.int64).astype(str), format="%Y%m%d",
+                           errors="coerce")
+    return bool(dates.notna().all())
+
+
+def _time_reading(raw: pd.Series, params: TableParams, file: str
+                  ) -> tuple[bool, str | None]:
+    """(numeric unix times?, the date format) of the time column, from its first values; says
+    on stderr what it assumed where the card does not say it (YYYYMMDD integers read as
+    dates; dates that read month first and day first alike)."""
+    col = params.time_col
+    if pd.api.types.is_datetime64_any_dtype(raw) or params.time_format:
+        return False, None
+    if _mostly_numeric(raw):
+        if params.time_unit or not _yyyymmdd(raw):
+            return True, None
+        log.warning("%s: the time column %r holds YYYYMMDD integers (e.g. %s), not unix "
+                    "seconds (all in 1970): read as dates; say so with [reader_params] "
+                    'time_format = "%%Y%%m%%d", or time_unit = "s" if they are seconds',
+                    file, col, _text(raw).dropna().iloc[0])
+        return False, "%Y%m%d"
+    text = _text(raw)
+    fmt, rival = _date_format(text)
+    if rival is not None and not fmt.startswith(("%Y", "ISO")):  # year first: month, day
+        sample = pd.Series(pd.unique(text.dropna())[:DATE_SAMPLE], dtype=object)
+        seconds = _parse_dates(sample, fmt)
+        at = int(np.flatnonzero(np.isfinite(seconds))[0])  # a tie: some parse
+        day = pd.Timestamp(seconds[at], unit="s").strftime("%Y-%m-%d")
+        log.warning('%s: the dates of the time column %r read as "%s" and as "%s" alike '
+                    "(none of the first %s distinct dates has a day above 12): read as "
+                    '"%s" (%s is %s); set [reader_params] time_format = "%s" if the other '
+                    "order is meant", file, col, fmt, rival, f"{len(sample):,}", fmt,
+                    sample[at], day, rival)
+    return False, fmt
+
+
 def _report_bad(report: ReadReport, rows: list[tuple[int, str]], strict: bool) -> None:
     for line, reason in sorted(rows):  # in file order, so --strict names the first
         report.add_bad(line, reason, strict)
@@ -285,8 +337,8 @@ def _report_bad(report: ReadReport, rows: list[tuple[int, str]], strict: bool) -
 def read_interactions(path: Path, params: TableParams, *, strict: bool,
                       category_in_log: bool = False) -> tuple[pd.DataFrame, ReadReport]:
     """The interactions table (canonical columns) and its report; ``category_in_log``: the
-    card's ``category_col`` should be a column of this file (there is no items table), a
-    warning names it when it is not."""
+    card's ``category_col`` must be a column of this file (there is no items table), a
+    CardError names it when it is not."""
     needed = {"user_col": params.user_col, "item_col": params.item_col,
               "time_col": params.time_col}
     if params.rating_col:
@@ -294,9 +346,12 @@ def read_interactions(path: Path, params: TableParams, *, strict: bool,
     found = require_columns(path, "interactions", needed, params)
     category_here = bool(params.category_col) and params.category_col in found
     if category_in_log and params.category_col and not category_here:
-        log.warning("reader_params.category_col %r is not a column of %s (columns: %s) and "
-                    "there is no items table: every category is %s", params.category_col,
-                    path.name, ", ".join(found), UNKNOWN_CATEGORY)
+        raise CardError(f"interactions table {path.name}: missing column "
+                        f"{params.category_col!r} (reader_params.category_col), and there is "
+                        "no items table to take it from",
+                        hint=f"columns found: {', '.join(found)}; fix the name, add the items "
+                             'table as a source with role = "items", or set category_col = "" '
+                             "(every category <unknown>)")
     columns = list(dict.fromkeys([*needed.values(),
                                   *([params.category_col] if category_here else [])]))
     report = ReadReport(file=path.name)
@@ -311,11 +366,8 @@ def read_interactions(path: Path, params: TableParams, *, strict: bool,
         time_present = (raw_time.notna() if pd.api.types.is_numeric_dtype(raw_time)
                         or pd.api.types.is_datetime64_any_dtype(raw_time)
                         else _text(raw_time).notna()).to_numpy()
-        if numeric_time is None and time_present.any():
-            numeric_time = _mostly_numeric(raw_time)  # decided once, on the first values
-            if not numeric_time and not params.time_format and not (
-                    pd.api.types.is_datetime64_any_dtype(raw_time)):
-                date_format = _date_format(_text(raw_time))  # also once
+        if numeric_time is None and time_present.any():  # decided once, on the first values
+            numeric_time, date_format = _time_reading(raw_time, params, path.name)
         ts, unparseable, out_of_range = _seconds(raw_time, params, bool(numeric_time),
                                                  date_format)
         reason = np.full(len(frame), "", dtype=object)

@@ -53,11 +53,28 @@ def is_parquet(path: Path) -> bool:
     return path.suffix.lower() in PARQUET_SUFFIXES
 
 
+def _opener(path: Path):
+    return {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix, open)
+
+
+def encoding_hint(path: Path) -> str:
+    """The hint for a file that is not text in the card's encoding: ``utf-16`` when it starts
+    with a UTF-16 byte-order mark (Excel's "Unicode Text" export), else ``latin-1``."""
+    try:
+        with _opener(path)(path, "rb") as fh:
+            head = fh.read(2)
+    except (OSError, *DECOMPRESS_ERRORS):
+        head = b""
+    if head in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        return 'the file is UTF-16: set [reader_params] encoding = "utf-16"'
+    return ('set the file\'s encoding in the card, e.g. [reader_params] encoding = "latin-1" '
+            '(or "cp1252")')
+
+
 def _first_undecodable_line(path: Path, encoding: str) -> tuple[int, str]:
     """(1-based line, offending bytes) of the first line that is not ``encoding`` text."""
-    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix, open)
     decoder = codecs.getincrementaldecoder(encoding)()
-    with opener(path, "rb") as fh:
+    with _opener(path)(path, "rb") as fh:
         for number, raw in enumerate(fh, start=1):
             try:
                 decoder.decode(raw)
@@ -73,8 +90,7 @@ def _encoding_error(path: Path, encoding: str) -> DataError:
         return cannot_read(path, exc)
     where = f"line {line}: " if line else ""
     return DataError(f"{path.name}: {where}not valid {encoding} text (bytes {sample})",
-                     hint='set the file\'s encoding in the card, e.g. [reader_params] '
-                          'encoding = "latin-1" (or "cp1252")')
+                     hint=encoding_hint(path))
 
 
 def _parser_error(path: Path, exc: Exception) -> DataError:
