@@ -41,6 +41,15 @@ def device_name(device: str | torch.device) -> str:
     return cpu_name()
 
 
+def cpu_capability() -> str | None:
+    """ATen's CPU kernel set (``AVX512``, ``AVX2``, ``DEFAULT``; ``ATEN_CPU_CAPABILITY`` overrides
+    it): like the thread count, it changes float results, so a bit-for-bit rerun needs both."""
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):  # pragma: no cover - a torch without the query
+        return None
+
+
 def _git(*args: str) -> str | None:
     try:
         done = subprocess.run(["git", *args], cwd=_PACKAGE_DIR, capture_output=True, text=True,
@@ -74,6 +83,7 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
         "device_name": device_name(device),
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "threads": torch.get_num_threads(),
+        "cpu_capability": cpu_capability(),
         "cpu_count": os.cpu_count(),
         "malloc": allocator.status,
         "git_commit": git["commit"],

@@ -125,7 +125,7 @@ def test_cli_audit_passes_on_the_shipped_synthetic_card(tmp_path, monkeypatch):
 
 
 def test_cli_audit_exits_3_on_a_leak(tmp_path, monkeypatch):
-    from ctrbench.data.prepare import store_path
+    from ctrbench.data.prepare import card_hash, store_path
 
     monkeypatch.setenv("CTRBENCH_HOME", str(tmp_path / "home"))
     cards = tmp_path / "cards" / "datasets"
@@ -135,7 +135,8 @@ def test_cli_audit_exits_3_on_a_leak(tmp_path, monkeypatch):
     the_card = dataset_card_from_dict({"name": "leaky", "reader": "synthetic"})
     built = build_samples(log(repeats=True), card())
     write_store(store_path(the_card, {}), built.schema, built.splits,
-                {**built.meta, "card_hash": "x", "cleaning": {}})
+                {**built.meta, "dataset": "leaky", "card_hash": card_hash(the_card),
+                 "cleaning": {}})
     result = CliRunner().invoke(main, ["stats", "leaky", "--audit"])
     assert result.exit_code == 3, result.output
     assert "audit: LEAK found by candidate_in_history, candidate_seen_before" in result.output
