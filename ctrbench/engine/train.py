@@ -191,16 +191,19 @@ def stop_early(epoch: int, best_epoch: int, patience: int) -> bool:
     return epoch != best_epoch and epoch - best_epoch >= patience
 
 
-def require_both_classes(labels: np.ndarray, data: PreparedData) -> None:
-    """Refuse a validation split with one class: its AUC is undefined, so no epoch can be
-    chosen by it (every epoch's AUC would be NaN and epoch 1 "best" by accident)."""
+def require_both_classes(labels: np.ndarray, data: PreparedData, split: str = "valid") -> None:
+    """Refuse a validation or test split with one class: its AUC is undefined, so no epoch
+    can be chosen by it (every epoch's AUC would be NaN and epoch 1 "best" by accident), or
+    the run would train in full for a NaN test AUC."""
     classes = np.unique(labels)
-    if len(classes) < 2:
+    if len(classes) == 1:  # an empty split is SplitTensors' error
+        name, why = (("test", "the run's test AUC cannot be measured") if split == "test" else
+                     ("validation", "early stopping cannot choose an epoch"))
         raise DataError(
-            f"the validation split of {data.identity.get('dataset', 'the dataset')!r} has one "
+            f"the {name} split of {data.identity.get('dataset', 'the dataset')!r} has one "
             f"class only ({len(labels)} rows, all {classes[0]:g}): its AUC is undefined, so "
-            "early stopping cannot choose an epoch",
-            hint="the dataset needs positives and negatives in its validation split")
+            f"{why}",
+            hint=f"the dataset needs positives and negatives in its {name} split")
 
 
 def train_and_evaluate(
@@ -218,13 +221,16 @@ def train_and_evaluate(
 
     ``on_epoch`` is called with each epoch's row after validation; its exceptions (e.g.
     ``optuna.TrialPruned``) propagate unchanged. With ``evaluate_test=False`` the test split is
-    never loaded. Raises :class:`TrainingDiverged` on a NaN/inf loss.
+    never loaded. Raises :class:`TrainingDiverged` on a NaN/inf loss, and before any step a
+    ``DataError`` for a validation (or scored test) split with one class.
     """
     cfg = card.train
     dev = resolve_device(device)
     n_epochs = cfg.epochs if max_epochs is None else max(1, min(cfg.epochs, int(max_epochs)))
     generators = seed_everything(seed)
     model = build_for_training(card, data.schema).to(dev)
+    if evaluate_test:
+        require_both_classes(data.split("test")[LABEL], data, "test")
     if count_parameters(model) == 0:  # fitted from training statistics (pop): no steps
         return fit_and_evaluate(model, data, card, seed, dev, on_epoch=on_epoch,
                                 evaluate_test=evaluate_test)

@@ -214,6 +214,22 @@ class MIANConfig(ModelConfig):
     init_std: float = param(INIT_STD, Number(low_open=True))
 
 
+def require_interaction_fields(schema: Schema, use_iuim: bool, use_icim: bool) -> None:
+    """A CardError naming every switched-on field interaction (IUIM, ICIM) whose fields the
+    dataset lacks, so that one message tells the whole fix."""
+    missing = [(flag, group) for flag, wanted, group in (("use_iuim", use_iuim, "user"),
+                                                         ("use_icim", use_icim, "context"))
+               if wanted and not schema.group(group)]
+    if not missing:
+        return
+    flags = " and ".join(f"{flag} = true" for flag, _ in missing)
+    groups = " and ".join(group for _, group in missing)
+    fix = " ".join(f"--set params.{flag}=false" for flag, _ in missing)
+    both = " (or the model 'mian_wo_iuim_icim')" if len(missing) == 2 else ""
+    raise CardError(f"MIAN with {flags} needs {groups} fields; the dataset has none",
+                    hint=f"use {fix}{both}")
+
+
 @register("mian")
 class MIAN(CTRModel):
     """Multi-Interactive Attention Network (see the module docstring for the parts)."""
@@ -228,11 +244,7 @@ class MIAN(CTRModel):
         c = config
         dim, init_std = c.embedding_dim, c.init_std
         use_ibim, use_iuim, use_icim = c.use_ibim, c.use_iuim, c.use_icim
-        for flag, wanted, group in (("use_iuim", use_iuim, "user"),
-                                    ("use_icim", use_icim, "context")):
-            if wanted and not schema.group(group):
-                raise CardError(f"MIAN with {flag} = true needs {group} fields; the dataset has "
-                                "none", hint=f"use --set params.{flag}=false")
+        require_interaction_fields(schema, use_iuim, use_icim)
         self.bank = EmbeddingBank(schema, dim, sparse=c.sparse, init_std=init_std)
         item_width = len(schema.item) * dim
         widths = {"item": item_width, "context": len(schema.context) * dim,
