@@ -16,10 +16,13 @@ used ``torch_default_dense`` and has no health figures (``{}``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shutil
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -176,6 +179,64 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise WriteError(path, exc) from exc
     finally:
         _remove_quietly(tmp)
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[Path]:
+    """Wait for, then hold, an OS lock (``flock``) on the hidden ``.<name>.lock`` beside
+    ``path`` while inside; yields the lock file. Processes that rewrite ``path`` (or the set
+    of files it stands for) under it never interleave, and a read-then-write sees the last
+    writer's file; a killed holder's lock dies with it. The holder removes the lock file
+    while it still holds it (a waiter that opened it sees it unlinked and tries again, as for
+    the run locks), so none is left behind."""
+    from filelock import FileLock
+
+    path = Path(path)
+    lock_file = path.with_name(f".{path.name}.lock")
+    lock = FileLock(str(lock_file))
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+        held = os.stat(lock_file)
+    except OSError as exc:
+        lock.release()
+        raise WriteError(lock_file, exc) from exc
+    try:
+        yield lock_file
+    finally:
+        try:
+            now = os.stat(lock_file)
+            if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                lock_file.unlink()
+        except OSError:
+            pass  # a read-only directory: the kernel lock still goes
+        finally:
+            lock.release()
+
+
+#: a temporary name of this module's writers: ``.<name>.tmp-<8 hex>[.<suffix>]``
+_TEMPORARY = re.compile(r"\.(?P<stem>.+)\.tmp-[0-9a-f]{8}(?P<suffix>\.[A-Za-z0-9]+)?")
+
+
+def remove_stale_temporaries(directory: Path, keep: Path | None = None,
+                             names: Iterable[str] | None = None) -> list[Path]:
+    """Remove the temporary files and folders that writers killed mid-write left in
+    ``directory`` (never under a final name), except ``keep``; with ``names``, only those of
+    these final file names. Call it holding the :func:`exclusive` lock of every writer of
+    what it removes."""
+    finals = None if names is None else set(names)
+    stale = []
+    for path in Path(directory).glob(".*.tmp-*"):
+        match = _TEMPORARY.fullmatch(path.name)
+        final = match and match["stem"] + (match["suffix"] or "")
+        if match and path != keep and (finals is None or final in finals):
+            stale.append(path)
+    for tmp in sorted(stale):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            _remove_quietly(tmp)
+    return sorted(stale)
 
 
 def _remove_quietly(path: Path) -> None:

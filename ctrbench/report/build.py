@@ -23,7 +23,7 @@ from tabulate import tabulate
 from ctrbench.errors import CtrbenchError
 from ctrbench.paths import ensure_writable_dir, inside, safe_name
 from ctrbench.progress import message
-from ctrbench.record import atomic_write_text
+from ctrbench.record import atomic_write_text, exclusive, remove_stale_temporaries
 from ctrbench.registry import did_you_mean
 from ctrbench.report import health, plots, strata, versus_pop
 from ctrbench.report import tables as rt
@@ -321,27 +321,49 @@ def build_report(
     # figures are drawn first, into a hidden folder, and moved beside the tables only when
     # every table is written: a report that fails half-way writes no new file
     staged = out / f".plots.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        drawn = _plots(rs, board, staged, strata_frame) if make_plots else []
-        for t in tables:
-            report.files.append(out / f"{t.name}.csv")
-            atomic_write_text(report.files[-1], rt.csv_text(t.frame))
-            if t.markdown:
-                report.files.append(out / f"{t.name}.md")
-                atomic_write_text(report.files[-1], f"# {t.title}\n\n{t.markdown}")
-        if drawn:
-            (out / "plots").mkdir(exist_ok=True)
-        for path in drawn:
-            report.files.append(inside(out / "plots", path.name))
-            os.replace(path, report.files[-1])
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
-    removed = _remove_previous(out, report.files)
+    # one report at a time writes into `out` (another `report --out` the same folder waits):
+    # the folder never mixes the files of two reports
+    with exclusive(out / "report"):  # out/.report.lock, removed on release
+        _remove_stale(out, staged)
+        try:
+            drawn = _plots(rs, board, staged, strata_frame) if make_plots else []
+            _write_files(report, tables, drawn, out)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+        removed = _remove_previous(out, report.files)
+    if rs.changed:
+        report.notes.append(f"{len(rs.changed)} record(s) were replaced while this report read "
+                            "them (a run writing?): their test scores were left out; run "
+                            "`ctrbench report` again when the runs are done")
     if removed:
         report.notes.append(f"removed {len(removed)} file(s) of the previous report in {out} "
                             f"that this one does not write: {', '.join(removed[:5])}"
                             + (" ..." if len(removed) > 5 else ""))
     return report
+
+
+def _write_files(report: Report, tables: Sequence[Table], drawn: Sequence[Path],
+                 out: Path) -> None:
+    """Every table as CSV (and Markdown), then the staged figures moved under ``plots/``;
+    each path written is added to ``report.files``."""
+    for t in tables:
+        report.files.append(out / f"{t.name}.csv")
+        atomic_write_text(report.files[-1], rt.csv_text(t.frame))
+        if t.markdown:
+            report.files.append(out / f"{t.name}.md")
+            atomic_write_text(report.files[-1], f"# {t.title}\n\n{t.markdown}")
+    if drawn:
+        (out / "plots").mkdir(exist_ok=True)
+    for path in drawn:
+        report.files.append(inside(out / "plots", path.name))
+        os.replace(path, report.files[-1])
+
+
+def _remove_stale(out: Path, staged: Path) -> None:
+    """What a report killed mid-write left in ``out`` (temporary files, staged figures; never
+    under a final name); call it holding the folder's lock, under which figures are staged."""
+    remove_stale_temporaries(out, keep=staged)
+    remove_stale_temporaries(out.joinpath(MANIFEST[0]))
 
 
 def _remove_previous(out: Path, written: Sequence[Path]) -> list[str]:

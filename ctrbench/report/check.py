@@ -33,7 +33,7 @@ import pandas as pd
 from ctrbench.analysis import stats
 from ctrbench.analysis.power import detectable_drop
 from ctrbench.errors import CtrbenchError, WriteError
-from ctrbench.record import atomic_write_text
+from ctrbench.record import atomic_write_text, exclusive
 from ctrbench.report.data import MAX_SEED, CardBook, ResultSet, load_results
 from ctrbench.report.groups import ModelRuns, describe_difference
 from ctrbench.report.tables import LEADERBOARD_COLUMNS, csv_text, leaderboard
@@ -345,10 +345,11 @@ def update_reference(path: Path, results_root: Path, *,
         raise CtrbenchError("no model has usable runs (finished, one dataset identity, one "
                             "config): refusing to write an empty reference")
     text = csv_text(usable)
-    if datasets:
-        text = _with_other_datasets(Path(path), text, set(datasets))
     try:
-        atomic_write_text(Path(path), text)
+        with exclusive(Path(path)):  # two `--update --dataset` at once: neither loses rows
+            if datasets:
+                text = _with_other_datasets(Path(path), text, set(datasets))
+            atomic_write_text(Path(path), text)
     except WriteError as exc:  # read-only or full disk: nothing half-written is left
         raise BaselineError(f"cannot write baseline {path}: {exc}") from None
     except OSError as exc:

@@ -175,6 +175,8 @@ class ResultSet:
     explain_parts: dict[str, dict[str, list[str]]]  # record path -> extra["explain_parts"]
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> flat model config
     identities: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> flat identity
+    signatures: dict[str, tuple] = field(default_factory=dict)  # path -> file_signature read
+    changed: set[str] = field(default_factory=set)  # records replaced after they were read
     _scores: dict[str, dict[str, np.ndarray] | None] = field(default_factory=dict)
 
     @property
@@ -199,6 +201,7 @@ class ResultSet:
                 arrays = read_scores(Path(path))
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
                 arrays = {}
+            arrays = arrays if self._unchanged(path) else {}
             arrays.pop("groups", None)
             ok = "scores" in arrays and "labels" in arrays
             self._scores[path] = arrays if ok else None
@@ -211,7 +214,17 @@ class ResultSet:
             groups = read_scores(Path(path)).get("groups")
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             return None
-        return None if groups is None else np.asarray(groups)
+        return None if groups is None or not self._unchanged(path) else np.asarray(groups)
+
+    def _unchanged(self, path: str) -> bool:
+        """Whether the record at ``path`` is still the file that was read (call it after
+        reading its scores). `run --force` moves the old record away before it writes the new
+        scores, so scores read before this check holds belong to the record that was read;
+        else ``path`` joins :attr:`changed`. A path this set did not read is not checked."""
+        same = path not in self.signatures or file_signature(Path(path)) == self.signatures[path]
+        if not same:
+            self.changed.add(path)
+        return same
 
 
 def load_results(results_root: Path, datasets: Sequence[str] | None = None) -> ResultSet:
@@ -231,11 +244,15 @@ def load_results(results_root: Path, datasets: Sequence[str] | None = None) -> R
     parts: dict[str, dict[str, list[str]]] = {}
     configs: dict[str, dict[str, Any]] = {}
     identities: dict[str, dict[str, Any]] = {}
+    signatures: dict[str, tuple] = {}
     for path in sorted(runs_dir.rglob("seed-*.json")):
         if datasets and path.relative_to(runs_dir).parts[0] not in datasets:
             continue
         try:
-            rec = read_record(path)
+            read = _read_settled(path)
+            if read is None:  # moved away after the listing (`run --force`): not a record now
+                continue
+            rec, signatures[str(path)] = read
             row = _run_row(path, rec)
             _check_file_seed(path, row["seed"])
             config = flatten_config(rec.model_config or {})
@@ -265,7 +282,37 @@ def load_results(results_root: Path, datasets: Sequence[str] | None = None) -> R
     runs = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
     runs = runs.sort_values(["dataset", "model", "seed"], kind="stable").reset_index(drop=True)
     return ResultSet(root, runs, pd.DataFrame(curves, columns=list(CURVE_COLUMNS)), parts,
-                     configs, identities)
+                     configs, identities, signatures)
+
+
+def file_signature(path: Path) -> tuple[int, ...] | None:
+    """Device, inode, size and modification time of ``path``; None when it is absent. A file
+    replaced by a rename (every record write) gets another signature."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _read_settled(path: Path, tries: int = 3) -> tuple[RunRecord, tuple[int, ...]] | None:
+    """The record at ``path`` and the signature of the file read, or None when no file is
+    there any more. A record replaced while it was read (a run writing it) is read again, so
+    a transient state is never listed as unreadable."""
+    for _ in range(tries):
+        before = file_signature(path)
+        if before is None:
+            return None
+        try:
+            record = read_record(path)
+        except CtrbenchError:
+            if file_signature(path) == before:
+                raise
+            continue
+        if file_signature(path) == before:
+            return record, before
+    raise CtrbenchError(f"run record {path} kept changing while it was read (a run writing "
+                        "it?)", hint="run the same command again")
 
 
 def _check_file_seed(path: Path, seed: int) -> None:

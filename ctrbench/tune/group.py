@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from tabulate import tabulate
 from ctrbench.cards import ModelCard
 from ctrbench.data.store import PreparedData
 from ctrbench.errors import CtrbenchError
-from ctrbench.record import atomic_write_text
+from ctrbench.record import atomic_write_text, exclusive
 from ctrbench.tune.outputs import (
     card_holder,
     study_dir,
@@ -139,16 +139,30 @@ def tune_one(card: ModelCard, data: PreparedData, settings: TuneSettings, *,
     plots = write_plots(study, out_dir)
     if summary.best is None:
         return StudyOutcome(summary, out_dir, plots, None, None)
-    tuned_from = tuned_from_table(study, summary.storage, summary.best, dataset_name, signature,
-                                  settings)
-    holder = card_holder(card_file, name, summary.storage)
-    if holder and not replace_card:
-        refused = (f"tuned card not written: {card_file} holds {holder}; it is kept. This "
-                   f"study's trials are kept in {summary.storage}: run the same command with "
-                   "--replace-card to make its best trial the tuned card (no trial runs again)")
-        return StudyOutcome(summary, out_dir, plots, None, tuned_from, refused=refused)
-    card_path = write_tuned_card(card, dataset_name, summary.best, tuned_from)
+    # one writer of the card at a time (the workers of this study, other studies): the check
+    # of who holds it and the write are one step, from the study's latest best trial
+    with exclusive(card_file):
+        summary = replace(summary, best=latest_best(study) or summary.best)
+        tuned_from = tuned_from_table(study, summary.storage, summary.best, dataset_name,
+                                      signature, settings)
+        holder = card_holder(card_file, name, summary.storage)
+        if holder and not replace_card:
+            refused = (f"tuned card not written: {card_file} holds {holder}; it is kept. This "
+                       f"study's trials are kept in {summary.storage}: run the same command "
+                       "with --replace-card to make its best trial the tuned card (no trial "
+                       "runs again)")
+            return StudyOutcome(summary, out_dir, plots, None, tuned_from, refused=refused)
+        card_path = write_tuned_card(card, dataset_name, summary.best, tuned_from)
     return StudyOutcome(summary, out_dir, plots, card_path, tuned_from, replaced=holder)
+
+
+def latest_best(study: Any) -> Any:
+    """The study's best trial as its storage holds it now (other workers may have finished
+    better trials since this worker's summary), or None."""
+    try:
+        return study.best_trial
+    except ValueError:  # no complete trial
+        return None
 
 
 def tune_group(cards: Sequence[ModelCard], data: PreparedData, settings: TuneSettings, *,

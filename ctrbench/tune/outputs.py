@@ -14,6 +14,7 @@ All files are written to a temporary name and renamed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -22,7 +23,7 @@ import re
 import sys
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from ctrbench import __version__
 from ctrbench.cards import ModelCard
 from ctrbench.errors import CtrbenchError
 from ctrbench.paths import safe_name
-from ctrbench.record import atomic_write_text
+from ctrbench.record import atomic_write_text, exclusive, remove_stale_temporaries
 from ctrbench.tune.space import decode, parse_search_space
 from ctrbench.tune.storage import safe_file_name
 
@@ -45,6 +46,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+STUDY_FILES = ("trials.csv", "trials.md", "history.png", "importances.png")
 TRIAL_COLUMNS = ("number", "state", "value", "duration_s", "pruned_at_epoch", "best_epoch",
                  "train_seed", "worker", "error")
 
@@ -104,15 +106,31 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 
 
 def write_trials_table(study: optuna.Study, out_dir: Path) -> tuple[Path, Path]:
-    """``trials.csv`` and ``trials.md`` under ``out_dir``."""
-    frame = trials_frame(study)
+    """``trials.csv`` and ``trials.md`` under ``out_dir``, one pair from one reading of the
+    study, written by one worker at a time (the last one holds the study's latest state)."""
     csv_path, md_path = Path(out_dir) / "trials.csv", Path(out_dir) / "trials.md"
+    with study_files_lock(out_dir):
+        _write_trials_pair(study, csv_path, md_path)
+    return csv_path, md_path
+
+
+@contextlib.contextmanager
+def study_files_lock(out_dir: Path) -> Iterator[None]:
+    """Hold the lock of a study's files (table and plots): the workers of one study finishing
+    at once write them one after the other; what a killed writer left is removed first."""
+    with exclusive(Path(out_dir) / "trials.csv"):
+        remove_stale_temporaries(out_dir, names=STUDY_FILES)
+        yield
+
+
+def _write_trials_pair(study: optuna.Study, csv_path: Path, md_path: Path) -> None:
+    """Both tables from one reading of the study's trials."""
+    frame = trials_frame(study)
     atomic_write_text(csv_path, frame.to_csv(index=False))
     shown = frame.astype(object).where(frame.notna(), "")
     title = f"# Trials of study `{study.study_name}`\n\nvalue = best validation AUC.\n\n"
     table = tabulate(shown, headers="keys", tablefmt="github", showindex=False, floatfmt=".5g")
     atomic_write_text(md_path, title + table + "\n")
-    return csv_path, md_path
 
 
 # --------------------------------------------------------------------------- the tuned card
@@ -257,10 +275,14 @@ def write_plots(study: optuna.Study, out_dir: Path) -> dict[str, str]:
 
     if "matplotlib.pyplot" not in sys.modules:
         matplotlib.use("Agg")
+    with study_files_lock(out_dir):
+        return _draw_plots(study, Path(out_dir))
+
+
+def _draw_plots(study: optuna.Study, out_dir: Path) -> dict[str, str]:
+    """:func:`write_plots` under the study files' lock."""
     from optuna.visualization import matplotlib as optuna_plots
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     written: dict[str, str] = {}
     with warnings.catch_warnings():
