@@ -1,7 +1,8 @@
 """Progress for long work: a bar on a terminal, plain lines in logs and CI, nothing when quiet.
 
 The library reports progress through :func:`progress`; the CLI decides where it goes
-(``set_mode``). Everything is written to stderr so that tables on stdout stay clean.
+(``set_mode``). Everything is written to stderr so that tables on stdout stay clean; a
+``warning: ...`` message is shown even when quiet.
 """
 
 from __future__ import annotations
@@ -53,14 +54,18 @@ class Progress:
         rate = self.done / elapsed if elapsed > 0 else 0.0
         if self.total:
             pct = 100.0 * self.done / self.total
-            width = 24
-            filled = int(width * min(self.done, self.total) / self.total)
-            bar = "#" * filled + "-" * (width - filled)
-            core = f"{self.desc}: [{bar}] {pct:5.1f}% {self.done:,}/{self.total:,} {self.unit}"
+            core = f"{self.desc}: {self._bar()}{pct:5.1f}% {self.done:,}/{self.total:,} {self.unit}"
         else:
             core = f"{self.desc}: {self.done:,} {self.unit}"
         tail = f" {rate:,.0f} {self.unit}/s {elapsed:.1f}s"
         return core + tail + (f" {self.postfix}" if self.postfix else "")
+
+    def _bar(self, width: int = 24) -> str:
+        """``[####----] `` on a terminal; nothing in plain lines (logs, pipes)."""
+        if self.mode != "bar":
+            return ""
+        filled = int(width * min(self.done, self.total) / self.total)
+        return "[" + "#" * filled + "-" * (width - filled) + "] "
 
     def _render(self, final: bool) -> None:
         if self.mode == "quiet":
@@ -86,7 +91,7 @@ def progress(desc: str, total: int | None = None, unit: str = "it",
 
 
 def message(text: str) -> None:
-    """A one-line status message on stderr (suppressed when quiet)."""
-    if _effective_mode() != "quiet":
+    """A one-line status message on stderr (suppressed when quiet, unless a warning)."""
+    if _effective_mode() != "quiet" or text.startswith("warning:"):
         sys.stderr.write(text + "\n")
         sys.stderr.flush()

@@ -10,6 +10,8 @@ import click
 from ctrbench.errors import CtrbenchError
 from ctrbench.paths import default_results_root
 
+RESULTS_HELP = "Results root holding runs/ (default: $CTRBENCH_RESULTS, else ./results)."
+
 
 def _paper_map(items: tuple[str, ...]) -> dict[str, str]:
     """``--paper-map DATASET=PAPER`` items; PAPER must be one of the paper's datasets."""
@@ -51,7 +53,7 @@ def _resamples(_ctx: click.Context, _param: click.Parameter, value: str) -> int 
                    "each baseline when both are present (Table 2), else the trained model with "
                    "the best mean validation AUC. Never pop (the popularity floor).")
 @click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=None, help="Results root holding runs/ (default: ./results).")
+              default=None, help=RESULTS_HELP)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Where to write the tables and plots (default: <results>/report).")
 @click.option("--bootstrap", "n_boot", default="auto", show_default=True, metavar="N|auto",
@@ -106,8 +108,10 @@ def report(datasets: tuple[str, ...], reference: str | None, results_dir: Path |
 @click.option("--baseline", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Reference CSV (e.g. results/reference/ci-synthetic.csv).")
 @click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=None, help="Results root holding runs/ (default: ./results).")
-@click.option("--dataset", "datasets", multiple=True, help="Only these datasets (repeatable).")
+              default=None, help=RESULTS_HELP)
+@click.option("--dataset", "datasets", multiple=True,
+              help="Only these datasets (repeatable). Default: every dataset of the baseline "
+                   "(with --update: every dataset with records, the baseline rewritten whole).")
 @click.option("--update", is_flag=True,
               help="Rewrite the baseline from the current runs (on purpose), then exit 0. "
                    "With --dataset, only those datasets' rows are replaced; the others are "
@@ -136,10 +140,12 @@ def check(baseline: Path, results_dir: Path | None, datasets: tuple[str, ...], u
          (never 1)
       3  incomparable (and no regression): missing runs (fewer finished seeds than the
          baseline), a non-finite test AUC, other config, dataset or protocol
+
     \b
     Examples:
       ctrbench check --baseline results/reference/ci-synthetic.csv --results .cache/ci-results
-      ctrbench check --baseline results/reference/ci-synthetic.csv --update
+      ctrbench check --baseline results/reference/ci-synthetic.csv --results .cache/ci-results \\
+        --update
     """
     root = results_dir if results_dir is not None else default_results_root()
     try:

@@ -49,6 +49,19 @@ def _seed_list(ctx: click.Context, param: click.Parameter, value: str | None) ->
     return list(dict.fromkeys(seeds))
 
 
+def _set_items(ctx: click.Context, param: click.Parameter,
+               value: tuple[str, ...]) -> tuple[str, ...]:
+    """``--set [MODEL:]KEY=VALUE`` items: one whose key is missing or has an empty part
+    (``train.lr``, ``=1``, ``:train.lr=1``, ``train..lr=1``) exits 2 naming it."""
+    for item in value:
+        key, sep, _ = item.partition("=")
+        model, colon, key = key.partition(":") if ":" in key else ("", "", key)
+        if not sep or (colon and not model.strip()) or not all(map(str.strip, key.split("."))):
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE, e.g. train.lr=0.01 "
+                                     "(or for one model mian:train.lr=0.01)")
+    return value
+
+
 def _parse_seeds(seeds: int | None, seed_list: list[int] | None) -> list[int]:
     """The seeds to run: --seed-list, or 0..N-1 for --seeds N (default 3); not both."""
     if seed_list is not None:
@@ -70,12 +83,14 @@ def selection_options(func: Callable) -> Callable:
         click.option("--seed-list", default=None, callback=_seed_list,
                      help=f"Explicit seeds in 0..{MAX_SEED}, e.g. 0,1,2 (not with --seeds)."),
         click.option("--epochs", type=click.IntRange(min=1), default=None,
-                     help="Cap every model's train.epochs at N (part of the run's identity)."),
+                     help="Cap every model's train.epochs at N (part of the run's identity; "
+                          "default: each card's train.epochs)."),
         click.option("--device", default="auto", show_default=True, callback=device_name,
                      help="auto | cpu | cuda | cuda:N."),
         click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path),
-                     default=None, help="Results root (default ./results or $CTRBENCH_RESULTS)."),
-        click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
+                     default=None,
+                     help="Results root (default: $CTRBENCH_RESULTS, else ./results)."),
+        click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE", callback=_set_items,
                      help="Override a card value: train.lr=0.01, params.embedding_dim=8, or for "
                           "one model mian:train.lr=0.01. Repeatable; wins over --config."),
         click.option("--config", "config_file",
@@ -129,7 +144,9 @@ def resolve_threads_option(value: str, jobs: int = 1) -> int | None:
 
 
 def _quiet_option(func: Callable) -> Callable:
-    return click.option("-q", "--quiet", is_flag=True, help="No progress output on stderr.")(func)
+    return click.option("-q", "--quiet", is_flag=True,
+                        help="No progress output on stderr (warnings and errors are still "
+                             "shown).")(func)
 
 
 @click.command(name="run")
@@ -137,7 +154,9 @@ def _quiet_option(func: Callable) -> Callable:
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Independent runs in parallel worker processes.")
 @click.option("--devices", default=None, callback=device_name,
-              help="Devices for the workers, round-robin, e.g. cuda:0,cuda:1.")
+              help="Devices for the parallel workers of --jobs N > 1, round-robin, e.g. "
+                   "cuda:0,cuda:1 (default: --device for every worker; one worker uses "
+                   "--device).")
 @click.option("--force", is_flag=True,
               help="Rerun finished runs; replace finished records of another configuration "
                    "(the old record and scores move to replaced/).")

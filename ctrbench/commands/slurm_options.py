@@ -44,9 +44,11 @@ def executor_options(func: Callable) -> Callable:
                      help="[slurm] CPU cores per task (torch threads)."),
         click.option("--time", "time_limit", default="4:00:00", show_default=True,
                      callback=_checked("check_time"),
-                     help="[slurm] Time limit per task, [D-]HH:MM:SS."),
+                     help="[slurm] Time limit per task in any Slurm form: HH:MM:SS, MM:SS, "
+                          "MM (minutes), D-HH[:MM[:SS]]."),
         click.option("--max-parallel", type=click.IntRange(min=1), default=None,
-                     help="[slurm] At most N tasks running at once (the array's %N)."),
+                     help="[slurm] At most N tasks running at once (the array's %N; "
+                          "default: no limit)."),
         click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="OPTION",
                      callback=_checked("check_sbatch_arg"),
                      help="[slurm] Extra sbatch option, repeatable: --sbatch-arg=--account=lab."),
@@ -83,7 +85,8 @@ def check_executor_options(executor: str, **given: object) -> None:
         return
     wrong = [_DEFAULTS[k][0] for k, v in given.items() if k in _DEFAULTS and v != _DEFAULTS[k][1]]
     if wrong:
-        raise click.UsageError(f"{', '.join(wrong)} only apply with --executor slurm")
+        verb = "only apply" if len(wrong) > 1 else "only applies"
+        raise click.UsageError(f"{', '.join(wrong)} {verb} with --executor slurm")
 
 
 def reattach_hint(job_ids: Sequence[str]) -> str:

@@ -114,6 +114,7 @@ def generate(name: str, scale: str | None, seed: int | None, out_dir: Path) -> N
       ctrbench generate synthetic --scale electronics --out /data/synthetic-electronics
     """
     from ctrbench.cards import load_dataset_card
+    from ctrbench.data.store import ensure_directory
     from ctrbench.data.synthetic import PARAMS_FILE, world_params
     from ctrbench.data.synthetic import generate as generate_world
     from ctrbench.data.synthetic.writer import refuse_existing
@@ -133,6 +134,7 @@ def generate(name: str, scale: str | None, seed: int | None, out_dir: Path) -> N
     if seed is not None:
         params["seed"] = seed
     world = world_params(params, f"dataset card {name!r} [reader_params]")
+    ensure_directory(out_dir.parent, "folder")  # a file in its way is said before any progress
     with progress(f"generating {name}", total=None, unit="lines") as bar:
         done = {"reviews": 0, "meta": 0}
 

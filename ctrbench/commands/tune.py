@@ -76,26 +76,33 @@ def _trial_line(frozen, counts, target: int) -> str:
                    "trials already stored (by earlier runs or other workers); 0 only rewrites "
                    "the outputs. [default: 20; with --timeout-per-model: no trial cap]")
 @click.option("--timeout", type=SECONDS, default=None,
-              help="Start no new trial after this many seconds (a running trial finishes).")
+              help="Start no new trial after this many seconds (a running trial finishes; "
+                   "default: no time limit).")
 @click.option("--timeout-per-model", type=SECONDS, default=None,
               help="With --models: budget every model by wall clock instead of trials (each "
                    "study starts no new trial after this many seconds).")
 @click.option("--storage", default=None,
               help="Optuna storage: an SQLAlchemy URL (sqlite:///x.db, "
                    "postgresql://user:pass@host/db) or journal:PATH. "
-                   "[default: sqlite:///<results>/tuning/<study>.db]")
+                   "[default: sqlite:///<results>/tuning/<study>.db; with --executor slurm: "
+                   "journal:<results>/tuning/<study>.log]")
 @click.option("--study", "study_name", default=None,
               help="Study name [default: <model>@<dataset>] (not with --models).")
-@click.option("--sampler", type=click.Choice(SAMPLERS), default="tpe", show_default=True)
-@click.option("--pruner", type=click.Choice(PRUNERS), default="median", show_default=True)
+@click.option("--sampler", type=click.Choice(SAMPLERS), default="tpe", show_default=True,
+              help="Optuna sampler: tpe (Bayesian), random, or grid (every point of a space "
+                   "whose dimensions all have a step or choices).")
+@click.option("--pruner", type=click.Choice(PRUNERS), default="median", show_default=True,
+              help="Stops hopeless trials early from their per-epoch validation AUC; none "
+                   "trains every trial for all its epochs.")
 @click.option("--prune-after", type=click.IntRange(min=0), default=5, show_default=True,
               help="Median pruner: complete trials needed before it prunes anything.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the sampler and each trial's training (derived per trial number).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Cap on training epochs per trial.")
-@click.option("--results", "results_root", type=click.Path(path_type=Path), default=None,
-              help="Results directory [default: ./results].")
+              help="Cap on training epochs per trial (default: the card's train.epochs).")
+@click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
+              default=None,
+              help="Results directory [default: $CTRBENCH_RESULTS, else ./results].")
 @click.option("--device", default="auto", show_default=True, callback=device_name,
               help="auto | cpu | cuda[:N]")
 @click.option("--card-first/--no-card-first", default=True, show_default=True,
@@ -112,7 +119,8 @@ def _trial_line(frozen, counts, target: int) -> str:
 @click.option("--threads", default="auto", show_default=True, metavar="N|auto",
               help="Torch intra-op threads of this worker; auto: 1, as for run (never more "
                    "than the usable cores).")
-@click.option("-q", "--quiet", is_flag=True, default=False, help="No progress on stderr.")
+@click.option("-q", "--quiet", is_flag=True, default=False,
+              help="No progress on stderr (warnings and errors are still shown).")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="[slurm] Workers (array tasks) on the study; a re-run tops them up to N.")
 @executor_options
@@ -163,6 +171,7 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
     from ctrbench import progress as progress_mod
     from ctrbench.cards import load_model_card, resolve_model_spec
     from ctrbench.commands.run import resolve_threads_option
+    from ctrbench.data.store import ensure_directory
     from ctrbench.engine.threads import apply_threads
     from ctrbench.errors import CtrbenchError
     from ctrbench.paths import default_results_root
@@ -206,6 +215,7 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
                             device=device, prune_after=prune_after, card_first=card_first,
                             progress=not quiet)
     results_root = results_root or default_results_root()
+    ensure_directory(results_root, "results folder")  # a file in its way: one line, no work
 
     def on_trial(frozen, counts) -> None:
         progress_mod.message(_trial_line(frozen, counts, n_trials))
