@@ -70,7 +70,7 @@ def load_raw_card(kind: str, name: str, _chain: tuple[str, ...] = ()) -> dict[st
     paths = card_paths(kind)
     singular = kind.rstrip("s")
     if name not in paths:
-        raise did_you_mean(singular, name, paths)
+        raise did_you_mean(singular, name, [n for n in paths if not n.startswith("_")])
     if name in _chain:
         raise CardError(f"{singular} card {name!r} extends itself: {' -> '.join((*_chain, name))}")
     data = _read_toml(paths[name])
@@ -262,7 +262,15 @@ def model_card_from_dict(data: Mapping[str, Any]) -> ModelCard:
 
 
 def load_model_card(name: str) -> ModelCard:
+    refuse_abstract("model", name, model_names())
     return model_card_from_dict(load_raw_card("models", name))
+
+
+def refuse_abstract(kind: str, name: str, concrete: Sequence[str]) -> None:
+    """An abstract card (``_name``: settings other cards extend) named as a card to use is an
+    unknown name, answered with the concrete ones (abstract names are never listed)."""
+    if name.startswith("_"):
+        raise did_you_mean(kind, name, concrete)
 
 
 def model_names() -> list[str]:
@@ -355,7 +363,7 @@ def resolve_model_spec(spec: str | Sequence[str]) -> list[str]:
         else:
             groups = groups if groups is not None else model_groups()
             if raw not in groups:
-                raise did_you_mean("model or group", raw, [*names, *groups])
+                raise did_you_mean("model or group", raw, [*names, *groups], "models and groups")
             selected = groups[raw]
         out.extend(n for n in selected if n not in out)
     if not out:
@@ -477,6 +485,7 @@ def dataset_card_from_dict(data: Mapping[str, Any]) -> DatasetCard:
 
 
 def load_dataset_card(name: str) -> DatasetCard:
+    refuse_abstract("dataset", name, dataset_names())
     return dataset_card_from_dict(load_raw_card("datasets", name))
 
 

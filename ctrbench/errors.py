@@ -55,9 +55,13 @@ class WriteError(CtrbenchError):
     """
 
     def __init__(self, path: object, exc: OSError) -> None:
-        super().__init__(f"cannot write {path}: {exc.strerror or exc}",
-                         hint="free some space or make the directory writable, then run the "
-                              "same command again")
+        blocked = exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
+        super().__init__(f"cannot write {path}: {exc.strerror or exc}"
+                         + (" (a file stands where a folder must be, or the other way round)"
+                            if blocked else ""),
+                         hint=("move it away or choose another path" if blocked else
+                               "free some space or make the directory writable")
+                         + ", then run the same command again")
         self.path = path
         self.errno = exc.errno
 

@@ -12,15 +12,18 @@ from ctrbench.errors import UnknownNameError
 T = TypeVar("T")
 
 
-def did_you_mean(kind: str, name: str, known: Iterable[str]) -> UnknownNameError:
-    """Build the error for an unknown ``name``, with close matches and the full list."""
+def did_you_mean(kind: str, name: str, known: Iterable[str],
+                 plural: str | None = None) -> UnknownNameError:
+    """Build the error for an unknown ``name``, with close matches and the full list
+    (``plural``: ``kind``'s plural where it is not ``kind + "s"``)."""
     known = sorted(known)
     same_but_case = [k for k in known if k.lower() == name.lower()]  # names are case-sensitive
     close = same_but_case or difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     message = f"Unknown {kind} {name!r}."
     if close:
         message += f" Did you mean: {', '.join(close)}?"
-    return UnknownNameError(message, hint=f"known {kind}s: {', '.join(known) or '(none)'}")
+    return UnknownNameError(message, hint=f"known {plural or kind + 's'}: "
+                                          f"{', '.join(known) or '(none)'}")
 
 
 class Registry(Generic[T]):

@@ -166,8 +166,8 @@ def test_the_closing_summary_leaves_a_non_finite_auc_out_as_report_does(planted,
     assert runner.finished_record(specs[1]) is not None  # still this run's finished record
 
     (row,), failed = summary.leaderboard(specs)
-    assert row[:4] == ["tiny", "1/2", f"{good['auc']:.4f} ± 0.0000",
-                       f"{good['logloss']:.4f} ± 0.0000"], row
+    assert row[:4] == ["tiny", "1/2", f"{good['auc']:.4f} ± –",
+                       f"{good['logloss']:.4f} ± –"], row
     (listed,) = failed
     assert listed[:2] == ["tiny", 1] and "not finite" in listed[2], listed
 

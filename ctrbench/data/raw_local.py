@@ -173,7 +173,8 @@ def mirror_dir(card: DatasetCard, from_dir: Path) -> Path:
         raise DataError(f"--from {from_dir} is a file, not a directory",
                         hint=f"pass the directory that holds {', '.join(names)}")
     raise DataError(f"--from {from_dir}: no such file or directory",
-                    hint=f"pass a directory holding {', '.join(names)}")
+                    hint=(f"pass a directory holding {', '.join(names)}" if names else
+                          f"{card.name} has no raw files to take from a folder: drop --from"))
 
 
 def verify_members(src: SourceSpec, folder: Path) -> str:

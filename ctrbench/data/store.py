@@ -217,7 +217,7 @@ def ensure_directory(path: Path, what: str) -> None:
     except (FileExistsError, NotADirectoryError):
         blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
         raise DataError(f"cannot create the {what} {path}: {blocker} is a file, not a directory",
-                        hint="move that file away (or point CTRBENCH_HOME / --out elsewhere)"
+                        hint="move that file away, or choose another folder"
                         ) from None
 
 

@@ -351,7 +351,7 @@ def update_reference(path: Path, results_root: Path, *,
                 text = _with_other_datasets(Path(path), text, set(datasets))
             atomic_write_text(Path(path), text)
     except WriteError as exc:  # read-only or full disk: nothing half-written is left
-        raise BaselineError(f"cannot write baseline {path}: {exc}") from None
+        raise BaselineError(f"cannot write baseline {path}: {exc.args[0]}", hint=exc.hint) from None
     except OSError as exc:
         raise BaselineError(f"cannot write baseline {path}: {exc.strerror or exc}") from None
     return usable

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import difflib
 import os
 import signal
 import traceback
@@ -174,7 +175,10 @@ def resolve_cards(models: str | Sequence[str], overrides: Overrides | None = Non
     names = resolve_model_spec(models)
     unknown = sorted(overrides.model_names() - set(model_names()))
     if unknown:
-        raise CardError(f"overrides name unknown model(s): {', '.join(unknown)}",
+        close = {n: difflib.get_close_matches(n, names, n=1, cutoff=0.5) for n in unknown}
+        guesses = [f"{n} -> {c[0]}?" for n, c in close.items() if c]
+        raise CardError(f"overrides name unknown model(s): {', '.join(unknown)}"
+                        + (f" (did you mean: {', '.join(guesses)})" if guesses else ""),
                         hint="per-model overrides are `model:key=value` or [models.<name>]")
     unselected = [item for name, items in overrides.set_items.items() if name not in names
                   for item in items]

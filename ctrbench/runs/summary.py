@@ -55,5 +55,6 @@ def _mean_std(values: Sequence[float]) -> str:
     if not values:
         return "–"
     arr = np.asarray(values, dtype=np.float64)
-    std = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-    return f"{arr.mean():.4f} ± {std:.4f}"
+    if len(arr) == 1:  # no spread from one seed (as `report` shows it)
+        return f"{arr[0]:.4f} ± –"
+    return f"{arr.mean():.4f} ± {arr.std(ddof=1):.4f}"
