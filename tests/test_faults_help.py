@@ -232,3 +232,30 @@ def test_a_baseline_under_a_file_is_named_with_the_right_hint(work, tmp_path):
 def test_a_misspelled_model_in_set_gets_a_close_name(work):
     result = invoke("run", "-m", "din", "-d", "synthetic", "--set", "dinn:train.lr=1")
     assert result.exit_code == 1 and "did you mean: dinn -> din?" in result.output
+
+
+def test_an_option_without_effect_is_said(work):
+    """Before: `--devices` with one worker and `--prune-after` with `--pruner none` were
+    accepted without a word (said before the dataset is looked up, so a missing one is fine)."""
+    result = invoke("run", "-m", "lr", "-d", "nosuchdataset", "--devices", "cpu,cpu")
+    assert "warning: --devices is for --jobs N > 1" in result.output, result.output
+    result = invoke("tune", "--model", "lr", "--dataset", "nosuchdataset", "--pruner", "none",
+                    "--prune-after", "3")
+    assert "warning: --prune-after has no effect with --pruner none" in result.output
+    default = invoke("tune", "--model", "lr", "--dataset", "nosuchdataset", "--pruner", "none")
+    assert "--prune-after" not in default.output
+
+
+def test_epoch_progress_names_the_seed(tmp_path, monkeypatch, capsys):
+    """With --jobs 2 the epoch lines of two seeds interleave: each now names its seed."""
+    import train_fixtures as tf
+
+    from ctrbench.cards import model_card_from_dict
+    from ctrbench.engine.train import train_and_evaluate
+
+    monkeypatch.setattr(progress, "_effective_mode", lambda: "lines")
+    store = tf.make_planted_store(tmp_path / "planted", rows=(64, 32, 32))
+    card = model_card_from_dict({"name": "tiny", "arch": "tiny_logistic",
+                                 "params": {"embedding_dim": 4}, "train": {"epochs": 1}})
+    train_and_evaluate(store, card, 7, device="cpu", progress=True)
+    assert "tiny seed 7 epoch 1/1" in capsys.readouterr().err

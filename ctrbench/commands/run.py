@@ -204,6 +204,9 @@ def run(models: str, dataset: str, seeds: int | None, seed_list: list[int] | Non
                                "--max-parallel and --gpus-per-run")
     for d in [device, *device_list] if executor == "local" else []:
         resolve_device(d)  # unknown or unavailable devices fail before any work
+    if device_list and jobs <= 1:
+        progress.message("warning: --devices is for --jobs N > 1; this one worker uses "
+                         f"--device {device}")
     options = slurm_settings(**{k: v for k, v in slurm_args.items() if k != "no_wait"})
     handle, specs, results_root = _prepare_selection(models, dataset, seeds, seed_list, epochs,
                                                      results_dir, set_items, config_file)

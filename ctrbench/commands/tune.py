@@ -200,6 +200,9 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
         n_trials = 10_000 if timeout_per_model is not None else 20
     if quiet:
         progress_mod.set_mode("quiet")
+    given = click.get_current_context().get_parameter_source("prune_after")
+    if pruner == "none" and given is click.core.ParameterSource.COMMANDLINE:
+        progress_mod.message("warning: --prune-after has no effect with --pruner none")
     if workers < 1 or (workers > 1 and executor != "slurm"):
         raise click.UsageError("--workers N needs --executor slurm (and N >= 1); on one "
                                "machine, start several `ctrbench tune` processes instead")

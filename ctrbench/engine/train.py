@@ -155,8 +155,8 @@ class TrainStep:
 
 
 def _train_epoch(step_fn: TrainStep, train: SplitTensors, cfg: TrainConfig, card: ModelCard,
-                 epoch: int, n_epochs: int, generator: torch.Generator, show: bool
-                 ) -> tuple[float, float]:
+                 epoch: int, n_epochs: int, generator: torch.Generator, show: bool,
+                 seed: int = 0) -> tuple[float, float]:
     """One pass over the train split in a seeded order; returns (mean BCE, mean aux)."""
     step_fn.model.train()
     device = train.device
@@ -165,7 +165,8 @@ def _train_epoch(step_fn: TrainStep, train: SplitTensors, cfg: TrainConfig, card
     bce_sum = torch.zeros((), dtype=torch.float64, device=device)
     aux_sum = torch.zeros((), dtype=torch.float64, device=device)
     check_every = CUDA_CHECK_EVERY if device.type == "cuda" else 1
-    bar_cm = (progress_bar(f"{card.name} epoch {epoch}/{n_epochs}", total=n_steps, unit="batch")
+    bar_cm = (progress_bar(f"{card.name} seed {seed} epoch {epoch}/{n_epochs}", total=n_steps,
+                           unit="batch")
               if show else contextlib.nullcontext())
     with bar_cm as bar:
         for step in range(n_steps):
@@ -252,7 +253,7 @@ def train_and_evaluate(
             synchronize(dev)
             start = time.perf_counter()
             train_loss, aux_loss = _train_epoch(step_fn, train, cfg, card, epoch, n_epochs,
-                                                generators.torch, progress)
+                                                generators.torch, progress, seed)
             synchronize(dev)
             train_seconds = time.perf_counter() - start
             train_load = load_average()
