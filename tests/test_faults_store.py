@@ -184,11 +184,13 @@ VALUES = {
 def test_values_beyond_the_schema_never_reach_a_model(store, tmp_path, case):
     damage, problem = VALUES[case]
     damage(store)  # the headers agree with meta.json, the values do not
-    result = cli("run", "-m", "lr", "-d", "shop", "--seeds", "1", "--epochs", "1",
+    result = cli("run", "-m", "lr", "-d", "shop", "--seeds", "2", "--epochs", "1",
                  "--results", str(tmp_path / "res"))
     assert result.exit_code == 1, result.output
     assert problem in result.output and "prepare shop --force" in result.output
     assert "finished test AUC" not in result.output
+    # once for the command, before any folder or record (was: one failed record per seed)
+    assert "DamagedStoreError" not in result.output and not (tmp_path / "res").exists()
 
 
 # --------------------------------------------------------------------------- writers

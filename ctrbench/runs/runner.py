@@ -50,7 +50,7 @@ from ctrbench.cards import (
     parse_set_option,
     resolve_model_spec,
 )
-from ctrbench.data.store import SPLITS, PreparedData
+from ctrbench.data.store import SPLITS, PreparedData, check_values
 from ctrbench.engine.threads import apply_threads, default_threads
 from ctrbench.errors import CardError, CtrbenchError, WriteError, install_termination_handler
 from ctrbench.paths import ensure_writable_dir
@@ -490,8 +490,8 @@ def execute(specs: Sequence[RunSpec], dataset: DatasetHandle, *, device: str = "
             held: Mapping[int, RunResult] | None = None) -> list[RunResult]:
     """Run every spec not finished yet (all with ``force``); returns one result per spec.
 
-    A split of the prepared data that no longer matches its ``meta.json`` raises
-    :class:`~ctrbench.data.store.DamagedStoreError` first.
+    A split of the prepared data that no longer matches its ``meta.json`` (files or values)
+    raises :class:`~ctrbench.data.store.DamagedStoreError` first.
     ``held``: ``id(spec) -> result`` decided elsewhere and not run here (a run queued on Slurm,
     :func:`ctrbench.runs.slurm_runs.held_by_slurm`).
 
@@ -501,12 +501,12 @@ def execute(specs: Sequence[RunSpec], dataset: DatasetHandle, *, device: str = "
     threads per process; None leaves this process's setting alone and gives each of several
     workers ``usable_cores() // workers`` (:mod:`ctrbench.engine.threads`).
     """
+    if specs:  # a damaged store is named once, before any folder is made or run trained
+        for split in SPLITS:
+            check_values(dataset.data, split, dataset.data.split(split))  # (memory-mapped)
     for directory in sorted({s.record_file.parent for s in specs}):
         ensure_writable_dir(directory, "run records")
         _check_locking(directory)
-    if specs:  # a damaged split is named now, not after a run's training
-        for split in SPLITS:
-            dataset.data.check_split(split)
     results = dict(held or {})
     todo = []
     for spec in (s for s in specs if id(s) not in results):

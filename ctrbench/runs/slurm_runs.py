@@ -244,8 +244,8 @@ def held_by_slurm(specs: Sequence[RunSpec], force: bool = False) -> dict[int, Ru
     try:
         states = slurm.query(m["job_id"] for m in markers.values())
     except CtrbenchError as exc:
-        progress.message(f"warning: cannot ask Slurm about the runs it was given ({exc}); "
-                         "running them here")
+        progress.message(f"warning: cannot ask Slurm about the runs it was given "
+                         f"({exc.args[0]}); running them here")
         return {}
     held = {}
     for spec in specs:
