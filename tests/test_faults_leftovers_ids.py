@@ -18,6 +18,7 @@ from ctrbench.cli import main
 from ctrbench.errors import CardError
 from ctrbench.models import config_of
 from ctrbench.runs import runner
+from ctrbench.runs.preflight import check_buildable
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -188,10 +189,10 @@ def test_every_model_the_schema_refuses_is_named(home, monkeypatch):  # noqa: F8
                                  runner.load_overrides(None, ["mian:params.heads=7",
                                                               "mian_postln:params.heads=5"]))
     with pytest.raises(CardError) as caught:
-        runner.check_buildable(cards, handle)
+        check_buildable(cards, handle)
     assert "'mian'" in str(caught.value) and "'mian_postln'" in str(caught.value)
     assert "'lr'" not in str(caught.value)
-    runner.check_buildable(runner.resolve_cards(model_names()), handle)  # the built-in cards
+    check_buildable(runner.resolve_cards(model_names()), handle)  # the built-in cards
 
 
 def test_a_finished_run_is_found_again_with_a_default_stated(cli):

@@ -249,3 +249,34 @@ def test_a_file_system_without_flock_stops_the_command_before_any_training(plant
         runner.execute(specs, planted, device="cpu", jobs=jobs, show_progress=False)
     assert str(specs[0].record_file.parent) in str(caught.value)
     assert not list(results.rglob("*.json")) and not list(results.rglob("*.lock"))
+
+
+# --------------------------------------------------------------------------- unusable splits
+@pytest.mark.parametrize("split,rows", [("valid", 100), ("test", 100), ("test", 0)])
+def test_a_split_no_run_can_use_stops_the_command_once(planted, tmp_path, split, rows):
+    """Before: a store with an empty or one-class valid/test split (a tiny log) failed every
+    run one by one, one failed record per seed, though the command could say it once."""
+    import numpy as np
+    import train_fixtures as tf
+
+    from ctrbench.data.store import open_store
+    from ctrbench.errors import DataError
+    from ctrbench.runs import runner
+
+    sizes = {"train": 320, "valid": 100, "test": 100, split: max(rows, 1)}
+    path = tf.make_planted_store(tmp_path / "planted",
+                                 rows=(sizes["train"], sizes["valid"], sizes["test"])).path
+    label = path / split / "label.npy"
+    np.save(label, np.zeros(rows, dtype=np.float32))  # one class, or no rows
+    if rows == 0:  # keep the store consistent with its meta: every column emptied
+        for column in (path / split).glob("*.npy"):
+            np.save(column, np.load(column)[:0])
+        meta = json.loads((path / "meta.json").read_text())
+        meta["splits"][split]["rows"] = 0
+        (path / "meta.json").write_text(json.dumps(meta))
+    handle = runner.DatasetHandle("planted", open_store(path), {"name": "planted"})
+    specs = _specs(handle, tmp_path / "results", seeds=(0, 1))
+    with pytest.raises(DataError, match=f"{split[:5]}[a-z]* split") as info:
+        runner.execute(specs, handle, device="cpu", show_progress=False)
+    assert ("empty" if rows == 0 else "one class") in str(info.value)
+    assert not (tmp_path / "results").exists()

@@ -266,3 +266,91 @@ def test_a_task_whose_run_was_not_done_exits_1(synthetic, tmp_path, monkeypatch,
                            "run_id": spec.run_id, "record": str(spec.record_file)}]}
     monkeypatch.setattr(runner, "execute_one", lambda s, *a, **k: runner.RunResult(s, status))
     assert slurm_task.run_task(manifest, 0) == code
+
+
+# --------------------------------------------------------------------------- 5. late jobs
+def _fake(bin_dir: Path, name: str, body: str) -> None:
+    tool = bin_dir / name
+    tool.write_text(f"#!/bin/sh\n{body}\n")
+    tool.chmod(0o755)
+
+
+def _late_job(sub: Path, bin_dir: Path, job: str = "555") -> None:
+    """squeue now lists ``job`` under the job name written in ``sub``'s script (task 0 pending)."""
+    [name] = [line.split("=", 1)[1] for line in (sub / "job.sh").read_text().splitlines()
+              if line.startswith("#SBATCH --job-name=")]
+    _fake(bin_dir, "squeue", f'case "$*" in *--name={name}*) echo {job};; '
+                             f'*--jobs*{job}*) echo "{job}|0|PENDING|(Priority)";; esac')
+
+
+def _unanswered(results: Path, specs, handle) -> Path:
+    with pytest.raises(CtrbenchError, match="may have been submitted"):
+        _submit(specs, handle, results)
+    [sub] = _submissions(results)
+    return sub
+
+
+def test_a_late_job_of_an_unanswered_sbatch_is_found_by_the_next_run(synthetic, slow_sbatch,
+                                                                     tmp_path):
+    """before: the next `run --executor slurm` submitted the run again (the late job had no
+    markers); now it finds the job by its unique name, marks it and attaches to it."""
+    results = tmp_path / "results"
+    specs = _specs(synthetic, results)
+    sub = _unanswered(results, specs, synthetic)
+    _late_job(sub, tmp_path / "bin")
+    args = ["run", *LR, "--seed-list", "0", "--results", str(results), "--executor", "slurm",
+            "--no-wait"]
+    again = CliRunner().invoke(main, args)  # a second sbatch would not answer either: exit 1
+    assert again.exit_code == 0, again.output
+    assert "already queued or running in Slurm job(s) 555" in again.output
+    marker = slurm_runs.read_marker(specs[0])
+    assert (marker["job_id"], marker["index"], marker["submission"]) == ("555", 0, str(sub))
+    assert (sub / "job_id").read_text().strip() == "555" and _submissions(results) == [sub]
+
+
+def test_a_late_job_of_an_unanswered_sbatch_holds_a_local_run(synthetic, slow_sbatch,
+                                                             tmp_path):
+    """before: a local `run` trained the run that the late job's task was about to train."""
+    results = tmp_path / "results"
+    [spec] = _specs(synthetic, results)
+    sub = _unanswered(results, [spec], synthetic)
+    _late_job(sub, tmp_path / "bin")
+    local = CliRunner().invoke(main, ["run", *LR, "--seed-list", "0", "--results",
+                                      str(results)])
+    assert local.exit_code == 0, local.output
+    assert "1 queued" in local.output and "555_0" in local.output
+    assert not spec.record_file.exists()
+
+
+def test_an_unanswered_sbatch_whose_job_never_came_is_forgotten(synthetic, slow_sbatch,
+                                                               tmp_path, monkeypatch):
+    """Slurm lists no job of that name (past the grace time): the submission folder goes and
+    the run is submitted again (before: the folder stayed, with nothing to say it was dead)."""
+    results = tmp_path / "results"
+    specs = _specs(synthetic, results)
+    _unanswered(results, specs, synthetic)
+    monkeypatch.setattr(slurm_runs, "UNCONFIRMED_GRACE_S", 0, raising=False)
+    done, attached, todo = slurm_runs.reconcile(specs, synthetic)
+    assert (done, attached, todo) == ([], [], specs)
+    assert _submissions(results) == []
+    assert not list(specs[0].record_file.parent.glob("*.slurm-job"))
+
+
+@pytest.mark.parametrize("squeue", ["echo 'Unable to contact slurm controller' >&2; exit 1",
+                                    "exit 0"])
+def test_an_unanswered_sbatch_is_not_submitted_twice_while_unsettled(synthetic, slow_sbatch,
+                                                                    tmp_path, squeue):
+    """Slurm cannot be asked, or does not list the job yet (within the grace time): the run is
+    refused, naming the submission and what to do by hand (before: submitted again)."""
+    results = tmp_path / "results"
+    specs = _specs(synthetic, results)
+    sub = _unanswered(results, specs, synthetic)
+    _fake(tmp_path / "bin", "squeue", squeue)
+    done, attached, todo = slurm_runs.reconcile(specs, synthetic)
+    assert (attached, todo) == ([], [])
+    [result] = done
+    assert result.status == "refused" and str(sub) in result.detail
+    assert "squeue" in result.detail and "--name=" in result.detail
+    held = slurm_runs.held_by_slurm(specs)
+    assert [r.status for r in held.values()] == ["refused"]
+    assert _submissions(results) == [sub]

@@ -1,4 +1,5 @@
-"""``ctrbench prepare NAME [--from DIR [--replace]] [--strict] [--force]``: build a store."""
+"""``ctrbench prepare NAME [--from DIR [--replace]] [--no-strict-hash] [--strict] [--force]``:
+build a store."""
 
 from __future__ import annotations
 
@@ -28,12 +29,15 @@ def _report_lines(reports: list[dict]) -> list[str]:
 @click.option("--replace", is_flag=True, default=False,
               help="Fetch the raw files again (from --from DIR when given) and replace the "
                    "cached copies (as `ctrbench download --replace`).")
+@click.option("--no-strict-hash", "lenient", is_flag=True, default=False,
+              help="Keep a raw file that fails its checksum (as `ctrbench download "
+                   "--no-strict-hash`): reported as unverified, its sha256 recorded as accepted.")
 @click.option("--strict", is_flag=True, default=False,
               help="Fail on the first malformed raw line instead of skipping and counting it "
                    "(an existing store built with skipped lines fails the same way).")
 @click.option("--force", is_flag=True, default=False,
               help="Rebuild even if a finished store with the same key exists.")
-def prepare(name: str, from_dir: Path | None, replace: bool, strict: bool,
+def prepare(name: str, from_dir: Path | None, replace: bool, lenient: bool, strict: bool,
             force: bool) -> None:
     """Read a dataset's raw files, build its protocol and write the prepared store.
 
@@ -50,11 +54,12 @@ def prepare(name: str, from_dir: Path | None, replace: bool, strict: bool,
     from ctrbench.data.prepare import prepare as run_prepare
     from ctrbench.data.store import SPLITS
 
-    if replace:
+    if replace or lenient:
         from ctrbench.cards import load_dataset_card
         from ctrbench.data.download import fetch_report
 
-        fetch_report(load_dataset_card(name), from_dir=from_dir, replace=True)
+        fetch_report(load_dataset_card(name), from_dir=from_dir, strict_hash=not lenient,
+                     replace=replace)
     result = run_prepare(name, force=force, strict=strict, from_dir=from_dir)
     meta = result.data.meta
     status = "reused existing store" if result.reused else "built"

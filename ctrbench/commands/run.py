@@ -108,12 +108,13 @@ def _prepare_selection(models: str, dataset: str, seeds: int | None,
                        config_file: Path | None):
     from ctrbench.paths import default_results_root
     from ctrbench.runs import runner
+    from ctrbench.runs.preflight import check_buildable
 
     seed_values = _parse_seeds(seeds, seed_list)
     overrides = runner.load_overrides(config_file, set_items)
     cards = runner.resolve_cards(models, overrides, epochs)
     handle = runner.default_dataset_loader(dataset)
-    runner.check_buildable(cards, handle)  # a configuration this schema refuses: exit 1, no run
+    check_buildable(cards, handle)  # a configuration this schema refuses: exit 1, no run
     results_root = results_dir or default_results_root()
     specs = runner.plan_runs(handle, cards, seed_values, results_root)
     return handle, specs, results_root

@@ -50,13 +50,19 @@ from ctrbench.cards import (
     parse_set_option,
     resolve_model_spec,
 )
-from ctrbench.data.store import SPLITS, PreparedData, check_values
+from ctrbench.data.store import PreparedData
 from ctrbench.engine.threads import apply_threads, default_threads
-from ctrbench.errors import CardError, CtrbenchError, WriteError, install_termination_handler
+from ctrbench.errors import (
+    CardError,
+    CtrbenchError,
+    WriteError,
+    install_termination_handler,
+)
 from ctrbench.paths import ensure_writable_dir
 from ctrbench.record import EpochRow, RunRecord, record_path, scores_path
 from ctrbench.runs import orphans
 from ctrbench.runs.lock import RunLock
+from ctrbench.runs.preflight import check_runnable
 from ctrbench.runs.state import RecordState, record_state, save_outcome
 from ctrbench.validate import require_table
 
@@ -197,26 +203,6 @@ def resolve_cards(models: str | Sequence[str], overrides: Overrides | None = Non
         _check_params(card)
         cards.append(_one_spelling(card, written.params))
     return cards
-
-
-def check_buildable(cards: Sequence[ModelCard], dataset: DatasetHandle) -> None:
-    """Build each card's model once on ``dataset``'s schema before any run starts: the checks
-    that need the schema (MIAN's ``heads`` dividing its width, IUIM without user fields) fail
-    the command once, as one CardError naming every model they refuse, not each run."""
-    from ctrbench.engine.train import build_for_training
-    from ctrbench.errors import CtrbenchError
-
-    refused: dict[str, CtrbenchError] = {}
-    for card in cards:
-        try:
-            build_for_training(card, dataset.data.schema)
-        except CtrbenchError as exc:
-            refused[card.name] = exc
-    if refused:
-        hints = [exc.hint for exc in refused.values() if exc.hint]
-        raise CardError("; ".join(f"model {name!r} cannot be built for dataset {dataset.name!r}: "
-                                  f"{exc.args[0]}" for name, exc in refused.items()),
-                        hint="; ".join([*dict.fromkeys(hints), "nothing was run"]))
 
 
 def _one_spelling(card: ModelCard, written: Mapping[str, Any]) -> ModelCard:
@@ -501,9 +487,8 @@ def execute(specs: Sequence[RunSpec], dataset: DatasetHandle, *, device: str = "
     threads per process; None leaves this process's setting alone and gives each of several
     workers ``usable_cores() // workers`` (:mod:`ctrbench.engine.threads`).
     """
-    if specs:  # a damaged store is named once, before any folder is made or run trained
-        for split in SPLITS:
-            check_values(dataset.data, split, dataset.data.split(split))  # (memory-mapped)
+    if specs:  # a damaged or unusable store is named once, before any folder or training
+        check_runnable(dataset)
     for directory in sorted({s.record_file.parent for s in specs}):
         ensure_writable_dir(directory, "run records")
         _check_locking(directory)

@@ -222,5 +222,16 @@ def query(job_ids: Iterable[str]) -> dict[tuple[str, int], TaskState]:
     return states
 
 
+def jobs_named(name: str) -> list[str]:
+    """Ids of the jobs named ``name`` that ``squeue`` lists (queued, running, or ended less
+    than ``MinJobAge`` ago), oldest first. Raises CtrbenchError when ``squeue`` fails."""
+    done = _call(["squeue", "--noheader", "--states=all", f"--name={name}", "--format=%F"])
+    if done.returncode != 0:
+        raise CtrbenchError(f"squeue failed: {done.stderr.strip() or done.stdout.strip()}",
+                            hint="is slurmctld reachable? try `scontrol ping`")
+    return sorted({line.strip() for line in done.stdout.splitlines()
+                   if line.strip().isdigit()}, key=int)
+
+
 def cancel_hint(job_ids: Iterable[str]) -> str:
     return f"scancel {' '.join(sorted(set(job_ids)))}"

@@ -11,6 +11,8 @@
 - Re-running: finished records are skipped; a run whose marker's task is still queued or running
   (``squeue``) is attached to, never submitted twice; a task that ended without a record
   (SIGKILL, node failure) is recorded as failed here; failed and missing runs are submitted.
+  A submission that sbatch did not confirm (no answer in time) is looked for by its job's
+  unique name first (:func:`resolve_unconfirmed`).
   Submissions from several shells at once are serialised by a lock file in ``<results>/slurm``.
 """
 
@@ -198,10 +200,14 @@ def submission_lock(results_root: Path) -> Iterator[None]:
 def reconcile(specs: Sequence[RunSpec], dataset: DatasetHandle, force: bool = False
               ) -> tuple[list[RunResult], list[Tracked], list[RunSpec]]:
     """Split specs into done (finished records), attached (their task is queued or running)
-    and to-submit (missing, failed, or whose task ended without a record: recorded failed)."""
+    and to-submit (missing, failed, or whose task ended without a record: recorded failed).
+    Runs of a submission that sbatch did not confirm are settled first; those that stay
+    unsettled are refused, never submitted twice."""
+    unsettled = resolve_unconfirmed(specs)
+    done = [RunResult(s, "refused", unsettled[id(s)]) for s in specs if id(s) in unsettled]
+    specs = [s for s in specs if id(s) not in unsettled]
     markers = {id(s): m for s in specs if (m := read_marker(s)) is not None}
     states = slurm.query(m["job_id"] for m in markers.values())
-    done: list[RunResult] = []
     attached: list[Tracked] = []
     todo: list[RunSpec] = []
     for spec in specs:
@@ -236,18 +242,25 @@ def held_by_slurm(specs: Sequence[RunSpec], force: bool = False) -> dict[int, Ru
     is held with ``force``, nor when no marker names a task Slurm still lists; when Slurm
     cannot be asked (its commands missing, the controller down) nothing is held either, and a
     line says so (the run's lock and record rules still keep either run from overwriting the
-    other's finished record)."""
-    markers = {} if force else {id(s): m for s in specs if (m := read_marker(s)) is not None
-                                and runner.finished_record(s) is None}
-    if not markers:
+    other's finished record). A run of a submission that sbatch did not confirm and that
+    cannot be settled (:func:`resolve_unconfirmed`) is refused."""
+    if force:
         return {}
+    specs = [s for s in specs if runner.finished_record(s) is None]
+    unsettled = resolve_unconfirmed(specs)
+    held = {id(s): RunResult(s, "refused", unsettled[id(s)]) for s in specs
+            if id(s) in unsettled}
+    for result in held.values():  # (`plan` says nothing else about them)
+        progress.message(f"{result.spec.model} seed {result.spec.seed}: {result.detail}")
+    markers = {id(s): m for s in specs if (m := read_marker(s)) is not None}
+    if not markers:
+        return held
     try:
         states = slurm.query(m["job_id"] for m in markers.values())
     except CtrbenchError as exc:
         progress.message(f"warning: cannot ask Slurm about the runs it was given "
                          f"({exc.args[0]}); running them here")
-        return {}
-    held = {}
+        return held
     for spec in specs:
         marker = markers.get(id(spec))
         state = states.get((marker["job_id"], marker["index"])) if marker else None
@@ -279,21 +292,29 @@ def new_submission_dir(results_root: Path) -> Path:
     return path
 
 
-def sbatch_submission(sub: Path, job_name: str, env: dict[str, str] | None = None) -> str:
+def sbatch_submission(sub: Path, job_name: str, env: dict[str, str] | None = None,
+                      unconfirmed: Callable[[], None] | None = None) -> str:
     """``sbatch`` the ``job.sh`` of submission directory ``sub``; writes ``sub/job_id`` and
     returns the job id. A refused submission leaves no directory behind; one that sbatch did
-    not answer in time keeps it (the job may exist and its tasks need the manifest) and says
-    how to look for the job."""
+    not answer in time keeps it (the job may exist and its tasks need the manifest), calls
+    ``unconfirmed`` (which notes it for the next command) and says how to look for the job."""
     try:
         job_id = slurm.submit(sub / "job.sh", env=env)
     except slurm.NoAnswer as exc:
+        if unconfirmed is not None:
+            unconfirmed()
+            hint = (f"`squeue --name={job_name}` lists it if it exists; the next "
+                    "`ctrbench run` of these runs looks for it by that name and waits for it, "
+                    "or submits them again if Slurm never got it. "
+                    "CTRBENCH_SLURM_TIMEOUT=<seconds> waits longer")
+        else:
+            hint = (f"look for it with `squeue -u $USER --name={job_name} -o '%i %V'` (one "
+                    f"submitted at {_now()[11:19]} UTC is this one): its tasks run as usual; "
+                    "`scancel` it before you run the command again, else its runs are "
+                    "submitted twice. CTRBENCH_SLURM_TIMEOUT=<seconds> waits longer")
         raise CtrbenchError(
             f"{exc.args[0]}: the job array may have been submitted all the same; its script, "
-            f"manifest and logs are kept in {sub}",
-            hint=f"look for it with `squeue -u $USER --name={job_name} -o '%i %V'` (one "
-                 f"submitted at {_now()[11:19]} UTC is this one): its tasks run as usual; "
-                 "`scancel` it before you run the command again, else its runs are submitted "
-                 "twice. CTRBENCH_SLURM_TIMEOUT=<seconds> waits longer") from None
+            f"manifest and logs are kept in {sub}", hint=hint) from None
     except BaseException:  # refused: leave no submission directory behind
         shutil.rmtree(sub, ignore_errors=True)
         raise
@@ -317,20 +338,113 @@ def submit_runs(todo: Sequence[RunSpec], dataset: DatasetHandle, options: slurm.
     manifest_file = sub / "manifest.json"
     atomic_write_text(manifest_file, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     script = sub / "job.sh"
+    job_name = f"ctrbench-{dataset.name}-{sub.name}"  # unique: finds a job sbatch did not confirm
     script.write_text(slurm.array_script(
-        job_name=f"ctrbench-{dataset.name}", n_tasks=len(todo), log_dir=sub / "logs",
+        job_name=job_name, n_tasks=len(todo), log_dir=sub / "logs",
         chdir=Path.cwd(), command=task_command(manifest_file), options=options))
-    submitted_at = _now()
-    job_id = sbatch_submission(sub, f"ctrbench-{dataset.name}")
-    tracked = []
-    for index, spec in enumerate(todo):
-        write_marker(spec, {
-            "job_id": job_id, "index": index, "run_id": spec.run_id, "submission": str(sub),
-            "log": str(sub / "logs" / f"{job_id}_{index}.log"), "submitted_at": submitted_at,
-            "force": bool(force)})
-        tracked.append(Tracked(spec, job_id, index, "pending", submitted_at=submitted_at,
-                               force=bool(force)))
-    return tracked
+    marker = {"job_name": job_name, "submission": str(sub), "submitted_at": _now(),
+              "force": bool(force)}
+    job_id = sbatch_submission(sub, job_name,
+                               unconfirmed=lambda: _mark(todo, {**marker, "job_id": None}))
+    _mark(todo, {**marker, "job_id": job_id})
+    return [Tracked(spec, job_id, index, "pending", submitted_at=marker["submitted_at"],
+                    force=bool(force)) for index, spec in enumerate(todo)]
+
+
+def _mark(specs: Sequence[RunSpec], marker: dict[str, Any]) -> None:
+    """Write the marker of every run of one submission (array task ``i`` runs ``specs[i]``);
+    ``job_id`` None: sbatch did not answer, the job is looked for by its name later."""
+    job_id, sub = marker["job_id"], Path(marker["submission"])
+    for index, spec in enumerate(specs):
+        log = {"log": str(sub / "logs" / f"{job_id}_{index}.log")} if job_id else {}
+        write_marker(spec, {**marker, **log, "index": index, "run_id": spec.run_id})
+
+
+# --------------------------------------------------------------------------- unconfirmed
+UNCONFIRMED_GRACE_S = 300.0  # a job not listed this long after its sbatch was never made
+
+
+def read_unconfirmed(spec: RunSpec) -> dict[str, Any] | None:
+    """The spec's marker when it names a submission that sbatch did not confirm (no job id,
+    a job name to look for), else None."""
+    try:
+        data = json.loads(marker_path(spec.record_file, spec.run_id).read_text())
+    except (OSError, ValueError):
+        return None
+    if (isinstance(data, dict) and data.get("job_id") is None and data.get("job_name")
+            and data.get("run_id") == spec.run_id and isinstance(data.get("index"), int)):
+        return data
+    return None
+
+
+def resolve_unconfirmed(specs: Sequence[RunSpec]) -> dict[int, str]:
+    """Settle the runs of submissions that sbatch did not confirm, by their job's name: a job
+    Slurm lists gets its markers (as a confirmed submission); one Slurm does not list, past
+    ``UNCONFIRMED_GRACE_S``, is forgotten (its runs are pending again). Returns ``id(spec) ->
+    why`` for the runs that stay unsettled (Slurm cannot be asked, or not listed yet)."""
+    groups: dict[str, list[tuple[RunSpec, dict[str, Any]]]] = {}
+    for spec in specs:
+        if (marker := read_unconfirmed(spec)) is not None:
+            groups.setdefault(marker["job_name"], []).append((spec, marker))
+    unsettled = {}
+    for name, group in groups.items():
+        sub = Path(group[0][1]["submission"])
+        try:
+            job_id = _read_job_id(sub) or max(slurm.jobs_named(name), key=int, default=None)
+        except CtrbenchError as exc:
+            why = f"Slurm cannot be asked ({exc.args[0]})"
+        else:
+            if job_id is not None:
+                _confirm(group, sub, job_id)
+                continue
+            if _age_s(group[0][1]) >= UNCONFIRMED_GRACE_S:
+                _forget(group, sub)
+                continue
+            why = "Slurm does not list it (yet)"
+        for spec, marker in group:
+            unsettled[id(spec)] = _unsettled(spec, marker, why)
+    return unsettled
+
+
+def _read_job_id(sub: Path) -> str | None:
+    """The job id an earlier command found for submission ``sub`` (its ``job_id`` file)."""
+    try:
+        text = (sub / "job_id").read_text().strip()
+    except OSError:
+        return None
+    return text if text.isdigit() else None
+
+
+def _age_s(marker: dict[str, Any]) -> float:
+    try:
+        then = dt.datetime.fromisoformat(marker["submitted_at"])
+    except (KeyError, TypeError, ValueError):
+        return float("inf")
+    return (dt.datetime.now(dt.timezone.utc) - then).total_seconds()
+
+
+def _confirm(group: Sequence[tuple[RunSpec, dict[str, Any]]], sub: Path, job_id: str) -> None:
+    atomic_write_text(sub / "job_id", job_id + "\n")
+    for spec, marker in group:
+        log = str(sub / "logs" / f"{job_id}_{marker['index']}.log")
+        write_marker(spec, {**marker, "job_id": job_id, "log": log})
+    progress.message(f"found Slurm job {job_id} ({group[0][1]['job_name']}), submitted when "
+                     f"sbatch did not answer: {len(group)} run(s) marked as its tasks")
+
+
+def _forget(group: Sequence[tuple[RunSpec, dict[str, Any]]], sub: Path) -> None:
+    for spec, _ in group:
+        marker_path(spec.record_file, spec.run_id).unlink(missing_ok=True)
+    if not any((sub / "logs").glob("*")):  # (a job that ran and was forgotten left logs)
+        shutil.rmtree(sub, ignore_errors=True)
+
+
+def _unsettled(spec: RunSpec, marker: dict[str, Any], why: str) -> str:
+    name = marker["job_name"]
+    return (f"not submitted again: sbatch did not confirm submission {marker['submission']} "
+            f"and {why}. Look with `squeue --name={name}`: if it is listed, the same command "
+            f"attaches to it once Slurm answers; if it never will be, remove "
+            f"{marker_path(spec.record_file, spec.run_id)} and run the command again")
 
 
 # --------------------------------------------------------------------------- wait
