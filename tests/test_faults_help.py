@@ -259,3 +259,17 @@ def test_epoch_progress_names_the_seed(tmp_path, monkeypatch, capsys):
                                  "params": {"embedding_dim": 4}, "train": {"epochs": 1}})
     train_and_evaluate(store, card, 7, device="cpu", progress=True)
     assert "tiny seed 7 epoch 1/1" in capsys.readouterr().err
+
+
+def test_a_misspelled_dataset_in_report_and_check_names_the_ones_there(work):
+    """Before: "no run records for dataset(s) bokos" and "the baseline has no rows for bokos",
+    with no word on what is there."""
+    records = Path(__file__).resolve().parent / "fixtures" / "records"
+    result = invoke("report", "--results", str(records), "--dataset", "bokos", "--out", "rep")
+    assert result.exit_code == 1
+    assert "(did you mean: books?)" in result.output
+    assert "datasets with records there: books, electronics-dien" in result.output
+    baseline = Path(__file__).resolve().parent.parent / "results" / "reference" / "ci-synthetic.csv"
+    result = invoke("check", "--baseline", str(baseline), "--results", str(records),
+                    "--dataset", "bokos")
+    assert "its datasets: synthetic" in result.output, result.output

@@ -203,8 +203,7 @@ def _verify(src: SourceSpec, path: Path, entry: dict[str, Any], *, origin: str,
             return entry, ACCEPTED
         if strict_hash:
             raise
-        log.warning("%s (kept: strict_hash=False)", exc)
-        progress.message(f"warning: {exc} (kept, unverified: --no-strict-hash)")
+        progress.message(f"warning: {exc.args[0]} (kept, unverified: --no-strict-hash)")
         entry = dict(entry, accepted_sha256=entry["sha256"], recorded_sha256=entry["sha256"])
         write_ledger_entry(path, entry)
         return entry, ACCEPTED
@@ -334,8 +333,7 @@ def _install(card: DatasetCard, src: SourceSpec, tmp: Path, digests: Digests, ta
         except ChecksumError as exc:
             if strict_hash:
                 raise
-            log.warning("%s (kept: strict_hash=False)", exc)
-            progress.message(f"warning: {exc} (kept, unverified: --no-strict-hash)")
+            progress.message(f"warning: {exc.args[0]} (kept, unverified: --no-strict-hash)")
             entry["accepted_sha256"] = digests.sha256
         previous = file_digests(target) if target.is_file() else None
         os.replace(tmp, target)

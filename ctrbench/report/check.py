@@ -289,8 +289,10 @@ def check_results(reference: pd.DataFrame, results_root: Path, *, tolerance: flo
     """Judge every reference row (optionally only ``datasets``) against current records."""
     ref = reference if not datasets else reference[reference["dataset"].isin(datasets)]
     if ref.empty:
+        present = sorted(reference["dataset"].unique()) if len(reference) else []
         raise BaselineError("the baseline has no rows" + (f" for {', '.join(datasets)}"
-                                                          if datasets else ""))
+                                                          if datasets else ""),
+                            hint=f"its datasets: {', '.join(present) or '(none)'}")
     wanted = sorted(ref["dataset"].unique())
     rs = None
     if (Path(results_root) / "runs").is_dir():

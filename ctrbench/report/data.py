@@ -7,6 +7,7 @@ curves of finished runs, and lazily the test scores (``.npz``) beside each recor
 
 from __future__ import annotations
 
+import difflib
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -276,7 +277,14 @@ def load_results(results_root: Path, datasets: Sequence[str] | None = None) -> R
     if datasets:
         missing = sorted(set(datasets) - {r["dataset"] for r in rows})
         if missing:
-            raise CtrbenchError(f"no run records for dataset(s) {', '.join(missing)} in {root}")
+            runs_dir = Path(root) / "runs"
+            present = sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) \
+                if runs_dir.is_dir() else []
+            close = [c for m in missing for c in difflib.get_close_matches(m, present, n=1)]
+            raise CtrbenchError(f"no run records for dataset(s) {', '.join(missing)} in {root}"
+                                + (f" (did you mean: {', '.join(close)}?)" if close else ""),
+                                hint=f"datasets with records there: "
+                                     f"{', '.join(present) or '(none)'}")
     rows, twice = _refuse_duplicates(rows, root)
     curves = [c for c in curves if c[:3] not in twice]
     runs = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
