@@ -74,14 +74,19 @@ def marker_path(record_file: Path, run_id: str | None = None) -> Path:
     return record_file.with_name(f"{record_file.stem}.{run_id}.slurm-job")
 
 
-def _load_marker(path: Path) -> dict[str, Any] | None:
+def _marker_json(path: Path) -> dict[str, Any] | None:
+    """The marker file's JSON object with an integer task ``index``, else None."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):  # (json.JSONDecodeError and UnicodeDecodeError too)
         return None
-    if not isinstance(data, dict) or not str(data.get("job_id", "")).isdigit():
-        return None
-    return data if isinstance(data.get("index"), int) else None
+    return data if isinstance(data, dict) and isinstance(data.get("index"), int) else None
+
+
+def _load_marker(path: Path) -> dict[str, Any] | None:
+    """A marker of a submission sbatch confirmed (a job id), else None."""
+    data = _marker_json(path)
+    return data if data is not None and str(data.get("job_id", "")).isdigit() else None
 
 
 def read_marker(spec: RunSpec) -> dict[str, Any] | None:
@@ -356,8 +361,12 @@ def _mark(specs: Sequence[RunSpec], marker: dict[str, Any]) -> None:
     ``job_id`` None: sbatch did not answer, the job is looked for by its name later."""
     job_id, sub = marker["job_id"], Path(marker["submission"])
     for index, spec in enumerate(specs):
-        log = {"log": str(sub / "logs" / f"{job_id}_{index}.log")} if job_id else {}
+        log = {"log": _task_log(sub, job_id, index)} if job_id else {}
         write_marker(spec, {**marker, **log, "index": index, "run_id": spec.run_id})
+
+
+def _task_log(sub: Path, job_id: str, index: int) -> str:
+    return str(sub / "logs" / f"{job_id}_{index}.log")  # (array_script's --output pattern)
 
 
 # --------------------------------------------------------------------------- unconfirmed
@@ -367,12 +376,9 @@ UNCONFIRMED_GRACE_S = 300.0  # a job not listed this long after its sbatch was n
 def read_unconfirmed(spec: RunSpec) -> dict[str, Any] | None:
     """The spec's marker when it names a submission that sbatch did not confirm (no job id,
     a job name to look for), else None."""
-    try:
-        data = json.loads(marker_path(spec.record_file, spec.run_id).read_text())
-    except (OSError, ValueError):
-        return None
-    if (isinstance(data, dict) and data.get("job_id") is None and data.get("job_name")
-            and data.get("run_id") == spec.run_id and isinstance(data.get("index"), int)):
+    data = _marker_json(marker_path(spec.record_file, spec.run_id))
+    if (data is not None and data.get("job_id") is None and data.get("job_name")
+            and data.get("run_id") == spec.run_id):
         return data
     return None
 
@@ -426,8 +432,8 @@ def _age_s(marker: dict[str, Any]) -> float:
 def _confirm(group: Sequence[tuple[RunSpec, dict[str, Any]]], sub: Path, job_id: str) -> None:
     atomic_write_text(sub / "job_id", job_id + "\n")
     for spec, marker in group:
-        log = str(sub / "logs" / f"{job_id}_{marker['index']}.log")
-        write_marker(spec, {**marker, "job_id": job_id, "log": log})
+        write_marker(spec, {**marker, "job_id": job_id,
+                            "log": _task_log(sub, job_id, marker["index"])})
     progress.message(f"found Slurm job {job_id} ({group[0][1]['job_name']}), submitted when "
                      f"sbatch did not answer: {len(group)} run(s) marked as its tasks")
 
