@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 import ctrbench
-from ctrbench import allocator
+from ctrbench import allocator, native
 
 _PACKAGE_DIR = Path(ctrbench.__file__).resolve().parent
 
@@ -68,6 +68,14 @@ def git_state() -> dict[str, Any]:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
+def native_kernels(device: torch.device) -> dict[str, str]:
+    """Whether each native CPU kernel runs in this process ("native", or why not: the torch
+    path then runs, the same function with other rounding)."""
+    if device.type != "cpu":
+        return dict.fromkeys(native.SOURCES, f"not used on {device.type}")
+    return native.statuses()
+
+
 def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
     """The environment block of a run record."""
     device = torch.device(device)
@@ -86,6 +94,7 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
         "cpu_capability": cpu_capability(),
         "cpu_count": os.cpu_count(),
         "malloc": allocator.status,
+        "native": native_kernels(device),
         "git_commit": git["commit"],
         "git_dirty": git["dirty"],
         "argv": list(sys.argv),

@@ -19,6 +19,19 @@ def pytest_configure(config):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def native_cache(tmp_path_factory):
+    """One build of the native kernels per test process (and the processes it starts): the
+    tests' fresh ``CTRBENCH_HOME`` folders would otherwise each build them again."""
+    import os
+
+    from ctrbench.native import CACHE_VAR
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_VAR, os.environ.get(CACHE_VAR) or str(tmp_path_factory.mktemp("native")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def progress_mode():
     """Each test starts with the default progress mode: a CLI call with ``-q`` in one test

@@ -20,7 +20,7 @@ PACKAGE = ROOT / "ctrbench"
 
 FLOORS: list[tuple[str, set[str]]] = [
     ("ground", {"ctrbench", "errors", "paths", "schema", "record", "analysis", "registry",
-                "progress", "seeding", "environment", "validate", "openmp", "allocator"}),
+                "progress", "seeding", "environment", "validate", "openmp", "allocator", "native"}),
     ("cards", {"cards"}),
     ("data and models", {"data", "models"}),
     ("engine", {"engine"}),

@@ -299,6 +299,7 @@ def test_packed_block_equals_one_pass_at_valid_steps(pre_ln, packed, fused):
     torch.manual_seed(0)
     block = TransformerBlock(8, heads=2, ffn_mult=2, pre_ln=pre_ln).train()  # no dropout
     block.PACKED_ATTENTION = packed
+    block.NATIVE_ATTENTION = False  # the torch paths (the native one: test_fused_attention.py)
     block.attention.fused = fused  # mix: None: the CPU matmul path; True: the fused kernel
     with torch.no_grad():
         for p in block.parameters():

@@ -15,6 +15,7 @@ from torch import nn
 
 from ctrbench.models.fast.dropout import UniformDropout
 from ctrbench.models.fast.embedding_bank import EmbeddingBank
+from ctrbench.models.fast.fused_attention import fused_attention, row_offsets, usable
 from ctrbench.models.fast.gated_scan import augru_scan
 from ctrbench.models.fast.packed_attention import AttentionLayout, packed_attention
 from ctrbench.models.fast.packed_scan import StepPacking, packed_augru_scan
@@ -277,6 +278,9 @@ class TransformerBlock(nn.Module):
     #: on the CPU, forward_packed's attention is packed_attention (False: MaskedSelfAttention.mix
     #: per length group, the path off the CPU; same function)
     PACKED_ATTENTION = True
+    #: on the CPU in float32, forward_packed's attention is the native kernel
+    #: (:mod:`~ctrbench.models.fast.fused_attention`) where it is built (False: the torch paths)
+    NATIVE_ATTENTION = True
 
     def __init__(self, dim: int, heads: int = 8, ffn_mult: int = 4, dropout: float = 0.0,
                  pre_ln: bool = True) -> None:
@@ -305,24 +309,37 @@ class TransformerBlock(nn.Module):
 
     def forward_packed(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Position-wise parts (LayerNorms, projections, FFN, dropout) once over the ``N``
-        valid steps ``[N, D]``; only the attention between the projections runs per length
-        group (:func:`length_groups`, :func:`auto_groups`). On the CPU the attention is
-        :func:`~ctrbench.models.fast.packed_attention.packed_attention` (one width-major
-        buffer, products oriented for narrow heads, a hand-written backward); elsewhere
-        :meth:`MaskedSelfAttention.mix` per group, trimmed to the group's bound.
+        valid steps ``[N, D]``, and the attention between the projections:
+
+        - on the CPU in float32, where the native kernel is built (``NATIVE_ATTENTION``):
+          :func:`~ctrbench.models.fast.fused_attention.fused_attention`, each row over its own
+          valid steps, fused per (row, head);
+        - otherwise per length group (:func:`length_groups`, :func:`auto_groups`): on the CPU
+          :func:`~ctrbench.models.fast.packed_attention.packed_attention` (one width-major
+          buffer, products oriented for narrow heads, a hand-written backward), elsewhere
+          :meth:`MaskedSelfAttention.mix` per group, trimmed to the group's bound.
+
         ``[B, T, D] -> [B, T, D]``, 0 at padded steps."""
         batch_size, steps, dim = x.shape
         if batch_size == 0:
             return x.new_zeros(x.shape)
         attention = self.attention
-        parts = length_groups(mask, auto_groups(batch_size))
-        layout = AttentionLayout.of(mask, parts, attention.heads, attention.head_dim, x.dtype)
-        h = x.reshape(-1, dim).index_select(0, layout.places)  # (N, D)
-        qkv = attention.qkv(self.norm1(h) if self.pre_ln else h)  # (N, 3D)
-        if x.device.type == "cpu" and self.PACKED_ATTENTION:
-            context = packed_attention(qkv, layout)  # (N, D)
+        if self.NATIVE_ATTENTION and usable(x, attention.head_dim):
+            places, offsets = row_offsets(mask)  # (N,), (B + 1,)
+            h = x.reshape(-1, dim).index_select(0, places)  # (N, D)
+            qkv = attention.qkv(self.norm1(h) if self.pre_ln else h)  # (N, 3D)
+            context = fused_attention(qkv, offsets, attention.heads)  # (N, D)
         else:
-            context = self._mix_by_group(qkv, mask, parts, layout)  # (N, D)
+            parts = length_groups(mask, auto_groups(batch_size))
+            layout = AttentionLayout.of(mask, parts, attention.heads, attention.head_dim,
+                                        x.dtype)
+            places = layout.places
+            h = x.reshape(-1, dim).index_select(0, places)  # (N, D)
+            qkv = attention.qkv(self.norm1(h) if self.pre_ln else h)  # (N, 3D)
+            if x.device.type == "cpu" and self.PACKED_ATTENTION:
+                context = packed_attention(qkv, layout)  # (N, D)
+            else:
+                context = self._mix_by_group(qkv, mask, parts, layout)  # (N, D)
         mixed = attention.out(context)  # (N, D)
         if self.pre_ln:
             h = h + self.dropout(mixed)  # (N, D)
@@ -330,7 +347,7 @@ class TransformerBlock(nn.Module):
         else:
             h = self.norm1(h + self.dropout(mixed))
             h = self.norm2(h + self.dropout(self.ffn(h)))
-        return h.new_zeros(batch_size * steps, dim).index_copy_(0, layout.places, h).view(
+        return h.new_zeros(batch_size * steps, dim).index_copy_(0, places, h).view(
             batch_size, steps, dim)  # (B, T, D)
 
     def _mix_by_group(self, qkv: torch.Tensor, mask: torch.Tensor,

@@ -15,9 +15,13 @@
   valid steps only, packed by step (reference: the padded scans at the valid steps).
 - :mod:`~ctrbench.models.fast.packed_attention`: MIAN's multi-head self-attention over the valid
   steps by length group, with a hand-written backward (reference:
-  :meth:`ctrbench.models.sequence.MaskedSelfAttention.mix` over the padded batch).
+  :meth:`ctrbench.models.sequence.MaskedSelfAttention.mix` over the padded batch);
+  :mod:`~ctrbench.models.fast.fused_attention`: the same as one native C++ kernel per direction
+  (``fused_attention.cpp``, built by :mod:`ctrbench.native`; the torch paths run where it is
+  not built), the CPU default in float32.
 
 Nothing is imported here: ``models.layers`` imports ``dice``, ``dropout`` and ``embedding_bank``
 (which import no model module but ``models.init``), ``cin`` imports ``models.layers``, and
-``gated_scan`` and ``packed_attention`` import only torch (``packed_scan`` imports ``gated_scan``).
+``gated_scan`` and ``packed_attention`` import only torch (``packed_scan`` imports ``gated_scan``,
+``fused_attention`` imports ``ctrbench.native``).
 """

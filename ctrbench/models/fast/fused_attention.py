@@ -1,0 +1,114 @@
+"""MIAN's multi-head self-attention over the valid steps as one native kernel per direction
+(``fused_attention.cpp``, built on first use by :mod:`ctrbench.native`).
+
+For every history row and head the kernel computes ``softmax(Q K^T / sqrt(d)) V`` over the row's
+own valid steps only, and the backward recomputes the probabilities from two saved numbers per
+query (the largest score and the inverse of the softmax's sum), so no ``[heads, T, T]`` tensor
+is written to memory and no step is padded. Why: the torch path
+(:mod:`~ctrbench.models.fast.packed_attention`) runs MIAN's 8 heads of width 4 as batched
+products of ``[T, 4] x [4, T]`` matrices and a softmax between them, each a pass over
+``[R h, T, T]`` tensors; at batch 1024 those passes took ~31 ms of a ~96 ms training step
+here (``docs/performance.md`` §2, eighth round).
+
+CPU, float32, forward and backward single-threaded and deterministic (the same bits at any
+thread count). Other dtypes (float64, bf16 autocast) and devices take the torch paths.
+
+Plain reference: :meth:`ctrbench.models.sequence.MaskedSelfAttention.mix` over the padded batch,
+at the valid steps (``tests/test_fused_attention.py``: values and gradients, edge lengths).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ctrbench import native
+
+STEM = "fused_attention"  # the kernel's name in ctrbench.native.SOURCES
+_POINTER, _INT, _INT64, _FLOAT = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
+_SIGNATURES = {
+    "ctrbench_attention_forward": [_POINTER, _POINTER, _INT64, _INT, _INT, _FLOAT, _POINTER,
+                                   _POINTER],
+    "ctrbench_attention_backward": [_POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _INT64,
+                                    _INT, _INT, _FLOAT, _POINTER],
+    "ctrbench_attention_max_head_dim": [],
+}
+
+
+def _library() -> ctypes.CDLL | None:
+    library = native.load(STEM)
+    if library is not None and not getattr(library, "_ctrbench_typed", False):
+        for name, arguments in _SIGNATURES.items():
+            function = getattr(library, name)
+            function.argtypes, function.restype = arguments, ctypes.c_int
+        library._ctrbench_typed = True
+    return library
+
+
+def usable(qkv: torch.Tensor, head_dim: int) -> bool:
+    """Whether :func:`fused_attention` can take ``qkv``: a float32 CPU tensor outside autocast,
+    a built library, and a head width the kernel supports."""
+    if qkv.device.type != "cpu" or qkv.dtype != torch.float32:
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        return False
+    library = _library()
+    return library is not None and head_dim <= library.ctrbench_attention_max_head_dim()
+
+
+def row_offsets(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-aligned ``mask [B, T]`` -> ``places [N]`` (flat index ``b T + t`` of each valid
+    step, rows in batch order, steps ascending) and ``offsets [B + 1]`` (row ``b``'s steps are
+    packed rows ``offsets[b] .. offsets[b + 1] - 1``), both int64."""
+    places = mask.reshape(-1).nonzero().squeeze(1)  # (N,)
+    offsets = torch.zeros(mask.shape[0] + 1, dtype=torch.int64, device=mask.device)
+    torch.cumsum(mask.sum(dim=1), dim=0, out=offsets[1:])  # (B + 1,)
+    return places, offsets
+
+
+def _check(code: int, direction: str) -> None:
+    if code != 0:
+        raise RuntimeError(f"native attention {direction} failed with code {code}")
+
+
+class _FusedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, offsets: torch.Tensor, heads: int) -> torch.Tensor:
+        qkv = qkv.contiguous()
+        rows, width = offsets.shape[0] - 1, qkv.shape[1] // 3
+        head_dim = width // heads
+        scale = head_dim ** -0.5
+        out = qkv.new_empty(qkv.shape[0], width)  # (N, D)
+        stats = qkv.new_empty(qkv.shape[0], heads, 2)  # (N, h, 2): max score, 1 / sum
+        library = _library()
+        _check(library.ctrbench_attention_forward(
+            qkv.data_ptr(), offsets.data_ptr(), rows, heads, head_dim, scale, out.data_ptr(),
+            stats.data_ptr()), "forward")
+        ctx.heads, ctx.scale = heads, scale
+        ctx.save_for_backward(qkv, offsets, out, stats)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        qkv, offsets, out, stats = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_qkv = torch.empty_like(qkv)  # (N, 3D): every valid step's slots are written
+        head_dim = qkv.shape[1] // 3 // ctx.heads
+        _check(_library().ctrbench_attention_backward(
+            qkv.data_ptr(), out.data_ptr(), stats.data_ptr(), grad.data_ptr(),
+            offsets.data_ptr(), offsets.shape[0] - 1, ctx.heads, head_dim, ctx.scale,
+            grad_qkv.data_ptr()), "backward")
+        return grad_qkv, None, None
+
+
+def fused_attention(qkv: torch.Tensor, offsets: torch.Tensor, heads: int) -> torch.Tensor:
+    """Scaled dot-product attention of each valid step over its own row's valid steps.
+
+    ``qkv [N, 3D]`` (float32, CPU): the valid steps packed by row (:func:`row_offsets`), the
+    last dim ``[q | k | v]``, each ``heads`` blocks of ``D / heads``; ``offsets [B + 1]``
+    -> context ``[N, D]`` (before the output projection). Differentiable in ``qkv`` (once).
+    Check :func:`usable` first."""
+    return _FusedAttention.apply(qkv, offsets, heads)

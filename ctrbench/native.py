@@ -1,0 +1,119 @@
+"""Native CPU kernels: a C++ source of this package built into a shared library on first use
+and loaded with ctypes (no torch headers, no Python module: a build takes about a second).
+
+``SOURCES`` names each kernel's source; its Python side (argument types, autograd, the check
+that it may run) lives with the model code that uses it, e.g.
+:mod:`ctrbench.models.fast.fused_attention`.
+
+The library is built with ``$CXX`` (else ``c++``) and ``-O3 -march=native`` into
+``<folder>/<stem>-<key>/``: the folder is ``$CTRBENCH_NATIVE_CACHE``, else ``<cache
+root>/native`` (``ctrbench.paths.cache_root``: ``$CTRBENCH_HOME`` or the user cache), and
+``key`` hashes the source, the flags, the compiler's version and this CPU's model and feature
+flags, so a cache shared by machines with other CPUs (a cluster's home directory) never hands
+one of them code it cannot run. A build writes a temporary file and renames it into place, so
+processes building at once never load half a library.
+
+``CTRBENCH_NATIVE=0`` turns every native kernel off (the torch paths run; same functions, other
+rounding). Without a compiler, or when a build fails, the torch paths run too and
+:func:`status` says why; a run record carries that (``environment.native``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+OPT_OUT_VAR = "CTRBENCH_NATIVE"  # "0", "off", "false" or "no": no native kernel
+CACHE_VAR = "CTRBENCH_NATIVE_CACHE"  # where built libraries are kept (default: the cache root's)
+FLAGS = ("-O3", "-std=c++17", "-march=native", "-shared", "-fPIC")
+#: kernel name -> its C++ source
+_FAST = Path(__file__).resolve().parent / "models" / "fast"
+SOURCES = {"fused_attention": _FAST / "fused_attention.cpp"}
+
+#: stem -> the loaded library or the reason there is none (one attempt per process)
+_loaded: dict[str, ctypes.CDLL | str] = {}
+
+
+def disabled() -> bool:
+    return os.environ.get(OPT_OUT_VAR, "").strip().lower() in {"0", "off", "false", "no"}
+
+
+def _cpu_identity() -> str:
+    """This CPU's model and feature flags (Linux: /proc/cpuinfo), else the platform's words."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+    wanted = ("model name", "flags", "Features", "CPU part")
+    return "\n".join(sorted({line.strip() for line in lines if line.startswith(wanted)}))
+
+
+def _compiler_version(compiler: str) -> str:
+    result = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                            timeout=60, check=False)
+    return result.stdout
+
+
+def _build(stem: str, compiler: str) -> Path:
+    """The built library of kernel ``stem`` (built now unless cached); raises RuntimeError."""
+    from ctrbench.paths import cache_root
+
+    source = SOURCES[stem]
+    digest = hashlib.sha256()
+    for part in (source.read_bytes(), " ".join(FLAGS).encode(),
+                 _compiler_version(compiler).encode(), _cpu_identity().encode()):
+        digest.update(part)
+        digest.update(b"\0")
+    root = Path(os.environ[CACHE_VAR]) if os.environ.get(CACHE_VAR) else cache_root() / "native"
+    folder = root / f"{stem}-{digest.hexdigest()[:16]}"
+    library = folder / f"{stem}.so"
+    if library.is_file():
+        return library
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(prefix=f".{stem}-", suffix=".so", dir=folder)
+    os.close(fd)
+    try:
+        result = subprocess.run([compiler, *FLAGS, "-o", partial, str(source)],
+                                capture_output=True, text=True, timeout=300, check=False)
+        if result.returncode != 0:
+            detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+            raise RuntimeError(f"{compiler} failed on {source.name}: " + " | ".join(detail))
+        os.replace(partial, library)
+    finally:
+        Path(partial).unlink(missing_ok=True)
+    return library
+
+
+def load(stem: str) -> ctypes.CDLL | None:
+    """The library of kernel ``stem`` (``SOURCES``), or None (see :func:`status`)."""
+    if disabled():
+        return None
+    if stem not in _loaded:
+        compiler = os.environ.get("CXX") or "c++"
+        if shutil.which(compiler) is None:
+            _loaded[stem] = f"no C++ compiler ({compiler!r} not found)"
+        else:
+            try:
+                _loaded[stem] = ctypes.CDLL(str(_build(stem, compiler)))
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                _loaded[stem] = f"build failed: {exc}"
+    found = _loaded[stem]
+    return found if isinstance(found, ctypes.CDLL) else None
+
+
+def statuses() -> dict[str, str]:
+    """:func:`status` of every kernel (for run records)."""
+    return {stem: status(stem) for stem in SOURCES}
+
+
+def status(stem: str) -> str:
+    """"native" (built and loaded), "off (CTRBENCH_NATIVE=...)", or why it is unavailable."""
+    if disabled():
+        return f"off ({OPT_OUT_VAR}={os.environ[OPT_OUT_VAR]})"
+    return "native" if load(stem) is not None else str(_loaded[stem])
