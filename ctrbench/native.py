@@ -34,7 +34,8 @@ CACHE_VAR = "CTRBENCH_NATIVE_CACHE"  # where built libraries are kept (default: 
 FLAGS = ("-O3", "-std=c++17", "-march=native", "-shared", "-fPIC")
 #: kernel name -> its C++ source
 _FAST = Path(__file__).resolve().parent / "models" / "fast"
-SOURCES = {"fused_attention": _FAST / "fused_attention.cpp"}
+SOURCES = {"fused_attention": _FAST / "fused_attention.cpp",
+           "native_scan": _FAST / "native_scan.cpp"}
 
 #: stem -> the loaded library or the reason there is none (one attempt per process)
 _loaded: dict[str, ctypes.CDLL | str] = {}
@@ -65,8 +66,9 @@ def _build(stem: str, compiler: str) -> Path:
     from ctrbench.paths import cache_root
 
     source = SOURCES[stem]
+    headers = sorted(source.parent.glob("*.h"))  # what the sources include
     digest = hashlib.sha256()
-    for part in (source.read_bytes(), " ".join(FLAGS).encode(),
+    for part in (source.read_bytes(), *(h.read_bytes() for h in headers), " ".join(FLAGS).encode(),
                  _compiler_version(compiler).encode(), _cpu_identity().encode()):
         digest.update(part)
         digest.update(b"\0")
@@ -105,6 +107,24 @@ def load(stem: str) -> ctypes.CDLL | None:
                 _loaded[stem] = f"build failed: {exc}"
     found = _loaded[stem]
     return found if isinstance(found, ctypes.CDLL) else None
+
+
+def load_typed(stem: str, signatures: dict[str, list[type]]) -> ctypes.CDLL | None:
+    """:func:`load`, with the argument types of ``signatures``' functions set (once); each
+    returns a C ``int`` status (see :func:`check`)."""
+    library = load(stem)
+    if library is not None and not getattr(library, "_ctrbench_typed", False):
+        for name, arguments in signatures.items():
+            function = getattr(library, name)
+            function.argtypes, function.restype = arguments, ctypes.c_int
+        library._ctrbench_typed = True
+    return library
+
+
+def check(code: int, what: str) -> None:
+    """A kernel's status: 0, else RuntimeError naming ``what``."""
+    if code != 0:
+        raise RuntimeError(f"native {what} failed with code {code}")
 
 
 def statuses() -> dict[str, str]:

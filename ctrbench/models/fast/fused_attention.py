@@ -38,13 +38,7 @@ _SIGNATURES = {
 
 
 def _library() -> ctypes.CDLL | None:
-    library = native.load(STEM)
-    if library is not None and not getattr(library, "_ctrbench_typed", False):
-        for name, arguments in _SIGNATURES.items():
-            function = getattr(library, name)
-            function.argtypes, function.restype = arguments, ctypes.c_int
-        library._ctrbench_typed = True
-    return library
+    return native.load_typed(STEM, _SIGNATURES)
 
 
 def usable(qkv: torch.Tensor, head_dim: int) -> bool:
@@ -68,11 +62,6 @@ def row_offsets(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return places, offsets
 
 
-def _check(code: int, direction: str) -> None:
-    if code != 0:
-        raise RuntimeError(f"native attention {direction} failed with code {code}")
-
-
 class _FusedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv: torch.Tensor, offsets: torch.Tensor, heads: int) -> torch.Tensor:
@@ -83,9 +72,9 @@ class _FusedAttention(torch.autograd.Function):
         out = qkv.new_empty(qkv.shape[0], width)  # (N, D)
         stats = qkv.new_empty(qkv.shape[0], heads, 2)  # (N, h, 2): max score, 1 / sum
         library = _library()
-        _check(library.ctrbench_attention_forward(
+        native.check(library.ctrbench_attention_forward(
             qkv.data_ptr(), offsets.data_ptr(), rows, heads, head_dim, scale, out.data_ptr(),
-            stats.data_ptr()), "forward")
+            stats.data_ptr()), "attention forward")
         ctx.heads, ctx.scale = heads, scale
         ctx.save_for_backward(qkv, offsets, out, stats)
         return out
@@ -97,10 +86,10 @@ class _FusedAttention(torch.autograd.Function):
         grad = grad.contiguous()
         grad_qkv = torch.empty_like(qkv)  # (N, 3D): every valid step's slots are written
         head_dim = qkv.shape[1] // 3 // ctx.heads
-        _check(_library().ctrbench_attention_backward(
+        native.check(_library().ctrbench_attention_backward(
             qkv.data_ptr(), out.data_ptr(), stats.data_ptr(), grad.data_ptr(),
             offsets.data_ptr(), offsets.shape[0] - 1, ctx.heads, head_dim, ctx.scale,
-            grad_qkv.data_ptr()), "backward")
+            grad_qkv.data_ptr()), "attention backward")
         return grad_qkv, None, None
 
 

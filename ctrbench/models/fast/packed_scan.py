@@ -15,6 +15,10 @@ float32 and return in their own dtype.
 Outputs at steps ``t >= hist_len`` are 0 and carry no gradient (the recurrence stops at the
 last valid step; a row with ``hist_len = 0`` is all zeros).
 
+Float32 on the CPU outside autocast, :func:`packed_gru_scan` and :func:`packed_augru_scan` run
+the native kernel of :mod:`native_scan` (same equations and layout, no op dispatched per step)
+when it is built; ``NATIVE = False`` or ``CTRBENCH_NATIVE=0`` keeps them on the torch loop here.
+
 Plain reference: :func:`gated_scan.gru_scan` / :func:`gated_scan.augru_scan` over the padded
 history (attention 0 on padding), at the valid steps; tested equal in values and gradients,
 with float64 ``gradcheck`` (``tests/test_fast_scans.py``).
@@ -28,7 +32,10 @@ from itertools import pairwise
 import torch
 from torch.autograd.function import once_differentiable
 
+from ctrbench.models.fast import native_scan
 from ctrbench.models.fast.gated_scan import BLOCK_ROWS, gate_coefficients
+
+NATIVE = True  # use native_scan's kernel where it can run (tests turn it off to compare)
 
 
 @dataclass(frozen=True)
@@ -237,13 +244,21 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
+def _scan(gx: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, gate: torch.Tensor | None,
+          packing: StepPacking) -> torch.Tensor:
+    """Packed states in the work dtype: the native kernel where usable, else the torch loop."""
+    if NATIVE and native_scan.usable(gx):
+        return native_scan.native_gated_scan(gx, w_hh, b_hh, gate, packing.sizes,
+                                             packing.previous)
+    return _PackedGatedScan.apply(gx, w_hh, b_hh, gate, packing)
+
+
 def packed_gru_scan(gx: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
                     packing: StepPacking) -> torch.Tensor:
     """GRU states, packed ``[N, H]`` in ``gx``'s dtype, from packed input projections
     ``gx [N, 3H]``."""
     work = _work_dtype(gx.dtype)
-    return _PackedGatedScan.apply(gx.to(work), w_hh.to(work), b_hh.to(work), None,
-                                  packing).to(gx.dtype)
+    return _scan(gx.to(work), w_hh.to(work), b_hh.to(work), None, packing).to(gx.dtype)
 
 
 def packed_augru_scan(gx: torch.Tensor, attention: torch.Tensor, w_hh: torch.Tensor,
@@ -251,5 +266,5 @@ def packed_augru_scan(gx: torch.Tensor, attention: torch.Tensor, w_hh: torch.Ten
     """AUGRU states, packed ``[N, H]`` in ``gx``'s dtype, from packed ``gx [N, 3H]`` and
     ``attention [N]``."""
     work = _work_dtype(gx.dtype)
-    return _PackedGatedScan.apply(gx.to(work), w_hh.to(work), b_hh.to(work),
-                                  attention.to(work).unsqueeze(1), packing).to(gx.dtype)
+    return _scan(gx.to(work), w_hh.to(work), b_hh.to(work), attention.to(work).unsqueeze(1),
+                 packing).to(gx.dtype)
