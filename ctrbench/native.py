@@ -31,7 +31,8 @@ from pathlib import Path
 
 OPT_OUT_VAR = "CTRBENCH_NATIVE"  # "0", "off", "false" or "no": no native kernel
 CACHE_VAR = "CTRBENCH_NATIVE_CACHE"  # where built libraries are kept (default: the cache root's)
-FLAGS = ("-O3", "-std=c++17", "-march=native", "-shared", "-fPIC")
+MARCH = "-march=native"  # code for the building CPU (left out where the compiler refuses it)
+FLAGS = ("-O3", "-std=c++17", MARCH, "-shared", "-fPIC")
 #: kernel name -> its C++ source
 _FAST = Path(__file__).resolve().parent / "models" / "fast"
 SOURCES = {"fused_attention": _FAST / "fused_attention.cpp",
@@ -39,6 +40,8 @@ SOURCES = {"fused_attention": _FAST / "fused_attention.cpp",
 
 #: stem -> the loaded library or the reason there is none (one attempt per process)
 _loaded: dict[str, ctypes.CDLL | str] = {}
+#: stem -> the flags its loaded library was built with
+_built_with: dict[str, tuple[str, ...]] = {}
 
 
 def disabled() -> bool:
@@ -61,14 +64,15 @@ def _compiler_version(compiler: str) -> str:
     return result.stdout
 
 
-def _build(stem: str, compiler: str) -> Path:
-    """The built library of kernel ``stem`` (built now unless cached); raises RuntimeError."""
+def _build_with(stem: str, compiler: str, flags: tuple[str, ...]) -> Path:
+    """The library of kernel ``stem`` built with ``flags`` (now, unless cached); raises
+    RuntimeError."""
     from ctrbench.paths import cache_root
 
     source = SOURCES[stem]
     headers = sorted(source.parent.glob("*.h"))  # what the sources include
     digest = hashlib.sha256()
-    for part in (source.read_bytes(), *(h.read_bytes() for h in headers), " ".join(FLAGS).encode(),
+    for part in (source.read_bytes(), *(h.read_bytes() for h in headers), " ".join(flags).encode(),
                  _compiler_version(compiler).encode(), _cpu_identity().encode()):
         digest.update(part)
         digest.update(b"\0")
@@ -81,7 +85,7 @@ def _build(stem: str, compiler: str) -> Path:
     fd, partial = tempfile.mkstemp(prefix=f".{stem}-", suffix=".so", dir=folder)
     os.close(fd)
     try:
-        result = subprocess.run([compiler, *FLAGS, "-o", partial, str(source)],
+        result = subprocess.run([compiler, *flags, "-o", partial, str(source)],
                                 capture_output=True, text=True, timeout=300, check=False)
         if result.returncode != 0:
             detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
@@ -90,6 +94,18 @@ def _build(stem: str, compiler: str) -> Path:
     finally:
         Path(partial).unlink(missing_ok=True)
     return library
+
+
+def _build(stem: str, compiler: str) -> tuple[Path, tuple[str, ...]]:
+    """The library of kernel ``stem`` and the flags that built it: ``FLAGS``, else (a compiler
+    that refuses ``-march=native``, e.g. some clang on arm64) ``FLAGS`` without it."""
+    failures = []
+    for flags in (FLAGS, tuple(f for f in FLAGS if f != MARCH)):
+        try:
+            return _build_with(stem, compiler, flags), flags
+        except RuntimeError as exc:
+            failures.append(str(exc))
+    raise RuntimeError(failures[0] if failures[0] == failures[-1] else "; ".join(failures))
 
 
 def load(stem: str) -> ctypes.CDLL | None:
@@ -102,7 +118,8 @@ def load(stem: str) -> ctypes.CDLL | None:
             _loaded[stem] = f"no C++ compiler ({compiler!r} not found)"
         else:
             try:
-                _loaded[stem] = ctypes.CDLL(str(_build(stem, compiler)))
+                library, _built_with[stem] = _build(stem, compiler)
+                _loaded[stem] = ctypes.CDLL(str(library))
             except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
                 _loaded[stem] = f"build failed: {exc}"
     found = _loaded[stem]
@@ -133,7 +150,10 @@ def statuses() -> dict[str, str]:
 
 
 def status(stem: str) -> str:
-    """"native" (built and loaded), "off (CTRBENCH_NATIVE=...)", or why it is unavailable."""
+    """"native" (built for this CPU and loaded; "native (without -march=native)" where the
+    compiler refused that flag), "off (CTRBENCH_NATIVE=...)", or why it is unavailable."""
     if disabled():
         return f"off ({OPT_OUT_VAR}={os.environ[OPT_OUT_VAR]})"
-    return "native" if load(stem) is not None else str(_loaded[stem])
+    if load(stem) is None:
+        return str(_loaded[stem])
+    return "native" if MARCH in _built_with[stem] else f"native (without {MARCH})"

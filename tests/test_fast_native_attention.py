@@ -180,3 +180,22 @@ def test_run_records_say_whether_the_native_kernel_ran(monkeypatch):
     assert environment("cpu")["native"][STEM] == native.status(STEM)
     assert environment("meta")["native"][STEM] == "not used on meta"
     assert set(environment("cpu")["native"]) == set(native.SOURCES)  # every kernel said
+
+
+@needs_native
+def test_a_compiler_that_refuses_march_native_builds_without_it(fresh_build, monkeypatch,
+                                                                 tmp_path):
+    compiler = tmp_path / "picky-c++"
+    compiler.write_text("#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = -march=native ] && "
+                        "{ echo \"error: unsupported option '-march=native'\" >&2; exit 1; }; "
+                        "done\nexec c++ \"$@\"\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    assert native.load(STEM) is not None
+    assert native.status(STEM) == "native (without -march=native)"
+    qkv, offsets, places, padded, mask = case([5, 0, 3], 5, 2, 4)
+    width = 8
+    expected = MaskedSelfAttention(width, 2, fused=False).mix(padded, mask).reshape(
+        -1, width).index_select(0, places)
+    torch.testing.assert_close(fused_attention(qkv, offsets, 2).double(), expected,
+                               rtol=2e-5, atol=2e-6)

@@ -145,8 +145,6 @@ def test_native_scan_is_not_used_where_it_cannot_run(monkeypatch):
     gx = torch.randn(5, 12)
     assert not usable(gx.double())
     assert not usable(gx.bfloat16())
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not usable(gx)
     monkeypatch.setattr(native, "_loaded", {})
     monkeypatch.setenv(native.OPT_OUT_VAR, "0")
     assert not usable(gx)
@@ -197,3 +195,25 @@ def test_without_a_compiler_the_packed_scans_run_the_torch_loop(monkeypatch, tmp
     states = packed_augru_scan(gx, gate, w_hh, b_hh, packing)
     assert "Native" not in type(states.grad_fn).__name__
     assert states.shape == (5, 4) and native.status(STEM).startswith("no C++ compiler")
+
+
+@needs_native
+def test_native_scan_runs_in_float32_under_bf16_autocast(monkeypatch):
+    """Under CPU autocast the packed scans take 16-bit inputs to float32; the kernel runs there
+    and its backward (with the weight gradient's product) stays float32."""
+    packing, gx, gate, w_hh, b_hh, _ = case([5, 3, 0, 1], 5, 8)
+    results = []
+    for native_on in (True, False):
+        monkeypatch.setattr(packed_scan, "NATIVE", native_on)
+        leaves = float32_leaves((gx, gate, w_hh, b_hh))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            states = packed_augru_scan(leaves[0].bfloat16(), leaves[1], *leaves[2:], packing)
+            assert ("Native" in type(states.grad_fn.next_functions[0][0]).__name__) == native_on
+            states.float().sum().backward()
+        assert states.dtype == torch.bfloat16
+        results.append((states.float(), [leaf.grad for leaf in leaves]))
+    (native_states, native_grads), (torch_states, torch_grads) = results
+    torch.testing.assert_close(native_states, torch_states, rtol=1e-2, atol=1e-2)
+    for a, b in zip(native_grads, torch_grads):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -12,7 +12,9 @@
 - :mod:`~ctrbench.models.fast.gated_scan`: DIEN's GRU and AUGRU recurrences with a hand-written
   backward (references: ``nn.GRU`` and :func:`ctrbench.models.sequence.augru_reference`, which
   ``AUGRU(fast=False)`` runs); :mod:`~ctrbench.models.fast.packed_scan`: the same over the
-  valid steps only, packed by step (reference: the padded scans at the valid steps).
+  valid steps only, packed by step (reference: the padded scans at the valid steps);
+  :mod:`~ctrbench.models.fast.native_scan`: the packed scans as one native C++ kernel per
+  direction (``native_scan.cpp``; reference: the packed torch loop), the CPU default in float32.
 - :mod:`~ctrbench.models.fast.packed_attention`: MIAN's multi-head self-attention over the valid
   steps by length group, with a hand-written backward (reference:
   :meth:`ctrbench.models.sequence.MaskedSelfAttention.mix` over the padded batch);
@@ -23,5 +25,6 @@
 Nothing is imported here: ``models.layers`` imports ``dice``, ``dropout`` and ``embedding_bank``
 (which import no model module but ``models.init``), ``cin`` imports ``models.layers``, and
 ``gated_scan`` and ``packed_attention`` import only torch (``packed_scan`` imports ``gated_scan``,
-``fused_attention`` imports ``ctrbench.native``).
+``fused_attention`` and ``native_scan`` import ``ctrbench.native``; the C++ sources share
+``native_vector.h``).
 """

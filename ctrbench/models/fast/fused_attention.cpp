@@ -19,6 +19,7 @@
 // finite values that are never stored. exp: native_vector.h.
 
 #include <cstdint>
+#include <vector>
 
 #include "native_vector.h"
 
@@ -48,6 +49,10 @@ void forward_rows(const float* qkv, const int64_t* offsets, int64_t rows, int he
   const int d = D > 0 ? D : head_dim, width = heads * d;
   const int64_t stride = 3 * static_cast<int64_t>(width);
   vf qt[D > 0 ? D : MAX_HEAD_DIM], acc[D > 0 ? D : MAX_HEAD_DIM];
+  int64_t longest = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    longest = offsets[r + 1] - offsets[r] > longest ? offsets[r + 1] - offsets[r] : longest;
+  std::vector<vf> scores(longest);  // one query block's scores, key by key
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t start = offsets[r];
     const int length = static_cast<int>(offsets[r + 1] - start);
@@ -62,14 +67,13 @@ void forward_rows(const float* qkv, const int64_t* offsets, int64_t rows, int he
         for (int j = 0; j < length; ++j) {
           vf s = splat(0.0f);
           for (int e = 0; e < d; ++e) s += qt[e] * keys[j * stride + e];
+          scores[j] = s;
           top = s > top ? s : top;
         }
         vf total = splat(0.0f);
         for (int e = 0; e < d; ++e) acc[e] = splat(0.0f);
         for (int j = 0; j < length; ++j) {
-          vf s = splat(0.0f);
-          for (int e = 0; e < d; ++e) s += qt[e] * keys[j * stride + e];
-          vf p = vexp(s - top);
+          vf p = vexp(scores[j] - top);
           total += p;
           for (int e = 0; e < d; ++e) acc[e] += p * values[j * stride + e];
         }

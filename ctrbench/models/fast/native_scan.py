@@ -12,7 +12,8 @@ two recurrences took ~3.3 ms of DIEN's ~10 ms training step.
 Same inputs, outputs, equations (:mod:`~ctrbench.models.fast.gated_scan`) and layout
 (:class:`~ctrbench.models.fast.packed_scan.StepPacking`) as the torch loop. CPU, float32,
 single-threaded and deterministic (the kernel's part gives the same bits at any thread count);
-other dtypes, devices and autocast take the torch loop.
+other dtypes and devices take the torch loop. Under CPU autocast (bf16) the packed scans already
+run in float32 (``packed_scan._work_dtype``), so the kernel runs there too.
 
 Plain reference: :func:`~ctrbench.models.fast.packed_scan.packed_gru_scan` /
 :func:`~ctrbench.models.fast.packed_scan.packed_augru_scan` on their torch loop, and through them
@@ -44,11 +45,9 @@ def _library() -> ctypes.CDLL | None:
 
 
 def usable(gx: torch.Tensor) -> bool:
-    """Whether :func:`native_gated_scan` can take ``gx``: a float32 CPU tensor outside
-    autocast, and a built library."""
+    """Whether :func:`native_gated_scan` can take ``gx``: a float32 CPU tensor (also under
+    autocast: the packed scans cast 16-bit inputs to float32 first) and a built library."""
     if gx.device.type != "cpu" or gx.dtype != torch.float32:
-        return False
-    if torch.is_autocast_enabled("cpu"):
         return False
     return _library() is not None
 
@@ -91,7 +90,9 @@ class _NativeGatedScan(torch.autograd.Function):
             len(ctx.sizes), hidden, grad.data_ptr(), d_gx.data_ptr(), d_pre.data_ptr(),
             _pointer(d_gate)), "scan backward")
         previous = states.index_select(0, ctx.previous)  # (N, H): h_{t-1}
-        return d_gx, d_pre.t() @ previous, d_pre.sum(dim=0), d_gate, None, None
+        with torch.autocast("cpu", enabled=False):  # a backward under autocast stays float32
+            d_w = d_pre.t() @ previous  # (3H, H)
+        return d_gx, d_w, d_pre.sum(dim=0), d_gate, None, None
 
 
 def native_gated_scan(gx: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
