@@ -7,13 +7,14 @@ the transformer block and run records that use it.
 from __future__ import annotations
 
 import ctypes
+import os
 
 import pytest
 import torch
 
 from ctrbench import native
 from ctrbench.environment import environment
-from ctrbench.models.fast.fused_attention import STEM, fused_attention, row_offsets, usable
+from ctrbench.models.fast.fused_attention import STEM, RowPacking, fused_attention, usable
 from ctrbench.models.sequence import MaskedSelfAttention, TransformerBlock
 
 
@@ -33,7 +34,8 @@ def case(lengths: list[int], steps: int, heads: int, head_dim: int, seed: int = 
     gen = torch.Generator().manual_seed(seed)
     mask = torch.arange(steps)[None, :] < torch.tensor(lengths)[:, None]  # (B, T)
     padded = 2 * torch.randn(len(lengths), steps, 3 * heads * head_dim, generator=gen)
-    places, offsets = row_offsets(mask)
+    packing = RowPacking.of(mask)
+    places, offsets = packing.places, packing.offsets
     qkv = padded.reshape(-1, padded.shape[-1]).index_select(0, places)  # (N, 3D)
     return (qkv.requires_grad_(), offsets, places, padded.double().requires_grad_(), mask)
 
@@ -199,3 +201,27 @@ def test_a_compiler_that_refuses_march_native_builds_without_it(fresh_build, mon
         -1, width).index_select(0, places)
     torch.testing.assert_close(fused_attention(qkv, offsets, 2).double(), expected,
                                rtol=2e-5, atol=2e-6)
+
+
+@needs_native
+def test_processes_building_at_once_load_whole_libraries(tmp_path):
+    """Four processes build into one empty cache at the same moment: all load the kernel, one
+    library is left and no temporary."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "shared-cache"
+    code = ("from ctrbench import native; print(native.status('fused_attention'), "
+            "native.status('native_scan'))")
+    env = {**os.environ, native.CACHE_VAR: str(cache)}
+    env.pop(native.OPT_OUT_VAR, None)
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    outputs = [p.communicate(timeout=300)[0].strip() for p in procs]
+    assert outputs == ["native native"] * 4
+    assert len(list(cache.glob("fused_attention-*/fused_attention.so"))) == 1
+    assert not [p for p in cache.rglob("*") if p.name.startswith(".")]
+
+
+def test_every_kernel_source_exists():
+    assert all(path.is_file() for path in native.SOURCES.values())

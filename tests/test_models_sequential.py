@@ -293,17 +293,17 @@ def test_ablation_removes_its_module(name, monkeypatch):
     assert set(model.gim_parts) == set(MIAN.GIM_PARTS) - removed_parts
 
     # count calls of every interaction module while scoring a batch
-    calls: dict[str, list[torch.Size]] = {"field": [], "behavior": [], "global": [],
-                                          "transformer": []}
+    calls: dict[str, list[int]] = {"field": [], "behavior": [], "global": [],
+                                   "transformer": []}
     for cls, key, method in ((FieldInteraction, "field", "forward"),
-                             (BehaviorInteraction, "behavior", "forward"),
+                             (BehaviorInteraction, "behavior", "packed"),
                              (GlobalInteraction, "global", "forward"),
-                             (TransformerBlock, "transformer", "forward_by_length")):
+                             (TransformerBlock, "transformer", "forward_steps")):
         original = getattr(cls, method)
 
         def spy(self, *args, _original=original, _key=key):
             out = _original(self, *args)
-            calls[_key].append(args[-1].shape if _key != "global" else len(args[0]))
+            calls[_key].append(len(args[0]))
             return out
 
         monkeypatch.setattr(cls, method, spy)
@@ -312,7 +312,7 @@ def test_ablation_removes_its_module(name, monkeypatch):
         model(batch)
     assert len(calls["field"]) == 2 - len(removed & {"iuim", "icim"})
     assert len(calls["behavior"]) == (0 if "ibim" in removed else 1)
-    # the transformer block runs once, by history length (TransformerBlock.forward_by_length)
+    # the transformer block runs once, on the packed valid steps (TransformerBlock.forward_steps)
     assert len(calls["transformer"]) == (0 if removed & {"ibim", "transformer"} else 1)
     assert calls["global"] == ([] if "gim" in removed else [len(model.gim_parts)])
 
@@ -347,11 +347,13 @@ def test_no_transformer_feeds_raw_behaviours_to_ibim():
     model = card_model("mian_no_transformer").eval()
     batch = batch_with_lengths(seed=13)
     seen = []
-    model.ibim.register_forward_hook(lambda m, args, out: seen.append(args[1]))
+    packed = model.ibim.packed
+    model.ibim.packed = lambda *args: seen.append(args) or packed(*args)  # (item, states, ...)
     with torch.no_grad():
         model(batch)
     raw = torch.cat([model.bank(batch, "hist_item_id"), model.bank(batch, "hist_cate_id")], -1)
-    torch.testing.assert_close(seen[0], raw[:, : seen[0].shape[1]])
+    mask = seen[0][2].mask  # the packed valid steps of (B, T')
+    torch.testing.assert_close(seen[0][1], raw[:, : mask.shape[1]][mask])
 
 
 def test_mian_explain_weights():

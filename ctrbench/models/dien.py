@@ -34,6 +34,7 @@ from ctrbench.models.registry import register
 from ctrbench.models.sequence import (
     AUGRU,
     effective_length,
+    embed_packed_history,
     pad_steps,
 )
 from ctrbench.schema import HIST_LEN, Batch, FieldSpec, Schema, history_mask
@@ -98,11 +99,8 @@ class DIEN(CTRModel):
 
     def _packed_history(self, batch: Batch, specs: Sequence[FieldSpec],
                         packing: StepPacking) -> torch.Tensor:
-        """History fields ``specs`` embedded at the valid steps only: ``[N, len(specs) D]``
-        (the ids are packed before the one lookup)."""
-        steps = packing.steps
-        pairs = [(spec.vocab, packing.pack(batch[spec.name][:, :steps])) for spec in specs]
-        return self.bank.lookup_stacked(pairs).flatten(1)  # (N, K D)
+        """History fields ``specs`` embedded at the valid steps only: ``[N, len(specs) D]``."""
+        return embed_packed_history(self.bank, batch, specs, packing)  # (N, K D)
 
     def _recurrences(self, behaviours: torch.Tensor, query: torch.Tensor, mask: torch.Tensor,
                      packing: StepPacking

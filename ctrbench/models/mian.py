@@ -62,14 +62,15 @@ from ctrbench.models.config import (
     param,
 )
 from ctrbench.models.fast.embedding_bank import EmbeddingBank
+from ctrbench.models.fast.fused_attention import RowPacking
 from ctrbench.models.fast.row_blocks import in_row_blocks
 from ctrbench.models.init import INIT_STD, init_truncated_normal
-from ctrbench.models.layers import MLP, masked_mean, masked_softmax
+from ctrbench.models.layers import MLP, masked_softmax
 from ctrbench.models.registry import register
 from ctrbench.models.sequence import (
     TransformerBlock,
     effective_length,
-    embed_history,
+    embed_packed_history,
     pad_steps,
 )
 from ctrbench.schema import HIST_LEN, Batch, Schema, history_mask
@@ -86,12 +87,19 @@ def recency_index(hist_len: torch.Tensor, steps: int, max_len: int) -> torch.Ten
     return (hist_len.long().unsqueeze(1) - 1 - positions).clamp(0, max_len - 1)  # (B, steps)
 
 
+def packed_recency(hist_len: torch.Tensor, packing: RowPacking, max_len: int) -> torch.Tensor:
+    """:func:`recency_index` at the valid steps packed by row (:class:`RowPacking`): ``[N]``."""
+    rows_len = hist_len.long().index_select(0, packing.row_of)  # (N,)
+    return (rows_len - 1 - packing.step_of).clamp(0, max_len - 1)  # (N,)
+
+
 class BehaviorInteraction(nn.Module):
     """IBIM's attention (eqs. 6-9): ``e_i [B, I]``, ``h [B, T, I]``, ``mask [B, T]``,
     ``recency [B, T]`` (:func:`recency_index`) -> ``R [B, 2I]``, ``a [B, T]`` (exactly 0 on
     padding; all 0 for an empty history). ``score``: "per_step" (``W_t, b_t`` for
     ``t = 0 .. max_len - 1`` by recency) or "shared"; ``bilinear`` adds ``e_i^T M h_t`` to
-    the score; ``product`` makes ``V_t = [e_i; h_t; e_i * h_t]`` (``R [B, 3I]``)."""
+    the score; ``product`` makes ``V_t = [e_i; h_t; e_i * h_t]`` (``R [B, 3I]``).
+    :meth:`packed` is the same on the valid steps packed by row (MIAN's path)."""
 
     def __init__(self, item_width: int, max_len: int, score: str = "per_step",
                  bilinear: bool = False, product: bool = False,
@@ -111,41 +119,58 @@ class BehaviorInteraction(nn.Module):
 
     def scores(self, item: torch.Tensor, states: torch.Tensor,
                recency: torch.Tensor) -> torch.Tensor:
-        """Eq. 8 before the softmax: ``gamma [B, T]``.
+        """Eq. 8 before the softmax at every step of padded ``states [B, T, I]``:
+        ``gamma [B, T]``."""
+        batch_size, steps = states.shape[:2]
+        rows = torch.arange(batch_size, device=states.device).repeat_interleave(steps)
+        return self.step_scores(item, states.flatten(0, 1), rows,
+                                recency.reshape(-1)).view(batch_size, steps)  # (B, T)
+
+    def step_scores(self, item: torch.Tensor, states: torch.Tensor, rows: torch.Tensor,
+                    recency: torch.Tensor) -> torch.Tensor:
+        """Eq. 8 before the softmax for ``states [N, I]`` of batch rows ``rows [N]`` at
+        recency ``recency [N]``: ``gamma [N]``.
 
         ``V_t . W_t`` is evaluated split by the blocks of ``W_t = [w_i | w_h (| w_p)]``:
         ``e_i . w_i`` per row and ``h_t . w_h`` per step (``+ h_t . (w_p * e_i)`` with the
-        product), so no ``[B, T, 2I]`` tensor of pairs is built (same function and parameters).
+        product), so no ``[N, 2I]`` tensor of pairs is built (same function and parameters).
+        ``W_t`` is chosen by ``index_select``, whose backward (``index_add_``) is serial on
+        the CPU, so deterministic.
         """
         width = item.shape[1]
-        w_item, w_state = self.weight[..., :width], self.weight[..., width:2 * width]
+        w_item, w_rest = self.weight[..., :width], self.weight[..., width:]
         if self.per_step:  # the W_t, b_t chosen by each step's recency
             per_item = torch.addmm(self.bias, item, w_item.t())  # (B, L)
-            if self.product:  # h_t . (w_h + w_p * e_i): every W_t per row, then the chosen one
-                per_row = w_state + self.weight[..., 2 * width:] * item.unsqueeze(1)  # (B,L,I)
-                per_state = torch.bmm(states, per_row.transpose(1, 2))  # (B, T, L)
-                # a gather over the last dim: its backward writes each (row, step) once, so it
-                # is deterministic (an index into W accumulated in a thread-dependent order)
-                logits = (per_state + per_item.unsqueeze(1)).gather(
-                    2, recency.unsqueeze(-1)).squeeze(-1)  # (B, T)
-            else:  # each step's own W_t only: index_select's backward (index_add_) is serial
-                chosen = w_state.index_select(0, recency.reshape(-1)).view_as(states)  # (B,T,I)
-                logits = (states * chosen).sum(-1) + per_item.gather(1, recency)  # (B, T)
+            logits = per_item.reshape(-1).index_select(
+                0, rows * per_item.shape[1] + recency)  # (N,)
+            vector = w_rest.index_select(0, recency)  # (N, I or 2I)
+            if self.product:  # h_t . (w_h + w_p * e_i)
+                vector = vector[:, :width] + vector[:, width:] * item.index_select(0, rows)
+            logits = logits + (states * vector).sum(-1)  # (N,)
         else:
-            per_item = item @ w_item + self.bias  # (B,)
-            vector = w_state + self.weight[2 * width:] * item if self.product else \
-                w_state.expand_as(item)  # (B, I)
-            logits = torch.bmm(states, vector.unsqueeze(-1)).squeeze(-1) \
-                + per_item.unsqueeze(1)  # (B, T)
+            logits = (item @ w_item + self.bias).index_select(0, rows)  # (N,)
+            if self.product:
+                vector = w_rest[:width] + w_rest[width:] * item  # (B, I)
+                logits = logits + (states * vector.index_select(0, rows)).sum(-1)
+            else:
+                logits = logits + states @ w_rest  # (N,)
         if self.bilinear is not None:
-            logits = logits + torch.bmm(states, (item @ self.bilinear).unsqueeze(-1)).squeeze(-1)
-        return torch.tanh(logits)
+            logits = logits + (states * (item @ self.bilinear).index_select(0, rows)).sum(-1)
+        return torch.tanh(logits)  # (N,)
 
     def forward(self, item: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
                 recency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        alpha = masked_softmax(self.scores(item, states, recency), mask, dim=1)  # (B, T)
+        packing = RowPacking.of(mask)
+        return self.packed(item, packing.pack(states), packing, packing.pack(recency))
+
+    def packed(self, item: torch.Tensor, states: torch.Tensor, packing: RowPacking,
+               recency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` on the valid steps packed by row: ``states [N, I]``, ``recency
+        [N]`` (:func:`packed_recency`) -> ``R [B, 2I or 3I]``, ``a [B, T]``."""
+        scores = packing.unpack(self.step_scores(item, states, packing.row_of, recency))
+        alpha = masked_softmax(scores, packing.mask, dim=1)  # (B, T)
         # R = sum_t a_t [e_i; h_t (; e_i * h_t)] = [e_i sum_t a_t; sum_t a_t h_t (; e_i * that)]
-        pooled = torch.bmm(alpha.unsqueeze(1), states).squeeze(1)  # (B, I)
+        pooled = packing.sum(packing.pack(alpha).unsqueeze(1) * states)  # (B, I)
         parts = [item * alpha.sum(1, keepdim=True), pooled]  # sum_t a_t: 1, or 0 if empty
         if self.product:
             parts.append(item * pooled)
@@ -285,13 +310,13 @@ class MIAN(CTRModel):
         """The enabled parts (``self.gim_parts`` order) and the local attention weights."""
         schema = self.schema
         steps = effective_length(batch, schema.max_len)
-        mask = history_mask(batch, steps)  # (B, T')
         item, user, context = self.bank.single_fields(
             batch, (schema.item, schema.user, schema.context))  # (B, ., D): one lookup
         item = item.flatten(1)  # (B, I)
-        behaviours = embed_history(self.bank, batch, schema.behavior, steps)  # (B, T', I)
+        packing = RowPacking.of(history_mask(batch, steps))  # valid steps of (B, T')
+        behaviours = embed_packed_history(self.bank, batch, schema.behavior, packing)  # (N, I)
         parts: dict[str, torch.Tensor] = {"item": item,
-                                          "behavior": masked_mean(behaviours, mask)}  # (B, I)
+                                          "behavior": packing.mean(behaviours)}  # (B, I)
         weights: dict[str, torch.Tensor] = {}
         if schema.user:
             parts["user"] = user.flatten(1)  # (B, J D)
@@ -303,9 +328,9 @@ class MIAN(CTRModel):
                 parts["icim"], weights["icim"] = self.icim(item, context)  # (B, I+D), (B, K)
         if self.ibim is not None:
             states = behaviours if self.transformer is None else \
-                self.transformer.forward_by_length(behaviours, mask)  # (B, T', I)
-            recency = recency_index(batch[HIST_LEN], steps, schema.max_len)  # (B, T')
-            parts["ibim"], alpha = self.ibim(item, states, mask, recency)  # (B, 2I), (B, T')
+                self.transformer.forward_steps(behaviours, packing)  # (N, I)
+            recency = packed_recency(batch[HIST_LEN], packing, schema.max_len)  # (N,)
+            parts["ibim"], alpha = self.ibim.packed(item, states, packing, recency)  # (B, 2I)
             weights["ibim"] = pad_steps(alpha, schema.max_len)  # (B, T)
         return [parts[p] for p in self.gim_parts], weights
 

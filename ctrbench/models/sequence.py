@@ -15,7 +15,7 @@ from torch import nn
 
 from ctrbench.models.fast.dropout import UniformDropout
 from ctrbench.models.fast.embedding_bank import EmbeddingBank
-from ctrbench.models.fast.fused_attention import fused_attention, row_offsets, usable
+from ctrbench.models.fast.fused_attention import RowPacking, fused_attention, usable
 from ctrbench.models.fast.gated_scan import augru_scan
 from ctrbench.models.fast.packed_attention import AttentionLayout, packed_attention
 from ctrbench.models.fast.packed_scan import StepPacking, packed_augru_scan
@@ -41,6 +41,14 @@ def embed_history(bank: EmbeddingBank, batch: Batch, specs: Sequence[FieldSpec],
     ``[B, steps, len(specs) * D]`` (ids are sliced before the lookup)."""
     pairs = [(spec.vocab, batch[spec.name][:, :steps]) for spec in specs]
     return bank.lookup_stacked(pairs).flatten(-2)  # one lookup: (B, steps, len(specs) * D)
+
+
+def embed_packed_history(bank: EmbeddingBank, batch: Batch, specs: Sequence[FieldSpec],
+                         packing: RowPacking | StepPacking) -> torch.Tensor:
+    """The history fields ``specs`` embedded at the valid steps of ``packing`` only, in its
+    order: ``[N, len(specs) * D]`` (the ids are packed before the one lookup)."""
+    pairs = [(spec.vocab, packing.pack(batch[spec.name][:, :packing.steps])) for spec in specs]
+    return bank.lookup_stacked(pairs).flatten(1)  # (N, len(specs) * D)
 
 
 def pad_steps(weights: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -307,6 +315,18 @@ class TransformerBlock(nn.Module):
             return apply_by_length(self, x, mask)
         return self.forward_packed(x, mask)
 
+    def forward_steps(self, h: torch.Tensor, packing: RowPacking) -> torch.Tensor:
+        """The block on the valid steps packed by row (:class:`RowPacking`): ``[N, D] ->
+        [N, D]``, the outputs of :meth:`forward_by_length` at the valid steps. The native
+        kernel's path stays packed; the others (fallbacks) run padded in between."""
+        if packing.rows == 0:
+            return h.new_zeros(h.shape)
+        if h.device.type != "cpu" and packing.rows >= self.PACKED_ROWS:
+            return packing.pack(apply_by_length(self, packing.unpack(h), packing.mask))
+        if self.NATIVE_ATTENTION and usable(h, self.attention.head_dim):
+            return self._native_steps(h, packing)
+        return packing.pack(self._by_group(packing.unpack(h), packing.mask))
+
     def forward_packed(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Position-wise parts (LayerNorms, projections, FFN, dropout) once over the ``N``
         valid steps ``[N, D]``, and the attention between the projections:
@@ -320,35 +340,45 @@ class TransformerBlock(nn.Module):
           :meth:`MaskedSelfAttention.mix` per group, trimmed to the group's bound.
 
         ``[B, T, D] -> [B, T, D]``, 0 at padded steps."""
-        batch_size, steps, dim = x.shape
-        if batch_size == 0:
+        if x.shape[0] == 0:
             return x.new_zeros(x.shape)
+        if self.NATIVE_ATTENTION and usable(x, self.attention.head_dim):
+            packing = RowPacking.of(mask)
+            return packing.unpack(self._native_steps(packing.pack(x), packing))
+        return self._by_group(x, mask)
+
+    def _native_steps(self, h: torch.Tensor, packing: RowPacking) -> torch.Tensor:
+        """The block over packed ``h [N, D]`` with the native attention: ``[N, D]``."""
         attention = self.attention
-        if self.NATIVE_ATTENTION and usable(x, attention.head_dim):
-            places, offsets = row_offsets(mask)  # (N,), (B + 1,)
-            h = x.reshape(-1, dim).index_select(0, places)  # (N, D)
-            qkv = attention.qkv(self.norm1(h) if self.pre_ln else h)  # (N, 3D)
-            context = fused_attention(qkv, offsets, attention.heads)  # (N, D)
+        qkv = attention.qkv(self.norm1(h) if self.pre_ln else h)  # (N, 3D)
+        return self._after_attention(h, fused_attention(qkv, packing.offsets, attention.heads))
+
+    def _by_group(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The block with the attention per length group (torch paths): ``[B, T, D] ->
+        [B, T, D]``, 0 at padded steps."""
+        batch_size, steps, dim = x.shape
+        attention = self.attention
+        parts = length_groups(mask, auto_groups(batch_size))
+        layout = AttentionLayout.of(mask, parts, attention.heads, attention.head_dim, x.dtype)
+        h = x.reshape(-1, dim).index_select(0, layout.places)  # (N, D)
+        qkv = attention.qkv(self.norm1(h) if self.pre_ln else h)  # (N, 3D)
+        if x.device.type == "cpu" and self.PACKED_ATTENTION:
+            context = packed_attention(qkv, layout)  # (N, D)
         else:
-            parts = length_groups(mask, auto_groups(batch_size))
-            layout = AttentionLayout.of(mask, parts, attention.heads, attention.head_dim,
-                                        x.dtype)
-            places = layout.places
-            h = x.reshape(-1, dim).index_select(0, places)  # (N, D)
-            qkv = attention.qkv(self.norm1(h) if self.pre_ln else h)  # (N, 3D)
-            if x.device.type == "cpu" and self.PACKED_ATTENTION:
-                context = packed_attention(qkv, layout)  # (N, D)
-            else:
-                context = self._mix_by_group(qkv, mask, parts, layout)  # (N, D)
-        mixed = attention.out(context)  # (N, D)
+            context = self._mix_by_group(qkv, mask, parts, layout)  # (N, D)
+        h = self._after_attention(h, context)
+        return h.new_zeros(batch_size * steps, dim).index_copy_(0, layout.places, h).view(
+            batch_size, steps, dim)  # (B, T, D)
+
+    def _after_attention(self, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The rest of the block over packed steps: input ``h [N, D]``, attention context
+        ``[N, D]`` (before the output projection) -> ``[N, D]``."""
+        mixed = self.attention.out(context)  # (N, D)
         if self.pre_ln:
             h = h + self.dropout(mixed)  # (N, D)
-            h = h + self.dropout(self.ffn(self.norm2(h)))
-        else:
-            h = self.norm1(h + self.dropout(mixed))
-            h = self.norm2(h + self.dropout(self.ffn(h)))
-        return h.new_zeros(batch_size * steps, dim).index_copy_(0, places, h).view(
-            batch_size, steps, dim)  # (B, T, D)
+            return h + self.dropout(self.ffn(self.norm2(h)))
+        h = self.norm1(h + self.dropout(mixed))
+        return self.norm2(h + self.dropout(self.ffn(h)))
 
     def _mix_by_group(self, qkv: torch.Tensor, mask: torch.Tensor,
                       parts: list[tuple[int, torch.Tensor]],

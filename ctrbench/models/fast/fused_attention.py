@@ -14,12 +14,13 @@ CPU, float32, forward and backward single-threaded and deterministic (the same b
 thread count). Other dtypes (float64, bf16 autocast) and devices take the torch paths.
 
 Plain reference: :meth:`ctrbench.models.sequence.MaskedSelfAttention.mix` over the padded batch,
-at the valid steps (``tests/test_fused_attention.py``: values and gradients, edge lengths).
+at the valid steps (``tests/test_fast_native_attention.py``: values and gradients, edge lengths).
 """
 
 from __future__ import annotations
 
 import ctypes
+from dataclasses import dataclass
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -52,14 +53,51 @@ def usable(qkv: torch.Tensor, head_dim: int) -> bool:
     return library is not None and head_dim <= library.ctrbench_attention_max_head_dim()
 
 
-def row_offsets(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-aligned ``mask [B, T]`` -> ``places [N]`` (flat index ``b T + t`` of each valid
-    step, rows in batch order, steps ascending) and ``offsets [B + 1]`` (row ``b``'s steps are
-    packed rows ``offsets[b] .. offsets[b + 1] - 1``), both int64."""
-    places = mask.reshape(-1).nonzero().squeeze(1)  # (N,)
-    offsets = torch.zeros(mask.shape[0] + 1, dtype=torch.int64, device=mask.device)
-    torch.cumsum(mask.sum(dim=1), dim=0, out=offsets[1:])  # (B + 1,)
-    return places, offsets
+@dataclass(frozen=True)
+class RowPacking:
+    """The valid steps of a ``[B, T]`` mask packed by row: packed row ``n`` is step
+    ``step_of[n]`` of batch row ``row_of[n]``, rows in batch order, steps ascending; row ``b``'s
+    steps are packed rows ``offsets[b] .. offsets[b + 1] - 1`` (the layout
+    :func:`fused_attention` takes). All index tensors int64."""
+
+    places: torch.Tensor  # (N,): flat index b * T + t of each valid step in [B * T]
+    offsets: torch.Tensor  # (B + 1,)
+    row_of: torch.Tensor  # (N,)
+    step_of: torch.Tensor  # (N,)
+    lengths: torch.Tensor  # (B,): valid steps per row
+    mask: torch.Tensor  # (B, T)
+    rows: int  # B
+    steps: int  # T
+
+    @staticmethod
+    def of(mask: torch.Tensor) -> RowPacking:
+        """The packing of the valid steps of ``mask [B, T]`` (bool)."""
+        rows, steps = mask.shape
+        places = mask.reshape(-1).nonzero().squeeze(1)  # (N,)
+        lengths = mask.sum(dim=1)  # (B,)
+        offsets = torch.zeros(rows + 1, dtype=torch.int64, device=mask.device)
+        torch.cumsum(lengths, dim=0, out=offsets[1:])  # (B + 1,)
+        return RowPacking(places, offsets, places // max(steps, 1), places % max(steps, 1),
+                          lengths, mask, rows, steps)
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, T, ...]`` -> ``[N, ...]``."""
+        return x.reshape(self.rows * self.steps, *x.shape[2:]).index_select(0, self.places)
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """``[N, ...]`` -> ``[B, T, ...]``, zeros at the other steps."""
+        out = packed.new_zeros(self.rows * self.steps, *packed.shape[1:])
+        return out.index_copy_(0, self.places, packed).view(self.rows, self.steps,
+                                                            *packed.shape[1:])
+
+    def sum(self, packed: torch.Tensor) -> torch.Tensor:
+        """``[N, ...]`` -> ``[B, ...]``: each row's sum over its valid steps (0 if none)."""
+        return packed.new_zeros(self.rows, *packed.shape[1:]).index_add(0, self.row_of, packed)
+
+    def mean(self, packed: torch.Tensor) -> torch.Tensor:
+        """``[N, ...]`` -> ``[B, ...]``: each row's mean over its valid steps (0 if none)."""
+        count = self.lengths.clamp_min(1).to(packed.dtype)  # (B,)
+        return self.sum(packed) / count.view(-1, *([1] * (packed.dim() - 1)))
 
 
 class _FusedAttention(torch.autograd.Function):
@@ -96,7 +134,7 @@ class _FusedAttention(torch.autograd.Function):
 def fused_attention(qkv: torch.Tensor, offsets: torch.Tensor, heads: int) -> torch.Tensor:
     """Scaled dot-product attention of each valid step over its own row's valid steps.
 
-    ``qkv [N, 3D]`` (float32, CPU): the valid steps packed by row (:func:`row_offsets`), the
+    ``qkv [N, 3D]`` (float32, CPU): the valid steps packed by row (:class:`RowPacking`), the
     last dim ``[q | k | v]``, each ``heads`` blocks of ``D / heads``; ``offsets [B + 1]``
     -> context ``[N, D]`` (before the output projection). Differentiable in ``qkv`` (once).
     Check :func:`usable` first."""
