@@ -77,8 +77,8 @@ def prepare(name: str, from_dir: Path | None, replace: bool, lenient: bool, stri
     if cleaning.get("repeated_user_item_dropped"):
         click.echo(f"{cleaning['repeated_user_item_dropped']:,} repeated (user, item) events "
                    "dropped (first occurrence kept)")
-    for problem in meta.get("expected_mismatches", []):
-        click.echo(f"warning: differs from the card's [expected]: {problem}")
+    for problem in meta.get("expected_mismatches", []) if result.reused else []:
+        click.echo(f"warning: differs from the card's [expected]: {problem}")  # a build said them
     click.echo("raw files:")
     for line in _report_lines(meta.get("read_reports", [])) or ["  (generated, none read)"]:
         click.echo(line)

@@ -305,6 +305,7 @@ def plan(models: str, dataset: str, seeds: int | None, seed_list: list[int] | No
     """
     from ctrbench.runs import runner
     from ctrbench.runs.plan import plan_commands
+    from ctrbench.runs.preflight import check_record_dirs
     from ctrbench.runs.slurm_runs import held_by_slurm
 
     _, specs, results_root = _prepare_selection(models, dataset, seeds, seed_list, epochs,
@@ -312,6 +313,7 @@ def plan(models: str, dataset: str, seeds: int | None, seed_list: list[int] | No
     todo = runner.pending(specs, force)
     queued = held_by_slurm(todo, force)  # each named on stderr; not planned a second time
     todo = [s for s in todo if id(s) not in queued]
+    check_record_dirs(todo)  # a folder `run` would refuse: its message, not failing commands
     prefix = _working_directory_environment(dataset, specs)
     for line in plan_commands(todo, results_root=results_root, device=device,
                               config_file=config_file, set_items=set_items,

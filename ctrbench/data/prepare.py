@@ -239,7 +239,7 @@ def _build_store(card: DatasetCard, tables, path: Path, raw_sha: dict[str, str],
                     "every split (too few users, or too few events per user?)")
     meta["expected_mismatches"] = check_expected(card, meta)
     for problem in meta["expected_mismatches"]:
-        message(f"warning: {card.name}: {problem} (card [expected])")
+        message(f"warning: {card.name}: differs from the card's [expected]: {problem}")
     meta["prepare_seconds"] = round(time.perf_counter() - start, 3)
     return write_store(path, built.schema, built.splits, meta, replace=replace)
 

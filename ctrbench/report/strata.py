@@ -26,7 +26,9 @@ Per (dataset, family, bucket, model): the AUC over the stratum's rows for each s
 std over seeds, and against the reference model (taken as a parameter: the report's) the
 ΔAUC and a two-sided paired t-test over the common seeds, Holm-adjusted across the models of the
 same stratum. On synthetic data the oracle's AUC per stratum is a row of its own (model
-``oracle``). Columns: :data:`STRATA_COLUMNS` (documented in results/README.md).
+``oracle``). A stratum of fewer than two samples, or of one class, has no AUC (no mean, Δ or
+test; shown as :data:`UNDEFINED_CELL`, its note says why). Columns: :data:`STRATA_COLUMNS`
+(documented in results/README.md).
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ PROFILE_FIELDS = ("occupation", "age", "gender")  # the first present defines ``
 SEASON_FIELD = "month"
 CANDIDATE_CATEGORY = "cate_id"
 LIFT_EDGES = (0.5, 1.0, 2.0)  # lift buckets: < 0.5 | 0.5-1 | 1-2 | >= 2
+UNDEFINED_NOTE = "AUC not defined"  # the note of a stratum of < 2 samples or of one class
+UNDEFINED_CELL = "—"
+UNDEFINED_LEGEND = (f" {UNDEFINED_CELL} = AUC not defined: the stratum holds fewer than two "
+                    "samples or one class (no mean, Δ or test).")
 
 
 # --------------------------------------------------------------------------- the test samples
@@ -246,8 +252,20 @@ def find_stores(identities: Iterable[str], extra: Sequence[Path] = ()) -> dict[s
 
 
 # --------------------------------------------------------------------------- the table
+def auc_undefined(n_samples: int, positive_rate: float) -> str:
+    """Why a stratum's AUC means nothing ("" when it is defined): fewer than two samples (one
+    sample's AUC only ranks its own negatives), or one class."""
+    if n_samples < 2:
+        return f"{n_samples} sample"
+    return "one class" if positive_rate in (0.0, 1.0) else ""
+
+
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    return stats.auc_score(scores, labels) if len(labels) else math.nan
+    """The AUC of a stratum's rows; NaN where :func:`auc_undefined` gives a reason."""
+    n_samples = int((labels > 0.5).sum())  # a sample: one positive and its negatives
+    if not len(labels) or auc_undefined(n_samples, float(labels.mean())):
+        return math.nan
+    return stats.auc_score(scores, labels)
 
 
 def _bucket_aucs(cut: TestStrata, scores: np.ndarray) -> dict[tuple[str, int], float]:
@@ -255,7 +273,7 @@ def _bucket_aucs(cut: TestStrata, scores: np.ndarray) -> dict[tuple[str, int], f
     for fam in cut.families:
         for code in range(len(fam.labels)):
             rows = fam.codes == code
-            out[(fam.name, code)] = _auc(cut.labels[rows], scores[rows]) if rows.any() else math.nan
+            out[(fam.name, code)] = _auc(cut.labels[rows], scores[rows])
     return out
 
 
@@ -338,6 +356,8 @@ def _dataset_rows(rs: ResultSet, ds: str, cut: TestStrata,
                     "sample_share": n_samples / max(cut.n_samples, 1),
                     "positive_rate": float(cut.labels[in_bucket].mean()),
                     "oracle_auc": oracle.get((fam.name, code), math.nan), "reference": ref or ""}
+            if why := auc_undefined(n_samples, base["positive_rate"]):
+                base["note"] = f"{UNDEFINED_NOTE}: {why}"
             rows.extend(_bucket_rows(base, (fam.name, code), per_model, skipped, ref, alpha))
     return rows
 
@@ -362,7 +382,11 @@ def _bucket_rows(base: dict, key: tuple[str, int],
                "auc_std": float(np.std(values, ddof=1)) if values.size > 1 else math.nan,
                "seed_aucs": ";".join(f"{s}:{v:.8g}" for s, v in aucs.items()),
                "delta_auc": math.nan, "ttest_p": math.nan, "ttest_p_holm": math.nan,
-               "significant": "reference" if model == ref else "", "note": ""}
+               "significant": "reference" if model == ref else "", "note": base.get("note", "")}
+        if row["note"].startswith(UNDEFINED_NOTE):  # no seed AUCs, mean, delta or test
+            row["seed_aucs"] = ""
+            out.append(row)
+            continue
         if skipped.get(model):
             row["note"] = f"{skipped[model]} run(s) without matching test scores left out"
         common = sorted(set(aucs) & set(ref_aucs))
@@ -402,7 +426,13 @@ LEGEND = (
 )
 
 
+def _undefined(r: pd.Series) -> bool:
+    return bool(auc_undefined(int(r["n_samples"]), float(r["positive_rate"])))
+
+
 def _cell(r: pd.Series) -> str:
+    if _undefined(r):
+        return UNDEFINED_CELL
     if pd.isna(r["auc_mean"]):
         return "–"
     if r["model"] == ORACLE_ROW:
@@ -419,17 +449,20 @@ def wide(part: pd.DataFrame) -> pd.DataFrame:
     sizes = part.drop_duplicates("bucket").set_index("bucket")
     heads = {b: f"{b} (n={int(sizes.loc[b, 'n_samples']):,}, "
                 f"{sizes.loc[b, 'sample_share']:.0%})" for b in buckets}
+    missing = {b: UNDEFINED_CELL if _undefined(sizes.loc[b]) else "–" for b in buckets}
     ref = str(part["reference"].iloc[0])
     models = sorted(part["model"].unique(),
                     key=lambda m: (m != ORACLE_ROW, m != ref, m))
     cells = {(r["model"], r["bucket"]): _cell(r) for _, r in part.iterrows()}
-    return pd.DataFrame([{"model": m, **{heads[b]: cells.get((m, b), "–") for b in buckets}}
+    return pd.DataFrame([{"model": m, **{heads[b]: cells.get((m, b), missing[b]) for b in buckets}}
                          for m in models])
 
 
 def render(frame: pd.DataFrame, notes: Mapping[str, str], alpha: float) -> tuple[str, str]:
     """(Markdown, terminal text): per dataset its header note, then a grid per family."""
     legend = LEGEND.format(alpha=alpha)
+    if not frame.empty and frame.apply(_undefined, axis=1).any():
+        legend += UNDEFINED_LEGEND
     md, txt = [legend + "\n"], []
     for ds in sorted(notes):
         part = frame[frame["dataset"] == ds]

@@ -6,7 +6,10 @@ that what every run would find out alone (one failed record per seed) is one mes
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +17,8 @@ import numpy as np
 from ctrbench.cards import ModelCard
 from ctrbench.data.store import SPLITS, check_values
 from ctrbench.errors import CardError, CtrbenchError, DataError
+from ctrbench.paths import ensure_writable_dir
+from ctrbench.runs.lock import RunLock
 from ctrbench.schema import LABEL
 
 
@@ -52,3 +57,28 @@ def check_runnable(dataset: Any) -> None:
                                  "needs train, valid and test rows")
         if split != "train":
             require_both_classes(np.asarray(columns[LABEL]), data, split)
+
+
+def check_record_dirs(specs: Sequence[Any]) -> None:
+    """Make every record directory of ``specs`` and prove it writable and lockable (probes
+    removed) before any training: a folder that refuses is one CtrbenchError naming it (exit
+    1), for ``run`` and for ``plan``, whose commands would otherwise all fail."""
+    for directory in sorted({s.record_file.parent for s in specs}):
+        ensure_writable_dir(directory, "run records")
+        _check_locking(directory)
+
+
+def _check_locking(directory: Path) -> None:
+    """Take and release a run lock in ``directory``: a file system without ``flock`` stops the
+    command with one message instead of failing every run alike."""
+    probe = RunLock(directory / f".ctrbench-lock-probe-{os.getpid()}.lock")
+    try:
+        probe.acquire()
+    except OSError as exc:
+        with contextlib.suppress(OSError):  # what filelock created before flock failed
+            probe.path.unlink(missing_ok=True)
+        raise CtrbenchError(f"cannot lock run records in {directory}: {exc.strerror or exc}",
+                            hint="runs need a file system with working flock (local disks, "
+                                 "NFSv4, Lustre with flock)") from None
+    finally:
+        probe.release()

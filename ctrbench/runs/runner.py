@@ -24,11 +24,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import difflib
-import os
 import signal
 import traceback
 from collections.abc import Mapping, Sequence
@@ -54,15 +52,13 @@ from ctrbench.data.store import PreparedData
 from ctrbench.engine.threads import apply_threads, default_threads
 from ctrbench.errors import (
     CardError,
-    CtrbenchError,
     WriteError,
     install_termination_handler,
 )
-from ctrbench.paths import ensure_writable_dir
 from ctrbench.record import EpochRow, RunRecord, record_path, scores_path
 from ctrbench.runs import orphans
 from ctrbench.runs.lock import RunLock
-from ctrbench.runs.preflight import check_runnable
+from ctrbench.runs.preflight import check_record_dirs, check_runnable
 from ctrbench.runs.state import RecordState, record_state, save_outcome
 from ctrbench.validate import require_table
 
@@ -447,22 +443,6 @@ def record_failed(spec: RunSpec, dataset: DatasetHandle, error: str,
         lock.release()
 
 
-def _check_locking(directory: Path) -> None:
-    """Take and release a run lock in ``directory`` before any training: a file system without
-    ``flock`` stops the command with one message instead of failing every run alike."""
-    probe = RunLock(directory / f".ctrbench-lock-probe-{os.getpid()}.lock")
-    try:
-        probe.acquire()
-    except OSError as exc:
-        with contextlib.suppress(OSError):  # what filelock created before flock failed
-            probe.path.unlink(missing_ok=True)
-        raise CtrbenchError(f"cannot lock run records in {directory}: {exc.strerror or exc}",
-                            hint="runs need a file system with working flock (local disks, "
-                                 "NFSv4, Lustre with flock)") from None
-    finally:
-        probe.release()
-
-
 def _plugin_modules(specs: Sequence[RunSpec]) -> list[str]:
     from ctrbench.models import ARCHITECTURES
 
@@ -489,9 +469,7 @@ def execute(specs: Sequence[RunSpec], dataset: DatasetHandle, *, device: str = "
     """
     if specs:  # a damaged or unusable store is named once, before any folder or training
         check_runnable(dataset)
-    for directory in sorted({s.record_file.parent for s in specs}):
-        ensure_writable_dir(directory, "run records")
-        _check_locking(directory)
+    check_record_dirs(specs)
     results = dict(held or {})
     todo = []
     for spec in (s for s in specs if id(s) not in results):

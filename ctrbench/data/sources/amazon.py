@@ -100,10 +100,30 @@ def _is_gzip(path: Path) -> bool:
     return head.startswith(GZIP_MAGIC) or path.name.endswith(".gz")
 
 
+def _cr_only(head: bytes) -> bool:
+    """Whether a file starting with ``head`` ends its lines with a bare ``\\r`` (classic Mac):
+    a ``\\r`` and no ``\\n`` (a raw CR cannot occur inside a JSON or Python string; a
+    ``\\r\\n`` cut at the buffer's end is still split right)."""
+    return b"\r" in head and b"\n" not in head
+
+
+def _universal_lines(fh: io.BufferedReader, size: int = 1 << 20) -> Iterator[bytes]:
+    """The lines of ``fh`` ended by ``\\n``, ``\\r\\n`` or ``\\r`` (ends kept), split a chunk
+    at a time by :meth:`bytes.splitlines`; the last piece of each chunk waits for the next."""
+    rest = b""
+    while chunk := fh.read(size):
+        lines = (rest + chunk).splitlines(keepends=True)
+        rest = lines.pop()
+        yield from lines
+    if rest:
+        yield rest
+
+
 def _gzip_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """(0-based line number, raw line) of a gzip file, or of a plain JSON-lines file (the 2023
     release's ``.jsonl``, a gunzipped copy: told by its first bytes), a leading UTF-8 BOM
-    removed; corrupt/truncated gzip or no permission -> DataError."""
+    removed; lines end with ``\\n``, ``\\r\\n`` or (told by the first buffered bytes) a bare
+    ``\\r``; corrupt/truncated gzip or no permission -> DataError."""
     step = 1 << 16
     try:
         # the outer buffer makes line iteration C-level (GzipFile.readline is Python)
@@ -111,9 +131,10 @@ def _gzip_lines(path: Path) -> Iterator[tuple[int, bytes]]:
         with io.BufferedReader(raw, 1 << 20) as fh, \
                 progress(f"reading {path.name}", unit="lines") as bar:
             line_no = -1
-            if (first := fh.readline()).startswith(UTF8_BOM):
+            lines = _universal_lines(fh) if _cr_only(fh.peek()) else fh  # else C-level
+            if (first := next(lines, b"")).startswith(UTF8_BOM):
                 first = first[len(UTF8_BOM):]
-            for line_no, line in enumerate(itertools.chain((first,) if first else (), fh)):
+            for line_no, line in enumerate(itertools.chain((first,) if first else (), lines)):
                 if line_no % step == step - 1:
                     bar.update(step)
                 yield line_no, line
