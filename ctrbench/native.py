@@ -8,10 +8,10 @@ that it may run) lives with the model code that uses it, e.g.
 The library is built with ``$CXX`` (else ``c++``) and ``-O3 -march=native`` into
 ``<folder>/<stem>-<key>/``: the folder is ``$CTRBENCH_NATIVE_CACHE``, else ``<cache
 root>/native`` (``ctrbench.paths.cache_root``: ``$CTRBENCH_HOME`` or the user cache), and
-``key`` hashes the source, the flags, the compiler's version and this CPU's model and feature
-flags, so a cache shared by machines with other CPUs (a cluster's home directory) never hands
-one of them code it cannot run. A build writes a temporary file and renames it into place, so
-processes building at once never load half a library.
+``key`` hashes the source, its headers, the flags, the compiler's version and this CPU's model
+and feature flags, so a cache shared by machines with other CPUs (a cluster's home directory)
+never hands one of them code it cannot run. A build writes a temporary file and renames it
+into place, so processes building at once never load half a library.
 
 ``CTRBENCH_NATIVE=0`` turns every native kernel off (the torch paths run; same functions, other
 rounding). Without a compiler, or when a build fails, the torch paths run too and
@@ -21,6 +21,7 @@ rounding). Without a compiler, or when a build fails, the torch paths run too an
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -48,6 +49,7 @@ def disabled() -> bool:
     return os.environ.get(OPT_OUT_VAR, "").strip().lower() in {"0", "off", "false", "no"}
 
 
+@functools.cache
 def _cpu_identity() -> str:
     """This CPU's model and feature flags (Linux: /proc/cpuinfo), else the platform's words."""
     try:
@@ -58,6 +60,7 @@ def _cpu_identity() -> str:
     return "\n".join(sorted({line.strip() for line in lines if line.startswith(wanted)}))
 
 
+@functools.cache
 def _compiler_version(compiler: str) -> str:
     result = subprocess.run([compiler, "--version"], capture_output=True, text=True,
                             timeout=60, check=False)
