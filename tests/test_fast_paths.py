@@ -407,10 +407,12 @@ def test_uniform_dropout_behaves_like_dropout():
     assert torch.equal(UniformDropout(1.0)(x), torch.zeros_like(x))
 
 
-def test_uniform_dropout_mask_is_rand_and_values_and_gradient_are_dropouts():
-    """The designed stream: the keep mask is ``rand >= p`` drawn from the global generator; kept
-    elements are scaled by 1 / (1 - p) and the gradient is the same mask times the scale, as
-    nn.Dropout's; the keep rate of both is 1 - p; eval, p = 0 and p = 1 behave as nn.Dropout."""
+def test_uniform_dropout_mask_is_rand_and_values_and_gradient_are_dropouts(monkeypatch):
+    """The designed stream without the native kernel: the keep mask is ``rand >= p`` drawn from
+    the global generator; kept elements are scaled by 1 / (1 - p) and the gradient is the same
+    mask times the scale, as nn.Dropout's; the keep rate of both is 1 - p; eval, p = 0 and p = 1
+    behave as nn.Dropout. (The native mask: tests/test_fast_native_dropout.py.)"""
+    monkeypatch.setattr(UniformDropout, "NATIVE", False)
     p = 0.3
     x = torch.randn(400, 250, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
     drop, reference = UniformDropout(p), nn.Dropout(p)

@@ -301,10 +301,10 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.pre_ln:
-            x = x + self.dropout(self.attention(self.norm1(x), mask))  # (B, T, D)
-            return x + self.dropout(self.ffn(self.norm2(x)))  # (B, T, D)
-        x = self.norm1(x + self.dropout(self.attention(x, mask)))  # (B, T, D)
-        return self.norm2(x + self.dropout(self.ffn(x)))  # (B, T, D)
+            x = self.dropout.residual(x, self.attention(self.norm1(x), mask))  # (B, T, D)
+            return self.dropout.residual(x, self.ffn(self.norm2(x)))  # (B, T, D)
+        x = self.norm1(self.dropout.residual(x, self.attention(x, mask)))  # (B, T, D)
+        return self.norm2(self.dropout.residual(x, self.ffn(x)))  # (B, T, D)
 
     def forward_by_length(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The block by history length: ``x [B, T, D]``, left-aligned ``mask [B, T]`` ->
@@ -375,10 +375,10 @@ class TransformerBlock(nn.Module):
         ``[N, D]`` (before the output projection) -> ``[N, D]``."""
         mixed = self.attention.out(context)  # (N, D)
         if self.pre_ln:
-            h = h + self.dropout(mixed)  # (N, D)
-            return h + self.dropout(self.ffn(self.norm2(h)))
-        h = self.norm1(h + self.dropout(mixed))
-        return self.norm2(h + self.dropout(self.ffn(h)))
+            h = self.dropout.residual(h, mixed)  # (N, D): h + dropout(mixed)
+            return self.dropout.residual(h, self.ffn(self.norm2(h)))
+        h = self.norm1(self.dropout.residual(h, mixed))
+        return self.norm2(self.dropout.residual(h, self.ffn(h)))
 
     def _mix_by_group(self, qkv: torch.Tensor, mask: torch.Tensor,
                       parts: list[tuple[int, torch.Tensor]],

@@ -4,8 +4,9 @@
   gradient per step (reference: one ``nn.Embedding`` per vocabulary).
 - :mod:`~ctrbench.models.fast.dice`: Dice as one autograd function with a hand-written backward
   (reference: :func:`ctrbench.models.layers.dice`, the DIN paper's formula).
-- :mod:`~ctrbench.models.fast.dropout`: dropout masks drawn with ``rand`` (reference:
-  ``nn.Dropout``).
+- :mod:`~ctrbench.models.fast.dropout`: dropout with a native counter-based (Philox) keep mask
+  regenerated in the backward, and a residual form (``native_dropout.cpp``), else masks drawn
+  with ``rand`` (reference: ``nn.Dropout``).
 - :mod:`~ctrbench.models.fast.cin`: xDeepFM's CIN as batched matmuls (reference:
   :class:`ctrbench.models.layers.CIN`).
 - :mod:`~ctrbench.models.fast.row_blocks`: evaluation in blocks of rows (reference: one pass).
@@ -25,6 +26,6 @@
 Nothing is imported here: ``models.layers`` imports ``dice``, ``dropout`` and ``embedding_bank``
 (which import no model module but ``models.init``), ``cin`` imports ``models.layers``, and
 ``gated_scan`` and ``packed_attention`` import only torch (``packed_scan`` imports ``gated_scan``,
-``fused_attention`` and ``native_scan`` import ``ctrbench.native``; the C++ sources share
-``native_vector.h``).
+``dropout``, ``fused_attention`` and ``native_scan`` import ``ctrbench.native``; the C++ sources
+share ``native_vector.h``).
 """
