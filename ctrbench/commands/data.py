@@ -54,13 +54,8 @@ def prepare(name: str, from_dir: Path | None, replace: bool, lenient: bool, stri
     from ctrbench.data.prepare import prepare as run_prepare
     from ctrbench.data.store import SPLITS
 
-    if replace or lenient:
-        from ctrbench.cards import load_dataset_card
-        from ctrbench.data.download import fetch_report
-
-        fetch_report(load_dataset_card(name), from_dir=from_dir, strict_hash=not lenient,
-                     replace=replace)
-    result = run_prepare(name, force=force, strict=strict, from_dir=from_dir)
+    result = run_prepare(name, force=force, strict=strict, from_dir=from_dir,
+                         strict_hash=not lenient, replace=replace)
     meta = result.data.meta
     status = "reused existing store" if result.reused else "built"
     click.echo(f"{name} ({meta.get('protocol')}): {status}")

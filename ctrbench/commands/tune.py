@@ -136,7 +136,9 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
     Each trial trains the card with sampled values (the card's [search] table: the shared keys
     of models/_paper.toml plus the architecture's own) and reports its validation AUC per
     epoch; the pruner stops hopeless trials; a trial that fails (NaN loss, error) is recorded
-    FAIL and the study goes on. The study lives in --storage, so re-running the same command
+    FAIL and the study goes on. A [search] value the model cannot take on the dataset is
+    refused before any trial; a sampled combination it cannot take stops the study (exit
+    status 1). The study lives in --storage, so re-running the same command
     resumes it, and several `ctrbench tune` processes, on one machine or many, can share one
     study (same --storage and --study). Writes <results>/tuning/<study>/ (trials.csv,
     trials.md, history.png, importances.png) and the tuned card
@@ -183,7 +185,7 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
         unequal_budgets,
     )
     from ctrbench.tune.outputs import tuned_card_name
-    from ctrbench.tune.space import card_values
+    from ctrbench.tune.space import card_values, check_space_on_data
     from ctrbench.tune.study import TuneSettings
 
     apply_threads(resolve_threads_option(threads))
@@ -284,6 +286,7 @@ def tune(model: str | None, models_spec: str | None, dataset: str, n_trials: int
 
     card = load_model_card(model)
     data = _load_data(dataset)
+    check_space_on_data(card, data)  # a value the model refuses: before any study or trial
     outcome = tune_one(card, data, settings, results_root=results_root,
                        storage=storage_for(study_name_of(card, data, study_name)),
                        study_name=study_name, heartbeat=heartbeat, fail_running=fail_running,

@@ -24,7 +24,7 @@ from pathlib import Path
 from ctrbench import __version__, paths
 from ctrbench.cards import DatasetCard, config_hash, load_dataset_card
 from ctrbench.data.build import DATA_CODE_VERSION, build_samples, check_protocol
-from ctrbench.data.canonical import cleaning_warnings
+from ctrbench.data.canonical import ReadReport, cleaning_warnings
 from ctrbench.data.sources import read_source
 from ctrbench.data.store import (
     DamagedStoreError,
@@ -33,6 +33,7 @@ from ctrbench.data.store import (
     damaged,
     ensure_directory,
     open_store,
+    recover_swap,
     write_store,
 )
 from ctrbench.errors import DataError
@@ -189,12 +190,15 @@ def _reusable(path: Path, strict: bool, card: DatasetCard) -> PreparedData | Non
 
 
 def prepare(name_or_card: str | DatasetCard, *, force: bool = False, strict: bool = False,
-            from_dir: Path | None = None) -> PrepareResult:
+            from_dir: Path | None = None, strict_hash: bool = True,
+            replace: bool = False) -> PrepareResult:
     """Prepare (or reuse) the store of a dataset card; see the module docstring.
 
     Holds the card's :func:`build_lock` throughout; the raw files are fetched and read under
     the card's raw-cache lock (``download.locked_raw``), which also removes what a killed run
-    left there. The card's protocol is checked before any raw file is read.
+    left there. The card's protocol is checked before any raw file is read. ``strict_hash``
+    and ``replace`` go to ``download.fetch_sources`` (``--no-strict-hash``, ``--replace``):
+    the raw files are fetched and verified once.
     """
     from ctrbench.data.checksum_ledger import raw_sha256
     from ctrbench.data.download import fetch_sources, locked_raw
@@ -205,9 +209,11 @@ def prepare(name_or_card: str | DatasetCard, *, force: bool = False, strict: boo
     ensure_directory(paths.prepared_root(), "prepared-data folder")  # before, not after, a build
     with build_lock(card.name):
         with locked_raw(card):
-            files = fetch_sources(card, from_dir=Path(from_dir) if from_dir is not None else None)
+            files = fetch_sources(card, from_dir=Path(from_dir) if from_dir is not None else None,
+                                  strict_hash=strict_hash, replace=replace)
             raw_sha = raw_sha256(files)
             path = store_path(card, raw_sha)
+            recover_swap(path)  # a forced swap killed between its renames: before the clean-up
             clean_stale_temp(card.name)
             existing = None if force else _reusable(path, strict, card)
             if existing is not None:
@@ -222,12 +228,15 @@ def prepare(name_or_card: str | DatasetCard, *, force: bool = False, strict: boo
 
 def _build_store(card: DatasetCard, tables, path: Path, raw_sha: dict[str, str],
                  replace: bool, start: float) -> PreparedData:
-    """Build the card's samples from ``tables`` and write them at ``path`` (warnings said)."""
-    for report in tables.reports:
-        message(report.summary())
+    """Build the card's samples from ``tables`` and write them at ``path`` (warnings said;
+    the read summaries only if the build fails: its callers say them once it is done)."""
     for line in cleaning_warnings(tables.cleaning):
         message(f"warning: {card.name}: {line}")
-    built = build_samples(tables, card)
+    try:
+        built = build_samples(tables, card)
+    except DataError:
+        _say_reads(tables.reports)  # what was read may explain it
+        raise
     meta = {**built.meta, "card_hash": card_hash(card), "store_key": path.name,
             "cleaning": dict(tables.cleaning),
             "raw_sha256": raw_sha, "ctrbench_version": __version__,
@@ -242,6 +251,12 @@ def _build_store(card: DatasetCard, tables, path: Path, raw_sha: dict[str, str],
         message(f"warning: {card.name}: differs from the card's [expected]: {problem}")
     meta["prepare_seconds"] = round(time.perf_counter() - start, 3)
     return write_store(path, built.schema, built.splits, meta, replace=replace)
+
+
+def _say_reads(reports) -> None:
+    """One line per raw file read: its lines and malformed lines."""
+    for report in reports:
+        message(report.summary())
 
 
 def revalidate_strict(data: PreparedData) -> None:
@@ -262,5 +277,10 @@ def revalidate_strict(data: PreparedData) -> None:
 
 def prepare_dataset(name_or_card: str | DatasetCard, *, force: bool = False,
                     strict: bool = False, from_dir: Path | None = None) -> PreparedData:
-    """The prepared store of a dataset card, built if needed (see :func:`prepare`)."""
-    return prepare(name_or_card, force=force, strict=strict, from_dir=from_dir).data
+    """The prepared store of a dataset card, built if needed (see :func:`prepare`); a build
+    says what it read (``ctrbench prepare``, which calls :func:`prepare`, says it in its own
+    summary)."""
+    result = prepare(name_or_card, force=force, strict=strict, from_dir=from_dir)
+    if not result.reused:
+        _say_reads(ReadReport(**r) for r in result.data.meta.get("read_reports", []))
+    return result.data

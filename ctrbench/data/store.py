@@ -18,6 +18,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping
@@ -37,6 +38,7 @@ SPLITS = ("train", "valid", "test")
 OPENED_SPLITS = ("train", "valid")  # checked on opening; the test split when it is loaded
 STORE_FORMAT = 1
 WRITING = ".writing"  # locked by the writer of a temporary store folder (see `abandoned`)
+SWAP_LOCK = ".swap.lock"  # in the stores' folder: held to mark a store complete and rename it
 
 
 @dataclass
@@ -101,7 +103,7 @@ def open_store(path: str | os.PathLike) -> PreparedData:
     """
     path = Path(path)
     meta_path = path / "meta.json"
-    if not meta_path.is_file():
+    if not meta_path.is_file() and not recover_swap(path):
         raise DataError(f"{path} is not a finished prepared store (no meta.json)")
     try:
         meta = json.loads(meta_path.read_text())
@@ -234,17 +236,21 @@ def write_store(
     ``meta`` gets ``schema``, ``store_format`` and per-split ``rows``/``positive_rate`` added.
     A finished store already at ``final_path`` (a concurrent writer's) is kept, unless
     ``replace``: then it is swapped out only once the new store is complete, so readers never
-    find the path empty. A disk that refuses a write is a :class:`WriteError` naming the store;
-    nothing half-written is left (a killed writer's folder is found by :func:`abandoned`).
+    find the path empty (after a kill between the two renames, :func:`recover_swap` puts a
+    complete store back). A disk that refuses a write is a :class:`WriteError` naming the
+    store; nothing half-written is left (a killed writer's folder is found by
+    :func:`abandoned`).
     """
     final_path = Path(final_path)
     ensure_directory(final_path.parent, "prepared-data folder")
     tmp = final_path.with_name(f".{final_path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         tmp.mkdir()
-        with _writing(tmp):
+        with _flocked(tmp / WRITING):  # see `abandoned`
             _write_files(tmp, schema, splits, meta)
-        _install(tmp, final_path, replace)
+            with _flocked(final_path.parent / SWAP_LOCK):
+                (tmp / WRITING).unlink()  # complete from here: see `recover_swap`
+                _install(tmp, final_path, replace)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
@@ -276,15 +282,12 @@ def _write_files(tmp: Path, schema: Schema, splits: Mapping[str, Mapping[str, np
 
 
 @contextmanager
-def _writing(tmp: Path) -> Iterator[None]:
-    """Hold a lock on ``tmp/WRITING`` while the body writes into ``tmp``; the file is removed
-    when the body succeeds (a finished store holds none)."""
-    marker = tmp / WRITING
-    fd = os.open(marker, os.O_CREAT | os.O_WRONLY, 0o644)
+def _flocked(path: Path) -> Iterator[None]:
+    """Hold an OS lock (``flock``, gone with its process) on file ``path``, created if missing."""
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
-        marker.unlink()
     finally:
         os.close(fd)
 
@@ -303,6 +306,45 @@ def abandoned(tmp: Path) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def recover_swap(final_path: Path) -> bool:
+    """Put back at ``final_path``, when nothing is there, the store that a writer killed in
+    :func:`write_store` left under a temporary name: its new store if complete (no ``WRITING``
+    file, which the writer removes only once ``meta.json`` is written), else the old one its
+    forced swap had moved aside. The other complete ones go, as the swap would have removed
+    them. Under the swap lock, so never while a live writer renames. True when a
+    store is at ``final_path`` afterwards; False when none was complete or the folder is
+    read-only."""
+    final_path = Path(final_path)
+    if os.path.lexists(final_path) or not _complete_aside(final_path):
+        return False
+    try:
+        with _flocked(final_path.parent / SWAP_LOCK):
+            aside = _complete_aside(final_path)
+            if aside and not os.path.lexists(final_path):
+                os.replace(aside[0], final_path)
+                for old in aside[1:]:
+                    shutil.rmtree(old, ignore_errors=True)
+    except OSError:
+        return False
+    return (final_path / "meta.json").is_file()
+
+
+def _complete_aside(final_path: Path) -> list[Path]:
+    """Complete stores under ``final_path``'s temporary names: the new ones of
+    :func:`write_store` (``.<name>.tmp-<8 hex>``) first, then the old ones its swap moved
+    aside (``.<name>.tmp-old-<8 hex>``)."""
+    name = re.compile(rf"\.{re.escape(final_path.name)}\.tmp-(old-)?[0-9a-f]{{8}}")
+    found = [(bool(match.group(1)), path.name, path) for path in final_path.parent.glob(".*.tmp-*")
+             if (match := name.fullmatch(path.name)) and _complete(path)]
+    return [path for _, _, path in sorted(found)]
+
+
+def _complete(folder: Path) -> bool:
+    """Whether ``folder`` is a store folder that its writer finished (see :func:`write_store`)."""
+    return (folder.is_dir() and not folder.is_symlink() and (folder / "meta.json").is_file()
+            and not os.path.lexists(folder / WRITING))
 
 
 def _install(tmp: Path, final_path: Path, replace: bool) -> None:

@@ -5,11 +5,14 @@ The lock is an OS lock (``flock``, through the ``filelock`` package) on ``seed-<
 the record: the kernel drops it when its process dies, however it dies (kill -9 included), so a
 dead owner never blocks anyone and no staleness has to be guessed. The holder writes its pid,
 host, start time and run id into the file (for the messages only: "in progress (pid N on
-host)", or that another configuration holds it; files of older versions hold no run id). On
+host)", or that another configuration holds it). A contender that finds no run id reads the
+file again for up to half a second, since the holder writes it just after its flock; a file
+that still names none (an older ctrbench's) reads as this run in progress. On
 release the holder unlinks the file while it still holds the lock; a peer that opened the old
 file meanwhile sees it unlinked (filelock checks ``st_nlink``) and tries the path again, so two
-processes never both believe they hold the lock. A lock file left by a killed process is empty
-of meaning: the next run takes it.
+processes never both believe they hold the lock. A lock file that no live process holds (a
+killed holder's, an older ctrbench's) is empty of meaning: the next run takes it, whatever it
+names.
 
 Needs a file system with working ``flock`` (local disks, NFSv4, Lustre with ``flock``).
 """
@@ -21,12 +24,15 @@ import json
 import os
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 
+HOLDER_READS = 50  # re-reads of a held lock file naming no run id (yet): its holder writes
+HOLDER_READ_PAUSE_S = 0.01  # it right after its flock, so 0.5 s in all is ample
 ATTEMPTS = 3  # a peer may release (and unlink) the file between our open and our flock
 DEFERRED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP")
                          if hasattr(signal, name))
@@ -97,8 +103,24 @@ class RunLock:
             owner = {}
         return owner if isinstance(owner, dict) else {}
 
+    def _holder_once_written(self) -> dict[str, Any] | None:
+        """What the live holder wrote into the lock file, read again while it names no run id
+        (caught between its flock and its write), at most ``HOLDER_READS`` times: an older
+        ctrbench never writes one. None when the holder released (unlinked) it meanwhile."""
+        holder: dict[str, Any] = {}
+        for read in range(HOLDER_READS + 1):
+            if read:
+                time.sleep(HOLDER_READ_PAUSE_S)
+            if not self.path.exists():
+                return None
+            holder = self._read_holder()
+            if "run_id" in holder:
+                break
+        return holder or {"pid": None}
+
     def acquire(self) -> bool:
-        """Take the lock without waiting; False (with ``holder`` set) when another holds it.
+        """Take the lock without waiting for its holder; False (with ``holder`` set, read for up
+        to 0.5 s while it names no run id) when another holds it.
 
         A termination signal that arrives meanwhile is held back in this thread until the lock
         is taken and recorded. The mask is per thread, so in a process with other threads
@@ -133,9 +155,10 @@ class RunLock:
             try:
                 self._lock.acquire(timeout=0)
             except Timeout:
-                if not self.path.exists():
+                holder = self._holder_once_written()
+                if holder is None:
                     continue  # released and unlinked meanwhile: try the new file
-                self.holder = self._read_holder() or {"pid": None}
+                self.holder = holder
                 return False
             stat = os.stat(self.path)
             self._inode = (stat.st_dev, stat.st_ino)

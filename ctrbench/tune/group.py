@@ -32,7 +32,7 @@ from ctrbench.tune.outputs import (
     write_trials_table,
     write_tuned_card,
 )
-from ctrbench.tune.space import has_search_space, parse_search_space
+from ctrbench.tune.space import check_spaces_on_data, has_search_space, parse_search_space
 from ctrbench.tune.storage import fail_running as fail_running_trials
 from ctrbench.tune.storage import open_storage
 from ctrbench.tune.study import TuneSettings, TuneSummary, open_study, run_study, study_signature
@@ -175,8 +175,10 @@ def tune_group(cards: Sequence[ModelCard], data: PreparedData, settings: TuneSet
 
     ``storage_for(study_name)``: the storage URL of each model's study (None = the default
     SQLite file under ``<results>/tuning/``); one shared database or journal lets workers on
-    several machines run the same command and share every study of the group.
+    several machines run the same command and share every study of the group. A card whose
+    [search] space the model refuses is a CardError before any model is tuned.
     """
+    check_spaces_on_data(cards, data)
     dataset = str(data.meta.get("dataset", data.path.name))
     rows: list[ModelBudget] = []
     for card in cards:

@@ -14,12 +14,22 @@ it as the label ``"200-80"`` and trials get the list back. ``optional = true`` m
 dimension (declared once in ``models/_paper.toml``) that applies only to architectures having
 that parameter (``params.dropout`` is skipped for LR). Anything else (an unknown type, key or
 option, an empty range) is a :class:`CardError`.
+
+Values are checked before any trial: each value by its parameter's rule, then every combination
+of the ``params.*`` dimensions' choices and range ends (up to :data:`MAX_CHECKED_POINTS`) by the
+architecture's config and, once the dataset is known, by building the model on its schema
+(:func:`check_space_on_data`). A value refused at every point of the other dimensions is one
+:class:`CardError` naming the key and the value; a refusal only some combinations meet is left to
+the trial that samples it, which stops the study (``tune.study``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -32,10 +42,12 @@ from optuna.distributions import (
 )
 
 from ctrbench.cards import ModelCard, TrainConfig, check_keys
-from ctrbench.errors import CardError
+from ctrbench.errors import CardError, CtrbenchError
 
 if TYPE_CHECKING:
+    from ctrbench.data.store import PreparedData
     from ctrbench.models.config import ModelConfig
+    from ctrbench.schema import Schema
 
 # Choices of `ctrbench tune` (here, not in tune.py, so that the CLI starts without torch).
 SAMPLERS = ("tpe", "random", "grid")
@@ -49,6 +61,18 @@ _OPTIONS = {
 }
 Scalar = bool | int | float | str
 Choice = Scalar | tuple[int, ...]  # a tuple is a list of widths
+#: combinations of the params.* dimensions' choices and range ends checked before any trial
+#: (a larger space leaves its refusals to the first trial that samples one)
+MAX_CHECKED_POINTS = 512
+#: vocabulary size of the schema models are built on to check a space (the models' checks that
+#: need the schema count fields and look at groups; none depends on how many ids a field has)
+CHECK_VOCAB = 16
+#: params values of one point -> why the model refuses them (None: it takes them)
+Refusal = Callable[[dict[str, Any]], str | None]
+
+
+class NothingToTune(CardError):
+    """A card with no [search] dimension that applies to its architecture."""
 
 
 def choice_label(choice: Choice) -> Scalar:
@@ -76,6 +100,13 @@ class Dimension:
     @property
     def name(self) -> str:
         return self.key.split(".", 1)[1]
+
+    @property
+    def ends(self) -> tuple[Any, ...]:
+        """The values checked before any trial: every choice (widths as lists), or both ends."""
+        if self.type == "categorical":
+            return tuple(list(c) if isinstance(c, tuple) else c for c in self.choices)
+        return (self.low, self.high)
 
     @property
     def is_discrete(self) -> bool:
@@ -214,10 +245,14 @@ def _architecture_config(arch: str) -> type[ModelConfig] | None:
 def _check_search_values(card: ModelCard, config: type[ModelConfig], name: str,
                          dim: Dimension) -> None:
     """Every choice of a categorical dimension, or both ends of a range, must pass the
-    parameter's rule (a bad one is a CardError naming the card and the [search] key)."""
-    values = dim.choices if dim.type == "categorical" else (dim.low, dim.high)
-    for value in values:
-        config.from_params(f"model card {card.name!r} [search] {dim.key!r}", {name: value})
+    parameter's own rule (a bad one is a CardError naming the card, the [search] key and the
+    value); rules across parameters are checked on whole points (:func:`_check_points`)."""
+    for value in dim.ends:
+        try:
+            config.normalised({name: value})
+        except ValueError as exc:
+            raise CardError(f"model card {card.name!r} [search] {dim.key!r}: {name} {exc}",
+                            hint=f"change the choices or range of {dim.key!r}") from None
 
 
 def _check_train_values(card: ModelCard, name: str, dim: Dimension) -> None:
@@ -225,16 +260,133 @@ def _check_train_values(card: ModelCard, name: str, dim: Dimension) -> None:
     trainer refuses made every such trial FAIL at run time, one by one)."""
     from ctrbench.validate import validate_train_values
 
-    values = dim.choices if dim.type == "categorical" else (dim.low, dim.high)
-    for value in values:
-        validate_train_values(f"model card {card.name!r} [search] {dim.key!r}",
-                              {name: list(value) if isinstance(value, tuple) else value})
+    for value in dim.ends:
+        validate_train_values(f"model card {card.name!r} [search] {dim.key!r}", {name: value})
+
+
+def show(value: Any) -> str:
+    """A search value as a card spells it (``true``, ``[200, 80]``, ``3``; a float to 6
+    significant digits)."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def _config_refusal(card: ModelCard, config: type[ModelConfig]) -> Refusal:
+    """Why ``config`` refuses the card's params with a point's values (rules across fields)."""
+    def refusal(point: dict[str, Any]) -> str | None:
+        try:
+            config.from_params("params", {**card.params, **point})
+        except CardError as exc:
+            return str(exc.args[0])
+        return None
+    return refusal
+
+
+def _check_points(card: ModelCard, space: list[Dimension], refusal: Refusal,
+                  where: str = "") -> None:
+    """Refuse a value that ``refusal`` refuses at every combination of the other params.*
+    dimensions' choices and range ends (while another value of its own dimension, or the
+    card's own, would be taken), or a space none of whose points is taken."""
+    dims = [d for d in space if d.section == "params"]
+    if math.prod(len(d.ends) for d in dims) > MAX_CHECKED_POINTS:
+        return  # too many combinations: the first trial that samples a refusal stops the study
+    config = _architecture_config(card.arch)
+    own = config().as_params() if config is not None else {}
+    own.update(card.params)
+    cache: dict[tuple[int, ...], str | None] = {}
+
+    def why(index: tuple[int, ...]) -> str | None:  # index -1: the card's own value
+        if index not in cache:
+            cache[index] = refusal({d.name: own.get(d.name) if k < 0 else d.ends[k]
+                                    for d, k in zip(dims, index)})
+        return cache[index]
+
+    points = list(itertools.product(*(range(len(d.ends)) for d in dims)))
+    taken = sum(why(p) is None for p in points)
+    if taken == len(points):
+        return
+    for i, dim in enumerate(dims):
+        refused = _refused_values(i, len(dim.ends), points, why)
+        if refused:
+            first = next(why(p) for p in points if p[i] == refused[0])
+            values = ", ".join(show(dim.ends[k]) for k in refused)
+            verb = "is" if len(refused) == 1 else "are"
+            raise CardError(f"model card {card.name!r} [search] {dim.key!r}: {values} {verb} "
+                            f"refused{where} with every value of the other dimensions: {first}",
+                            hint=f"change the choices or range of {dim.key!r}; nothing was tuned")
+    if taken:  # only combinations are refused: the trial that samples one stops
+        return
+    raise CardError(f"model card {card.name!r}: no point of its [search] space can be "
+                    f"built{where}: {why(points[0])}",
+                    hint="change the card's [search] table or the [params] it combines with; "
+                         "nothing was tuned")
+
+
+def _refused_values(i: int, count: int, points: list[tuple[int, ...]],
+                    why: Callable[[tuple[int, ...]], str | None]) -> list[int]:
+    """The values (indices) of dimension ``i`` refused at every point, provided another value
+    of it (or the card's own, index -1) is taken somewhere: then they are the cause."""
+    refused = [k for k in range(count) if all(why(p) for p in points if p[i] == k)]
+    others = [k for k in range(-1, count) if k not in refused]
+    if refused and any(why((*p[:i], k, *p[i + 1:])) is None for p in points for k in others):
+        return refused
+    return []
+
+
+def check_schema(schema: Schema) -> Schema:
+    """``schema`` with every vocabulary cut to :data:`CHECK_VOCAB` ids: the same fields, a model
+    built on it in milliseconds whatever the dataset's size."""
+    return dataclasses.replace(schema, fields=tuple(
+        dataclasses.replace(f, vocab_size=min(f.vocab_size, CHECK_VOCAB)) for f in schema.fields))
+
+
+def build_refusal(card: ModelCard, schema: Schema) -> str | None:
+    """Why ``card``'s model cannot be built on ``schema`` (None: it can), as a run builds it."""
+    from ctrbench.engine.train import build_for_training
+
+    try:
+        build_for_training(card, schema)
+    except CtrbenchError as exc:
+        return str(exc.args[0])
+    return None
+
+
+def check_space_on_data(card: ModelCard, data: PreparedData) -> list[Dimension]:
+    """:func:`parse_search_space`, then every value checked by building the model on the
+    dataset's schema (MIAN's ``heads`` must divide its behaviour width, DIEN's auxiliary loss
+    needs negative histories): a CardError naming the key and the value, before any trial."""
+    space = parse_search_space(card)
+    schema = check_schema(data.schema)
+
+    def refusal(point: dict[str, Any]) -> str | None:
+        return build_refusal(card.with_overrides({"params": point}), schema)
+
+    name = str(data.meta.get("dataset", data.path.name))
+    _check_points(card, space, refusal, f" on dataset {name!r}")
+    return space
+
+
+def check_spaces_on_data(cards: Iterable[ModelCard], data: PreparedData) -> None:
+    """:func:`check_space_on_data` for a group: one CardError naming every refused card (a card
+    with nothing to tune is left to the group, which says so)."""
+    refused = []
+    for card in cards:
+        try:
+            check_space_on_data(card, data)
+        except NothingToTune:
+            continue
+        except CardError as exc:
+            refused.append(str(exc.args[0]))
+    if refused:
+        raise CardError("; ".join(refused), hint="change those cards' [search] tables (or "
+                                                 "leave those models out); nothing was tuned")
 
 
 def parse_search_space(card: ModelCard) -> list[Dimension]:
     """The card's ``[search]`` table as validated dimensions (sorted by key)."""
     if not card.search:
-        raise CardError(f"model card {card.name!r} has no [search] table: nothing to tune",
+        raise NothingToTune(f"model card {card.name!r} has no [search] table: nothing to tune",
                         hint='add e.g. [search] "train.lr" = { type = "float", low = 1e-4, '
                              "high = 1e-2, log = true } to the card")
     train_keys = [f.name for f in fields(TrainConfig)]
@@ -258,16 +410,19 @@ def parse_search_space(card: ModelCard) -> list[Dimension]:
             _check_train_values(card, name, dim)
         dims.append(dim)
     if not dims:
-        raise CardError(f"model card {card.name!r}: no [search] dimension applies to its "
-                        f"architecture {card.arch!r}: nothing to tune")
+        raise NothingToTune(f"model card {card.name!r}: no [search] dimension applies to its "
+                            f"architecture {card.arch!r}: nothing to tune")
+    if config is not None:
+        _check_points(card, dims, _config_refusal(card, config))
     return dims
 
 
 def has_search_space(card: ModelCard) -> bool:
-    """Whether ``card`` has anything to tune (False for e.g. a model with no parameters)."""
+    """Whether ``card`` has anything to tune (False for e.g. a model with no parameters); a
+    [search] table with a bad value is a CardError, never "nothing to tune"."""
     try:
         parse_search_space(card)
-    except CardError:
+    except NothingToTune:
         return False
     return True
 

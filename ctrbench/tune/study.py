@@ -3,8 +3,11 @@
 The objective is the best validation AUC of :func:`ctrbench.engine.train.train_and_evaluate` with
 ``evaluate_test=False``: tuning never looks at the test split. Each epoch's validation AUC is
 reported to the trial, so the pruner can stop hopeless trials early (state PRUNED). A trial that
-raises (a NaN loss, a bad sampled value, any exception) is recorded FAIL with its error in the
-user attribute ``error``, and the study goes on.
+raises (a NaN loss, any exception) is recorded FAIL with its error in the user attribute
+``error``, and the study goes on; a sampled point the model refuses (a combination of values the
+checks before the study could not rule out, e.g. MIAN's ``heads`` inside a range whose ends
+divide its width) is recorded FAIL too, and stops the study at once (user attribute
+``refused``): every later trial would risk the same refusal.
 
 Counting: ``n_trials`` means "until the study holds ``n_trials`` COMPLETE or PRUNED trials",
 counting those already in the storage, so re-running the same command resumes an interrupted
@@ -40,7 +43,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ctrbench.cards import ModelCard, config_hash
 from ctrbench.data.store import PreparedData
-from ctrbench.errors import CtrbenchError
+from ctrbench.errors import CardError, CtrbenchError
 from ctrbench.progress import message
 from ctrbench.record import EpochRow
 from ctrbench.tune import space as tune_space
@@ -295,6 +298,7 @@ class TrialObjective:
         try:
             values = tune_space.suggest(trial, self.space)
             card = self.card.with_overrides(tune_space.to_overrides(values))
+            self._check_point(trial, card, values)
             outcome = self._train(trial, card, train_seed)
         except optuna.TrialPruned:
             raise
@@ -315,6 +319,18 @@ class TrialObjective:
             trial.set_user_attr("error", f"validation AUC is {value}")
             raise CtrbenchError(f"trial {trial.number}: validation AUC is {value}")
         return value
+
+    def _check_point(self, trial: optuna.Trial, card: ModelCard, values: dict[str, Any]) -> None:
+        """A CardError (and the user attribute ``refused``) when the model cannot be built with
+        the sampled values: the study stops at this first refusal, before any training."""
+        refusal = tune_space.build_refusal(card, tune_space.check_schema(self.data.schema))
+        if refusal is None:
+            return
+        point = ", ".join(f"{k} = {tune_space.show(v)}" for k, v in sorted(values.items())
+                          if k.startswith("params."))
+        trial.set_user_attr("refused", True)
+        raise CardError(f"trial {trial.number}: the sampled point ({point}) is refused: "
+                        f"{refusal}")
 
     def _train(self, trial: optuna.Trial, card: ModelCard, seed: int):
         from ctrbench.engine.train import train_and_evaluate
@@ -382,6 +398,7 @@ def run_study(
                     f"({'; '.join(outside)}): they are not the study's first trial, and every "
                     "trial changes them (restate the dimension in the card to keep them)")
     failures: list[str] = []  # this worker's failed trials since its last complete or pruned
+    refused: list[str] = []  # a sampled point the model refused: the study stops at once
 
     def after_trial(study: optuna.Study, frozen: FrozenTrial) -> None:
         error = str(frozen.user_attrs.get("error", ""))
@@ -389,6 +406,8 @@ def run_study(
             failures.clear()
         elif frozen.state == TrialState.FAIL and not error.startswith(("surplus", "interrupted")):
             failures.append(error.splitlines()[0] if error else "no error recorded")
+            if frozen.user_attrs.get("refused"):
+                refused.append(failures[-1])
         if on_trial is not None:
             on_trial(frozen, count_states(study))
 
@@ -404,7 +423,10 @@ def run_study(
         counts = count_states(study)
         done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
         running = counts[TrialState.RUNNING]  # queued (WAITING) trials are ours to run
-        if done >= target:
+        if refused:  # checked first: a refused point is said even when the target is met
+            stop_reason = (f"stopped at the first refused point of the [search] space: "
+                           f"{refused[0]}; fix the card or its [search] space, then re-run")
+        elif done >= target:
             stop_reason = f"the study has {done} complete or pruned trials (asked for {target})"
         elif settings.timeout is not None and time.monotonic() - start >= settings.timeout:
             stop_reason = f"timeout of {settings.timeout:g} s reached"
@@ -446,5 +468,5 @@ def run_study(
         n_complete=counts[TrialState.COMPLETE], n_pruned=counts[TrialState.PRUNED],
         n_failed=counts[TrialState.FAIL], n_running=counts[TrialState.RUNNING],
         stop_reason=stop_reason, best=best,
-        failing=stop_reason if len(failures) >= MAX_FAILED_IN_A_ROW else None,
+        failing=stop_reason if refused or len(failures) >= MAX_FAILED_IN_A_ROW else None,
     )

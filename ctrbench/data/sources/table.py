@@ -7,9 +7,11 @@ the card's directory, used in place) and maps their columns in ``[reader_params]
   ``time_col`` and optionally ``rating_col``. Time is unix time (numbers; ``time_unit`` "s" by
   default, or "ms", "us", "ns") or a date/time string parsed by pandas (``time_format``: a strftime
   format, also for integer columns; default: inferred once per file, day first or month first,
-  whichever reads more of the first dates, a warning when both read all of them alike; time
-  zones are converted to UTC, naive times are taken as UTC). Integers that are all valid
-  YYYYMMDD dates (20140523) are read as dates, with a warning, unless ``time_unit`` is set.
+  whichever reads more of the first dates; when both read them alike, the first date of the
+  file that only one reads decides, a warning when none does; time zones are converted to
+  UTC, naive times are taken as UTC). Integers that are all valid YYYYMMDD dates (20140523) are
+  read as dates, with a warning, unless ``time_unit`` is set; a number later in the file that
+  is no such date is then a DataError naming its line.
 - source ``items`` (optional): ``item_col`` and ``category_col``; every other column is kept as a
   categorical item attribute. Without an items file, ``category_col`` is a column of the
   interactions table (an item's first category is used; a name found in neither is a
@@ -290,42 +292,126 @@ def _yyyymmdd(values: pd.Series) -> bool:
     """Whether every present number is a valid date written as YYYYMMDD (19000101..21001231;
     as unix seconds they would all fall in 1970)."""
     numbers = _numbers(values)[0].dropna()
-    if numbers.empty or not numbers.between(*YYYYMMDD_RANGE).all() or (numbers % 1 != 0).any():
+    if numbers.empty or not numbers.between(*YYYYMMDD_RANGE).all():
         return False
-    dates = pd.to_datetime(numbers.astype(np.int64).astype(str), format="%Y%m%d",
-                           errors="coerce")
-    return bool(dates.notna().all())
+    return not _not_yyyymmdd(values, _parse_dates(_text(values), "%Y%m%d")).any()
 
 
-def _time_reading(raw: pd.Series, params: TableParams, file: str
-                  ) -> tuple[bool, str | None]:
-    """(numeric unix times?, the date format) of the time column, from its first values; says
-    on stderr what it assumed where the card does not say it (YYYYMMDD integers read as
-    dates; dates that read month first and day first alike)."""
+def _not_yyyymmdd(values: pd.Series, seconds: np.ndarray) -> np.ndarray:
+    """Mask of the numbers of ``values`` that are no date written as YYYYMMDD;
+    ``seconds``: ``values`` read as "%Y%m%d" (NaN where they are not)."""
+    numbers = _numbers(values)[0].to_numpy(np.float64)
+    with np.errstate(invalid="ignore"):
+        date = ((numbers >= YYYYMMDD_RANGE[0]) & (numbers <= YYYYMMDD_RANGE[1])
+                & (numbers % 1 == 0) & np.isfinite(seconds))
+    return ~np.isnan(numbers) & ~date
+
+
+@dataclass
+class TimeReading:
+    """How the time column is read, decided on its first values and held to on every row.
+
+    ``rival``: another date format that reads every date met so far as well as ``fmt``, as
+    other dates (every day <= 12); ``ambiguity`` is the warning given if no date of the file
+    settles it. ``yyyymmdd``: integers taken for YYYYMMDD dates (the card does not say so)."""
+
+    numeric: bool = False
+    fmt: str | None = None
+    rival: str | None = None
+    ambiguity: str = ""
+    yyyymmdd: bool = False
+
+
+def _time_reading(raw: pd.Series, params: TableParams, file: str) -> TimeReading:
+    """How to read the time column, from its first values; says on stderr what it assumed
+    where the card does not say it (YYYYMMDD integers read as dates)."""
     col = params.time_col
     if pd.api.types.is_datetime64_any_dtype(raw) or params.time_format:
-        return False, None
+        return TimeReading()
     if _mostly_numeric(raw):
         if params.time_unit or not _yyyymmdd(raw):
-            return True, None
+            return TimeReading(numeric=True)
         log.warning("%s: the time column %r holds YYYYMMDD integers (e.g. %s), not unix "
                     "seconds (all in 1970): read as dates; say so with [reader_params] "
                     'time_format = "%%Y%%m%%d", or time_unit = "s" if they are seconds',
                     file, col, _text(raw).dropna().iloc[0])
-        return False, "%Y%m%d"
+        return TimeReading(fmt="%Y%m%d", yyyymmdd=True)
     text = _text(raw)
     fmt, rival = _date_format(text)
-    if rival is not None and not fmt.startswith(("%Y", "ISO")):  # year first: month, day
-        sample = pd.Series(pd.unique(text.dropna())[:DATE_SAMPLE], dtype=object)
-        seconds = _parse_dates(sample, fmt)
-        at = int(np.flatnonzero(np.isfinite(seconds))[0])  # a tie: some parse
-        day = pd.Timestamp(seconds[at], unit="s").strftime("%Y-%m-%d")
-        log.warning('%s: the dates of the time column %r read as "%s" and as "%s" alike '
-                    "(none of the first %s distinct dates has a day above 12): read as "
-                    '"%s" (%s is %s); set [reader_params] time_format = "%s" if the other '
-                    "order is meant", file, col, fmt, rival, f"{len(sample):,}", fmt,
-                    sample[at], day, rival)
-    return False, fmt
+    if rival is None or fmt.startswith(("%Y", "ISO")):  # year first: month, day
+        return TimeReading(fmt=fmt)
+    sample = pd.Series(pd.unique(text.dropna())[:DATE_SAMPLE], dtype=object)
+    seconds = _parse_dates(sample, fmt)
+    at = int(np.flatnonzero(np.isfinite(seconds))[0])  # a tie: some parse
+    day = pd.Timestamp(seconds[at], unit="s").strftime("%Y-%m-%d")
+    return TimeReading(fmt=fmt, rival=rival, ambiguity=(
+        f'{file}: the dates of the time column {col!r} read as "{fmt}" and as "{rival}" '
+        f'alike (no date of the file has a day above 12): read as "{fmt}" ({sample[at]} is '
+        f'{day}); set [reader_params] time_format = "{rival}" if the other order is meant'))
+
+
+class _TimeColumn:
+    """The time column of one file, read chunk by chunk under one :class:`TimeReading`.
+
+    An open day/month order is settled by the first date that only one of the two formats
+    reads (the chunks read before it are then read again from their other reading, kept
+    until then: 8 bytes a row); a number that is no YYYYMMDD date after the first values all
+    were is a DataError."""
+
+    def __init__(self, params: TableParams, file: str):
+        self.params, self.file = params, file
+        self.reading: TimeReading | None = None
+        self._rival: np.ndarray | None = None  # this chunk's other reading while open
+        self._open: list[tuple[pd.DataFrame, np.ndarray]] = []  # (frame, its other ts)
+
+    def read(self, raw: pd.Series, present: np.ndarray, lines: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(seconds, unparseable, out of range) of one chunk (see :func:`_seconds`)."""
+        if self.reading is None and present.any():  # decided once, on the first values
+            self.reading = _time_reading(raw, self.params, self.file)
+        reading = self.reading or TimeReading()
+        read = _seconds(raw, self.params, reading.numeric, reading.fmt)
+        if reading.yyyymmdd:
+            self._refuse_non_yyyymmdd(raw, read[0], lines)
+        self._rival = None
+        return self._settle(raw, read) if reading.rival else read
+
+    def _settle(self, raw: pd.Series, read: tuple) -> tuple:
+        """The first date that only one order reads decides it for the whole file."""
+        reading = self.reading
+        other = _seconds(raw, self.params, False, reading.rival)
+        one_way = np.flatnonzero(read[1] != other[1])
+        if not len(one_way):
+            self._rival = other[0]
+            return read
+        if read[1][one_way[0]]:  # the other order reads it: so it reads every date so far
+            for frame, ts in self._open:
+                frame["ts"] = ts
+            reading.fmt, read = reading.rival, other
+        reading.rival, self._open = None, []
+        return read
+
+    def _refuse_non_yyyymmdd(self, raw: pd.Series, seconds: np.ndarray,
+                             lines: np.ndarray) -> None:
+        bad = np.flatnonzero(_not_yyyymmdd(raw, seconds))
+        if len(bad):
+            raise DataError(
+                f"{self.file}: line {int(lines[bad[0]])}: the time {_text(raw).iloc[bad[0]]} "
+                f"(column {self.params.time_col!r}) is not a YYYYMMDD date, though every time "
+                "before it was one and was read as a date",
+                hint='say what the times are: [reader_params] time_unit = "s" if they are unix '
+                     'seconds, or time_format = "%Y%m%d" (times that are not such dates are '
+                     "then skipped as unparseable)")
+
+    def keep(self, frame: pd.DataFrame, ok: np.ndarray) -> None:
+        """Remember ``frame``'s other reading (its rows ``ok`` of the chunk) while open."""
+        if self._rival is not None:
+            self._open.append((frame, self._rival[ok].astype(np.int64)))
+
+    def finish(self) -> None:
+        """Warn once if no date of the file settled the day/month order."""
+        if self.reading is not None and self.reading.rival:
+            log.warning("%s", self.reading.ambiguity)
 
 
 def _report_bad(report: ReadReport, rows: list[tuple[int, str]], strict: bool) -> None:
@@ -356,7 +442,7 @@ def read_interactions(path: Path, params: TableParams, *, strict: bool,
                                   *([params.category_col] if category_here else [])]))
     report = ReadReport(file=path.name)
     data_start = 1 if _is_parquet(path) else 2  # the first data row's line number
-    frames, numeric_time, date_format = [], None, None
+    frames, times = [], _TimeColumn(params, path.name)
     text_columns = [c for c in columns if c not in (params.time_col, params.rating_col)]
     for chunk in iter_chunks(path, columns, params, text_columns):
         frame = chunk.frame
@@ -366,10 +452,7 @@ def read_interactions(path: Path, params: TableParams, *, strict: bool,
         time_present = (raw_time.notna() if pd.api.types.is_numeric_dtype(raw_time)
                         or pd.api.types.is_datetime64_any_dtype(raw_time)
                         else _text(raw_time).notna()).to_numpy()
-        if numeric_time is None and time_present.any():  # decided once, on the first values
-            numeric_time, date_format = _time_reading(raw_time, params, path.name)
-        ts, unparseable, out_of_range = _seconds(raw_time, params, bool(numeric_time),
-                                                 date_format)
+        ts, unparseable, out_of_range = times.read(raw_time, time_present, chunk.lines)
         reason = np.full(len(frame), "", dtype=object)
         if params.rating_col:
             rating, not_number = _numbers(frame[params.rating_col])
@@ -395,7 +478,9 @@ def read_interactions(path: Path, params: TableParams, *, strict: bool,
         })
         if category_here:
             out["category"] = _text(frame[params.category_col])[ok].to_numpy(dtype=object)
+        times.keep(out, ok)
         frames.append(out)
+    times.finish()
     if not frames:
         raise DataError(f"{path.name}: the interactions table has no rows")
     return pd.concat(frames, ignore_index=True), report
