@@ -189,9 +189,10 @@ def _verify(src: SourceSpec, path: Path, entry: dict[str, Any], *, origin: str,
     """
     pinned = _expected_hash(src) is not None
     first_seen = pin_first_seen and not pinned and not entry.get("recorded_sha256")
+    accepted = entry.get("accepted_sha256") == entry["sha256"]  # the user kept it as it is
     try:
         _check(src, path, entry, origin)
-        if not pinned and (first_seen or src.lines) and entry.get("lines") is None:
+        if not (pinned or accepted) and (first_seen or src.lines) and entry.get("lines") is None:
             extra = _read_through(src, path, f"{src.file} ({path})")
             if extra:
                 entry = remember(path, Digests(entry["sha256"], entry["md5"], entry["size"]),
@@ -199,13 +200,15 @@ def _verify(src: SourceSpec, path: Path, entry: dict[str, Any], *, origin: str,
         if not pinned:
             _check_line_count(src, entry.get("lines"))
     except ChecksumError as exc:
-        if entry.get("accepted_sha256") == entry["sha256"]:
+        if accepted:
             return entry, ACCEPTED
         if strict_hash:
             raise
         progress.message(f"warning: {exc.args[0]} (kept, unverified: --no-strict-hash)")
         entry = dict(entry, accepted_sha256=entry["sha256"], recorded_sha256=entry["sha256"])
         write_ledger_entry(path, entry)
+        return entry, ACCEPTED
+    if accepted and not pinned:  # its line count was not read again: still unverified
         return entry, ACCEPTED
     if first_seen:
         entry = dict(entry, recorded_sha256=entry["sha256"])
