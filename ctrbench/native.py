@@ -38,7 +38,8 @@ FLAGS = ("-O3", "-std=c++17", MARCH, "-shared", "-fPIC")
 _FAST = Path(__file__).resolve().parent / "models" / "fast"
 SOURCES = {"fused_attention": _FAST / "fused_attention.cpp",
            "native_scan": _FAST / "native_scan.cpp",
-           "native_dropout": _FAST / "native_dropout.cpp"}
+           "native_dropout": _FAST / "native_dropout.cpp",
+           "fused_gim": _FAST / "fused_gim.cpp"}
 
 #: stem -> the loaded library or the reason there is none (one attempt per process)
 _loaded: dict[str, ctypes.CDLL | str] = {}

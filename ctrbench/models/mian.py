@@ -63,6 +63,7 @@ from ctrbench.models.config import (
 )
 from ctrbench.models.fast.embedding_bank import EmbeddingBank
 from ctrbench.models.fast.fused_attention import RowPacking
+from ctrbench.models.fast.fused_gim import fused_gim, usable
 from ctrbench.models.fast.row_blocks import in_row_blocks
 from ctrbench.models.init import INIT_STD, init_truncated_normal
 from ctrbench.models.layers import MLP, masked_softmax
@@ -212,7 +213,15 @@ class GlobalInteraction(nn.Module):
                                                          init_std))
         self.bias = nn.Parameter(torch.zeros(len(part_widths)))
 
+    #: float32 on the CPU: the native kernel (:mod:`~ctrbench.models.fast.fused_gim`) where it
+    #: is built (False: the torch path below)
+    NATIVE = True
+
     def forward(self, parts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.NATIVE and usable(parts, self.weight, self.weight.shape[1]):
+            return fused_gim(parts, [proj.weight for proj in self.projections],
+                             [proj.bias for proj in self.projections], self.weight,
+                             self.bias)  # (B, G), (B, P)
         projected = torch.stack([proj(p) for proj, p in zip(self.projections, parts)], 1)
         scores = torch.tanh((projected * self.weight).sum(-1) + self.bias)  # (B, P)
         alpha = torch.softmax(scores, dim=1)  # (B, P)

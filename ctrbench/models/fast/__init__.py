@@ -22,10 +22,13 @@
   :mod:`~ctrbench.models.fast.fused_attention`: the same as one native C++ kernel per direction
   (``fused_attention.cpp``, built by :mod:`ctrbench.native`; the torch paths run where it is
   not built), the CPU default in float32.
+- :mod:`~ctrbench.models.fast.fused_gim`: MIAN's GIM (projections, scores, softmax, weighted
+  sum) as one native C++ kernel per direction (``fused_gim.cpp``; reference:
+  :meth:`ctrbench.models.mian.GlobalInteraction.forward`'s torch path).
 
 Nothing is imported here: ``models.layers`` imports ``dice``, ``dropout`` and ``embedding_bank``
 (which import no model module but ``models.init``), ``cin`` imports ``models.layers``, and
 ``gated_scan`` and ``packed_attention`` import only torch (``packed_scan`` imports ``gated_scan``,
-``dropout``, ``fused_attention`` and ``native_scan`` import ``ctrbench.native``; the C++ sources
-share ``native_vector.h``).
+``dropout``, ``fused_attention``, ``fused_gim`` and ``native_scan`` import ``ctrbench.native``;
+the C++ sources share ``native_vector.h``).
 """
