@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
 from test_tune import MODEL, TEST_CARD, store_dir  # noqa: F401 (store_dir: a fixture)
+from train_fixtures import tune_workspace
 
 from ctrbench import cards, progress
 from ctrbench.cli import main
@@ -31,14 +32,7 @@ DIVERGING = f"""extends = "{MODEL}"
 
 @pytest.fixture
 def work(tmp_path, monkeypatch, store_dir):  # noqa: F811
-    monkeypatch.setattr(progress, "_MODE", "auto")
-    monkeypatch.setenv("CTRBENCH_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("CTRBENCH_CARDS", raising=False)
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / f"{MODEL}.toml").write_text(TEST_CARD)
-    (tmp_path / "models" / "lr_diverging.toml").write_text(DIVERGING)
-    return tmp_path
+    return tune_workspace(tmp_path, monkeypatch, {MODEL: TEST_CARD, "lr_diverging": DIVERGING})
 
 
 def invoke(store: Path, *args: str):

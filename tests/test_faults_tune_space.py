@@ -15,8 +15,8 @@ import pytest
 from optuna.trial import TrialState
 from test_faults_tune2 import invoke, load
 from test_tune import MODEL, TEST_CARD, store_dir  # noqa: F401 (store_dir: a fixture)
+from train_fixtures import tune_workspace
 
-from ctrbench import progress
 from ctrbench.cards import load_model_card
 from ctrbench.errors import CardError
 from ctrbench.tune.space import parse_search_space
@@ -41,16 +41,9 @@ cin_layer_sizes = [101, 100]
 
 @pytest.fixture
 def work(tmp_path, monkeypatch, store_dir):  # noqa: F811
-    monkeypatch.setattr(progress, "_MODE", "auto")
-    monkeypatch.setenv("CTRBENCH_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("CTRBENCH_CARDS", raising=False)
-    monkeypatch.chdir(tmp_path)
-    models = tmp_path / "models"
-    models.mkdir()
-    for name, text in ((MODEL, TEST_CARD), ("mian_heads", MIAN_HEADS),
-                       ("mian_heads_range", MIAN_HEADS_RANGE), ("xdeepfm_odd", XDEEPFM_ODD)):
-        (models / f"{name}.toml").write_text(text)
-    return tmp_path
+    return tune_workspace(tmp_path, monkeypatch, {
+        MODEL: TEST_CARD, "mian_heads": MIAN_HEADS, "mian_heads_range": MIAN_HEADS_RANGE,
+        "xdeepfm_odd": XDEEPFM_ODD})
 
 
 def _nothing_written(study: str) -> None:

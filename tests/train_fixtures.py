@@ -130,3 +130,18 @@ epochs = 3
 patience = 2
 l2 = 1e-4
 """
+
+def tune_workspace(tmp_path, monkeypatch, cards: dict[str, str]):
+    """``tmp_path`` as the working folder of a ``ctrbench tune`` test: progress output on, a
+    fresh ``CTRBENCH_HOME``, no ``CTRBENCH_CARDS``, and ``models/<name>.toml`` for each of
+    ``cards`` (name -> text). Returns ``tmp_path``."""
+    from ctrbench import progress
+
+    monkeypatch.setattr(progress, "_MODE", "auto")
+    monkeypatch.setenv("CTRBENCH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CTRBENCH_CARDS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    for name, text in cards.items():
+        (tmp_path / "models" / f"{name}.toml").write_text(text)
+    return tmp_path

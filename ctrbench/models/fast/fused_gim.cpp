@@ -35,43 +35,6 @@ constexpr int MAX_VECTORS = 8;  // G up to 8 VL floats
 constexpr int ROWS = 4;         // forward rows per pass
 constexpr int BACK_ROWS = 8;    // backward rows per pass
 
-inline vf load(const float* src, int count) {
-  vf v = splat(0.0f);
-  if (count == VL) {
-    std::memcpy(&v, src, sizeof(v));
-  } else {
-    for (int l = 0; l < count; ++l) v[l] = src[l];
-  }
-  return v;
-}
-
-inline void store(float* dst, int count, vf v) {
-  if (count == VL) {
-    std::memcpy(dst, &v, sizeof(v));
-  } else {
-    for (int l = 0; l < count; ++l) dst[l] = v[l];
-  }
-}
-
-// the sum of v's lanes, halving in registers (16 lanes; any other VL through memory)
-inline float lane_sum(vf v) {
-#if CTRBENCH_VL == 16 && (defined(__clang__) || __GNUC__ >= 12)
-  typedef float v8 __attribute__((vector_size(8 * sizeof(float))));
-  typedef float v4 __attribute__((vector_size(4 * sizeof(float))));
-  v8 eight = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-             __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  v4 four = __builtin_shufflevector(eight, eight, 0, 1, 2, 3) +
-            __builtin_shufflevector(eight, eight, 4, 5, 6, 7);
-  return (four[0] + four[2]) + (four[1] + four[3]);
-#else
-  float half[VL];
-  std::memcpy(half, &v, sizeof(v));
-  for (int width = VL / 2; width >= 1; width /= 2)
-    for (int l = 0; l < width; ++l) half[l] += half[l + width];
-  return half[0];
-#endif
-}
-
 inline int lanes_in(int k, int n) { return n - k * VL < VL ? n - k * VL : VL; }
 
 bool valid(const int* widths, int parts, int G) {

@@ -40,24 +40,6 @@ inline vf vsigmoid(vf x) { return splat(1.0f) / (splat(1.0f) + vexp(-x)); }
 // 1 - 2 / (1 + e^2x): -1 for large negative x (e^2x = 0), 1 for large positive x
 inline vf vtanh(vf x) { return splat(1.0f) - splat(2.0f) / (splat(1.0f) + vexp(x + x)); }
 
-// `count` floats of src into a vector, the other lanes 0
-inline vf load(const float* src, int count) {
-  vf v = splat(0.0f);
-  if (count == VL) {
-    std::memcpy(&v, src, sizeof(v));
-  } else {
-    for (int l = 0; l < count; ++l) v[l] = src[l];
-  }
-  return v;
-}
-
-inline void store(float* dst, int count, vf v) {
-  if (count == VL) {
-    std::memcpy(dst, &v, sizeof(v));
-  } else {
-    for (int l = 0; l < count; ++l) dst[l] = v[l];
-  }
-}
 
 inline int lanes(int hidden, int v) { return hidden - v * VL < VL ? hidden - v * VL : VL; }
 

@@ -1,4 +1,5 @@
-// Vector math shared by the native kernels of this folder (fused_attention.cpp, native_scan.cpp):
+// Vector math shared by the native kernels of this folder (fused_attention.cpp, fused_gim.cpp,
+// native_dropout.cpp, native_scan.cpp):
 // GCC vector extensions of VL floats, compiled for the building machine (-march=native, see
 // ctrbench/native.py). exp is a Cephes-style polynomial after a reduction by ln 2 (within ~2 ulp
 // of expf; clamped both ways: exactly 0 below -87.3, where expf is denormal, and finite above).
@@ -40,6 +41,45 @@ inline vf vexp(vf x) {
   vf scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return under ? splat(0.0f) : p * scale;
+}
+
+// `count` (<= VL) floats of src into a vector, the other lanes 0
+inline vf load(const float* src, int count) {
+  vf v = splat(0.0f);
+  if (count == VL) {
+    std::memcpy(&v, src, sizeof(v));
+  } else {
+    for (int l = 0; l < count; ++l) v[l] = src[l];
+  }
+  return v;
+}
+
+// the first `count` (<= VL) lanes of v into dst
+inline void store(float* dst, int count, vf v) {
+  if (count == VL) {
+    std::memcpy(dst, &v, sizeof(v));
+  } else {
+    for (int l = 0; l < count; ++l) dst[l] = v[l];
+  }
+}
+
+// the sum of v's lanes, halving in registers (16 lanes; any other VL through memory)
+inline float lane_sum(vf v) {
+#if CTRBENCH_VL == 16 && (defined(__clang__) || __GNUC__ >= 12)
+  typedef float v8 __attribute__((vector_size(8 * sizeof(float))));
+  typedef float v4 __attribute__((vector_size(4 * sizeof(float))));
+  v8 eight = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+             __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  v4 four = __builtin_shufflevector(eight, eight, 0, 1, 2, 3) +
+            __builtin_shufflevector(eight, eight, 4, 5, 6, 7);
+  return (four[0] + four[2]) + (four[1] + four[3]);
+#else
+  float half[VL];
+  std::memcpy(half, &v, sizeof(v));
+  for (int width = VL / 2; width >= 1; width /= 2)
+    for (int l = 0; l < width; ++l) half[l] += half[l + width];
+  return half[0];
+#endif
 }
 
 }  // namespace ctrbench_native
