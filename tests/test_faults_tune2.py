@@ -238,3 +238,21 @@ def test_a_second_signal_while_one_is_held_acts_at_once(capsys):
     assert gate.pending == signal_module.SIGINT and "again" in capsys.readouterr().err
     with pytest.raises(KeyboardInterrupt):
         gate._handle(signal_module.SIGINT, None)
+
+
+def test_a_signal_inside_a_trial_waits_for_the_storage_call_it_lands_in():
+    """A suspect of the rare hang of `test_signalled_worker_leaves_its_trial_queued_again`:
+    with the gate open (inside a trial), Ctrl-C raised halfway through a storage call (the
+    per-epoch report) could leave a lock or a connection taken, so that queueing the trial
+    again or exiting waited forever. Such calls now hold the signal until they are done."""
+    from ctrbench.tune.study import SignalGate
+
+    finished = []
+    with pytest.raises(KeyboardInterrupt), SignalGate() as gate:
+        gate.open = True  # inside a trial
+        with gate.held():  # a storage call
+            signal.raise_signal(signal.SIGINT)
+            finished.append("the call")
+        finished.append("after the call")  # never: the held signal is raised here
+    assert finished == ["the call"]
+    assert gate.pending is None  # raised, not held any longer

@@ -32,7 +32,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -153,6 +154,20 @@ class SignalGate:
         self.pending = signum
         sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping once optuna has recorded "
                          "the trial (send it again to stop at once)\n")
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold signals for the body, inside a trial too: a storage call (a report, a user
+        attribute), which a KeyboardInterrupt raised halfway could leave with a lock or a
+        connection taken, so that queueing the trial again or exiting waits forever. A signal
+        that came meanwhile is raised when the body ends normally (else when the trial ends)."""
+        was_open, self.open = self.open, False
+        try:
+            yield
+        finally:
+            self.open = was_open
+        if was_open:
+            self.deliver()
 
     def deliver(self) -> None:
         """Raise a held signal now (its own handler's way: KeyboardInterrupt, exit 143)."""
@@ -283,8 +298,9 @@ class TrialObjective:
 
     def _run(self, trial: optuna.Trial) -> float:
         s = self.settings
-        for key, value in worker_attrs().items():  # first: a killed worker is then found dead
-            trial.set_user_attr(key, value)
+        with self.gate.held():  # first: a killed worker is then found dead
+            for key, value in worker_attrs().items():
+                trial.set_user_attr(key, value)
         self._check_surplus(trial)
         if trial.number != self.predicted_number and s.sampler != "grid":
             # another worker took the predicted number: reseed for this trial's own number
@@ -336,9 +352,12 @@ class TrialObjective:
         from ctrbench.engine.train import train_and_evaluate
 
         def on_epoch(row: EpochRow) -> None:
-            trial.report(float(row.valid_auc), row.epoch)
-            if trial.should_prune():
-                trial.set_user_attr("pruned_at_epoch", row.epoch)
+            with self.gate.held():  # storage calls: a signal waits until they are done
+                trial.report(float(row.valid_auc), row.epoch)
+                prune = trial.should_prune()
+                if prune:
+                    trial.set_user_attr("pruned_at_epoch", row.epoch)
+            if prune:
                 raise optuna.TrialPruned(
                     f"validation AUC {row.valid_auc:.5f} at epoch {row.epoch} is below the "
                     "pruner's threshold")
