@@ -193,6 +193,39 @@ def test_a_signal_in_optunas_bookkeeping_is_held_until_the_trial_is_recorded(
     assert len(trials) == 1  # no trial started after the signal
 
 
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_in_a_trials_storage_call_waits_for_it(
+        work, store_dir, monkeypatch, signum, code):  # noqa: F811
+    """Before: a signal landing inside a storage call of a running trial (here: recording a
+    sampled value) was raised there. Halfway through SQLAlchemy's connection pool, that can
+    leave the pool's lock taken (seen: a KeyboardInterrupt in ``sqlalchemy/util/queue.py``'s
+    ``get``), and the worker then hung queueing the trial again (the rare hang of
+    test_faults_cli's SIGINT test). Now the call completes; the signal stops the trial when
+    training starts, with every sampled value recorded and queued again."""
+    real = optuna.storages.RDBStorage._set_trial_param
+    sent = []
+
+    def record_then_signal(self, *args, **kwargs):
+        if not sent:
+            sent.append(signum)
+            signal.raise_signal(signum)  # as if it arrived now
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "_set_trial_param", record_then_signal)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = invoke(store_dir, "--model", MODEL, "--trials", "2", "-q")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    assert sent and result.exit_code == code, result.output + repr(result.exception)
+    cut, retry = load(f"{MODEL}@tiny").trials
+    assert cut.state == TrialState.FAIL and "interrupted" in cut.user_attrs["error"]
+    assert len(cut.params) == 4  # every value was recorded; none lost to the signal
+    assert retry.state == TrialState.WAITING
+    assert retry.system_attrs["fixed_params"] == cut.params
+
+
 # --------------------------------------------------------------------------- budgets
 def test_an_over_budget_model_is_not_told_to_re_run():
     """Before: a model whose study already held more trials than --trials declares (an

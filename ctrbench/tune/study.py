@@ -118,13 +118,15 @@ class SurplusTrial(Exception):
 
 
 class SignalGate:
-    """Holds Ctrl-C and SIGTERM while optuna does its own bookkeeping around a trial (asking,
-    telling, starting and stopping its heartbeat thread): raised there, the signal broke
-    optuna (``UnboundLocalError: updated_state``, or a heartbeat thread left running, so the
-    process never exited). Inside a trial (``open``) a signal acts at once, as before; a held
-    one is raised when the next trial starts or when :meth:`__exit__` is reached; a second
-    signal while one is held acts at once (optuna's bookkeeping may wait on a locked
-    storage)."""
+    """Holds Ctrl-C and SIGTERM everywhere a worker talks to the study's storage: raised inside
+    optuna's bookkeeping, the signal broke optuna (``UnboundLocalError: updated_state``, or a
+    heartbeat thread left running, so the process never exited); raised inside any storage call
+    (a suggestion, a user attribute, a report), it could leave SQLAlchemy's connection pool
+    with its lock taken, so that queueing the trial again waited forever (the worker never
+    exited). A signal acts at once only while the trial trains (:meth:`opened`, storage-free
+    but for the per-epoch report, which is :meth:`held`); a held one is raised when training
+    starts or when :meth:`__exit__` is reached; a second signal while one is held acts at once
+    (the bookkeeping may wait on a locked storage)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -156,11 +158,21 @@ class SignalGate:
                          "the trial (send it again to stop at once)\n")
 
     @contextmanager
+    def opened(self) -> Iterator[None]:
+        """Let a signal act at once in the body (training); one held until now is raised
+        first."""
+        self.open = True
+        try:
+            self.deliver()
+            yield
+        finally:
+            self.open = False
+
+    @contextmanager
     def held(self) -> Iterator[None]:
-        """Hold signals for the body, inside a trial too: a storage call (a report, a user
-        attribute), which a KeyboardInterrupt raised halfway could leave with a lock or a
-        connection taken, so that queueing the trial again or exiting waits forever. A signal
-        that came meanwhile is raised when the body ends normally (else when the trial ends)."""
+        """Hold signals for the body inside :meth:`opened` too (a storage call made while
+        training). A signal that came meanwhile is raised when the body ends normally (else
+        when the trial ends)."""
         was_open, self.open = self.open, False
         try:
             yield
@@ -279,13 +291,8 @@ class TrialObjective:
             raise SurplusTrial(f"trial {trial.number} is not needed")
 
     def __call__(self, trial: optuna.Trial) -> float:
-        try:
-            self.gate.open = True  # a signal stops the trial at once (and is handled below)
-            try:
-                self.gate.deliver()  # one that came while optuna asked for this trial
-                return self._run(trial)
-            finally:
-                self.gate.open = False
+        try:  # a signal waits for the storage calls; it stops training at once (_train)
+            return self._run(trial)
         except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C; SIGTERM under its handler
             what = ("Ctrl-C" if isinstance(exc, KeyboardInterrupt)
                     else "SIGTERM" if exc.code == 128 + signal.SIGTERM else f"exit {exc.code}")
@@ -298,9 +305,8 @@ class TrialObjective:
 
     def _run(self, trial: optuna.Trial) -> float:
         s = self.settings
-        with self.gate.held():  # first: a killed worker is then found dead
-            for key, value in worker_attrs().items():
-                trial.set_user_attr(key, value)
+        for key, value in worker_attrs().items():  # first: a killed worker is then found dead
+            trial.set_user_attr(key, value)
         self._check_surplus(trial)
         if trial.number != self.predicted_number and s.sampler != "grid":
             # another worker took the predicted number: reseed for this trial's own number
@@ -362,9 +368,10 @@ class TrialObjective:
                     f"validation AUC {row.valid_auc:.5f} at epoch {row.epoch} is below the "
                     "pruner's threshold")
 
-        return train_and_evaluate(self.data, card, seed, device=self.settings.device,
-                                  max_epochs=self.settings.max_epochs, on_epoch=on_epoch,
-                                  evaluate_test=False, progress=self.settings.progress)
+        with self.gate.opened():  # training: a signal stops it at once
+            return train_and_evaluate(self.data, card, seed, device=self.settings.device,
+                                      max_epochs=self.settings.max_epochs, on_epoch=on_epoch,
+                                      evaluate_test=False, progress=self.settings.progress)
 
 
 def _announce_wait(study: optuna.Study, handle: StudyStorage, announced: set[int]) -> None:
