@@ -18,9 +18,11 @@ option, an empty range) is a :class:`CardError`.
 Values are checked before any trial: each value by its parameter's rule, then every combination
 of the ``params.*`` dimensions' choices and range ends (up to :data:`MAX_CHECKED_POINTS`) by the
 architecture's config and, once the dataset is known, by building the model on its schema
-(:func:`check_space_on_data`). A value refused at every point of the other dimensions is one
-:class:`CardError` naming the key and the value; a refusal only some combinations meet is left to
-the trial that samples it, which stops the study (``tune.study``).
+(:func:`check_space_on_data`); so is every combination of the ``train.*`` dimensions' with the
+card's ``[params]`` (``train.optimizer = "adam"`` against ``params.sparse = true``). A value
+refused at every point of the other dimensions of its section is one :class:`CardError` naming
+the key and the value; a refusal only some combinations meet (or only a combination across the
+two sections) is left to the trial that samples it, which stops the study (``tune.study``).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ MAX_CHECKED_POINTS = 512
 #: vocabulary size of the schema models are built on to check a space (the models' checks that
 #: need the schema count fields and look at groups; none depends on how many ids a field has)
 CHECK_VOCAB = 16
-#: params values of one point -> why the model refuses them (None: it takes them)
+#: one section's values of a point -> why the model refuses them (None: it takes them)
 Refusal = Callable[[dict[str, Any]], str | None]
 
 
@@ -257,7 +259,8 @@ def _check_search_values(card: ModelCard, config: type[ModelConfig], name: str,
 
 def _check_train_values(card: ModelCard, name: str, dim: Dimension) -> None:
     """The same for a ``train.*`` dimension, by the ``[train]`` rules (a range or choice the
-    trainer refuses made every such trial FAIL at run time, one by one)."""
+    trainer refuses made every such trial FAIL at run time, one by one); rules across fields
+    are checked on whole points (:func:`check_space_on_data`)."""
     from ctrbench.validate import validate_train_values
 
     for value in dim.ends:
@@ -283,17 +286,26 @@ def _config_refusal(card: ModelCard, config: type[ModelConfig]) -> Refusal:
     return refusal
 
 
-def _check_points(card: ModelCard, space: list[Dimension], refusal: Refusal,
-                  where: str = "") -> None:
-    """Refuse a value that ``refusal`` refuses at every combination of the other params.*
-    dimensions' choices and range ends (while another value of its own dimension, or the
-    card's own, would be taken), or a space none of whose points is taken."""
-    dims = [d for d in space if d.section == "params"]
-    if math.prod(len(d.ends) for d in dims) > MAX_CHECKED_POINTS:
-        return  # too many combinations: the first trial that samples a refusal stops the study
+def _own_values(card: ModelCard, section: str) -> dict[str, Any]:
+    """The card's own values of ``section`` (``params``: over the architecture's defaults)."""
+    if section == "train":
+        return asdict(card.train)
     config = _architecture_config(card.arch)
     own = config().as_params() if config is not None else {}
     own.update(card.params)
+    return own
+
+
+def _check_points(card: ModelCard, space: list[Dimension], refusal: Refusal,
+                  where: str = "", section: str = "params") -> None:
+    """Refuse a value that ``refusal`` refuses at every combination of the other ``section``
+    dimensions' choices and range ends (the other section at the card's own values; while
+    another value of its own dimension, or the card's own, would be taken), or a space none of
+    whose points is taken. ``refusal`` gets a point's ``section`` values by name."""
+    dims = [d for d in space if d.section == section]
+    if math.prod(len(d.ends) for d in dims) > MAX_CHECKED_POINTS:
+        return  # too many combinations: the first trial that samples a refusal stops the study
+    own = _own_values(card, section)
     cache: dict[tuple[int, ...], str | None] = {}
 
     def why(index: tuple[int, ...]) -> str | None:  # index -1: the card's own value
@@ -355,16 +367,24 @@ def build_refusal(card: ModelCard, schema: Schema) -> str | None:
 def check_space_on_data(card: ModelCard, data: PreparedData) -> list[Dimension]:
     """:func:`parse_search_space`, then every value checked by building the model on the
     dataset's schema (MIAN's ``heads`` must divide its behaviour width, DIEN's auxiliary loss
-    needs negative histories): a CardError naming the key and the value, before any trial."""
+    needs negative histories, ``train.optimizer = "adam"`` a card without ``params.sparse =
+    true``), the ``params.*`` dimensions' points and the ``train.*`` ones each with the card's
+    own other section: a CardError naming the key and the value, before any trial."""
     space = parse_search_space(card)
     schema = check_schema(data.schema)
-
-    def refusal(point: dict[str, Any]) -> str | None:
-        return build_refusal(card.with_overrides({"params": point}), schema)
-
     name = str(data.meta.get("dataset", data.path.name))
-    _check_points(card, space, refusal, f" on dataset {name!r}")
+    for section in SECTIONS:
+        _check_points(card, space, _build_refusal(card, schema, section),
+                      f" on dataset {name!r}", section)
     return space
+
+
+def _build_refusal(card: ModelCard, schema: Schema, section: str) -> Refusal:
+    """Why ``card``'s model cannot be built on ``schema`` with a point's ``section`` values
+    (``train.optimizer`` against ``params.sparse``: a rule across the two sections)."""
+    def refusal(point: dict[str, Any]) -> str | None:
+        return build_refusal(card.with_overrides({section: point}), schema)
+    return refusal
 
 
 def check_spaces_on_data(cards: Iterable[ModelCard], data: PreparedData) -> None:

@@ -9,9 +9,10 @@ the card's directory, used in place) and maps their columns in ``[reader_params]
   format, also for integer columns; default: inferred once per file, day first or month first,
   whichever reads more of the first dates; when both read them alike, the first date of the
   file that only one reads decides, a warning when none does; time zones are converted to
-  UTC, naive times are taken as UTC). Integers that are all valid YYYYMMDD dates (20140523) are
-  read as dates, with a warning, unless ``time_unit`` is set; a number later in the file that
-  is no such date is then a DataError naming its line.
+  UTC, naive times are taken as UTC). Integers of which more than half in the first chunk are
+  valid YYYYMMDD dates (20140523; as unix seconds, 1970) are read as dates, with a warning,
+  unless ``time_unit`` is set; a number anywhere in the file that is no such date is then a
+  DataError naming its line.
 - source ``items`` (optional): ``item_col`` and ``category_col``; every other column is kept as a
   categorical item attribute. Without an items file, ``category_col`` is a column of the
   interactions table (an item's first category is used; a name found in neither is a
@@ -289,12 +290,15 @@ def _mostly_numeric(values: pd.Series) -> bool:
 
 
 def _yyyymmdd(values: pd.Series) -> bool:
-    """Whether every present number is a valid date written as YYYYMMDD (19000101..21001231;
-    as unix seconds they would all fall in 1970)."""
-    numbers = _numbers(values)[0].dropna()
-    if numbers.empty or not numbers.between(*YYYYMMDD_RANGE).all():
+    """Whether the numbers are evidently dates written as YYYYMMDD: more than half of the
+    present ones are valid such dates (19000101..21001231; as unix seconds they would all fall
+    in 1970). The others are then refused, not a reason to read every time as seconds."""
+    numbers = _numbers(values)[0]
+    present = int(numbers.notna().sum())
+    if int(numbers.between(*YYYYMMDD_RANGE).sum()) * 2 <= present:  # no parse for seconds
         return False
-    return not _not_yyyymmdd(values, _parse_dates(_text(values), "%Y%m%d")).any()
+    odd = _not_yyyymmdd(values, _parse_dates(_text(values), "%Y%m%d"))
+    return int(odd.sum()) * 2 < present
 
 
 def _not_yyyymmdd(values: pd.Series, seconds: np.ndarray) -> np.ndarray:
@@ -355,8 +359,8 @@ class _TimeColumn:
 
     An open day/month order is settled by the first date that only one of the two formats
     reads (the chunks read before it are then read again from their other reading, kept
-    until then: 8 bytes a row); a number that is no YYYYMMDD date after the first values all
-    were is a DataError."""
+    until then: 8 bytes a row); a number that is no YYYYMMDD date, where the first values
+    were evidently such dates, is a DataError, in the first chunk as in any later one."""
 
     def __init__(self, params: TableParams, file: str):
         self.params, self.file = params, file
