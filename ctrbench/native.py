@@ -5,7 +5,7 @@ and loaded with ctypes (no torch headers, no Python module: a build takes about 
 that it may run) lives with the model code that uses it, e.g.
 :mod:`ctrbench.models.fast.fused_attention`.
 
-The library is built with ``$CXX`` (else ``c++``) and ``-O3 -march=native`` into
+The library is built with ``$CXX`` (else ``c++``) and ``-O3 -march=native`` (``FLAGS``) into
 ``<folder>/<stem>-<key>/``: the folder is ``$CTRBENCH_NATIVE_CACHE``, else ``<cache
 root>/native`` (``ctrbench.paths.cache_root``: ``$CTRBENCH_HOME`` or the user cache), and
 ``key`` hashes the source, its headers, the flags, the compiler's version and this CPU's model
@@ -33,13 +33,16 @@ from pathlib import Path
 OPT_OUT_VAR = "CTRBENCH_NATIVE"  # "0", "off", "false" or "no": no native kernel
 CACHE_VAR = "CTRBENCH_NATIVE_CACHE"  # where built libraries are kept (default: the cache root's)
 MARCH = "-march=native"  # code for the building CPU (left out where the compiler refuses it)
-FLAGS = ("-O3", "-std=c++17", MARCH, "-shared", "-fPIC")
+# -fno-math-errno: sqrt without a branch to set errno (no other effect on results), so that
+# loops calling it vectorise
+FLAGS = ("-O3", "-std=c++17", MARCH, "-fno-math-errno", "-shared", "-fPIC")
 #: kernel name -> its C++ source
 _FAST = Path(__file__).resolve().parent / "models" / "fast"
 SOURCES = {"fused_attention": _FAST / "fused_attention.cpp",
            "native_scan": _FAST / "native_scan.cpp",
            "native_dropout": _FAST / "native_dropout.cpp",
-           "fused_gim": _FAST / "fused_gim.cpp"}
+           "fused_gim": _FAST / "fused_gim.cpp",
+           "deferred_adam": _FAST / "deferred_adam.cpp"}
 
 #: stem -> the loaded library or the reason there is none (one attempt per process)
 _loaded: dict[str, ctypes.CDLL | str] = {}

@@ -1,9 +1,12 @@
 """Optimisers and regularisation for the trainer.
 
-- ``adam``: ``torch.optim.Adam`` (fused) over every parameter (dense embedding gradients: every
-  step reads and writes every row of every table, whatever the batch touched). A bank's fused
-  table keeps one dense gradient buffer, zeroed in place, into which its per-step sparse
-  gradient is added (see :class:`ctrbench.models.fast.embedding_bank.FusedEmbedding`).
+- ``adam``: Adam over every parameter (dense embedding gradients: every step moves every row
+  of every table, whatever the batch touched). A bank's fused table keeps one dense gradient
+  buffer, zeroed in place, into which its per-step sparse gradient is added (see
+  :class:`ctrbench.models.fast.embedding_bank.FusedEmbedding`). ``torch.optim.Adam`` (fused)
+  steps the parameters, but for float32 CPU tables at least 8 wide without weight decay:
+  :class:`~ctrbench.models.fast.deferred_adam.DeferredAdam` applies the same steps, each
+  untouched row's late (when it is next read, or :meth:`Optimizers.settle`), up to rounding.
 - ``lazy_adam``: the model is built with ``sparse=True`` so embedding tables emit sparse
   gradients; :class:`RowWiseAdam` (SparseAdam's update) changes the moments and weights of only
   the rows a batch touched ("row-wise lazy Adam"), plain Adam the dense rest.
@@ -40,6 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctrbench.cards import TrainConfig
+from ctrbench.models.fast import deferred_adam
+from ctrbench.models.fast.deferred_adam import DeferredAdam
 from ctrbench.models.fast.embedding_bank import EmbeddingBank, FusedEmbedding
 from ctrbench.schema import Schema
 
@@ -278,6 +283,19 @@ class Optimizers:
         for opt in self.optimizers:
             opt.step()
 
+    def settle(self) -> None:
+        """Bring the rows of deferred tables up to date (before reading the weights other than
+        through lookups, e.g. a state dict)."""
+        for opt in self.optimizers:
+            if isinstance(opt, DeferredAdam):
+                opt.settle()
+
+    def release(self) -> None:
+        """:meth:`settle` and detach the deferred tables: training is over."""
+        for opt in self.optimizers:
+            if isinstance(opt, DeferredAdam):
+                opt.release()
+
     @property
     def params(self) -> list[torch.Tensor]:
         return [p for opt in self.optimizers for g in opt.param_groups for p in g["params"]]
@@ -327,6 +345,13 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig,
     dense = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids]
     weight_decay = cfg.l2 if cfg.l2_target == "all" else 0.0
     optimizers: list[torch.optim.Optimizer] = []
+    deferred = _deferred_tables(model, dense, weight_decay)
+    for table in deferred:  # one each: its own step count, as torch's Adam keeps per tensor
+        optimizers.append(DeferredAdam([table], lr=cfg.lr, betas=cfg.betas))
+    deferred_ids = {id(t.weight) for t in deferred}
+    fused_dense = {id(m.weight): m for m in model.modules()
+                   if isinstance(m, FusedEmbedding) and id(m.weight) in {id(p) for p in dense}}
+    dense = [p for p in dense if id(p) not in deferred_ids]
     if dense:
         try:  # one fused kernel for all dense parameters (torch >= 2.4 on CPU)
             adam = torch.optim.Adam(dense, lr=cfg.lr, betas=cfg.betas, fused=True,
@@ -338,10 +363,20 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig,
         row_l2 = cfg.l2 if cfg.l2_target in (*ROW_L2_TARGETS, "all") else 0.0
         optimizers.append(RowWiseAdam(sparse_params, lr=cfg.lr, betas=cfg.betas, l2=row_l2,
                                       row_scales=row_scales))
-    dense_ids = {id(p) for p in dense}
-    fused_dense = {id(m.weight): m for m in model.modules()
-                   if isinstance(m, FusedEmbedding) and id(m.weight) in dense_ids}
     return Optimizers(optimizers, dense_tables=list(fused_dense.values()))
+
+
+def _deferred_tables(model: nn.Module, dense: Sequence[torch.Tensor],
+                     weight_decay: float) -> list[FusedEmbedding]:
+    """The dense fused tables of ``model`` that :class:`DeferredAdam` takes (float32 on the
+    CPU, at least ``MIN_DIM`` wide, no weight decay, the kernel built)."""
+    dense_ids = {id(p) for p in dense}
+    tables: dict[int, FusedEmbedding] = {}
+    for module in model.modules():
+        if (isinstance(module, FusedEmbedding) and id(module.weight) in dense_ids
+                and deferred_adam.usable(module.weight, weight_decay)):
+            tables.setdefault(id(module.weight), module)
+    return list(tables.values())
 
 
 def penalised_tables(model: nn.Module, cfg: TrainConfig) -> list[nn.Embedding]:

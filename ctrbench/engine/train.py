@@ -150,6 +150,8 @@ class TrainStep:
         self.optimizers.step()
 
     def close(self) -> None:
+        """Training is over: deferred tables settled and detached, hooks removed."""
+        self.optimizers.release()
         if self.l2 is not None:
             self.l2.remove()
 
@@ -275,6 +277,7 @@ def train_and_evaluate(
             if best_state is None or row.valid_auc > best_auc:
                 best_epoch, best_auc = epoch, row.valid_auc
                 best_valid = {"auc": row.valid_auc, "logloss": row.valid_logloss}
+                step_fn.optimizers.settle()  # every row up to date before it is copied
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if on_epoch is not None:
                 on_epoch(row)

@@ -61,6 +61,9 @@ class FusedEmbedding(nn.Embedding):
         self._collected_indices: torch.Tensor | None = None  # the last sparse gradient's rows
         # dense tables: rows written into weight.grad since zero_dense_grad (None: unknown)
         self._dirty_rows: list[torch.Tensor] | None = None
+        #: the :class:`~ctrbench.models.fast.deferred_adam.DeferredAdam` stepping this table
+        #: (set by it): a lookup first brings the rows it reads up to date
+        self.deferred = None
         self._ensure_hooks()
 
     def _ensure_hooks(self) -> None:
@@ -78,12 +81,24 @@ class FusedEmbedding(nn.Embedding):
         state = self.__dict__.copy()
         state["_hooked"], state["_pending"], state["_in_place"] = None, [], False
         state["_scratch"] = state["_collected_indices"] = state["_dirty_rows"] = None
+        state["deferred"] = None  # a copy is plain (its optimiser settles the original first)
         return state
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Global row ids ``[...]`` -> ``[..., D]``."""
         self._ensure_hooks()
+        if self.deferred is not None:
+            self.deferred.catch_up(self.weight, ids)
         return _RecordedLookup.apply(self.weight, ids, self)
+
+    def dirty_rows(self) -> torch.Tensor | None:
+        """The rows (``[N]``, repeats allowed) a dense ``weight.grad`` may hold non-zero since
+        :meth:`zero_dense_grad`, or None when unknown (any row)."""
+        if self._dirty_rows is None:
+            return None
+        if not self._dirty_rows:
+            return torch.empty(0, dtype=torch.long, device=self.weight.device)
+        return torch.cat(self._dirty_rows) if len(self._dirty_rows) > 1 else self._dirty_rows[0]
 
     def _collect_gradient(self, grad: torch.Tensor) -> torch.Tensor:
         """The weight's summed gradient (empty from the lookups) + the recorded lookups', as a
@@ -296,6 +311,8 @@ class EmbeddingBank(nn.Module):
     def block(self, vocab: str) -> torch.Tensor:
         """``vocab``'s block of the fused table, ``[V, D]``: a view (writes go through). Its
         row 0 is zero and unused (id 0 embeds as the shared padding row 0)."""
+        if self.embedding.deferred is not None:  # a read outside the lookups: settle first
+            self.embedding.deferred.settle()
         return self.weight[self.vocab_rows(vocab)]
 
     def global_ids(self, vocab: str, ids: torch.Tensor) -> torch.Tensor:
