@@ -125,9 +125,11 @@ class _TwoTables(torch.nn.Module):
 
 
 @pytest.mark.parametrize("l2_target,deferred", [("batch_embeddings", True), ("all", False)])
-def test_build_optimizers_defers_wide_tables_without_weight_decay(l2_target, deferred):
+def test_build_optimizers_defers_wide_tables_without_weight_decay(l2_target, deferred,
+                                                                  monkeypatch):
     from ctrbench.cards import TrainConfig
 
+    monkeypatch.setattr(deferred_adam, "MIN_VALUES", 0)
     model = _TwoTables()
     cfg = TrainConfig(optimizer="adam", l2=1e-4, l2_target=l2_target)
     optimizers = build_optimizers(model, cfg)
@@ -140,10 +142,13 @@ def test_build_optimizers_defers_wide_tables_without_weight_decay(l2_target, def
     assert set(optimizers.dense_tables) == {model.wide, model.narrow}
 
 
-def test_native_switch_keeps_the_dense_adam(monkeypatch):
+@pytest.mark.parametrize("native_on,min_values", [(False, 0), (True, 50 * 16 + 1)])
+def test_native_switch_or_a_small_table_keeps_the_dense_adam(monkeypatch, native_on,
+                                                             min_values):
     from ctrbench.cards import TrainConfig
 
-    monkeypatch.setattr(deferred_adam, "NATIVE", False)
+    monkeypatch.setattr(deferred_adam, "NATIVE", native_on)
+    monkeypatch.setattr(deferred_adam, "MIN_VALUES", min_values)
     optimizers = build_optimizers(_TwoTables(), TrainConfig(optimizer="adam"))
     assert [type(o).__name__ for o in optimizers.optimizers] == ["Adam"]
 

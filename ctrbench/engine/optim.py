@@ -4,7 +4,8 @@
   of every table, whatever the batch touched). A bank's fused table keeps one dense gradient
   buffer, zeroed in place, into which its per-step sparse gradient is added (see
   :class:`ctrbench.models.fast.embedding_bank.FusedEmbedding`). ``torch.optim.Adam`` (fused)
-  steps the parameters, but for float32 CPU tables at least 8 wide without weight decay:
+  steps the parameters, but for float32 CPU tables at least 8 wide of at least 1M values
+  without weight decay:
   :class:`~ctrbench.models.fast.deferred_adam.DeferredAdam` applies the same steps, each
   untouched row's late (when it is next read, or :meth:`Optimizers.settle`), up to rounding.
 - ``lazy_adam``: the model is built with ``sparse=True`` so embedding tables emit sparse
