@@ -160,6 +160,27 @@ def test_a_malformed_storage_url_exits_1(work, store_dir):  # noqa: F811
 
 
 # --------------------------------------------------------------------------- signals
+def invoke_signalled(store: Path, monkeypatch, owner, name: str, signum: int, trials: str):
+    """``tune`` of ``trials`` trials with ``signum`` raised the first time ``owner.name`` is
+    called, just before it runs; returns (result, [signum] if it was raised)."""
+    real = getattr(owner, name)
+    sent = []
+
+    def signal_then_call(*args, **kwargs):
+        if not sent:
+            sent.append(signum)
+            signal.raise_signal(signum)  # as if it arrived now
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, signal_then_call)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return invoke(store, "--model", MODEL, "--trials", trials, "-q"), sent
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 @pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_in_optunas_bookkeeping_is_held_until_the_trial_is_recorded(
         work, store_dir, monkeypatch, signum, code):  # noqa: F811
@@ -170,22 +191,8 @@ def test_a_signal_in_optunas_bookkeeping_is_held_until_the_trial_is_recorded(
     trial, then stops the command as documented (130 / 143)."""
     from optuna.study import _optimize
 
-    real = _optimize._tell_with_warning
-    sent = []
-
-    def tell_then_signal(*args, **kwargs):
-        if not sent:
-            sent.append(signum)
-            signal.raise_signal(signum)  # as if it arrived now
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(_optimize, "_tell_with_warning", tell_then_signal)
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        result = invoke(store_dir, "--model", MODEL, "--trials", "3", "-q")
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    result, sent = invoke_signalled(store_dir, monkeypatch, _optimize, "_tell_with_warning",
+                                    signum, "3")
     assert sent and result.exit_code == code, result.output + repr(result.exception)
     assert not isinstance(result.exception, UnboundLocalError)
     trials = load(f"{MODEL}@tiny").trials
@@ -202,22 +209,8 @@ def test_a_signal_in_a_trials_storage_call_waits_for_it(
     ``get``), and the worker then hung queueing the trial again (the rare hang of
     test_faults_cli's SIGINT test). Now the call completes; the signal stops the trial when
     training starts, with every sampled value recorded and queued again."""
-    real = optuna.storages.RDBStorage._set_trial_param
-    sent = []
-
-    def record_then_signal(self, *args, **kwargs):
-        if not sent:
-            sent.append(signum)
-            signal.raise_signal(signum)  # as if it arrived now
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(optuna.storages.RDBStorage, "_set_trial_param", record_then_signal)
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        result = invoke(store_dir, "--model", MODEL, "--trials", "2", "-q")
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    result, sent = invoke_signalled(store_dir, monkeypatch, optuna.storages.RDBStorage,
+                                    "_set_trial_param", signum, "2")
     assert sent and result.exit_code == code, result.output + repr(result.exception)
     cut, retry = load(f"{MODEL}@tiny").trials
     assert cut.state == TrialState.FAIL and "interrupted" in cut.user_attrs["error"]

@@ -133,6 +133,18 @@ inline void step_row(const Table& t, int64_t r, int64_t s, const float* __restri
   t.last[r] = s;
 }
 
+// f(r) for the rows ids[0..n) (every row 0..rows when n < 0); 2 for a row out of range
+template <class F>
+int for_rows(const int64_t* ids, int64_t n, int64_t rows, F&& f) {
+  const bool all = n < 0;
+  for (int64_t i = 0; i < (all ? rows : n); ++i) {
+    const int64_t r = all ? i : ids[i];
+    if (r < 0 || r >= rows) return 2;
+    f(r);
+  }
+  return 0;
+}
+
 }  // namespace
 
 extern "C" {
@@ -141,38 +153,30 @@ extern "C" {
 // ids may repeat.
 int ctrbench_deferred_catch_up(float* p, float* m, float* v, int64_t* last, int64_t dim,
                                const float* step_size, const float* inv_sqrt_bc2, float b1,
-                               float b2, float eps, float c1, float c2, const int64_t* ids, int64_t n, int64_t rows,
-                               int64_t upto) {
+                               float b2, float eps, float c1, float c2, const int64_t* ids,
+                               int64_t n, int64_t rows, int64_t upto) {
   if (dim <= 0 || upto < 0) return 1;
   Flush flush;
   const Table t{p, m, v, last, dim, step_size, inv_sqrt_bc2, b1, b2, eps, c1, c2};
-  const bool all = n < 0;
-  for (int64_t i = 0; i < (all ? rows : n); ++i) {
-    const int64_t r = all ? i : ids[i];
-    if (r < 0 || r >= rows) return 2;
+  return for_rows(ids, n, rows, [&](int64_t r) {
     if (last[r] < upto) catch_up_row(t, r, upto);
-  }
-  return 0;
+  });
 }
 
 // Step s of rows ids[0..n) (every row when n < 0) with their gradients grad[r]: each row first
 // catches up to s - 1; a repeated id is stepped once.
 int ctrbench_deferred_step(float* p, float* m, float* v, int64_t* last, int64_t dim,
                            const float* step_size, const float* inv_sqrt_bc2, float b1, float b2,
-                           float eps, float c1, float c2, const float* grad, const int64_t* ids, int64_t n,
-                           int64_t rows, int64_t s) {
+                           float eps, float c1, float c2, const float* grad, const int64_t* ids,
+                           int64_t n, int64_t rows, int64_t s) {
   if (dim <= 0 || s < 1) return 1;
   Flush flush;
   const Table t{p, m, v, last, dim, step_size, inv_sqrt_bc2, b1, b2, eps, c1, c2};
-  const bool all = n < 0;
-  for (int64_t i = 0; i < (all ? rows : n); ++i) {
-    const int64_t r = all ? i : ids[i];
-    if (r < 0 || r >= rows) return 2;
-    if (last[r] >= s) continue;
+  return for_rows(ids, n, rows, [&](int64_t r) {
+    if (last[r] >= s) return;
     if (last[r] < s - 1) catch_up_row(t, r, s - 1);
     step_row(t, r, s, grad + r * dim);
-  }
-  return 0;
+  });
 }
 
 }  // extern "C"
