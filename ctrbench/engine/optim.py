@@ -369,8 +369,9 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig,
 
 def _deferred_tables(model: nn.Module, dense: Sequence[torch.Tensor],
                      weight_decay: float) -> list[FusedEmbedding]:
-    """The dense fused tables of ``model`` that :class:`DeferredAdam` takes (float32 on the
-    CPU, at least ``MIN_DIM`` wide, no weight decay, the kernel built)."""
+    """The dense fused tables of ``model`` that :class:`DeferredAdam` takes
+    (:func:`deferred_adam.usable`: float32 on the CPU, at least ``MIN_DIM`` wide and
+    ``MIN_VALUES`` values, no weight decay, the kernel built)."""
     dense_ids = {id(p) for p in dense}
     tables: dict[int, FusedEmbedding] = {}
     for module in model.modules():
