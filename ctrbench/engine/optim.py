@@ -346,13 +346,16 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig,
     dense = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids]
     weight_decay = cfg.l2 if cfg.l2_target == "all" else 0.0
     optimizers: list[torch.optim.Optimizer] = []
-    deferred = _deferred_tables(model, dense, weight_decay)
-    for table in deferred:  # one each: its own step count, as torch's Adam keeps per tensor
-        optimizers.append(DeferredAdam([table], lr=cfg.lr, betas=cfg.betas))
-    deferred_ids = {id(t.weight) for t in deferred}
+    dense_ids = {id(p) for p in dense}
     fused_dense = {id(m.weight): m for m in model.modules()
-                   if isinstance(m, FusedEmbedding) and id(m.weight) in {id(p) for p in dense}}
-    dense = [p for p in dense if id(p) not in deferred_ids]
+                   if isinstance(m, FusedEmbedding) and id(m.weight) in dense_ids}
+    # tables deferred_adam takes (float32 CPU, wide and large enough, no weight decay, built):
+    # one optimiser each, with its own step count, as torch's Adam keeps one per tensor
+    deferred = {key: table for key, table in fused_dense.items()
+                if deferred_adam.usable(table.weight, weight_decay)}
+    optimizers.extend(DeferredAdam([table], lr=cfg.lr, betas=cfg.betas)
+                      for table in deferred.values())
+    dense = [p for p in dense if id(p) not in deferred]
     if dense:
         try:  # one fused kernel for all dense parameters (torch >= 2.4 on CPU)
             adam = torch.optim.Adam(dense, lr=cfg.lr, betas=cfg.betas, fused=True,
@@ -365,20 +368,6 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig,
         optimizers.append(RowWiseAdam(sparse_params, lr=cfg.lr, betas=cfg.betas, l2=row_l2,
                                       row_scales=row_scales))
     return Optimizers(optimizers, dense_tables=list(fused_dense.values()))
-
-
-def _deferred_tables(model: nn.Module, dense: Sequence[torch.Tensor],
-                     weight_decay: float) -> list[FusedEmbedding]:
-    """The dense fused tables of ``model`` that :class:`DeferredAdam` takes
-    (:func:`deferred_adam.usable`: float32 on the CPU, at least ``MIN_DIM`` wide and
-    ``MIN_VALUES`` values, no weight decay, the kernel built)."""
-    dense_ids = {id(p) for p in dense}
-    tables: dict[int, FusedEmbedding] = {}
-    for module in model.modules():
-        if (isinstance(module, FusedEmbedding) and id(module.weight) in dense_ids
-                and deferred_adam.usable(module.weight, weight_decay)):
-            tables.setdefault(id(module.weight), module)
-    return list(tables.values())
 
 
 def penalised_tables(model: nn.Module, cfg: TrainConfig) -> list[nn.Embedding]:
