@@ -232,7 +232,8 @@ def main() -> None:
     print(tabulate([[r["model"], f"{r['ctrbench_fit_samples_per_s']:,.0f}",
                      r["ctrbench_threads"], r["faster_peer"],
                      f"{r['peer_samples_per_s']:,.0f}", r["peer_threads"],
-                     f"{r['ratio']:.2f}x"] for r in ratios],
+                     "no peer" if r["ratio"] is None else f"{r['ratio']:.2f}x"]
+                    for r in ratios],
                    headers=["model", "ctrbench /s", "threads", "faster peer", "peer /s",
                             "threads", "ctrbench / peer"]))
     save_from_args("side_by_side", args, rows + [{"ratio_row": True, **r} for r in ratios])

@@ -36,13 +36,18 @@ MARCH = "-march=native"  # code for the building CPU (left out where the compile
 # -fno-math-errno: sqrt without a branch to set errno (no other effect on results), so that
 # loops calling it vectorise
 FLAGS = ("-O3", "-std=c++17", MARCH, "-fno-math-errno", "-shared", "-fPIC")
+#: kernel name -> flags added to FLAGS for it: native_rows promises torch's sums bit for bit,
+#: which a multiply-add fused into one rounding (GCC's default contraction) would break
+EXTRA_FLAGS = {"native_rows": ("-ffp-contract=off",)}
 #: kernel name -> its C++ source
 _FAST = Path(__file__).resolve().parent / "models" / "fast"
 SOURCES = {"fused_attention": _FAST / "fused_attention.cpp",
            "native_scan": _FAST / "native_scan.cpp",
            "native_dropout": _FAST / "native_dropout.cpp",
            "fused_gim": _FAST / "fused_gim.cpp",
-           "deferred_adam": _FAST / "deferred_adam.cpp"}
+           "deferred_adam": _FAST / "deferred_adam.cpp",
+           "native_dice": _FAST / "native_dice.cpp",
+           "native_rows": _FAST / "native_rows.cpp"}
 
 #: stem -> the loaded library or the reason there is none (one attempt per process)
 _loaded: dict[str, ctypes.CDLL | str] = {}
@@ -105,10 +110,12 @@ def _build_with(stem: str, compiler: str, flags: tuple[str, ...]) -> Path:
 
 
 def _build(stem: str, compiler: str) -> tuple[Path, tuple[str, ...]]:
-    """The library of kernel ``stem`` and the flags that built it: ``FLAGS``, else (a compiler
-    that refuses ``-march=native``, e.g. some clang on arm64) ``FLAGS`` without it."""
+    """The library of kernel ``stem`` and the flags that built it: ``FLAGS`` (+ its
+    ``EXTRA_FLAGS``), else (a compiler that refuses ``-march=native``, e.g. some clang on arm64)
+    those without it."""
     failures = []
-    for flags in (FLAGS, tuple(f for f in FLAGS if f != MARCH)):
+    full = FLAGS + EXTRA_FLAGS.get(stem, ())
+    for flags in (full, tuple(f for f in full if f != MARCH)):
         try:
             return _build_with(stem, compiler, flags), flags
         except RuntimeError as exc:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctrbench.models.fast import native_rows
 from ctrbench.models.init import INIT_STD, init_truncated_normal
 from ctrbench.schema import Batch, FieldSpec, Schema
 
@@ -143,6 +144,11 @@ class FusedEmbedding(nn.Embedding):
         """Add lookup gradients ``values [N, D]`` at rows ``ids [N]`` (padding included) and
         the touched-row L2 into the dense gradient ``target``; records the written rows."""
         ids = ids.long()
+        if native_rows.native_usable(target):  # the same additions in one loop
+            written = native_rows.add_lookup_grads(target, self.weight, ids, values, self.row_l2,
+                                                   self._scratch_on(ids.device), self.padding_idx)
+            self._collected_indices = written.unsqueeze(0)  # (1, N or R)
+            return
         add_rows(target, ids, values.to(target.dtype))
         if self.row_l2 is not None:
             rows = distinct_rows(ids, self._scratch_on(ids.device))  # (R,) unsorted, padding too
@@ -178,7 +184,11 @@ class FusedEmbedding(nn.Embedding):
         elif self._dirty_rows is None:
             weight.grad.zero_()
         elif self._dirty_rows:
-            weight.grad.index_fill_(0, torch.cat(self._dirty_rows), 0.0)
+            rows = torch.cat(self._dirty_rows)
+            if native_rows.native_usable(weight.grad):
+                native_rows.zero_rows(weight.grad, rows)
+            else:
+                weight.grad.index_fill_(0, rows, 0.0)
         self._dirty_rows = []
         self._in_place = weight.requires_grad
 

@@ -13,6 +13,14 @@
 #define CTRBENCH_VL 16
 #endif
 
+// a partial vector's loads and stores as AVX-512 masked moves where the build has them
+#if defined(__AVX512F__) && CTRBENCH_VL == 16
+#include <immintrin.h>
+#define CTRBENCH_MASKED 1
+#else
+#define CTRBENCH_MASKED 0
+#endif
+
 namespace ctrbench_native {
 
 constexpr int VL = CTRBENCH_VL;
@@ -49,7 +57,11 @@ inline vf load(const float* src, int count) {
   if (count == VL) {
     std::memcpy(&v, src, sizeof(v));
   } else {
+#if CTRBENCH_MASKED
+    return (vf)_mm512_maskz_loadu_ps((__mmask16)((1u << count) - 1u), src);
+#else
     for (int l = 0; l < count; ++l) v[l] = src[l];
+#endif
   }
   return v;
 }
@@ -59,7 +71,11 @@ inline void store(float* dst, int count, vf v) {
   if (count == VL) {
     std::memcpy(dst, &v, sizeof(v));
   } else {
+#if CTRBENCH_MASKED
+    _mm512_mask_storeu_ps(dst, (__mmask16)((1u << count) - 1u), (__m512)v);
+#else
     for (int l = 0; l < count; ++l) dst[l] = v[l];
+#endif
   }
 }
 
