@@ -72,3 +72,31 @@ def test_step_breakdown_times_each_phase_of_the_trainers_step(tmp_path):
         phases = [row[f"{p}_ms"] for p in ("take", "zero", "forward", "backward", "optimizer")]
         assert all(p > 0 for p in phases) and row["step_ms"] > 0
         assert abs(row["phases_sum_ms"] - sum(phases)) < 1e-3
+
+
+def test_native_ab_times_each_kernel_on_and_off_and_restores_it(tmp_path):
+    """benchmarks/native_ab.py saves one row per (model, kernel) with both step times and
+    their ratio (figures only); an unknown kernel is refused by name."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CTRBENCH_HOME": str(tmp_path / "home")}
+    script = str(BENCHMARKS / "native_ab.py")
+    done = subprocess.run(
+        [sys.executable, script, "--models", "din", "--kernels", "dice,rows", "--batch-size",
+         "16", "--steps", "2", "--rounds", "1", "--rows", "200",
+         "--results-dir", str(tmp_path / "results"), "--machine", "box-1"],
+        capture_output=True, text=True, env=env, timeout=300)
+    if "is not built here" in done.stderr:
+        pytest.skip("no native kernels on this machine")
+    assert done.returncode == 0, done.stderr
+    (saved,) = (tmp_path / "results" / "box-1").glob("*-native_ab.json")
+    rows = json.loads(saved.read_text())["rows"]
+    assert [(r["model"], r["kernel"]) for r in rows] == [("din", "dice"), ("din", "rows")]
+    for row in rows:
+        assert row["native_ms"] > 0 and row["torch_ms"] > 0 and row["speedup"] > 0
+    refused = subprocess.run([sys.executable, script, "--kernels", "dice,fast_gemm"],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert refused.returncode == 2 and "unknown kernel 'fast_gemm'" in refused.stderr

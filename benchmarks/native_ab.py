@@ -1,0 +1,84 @@
+"""Training step time with a native kernel and with its torch path, as a ratio in one run.
+
+For each model card (dense ``adam``), Electronics-shaped generated data
+(``train_throughput.generated_train_split``), ``--batch-size``, ``--threads``: one model, whose
+kernel ``--kernels`` is switched on and off between rounds (the module's ``native_usable``
+answers False when off, so the torch path of the same function runs). Rounds alternate the two,
+and each figure is the best of ``--rounds`` rounds of ``--steps`` steps (``Variant.run``: the
+batch slicing and the trainer's whole ``TrainStep``, a deferred Adam's settling included).
+Kernels: ``dice`` (:mod:`ctrbench.models.fast.dice`: DIN's and DIEN's Dice), ``rows``
+(:mod:`ctrbench.models.fast.native_rows`: the dense embedding gradient's row updates).
+Figures only. Usage:
+  python benchmarks/native_ab.py --models din,dien,mian,dcn --kernels dice,rows
+  python benchmarks/native_ab.py --models din --kernels dice --batch-size 1024 --threads 2
+Results: printed, and one JSON under benchmarks/results/ (``--no-save``: none).
+"""
+
+from __future__ import annotations
+
+import ctrbench  # noqa: F401  first: OMP_WAIT_POLICY=PASSIVE before torch loads, as in runs
+
+# isort: split
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from tabulate import tabulate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_results import add_save_options, save_from_args
+from train_throughput import Variant, generated_train_split
+
+from ctrbench.cards import resolve_model_spec
+from ctrbench.models.fast import dice, native_rows
+
+KERNELS = {"dice": dice, "rows": native_rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="din,dien,mian,dcn")
+    parser.add_argument("--kernels", default="dice,rows")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rows", type=int, default=40000)
+    add_save_options(parser)
+    args = parser.parse_args()
+    kernels = [k for k in args.kernels.split(",") if k]
+    for kernel in kernels:
+        if kernel not in KERNELS:
+            parser.error(f"unknown kernel {kernel!r} (choose from {', '.join(KERNELS)})")
+        if KERNELS[kernel].library() is None:
+            parser.error(f"the {kernel} kernel is not built here")
+    torch.set_num_threads(args.threads)
+    rows = []
+    with generated_train_split(max(args.rows, 2 * args.batch_size)) as (data, train):
+        for name in resolve_model_spec(args.models):
+            variant = Variant(data, name, "adam", args.batch_size, train)
+            variant.run(20)  # warm-up (allocations, the kernels' build)
+            for kernel in kernels:
+                module = KERNELS[kernel]
+                native_usable = module.native_usable
+                best = {True: float("inf"), False: float("inf")}
+                try:
+                    for _ in range(args.rounds):
+                        for on in (True, False):
+                            module.native_usable = native_usable if on else (lambda *_: False)
+                            rate = variant.run(args.steps)
+                            best[on] = min(best[on], args.batch_size / rate)
+                finally:
+                    module.native_usable = native_usable
+                rows.append({"model": name, "kernel": kernel, "batch_size": args.batch_size,
+                             "threads": args.threads, "native_ms": round(best[True] * 1e3, 3),
+                             "torch_ms": round(best[False] * 1e3, 3),
+                             "speedup": round(best[False] / best[True], 3)})
+                print(rows[-1], flush=True)
+    print(tabulate(rows, headers="keys"))
+    save_from_args("native_ab", args, rows)
+
+
+if __name__ == "__main__":
+    main()
