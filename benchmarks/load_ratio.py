@@ -35,11 +35,17 @@ from tabulate import tabulate
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_io import write_result
 
-BUSY_CODE = "while True:\n    pass\n"
+# a spinner that stops once its parent (pid filled in) is gone, killed even by SIGKILL so that
+# no `finally` ran: it checks its parent id after each ~10^6 empty iterations (tens of ms of
+# pure spinning). The pid is passed in, not read at start: a parent killed before the child
+# reads it would otherwise leave the child watching its new parent.
+BUSY_CODE = ("import os\nwhile os.getppid() == {parent}:\n"
+             "    for _ in range(1_000_000):\n        pass\n")
 
 
 def start_busy(n: int) -> list[subprocess.Popen]:
-    return [subprocess.Popen([sys.executable, "-c", BUSY_CODE]) for _ in range(n)]
+    code = BUSY_CODE.format(parent=os.getpid())
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
 
 
 def stop_busy(procs: list[subprocess.Popen]) -> None:

@@ -100,3 +100,49 @@ def test_native_ab_times_each_kernel_on_and_off_and_restores_it(tmp_path):
     refused = subprocess.run([sys.executable, script, "--kernels", "dice,fast_gemm"],
                              capture_output=True, text=True, env=env, timeout=300)
     assert refused.returncode == 2 and "unknown kernel 'fast_gemm'" in refused.stderr
+
+
+def test_load_ratios_busy_processes_stop_when_its_process_is_killed(tmp_path):
+    """Killing load_ratio.py (SIGTERM, SIGKILL: no ``finally`` runs) used to leave its four
+    spinning processes running for good, loading every later measurement on the machine; they
+    now stop once their parent is gone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         f"sys.path.insert(0, {str(BENCHMARKS)!r})\n"
+         "from load_ratio import start_busy\n"
+         "print(' '.join(str(p.pid) for p in start_busy(2)), flush=True)\n"
+         "time.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True)
+    pids = [int(pid) for pid in parent.stdout.readline().split()]
+    try:
+        assert len(pids) == 2
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        alive = pids
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = [pid for pid in pids if _running(pid)]
+        assert not alive, f"busy processes {alive} outlived their killed parent"
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, exited but not reaped, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
