@@ -15,13 +15,16 @@ and its figures land in ``benchmarks/results/<machine>/<commit12>-<script>.json`
      "rows": [{"library": "FuxiCTR", "model": "din", "fit_samples_per_s": 4890.2, ...}, ...]}
 
 ``rows`` are flat records (str, int, float, bool or None values; no NaN), one per measured
-thing, in the order the script printed them. A rerun on the same machine and commit replaces
-the file. ``benchmarks/render_readme.py`` renders README tables from these files.
+thing, in the order the script printed them. A rerun on the same machine and commit keeps the
+earlier file and writes ``<commit12>.<n>-<script>.json`` (n = 2, 3, ...): a second, partial run
+(one model, other options) once replaced a full one. The newest by date is the one rendered.
+``benchmarks/render_readme.py`` renders README tables from these files.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -156,10 +159,14 @@ def save(script: str, args: argparse.Namespace | Mapping[str, Any] | None,
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
+        for n in itertools.count(2):  # link: never replaces a file another run wrote
+            try:
+                os.link(tmp, path)
+                break
+            except FileExistsError:
+                path = path.with_name(f"{commit[:12]}.{n}-{script}.json")
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -367,3 +367,22 @@ def test_evidence_tables_render_from_report_csvs(tmp_path):
         evidence_tables.render(tmp_path / "evidence", "demo", "nope")
     with pytest.raises(FileNotFoundError):
         evidence_tables.render(tmp_path / "evidence", "missing", "tuned")
+
+
+def test_a_rerun_at_the_same_commit_keeps_the_earlier_result(tmp_path):
+    """A second run on the same machine and commit (e.g. one model of a full table) used to
+    replace the first run's file; both are kept now, and the newer is the one rendered."""
+    first = br.save("load_ratio", {"models": "table2"}, [{"model": "dcn"}, {"model": "din"}],
+                    results_dir=tmp_path, machine="m", commit="a" * 40,
+                    date="2026-12-02T07:00:00Z")
+    second = br.save("load_ratio", {"models": "dcn"}, [{"model": "dcn"}], results_dir=tmp_path,
+                     machine="m", commit="a" * 40, date="2026-12-02T07:10:00Z")
+    third = br.save("load_ratio", {"models": "din"}, [{"model": "din"}], results_dir=tmp_path,
+                    machine="m", commit="a" * 40, date="2026-12-02T07:20:00Z")
+    assert first.name == "aaaaaaaaaaaa-load_ratio.json"
+    assert (second.name, third.name) == ("aaaaaaaaaaaa.2-load_ratio.json",
+                                         "aaaaaaaaaaaa.3-load_ratio.json")
+    assert [len(br.load(p)["rows"]) for p in (first, second, third)] == [2, 1, 1]
+    assert br.latest("load_ratio", tmp_path)["args"] == {"models": "din"}
+    assert len(br.find("load_ratio", tmp_path)) == 3
+    assert not list(tmp_path.rglob("*.tmp"))
