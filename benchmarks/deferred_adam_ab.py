@@ -27,7 +27,7 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_results import add_save_options, save_from_args
-from train_throughput import Variant, generated_train_split
+from train_throughput import Variant, ab_columns, best_alternating, generated_train_split
 
 from ctrbench.cards import resolve_model_spec
 from ctrbench.models.fast import deferred_adam
@@ -53,15 +53,11 @@ def main() -> None:
                 variants[deferred].run(10)  # warm-up (allocations, the kernel's build)
             used = any(type(o).__name__ == "DeferredAdam"
                        for o in variants[True].step.optimizers.optimizers)
-            best = {False: float("inf"), True: float("inf")}
-            for _ in range(args.rounds):
-                for deferred in (False, True):
-                    rate = variants[deferred].run(args.steps)  # settles at the end
-                    best[deferred] = min(best[deferred], args.batch_size / rate)
+            best = best_alternating({d: variants[d].run for d in (False, True)}, args.rounds,
+                                    args.steps, args.batch_size)  # run settles at the end
             rows.append({"model": name, "batch_size": args.batch_size, "threads": 1,
-                         "deferred_used": used, "dense_ms": round(best[False] * 1e3, 3),
-                         "deferred_ms": round(best[True] * 1e3, 3),
-                         "speedup": round(best[False] / best[True], 3)})
+                         "deferred_used": used,
+                         **ab_columns(best[False], best[True], ("dense", "deferred"))})
             print(rows[-1], flush=True)
     print(tabulate(rows, headers="keys"))
     save_from_args("deferred_adam_ab", args, rows)

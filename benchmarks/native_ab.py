@@ -20,6 +20,7 @@ import ctrbench  # noqa: F401  first: OMP_WAIT_POLICY=PASSIVE before torch loads
 
 # isort: split
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_results import add_save_options, save_from_args
-from train_throughput import Variant, generated_train_split
+from train_throughput import Variant, ab_columns, best_alternating, generated_train_split
 
 from ctrbench.cards import resolve_model_spec
 from ctrbench.models.fast import dice, native_rows
@@ -62,19 +63,21 @@ def main() -> None:
             for kernel in kernels:
                 module = KERNELS[kernel]
                 native_usable = module.native_usable
-                best = {True: float("inf"), False: float("inf")}
+
+                def run_with(on: bool, steps: int, module=module, usable=native_usable,
+                             variant=variant) -> float:
+                    module.native_usable = usable if on else (lambda *_: False)
+                    return variant.run(steps)
+
                 try:
-                    for _ in range(args.rounds):
-                        for on in (True, False):
-                            module.native_usable = native_usable if on else (lambda *_: False)
-                            rate = variant.run(args.steps)
-                            best[on] = min(best[on], args.batch_size / rate)
+                    best = best_alternating({on: functools.partial(run_with, on)
+                                             for on in (True, False)},
+                                            args.rounds, args.steps, args.batch_size)
                 finally:
                     module.native_usable = native_usable
                 rows.append({"model": name, "kernel": kernel, "batch_size": args.batch_size,
-                             "threads": args.threads, "native_ms": round(best[True] * 1e3, 3),
-                             "torch_ms": round(best[False] * 1e3, 3),
-                             "speedup": round(best[False] / best[True], 3)})
+                             "threads": args.threads,
+                             **ab_columns(best[False], best[True], ("torch", "native"))})
                 print(rows[-1], flush=True)
     print(tabulate(rows, headers="keys"))
     save_from_args("native_ab", args, rows)

@@ -156,6 +156,24 @@ class Variant:
         return rate
 
 
+def best_alternating(arms: dict, rounds: int, steps: int, batch_size: int) -> dict:
+    """Best seconds per step of each arm over ``rounds`` rounds in which the arms take turns
+    (``arms``: key -> a function that trains ``steps`` steps and returns samples/s, e.g.
+    :meth:`Variant.run`); a burst of load hits every arm alike. The A/B scripts' loop."""
+    best = dict.fromkeys(arms, float("inf"))
+    for _ in range(rounds):
+        for key, run in arms.items():
+            best[key] = min(best[key], batch_size / run(steps))
+    return best
+
+
+def ab_columns(before: float, after: float, names: tuple[str, str]) -> dict[str, float]:
+    """An A/B row's figures from two best seconds per step: ``<name>_ms`` of each and the
+    speed-up ``before / after``."""
+    return {f"{names[0]}_ms": round(before * 1e3, 3), f"{names[1]}_ms": round(after * 1e3, 3),
+            "speedup": round(before / after, 3)}
+
+
 def measure_model(data: PreparedData, name: str, optimizers: list[str], batch_sizes: list[int],
                   steps: int, rounds: int, train: SplitTensors, valid: SplitTensors,
                   precision: str = "auto") -> dict[str, object]:
