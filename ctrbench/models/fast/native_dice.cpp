@@ -35,7 +35,7 @@ struct Columns {  // the column blocks of one row of width h: full vectors, then
 // per-column values of `src` [h] as vectors (the tail's unused lanes 0)
 std::vector<vf> as_vectors(const Columns& cols, const float* src) {
   std::vector<vf> out(cols.blocks);
-  for (int64_t b = 0; b < cols.blocks; ++b) out[b] = load(src + b * VL, cols.count(b));
+  for (int64_t b = 0; b < cols.blocks; ++b) out[b] = load_part(src + b * VL, cols.count(b));
   return out;
 }
 
@@ -96,12 +96,12 @@ int ctrbench_dice_forward(const float* x, const float* alpha, float* mean, float
   if (batch_stats) {
     std::vector<double> sums(h);
     column_sums<1>(n, cols, sums.data(), [&](int64_t i, int64_t b, int c, vf* out) {
-      out[0] = load(x + i * h + b * VL, c);
+      out[0] = load_part(x + i * h + b * VL, c);
     });
     for (int64_t j = 0; j < h; ++j) mean[j] = (float)(sums[j] / (double)n);
     const std::vector<vf> mu = as_vectors(cols, mean);
     column_sums<1>(n, cols, sums.data(), [&](int64_t i, int64_t b, int c, vf* out) {
-      const vf d = load(x + i * h + b * VL, c) - mu[b];
+      const vf d = load_part(x + i * h + b * VL, c) - mu[b];
       out[0] = d * d;
     });
     for (int64_t j = 0; j < h; ++j) var[j] = (float)(sums[j] / (double)n);
@@ -112,9 +112,9 @@ int ctrbench_dice_forward(const float* x, const float* alpha, float* mean, float
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t b = 0; b < cols.blocks; ++b) {
       const int c = cols.count(b);
-      const vf xv = load(x + i * h + b * VL, c);
+      const vf xv = load_part(x + i * h + b * VL, c);
       const vf p = sigmoid((xv - mu[b]) * rs[b]);
-      store(y + i * h + b * VL, c, xv * (a[b] + (splat(1.0f) - a[b]) * p));
+      store_part(y + i * h + b * VL, c, xv * (a[b] + (splat(1.0f) - a[b]) * p));
     }
   }
   return 0;
@@ -134,15 +134,15 @@ int ctrbench_dice_backward(const float* dy, const float* x, const float* alpha, 
   std::vector<double> sums(3 * h);
   column_sums<3>(n, cols, sums.data(), [&](int64_t i, int64_t b, int c, vf* out) {
     const int64_t at = i * h + b * VL;
-    const vf xv = load(x + at, c), dyv = load(dy + at, c);
+    const vf xv = load_part(x + at, c), dyv = load_part(dy + at, c);
     const vf z = (xv - mu[b]) * rs[b], p = sigmoid(z), q = splat(1.0f) - p;
     const vf dyx = dyv * xv, dz = dyx * p * q * (splat(1.0f) - a[b]);
     const vf gated = dyv * (a[b] + (splat(1.0f) - a[b]) * p);
     if (batch_stats) {
-      store(dx + at, c, gated);
-      store(work + at, c, dz);
+      store_part(dx + at, c, gated);
+      store_part(work + at, c, dz);
     } else {
-      store(dx + at, c, gated + rs[b] * dz);
+      store_part(dx + at, c, gated + rs[b] * dz);
     }
     out[0] = dyx * q;
     out[1] = dz;
@@ -162,8 +162,8 @@ int ctrbench_dice_backward(const float* dy, const float* x, const float* alpha, 
     for (int64_t b = 0; b < cols.blocks; ++b) {
       const int c = cols.count(b);
       const int64_t at = i * h + b * VL;
-      const vf z = (load(x + at, c) - mu[b]) * rs[b];
-      store(dx + at, c, load(dx + at, c) + rs[b] * (load(work + at, c) - m1[b] - z * m2[b]));
+      const vf z = (load_part(x + at, c) - mu[b]) * rs[b];
+      store_part(dx + at, c, load_part(dx + at, c) + rs[b] * (load_part(work + at, c) - m1[b] - z * m2[b]));
     }
   }
   return 0;
