@@ -70,12 +70,54 @@ class WriteError(CtrbenchError):
 DISK_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM})
 
 
+#: how many times a signal's handler (SIGINT, SIGTERM) has raised in this process, and the last
+#: such signal
+_signals_raised = 0
+_last_signal: int | None = None
+
+
 def install_termination_handler() -> None:
     """SIGTERM -> ``SystemExit(143)`` (exit status 128 + N), so that cleanup runs as after
-    Ctrl-C: temporary files removed, locks released, no partial record left. Main thread
-    only (where Python delivers signals)."""
+    Ctrl-C: temporary files removed, locks released, no partial record left. Ctrl-C stays
+    ``KeyboardInterrupt``. Both are counted (:func:`signal_exception`). Main thread only
+    (where Python delivers signals)."""
     signal.signal(signal.SIGTERM, _raise_system_exit)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
+
+
+def note_signal(signum: int) -> None:
+    """Count that signal ``signum``'s handler is raising (its own handlers do this)."""
+    global _signals_raised, _last_signal
+    _signals_raised += 1
+    _last_signal = signum
+
+
+def signals_raised() -> int:
+    """How many signals have been raised so far: take it before a guarded call."""
+    return _signals_raised
+
+
+def signal_exception(since: int, cause: BaseException | None = None) -> BaseException | None:
+    """The exception a signal's handler raised after :func:`signals_raised` was ``since``
+    (``KeyboardInterrupt`` for SIGINT, ``SystemExit(128 + N)`` otherwise), or None. For code
+    that catches ``Exception`` around library calls: a library may turn the handler's
+    exception into another one (numpy's ``fromfile`` made a SIGTERM a ``TypeError``, and a
+    killed run was recorded as failed), so ``raise signal_exception(since, exc) from exc``
+    when this is not None. Only signals since ``since`` count: a Ctrl-C caught earlier in
+    the same process (a notebook) says nothing about a later error."""
+    if _signals_raised <= since or _last_signal is None:
+        return None
+    exc = KeyboardInterrupt() if _last_signal == signal.SIGINT else SystemExit(128 + _last_signal)
+    exc.__cause__ = cause
+    return exc
 
 
 def _raise_system_exit(signum: int, frame: object) -> None:
+    note_signal(signum)
     raise SystemExit(128 + signum)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    note_signal(signum)
+    raise KeyboardInterrupt

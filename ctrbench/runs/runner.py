@@ -54,6 +54,8 @@ from ctrbench.errors import (
     CardError,
     WriteError,
     install_termination_handler,
+    signal_exception,
+    signals_raised,
 )
 from ctrbench.record import EpochRow, RunRecord, record_path, scores_path
 from ctrbench.runs import orphans
@@ -336,10 +338,14 @@ def execute_one(spec: RunSpec, dataset: DatasetHandle, *, device: str = "auto",
         _clean_stale_temporaries(spec.record_file)
         record = _base_record(spec, dataset, environment(resolve_device(device)))
         epochs: list[EpochRow] = []
+        signals_before = signals_raised()
         try:
             outcome = train_and_evaluate(dataset.data, spec.card, spec.seed, device=device,
                                          on_epoch=epochs.append, progress=show_progress)
         except Exception as exc:  # recorded; KeyboardInterrupt/SystemExit propagate
+            interrupted = signal_exception(signals_before, exc)
+            if interrupted is not None:  # a library turned the signal into another error
+                raise interrupted from exc
             record.status = "failed"
             record.error = f"{type(exc).__name__}: {exc}"
             record.epochs = epochs
@@ -398,10 +404,14 @@ def _init_worker(device: str, threads: int, modules: Sequence[str], mode: str,
 
 def _worker_run(task: tuple[RunSpec, bool]) -> RunResult:
     spec, force = task
+    signals_before = signals_raised()
     try:  # SystemExit (SIGTERM from the parent) propagates: the run's lock is released
         return execute_one(spec, _WORKER["dataset"], device=_WORKER["device"], force=force,
                            show_progress=True)
     except Exception as exc:  # a bug outside training; keep going
+        interrupted = signal_exception(signals_before, exc)
+        if interrupted is not None:  # a library turned the signal into another error
+            raise interrupted from exc
         return RunResult(spec, "failed", f"{type(exc).__name__}: {exc}")
 
 

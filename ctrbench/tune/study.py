@@ -44,7 +44,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ctrbench.cards import ModelCard, config_hash
 from ctrbench.data.store import PreparedData
-from ctrbench.errors import CardError, CtrbenchError
+from ctrbench.errors import (
+    CardError,
+    CtrbenchError,
+    note_signal,
+    signal_exception,
+    signals_raised,
+)
 from ctrbench.progress import message
 from ctrbench.record import EpochRow
 from ctrbench.tune import space as tune_space
@@ -188,6 +194,7 @@ class SignalGate:
             self._raise(signum, None)
 
     def _raise(self, signum: int, frame: Any) -> None:
+        note_signal(signum)  # signal_exception: if a library turns it into another error
         handler = self._previous.get(signum, signal.getsignal(signum))
         if callable(handler):
             handler(signum, frame)
@@ -317,6 +324,7 @@ class TrialObjective:
         else:
             train_seed = derive_seed(s.seed, "train", trial.number)
         trial.set_user_attr("train_seed", train_seed)
+        signals_before = signals_raised()
         try:
             values = tune_space.suggest(trial, self.space)
             card = self.card.with_overrides(tune_space.to_overrides(values))
@@ -328,6 +336,9 @@ class TrialObjective:
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
             raise
         except Exception as exc:  # a bug: keep its traceback for the table and the log
+            interrupted = signal_exception(signals_before, exc)
+            if interrupted is not None:  # a library turned the signal into another error
+                raise interrupted from exc
             text = "".join(traceback.format_exception(exc))
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
             trial.set_user_attr("traceback", text[-MAX_ERROR_CHARS:])

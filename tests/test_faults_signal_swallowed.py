@@ -1,0 +1,137 @@
+"""A signal that a library turns into another exception still stops the run (twelfth session).
+
+CI (f7d7784) caught it: SIGTERM reached a run while numpy's ``fromfile`` was reading the training
+split inside ``np.load``; numpy turned the handler's ``SystemExit`` into ``TypeError: expected
+str, bytes or os.PathLike object, not BufferedReader``, the runner's ``except Exception`` took
+it for a failed run and wrote a "failed" record with that error, and the process went on as if
+nothing had been asked of it. Now the handlers count the signal (``errors.note_signal``), and
+the places that catch ``Exception`` around library calls (the runner's training and pool worker,
+``tune``'s trial) raise the signal's own exception instead when one was raised since they began
+(``errors.signals_raised`` / ``signal_exception``).
+The tests below make the library's conversion happen on purpose: a training function that
+sends itself the signal and re-raises what its handler raised as that ``TypeError``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import train_fixtures as tf
+
+from ctrbench import errors
+
+HERE = Path(__file__).resolve().parent
+
+SCRIPT = """
+import json, os, signal, sys
+sys.path.insert(0, {tests!r})
+import torch
+import train_fixtures
+from ctrbench.errors import install_termination_handler
+from ctrbench.runs import runner
+from ctrbench.data.store import open_store
+
+def swallowing_train(*args, **kwargs):  # what numpy's fromfile did to the handler's exception
+    try:
+        os.kill(os.getpid(), signal.{signal})
+        signal.pause()
+    except BaseException:
+        raise TypeError("expected str, bytes or os.PathLike object, not BufferedReader")
+
+import ctrbench.engine.train
+ctrbench.engine.train.train_and_evaluate = swallowing_train  # execute_one imports it per run
+torch.set_num_threads(1)
+install_termination_handler()
+handle = runner.DatasetHandle("planted", open_store({store!r}), {{"name": "planted"}})
+specs = runner.plan_runs(handle, runner.resolve_cards("tiny"), [0],
+                         __import__("pathlib").Path({results!r}))
+out = runner.execute(specs, handle, device="cpu", show_progress=False)
+print(json.dumps([[r.status, r.detail] for r in out]))
+"""
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return tf.make_planted_store(tmp_path_factory.mktemp("store") / "planted",
+                                 rows=(320, 100, 100))
+
+
+@pytest.mark.parametrize(("name", "status"), [("SIGTERM", 128 + signal.SIGTERM),
+                                              ("SIGINT", None)])
+def test_a_signal_turned_into_a_library_error_stops_the_run_without_a_record(tmp_path, store,
+                                                                              name, status):
+    tf.write_cards(tmp_path / "cards", {"tiny": tf.TINY_CARD})
+    results = tmp_path / "results"
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(SCRIPT.format(
+        tests=str(HERE), store=str(store.path), results=str(results), signal=name)))
+    env = {**os.environ, "CTRBENCH_CARDS": str(tmp_path / "cards"),
+           "CTRBENCH_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    # before: exit 0 and [["failed", "TypeError: expected str, ..."]] with a failed record
+    assert '"failed"' not in done.stdout, done.stdout
+    if status is not None:
+        assert done.returncode == status, done.stderr
+    else:  # Ctrl-C: KeyboardInterrupt, Python's own exit status for it
+        assert done.returncode != 0 and "KeyboardInterrupt" in done.stderr, done.stderr
+    folder = results / "runs" / "planted" / "tiny"
+    left = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    assert left == [], left  # no record, no temporary file, no lock
+
+
+def test_signal_exception_names_a_signal_raised_since_the_mark():
+    before = errors.signals_raised()
+    assert errors.signal_exception(before) is None
+    with pytest.raises(SystemExit) as caught:
+        errors._raise_system_exit(signal.SIGTERM, None)
+    assert caught.value.code == 143
+    cause = TypeError("from a library")
+    exc = errors.signal_exception(before, cause)
+    assert isinstance(exc, SystemExit) and exc.code == 143 and exc.__cause__ is cause
+    later = errors.signals_raised()
+    assert errors.signal_exception(later) is None  # an old signal says nothing about later
+    with pytest.raises(KeyboardInterrupt):
+        errors._raise_keyboard_interrupt(signal.SIGINT, None)
+    assert isinstance(errors.signal_exception(later), KeyboardInterrupt)
+
+
+def test_a_failure_after_an_earlier_caught_interrupt_is_still_a_failure(tmp_path, store,
+                                                                        monkeypatch):
+    """In one process (a notebook, the tests' own process), a Ctrl-C caught earlier must not
+    turn a later run's real failure into an interrupt."""
+    from ctrbench.runs import runner
+
+    with pytest.raises(KeyboardInterrupt):
+        errors._raise_keyboard_interrupt(signal.SIGINT, None)
+    tf.write_cards(tmp_path / "cards", {"tiny": tf.TINY_CARD})
+    monkeypatch.setenv("CTRBENCH_CARDS", str(tmp_path / "cards"))
+    monkeypatch.setenv("CTRBENCH_HOME", str(tmp_path / "home"))
+
+    def failing(*args, **kwargs):
+        raise ValueError("a real failure")
+
+    monkeypatch.setattr("ctrbench.engine.train.train_and_evaluate", failing)
+    handle = runner.DatasetHandle("planted", store, {"name": "planted"})
+    specs = runner.plan_runs(handle, runner.resolve_cards("tiny"), [0], tmp_path / "results")
+    (result,) = runner.execute(specs, handle, device="cpu", show_progress=False)
+    assert result.status == "failed" and "a real failure" in result.detail
+
+
+def test_tunes_signal_gate_counts_the_signal_it_raises():
+    """A trial's ``except Exception`` asks ``signal_exception``: the gate's own raise (a
+    signal while training) must be counted like the handlers' ones."""
+    from ctrbench.tune.study import SignalGate
+
+    before = errors.signals_raised()
+    gate = SignalGate()
+    gate._previous = {signal.SIGINT: signal.default_int_handler}
+    with pytest.raises(KeyboardInterrupt):
+        gate._raise(signal.SIGINT, None)
+    assert isinstance(errors.signal_exception(before), KeyboardInterrupt)
