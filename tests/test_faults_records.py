@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -224,20 +223,6 @@ def test_read_only_results_give_one_message_and_touch_nothing(cli, tmp_path, rea
     assert not baseline.exists()
 
 
-RUN_SCRIPT = """
-import json, sys
-sys.path.insert(0, {tests!r})
-import torch
-import train_fixtures
-from ctrbench.runs import runner
-from ctrbench.data.store import open_store
-torch.set_num_threads(1)
-handle = runner.DatasetHandle("planted", open_store({store!r}), {{"name": "planted"}})
-cards = runner.resolve_cards("tiny_slow")
-specs = runner.plan_runs(handle, cards, [0], __import__("pathlib").Path({results!r}))
-out = runner.execute(specs, handle, device="cpu", show_progress=False)
-print(json.dumps([[r.status, r.detail] for r in out]))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -257,8 +242,7 @@ def test_disk_full_at_the_record_write_keeps_the_trained_result(tmp_path, small_
            "OMP_NUM_THREADS": "1"}
     results = small_disk / "results"
     script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(RUN_SCRIPT.format(tests=str(HERE), store=str(store.path),
-                                                        results=str(results))))
+    script.write_text(tf.runner_script(HERE, store.path, results, "tiny_slow"))
     proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     lock = results / "runs" / "planted" / "tiny_slow" / "seed-0.lock"

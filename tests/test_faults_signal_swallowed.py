@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -28,14 +27,9 @@ from ctrbench import errors
 
 HERE = Path(__file__).resolve().parent
 
-SCRIPT = """
-import json, os, signal, sys
-sys.path.insert(0, {tests!r})
-import torch
-import train_fixtures
+PRELUDE = """
 from ctrbench.errors import install_termination_handler
-from ctrbench.runs import runner
-from ctrbench.data.store import open_store
+import ctrbench.engine.train
 
 def swallowing_train(*args, **kwargs):  # what numpy's fromfile did to the handler's exception
     try:
@@ -44,15 +38,8 @@ def swallowing_train(*args, **kwargs):  # what numpy's fromfile did to the handl
     except BaseException:
         raise TypeError("expected str, bytes or os.PathLike object, not BufferedReader")
 
-import ctrbench.engine.train
 ctrbench.engine.train.train_and_evaluate = swallowing_train  # execute_one imports it per run
-torch.set_num_threads(1)
 install_termination_handler()
-handle = runner.DatasetHandle("planted", open_store({store!r}), {{"name": "planted"}})
-specs = runner.plan_runs(handle, runner.resolve_cards("tiny"), [0],
-                         __import__("pathlib").Path({results!r}))
-out = runner.execute(specs, handle, device="cpu", show_progress=False)
-print(json.dumps([[r.status, r.detail] for r in out]))
 """
 
 
@@ -69,8 +56,8 @@ def test_a_signal_turned_into_a_library_error_stops_the_run_without_a_record(tmp
     tf.write_cards(tmp_path / "cards", {"tiny": tf.TINY_CARD})
     results = tmp_path / "results"
     script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(SCRIPT.format(
-        tests=str(HERE), store=str(store.path), results=str(results), signal=name)))
+    script.write_text(tf.runner_script(HERE, store.path, results, "tiny",
+                                       PRELUDE.format(signal=name)))
     env = {**os.environ, "CTRBENCH_CARDS": str(tmp_path / "cards"),
            "CTRBENCH_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,

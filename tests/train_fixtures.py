@@ -117,6 +117,29 @@ def write_cards(root: Path, cards: dict[str, str]) -> Path:
     return root
 
 
+def runner_script(tests: Path, store: Path, results: Path, model: str,
+                  prelude: str = "") -> str:
+    """A Python script that runs ``model`` (seed 0) on the planted store at ``store`` into
+    ``results`` with the runner and prints ``[[status, detail]]`` as JSON: for tests that
+    signal, kill or starve the process running it. ``prelude`` runs after the imports."""
+    return "\n".join([
+        "import json, os, signal, sys",
+        f"sys.path.insert(0, {str(tests)!r})",
+        "import torch",
+        "import train_fixtures",
+        "from ctrbench.runs import runner",
+        "from ctrbench.data.store import open_store",
+        "torch.set_num_threads(1)",
+        prelude,
+        f"handle = runner.DatasetHandle('planted', open_store({str(store)!r}), "
+        "{'name': 'planted'})",
+        f"specs = runner.plan_runs(handle, runner.resolve_cards({model!r}), [0], "
+        f"__import__('pathlib').Path({str(results)!r}))",
+        "out = runner.execute(specs, handle, device='cpu', show_progress=False)",
+        "print(json.dumps([[r.status, r.detail] for r in out]))",
+        ""])
+
+
 TINY_CARD = """
 arch = "tiny_logistic"
 groups = ["tiny"]
