@@ -165,6 +165,11 @@ def save(script: str, args: argparse.Namespace | Mapping[str, Any] | None,
                 break
             except FileExistsError:
                 path = path.with_name(f"{commit[:12]}.{n}-{script}.json")
+            except OSError:  # a file system without hard links: the first free name
+                if not path.exists():
+                    os.replace(tmp, path)
+                    break
+                path = path.with_name(f"{commit[:12]}.{n}-{script}.json")
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path

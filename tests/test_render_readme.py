@@ -386,3 +386,18 @@ def test_a_rerun_at_the_same_commit_keeps_the_earlier_result(tmp_path):
     assert br.latest("load_ratio", tmp_path)["args"] == {"models": "din"}
     assert len(br.find("load_ratio", tmp_path)) == 3
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_file_system_without_hard_links_still_keeps_both_results(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(br.os, "link", no_links)
+    first = br.save("load_ratio", {}, [{"model": "dcn"}], results_dir=tmp_path, machine="m",
+                    commit="a" * 40, date="2026-12-02T07:00:00Z")
+    second = br.save("load_ratio", {}, [{"model": "din"}], results_dir=tmp_path, machine="m",
+                     commit="a" * 40, date="2026-12-02T07:10:00Z")
+    assert (first.name, second.name) == ("aaaaaaaaaaaa-load_ratio.json",
+                                         "aaaaaaaaaaaa.2-load_ratio.json")
+    assert [br.load(p)["rows"][0]["model"] for p in (first, second)] == ["dcn", "din"]
+    assert not list(tmp_path.rglob("*.tmp"))

@@ -52,7 +52,7 @@ def add_lookup_grads(target: torch.Tensor, weight: torch.Tensor, ids: torch.Tens
     values = values.to(torch.float32).contiguous()
     rows, dim = target.shape
     l2, scale = row_l2 if row_l2 is not None else (0.0, None)
-    two_l2 = float(torch.tensor(2 * l2, dtype=torch.float32))  # as torch's mul_ rounds it
+    two_l2 = 2 * l2  # ctypes' c_float rounds it to float32, as torch's mul_ does
     if scale is not None:
         scale = scale.to(torch.float32).contiguous()
     distinct = torch.empty_like(ids) if two_l2 != 0.0 else ids
