@@ -45,7 +45,11 @@ def case(lengths: list[int], steps: int, heads: int, head_dim: int, seed: int = 
     ([5, 0, 3, 7, 1, 12, 20, 9], 20, 8, 4),  # MIAN's heads; an empty history
     ([30, 17, 16, 15, 1, 29, 2, 8, 30], 30, 8, 4),  # either side of the 16-lane vectors
     ([33, 48, 1, 0, 47], 50, 2, 8),  # three vectors of keys; head widths 8 and 16 ...
-    ([16, 3], 16, 1, 16),
+    ([31, 5, 0, 3, 7, 1, 12, 20, 9, 2], 31, 4, 8),  # head lanes: 4 steps per vector ...
+    ([6, 1, 0, 11, 16], 16, 4, 4),  # ... one vector per step
+    ([9, 4, 17, 1], 17, 2, 16),  # ... 8 steps per vector
+    ([3, 8, 1, 0, 5], 8, 8, 2),
+    ([16, 3], 16, 1, 16),  # per head
     ([7, 1, 4], 7, 3, 5),  # ... and the generic width
     ([9, 2], 9, 1, 64),  # the widest head the kernel takes
     ([0, 0, 0], 6, 2, 4),  # nothing valid at all

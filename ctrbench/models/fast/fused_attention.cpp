@@ -12,11 +12,15 @@
 //   grad   [N, D], grad_qkv [N, 3D]
 // Empty rows (offsets[r] == offsets[r + 1]) have no query and no key.
 //
-// GCC vector extensions, VL floats per vector. The forward and the backward's dQ run VL queries
-// at a time (lanes = queries, a loop over the row's keys); the backward's dK, dV run VL keys at a
-// time (lanes = keys, a loop over the row's queries), recomputing the probabilities, so no
-// horizontal reduction and no [T, T] buffer is needed. Lanes past a row's length compute
-// finite values that are never stored. exp: native_vector.h.
+// GCC vector extensions, VL floats per vector. Two layouts of the lanes, the same arithmetic:
+// - head lanes (forward_lanes, backward_lanes; the (head_dim, heads) pairs CTRBENCH_HEAD_LANES
+//   lists, MIAN's 8 x 4 among them): a lane is a (step, head) pair, VL / heads steps per vector;
+// - per head (forward_rows, backward_rows; every other pair): a lane is a step, VL steps per
+//   vector, one head at a time.
+// The forward and the backward's dQ run a vector of queries at a time (a loop over the row's
+// keys); the backward's dK, dV a vector of keys at a time (a loop over the row's queries),
+// recomputing the probabilities, so no horizontal reduction and no [T, T] buffer is needed.
+// Lanes past a row's length compute finite values that are never stored. exp: native_vector.h.
 
 #include <cstdint>
 #include <vector>
@@ -167,6 +171,236 @@ void backward_rows(const float* qkv, const float* out, const float* stats, const
   }
 }
 
+
+// ---- Head lanes: lanes = (step, head), lane l = p * H + h, P = VL / H steps per vector.
+// Lanes = queries (above) leave most lanes idle on short rows: a row of 5 steps fills 5 of 16
+// lanes per head, and one of 17 needs two vectors per head. With the heads in the lanes a row
+// of L steps takes ceil(L / P) vectors for all heads at once (MIAN: 8 heads of width 4, P = 2).
+// Each step's q, k, v (W = D * H floats) is spread once per row into D vectors whose lane
+// p * H + h holds x[h * D + e] (the same for every p); a block of P steps takes each step's
+// lanes from its own spread vectors. Every lane computes what the per-head kernel computes for
+// its (query, head) in the same order, so the values are the same (stats: the same layout).
+
+inline vi lane_index() {
+  vi v;
+  for (int l = 0; l < VL; ++l) v[l] = l;
+  return v;
+}
+
+// The spread vectors of one step's W = D * H floats x: out[e], lane p * H + h = x[h * D + e].
+template <int D, int H>
+inline void spread(const float* x, vf* out) {
+  constexpr int W = D * H;
+  static_assert(W <= VL || W == 2 * VL, "one step is at most two vectors");
+  vf low = load(x, W < VL ? W : VL), high = low;
+  if constexpr (W == 2 * VL) std::memcpy(&high, x + VL, sizeof(vf));
+  const vi head = lane_index() % H;
+  for (int e = 0; e < D; ++e) out[e] = __builtin_shuffle(low, high, head * D + e);
+}
+
+// A block of P steps: lane p * H + h from the p-th step's spread vector; `spread` points to the
+// block's first step, `per_step` vectors per step, element `e`.
+template <int H>
+inline vf block_lanes(const vf* spread, int per_step, int e) {
+  constexpr int P = VL / H;
+  const vi step = lane_index() / H;
+  vf v = spread[e];
+  for (int p = 1; p < P; ++p) v = step == p ? spread[p * per_step + e] : v;
+  return v;
+}
+
+// Lane p * H + h of v[e] for the steps of a block: dst + p * row_stride + h * D + e, for the
+// first `count` steps.
+template <int D, int H>
+inline void store_block(float* dst, int64_t row_stride, int count, const vf* v) {
+  for (int p = 0; p < count; ++p)
+    for (int h = 0; h < H; ++h)
+      for (int e = 0; e < D; ++e) dst[p * row_stride + h * D + e] = v[e][p * H + h];
+}
+
+template <int D, int H>
+constexpr bool head_lanes_fit() {
+  return VL % H == 0 && (D * H <= VL || D * H == 2 * VL);
+}
+
+template <int D, int H>
+void forward_lanes(const float* qkv, const int64_t* offsets, int64_t rows, float scale,
+                   float* out, float* stats) {
+  constexpr int W = D * H, P = VL / H;
+  constexpr int64_t stride = 3 * W;
+  int64_t longest = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    longest = offsets[r + 1] - offsets[r] > longest ? offsets[r + 1] - offsets[r] : longest;
+  const int64_t padded = (longest + P - 1) / P * P;
+  std::vector<vf> qs(padded * D), ks(padded * D), vs(padded * D), scores(longest);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t start = offsets[r];
+    const int length = static_cast<int>(offsets[r + 1] - start);
+    const int blocks = (length + P - 1) / P;
+    for (int i = 0; i < length; ++i) {
+      const float* x = qkv + (start + i) * stride;
+      spread<D, H>(x, &qs[i * D]);
+      for (int e = 0; e < D; ++e) qs[i * D + e] *= scale;
+      spread<D, H>(x + W, &ks[i * D]);
+      spread<D, H>(x + 2 * W, &vs[i * D]);
+    }
+    for (int i = length; i < blocks * P; ++i)
+      for (int e = 0; e < D; ++e) qs[i * D + e] = splat(0.0f);
+    for (int b = 0; b < blocks; ++b) {
+      vf q[D], acc[D];
+      for (int e = 0; e < D; ++e) q[e] = block_lanes<H>(&qs[b * P * D], D, e);
+      vf top = splat(-3.0e38f);
+      for (int j = 0; j < length; ++j) {
+        vf s = splat(0.0f);
+        for (int e = 0; e < D; ++e) s += q[e] * ks[j * D + e];
+        scores[j] = s;
+        top = s > top ? s : top;
+      }
+      vf total = splat(0.0f);
+      for (int e = 0; e < D; ++e) acc[e] = splat(0.0f);
+      for (int j = 0; j < length; ++j) {
+        vf p = vexp(scores[j] - top);
+        total += p;
+        for (int e = 0; e < D; ++e) acc[e] += p * vs[j * D + e];
+      }
+      const vf inverse = splat(1.0f) / total;
+      for (int e = 0; e < D; ++e) acc[e] *= inverse;
+      const int count = length - b * P < P ? length - b * P : P;
+      const int64_t first = start + b * P;
+      store_block<D, H>(out + first * W, W, count, acc);
+      const vf stat[2] = {top, inverse};
+      store_block<2, H>(stats + first * 2 * H, 2 * H, count, stat);  // [step][H][top, inverse]
+    }
+  }
+}
+
+
+template <int D, int H>
+void backward_lanes(const float* qkv, const float* out, const float* stats, const float* grad,
+                    const int64_t* offsets, int64_t rows, float scale, float* grad_qkv) {
+  constexpr int W = D * H, P = VL / H;
+  constexpr int64_t stride = 3 * W;
+  int64_t longest = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    longest = offsets[r + 1] - offsets[r] > longest ? offsets[r + 1] - offsets[r] : longest;
+  const int64_t padded = (longest + P - 1) / P * P;
+  // per step: q * scale, q, k, v, dC (D vectors each); top, inverse, delta = dC . C (one each)
+  std::vector<vf> qs(padded * D), qu(padded * D), ks(padded * D), vs(padded * D),
+      gs(padded * D), tops(padded), inverses(padded), deltas(padded);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t start = offsets[r];
+    const int length = static_cast<int>(offsets[r + 1] - start);
+    const int blocks = (length + P - 1) / P;
+    for (int i = 0; i < length; ++i) {
+      const float* x = qkv + (start + i) * stride;
+      spread<D, H>(x, &qu[i * D]);
+      for (int e = 0; e < D; ++e) qs[i * D + e] = qu[i * D + e] * scale;
+      spread<D, H>(x + W, &ks[i * D]);
+      spread<D, H>(x + 2 * W, &vs[i * D]);
+      spread<D, H>(grad + (start + i) * W, &gs[i * D]);
+      vf outs[D], stat[2];
+      spread<D, H>(out + (start + i) * W, outs);
+      vf delta = splat(0.0f);
+      for (int e = 0; e < D; ++e) delta += gs[i * D + e] * outs[e];
+      deltas[i] = delta;
+      spread<2, H>(stats + (start + i) * 2 * H, stat);
+      tops[i] = stat[0];
+      inverses[i] = stat[1];
+    }
+    for (int i = length; i < blocks * P; ++i) {
+      for (int e = 0; e < D; ++e)
+        qs[i * D + e] = qu[i * D + e] = ks[i * D + e] = vs[i * D + e] = gs[i * D + e] =
+            splat(0.0f);
+      tops[i] = inverses[i] = deltas[i] = splat(0.0f);
+    }
+    float* grad_rows = grad_qkv + start * stride;
+    // dQ: lanes = (query, head)
+    for (int b = 0; b < blocks; ++b) {
+      vf a[D], g[D], c[D];
+      for (int e = 0; e < D; ++e) {
+        a[e] = block_lanes<H>(&qs[b * P * D], D, e);
+        g[e] = block_lanes<H>(&gs[b * P * D], D, e);
+        c[e] = splat(0.0f);
+      }
+      const vf top = block_lanes<H>(&tops[b * P], 1, 0);
+      const vf inverse = block_lanes<H>(&inverses[b * P], 1, 0);
+      const vf delta = block_lanes<H>(&deltas[b * P], 1, 0);
+      for (int j = 0; j < length; ++j) {
+        vf s = splat(0.0f), dp = splat(0.0f);
+        for (int e = 0; e < D; ++e) {
+          s += a[e] * ks[j * D + e];
+          dp += g[e] * vs[j * D + e];
+        }
+        vf ds = vexp(s - top) * inverse * (dp - delta);
+        for (int e = 0; e < D; ++e) c[e] += ds * ks[j * D + e];
+      }
+      for (int e = 0; e < D; ++e) c[e] *= scale;
+      const int count = length - b * P < P ? length - b * P : P;
+      store_block<D, H>(grad_rows + b * P * stride, stride, count, c);
+    }
+    // dK, dV: lanes = (key, head)
+    for (int b = 0; b < blocks; ++b) {
+      vf k[D], v[D], dk[D], dv[D];
+      for (int e = 0; e < D; ++e) {
+        k[e] = block_lanes<H>(&ks[b * P * D], D, e);
+        v[e] = block_lanes<H>(&vs[b * P * D], D, e);
+        dk[e] = dv[e] = splat(0.0f);
+      }
+      for (int i = 0; i < length; ++i) {
+        vf s = splat(0.0f), dp = splat(0.0f);
+        for (int e = 0; e < D; ++e) {
+          s += k[e] * qs[i * D + e];
+          dp += v[e] * gs[i * D + e];
+        }
+        vf p = vexp(s - tops[i]) * inverses[i];
+        vf ds = p * (dp - deltas[i]);
+        for (int e = 0; e < D; ++e) {
+          dk[e] += ds * qu[i * D + e];
+          dv[e] += p * gs[i * D + e];
+        }
+      }
+      for (int e = 0; e < D; ++e) dk[e] *= scale;
+      const int count = length - b * P < P ? length - b * P : P;
+      store_block<D, H>(grad_rows + b * P * stride + W, stride, count, dk);
+      store_block<D, H>(grad_rows + b * P * stride + 2 * W, stride, count, dv);
+    }
+  }
+}
+
+
+// The head-lane kernels for the (head_dim, heads) pairs they are built for (MIAN's 8 heads of
+// width 4 among them); false: the caller runs the per-head kernels.
+#define CTRBENCH_HEAD_LANES(X) X(2, 8) X(4, 8) X(8, 4) X(4, 4) X(8, 2) X(16, 2)
+
+bool forward_by_heads(const float* qkv, const int64_t* offsets, int64_t rows, int heads,
+                      int head_dim, float scale, float* out, float* stats) {
+#define CTRBENCH_CASE(D, H)                                           \
+  if constexpr (head_lanes_fit<D, H>()) {                             \
+    if (head_dim == D && heads == H) {                                \
+      forward_lanes<D, H>(qkv, offsets, rows, scale, out, stats);     \
+      return true;                                                    \
+    }                                                                 \
+  }
+  CTRBENCH_HEAD_LANES(CTRBENCH_CASE)
+#undef CTRBENCH_CASE
+  return false;
+}
+
+bool backward_by_heads(const float* qkv, const float* out, const float* stats,
+                       const float* grad, const int64_t* offsets, int64_t rows, int heads,
+                       int head_dim, float scale, float* grad_qkv) {
+#define CTRBENCH_CASE(D, H)                                                           \
+  if constexpr (head_lanes_fit<D, H>()) {                                             \
+    if (head_dim == D && heads == H) {                                                \
+      backward_lanes<D, H>(qkv, out, stats, grad, offsets, rows, scale, grad_qkv);    \
+      return true;                                                                    \
+    }                                                                                 \
+  }
+  CTRBENCH_HEAD_LANES(CTRBENCH_CASE)
+#undef CTRBENCH_CASE
+  return false;
+}
+
 }  // namespace
 
 extern "C" {
@@ -178,6 +412,7 @@ int ctrbench_attention_max_head_dim() { return MAX_HEAD_DIM; }
 int ctrbench_attention_forward(const float* qkv, const int64_t* offsets, int64_t rows, int heads,
                                int head_dim, float scale, float* out, float* stats) {
   if (head_dim < 1 || head_dim > MAX_HEAD_DIM) return 2;
+  if (forward_by_heads(qkv, offsets, rows, heads, head_dim, scale, out, stats)) return 0;
   switch (head_dim) {
     case 4: forward_rows<4>(qkv, offsets, rows, heads, 4, scale, out, stats); break;
     case 8: forward_rows<8>(qkv, offsets, rows, heads, 8, scale, out, stats); break;
@@ -192,6 +427,8 @@ int ctrbench_attention_backward(const float* qkv, const float* out, const float*
                                 const float* grad, const int64_t* offsets, int64_t rows,
                                 int heads, int head_dim, float scale, float* grad_qkv) {
   if (head_dim < 1 || head_dim > MAX_HEAD_DIM) return 2;
+  if (backward_by_heads(qkv, out, stats, grad, offsets, rows, heads, head_dim, scale, grad_qkv))
+    return 0;
   switch (head_dim) {
     case 4:
       backward_rows<4>(qkv, out, stats, grad, offsets, rows, heads, 4, scale, grad_qkv);
