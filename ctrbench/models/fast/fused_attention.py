@@ -100,20 +100,41 @@ class RowPacking:
         return self.sum(packed) / count.view(-1, *([1] * (packed.dim() - 1)))
 
 
+def attention_forward(qkv: torch.Tensor, offsets: torch.Tensor,
+                      heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's forward (no autograd): contiguous ``qkv [N, 3D]``, ``offsets [B + 1]`` ->
+    context ``[N, D]`` and the statistics ``[N, heads, 2]`` that :func:`attention_backward`
+    takes (each query's largest score and the inverse of its softmax's sum)."""
+    rows, width = offsets.shape[0] - 1, qkv.shape[1] // 3
+    head_dim = width // heads
+    out = qkv.new_empty(qkv.shape[0], width)  # (N, D)
+    stats = qkv.new_empty(qkv.shape[0], heads, 2)  # (N, h, 2)
+    native.check(_library().ctrbench_attention_forward(
+        qkv.data_ptr(), offsets.data_ptr(), rows, heads, head_dim, head_dim ** -0.5,
+        out.data_ptr(), stats.data_ptr()), "attention forward")
+    return out, stats
+
+
+def attention_backward(qkv: torch.Tensor, offsets: torch.Tensor, out: torch.Tensor,
+                       stats: torch.Tensor, grad: torch.Tensor, heads: int) -> torch.Tensor:
+    """The kernel's backward (no autograd): :func:`attention_forward`'s inputs and outputs and
+    the context's gradient ``grad [N, D]`` -> ``grad_qkv [N, 3D]``."""
+    grad = grad.contiguous()
+    grad_qkv = torch.empty_like(qkv)  # (N, 3D): every valid step's slots are written
+    head_dim = qkv.shape[1] // 3 // heads
+    native.check(_library().ctrbench_attention_backward(
+        qkv.data_ptr(), out.data_ptr(), stats.data_ptr(), grad.data_ptr(),
+        offsets.data_ptr(), offsets.shape[0] - 1, heads, head_dim, head_dim ** -0.5,
+        grad_qkv.data_ptr()), "attention backward")
+    return grad_qkv
+
+
 class _FusedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv: torch.Tensor, offsets: torch.Tensor, heads: int) -> torch.Tensor:
         qkv = qkv.contiguous()
-        rows, width = offsets.shape[0] - 1, qkv.shape[1] // 3
-        head_dim = width // heads
-        scale = head_dim ** -0.5
-        out = qkv.new_empty(qkv.shape[0], width)  # (N, D)
-        stats = qkv.new_empty(qkv.shape[0], heads, 2)  # (N, h, 2): max score, 1 / sum
-        library = _library()
-        native.check(library.ctrbench_attention_forward(
-            qkv.data_ptr(), offsets.data_ptr(), rows, heads, head_dim, scale, out.data_ptr(),
-            stats.data_ptr()), "attention forward")
-        ctx.heads, ctx.scale = heads, scale
+        out, stats = attention_forward(qkv, offsets, heads)
+        ctx.heads = heads
         ctx.save_for_backward(qkv, offsets, out, stats)
         return out
 
@@ -121,14 +142,7 @@ class _FusedAttention(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         qkv, offsets, out, stats = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_qkv = torch.empty_like(qkv)  # (N, 3D): every valid step's slots are written
-        head_dim = qkv.shape[1] // 3 // ctx.heads
-        native.check(_library().ctrbench_attention_backward(
-            qkv.data_ptr(), out.data_ptr(), stats.data_ptr(), grad.data_ptr(),
-            offsets.data_ptr(), offsets.shape[0] - 1, ctx.heads, head_dim, ctx.scale,
-            grad_qkv.data_ptr()), "attention backward")
-        return grad_qkv, None, None
+        return attention_backward(qkv, offsets, out, stats, grad, ctx.heads), None, None
 
 
 def fused_attention(qkv: torch.Tensor, offsets: torch.Tensor, heads: int) -> torch.Tensor:
