@@ -7,10 +7,14 @@ answers False when off, so the torch path of the same function runs). Rounds alt
 and each figure is the best of ``--rounds`` rounds of ``--steps`` steps (``Variant.run``: the
 batch slicing and the trainer's whole ``TrainStep``, a deferred Adam's settling included).
 Kernels: ``dice`` (:mod:`ctrbench.models.fast.dice`: DIN's and DIEN's Dice), ``rows``
-(:mod:`ctrbench.models.fast.native_rows`: the dense embedding gradient's row updates).
+(:mod:`ctrbench.models.fast.native_rows`: the dense embedding gradient's row updates),
+``block`` (:mod:`ctrbench.models.fast.transformer_block`: MIAN's Pre-LN block as one autograd
+node; off: the same block through autograd), ``layer_norm``
+(:mod:`ctrbench.models.fast.native_layer_norm`: the LayerNorms inside that node).
 Figures only. Usage:
   python benchmarks/native_ab.py --models din,dien,mian,dcn --kernels dice,rows
   python benchmarks/native_ab.py --models din --kernels dice --batch-size 1024 --threads 2
+  python benchmarks/native_ab.py --models mian --kernels block,layer_norm --batch-size 1024
 Results: printed, and one JSON under benchmarks/results/ (``--no-save``: none).
 """
 
@@ -31,10 +35,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_results import add_save_options, save_from_args
 from train_throughput import Variant, ab_columns, best_alternating, generated_train_split
 
+from ctrbench import native
 from ctrbench.cards import resolve_model_spec
-from ctrbench.models.fast import dice, native_rows
+from ctrbench.models.fast import dice, native_layer_norm, native_rows
+from ctrbench.models.fast import transformer_block as fused_block
 
-KERNELS = {"dice": dice, "rows": native_rows}
+#: kernel -> (module, the module's function that says whether the kernel can run, the native
+#: library it needs)
+KERNELS = {"dice": (dice, "native_usable", "native_dice"),
+           "rows": (native_rows, "native_usable", "native_rows"),
+           "block": (fused_block, "usable", "fused_attention"),
+           "layer_norm": (native_layer_norm, "usable", "native_layer_norm")}
 
 
 def main() -> None:
@@ -52,7 +63,7 @@ def main() -> None:
     for kernel in kernels:
         if kernel not in KERNELS:
             parser.error(f"unknown kernel {kernel!r} (choose from {', '.join(KERNELS)})")
-        if KERNELS[kernel].library() is None:
+        if native.load(KERNELS[kernel][2]) is None:
             parser.error(f"the {kernel} kernel is not built here")
     torch.set_num_threads(args.threads)
     rows = []
@@ -61,12 +72,12 @@ def main() -> None:
             variant = Variant(data, name, "adam", args.batch_size, train)
             variant.run(20)  # warm-up (allocations, the kernels' build)
             for kernel in kernels:
-                module = KERNELS[kernel]
-                native_usable = module.native_usable
+                module, attribute, _ = KERNELS[kernel]
+                native_usable = getattr(module, attribute)
 
-                def run_with(on: bool, steps: int, module=module, usable=native_usable,
-                             variant=variant) -> float:
-                    module.native_usable = usable if on else (lambda *_: False)
+                def run_with(on: bool, steps: int, module=module, attribute=attribute,
+                             usable=native_usable, variant=variant) -> float:
+                    setattr(module, attribute, usable if on else (lambda *_: False))
                     return variant.run(steps)
 
                 try:
@@ -74,7 +85,7 @@ def main() -> None:
                                              for on in (True, False)},
                                             args.rounds, args.steps, args.batch_size)
                 finally:
-                    module.native_usable = native_usable
+                    setattr(module, attribute, native_usable)
                 rows.append({"model": name, "kernel": kernel, "batch_size": args.batch_size,
                              "threads": args.threads,
                              **ab_columns(best[False], best[True], ("torch", "native"))})

@@ -47,7 +47,8 @@ SOURCES = {"fused_attention": _FAST / "fused_attention.cpp",
            "fused_gim": _FAST / "fused_gim.cpp",
            "deferred_adam": _FAST / "deferred_adam.cpp",
            "native_dice": _FAST / "native_dice.cpp",
-           "native_rows": _FAST / "native_rows.cpp"}
+           "native_rows": _FAST / "native_rows.cpp",
+           "native_layer_norm": _FAST / "native_layer_norm.cpp"}
 
 #: stem -> the loaded library or the reason there is none (one attempt per process)
 _loaded: dict[str, ctypes.CDLL | str] = {}

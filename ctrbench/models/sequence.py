@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ctrbench.models.fast import transformer_block as fused_block
 from ctrbench.models.fast.dropout import UniformDropout
 from ctrbench.models.fast.embedding_bank import EmbeddingBank
 from ctrbench.models.fast.fused_attention import RowPacking, fused_attention, usable
@@ -289,6 +290,10 @@ class TransformerBlock(nn.Module):
     #: on the CPU in float32, forward_packed's attention is the native kernel
     #: (:mod:`~ctrbench.models.fast.fused_attention`) where it is built (False: the torch paths)
     NATIVE_ATTENTION = True
+    #: with the native attention, a Pre-LN block runs as one autograd node with a hand-written
+    #: backward (:mod:`~ctrbench.models.fast.transformer_block`) where its kernels are built
+    #: (False: through autograd; same function, same dropout masks)
+    FUSED_BLOCK = True
 
     def __init__(self, dim: int, heads: int = 8, ffn_mult: int = 4, dropout: float = 0.0,
                  pre_ln: bool = True) -> None:
@@ -349,6 +354,8 @@ class TransformerBlock(nn.Module):
 
     def _native_steps(self, h: torch.Tensor, packing: RowPacking) -> torch.Tensor:
         """The block over packed ``h [N, D]`` with the native attention: ``[N, D]``."""
+        if self.FUSED_BLOCK and fused_block.usable(h, self):
+            return fused_block.pre_ln_block(h, packing.offsets, self)
         attention = self.attention
         qkv = attention.qkv(self.norm1(h) if self.pre_ln else h)  # (N, 3D)
         return self._after_attention(h, fused_attention(qkv, packing.offsets, attention.heads))
