@@ -10,7 +10,8 @@ Kernels: ``dice`` (:mod:`ctrbench.models.fast.dice`: DIN's and DIEN's Dice), ``r
 (:mod:`ctrbench.models.fast.native_rows`: the dense embedding gradient's row updates),
 ``block`` (:mod:`ctrbench.models.fast.transformer_block`: MIAN's Pre-LN block as one autograd
 node; off: the same block through autograd), ``layer_norm``
-(:mod:`ctrbench.models.fast.native_layer_norm`: the LayerNorms inside that node).
+(:mod:`ctrbench.models.fast.native_layer_norm`: the LayerNorms inside that node), ``ibim``
+(:mod:`ctrbench.models.fast.fused_ibim`: MIAN's IBIM attention).
 Figures only. Usage:
   python benchmarks/native_ab.py --models din,dien,mian,dcn --kernels dice,rows
   python benchmarks/native_ab.py --models din --kernels dice --batch-size 1024 --threads 2
@@ -37,7 +38,7 @@ from train_throughput import Variant, ab_columns, best_alternating, generated_tr
 
 from ctrbench import native
 from ctrbench.cards import resolve_model_spec
-from ctrbench.models.fast import dice, native_layer_norm, native_rows
+from ctrbench.models.fast import dice, fused_ibim, native_layer_norm, native_rows
 from ctrbench.models.fast import transformer_block as fused_block
 
 #: kernel -> (module, the module's function that says whether the kernel can run, the native
@@ -45,7 +46,8 @@ from ctrbench.models.fast import transformer_block as fused_block
 KERNELS = {"dice": (dice, "native_usable", "native_dice"),
            "rows": (native_rows, "native_usable", "native_rows"),
            "block": (fused_block, "usable", "fused_attention"),
-           "layer_norm": (native_layer_norm, "usable", "native_layer_norm")}
+           "layer_norm": (native_layer_norm, "usable", "native_layer_norm"),
+           "ibim": (fused_ibim, "usable", "fused_ibim")}
 
 
 def main() -> None:

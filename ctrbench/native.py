@@ -48,7 +48,8 @@ SOURCES = {"fused_attention": _FAST / "fused_attention.cpp",
            "deferred_adam": _FAST / "deferred_adam.cpp",
            "native_dice": _FAST / "native_dice.cpp",
            "native_rows": _FAST / "native_rows.cpp",
-           "native_layer_norm": _FAST / "native_layer_norm.cpp"}
+           "native_layer_norm": _FAST / "native_layer_norm.cpp",
+           "fused_ibim": _FAST / "fused_ibim.cpp"}
 
 #: stem -> the loaded library or the reason there is none (one attempt per process)
 _loaded: dict[str, ctypes.CDLL | str] = {}

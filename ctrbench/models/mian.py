@@ -61,6 +61,7 @@ from ctrbench.models.config import (
     Widths,
     param,
 )
+from ctrbench.models.fast import fused_ibim
 from ctrbench.models.fast.embedding_bank import EmbeddingBank
 from ctrbench.models.fast.fused_attention import RowPacking
 from ctrbench.models.fast.fused_gim import fused_gim, usable
@@ -118,6 +119,10 @@ class BehaviorInteraction(nn.Module):
         self.bilinear = nn.Parameter(init_truncated_normal(
             torch.empty(item_width, item_width), init_std)) if bilinear else None
 
+    #: float32 on the CPU: the native kernel (:mod:`~ctrbench.models.fast.fused_ibim`) where it
+    #: is built (False: the torch path)
+    NATIVE = True
+
     def scores(self, item: torch.Tensor, states: torch.Tensor,
                recency: torch.Tensor) -> torch.Tensor:
         """Eq. 8 before the softmax at every step of padded ``states [B, T, I]``:
@@ -167,7 +172,16 @@ class BehaviorInteraction(nn.Module):
     def packed(self, item: torch.Tensor, states: torch.Tensor, packing: RowPacking,
                recency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` on the valid steps packed by row: ``states [N, I]``, ``recency
-        [N]`` (:func:`packed_recency`) -> ``R [B, 2I or 3I]``, ``a [B, T]``."""
+        [N]`` (:func:`packed_recency`) -> ``R [B, 2I or 3I]``, ``a [B, T]``. Without the
+        bilinear and product terms, the native kernel where it is built
+        (:mod:`~ctrbench.models.fast.fused_ibim`; ``NATIVE = False``: the torch path below)."""
+        if (self.NATIVE and self.bilinear is None and not self.product
+                and fused_ibim.usable(item, states)):
+            weight, bias = (self.weight, self.bias) if self.per_step else \
+                (self.weight.unsqueeze(0), self.bias.reshape(1))  # one (W, b) for every step
+            out, alpha = fused_ibim.ibim(item, states, packing.offsets,
+                                         recency if self.per_step else None, weight, bias)
+            return out, packing.unpack(alpha)  # (B, 2I), (B, T)
         scores = packing.unpack(self.step_scores(item, states, packing.row_of, recency))
         alpha = masked_softmax(scores, packing.mask, dim=1)  # (B, T)
         # R = sum_t a_t [e_i; h_t (; e_i * h_t)] = [e_i sum_t a_t; sum_t a_t h_t (; e_i * that)]
