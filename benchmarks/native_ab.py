@@ -11,7 +11,8 @@ Kernels: ``dice`` (:mod:`ctrbench.models.fast.dice`: DIN's and DIEN's Dice), ``r
 ``block`` (:mod:`ctrbench.models.fast.transformer_block`: MIAN's Pre-LN block as one autograd
 node; off: the same block through autograd), ``layer_norm``
 (:mod:`ctrbench.models.fast.native_layer_norm`: the LayerNorms inside that node), ``ibim``
-(:mod:`ctrbench.models.fast.fused_ibim`: MIAN's IBIM attention).
+(:mod:`ctrbench.models.fast.fused_ibim`: MIAN's IBIM attention), ``fields``
+(:mod:`ctrbench.models.fast.fused_fields`: its IUIM and ICIM).
 Figures only. Usage:
   python benchmarks/native_ab.py --models din,dien,mian,dcn --kernels dice,rows
   python benchmarks/native_ab.py --models din --kernels dice --batch-size 1024 --threads 2
@@ -38,7 +39,7 @@ from train_throughput import Variant, ab_columns, best_alternating, generated_tr
 
 from ctrbench import native
 from ctrbench.cards import resolve_model_spec
-from ctrbench.models.fast import dice, fused_ibim, native_layer_norm, native_rows
+from ctrbench.models.fast import dice, fused_fields, fused_ibim, native_layer_norm, native_rows
 from ctrbench.models.fast import transformer_block as fused_block
 
 #: kernel -> (module, the module's function that says whether the kernel can run, the native
@@ -47,7 +48,8 @@ KERNELS = {"dice": (dice, "native_usable", "native_dice"),
            "rows": (native_rows, "native_usable", "native_rows"),
            "block": (fused_block, "usable", "fused_attention"),
            "layer_norm": (native_layer_norm, "usable", "native_layer_norm"),
-           "ibim": (fused_ibim, "usable", "fused_ibim")}
+           "ibim": (fused_ibim, "usable", "fused_ibim"),
+           "fields": (fused_fields, "usable", "fused_fields")}
 
 
 def main() -> None:

@@ -49,7 +49,8 @@ SOURCES = {"fused_attention": _FAST / "fused_attention.cpp",
            "native_dice": _FAST / "native_dice.cpp",
            "native_rows": _FAST / "native_rows.cpp",
            "native_layer_norm": _FAST / "native_layer_norm.cpp",
-           "fused_ibim": _FAST / "fused_ibim.cpp"}
+           "fused_ibim": _FAST / "fused_ibim.cpp",
+           "fused_fields": _FAST / "fused_fields.cpp"}
 
 #: stem -> the loaded library or the reason there is none (one attempt per process)
 _loaded: dict[str, ctypes.CDLL | str] = {}

@@ -61,7 +61,7 @@ from ctrbench.models.config import (
     Widths,
     param,
 )
-from ctrbench.models.fast import fused_ibim
+from ctrbench.models.fast import fused_fields, fused_ibim
 from ctrbench.models.fast.embedding_bank import EmbeddingBank
 from ctrbench.models.fast.fused_attention import RowPacking
 from ctrbench.models.fast.fused_gim import fused_gim, usable
@@ -204,8 +204,14 @@ class FieldInteraction(nn.Module):
                                                          init_std))
         self.bias = nn.Parameter(torch.zeros(num_fields))
 
+    #: float32 on the CPU: the native kernel (:mod:`~ctrbench.models.fast.fused_fields`) where
+    #: it is built (False: the torch path below)
+    NATIVE = True
+
     def forward(self, item: torch.Tensor,
                 fields: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.NATIVE and fused_fields.usable(item, fields, self.weight):
+            return fused_fields.field_interaction(item, fields, self.weight, self.bias)
         # V^j . w_j split by the blocks of w_j = [w_i | w_f] (no [B, F, I + D] pairs tensor)
         width = item.shape[1]
         per_item = torch.addmm(self.bias, item, self.weight[:, :width].t())  # (B, F)
