@@ -13,13 +13,14 @@ import torch
 from ctrbench import native
 from ctrbench.models.fast import fused_ibim
 from ctrbench.models.fast.fused_attention import RowPacking
+from ctrbench.models.fast.fused_ibim import STEM
 from ctrbench.models.mian import BehaviorInteraction, packed_recency
 
 
 @pytest.fixture(autouse=True)
 def built():
-    if native.load(fused_ibim.STEM) is None:
-        pytest.skip(f"native kernel: {native.status(fused_ibim.STEM)}")
+    if native.load(STEM) is None:
+        pytest.skip(f"native kernel: {native.status(STEM)}")
 
 
 def case(lengths: list[int], max_len: int, width: int, score: str, seed: int = 0):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ctrbench import native
-from ctrbench.models.fast import transformer_block as fused_block
 from ctrbench.models.fast.fused_attention import STEM, RowPacking
+from ctrbench.models.fast.transformer_block import usable
 from ctrbench.models.sequence import TransformerBlock
 
 
@@ -51,7 +51,7 @@ def run(block: TransformerBlock, h: torch.Tensor, packing: RowPacking, fused: bo
 def test_the_fused_block_equals_the_block_through_autograd(dropout):
     block, h, packing = block_and_input(dropout)
     block.train()
-    assert fused_block.usable(h, block)
+    assert usable(h, block)
     fused, fused_grads = run(block, h, packing, fused=True)
     plain, plain_grads = run(block, h, packing, fused=False)
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
@@ -93,17 +93,17 @@ def test_the_fused_block_is_deterministic():
 
 def test_the_fused_block_runs_only_where_it_can():
     block, h, _ = block_and_input(0.2)
-    assert fused_block.usable(h, block)
-    assert not fused_block.usable(h.double(), block.double())
+    assert usable(h, block)
+    assert not usable(h.double(), block.double())
     post_ln = TransformerBlock(32, heads=8, pre_ln=False)
-    assert not fused_block.usable(h, post_ln)
+    assert not usable(h, post_ln)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not fused_block.usable(h.float(), block.float())
+        assert not usable(h.float(), block.float())
     block.dropout.p = 1.0
-    assert not fused_block.usable(h, block)
+    assert not usable(h, block)
 
 
 def test_a_gelu_feed_forward_is_not_taken_for_relu():
     block, h, _ = block_and_input(0.0)
     block.ffn.net[1] = torch.nn.GELU()
-    assert not fused_block.usable(h, block)
+    assert not usable(h, block)

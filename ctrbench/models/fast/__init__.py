@@ -24,11 +24,20 @@
   not built), the CPU default in float32.
 - :mod:`~ctrbench.models.fast.fused_gim`: MIAN's GIM (projections, scores, softmax, weighted
   sum) as one native C++ kernel per direction (``fused_gim.cpp``; reference:
-  :meth:`ctrbench.models.mian.GlobalInteraction.forward`'s torch path).
+  :meth:`ctrbench.models.mian.GlobalInteraction.forward`'s torch path);
+  :mod:`~ctrbench.models.fast.fused_ibim` and :mod:`~ctrbench.models.fast.fused_fields`: its
+  IBIM and its IUIM / ICIM the same way (``fused_ibim.cpp``, ``fused_fields.cpp``; references:
+  ``BehaviorInteraction.packed`` and ``FieldInteraction.forward``'s torch paths).
+- :mod:`~ctrbench.models.fast.transformer_block`: MIAN's Pre-LN block over the packed steps as
+  one autograd node with a hand-written backward over the native kernels (reference: the same
+  :class:`ctrbench.models.sequence.TransformerBlock` through autograd);
+  :mod:`~ctrbench.models.fast.native_layer_norm`: its LayerNorms (``native_layer_norm.cpp``;
+  reference: ``torch.nn.functional.layer_norm``).
 
 Nothing is imported here: ``models.layers`` imports ``dice``, ``dropout`` and ``embedding_bank``
 (which import no model module but ``models.init``), ``cin`` imports ``models.layers``, and
 ``gated_scan`` and ``packed_attention`` import only torch (``packed_scan`` imports ``gated_scan``,
-``dropout``, ``fused_attention``, ``fused_gim`` and ``native_scan`` import ``ctrbench.native``;
-the C++ sources share ``native_vector.h``).
+the modules with a C++ source import ``ctrbench.native``, ``transformer_block`` imports
+``dropout``, ``fused_attention`` and ``native_layer_norm``; the C++ sources but
+``deferred_adam.cpp`` and ``fused_ibim.cpp`` share ``native_vector.h``).
 """
