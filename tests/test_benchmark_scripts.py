@@ -85,7 +85,7 @@ def test_native_ab_times_each_kernel_on_and_off_and_restores_it(tmp_path):
     env = {**os.environ, "CTRBENCH_HOME": str(tmp_path / "home")}
     script = str(BENCHMARKS / "native_ab.py")
     done = subprocess.run(
-        [sys.executable, script, "--models", "din", "--kernels", "dice,rows", "--batch-size",
+        [sys.executable, script, "--models", "din,mian", "--kernels", "dice,block", "--batch-size",
          "16", "--steps", "2", "--rounds", "1", "--rows", "200",
          "--results-dir", str(tmp_path / "results"), "--machine", "box-1"],
         capture_output=True, text=True, env=env, timeout=300)
@@ -94,12 +94,34 @@ def test_native_ab_times_each_kernel_on_and_off_and_restores_it(tmp_path):
     assert done.returncode == 0, done.stderr
     (saved,) = (tmp_path / "results" / "box-1").glob("*-native_ab.json")
     rows = json.loads(saved.read_text())["rows"]
-    assert [(r["model"], r["kernel"]) for r in rows] == [("din", "dice"), ("din", "rows")]
+    assert [(r["model"], r["kernel"]) for r in rows] == [
+        ("din", "dice"), ("din", "block"), ("mian", "dice"), ("mian", "block")]
     for row in rows:
         assert row["native_ms"] > 0 and row["torch_ms"] > 0 and row["speedup"] > 0
     refused = subprocess.run([sys.executable, script, "--kernels", "dice,fast_gemm"],
                              capture_output=True, text=True, env=env, timeout=300)
     assert refused.returncode == 2 and "unknown kernel 'fast_gemm'" in refused.stderr
+
+
+def test_attention_kernel_times_both_lane_layouts(tmp_path):
+    """benchmarks/attention_kernel.py saves one row per batch size with both layouts' forward
+    and backward times (figures only)."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "attention_kernel.py"), "--batch-sizes", "8,16",
+         "--rounds", "1", "--calls", "2", "--results-dir", str(tmp_path / "results"),
+         "--machine", "box-1"], capture_output=True, text=True, timeout=300)
+    if "is not built here" in done.stderr:
+        pytest.skip("no native kernels on this machine")
+    assert done.returncode == 0, done.stderr
+    (saved,) = (tmp_path / "results" / "box-1").glob("*-attention_kernel.json")
+    rows = json.loads(saved.read_text())["rows"]
+    assert [r["batch_size"] for r in rows] == [8, 16]
+    for row in rows:
+        assert row["head_lanes_forward_us"] > 0 and row["per_head_backward_us"] > 0
 
 
 def test_load_ratios_busy_processes_stop_when_its_process_is_killed(tmp_path):

@@ -414,11 +414,14 @@ extern "C" {
 int ctrbench_attention_vector_width() { return VL; }
 int ctrbench_attention_max_head_dim() { return MAX_HEAD_DIM; }
 
-// Returns 0, or 2 when head_dim > ctrbench_attention_max_head_dim().
+// Returns 0, or 2 when head_dim > ctrbench_attention_max_head_dim(). head_lanes = 0: the
+// per-head kernels whatever the pair (for comparisons); the backward must be given the same.
 int ctrbench_attention_forward(const float* qkv, const int64_t* offsets, int64_t rows, int heads,
-                               int head_dim, float scale, float* out, float* stats) {
+                               int head_dim, float scale, float* out, float* stats,
+                               int head_lanes) {
   if (head_dim < 1 || head_dim > MAX_HEAD_DIM) return 2;
-  if (forward_by_heads(qkv, offsets, rows, heads, head_dim, scale, out, stats)) return 0;
+  if (head_lanes && forward_by_heads(qkv, offsets, rows, heads, head_dim, scale, out, stats))
+    return 0;
   switch (head_dim) {
     case 4: forward_rows<4>(qkv, offsets, rows, heads, 4, scale, out, stats); break;
     case 8: forward_rows<8>(qkv, offsets, rows, heads, 8, scale, out, stats); break;
@@ -431,9 +434,11 @@ int ctrbench_attention_forward(const float* qkv, const int64_t* offsets, int64_t
 // Writes every valid step's q, k and v slots of grad_qkv. Returns 0, or 2 as above.
 int ctrbench_attention_backward(const float* qkv, const float* out, const float* stats,
                                 const float* grad, const int64_t* offsets, int64_t rows,
-                                int heads, int head_dim, float scale, float* grad_qkv) {
+                                int heads, int head_dim, float scale, float* grad_qkv,
+                                int head_lanes) {
   if (head_dim < 1 || head_dim > MAX_HEAD_DIM) return 2;
-  if (backward_by_heads(qkv, out, stats, grad, offsets, rows, heads, head_dim, scale, grad_qkv))
+  if (head_lanes &&
+      backward_by_heads(qkv, out, stats, grad, offsets, rows, heads, head_dim, scale, grad_qkv))
     return 0;
   switch (head_dim) {
     case 4:

@@ -31,9 +31,9 @@ STEM = "fused_attention"  # the kernel's name in ctrbench.native.SOURCES
 _POINTER, _INT, _INT64, _FLOAT = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
 _SIGNATURES = {
     "ctrbench_attention_forward": [_POINTER, _POINTER, _INT64, _INT, _INT, _FLOAT, _POINTER,
-                                   _POINTER],
+                                   _POINTER, _INT],
     "ctrbench_attention_backward": [_POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _INT64,
-                                    _INT, _INT, _FLOAT, _POINTER],
+                                    _INT, _INT, _FLOAT, _POINTER, _INT],
     "ctrbench_attention_max_head_dim": [],
 }
 
@@ -100,32 +100,34 @@ class RowPacking:
         return self.sum(packed) / count.view(-1, *([1] * (packed.dim() - 1)))
 
 
-def attention_forward(qkv: torch.Tensor, offsets: torch.Tensor,
-                      heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_forward(qkv: torch.Tensor, offsets: torch.Tensor, heads: int,
+                      head_lanes: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel's forward (no autograd): contiguous ``qkv [N, 3D]``, ``offsets [B + 1]`` ->
     context ``[N, D]`` and the statistics ``[N, heads, 2]`` that :func:`attention_backward`
-    takes (each query's largest score and the inverse of its softmax's sum)."""
+    takes (each query's largest score and the inverse of its softmax's sum). ``head_lanes=False``
+    runs the per-head layout even where the head-lane one is built (for comparisons)."""
     rows, width = offsets.shape[0] - 1, qkv.shape[1] // 3
     head_dim = width // heads
     out = qkv.new_empty(qkv.shape[0], width)  # (N, D)
     stats = qkv.new_empty(qkv.shape[0], heads, 2)  # (N, h, 2)
     native.check(_library().ctrbench_attention_forward(
         qkv.data_ptr(), offsets.data_ptr(), rows, heads, head_dim, head_dim ** -0.5,
-        out.data_ptr(), stats.data_ptr()), "attention forward")
+        out.data_ptr(), stats.data_ptr(), int(head_lanes)), "attention forward")
     return out, stats
 
 
 def attention_backward(qkv: torch.Tensor, offsets: torch.Tensor, out: torch.Tensor,
-                       stats: torch.Tensor, grad: torch.Tensor, heads: int) -> torch.Tensor:
-    """The kernel's backward (no autograd): :func:`attention_forward`'s inputs and outputs and
-    the context's gradient ``grad [N, D]`` -> ``grad_qkv [N, 3D]``."""
+                       stats: torch.Tensor, grad: torch.Tensor, heads: int,
+                       head_lanes: bool = True) -> torch.Tensor:
+    """The kernel's backward (no autograd): :func:`attention_forward`'s inputs and outputs
+    (and its ``head_lanes``) and the context's gradient ``grad [N, D]`` -> ``grad_qkv [N, 3D]``."""
     grad = grad.contiguous()
     grad_qkv = torch.empty_like(qkv)  # (N, 3D): every valid step's slots are written
     head_dim = qkv.shape[1] // 3 // heads
     native.check(_library().ctrbench_attention_backward(
         qkv.data_ptr(), out.data_ptr(), stats.data_ptr(), grad.data_ptr(),
         offsets.data_ptr(), offsets.shape[0] - 1, heads, head_dim, head_dim ** -0.5,
-        grad_qkv.data_ptr()), "attention backward")
+        grad_qkv.data_ptr(), int(head_lanes)), "attention backward")
     return grad_qkv
 
 
