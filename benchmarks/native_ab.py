@@ -12,7 +12,8 @@ Kernels: ``dice`` (:mod:`ctrbench.models.fast.dice`: DIN's and DIEN's Dice), ``r
 node; off: the same block through autograd), ``layer_norm``
 (:mod:`ctrbench.models.fast.native_layer_norm`: the LayerNorms inside that node), ``ibim``
 (:mod:`ctrbench.models.fast.fused_ibim`: MIAN's IBIM attention), ``fields``
-(:mod:`ctrbench.models.fast.fused_fields`: its IUIM and ICIM).
+(:mod:`ctrbench.models.fast.fused_fields`: its IUIM and ICIM), ``dien``
+(:mod:`ctrbench.models.fast.fused_dien`: DIEN's attention and auxiliary loss).
 Figures only. Usage:
   python benchmarks/native_ab.py --models din,dien,mian,dcn --kernels dice,rows
   python benchmarks/native_ab.py --models din --kernels dice --batch-size 1024 --threads 2
@@ -39,7 +40,14 @@ from train_throughput import Variant, ab_columns, best_alternating, generated_tr
 
 from ctrbench import native
 from ctrbench.cards import resolve_model_spec
-from ctrbench.models.fast import dice, fused_fields, fused_ibim, native_layer_norm, native_rows
+from ctrbench.models.fast import (
+    dice,
+    fused_dien,
+    fused_fields,
+    fused_ibim,
+    native_layer_norm,
+    native_rows,
+)
 from ctrbench.models.fast import transformer_block as fused_block
 
 #: kernel -> (module, the module's function that says whether the kernel can run, the native
@@ -49,7 +57,8 @@ KERNELS = {"dice": (dice, "native_usable", "native_dice"),
            "block": (fused_block, "usable", "fused_attention"),
            "layer_norm": (native_layer_norm, "usable", "native_layer_norm"),
            "ibim": (fused_ibim, "usable", "fused_ibim"),
-           "fields": (fused_fields, "usable", "fused_fields")}
+           "fields": (fused_fields, "usable", "fused_fields"),
+           "dien": (fused_dien, "usable", "fused_dien")}
 
 
 def main() -> None:

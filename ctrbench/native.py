@@ -50,7 +50,8 @@ SOURCES = {"fused_attention": _FAST / "fused_attention.cpp",
            "native_rows": _FAST / "native_rows.cpp",
            "native_layer_norm": _FAST / "native_layer_norm.cpp",
            "fused_ibim": _FAST / "fused_ibim.cpp",
-           "fused_fields": _FAST / "fused_fields.cpp"}
+           "fused_fields": _FAST / "fused_fields.cpp",
+           "fused_dien": _FAST / "fused_dien.cpp"}
 
 #: stem -> the loaded library or the reason there is none (one attempt per process)
 _loaded: dict[str, ctypes.CDLL | str] = {}

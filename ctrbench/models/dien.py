@@ -11,6 +11,10 @@ evolution (attention + AUGRU) over the left-aligned history.
   valid step (packed by step: padding is never computed);
 - prediction: ``MLP([e_u; e_i; h'; mean_t e_t; e_c])``, Dice [200, 80]; the pooled history
   ``mean_t e_t`` follows the authors' code.
+
+Float32 on the CPU outside autocast, the attention and the auxiliary loss each run as one native
+kernel per direction (:mod:`~ctrbench.models.fast.fused_dien`; ``DIEN.NATIVE = False``: the torch
+code here, also their plain reference).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch.nn import functional as F
 from ctrbench.errors import CtrbenchError
 from ctrbench.models.base import AttentionWeights, CTRModel, Explanation
 from ctrbench.models.config import ACTIVATIONS, ModelConfig, Number, OneOf, Widths, param
+from ctrbench.models.fast import fused_dien
 from ctrbench.models.fast.embedding_bank import EmbeddingBank
 from ctrbench.models.fast.packed_scan import StepPacking, packed_gru_scan
 from ctrbench.models.fast.row_blocks import in_row_blocks
@@ -55,6 +60,9 @@ class DIEN(CTRModel):
 
     has_auxiliary_loss = True
     EVAL_ROWS = 1024  # rows per block when forward runs in eval mode
+    #: float32 on the CPU: the attention and the auxiliary loss as native kernels
+    #: (:mod:`~ctrbench.models.fast.fused_dien`) where they can run; False: the torch code
+    NATIVE = True
 
     config_class = DIENConfig
 
@@ -108,11 +116,17 @@ class DIEN(CTRModel):
         """Extractor states ``[N, I]``, attention ``[B, T']`` (exactly 0 on padding) and the
         final interest ``[B, I]`` (the AUGRU state at the last valid step; 0 for an empty
         history) of packed histories ``[N, I]`` for ``query = W e_i [B, I]``. Both
-        recurrences run packed by step: each step only on the histories still going."""
+        recurrences run packed by step: each step only on the histories still going; the
+        attention is one native kernel where :func:`fused_dien.usable` (``NATIVE``)."""
         states = self._gru(behaviours, packing)  # (N, I)
-        scores = (states * query.index_select(0, packing.row_of)).sum(-1)  # (N,)
-        attention = masked_softmax(packing.unpack(scores), mask, dim=1)  # (B, T')
-        evolved = self.evolution.packed_states(states, packing.pack(attention), packing)
+        if self.NATIVE and fused_dien.usable(states, query):
+            packed = fused_dien.attention(states, query, packing.row_of)  # (N,)
+            attention = packing.unpack(packed)  # (B, T')
+        else:
+            scores = (states * query.index_select(0, packing.row_of)).sum(-1)  # (N,)
+            attention = masked_softmax(packing.unpack(scores), mask, dim=1)  # (B, T')
+            packed = packing.pack(attention)  # (N,)
+        evolved = self.evolution.packed_states(states, packed, packing)
         return states, attention, packing.last(evolved)
 
     def _gru(self, x: torch.Tensor, packing: StepPacking) -> torch.Tensor:
@@ -149,12 +163,17 @@ class DIEN(CTRModel):
         """Unweighted auxiliary loss of :meth:`_interests`' ``parts``: mean over valid
         ``(t, t + 1)`` pairs of ``-log sigmoid(<h_t, e_{t+1}>) - log(1 - sigmoid(<h_t,
         e^-_{t+1}>))``. Packed, the pairs are every valid step ``t + 1 >= 1`` and the step
-        before it (``StepPacking.previous``)."""
+        before it (``StepPacking.previous``). One native kernel where
+        :func:`fused_dien.usable` (``NATIVE``)."""
         packing = parts["packing"]
         later = packing.sizes[0] if packing.sizes else 0  # packed rows from step 1 on
-        current = parts["states"].index_select(0, packing.previous[later:])  # (P, I): h_t
         negatives = self._packed_history(batch, self.schema.neg_behavior, packing)  # (N, I)
-        pos_logit = (current * parts["behaviours"][later:]).sum(-1)  # (P,)
+        states, behaviours = parts["states"], parts["behaviours"]
+        if self.NATIVE and fused_dien.usable(states, behaviours, negatives):
+            return fused_dien.auxiliary_loss(states, behaviours, negatives, packing.previous,
+                                             later)
+        current = states.index_select(0, packing.previous[later:])  # (P, I): h_t
+        pos_logit = (current * behaviours[later:]).sum(-1)  # (P,)
         neg_logit = (current * negatives[later:]).sum(-1)  # (P,)
         pair_loss = (F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit),
                                                         reduction="sum")

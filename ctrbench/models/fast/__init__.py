@@ -28,6 +28,9 @@
   :mod:`~ctrbench.models.fast.fused_ibim` and :mod:`~ctrbench.models.fast.fused_fields`: its
   IBIM and its IUIM / ICIM the same way (``fused_ibim.cpp``, ``fused_fields.cpp``; references:
   ``BehaviorInteraction.packed`` and ``FieldInteraction.forward``'s torch paths).
+- :mod:`~ctrbench.models.fast.fused_dien`: DIEN's attention over the packed steps and its
+  auxiliary loss, one native C++ kernel per direction each (``fused_dien.cpp``; reference: the
+  torch code of :class:`ctrbench.models.dien.DIEN` with ``NATIVE = False``).
 - :mod:`~ctrbench.models.fast.transformer_block`: MIAN's Pre-LN block over the packed steps as
   one autograd node with a hand-written backward over the native kernels (reference: the same
   :class:`ctrbench.models.sequence.TransformerBlock` through autograd);
