@@ -69,12 +69,15 @@ def test_fused_attention_equals_mix_at_valid_steps(lengths, steps, heads, head_d
     expected = MaskedSelfAttention(width, heads, fused=False).mix(padded, mask).reshape(
         -1, width).index_select(0, places)  # (N, D), float64
     torch.testing.assert_close(got.double(), expected, rtol=2e-5, atol=2e-6)
-    weights = torch.randn_like(got)
+    # seeded: a fresh draw each run made the largest error vary (and once in ~300 runs of
+    # the 31-step rows exceed the bound); float32 sums over up to 31 steps of products of
+    # values ~N(0, 4) cancel to ~3e-5 where the float64 gradient is near 0
+    weights = torch.randn(got.shape, generator=torch.Generator().manual_seed(1))
     (grad_fused,) = torch.autograd.grad((got * weights).sum(), qkv)
     (grad_padded,) = torch.autograd.grad((expected * weights.double()).sum(), padded)
     torch.testing.assert_close(
         grad_fused.double(), grad_padded.reshape(-1, 3 * width).index_select(0, places),
-        rtol=2e-5, atol=2e-5)
+        rtol=2e-5, atol=6e-5)
 
 
 @needs_native

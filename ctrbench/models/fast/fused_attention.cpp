@@ -46,6 +46,38 @@ inline void scatter(float* dst, int64_t first, int count, int64_t stride, vf v) 
   for (int l = 0; l < count; ++l) dst[(first + l) * stride] = v[l];
 }
 
+// the most steps of any row
+inline int64_t longest_row(const int64_t* offsets, int64_t rows) {
+  int64_t longest = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    longest = offsets[r + 1] - offsets[r] > longest ? offsets[r + 1] - offsets[r] : longest;
+  return longest;
+}
+
+// One vector of queries q[0 .. d-1] (scaled) against a row's `length` keys, both layouts:
+// key(j, e) and value(j, e) give element e of the j-th key and value (a vector, or a float every
+// lane shares). scores: room for `length` vectors. Returns the largest score; acc[e] gets
+// sum_j p_j value(j, e) and total sum_j p_j, with p_j = exp(s_j - top).
+template <class Key, class Value>
+inline vf softmax_pool(const vf* q, int d, int length, Key key, Value value, vf* scores,
+                       vf* acc, vf& total) {
+  vf top = splat(-3.0e38f);
+  for (int j = 0; j < length; ++j) {
+    vf s = splat(0.0f);
+    for (int e = 0; e < d; ++e) s += q[e] * key(j, e);
+    scores[j] = s;
+    top = s > top ? s : top;
+  }
+  total = splat(0.0f);
+  for (int e = 0; e < d; ++e) acc[e] = splat(0.0f);
+  for (int j = 0; j < length; ++j) {
+    vf p = vexp(scores[j] - top);
+    total += p;
+    for (int e = 0; e < d; ++e) acc[e] += p * value(j, e);
+  }
+  return top;
+}
+
 constexpr int MAX_HEAD_DIM = 64;
 
 // D > 0: the head width known at compile time (the per-width arrays live in registers);
@@ -56,9 +88,7 @@ void forward_rows(const float* qkv, const int64_t* offsets, int64_t rows, int he
   const int d = D > 0 ? D : head_dim, width = heads * d;
   const int64_t stride = 3 * static_cast<int64_t>(width);
   vf qt[D > 0 ? D : MAX_HEAD_DIM], acc[D > 0 ? D : MAX_HEAD_DIM];
-  int64_t longest = 0;
-  for (int64_t r = 0; r < rows; ++r)
-    longest = offsets[r + 1] - offsets[r] > longest ? offsets[r + 1] - offsets[r] : longest;
+  const int64_t longest = longest_row(offsets, rows);
   std::vector<vf> scores(longest);  // one query block's scores, key by key
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t start = offsets[r];
@@ -70,20 +100,10 @@ void forward_rows(const float* qkv, const int64_t* offsets, int64_t rows, int he
         const int count = length - i0 < VL ? length - i0 : VL;
         for (int e = 0; e < d; ++e)
           qt[e] = gather(qkv + h * d + e, start + i0, count, stride) * scale;
-        vf top = splat(-3.0e38f);
-        for (int j = 0; j < length; ++j) {
-          vf s = splat(0.0f);
-          for (int e = 0; e < d; ++e) s += qt[e] * keys[j * stride + e];
-          scores[j] = s;
-          top = s > top ? s : top;
-        }
-        vf total = splat(0.0f);
-        for (int e = 0; e < d; ++e) acc[e] = splat(0.0f);
-        for (int j = 0; j < length; ++j) {
-          vf p = vexp(scores[j] - top);
-          total += p;
-          for (int e = 0; e < d; ++e) acc[e] += p * values[j * stride + e];
-        }
+        vf total;
+        const vf top = softmax_pool(
+            qt, d, length, [&](int j, int e) { return keys[j * stride + e]; },
+            [&](int j, int e) { return values[j * stride + e]; }, scores.data(), acc, total);
         vf inverse = splat(1.0f) / total;
         for (int e = 0; e < d; ++e)
           scatter(out + h * d + e, start + i0, count, width, acc[e] * inverse);
@@ -242,9 +262,7 @@ void forward_lanes(const float* qkv, const int64_t* offsets, int64_t rows, float
                    float* out, float* stats) {
   constexpr int W = D * H, P = VL / H;
   constexpr int64_t stride = 3 * W;
-  int64_t longest = 0;
-  for (int64_t r = 0; r < rows; ++r)
-    longest = offsets[r + 1] - offsets[r] > longest ? offsets[r + 1] - offsets[r] : longest;
+  const int64_t longest = longest_row(offsets, rows);
   const int64_t padded = (longest + P - 1) / P * P;
   std::vector<vf> qs(padded * D), ks(padded * D), vs(padded * D), scores(longest);
   for (int64_t r = 0; r < rows; ++r) {
@@ -263,20 +281,10 @@ void forward_lanes(const float* qkv, const int64_t* offsets, int64_t rows, float
     for (int b = 0; b < blocks; ++b) {
       vf q[D], acc[D];
       for (int e = 0; e < D; ++e) q[e] = block_lanes<H>(&qs[b * P * D], D, e);
-      vf top = splat(-3.0e38f);
-      for (int j = 0; j < length; ++j) {
-        vf s = splat(0.0f);
-        for (int e = 0; e < D; ++e) s += q[e] * ks[j * D + e];
-        scores[j] = s;
-        top = s > top ? s : top;
-      }
-      vf total = splat(0.0f);
-      for (int e = 0; e < D; ++e) acc[e] = splat(0.0f);
-      for (int j = 0; j < length; ++j) {
-        vf p = vexp(scores[j] - top);
-        total += p;
-        for (int e = 0; e < D; ++e) acc[e] += p * vs[j * D + e];
-      }
+      vf total;
+      const vf top = softmax_pool(
+          q, D, length, [&](int j, int e) { return ks[j * D + e]; },
+          [&](int j, int e) { return vs[j * D + e]; }, scores.data(), acc, total);
       const vf inverse = splat(1.0f) / total;
       for (int e = 0; e < D; ++e) acc[e] *= inverse;
       const int count = length - b * P < P ? length - b * P : P;
@@ -294,9 +302,7 @@ void backward_lanes(const float* qkv, const float* out, const float* stats, cons
                     const int64_t* offsets, int64_t rows, float scale, float* grad_qkv) {
   constexpr int W = D * H, P = VL / H;
   constexpr int64_t stride = 3 * W;
-  int64_t longest = 0;
-  for (int64_t r = 0; r < rows; ++r)
-    longest = offsets[r + 1] - offsets[r] > longest ? offsets[r + 1] - offsets[r] : longest;
+  const int64_t longest = longest_row(offsets, rows);
   const int64_t padded = (longest + P - 1) / P * P;
   // per step: q * scale, q, k, v, dC (D vectors each); top, inverse, delta = dC . C (one each)
   std::vector<vf> qs(padded * D), qu(padded * D), ks(padded * D), vs(padded * D),

@@ -34,35 +34,13 @@ using namespace ctrbench_native;
 
 typedef double vd __attribute__((vector_size(VL * sizeof(double))));
 
-inline int lanes_in(int k0, int n) { return n - k0 < VL ? n - k0 : VL; }
-
 inline float dot(const float* a, const float* b, int n) {
   vf acc = splat(0.0f);
   for (int k0 = 0; k0 < n; k0 += VL) {
-    const int c = lanes_in(k0, n);
+    const int c = lanes_from(k0, n);
     acc += load_part(a + k0, c) * load_part(b + k0, c);
   }
   return lane_sum(acc);
-}
-
-// dst[0:n] = s * a (+ t * b where b is not null)
-inline void scaled(float* dst, int n, float s, const float* a, float t, const float* b) {
-  for (int k0 = 0; k0 < n; k0 += VL) {
-    const int c = lanes_in(k0, n);
-    vf out = s * load_part(a + k0, c);
-    if (b != nullptr) out += t * load_part(b + k0, c);
-    store_part(dst + k0, c, out);
-  }
-}
-
-// dst[0:n] += s * a (+ t * b where b is not null)
-inline void add_scaled(float* dst, int n, float s, const float* a, float t, const float* b) {
-  for (int k0 = 0; k0 < n; k0 += VL) {
-    const int c = lanes_in(k0, n);
-    vf out = load_part(dst + k0, c) + s * load_part(a + k0, c);
-    if (b != nullptr) out += t * load_part(b + k0, c);
-    store_part(dst + k0, c, out);
-  }
 }
 
 }  // namespace

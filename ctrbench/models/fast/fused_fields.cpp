@@ -35,33 +35,13 @@ namespace {
 
 using namespace ctrbench_native;
 
-inline int lanes_in(int k0, int n) { return n - k0 < VL ? n - k0 : VL; }
-
 // the partial sums of a . b over n floats, in lanes
 inline vf dot_lanes(const float* a, const float* b, int n, vf acc) {
   for (int k0 = 0; k0 < n; k0 += VL) {
-    const int c = lanes_in(k0, n);
+    const int c = lanes_from(k0, n);
     acc += load_part(a + k0, c) * load_part(b + k0, c);
   }
   return acc;
-}
-
-// dst[0:n] = s * a (+ t * b where b is not null)
-inline void scaled(float* dst, int n, float s, const float* a, float t, const float* b) {
-  for (int k0 = 0; k0 < n; k0 += VL) {
-    const int c = lanes_in(k0, n);
-    vf out = s * load_part(a + k0, c);
-    if (b != nullptr) out += t * load_part(b + k0, c);
-    store_part(dst + k0, c, out);
-  }
-}
-
-// dst[0:n] += s * a
-inline void add_scaled(float* dst, int n, float s, const float* a) {
-  for (int k0 = 0; k0 < n; k0 += VL) {
-    const int c = lanes_in(k0, n);
-    store_part(dst + k0, c, load_part(dst + k0, c) + s * load_part(a + k0, c));
-  }
 }
 
 // tanh as Cephes' tanhf: an odd polynomial below |z| = 0.625, else 1 - 2 / (exp(2|z|) + 1)
@@ -121,7 +101,7 @@ int ctrbench_fields_forward(const float* item, const float* fields, const float*
       float* o = out + b * W;
       scaled(o, I, mass[r], item + b * I, 0.0f, nullptr);
       for (int k0 = 0; k0 < D; k0 += VL) {
-        const int c = lanes_in(k0, D);
+        const int c = lanes_from(k0, D);
         vf sum = splat(0.0f);
         for (int j = 0; j < F; ++j) sum += a[j][r] * load_part(f + (int64_t)j * D + k0, c);
         store_part(o + I + k0, c, sum);
@@ -172,7 +152,7 @@ int ctrbench_fields_backward(const float* grad_out, const float* item, const flo
       const float* dx_r = grad_out + b * W;
       if (grad_item != nullptr)
         for (int k0 = 0; k0 < I; k0 += VL) {
-          const int c = lanes_in(k0, I);
+          const int c = lanes_from(k0, I);
           vf sum = mass[r] * load_part(dx_r + k0, c);
           for (int j = 0; j < F; ++j) sum += da[j][r] * load_part(weight + (int64_t)j * W + k0, c);
           store_part(grad_item + b * I + k0, c, sum);
@@ -183,8 +163,8 @@ int ctrbench_fields_backward(const float* grad_out, const float* item, const flo
                  weight + (int64_t)j * W + I);
       if (grad_weight != nullptr)
         for (int j = 0; j < F; ++j) {
-          add_scaled(grad_weight + (int64_t)j * W, I, da[j][r], x);
-          add_scaled(grad_weight + (int64_t)j * W + I, D, da[j][r], f + (int64_t)j * D);
+          add_scaled(grad_weight + (int64_t)j * W, I, da[j][r], x, 0.0f, nullptr);
+          add_scaled(grad_weight + (int64_t)j * W + I, D, da[j][r], f + (int64_t)j * D, 0.0f, nullptr);
         }
       if (grad_bias != nullptr)
         for (int j = 0; j < F; ++j) grad_bias[j] += da[j][r];

@@ -93,6 +93,29 @@ inline void store_part(float* dst, int count, vf v) {
   store(dst, count, v);
 }
 
+// the lanes of the (partial) vector that starts at float k0 of n: min(n - k0, VL)
+inline int lanes_from(int k0, int n) { return n - k0 < VL ? n - k0 : VL; }
+
+// dst[0:n] = s * a (+ t * b where b is not null), a vector at a time (partial moves at the end)
+inline void scaled(float* dst, int n, float s, const float* a, float t, const float* b) {
+  for (int k0 = 0; k0 < n; k0 += VL) {
+    const int c = lanes_from(k0, n);
+    vf out = s * load_part(a + k0, c);
+    if (b != nullptr) out += t * load_part(b + k0, c);
+    store_part(dst + k0, c, out);
+  }
+}
+
+// dst[0:n] += s * a (+ t * b where b is not null)
+inline void add_scaled(float* dst, int n, float s, const float* a, float t, const float* b) {
+  for (int k0 = 0; k0 < n; k0 += VL) {
+    const int c = lanes_from(k0, n);
+    vf out = load_part(dst + k0, c) + s * load_part(a + k0, c);
+    if (b != nullptr) out += t * load_part(b + k0, c);
+    store_part(dst + k0, c, out);
+  }
+}
+
 // the sum of v's lanes, halving in registers (16 lanes; any other VL through memory)
 inline float lane_sum(vf v) {
 #if CTRBENCH_VL == 16 && (defined(__clang__) || __GNUC__ >= 12)
