@@ -67,11 +67,16 @@ def apply_mask(x: torch.Tensor, base: torch.Tensor | None, seed: int, p: float) 
     return out
 
 
+def draw_seed() -> int:
+    """A mask's 63-bit key from torch's global generator (``torch.manual_seed`` makes the masks
+    repeatable)."""
+    return int(torch.empty((), dtype=torch.int64).random_())
+
+
 class _NativeDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, base: torch.Tensor | None, p: float) -> torch.Tensor:
-        # a 63-bit key from the global generator: torch.manual_seed makes the mask repeatable
-        seed = int(torch.empty((), dtype=torch.int64).random_())
+        seed = draw_seed()
         ctx.seed, ctx.p = seed, p
         return apply_mask(x.contiguous(), None if base is None else base.contiguous(), seed, p)
 
