@@ -4,9 +4,9 @@ first use by :mod:`ctrbench.native`), forward and backward.
 Why: torch's CPU LayerNorm over 32-wide rows (MIAN's transformer) took 60 us forward and 32
 us backward at ``[2088, 32]``, 455 and 237 us at ``[16700, 32]`` (one thread here, best of
 several runs); the kernel takes 17 / 16 and 122 / 126 us (23 / 22 and 132 / 138 with this
-module's Python and ctypes). A forward and backward through :func:`layer_norm` take 82 and 334
-us against torch's 112 and 744: ~30 us of that is the Python autograd function's own cost, which
-a caller with its own function avoids by calling :func:`forward` and :func:`backward`.
+module's Python and ctypes). No autograd function of its own (one costs ~30 us a call here):
+:mod:`~ctrbench.models.fast.transformer_block` calls :func:`forward` and :func:`backward` from
+inside its node.
 
 Plain reference: ``torch.nn.functional.layer_norm`` over the last dimension; the kernel must
 equal it in float64 to ~1e-5 (values, ``mean``/``rstd``, the gradients of the input, weight and
@@ -15,7 +15,7 @@ the backward recentres xhat, so rows far from 0 (values ~1e4, noise ~1) stay at 
 torch's float32 path is ~1e-3 off; single-threaded and deterministic.
 
 Float32 CPU tensors with a weight and a bias, outside CPU autocast (:func:`usable`); elsewhere
-:func:`layer_norm` calls torch's.
+the caller runs torch's.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import ctypes
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from ctrbench import native
 
@@ -92,38 +91,3 @@ def backward(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torc
         None if grad_weight is None else grad_weight.data_ptr(),
         None if grad_bias is None else grad_bias.data_ptr()), "layer_norm backward")
     return grad_x, grad_weight, grad_bias
-
-
-class _LayerNorm(torch.autograd.Function):
-    """The kernel's forward and backward as one autograd function (``x``, ``weight``,
-    ``bias``)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor,  # type: ignore[override]
-                bias: torch.Tensor, eps: float) -> torch.Tensor:
-        x = x.contiguous()
-        y, mean, rstd = forward(x, weight, bias, eps)
-        ctx.save_for_backward(x, mean, rstd, weight)
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        x, mean, rstd, weight = ctx.saved_tensors
-        affine = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        grad_x, grad_weight, grad_bias = backward(grad, x, mean, rstd, weight,
-                                                  affine_grads=affine)
-        return (grad_x if ctx.needs_input_grad[0] else None,
-                grad_weight if ctx.needs_input_grad[1] else None,
-                grad_bias if ctx.needs_input_grad[2] else None, None)
-
-
-def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-               eps: float = 1e-5) -> torch.Tensor:
-    """``torch.nn.functional.layer_norm(x, (W,), weight, bias, eps)`` over the last dimension
-    ``W`` of ``x``: by the kernel where :func:`usable` (and a float32 CPU ``bias [W]`` is
-    given), else by torch."""
-    if (usable(x, weight) and bias is not None and bias.device.type == "cpu"
-            and bias.dtype == torch.float32 and bias.shape == (x.shape[-1],)):
-        return _LayerNorm.apply(x, weight, bias, eps)
-    return torch.nn.functional.layer_norm(x, x.shape[-1:], weight, bias, eps)

@@ -32,6 +32,7 @@ from torch.autograd.function import once_differentiable
 from ctrbench.models.fast import dropout as native_dropout
 from ctrbench.models.fast import native_layer_norm
 from ctrbench.models.fast.fused_attention import attention_backward, attention_forward
+from ctrbench.models.fast.fused_attention import usable as attention_usable
 
 
 def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> tuple[torch.Tensor, ...]:
@@ -112,8 +113,6 @@ def usable(h: torch.Tensor, block: nn.Module) -> bool:
     """Whether :func:`pre_ln_block` can run ``block`` on ``h``: float32 on the CPU outside
     autocast, the native attention and dropout kernels built, a Pre-LN block with a ReLU FFN,
     elementwise-affine LayerNorms and a dropout rate below 1."""
-    from ctrbench.models.fast.fused_attention import usable as attention_usable
-
     ffn = block.ffn.net
     return (block.pre_ln and attention_usable(h, block.attention.head_dim)
             and native_dropout.native_usable(h) and isinstance(ffn[1], nn.ReLU)
