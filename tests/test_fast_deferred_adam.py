@@ -150,7 +150,7 @@ def test_native_switch_or_a_small_table_keeps_the_dense_adam(monkeypatch, native
     monkeypatch.setattr(deferred_adam, "NATIVE", native_on)
     monkeypatch.setattr(deferred_adam, "MIN_VALUES", min_values)
     optimizers = build_optimizers(_TwoTables(), TrainConfig(optimizer="adam"))
-    assert [type(o).__name__ for o in optimizers.optimizers] == ["Adam"]
+    assert [type(o).__name__ for o in optimizers.optimizers] == ["DenseAdam"]
 
 
 def test_training_with_it_stays_within_rounding_of_dense_adam(tmp_path, monkeypatch):

@@ -310,7 +310,7 @@ def test_clip_grad_norm_handles_sparse_and_dense():
 def test_optimizer_choice_sets_sparse_and_conflicts_are_card_errors(planted):
     lazy = build_for_training(tiny_card(optimizer="lazy_adam"), planted.schema)
     opts = build_optimizers(lazy, tiny_card(optimizer="lazy_adam").train)
-    assert [type(o).__name__ for o in opts.optimizers] == ["Adam", "RowWiseAdam"]
+    assert [type(o).__name__ for o in opts.optimizers] == ["DenseAdam", "RowWiseAdam"]
     bad = model_card_from_dict({"name": "x", "arch": "tiny_logistic",
                                 "params": {"sparse": True}, "train": {"optimizer": "adam"}})
     with pytest.raises(CardError, match="conflicts"):

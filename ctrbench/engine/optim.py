@@ -3,8 +3,9 @@
 - ``adam``: Adam over every parameter (dense embedding gradients: every step moves every row
   of every table, whatever the batch touched). A bank's fused table keeps one dense gradient
   buffer, zeroed in place, into which its per-step sparse gradient is added (see
-  :class:`ctrbench.models.fast.embedding_bank.FusedEmbedding`). ``torch.optim.Adam`` (fused)
-  steps the parameters, but for float32 CPU tables at least 8 wide of at least 1M values
+  :class:`ctrbench.models.fast.embedding_bank.FusedEmbedding`). ``torch.optim.Adam`` (fused;
+  :class:`~ctrbench.engine.dense_adam.DenseAdam`, its bookkeeping once per step) steps the
+  parameters, but for float32 CPU tables at least 8 wide of at least 1M values
   without weight decay:
   :class:`~ctrbench.models.fast.deferred_adam.DeferredAdam` applies the same steps, each
   untouched row's late (when it is next read, or :meth:`Optimizers.settle`), up to rounding.
@@ -44,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctrbench.cards import TrainConfig
+from ctrbench.engine.dense_adam import DenseAdam
 from ctrbench.models.fast import deferred_adam
 from ctrbench.models.fast.deferred_adam import DeferredAdam
 from ctrbench.models.fast.embedding_bank import EmbeddingBank, FusedEmbedding
@@ -357,9 +359,8 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig,
                       for table in deferred.values())
     dense = [p for p in dense if id(p) not in deferred]
     if dense:
-        try:  # one fused kernel for all dense parameters (torch >= 2.4 on CPU)
-            adam = torch.optim.Adam(dense, lr=cfg.lr, betas=cfg.betas, fused=True,
-                                    weight_decay=weight_decay)
+        try:  # torch's fused kernel for all dense parameters, bookkeeping once per step
+            adam = DenseAdam(dense, lr=cfg.lr, betas=cfg.betas, weight_decay=weight_decay)
         except (RuntimeError, TypeError):
             adam = torch.optim.Adam(dense, lr=cfg.lr, betas=cfg.betas, weight_decay=weight_decay)
         optimizers.append(adam)
