@@ -51,7 +51,8 @@ SOURCES = {"fused_attention": _FAST / "fused_attention.cpp",
            "native_layer_norm": _FAST / "native_layer_norm.cpp",
            "fused_ibim": _FAST / "fused_ibim.cpp",
            "fused_fields": _FAST / "fused_fields.cpp",
-           "fused_dien": _FAST / "fused_dien.cpp"}
+           "fused_dien": _FAST / "fused_dien.cpp",
+           "native_relu": _FAST / "native_relu.cpp"}
 
 #: stem -> the loaded library or the reason there is none (one attempt per process)
 _loaded: dict[str, ctypes.CDLL | str] = {}

@@ -30,7 +30,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ctrbench.models.fast import dropout as native_dropout
-from ctrbench.models.fast import native_layer_norm
+from ctrbench.models.fast import native_layer_norm, native_relu
 from ctrbench.models.fast.fused_attention import attention_backward, attention_forward
 from ctrbench.models.fast.fused_attention import usable as attention_usable
 
@@ -84,8 +84,13 @@ class _PreLNBlock(torch.autograd.Function):
         grad = grad.contiguous()  # (N, D): dy, also the residual's part of dh2
         grad_f = native_dropout.apply_mask(grad, None, seeds[1], p) if seeds else grad
         grad_w2, grad_b2 = grad_f.t().mm(hidden), grad_f.sum(0)
-        grad_hidden = torch.ops.aten.threshold_backward(grad_f.mm(ffn[2].weight), hidden, 0)
-        grad_w1, grad_b1 = grad_hidden.t().mm(x2), grad_hidden.sum(0)
+        grad_hidden = grad_f.mm(ffn[2].weight)  # (N, 4D): of the ReLU's output, then its input
+        if native_relu.usable(grad_hidden, hidden):
+            grad_b1 = native_relu.backward_(grad_hidden, hidden)
+        else:
+            grad_hidden = torch.ops.aten.threshold_backward(grad_hidden, hidden, 0)
+            grad_b1 = grad_hidden.sum(0)
+        grad_w1 = grad_hidden.t().mm(x2)
         grad_x2 = grad_hidden.mm(ffn[0].weight)  # (N, D)
         grad_h2, grad_g2, grad_n2 = _layer_norm_backward(grad_x2, h2, mean2, rstd2, block.norm2)
         grad_h2 = grad_h2.add_(grad)
