@@ -1,7 +1,9 @@
 """xDeepFM's floor: its CIN's matmul FLOPs per training sample against this CPU's matmul peak.
 
 Measures, in one process and with the same thread count: the single-precision matmul rate of a
-large GEMM (the practical peak), the same for bf16 (what a CPU with bf16 units could give), and
+large GEMM by torch's matmul (MKL's sgemm) and by oneDNN's matmul (the faster of the two on this
+project's AMD CPU, ~2x: the practical peak used for the floor), the same for bf16 (what a CPU
+with bf16 units could give), and
 xDeepFM's training samples/s through the trainer's TrainStep (Electronics-shaped generated data,
 ``train_throughput.Variant``). The CIN's FLOPs per sample come from the model's own layer
 shapes: layer k multiplies ``[D, m * H_{k-1}]`` by ``[m * H_{k-1}, H_k]`` per sample, 2 FLOPs per
@@ -28,16 +30,23 @@ from results_io import write_result
 from train_throughput import Variant, generated_store
 
 from ctrbench.engine.train import SplitTensors, model_inputs
+from ctrbench.models.fast import onednn_linear
 
 
-def gemm_rate(dtype: torch.dtype, clock, n: int = 1024, repeats: int = 5) -> float:
-    """FLOP/s of an ``n x n`` by ``n x n`` matmul (best of ``repeats``)."""
+def gemm_rate(dtype: torch.dtype, clock, n: int = 1024, repeats: int = 5,
+              onednn: bool = False) -> float:
+    """FLOP/s of an ``n x n`` by ``n x n`` matmul (best of ``repeats``): torch's ``matmul``
+    (MKL's sgemm for float32), or oneDNN's matmul (``onednn``, the CIN's path)."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b
+
+    def product() -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "") if onednn else a @ b
+
+    product()
     best = float("inf")
     for _ in range(repeats):
         start = clock()
-        a @ b
+        product()
         best = min(best, clock() - start)
     return 2 * n ** 3 / best
 
@@ -60,12 +69,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    peak32 = gemm_rate(torch.float32, clock)
+    mkl32 = gemm_rate(torch.float32, clock)
+    peak32 = gemm_rate(torch.float32, clock, onednn=True) if onednn_linear.available() else mkl32
     peak16 = gemm_rate(torch.bfloat16, clock)
-    rows = [{"what": "gemm", "dtype": "float32", "gflops": peak32 / 1e9},
-            {"what": "gemm", "dtype": "bfloat16", "gflops": peak16 / 1e9}]
+    rows = [{"what": "gemm", "dtype": "float32", "library": "torch matmul (MKL)",
+             "gflops": mkl32 / 1e9},
+            {"what": "gemm", "dtype": "float32", "library": "oneDNN", "gflops": peak32 / 1e9},
+            {"what": "gemm", "dtype": "bfloat16", "library": "torch matmul",
+             "gflops": peak16 / 1e9}]
     print(f"GEMM 1024^3, {args.threads} thread(s), {args.clock} clock: float32 "
-          f"{peak32 / 1e9:.1f} GFLOP/s, bfloat16 {peak16 / 1e9:.1f} GFLOP/s")
+          f"{mkl32 / 1e9:.1f} GFLOP/s (torch matmul: MKL), {peak32 / 1e9:.1f} (oneDNN, the peak "
+          f"used below), bfloat16 {peak16 / 1e9:.1f} GFLOP/s")
     with tempfile.TemporaryDirectory() as tmp:
         data = generated_store(Path(tmp), 20_000)
         train = SplitTensors(data, "train", torch.device("cpu"), model_inputs(data.schema))

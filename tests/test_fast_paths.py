@@ -454,6 +454,22 @@ def test_batched_cin_equals_the_reference_cin_values_and_gradients():
         batched(torch.randn(2, 4, 3))
 
 
+def test_batched_cin_at_the_cards_size_equals_the_reference_cin():
+    """The card's CIN (13 fields, (256, 128), split-half) on 1024 embedding columns: its
+    products are above onednn_linear.MIN_MACS, so they run in oneDNN where it is available."""
+    torch.manual_seed(1)
+    reference = CIN(13, [256, 128], split_half=True, activation="relu")
+    batched = BatchedCIN(13, [256, 128], split_half=True, activation="relu")
+    batched.load_state_dict(reference.state_dict())
+    x = torch.randn(64, 13, 16, requires_grad=True)  # N = 64 * 16 = 1024 rows
+    out_ref, out = reference(x), batched(x)
+    torch.testing.assert_close(out, out_ref, rtol=1e-4, atol=1e-4)
+    weight = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad((out * weight).sum(), [x, *batched.parameters()]),
+                    torch.autograd.grad((out_ref * weight).sum(), [x, *reference.parameters()])):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+
+
 # --------------------------------------------------------------------------- row blocks
 @pytest.mark.parametrize("form", ["tensor", "tuple", "dict"])
 def test_in_row_blocks_equals_one_pass_block_by_block(form):
