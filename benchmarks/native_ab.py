@@ -13,11 +13,14 @@ node; off: the same block through autograd), ``layer_norm``
 (:mod:`ctrbench.models.fast.native_layer_norm`: the LayerNorms inside that node), ``ibim``
 (:mod:`ctrbench.models.fast.fused_ibim`: MIAN's IBIM attention), ``fields``
 (:mod:`ctrbench.models.fast.fused_fields`: its IUIM and ICIM), ``dien``
-(:mod:`ctrbench.models.fast.fused_dien`: DIEN's attention and auxiliary loss).
+(:mod:`ctrbench.models.fast.fused_dien`: DIEN's attention and auxiliary loss), ``relu``
+(:mod:`ctrbench.models.fast.native_relu`: the FFN's ReLU backward in MIAN's block), ``onednn``
+(:mod:`ctrbench.models.fast.onednn_linear`: xDeepFM's CIN products in oneDNN; off: MKL's).
 Figures only. Usage:
   python benchmarks/native_ab.py --models din,dien,mian,dcn --kernels dice,rows
   python benchmarks/native_ab.py --models din --kernels dice --batch-size 1024 --threads 2
   python benchmarks/native_ab.py --models mian --kernels block,layer_norm --batch-size 1024
+  python benchmarks/native_ab.py --models xdeepfm --kernels onednn --threads 2
 Results: printed, and one JSON under benchmarks/results/ (``--no-save``: none).
 """
 
@@ -46,7 +49,9 @@ from ctrbench.models.fast import (
     fused_fields,
     fused_ibim,
     native_layer_norm,
+    native_relu,
     native_rows,
+    onednn_linear,
 )
 from ctrbench.models.fast import transformer_block as fused_block
 
@@ -58,7 +63,9 @@ KERNELS = {"dice": (dice, "native_usable", "native_dice"),
            "layer_norm": (native_layer_norm, "usable", "native_layer_norm"),
            "ibim": (fused_ibim, "usable", "fused_ibim"),
            "fields": (fused_fields, "usable", "fused_fields"),
-           "dien": (fused_dien, "usable", "fused_dien")}
+           "dien": (fused_dien, "usable", "fused_dien"),
+           "relu": (native_relu, "usable", "native_relu"),
+           "onednn": (onednn_linear, "usable", None)}  # None: not built here; torch's op
 
 
 def main() -> None:
@@ -76,8 +83,9 @@ def main() -> None:
     for kernel in kernels:
         if kernel not in KERNELS:
             parser.error(f"unknown kernel {kernel!r} (choose from {', '.join(KERNELS)})")
-        if native.load(KERNELS[kernel][2]) is None:
-            parser.error(f"the {kernel} kernel is not built here")
+        stem = KERNELS[kernel][2]
+        if (native.load(stem) is None) if stem else not onednn_linear.available():
+            parser.error(f"the {kernel} kernel is not available here")
     torch.set_num_threads(args.threads)
     rows = []
     with generated_train_split(max(args.rows, 2 * args.batch_size)) as (data, train):
