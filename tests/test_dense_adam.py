@@ -28,6 +28,15 @@ def _twins(**kwargs) -> tuple:
             theirs, torch.optim.Adam(theirs, lr=1e-2, fused=True, **kwargs))
 
 
+def _step_both(ours, opt, theirs, ref, steps: range, skip=lambda step: set()) -> None:
+    """The same gradients into both parameter sets, then a step of each optimiser."""
+    for step in steps:
+        _grads(ours, step, skip(step))
+        _grads(theirs, step, skip(step))
+        opt.step()
+        ref.step()
+
+
 def _assert_same(ours, opt, theirs, ref) -> None:
     for a, b in zip(ours, theirs):
         assert torch.equal(a, b)
@@ -41,34 +50,23 @@ def _assert_same(ours, opt, theirs, ref) -> None:
 @pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
 def test_steps_are_bit_equal_to_torch_fused_adam(weight_decay):
     ours, opt, theirs, ref = _twins(betas=(0.8, 0.95), weight_decay=weight_decay)
-    for step in range(6):
-        _grads(ours, step)
-        _grads(theirs, step)
-        opt.step()
-        ref.step()
+    _step_both(ours, opt, theirs, ref, range(6))
     _assert_same(ours, opt, theirs, ref)
     assert opt._lists is not None  # the fast path ran
 
 
 def test_missing_gradients_fall_back_and_count_as_torch_does():
     ours, opt, theirs, ref = _twins()
-    for step in range(5):
-        skip = {1, 3} if step in (1, 2) else set()  # torch's step: those counters stay
-        _grads(ours, step, skip)
-        _grads(theirs, step, skip)
-        opt.step()
-        ref.step()
+    # steps 1 and 2 without gradients for tensors 1 and 3: torch's step, those counters stay
+    _step_both(ours, opt, theirs, ref, range(5),
+               skip=lambda step: {1, 3} if step in (1, 2) else set())
     _assert_same(ours, opt, theirs, ref)
     assert opt.state[ours[1]]["step"].item() == 3.0
 
 
 def test_load_state_dict_round_trip_continues_bit_equal():
     ours, opt, theirs, ref = _twins()
-    for step in range(3):
-        _grads(ours, step)
-        _grads(theirs, step)
-        opt.step()
-        ref.step()
+    _step_both(ours, opt, theirs, ref, range(3))
     saved = opt.state_dict()
     assert saved["state"][0]["step"].item() == 3.0
     fresh = [p.detach().clone().requires_grad_() for p in ours]
@@ -77,11 +75,7 @@ def test_load_state_dict_round_trip_continues_bit_equal():
     torch.save(ref.state_dict(), buffer)  # torch's own layout, as a checkpoint holds it
     buffer.seek(0)
     resumed.load_state_dict(torch.load(buffer))
-    for step in range(3, 6):
-        _grads(fresh, step)
-        _grads(theirs, step)
-        resumed.step()
-        ref.step()
+    _step_both(fresh, resumed, theirs, ref, range(3, 6))
     _assert_same(fresh, resumed, theirs, ref)
 
 
@@ -90,49 +84,30 @@ def test_a_second_group_takes_torch_step():
     opt = DenseAdam([{"params": ours[:2]}, {"params": ours[2:], "lr": 1e-3}], lr=1e-2)
     ref = torch.optim.Adam([{"params": theirs[:2]}, {"params": theirs[2:], "lr": 1e-3}],
                            lr=1e-2, fused=True)
-    for step in range(3):
-        _grads(ours, step)
-        _grads(theirs, step)
-        opt.step()
-        ref.step()
+    _step_both(ours, opt, theirs, ref, range(3))
     _assert_same(ours, opt, theirs, ref)
     assert opt._lists is None
 
 
 def test_a_replaced_state_is_not_served_from_the_cache():
     ours, opt, theirs, ref = _twins()
-    for step in range(2):
-        _grads(ours, step)
-        _grads(theirs, step)
-        opt.step()
-        ref.step()
+    _step_both(ours, opt, theirs, ref, range(2))
     for p in ours:  # a user resets the moments in place of load_state_dict
         opt.state[p]["exp_avg"] = torch.zeros_like(p)
     for p in theirs:
         ref.state[p]["exp_avg"] = torch.zeros_like(p)
-    _grads(ours, 2)
-    _grads(theirs, 2)
-    opt.step()
-    ref.step()
+    _step_both(ours, opt, theirs, ref, range(2, 3))
     _assert_same(ours, opt, theirs, ref)
 
 
 def test_its_state_dict_loads_into_torch_adam():
     ours, opt, theirs, ref = _twins()
-    for step in range(3):
-        _grads(ours, step)
-        _grads(theirs, step)
-        opt.step()
-        ref.step()
+    _step_both(ours, opt, theirs, ref, range(3))
     buffer = io.BytesIO()
     torch.save(opt.state_dict(), buffer)  # counters saved as views of one tensor
     buffer.seek(0)
     plain = [p.detach().clone().requires_grad_() for p in ours]
     loaded = torch.optim.Adam(plain, lr=1e-2, fused=True)
     loaded.load_state_dict(torch.load(buffer))
-    for step in range(3, 5):
-        _grads(plain, step)
-        _grads(theirs, step)
-        loaded.step()
-        ref.step()
+    _step_both(plain, loaded, theirs, ref, range(3, 5))
     _assert_same(plain, loaded, theirs, ref)

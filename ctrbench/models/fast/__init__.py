@@ -8,7 +8,8 @@
   regenerated in the backward, and a residual form (``native_dropout.cpp``), else masks drawn
   with ``rand`` (reference: ``nn.Dropout``).
 - :mod:`~ctrbench.models.fast.cin`: xDeepFM's CIN as batched matmuls (reference:
-  :class:`ctrbench.models.layers.CIN`).
+  :class:`ctrbench.models.layers.CIN`), whose products with the filters run in oneDNN's matmul
+  (:mod:`~ctrbench.models.fast.onednn_linear`; reference: ``torch.nn.functional.linear``).
 - :mod:`~ctrbench.models.fast.row_blocks`: evaluation in blocks of rows (reference: one pass).
 - :mod:`~ctrbench.models.fast.gated_scan`: DIEN's GRU and AUGRU recurrences with a hand-written
   backward (references: ``nn.GRU`` and :func:`ctrbench.models.sequence.augru_reference`, which
@@ -35,12 +36,15 @@
   one autograd node with a hand-written backward over the native kernels (reference: the same
   :class:`ctrbench.models.sequence.TransformerBlock` through autograd);
   :mod:`~ctrbench.models.fast.native_layer_norm`: its LayerNorms (``native_layer_norm.cpp``;
-  reference: ``torch.nn.functional.layer_norm``).
+  reference: ``torch.nn.functional.layer_norm``); :mod:`~ctrbench.models.fast.native_relu`: its
+  FFN's ReLU backward with the bias gradient (``native_relu.cpp``; reference:
+  ``threshold_backward`` and a column sum).
 
 Nothing is imported here: ``models.layers`` imports ``dice``, ``dropout`` and ``embedding_bank``
-(which import no model module but ``models.init``), ``cin`` imports ``models.layers``, and
-``gated_scan`` and ``packed_attention`` import only torch (``packed_scan`` imports ``gated_scan``,
-the modules with a C++ source import ``ctrbench.native``, ``transformer_block`` imports
-``dropout``, ``fused_attention`` and ``native_layer_norm``; the C++ sources but
-``deferred_adam.cpp`` and ``fused_ibim.cpp`` share ``native_vector.h``).
+(which import no model module but ``models.init``), ``cin`` imports ``models.layers`` and
+``onednn_linear`` (torch only), and ``gated_scan`` and ``packed_attention`` import only torch
+(``packed_scan`` imports ``gated_scan``, the modules with a C++ source import
+``ctrbench.native``, ``transformer_block`` imports ``dropout``, ``fused_attention``,
+``native_layer_norm`` and ``native_relu``; the C++ sources but ``deferred_adam.cpp`` and
+``fused_ibim.cpp`` share ``native_vector.h``).
 """
