@@ -87,11 +87,13 @@ def test_buckets_are_few_and_tight():
         assert bucket(bucket(n)) == bucket(n)
 
 
-@pytest.mark.parametrize("case", ["off", "autocast", "float64"])
+@pytest.mark.parametrize("case", ["off", "native_off", "autocast", "float64"])
 def test_fallbacks_are_f_linear(case, monkeypatch):
     x, w, b = torch.randn(2048, 169), torch.randn(256, 169), torch.randn(256)
     if case == "off":
         monkeypatch.setattr(onednn_linear, "ENABLED", False)
+    if case == "native_off":
+        monkeypatch.setenv("CTRBENCH_NATIVE", "0")
     if case == "float64":
         x, w, b = x.double(), w.double(), b.double()
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", None, raising=False)

@@ -16,7 +16,7 @@ eleventh round). Below :data:`MIN_MACS` multiply-adds its fixed cost (~15 us a c
 Rounding: a different blocking of the sums than MKL's for inputs wider than ~128 (the last bits
 differ, as between any two BLAS libraries). CPU float32 outside autocast and a torch built with
 oneDNN, else torch's ``addmm`` / ``mm``. Deterministic for a given thread count.
-``ENABLED = False`` switches it off.
+``ENABLED = False`` or ``CTRBENCH_NATIVE=0`` switches it off.
 
 Plain reference: ``torch.nn.functional.linear`` (``tests/test_fast_onednn_linear.py``: values
 and gradients on both sides of :data:`MIN_MACS`, rows padded to a bucket, the fallbacks).
@@ -29,6 +29,8 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+from ctrbench import native
 
 #: False: every linear runs ``F.linear`` (the A/B's other arm)
 ENABLED = True
@@ -53,8 +55,10 @@ def available() -> bool:
 
 def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`linear` may take ``x`` with ``weight`` to oneDNN: float32 CPU tensors
-    outside CPU autocast, switched on and available."""
-    return (ENABLED and x.device.type == "cpu" and weight.device.type == "cpu"
+    outside CPU autocast, switched on (``ENABLED``, and not ``CTRBENCH_NATIVE=0``, which turns
+    the native kernels off) and available."""
+    return (ENABLED and not native.disabled() and x.device.type == "cpu"
+            and weight.device.type == "cpu"
             and x.dtype == torch.float32 and weight.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu") and available())
 
