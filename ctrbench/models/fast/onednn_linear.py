@@ -69,8 +69,9 @@ def _large(rows: int, inputs: int, outputs: int) -> bool:
 
 def bucket(rows: int) -> int:
     """``rows`` rounded up to one of 16 sizes per octave (at least a multiple of 16): oneDNN
-    builds a kernel per shape (~1 ms each, kept in its primitive cache), so the varying row
-    counts of packed steps are padded to few shapes (at most ~6% more rows)."""
+    builds a kernel per shape (~1 ms each, kept in its primitive cache), so the row counts that
+    differ from the full batch's (the last training batch, the last evaluation block) are
+    padded to few shapes (at most ~6% more rows)."""
     step = max(16, 1 << max(0, rows.bit_length() - 5))
     return -(-rows // step) * step
 
