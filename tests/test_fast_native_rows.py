@@ -36,7 +36,7 @@ def torch_route(target, weight, ids, values, row_l2, scratch):
     return written
 
 
-@pytest.mark.parametrize("dim", [16, 1, 24])
+@pytest.mark.parametrize("dim", [16, 1, 5, 24])
 @pytest.mark.parametrize("l2", ["none", "plain", "scaled"])
 def test_add_lookup_grads_is_bit_equal_to_the_torch_route(dim, l2):
     torch.manual_seed(dim)
@@ -56,8 +56,9 @@ def test_add_lookup_grads_is_bit_equal_to_the_torch_route(dim, l2):
     assert sorted(got_rows.tolist()) == sorted(want_rows.tolist())
 
 
-def test_zero_rows_equals_index_fill():
-    target = torch.randn(ROWS, DIM)
+@pytest.mark.parametrize("dim", [DIM, 1, 5, 24])  # narrow rows take a scalar loop
+def test_zero_rows_equals_index_fill(dim):
+    target = torch.randn(ROWS, dim)
     ids = torch.randint(0, ROWS, (700,))
     want = target.clone().index_fill_(0, ids, 0.0)
     zero_rows(target, ids)

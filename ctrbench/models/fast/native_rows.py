@@ -9,6 +9,9 @@ route's bit for bit (``tests/test_fast_native_rows.py``).
 
 Why: ``index_add_`` of DIN's ~9k looked-up rows of 16 into a 4.1M-value table took ~300 us of
 a 7 ms step (about 33 ns a row, cache misses included); the kernel's loop prefetches the rows.
+Rows narrower than a vector (LR's and the linear terms' 1-wide table) take a plain scalar loop:
+built as partial vectors they cost ~26 ns an id, 30x torch's ``scatter_add_`` (LR's ~9k ids a
+step: 238 -> 28 us).
 """
 
 from __future__ import annotations
