@@ -15,7 +15,9 @@ node; off: the same block through autograd), ``layer_norm``
 (:mod:`ctrbench.models.fast.fused_fields`: its IUIM and ICIM), ``dien``
 (:mod:`ctrbench.models.fast.fused_dien`: DIEN's attention and auxiliary loss), ``relu``
 (:mod:`ctrbench.models.fast.native_relu`: the FFN's ReLU backward in MIAN's block), ``onednn``
-(:mod:`ctrbench.models.fast.onednn_linear`: xDeepFM's CIN products in oneDNN; off: MKL's).
+(:mod:`ctrbench.models.fast.onednn_linear`: xDeepFM's CIN products in oneDNN; off: MKL's),
+``outer`` (:mod:`ctrbench.models.fast.native_outer`: the CIN's outer-product backward; off:
+torch's batched products).
 Figures only. Usage:
   python benchmarks/native_ab.py --models din,dien,mian,dcn --kernels dice,rows
   python benchmarks/native_ab.py --models din --kernels dice --batch-size 1024 --threads 2
@@ -34,7 +36,6 @@ import functools
 import sys
 from pathlib import Path
 
-import torch
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,12 +44,14 @@ from train_throughput import Variant, ab_columns, best_alternating, generated_tr
 
 from ctrbench import native
 from ctrbench.cards import resolve_model_spec
+from ctrbench.engine.threads import apply_threads
 from ctrbench.models.fast import (
     dice,
     fused_dien,
     fused_fields,
     fused_ibim,
     native_layer_norm,
+    native_outer,
     native_relu,
     native_rows,
     onednn_linear,
@@ -65,6 +68,7 @@ KERNELS = {"dice": (dice, "native_usable", "native_dice"),
            "fields": (fused_fields, "usable", "fused_fields"),
            "dien": (fused_dien, "usable", "fused_dien"),
            "relu": (native_relu, "usable", "native_relu"),
+           "outer": (native_outer, "usable", "native_outer"),
            "onednn": (onednn_linear, "usable", None)}  # None: not built here; torch's op
 
 
@@ -86,7 +90,7 @@ def main() -> None:
         stem = KERNELS[kernel][2]
         if (native.load(stem) is None) if stem else not onednn_linear.available():
             parser.error(f"the {kernel} kernel is not available here")
-    torch.set_num_threads(args.threads)
+    apply_threads(args.threads)  # as ctrbench run --threads gives them
     rows = []
     with generated_train_split(max(args.rows, 2 * args.batch_size)) as (data, train):
         for name in resolve_model_spec(args.models):

@@ -24,8 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from tabulate import tabulate
+
+from ctrbench.engine.threads import apply_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_io import write_result
@@ -51,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     if not re.fullmatch(r"[A-Za-z0-9._-]+", args.save_as):
         parser.error(f"--save-as {args.save_as!r}: use letters, digits, '.', '_', '-'")
-    torch.set_num_threads(args.threads)
+    apply_threads(args.threads)  # as ctrbench run --threads gives them
     models = ["din", *[m for m in args.models.split(",") if m and m != "din"]]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     clock = time.process_time if args.clock == "cpu" else time.perf_counter

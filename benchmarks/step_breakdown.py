@@ -26,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,6 +33,7 @@ from bench_results import add_save_options, save_from_args
 from train_throughput import Variant, generated_train_split
 
 from ctrbench.cards import load_model_card, resolve_model_spec
+from ctrbench.engine.threads import apply_threads
 from ctrbench.models import count_parameters
 
 PHASES = ("take", "zero", "forward", "backward", "optimizer")
@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     add_save_options(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    apply_threads(args.threads)  # as ctrbench run --threads gives them
     rows = []
     with generated_train_split(max(args.rows, 2 * args.batch_size)) as (data, train):
         for name in resolve_model_spec(args.models):

@@ -43,6 +43,7 @@ from tabulate import tabulate
 from ctrbench.cards import load_model_card, resolve_model_spec
 from ctrbench.data.store import PreparedData, write_store
 from ctrbench.engine.devices import PRECISIONS
+from ctrbench.engine.threads import apply_threads
 from ctrbench.engine.train import (
     SplitTensors,
     TrainStep,
@@ -238,7 +239,7 @@ def main() -> None:
         valid.truncate(args.eval_rows)
         per_threads: dict[tuple[str, str, int, int], dict[str, float]] = {}
         for threads in args.threads:
-            torch.set_num_threads(threads)
+            apply_threads(threads)  # as ctrbench run --threads gives them
             for name in models:
                 measured = measure_model(data, name, optimizers, batch_sizes, args.steps,
                                          args.rounds, train, valid, args.precision)

@@ -16,6 +16,7 @@ import torch
 
 import ctrbench
 from ctrbench import allocator, native
+from ctrbench.engine.threads import thread_budget, thread_split
 
 _PACKAGE_DIR = Path(ctrbench.__file__).resolve().parent
 
@@ -90,7 +91,8 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
         "device": str(device),
         "device_name": device_name(device),
         "cuda": torch.version.cuda if device.type == "cuda" else None,
-        "threads": torch.get_num_threads(),
+        "threads": thread_budget(),
+        "thread_split": thread_split(),
         "cpu_capability": cpu_capability(),
         "cpu_count": os.cpu_count(),
         "malloc": allocator.status,

@@ -52,7 +52,8 @@ SOURCES = {"fused_attention": _FAST / "fused_attention.cpp",
            "fused_ibim": _FAST / "fused_ibim.cpp",
            "fused_fields": _FAST / "fused_fields.cpp",
            "fused_dien": _FAST / "fused_dien.cpp",
-           "native_relu": _FAST / "native_relu.cpp"}
+           "native_relu": _FAST / "native_relu.cpp",
+           "native_outer": _FAST / "native_outer.cpp"}
 
 #: stem -> the loaded library or the reason there is none (one attempt per process)
 _loaded: dict[str, ctypes.CDLL | str] = {}

@@ -18,6 +18,7 @@ import torch
 from test_layers import tiny_batch, tiny_schema
 from torch import nn
 
+from ctrbench.models.fast import native_outer
 from ctrbench.models.fast.cin import BatchedCIN
 from ctrbench.models.fast.dropout import UniformDropout
 from ctrbench.models.fast.embedding_bank import EmbeddingBank
@@ -454,9 +455,14 @@ def test_batched_cin_equals_the_reference_cin_values_and_gradients():
         batched(torch.randn(2, 4, 3))
 
 
-def test_batched_cin_at_the_cards_size_equals_the_reference_cin():
+@pytest.mark.parametrize("outer", ["native", "torch"])
+def test_batched_cin_at_the_cards_size_equals_the_reference_cin(outer, monkeypatch):
     """The card's CIN (13 fields, (256, 128), split-half) on 1024 embedding columns: its
-    products are above onednn_linear.MIN_MACS, so they run in oneDNN where it is available."""
+    products are above onednn_linear.MIN_MACS, so they run in oneDNN where it is available;
+    the first layer on its 91 distinct pairs; the second layer's outer-product backward by the
+    native kernel or by torch's batched products."""
+    if outer == "torch":
+        monkeypatch.setattr(native_outer, "usable", lambda *_: False)
     torch.manual_seed(1)
     reference = CIN(13, [256, 128], split_half=True, activation="relu")
     batched = BatchedCIN(13, [256, 128], split_half=True, activation="relu")

@@ -95,3 +95,45 @@ def test_importing_ctrbench_sets_the_policy_before_torch_loads():
 def test_load_average_is_a_non_negative_number():
     load = threads.load_average()
     assert load is not None and load >= 0
+
+
+@pytest.mark.parametrize("policy, count, split", [("PASSIVE", 2, True), ("passive", 8, True),
+                                                  ("PASSIVE", 1, False), ("ACTIVE", 2, False),
+                                                  ("", 2, False)])
+def test_a_budget_is_split_only_under_the_passive_policy(policy, count, split):
+    assert threads.splits_threads(count, {"OMP_WAIT_POLICY": policy}) is split
+
+
+def test_a_split_budget_runs_the_large_products_on_every_thread_and_the_rest_on_one(monkeypatch):
+    """Under PASSIVE, ``apply_threads(2)``: torch's ops on 1 thread, oneDNN's products on 2,
+    the record says 2 with the split; a later ``torch.set_num_threads`` ends the split."""
+    from ctrbench.environment import environment
+    from ctrbench.models.fast import onednn_linear
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    seen = []
+
+    def product(x, weight, bias, *args):
+        seen.append(torch.get_num_threads())
+        return x @ weight.t()
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", product, raising=False)
+    before = torch.get_num_threads()
+    try:
+        assert threads.apply_threads(2) == 2
+        assert torch.get_num_threads() == 1 and threads.thread_budget() == 2
+        assert threads.thread_split() == {"torch_ops": 1, "large_products": 2}
+        record = environment("cpu")
+        assert record["threads"] == 2 and record["thread_split"]["large_products"] == 2
+        onednn_linear._matmul(torch.ones(3, 4), torch.ones(5, 4), None)
+        assert seen == [2] and torch.get_num_threads() == 1  # on 2 for the product, then 1
+        torch.set_num_threads(3)  # someone else's choice: no split any more
+        assert threads.thread_budget() == 3 and threads.thread_split() is None
+        onednn_linear._matmul(torch.ones(3, 4), torch.ones(5, 4), None)
+        assert seen == [2, 3]
+        monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # spinning waiters: no split
+        assert threads.apply_threads(2) == 2 and torch.get_num_threads() == 2
+        assert threads.thread_split() is None and environment("cpu")["thread_split"] is None
+    finally:
+        onednn_linear.set_split(None)
+        torch.set_num_threads(before)

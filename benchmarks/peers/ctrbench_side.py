@@ -12,16 +12,37 @@ The model is the registry card with its defaults (dense Adam, L2 on the touched 
 the card's init), batch ``--batch-size``, float32 on the CPU. Both figures include settling the
 rows a deferred Adam left behind at the end of the timed batches (the updates a dense Adam
 makes in them, all paid for).
+
+Threads: the harness's count as ``ctrbench run --threads N`` uses it (``apply_threads``: under
+the PASSIVE wait policy torch's ops on one thread and the large products on N), put back for
+the peers after each call.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from train_throughput import Variant  # benchmarks/ is on sys.path (peer_throughput.py)
 
+from ctrbench.engine.threads import apply_threads
 from ctrbench.engine.train import SplitTensors, model_inputs
+from ctrbench.models.fast import onednn_linear
 
 CPU = torch.device("cpu")
+
+
+@contextlib.contextmanager
+def ctrbench_threads() -> Iterator[None]:
+    """The harness's thread count as ctrbench uses it, torch's plain count again after."""
+    budget = torch.get_num_threads()
+    apply_threads(budget)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(budget)
+        onednn_linear.set_split(None)
 
 
 class CtrbenchRun:
@@ -41,15 +62,17 @@ class CtrbenchRun:
 
     def fit(self, lo: int, hi: int) -> None:
         self.net.train()
-        for rows in self._row_blocks(lo, hi):
-            self.train_step(*self.split.take(rows))
-        self.train_step.optimizers.settle()  # a deferred Adam's late rows: paid for here
+        with ctrbench_threads():
+            for rows in self._row_blocks(lo, hi):
+                self.train_step(*self.split.take(rows))
+            self.train_step.optimizers.settle()  # a deferred Adam's late rows: paid for here
 
     def batches(self, lo: int, hi: int) -> list:
         return [self.split.take(rows) for rows in self._row_blocks(lo, hi)]
 
     def step(self, batches: list) -> None:
         self.net.train()
-        for batch, label in batches:
-            self.train_step(batch, label)
-        self.train_step.optimizers.settle()
+        with ctrbench_threads():
+            for batch, label in batches:
+                self.train_step(batch, label)
+            self.train_step.optimizers.settle()

@@ -107,13 +107,52 @@ def parse_threads(value: str | int | None) -> int | None:
     return threads
 
 
+def splits_threads(threads: int, environ: dict[str, str] | None = None) -> bool:
+    """Whether a budget of ``threads`` is split: torch's ops on one thread, the large products
+    (oneDNN's, :mod:`ctrbench.models.fast.onednn_linear`) on all ``threads``. So under the
+    PASSIVE wait policy with more than one thread: there a parallel region pays a thread wake-up,
+    which a small op does not earn back (every paper model's step was as fast or faster on one
+    thread) and a product of milliseconds does (xDeepFM's CIN, docs/performance.md §1). Under
+    any other policy torch's ops run on all ``threads``, as before."""
+    env = os.environ if environ is None else environ
+    return threads > 1 and env.get(WAIT_POLICY_VAR, "").strip().upper() == "PASSIVE"
+
+
 def apply_threads(threads: int | None, workers: int = 1) -> int:
-    """Set torch's intra-op threads to ``threads`` (None: :func:`default_threads`); returns it."""
+    """Give this process ``threads`` intra-op threads (None: :func:`default_threads`), split
+    where :func:`splits_threads` says so; returns the budget."""
     import torch
 
+    from ctrbench.models.fast import onednn_linear
+
     chosen = default_threads(workers) if threads is None else threads
-    torch.set_num_threads(chosen)
+    if splits_threads(chosen):
+        torch.set_num_threads(1)
+        onednn_linear.set_split((1, chosen))
+    else:
+        torch.set_num_threads(chosen)
+        onednn_linear.set_split(None)
     return chosen
+
+
+def thread_budget() -> int:
+    """The intra-op threads this process uses at most: its large products' count (the
+    budget, while :func:`apply_threads`' split holds), else torch's."""
+    from ctrbench.models.fast import onednn_linear
+
+    return onednn_linear.product_threads()
+
+
+def thread_split() -> dict[str, int] | None:
+    """The split in effect, ``{"torch_ops": 1, "large_products": N}``, or None (one count for
+    every op: :func:`thread_budget`)."""
+    import torch
+
+    from ctrbench.models.fast import onednn_linear
+
+    budget = onednn_linear.product_threads()
+    now = torch.get_num_threads()
+    return None if budget == now else {"torch_ops": now, "large_products": budget}
 
 
 def load_average() -> float | None:

@@ -49,7 +49,7 @@ from ctrbench.engine.outcome import (
     scores_not_finite,
 )
 from ctrbench.engine.splits import SplitTensors, model_inputs, predict
-from ctrbench.engine.threads import load_average
+from ctrbench.engine.threads import load_average, thread_budget
 from ctrbench.engine.untrained import fit_and_evaluate
 from ctrbench.errors import CardError, DataError
 from ctrbench.models import CTRModel, build_model, config_of, count_parameters
@@ -271,7 +271,7 @@ def train_and_evaluate(
                 train_samples_per_s=train.rows / max(train_seconds, 1e-9),
                 eval_samples_per_s=valid.rows / max(eval_seconds, 1e-9),
                 peak_memory_mb=peak_memory_mb(dev),
-                threads=torch.get_num_threads(), load_avg_1m=train_load,
+                threads=thread_budget(), load_avg_1m=train_load,
             )
             rows.append(row)
             if best_state is None or row.valid_auc > best_auc:

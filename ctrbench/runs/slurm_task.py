@@ -37,13 +37,12 @@ def task_error(text: str) -> None:
 
 
 def _setup(manifest: dict[str, Any]) -> None:
-    import torch
-
     from ctrbench import progress
+    from ctrbench.engine.threads import apply_threads
 
     install_termination_handler()
     progress.set_mode("lines")
-    torch.set_num_threads(max(1, int(os.environ.get("SLURM_CPUS_PER_TASK", "1"))))
+    apply_threads(max(1, int(os.environ.get("SLURM_CPUS_PER_TASK", "1"))))
     for module in manifest.get("plugins", []):
         __import__(module)
 

@@ -7,9 +7,13 @@
 - :mod:`~ctrbench.models.fast.dropout`: dropout with a native counter-based (Philox) keep mask
   regenerated in the backward, and a residual form (``native_dropout.cpp``), else masks drawn
   with ``rand`` (reference: ``nn.Dropout``).
-- :mod:`~ctrbench.models.fast.cin`: xDeepFM's CIN as batched matmuls (reference:
-  :class:`ctrbench.models.layers.CIN`), whose products with the filters run in oneDNN's matmul
-  (:mod:`~ctrbench.models.fast.onednn_linear`; reference: ``torch.nn.functional.linear``).
+- :mod:`~ctrbench.models.fast.cin`: xDeepFM's CIN as matmuls on the embedding columns, its
+  first layer on the distinct symmetric pairs (reference: :class:`ctrbench.models.layers.CIN`),
+  whose products with the filters run in oneDNN's matmul
+  (:mod:`~ctrbench.models.fast.onednn_linear`; reference: ``torch.nn.functional.linear``) and
+  whose later layers' outer-product backward is one native pass
+  (:mod:`~ctrbench.models.fast.native_outer`, ``native_outer.cpp``; reference: the broadcast
+  product's autograd).
 - :mod:`~ctrbench.models.fast.row_blocks`: evaluation in blocks of rows (reference: one pass).
 - :mod:`~ctrbench.models.fast.gated_scan`: DIEN's GRU and AUGRU recurrences with a hand-written
   backward (references: ``nn.GRU`` and :func:`ctrbench.models.sequence.augru_reference`, which
@@ -41,8 +45,8 @@
   ``threshold_backward`` and a column sum).
 
 Nothing is imported here: ``models.layers`` imports ``dice``, ``dropout`` and ``embedding_bank``
-(which import no model module but ``models.init``), ``cin`` imports ``models.layers`` and
-``onednn_linear`` (torch only), and ``gated_scan`` and ``packed_attention`` import only torch
+(which import no model module but ``models.init``), ``cin`` imports ``models.layers``,
+``native_outer`` and ``onednn_linear`` (torch only), and ``gated_scan`` and ``packed_attention`` import only torch
 (``packed_scan`` imports ``gated_scan``, the modules with a C++ source import
 ``ctrbench.native``, ``transformer_block`` imports ``dropout``, ``fused_attention``,
 ``native_layer_norm`` and ``native_relu``; the C++ sources but ``deferred_adam.cpp`` and

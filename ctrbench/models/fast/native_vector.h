@@ -1,6 +1,6 @@
 // Vector math shared by the native kernels of this folder (fused_attention.cpp, fused_gim.cpp,
 // fused_fields.cpp, fused_dien.cpp, native_dropout.cpp, native_scan.cpp, native_dice.cpp,
-// native_rows.cpp, native_layer_norm.cpp):
+// native_rows.cpp, native_layer_norm.cpp, native_relu.cpp, native_outer.cpp):
 // GCC vector extensions of VL floats, compiled for the building machine (-march=native, see
 // ctrbench/native.py). exp is a Cephes-style polynomial after a reduction by ln 2 (within ~2 ulp
 // of expf; clamped both ways: exactly 0 below -87.3, where expf is denormal, and finite above).

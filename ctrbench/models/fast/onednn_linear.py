@@ -34,6 +34,36 @@ from ctrbench import native
 
 #: False: every linear runs ``F.linear`` (the A/B's other arm)
 ENABLED = True
+#: ``(other ops' threads, these products' threads)`` while
+#: :func:`ctrbench.engine.threads.apply_threads` splits a process's thread budget, else None:
+#: the products run on the budget only while torch's intra-op count is still the split's first
+#: number (a later ``torch.set_num_threads`` by anyone ends the split)
+_split: tuple[int, int] | None = None
+
+
+def set_split(split: tuple[int, int] | None) -> None:
+    """Run the large products on ``split[1]`` threads while torch's own ops run on
+    ``split[0]`` (None: on torch's count, as every other op)."""
+    global _split
+    _split = split
+
+
+def product_threads() -> int:
+    """The threads the large products run on now."""
+    split, now = _split, torch.get_num_threads()
+    return split[1] if split is not None and now == split[0] else now
+
+
+def _matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """oneDNN's ``x weight^T + bias`` on :func:`product_threads` threads."""
+    split = _split
+    if split is None or torch.get_num_threads() != split[0] or split[0] == split[1]:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    torch.set_num_threads(split[1])
+    try:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    finally:
+        torch.set_num_threads(split[0])
 #: rows x inputs x outputs from which oneDNN is used: below it, its ~15 us call overhead lost
 #: to ``addmm`` in the measured table (e.g. [128, 128] x [128, 80], 1.3M: 0.99x forward)
 MIN_MACS = 4 * 2**20
@@ -85,8 +115,7 @@ def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
         x = source.new_empty(padded, source.shape[1])
         x[:rows].copy_(source)
         x[rows:].zero_()
-    out = torch.ops.mkldnn._linear_pointwise(x, weight.contiguous(), bias, "none", [], "")
-    return out[:rows]
+    return _matmul(x, weight.contiguous(), bias)[:rows]
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -111,7 +140,7 @@ def grad_weight(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     (oneDNN reads the transposed operands in place). No autograd."""
     rows, inputs, outputs = x.shape[0], x.shape[1], grad.shape[1]
     if _large(rows, inputs, outputs):
-        return torch.ops.mkldnn._linear_pointwise(grad.t(), x.t(), None, "none", [], "")
+        return _matmul(grad.t(), x.t(), None)
     return grad.t().mm(x)
 
 
@@ -128,8 +157,10 @@ class _Linear(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        grad_x = grad_input(grad, weight) if need_x else None  # (N, in)
+        # the weight's first: the input's gradient, made last, is still in cache for the node
+        # that consumes it next (the CIN's outer-product backward reads its 13.6 MB)
         grad_w = grad_weight(grad, x) if need_w else None  # (out, in)
+        grad_x = grad_input(grad, weight) if need_x else None  # (N, in)
         grad_b = grad.sum(0) if need_b and ctx.has_bias else None  # (out,)
         return grad_x, grad_w, grad_b
 
