@@ -16,7 +16,7 @@ import torch
 
 import ctrbench
 from ctrbench import allocator, native
-from ctrbench.engine.threads import thread_budget, thread_split
+from ctrbench.openmp import thread_budget, thread_split
 
 _PACKAGE_DIR = Path(ctrbench.__file__).resolve().parent
 

@@ -34,7 +34,7 @@ SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py")
 
 
 def test_the_scripts_that_import_torch_are_found():
-    assert {"train_throughput.py", "peer_throughput.py", "ratio_to_din.py"} <= {
+    assert {"train_throughput.py", "peer_throughput.py", "cin_floor.py"} <= {
         p.name for p in SCRIPTS}
 
 

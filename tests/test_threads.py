@@ -107,6 +107,7 @@ def test_a_budget_is_split_only_under_the_passive_policy(policy, count, split):
 def test_a_split_budget_runs_the_large_products_on_every_thread_and_the_rest_on_one(monkeypatch):
     """Under PASSIVE, ``apply_threads(2)``: torch's ops on 1 thread, oneDNN's products on 2,
     the record says 2 with the split; a later ``torch.set_num_threads`` ends the split."""
+    from ctrbench import openmp
     from ctrbench.environment import environment
     from ctrbench.models.fast import onednn_linear
 
@@ -135,5 +136,5 @@ def test_a_split_budget_runs_the_large_products_on_every_thread_and_the_rest_on_
         assert threads.apply_threads(2) == 2 and torch.get_num_threads() == 2
         assert threads.thread_split() is None and environment("cpu")["thread_split"] is None
     finally:
-        onednn_linear.set_split(None)
+        openmp.set_split(None)
         torch.set_num_threads(before)

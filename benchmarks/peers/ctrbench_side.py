@@ -26,9 +26,9 @@ from collections.abc import Iterator
 import torch
 from train_throughput import Variant  # benchmarks/ is on sys.path (peer_throughput.py)
 
+from ctrbench import openmp
 from ctrbench.engine.threads import apply_threads
 from ctrbench.engine.train import SplitTensors, model_inputs
-from ctrbench.models.fast import onednn_linear
 
 CPU = torch.device("cpu")
 
@@ -42,7 +42,7 @@ def ctrbench_threads() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(budget)
-        onednn_linear.set_split(None)
+        openmp.set_split(None)
 
 
 class CtrbenchRun:

@@ -34,7 +34,13 @@ import math
 import os
 from pathlib import Path
 
-from ctrbench.openmp import WAIT_POLICY_VAR, set_passive_wait_policy  # noqa: F401  (re-export)
+from ctrbench import openmp
+from ctrbench.openmp import (  # noqa: F401  (re-export)
+    WAIT_POLICY_VAR,
+    set_passive_wait_policy,
+    thread_budget,
+    thread_split,
+)
 
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -123,36 +129,14 @@ def apply_threads(threads: int | None, workers: int = 1) -> int:
     where :func:`splits_threads` says so; returns the budget."""
     import torch
 
-    from ctrbench.models.fast import onednn_linear
-
     chosen = default_threads(workers) if threads is None else threads
     if splits_threads(chosen):
         torch.set_num_threads(1)
-        onednn_linear.set_split((1, chosen))
+        openmp.set_split((1, chosen))
     else:
         torch.set_num_threads(chosen)
-        onednn_linear.set_split(None)
+        openmp.set_split(None)
     return chosen
-
-
-def thread_budget() -> int:
-    """The intra-op threads this process uses at most: its large products' count (the
-    budget, while :func:`apply_threads`' split holds), else torch's."""
-    from ctrbench.models.fast import onednn_linear
-
-    return onednn_linear.product_threads()
-
-
-def thread_split() -> dict[str, int] | None:
-    """The split in effect, ``{"torch_ops": 1, "large_products": N}``, or None (one count for
-    every op: :func:`thread_budget`)."""
-    import torch
-
-    from ctrbench.models.fast import onednn_linear
-
-    budget = onednn_linear.product_threads()
-    now = torch.get_num_threads()
-    return None if budget == now else {"torch_ops": now, "large_products": budget}
 
 
 def load_average() -> float | None:

@@ -46,9 +46,9 @@
 
 Nothing is imported here: ``models.layers`` imports ``dice``, ``dropout`` and ``embedding_bank``
 (which import no model module but ``models.init``), ``cin`` imports ``models.layers``,
-``native_outer`` and ``onednn_linear`` (torch only), and ``gated_scan`` and ``packed_attention`` import only torch
-(``packed_scan`` imports ``gated_scan``, the modules with a C++ source import
-``ctrbench.native``, ``transformer_block`` imports ``dropout``, ``fused_attention``,
-``native_layer_norm`` and ``native_relu``; the C++ sources but ``deferred_adam.cpp`` and
-``fused_ibim.cpp`` share ``native_vector.h``).
+``native_outer`` and ``onednn_linear`` (torch and ``ctrbench.openmp``), and ``gated_scan`` and
+``packed_attention`` import only torch (``packed_scan`` imports ``gated_scan``, the modules
+with a C++ source import ``ctrbench.native``, ``transformer_block`` imports ``dropout``,
+``fused_attention``, ``native_layer_norm`` and ``native_relu``; the C++ sources but
+``deferred_adam.cpp`` and ``fused_ibim.cpp`` share ``native_vector.h``).
 """

@@ -57,6 +57,15 @@ class _Outer(torch.autograd.Function):
         return grad_base, grad_hidden
 
 
+def _outer_products(base: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """``[N, m], [N, H] -> [N, m * H]``: :class:`_Outer` for one dtype outside autocast, else
+    the broadcast product through autograd (under bf16 autocast ``hidden`` comes from a bf16
+    product and ``base`` stays float32; the product promotes, the next linear casts)."""
+    if base.dtype == hidden.dtype and not torch.is_autocast_enabled(base.device.type):
+        return _Outer.apply(base, hidden)
+    return (base.unsqueeze(2) * hidden.unsqueeze(1)).flatten(1)
+
+
 class BatchedCIN(CIN):
     """:class:`ctrbench.models.layers.CIN` (same parameters, same values) computed on the
     ``N = B * D`` embedding columns as rows: per layer the outer products ``[N, m * H]`` (the
@@ -95,7 +104,7 @@ class BatchedCIN(CIN):
                     1, self._pair_right)  # (N, P)
                 out = onednn_linear.linear(pairs, self._folded_first_filters(), layer.bias)
             else:
-                z = _Outer.apply(base, hidden)  # (N, m*H_{k-1})
+                z = _outer_products(base, hidden)  # (N, m*H_{k-1})
                 out = onednn_linear.linear(z, layer.weight, layer.bias)  # (N, H_k)
             if self.activation == "relu":
                 out = torch.relu(out)

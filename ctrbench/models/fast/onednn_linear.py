@@ -30,43 +30,26 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ctrbench import native
+from ctrbench import native, openmp
 
 #: False: every linear runs ``F.linear`` (the A/B's other arm)
 ENABLED = True
-#: ``(other ops' threads, these products' threads)`` while
-#: :func:`ctrbench.engine.threads.apply_threads` splits a process's thread budget, else None:
-#: the products run on the budget only while torch's intra-op count is still the split's first
-#: number (a later ``torch.set_num_threads`` by anyone ends the split)
-_split: tuple[int, int] | None = None
-
-
-def set_split(split: tuple[int, int] | None) -> None:
-    """Run the large products on ``split[1]`` threads while torch's own ops run on
-    ``split[0]`` (None: on torch's count, as every other op)."""
-    global _split
-    _split = split
-
-
-def product_threads() -> int:
-    """The threads the large products run on now."""
-    split, now = _split, torch.get_num_threads()
-    return split[1] if split is not None and now == split[0] else now
+#: rows x inputs x outputs from which oneDNN is used: below it, its ~15 us call overhead lost
+#: to ``addmm`` in the measured table (e.g. [128, 128] x [128, 80], 1.3M: 0.99x forward)
+MIN_MACS = 4 * 2**20
 
 
 def _matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """oneDNN's ``x weight^T + bias`` on :func:`product_threads` threads."""
-    split = _split
-    if split is None or torch.get_num_threads() != split[0] or split[0] == split[1]:
+    """oneDNN's ``x weight^T + bias``, on the products' threads of a split thread budget
+    (:func:`ctrbench.openmp.product_split`), else on torch's."""
+    split = openmp.product_split()
+    if split is None:
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     torch.set_num_threads(split[1])
     try:
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     finally:
         torch.set_num_threads(split[0])
-#: rows x inputs x outputs from which oneDNN is used: below it, its ~15 us call overhead lost
-#: to ``addmm`` in the measured table (e.g. [128, 128] x [128, 80], 1.3M: 0.99x forward)
-MIN_MACS = 4 * 2**20
 
 
 @functools.cache
