@@ -17,7 +17,8 @@ node; off: the same block through autograd), ``layer_norm``
 (:mod:`ctrbench.models.fast.native_relu`: the FFN's ReLU backward in MIAN's block), ``onednn``
 (:mod:`ctrbench.models.fast.onednn_linear`: xDeepFM's CIN products in oneDNN; off: MKL's),
 ``outer`` (:mod:`ctrbench.models.fast.native_outer`: the CIN's outer-product backward; off:
-torch's batched products).
+torch's batched products), ``pairs`` (:mod:`ctrbench.models.fast.cin`: the CIN's first layer
+on the distinct symmetric pairs; off: all ``m * m``).
 Figures only. Usage:
   python benchmarks/native_ab.py --models din,dien,mian,dcn --kernels dice,rows
   python benchmarks/native_ab.py --models din --kernels dice --batch-size 1024 --threads 2
@@ -46,6 +47,7 @@ from ctrbench import native
 from ctrbench.cards import resolve_model_spec
 from ctrbench.engine.threads import apply_threads
 from ctrbench.models.fast import (
+    cin,
     dice,
     fused_dien,
     fused_fields,
@@ -69,7 +71,8 @@ KERNELS = {"dice": (dice, "native_usable", "native_dice"),
            "dien": (fused_dien, "usable", "fused_dien"),
            "relu": (native_relu, "usable", "native_relu"),
            "outer": (native_outer, "usable", "native_outer"),
-           "onednn": (onednn_linear, "usable", None)}  # None: not built here; torch's op
+           "pairs": (cin, "folds_pairs", None),
+           "onednn": (onednn_linear, "usable", None)}  # None: nothing built here
 
 
 def main() -> None:
@@ -88,7 +91,8 @@ def main() -> None:
         if kernel not in KERNELS:
             parser.error(f"unknown kernel {kernel!r} (choose from {', '.join(KERNELS)})")
         stem = KERNELS[kernel][2]
-        if (native.load(stem) is None) if stem else not onednn_linear.available():
+        if ((stem is not None and native.load(stem) is None)
+                or (kernel == "onednn" and not onednn_linear.available())):
             parser.error(f"the {kernel} kernel is not available here")
     apply_threads(args.threads)  # as ctrbench run --threads gives them
     rows = []

@@ -57,6 +57,13 @@ class _Outer(torch.autograd.Function):
         return grad_base, grad_hidden
 
 
+def folds_pairs() -> bool:
+    """Whether the first layer runs on the distinct pairs with folded filters (True; the
+    A/B's other arm, ``benchmarks/native_ab.py --kernels pairs``, makes it False: all ``m * m``
+    products with the filters as they are)."""
+    return True
+
+
 def _outer_products(base: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     """``[N, m], [N, H] -> [N, m * H]``: :class:`_Outer` for one dtype outside autocast, else
     the broadcast product through autograd (under bf16 autocast ``hidden`` comes from a bf16
@@ -99,7 +106,7 @@ class BatchedCIN(CIN):
         hidden = base  # (N, H_0 = m)
         pooled: list[torch.Tensor] = []
         for k, layer in enumerate(self.layers):
-            if k == 0:  # x0_i * x0_j = x0_j * x0_i: the distinct pairs, the filters folded
+            if k == 0 and folds_pairs():  # x0_i x0_j = x0_j x0_i: distinct pairs, folded filters
                 pairs = base.index_select(1, self._pair_left) * base.index_select(
                     1, self._pair_right)  # (N, P)
                 out = onednn_linear.linear(pairs, self._folded_first_filters(), layer.bias)
