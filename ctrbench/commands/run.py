@@ -126,7 +126,9 @@ def threads_option(func: Callable) -> Callable:
         "--threads", default="auto", show_default=True, metavar="N|auto",
         help="Torch intra-op threads per process. auto: 1 (measured faster for these "
              "small-op models on CPU; spend spare cores on --jobs), never more than the usable "
-             "cores (affinity mask, cgroup quota) divided by the parallel workers.")(func)
+             "cores (affinity mask, cgroup quota) divided by the parallel workers. N > 1 under "
+             "OMP_WAIT_POLICY=PASSIVE (the default): the large oneDNN products (xDeepFM's CIN) "
+             "on N threads, every other op on one.")(func)
 
 
 def resolve_threads_option(value: str, jobs: int = 1) -> int | None:

@@ -10,7 +10,7 @@ Why, at the card's size (13 fields, layers (256, 128), batch 128: ``N = 2048`` r
   ~2x MKL's rate on this project's AMD CPU;
 - the first layer's ``m * m`` products ``x0_i * x0_j`` are symmetric, so it multiplies the
   ``m (m + 1) / 2`` distinct ones (91 of 169) with the filters folded (``W_ij + W_ji``): 46%
-  fewer multiply-adds in that layer's three products (~2.3 -> ~1.6 ms a step);
+  fewer multiply-adds in that layer's three products (~2.8 -> ~1.7 ms a step);
 - the later layers' outer products are a broadcast multiply, and their backward is one native
   pass over the gradient for both reductions (:class:`_Outer`,
   :mod:`~ctrbench.models.fast.native_outer`; torch's batched products where it is not built):
