@@ -104,3 +104,15 @@ def test_fallbacks_are_f_linear(case, monkeypatch):
         assert out.dtype == torch.bfloat16
         return
     assert torch.equal(linear(x, w, b), F.linear(x, w, b))
+
+
+def test_run_records_say_whether_the_products_went_to_onednn(monkeypatch):
+    monkeypatch.delenv("CTRBENCH_NATIVE", raising=False)
+    want = "oneDNN" if onednn_linear.available() else "unavailable"
+    assert onednn_linear.status("cpu").startswith(want)
+    assert onednn_linear.status("meta") == "not used on meta"
+    monkeypatch.setenv("CTRBENCH_NATIVE", "0")
+    assert onednn_linear.status("cpu") == "off (CTRBENCH_NATIVE=0)"
+    monkeypatch.delenv("CTRBENCH_NATIVE")
+    monkeypatch.setattr(onednn_linear, "ENABLED", False)
+    assert onednn_linear.status("cpu") == "off (ENABLED = False)"

@@ -17,6 +17,7 @@ import torch
 import train_fixtures as tf
 
 from ctrbench.errors import CardError
+from ctrbench.models.fast import onednn_linear
 from ctrbench.record import read_record, read_scores, record_path
 from ctrbench.runs import runner
 from ctrbench.runs.lock import RunLock
@@ -72,6 +73,7 @@ def test_runs_record_then_skip_then_force(env):
     assert record.model_config["train"]["lr"] == 0.05
     env_block = record.environment
     assert env_block["torch"] == torch.__version__ and "git_commit" in env_block
+    assert env_block["onednn"] == onednn_linear.status("cpu")  # where xDeepFM's products ran
     scores = read_scores(path)
     assert str(scores["run_id"]) == specs[0].run_id
     assert scores["scores"].shape == scores["labels"].shape == (200,)

@@ -57,6 +57,7 @@ from ctrbench.errors import (
     signal_exception,
     signals_raised,
 )
+from ctrbench.models.fast import onednn_linear
 from ctrbench.record import EpochRow, RunRecord, record_path, scores_path
 from ctrbench.runs import orphans
 from ctrbench.runs.lock import RunLock
@@ -336,7 +337,9 @@ def execute_one(spec: RunSpec, dataset: DatasetHandle, *, device: str = "auto",
         if not force and state.protected:
             return RunResult(spec, "refused", refusal(state))
         _clean_stale_temporaries(spec.record_file)
-        record = _base_record(spec, dataset, environment(resolve_device(device)))
+        run_device = resolve_device(device)
+        record = _base_record(spec, dataset, {**environment(run_device),
+                                              "onednn": onednn_linear.status(run_device)})
         epochs: list[EpochRow] = []
         signals_before = signals_raised()
         try:

@@ -25,6 +25,7 @@ and gradients on both sides of :data:`MIN_MACS`, rows padded to a bucket, the fa
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,22 @@ def available() -> bool:
         return torch.allclose(op(x, w, b, "none", [], ""), torch.addmm(b, x, w.t()), atol=1e-5)
     except RuntimeError:
         return False
+
+
+def status(device: str | torch.device = "cpu") -> str:
+    """For run records: "oneDNN" where the large float32 products on ``device`` go to oneDNN,
+    else why not ("off (CTRBENCH_NATIVE=...)", "off (ENABLED = False)", "unavailable: ...",
+    "not used on cuda")."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        return f"not used on {device.type}"
+    if native.disabled():
+        return f"off ({native.OPT_OUT_VAR}={os.environ.get(native.OPT_OUT_VAR, '')})"
+    if not ENABLED:
+        return "off (ENABLED = False)"
+    if not available():
+        return "unavailable: this torch has no working mkldnn._linear_pointwise"
+    return "oneDNN"
 
 
 def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
