@@ -38,6 +38,8 @@ ENABLED = True
 #: rows x inputs x outputs from which oneDNN is used: below it, its ~15 us call overhead lost
 #: to ``addmm`` in the measured table (e.g. [128, 128] x [128, 80], 1.3M: 0.99x forward)
 MIN_MACS = 4 * 2**20
+#: :func:`status` when the large products go to oneDNN
+ROUTED = "oneDNN"
 
 
 def _matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -80,17 +82,16 @@ def status(device: str | torch.device = "cpu") -> str:
         return "off (ENABLED = False)"
     if not available():
         return "unavailable: this torch has no working mkldnn._linear_pointwise"
-    return "oneDNN"
+    return ROUTED
 
 
 def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`linear` may take ``x`` with ``weight`` to oneDNN: float32 CPU tensors
     outside CPU autocast, switched on (``ENABLED``, and not ``CTRBENCH_NATIVE=0``, which turns
     the native kernels off) and available."""
-    return (ENABLED and not native.disabled() and x.device.type == "cpu"
-            and weight.device.type == "cpu"
+    return (x.device.type == "cpu" and weight.device.type == "cpu"
             and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu") and available())
+            and not torch.is_autocast_enabled("cpu") and status() == ROUTED)
 
 
 def _large(rows: int, inputs: int, outputs: int) -> bool:
