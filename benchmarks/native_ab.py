@@ -18,12 +18,14 @@ node; off: the same block through autograd), ``layer_norm``
 (:mod:`ctrbench.models.fast.onednn_linear`: xDeepFM's CIN products in oneDNN; off: MKL's),
 ``outer`` (:mod:`ctrbench.models.fast.native_outer`: the CIN's outer-product backward; off:
 torch's batched products), ``pairs`` (:mod:`ctrbench.models.fast.cin`: the CIN's first layer
-on the distinct symmetric pairs; off: all ``m * m``).
+on the distinct symmetric pairs; off: all ``m * m``), ``cin_blocks``
+(:mod:`ctrbench.models.xdeepfm`: the CIN trained on blocks of 128 rows; off: one pass).
 Figures only. Usage:
   python benchmarks/native_ab.py --models din,dien,mian,dcn --kernels dice,rows
   python benchmarks/native_ab.py --models din --kernels dice --batch-size 1024 --threads 2
   python benchmarks/native_ab.py --models mian --kernels block,layer_norm --batch-size 1024
   python benchmarks/native_ab.py --models xdeepfm --kernels onednn --threads 2
+  python benchmarks/native_ab.py --models xdeepfm --kernels cin_blocks --batch-size 1024
 Results: printed, and one JSON under benchmarks/results/ (``--no-save``: none).
 """
 
@@ -46,6 +48,7 @@ from train_throughput import Variant, ab_columns, best_alternating, generated_tr
 from ctrbench import native
 from ctrbench.cards import resolve_model_spec
 from ctrbench.engine.threads import apply_threads
+from ctrbench.models import xdeepfm
 from ctrbench.models.fast import (
     cin,
     dice,
@@ -72,6 +75,7 @@ KERNELS = {"dice": (dice, "native_usable", "native_dice"),
            "relu": (native_relu, "usable", "native_relu"),
            "outer": (native_outer, "usable", "native_outer"),
            "pairs": (cin, "folds_pairs", None),
+           "cin_blocks": (xdeepfm, "trains_cin_in_blocks", None),
            "onednn": (onednn_linear, "usable", None)}  # None: nothing built here
 
 

@@ -427,6 +427,36 @@ def test_xdeepfm_eval_in_cin_chunks_equals_one_pass(monkeypatch):
     assert model(batch).requires_grad  # with autograd: one pass, differentiable
 
 
+def test_xdeepfm_trains_its_cin_in_row_blocks_on_the_cpu(monkeypatch):
+    """Training on the CPU runs the CIN on blocks of ``CIN_TRAIN_ROWS`` rows (large batches'
+    outer products were mapped afresh every step): same logits, same gradients up to rounding
+    as one pass."""
+    torch.manual_seed(0)
+    model = card_model("xdeepfm").train()
+    model.deep.eval()  # no dropout: both passes see the same function
+    batch = batch_with_lengths(seed=6, size=10)
+    rows_seen: list[int] = []
+    model.cin.register_forward_pre_hook(lambda module, args: rows_seen.append(args[0].shape[0]))
+
+    def logits_and_grads(block_rows: int):
+        monkeypatch.setattr(xdeepfm_module, "CIN_TRAIN_ROWS", block_rows)
+        model.zero_grad()
+        logits = model(batch)
+        logits.square().sum().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                 if p.grad is not None and n.startswith("cin")}
+
+    whole, whole_grads = logits_and_grads(10)
+    assert rows_seen == [10]
+    rows_seen.clear()
+    blocks, block_grads = logits_and_grads(4)
+    assert rows_seen == [4, 4, 2]
+    torch.testing.assert_close(blocks, whole)
+    assert whole_grads.keys() == block_grads.keys() and whole_grads
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(block_grads[name], grad, msg=name)
+
+
 def test_mian_eval_in_row_blocks_equals_one_pass(monkeypatch):
     model = card_model("mian").eval()
     batch = batch_with_lengths(seed=4, size=10)

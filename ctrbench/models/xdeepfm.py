@@ -19,6 +19,20 @@ from ctrbench.schema import Batch, Schema
 #: ``[rows, D, m * H_{k-1}]`` floats (~0.7 GB at 8,192 rows, D = 16, m = 11, H = 128); blocks of
 #: 64 rows stay in cache (CIN ~1.8x faster than one pass over 8,192 rows here)
 CIN_EVAL_ROWS = 64
+#: rows per CIN pass in training on the CPU: above it, the layers' outer products and their
+#: gradients (109 MB each at batch 1024 with the card's 13 fields) are larger than glibc serves
+#: from its heap (32 MiB, ``ctrbench/allocator.py``), so every step mapped them afresh (53,000
+#: page faults a step) and read them from memory. In blocks of 128 rows (the card's batch: one
+#: product shape for oneDNN) batch 1024 trained 1.6x faster on one thread, 1.8x on two, with no
+#: faults; smaller blocks were slower at batch 128 (``docs/performance.md`` §3, twelfth round).
+#: Other devices run the CIN in one pass (a GPU pays per launch, not per cache miss).
+CIN_TRAIN_ROWS = 128
+
+
+def trains_cin_in_blocks() -> bool:
+    """Whether training on the CPU runs the CIN on blocks of ``CIN_TRAIN_ROWS`` rows (True;
+    the A/B's other arm, ``benchmarks/native_ab.py --kernels cin_blocks``, makes it False)."""
+    return True
 
 
 @dataclass(frozen=True)
@@ -56,12 +70,15 @@ class XDeepFM(CTRModel):
                                config.dropout, config.activation)
 
     def cin_logit(self, fields: torch.Tensor) -> torch.Tensor:
-        """``w^T CIN(E)``: ``[B, F, D] -> [B]``. Without autograd (evaluation) it runs on chunks
-        of ``CIN_EVAL_ROWS`` rows (the CIN is row-wise, so the values are the same) to bound the
-        memory of the outer products."""
-        if torch.is_grad_enabled():
-            return self._cin_logit(fields)  # (B,)
-        return in_row_blocks(self._cin_logit, fields, CIN_EVAL_ROWS)  # (B,)
+        """``w^T CIN(E)``: ``[B, F, D] -> [B]``, on blocks of rows: ``CIN_EVAL_ROWS`` without
+        autograd (evaluation), ``CIN_TRAIN_ROWS`` with it on the CPU, else one pass. The CIN
+        is row-wise (no dropout, no batch statistics), so the values are the same; the weights'
+        gradients are summed over the blocks (the last bits differ from one pass)."""
+        if not torch.is_grad_enabled():
+            return in_row_blocks(self._cin_logit, fields, CIN_EVAL_ROWS)  # (B,)
+        if fields.device.type == "cpu" and trains_cin_in_blocks():
+            return in_row_blocks(self._cin_logit, fields, CIN_TRAIN_ROWS)  # (B,)
+        return self._cin_logit(fields)  # (B,)
 
     def _cin_logit(self, fields: torch.Tensor) -> torch.Tensor:
         return self.cin_output(self.cin(fields)).squeeze(-1)  # (B,)
