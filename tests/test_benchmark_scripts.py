@@ -103,6 +103,28 @@ def test_native_ab_times_each_kernel_on_and_off_and_restores_it(tmp_path):
     assert refused.returncode == 2 and "unknown kernel 'fast_gemm'" in refused.stderr
 
 
+def test_precision_ab_times_float32_and_bf16_in_one_process(tmp_path):
+    """benchmarks/precision_ab.py saves one row per model with both precisions' step times and
+    their ratio (figures only)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CTRBENCH_HOME": str(tmp_path / "home")}
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "precision_ab.py"), "--models", "lr,xdeepfm",
+         "--batch-size", "16", "--steps", "2", "--rounds", "1", "--rows", "200",
+         "--results-dir", str(tmp_path / "results"), "--machine", "box-1"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (saved,) = (tmp_path / "results" / "box-1").glob("*-precision_ab.json")
+    rows = json.loads(saved.read_text())["rows"]
+    assert [r["model"] for r in rows] == ["lr", "xdeepfm"]
+    for row in rows:
+        assert row["float32_ms"] > 0 and row["bf16_ms"] > 0 and row["speedup"] > 0
+
+
 def test_attention_kernel_times_both_lane_layouts(tmp_path):
     """benchmarks/attention_kernel.py saves one row per batch size with both layouts' forward
     and backward times (figures only)."""
