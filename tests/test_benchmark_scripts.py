@@ -10,11 +10,35 @@ torch must import ctrbench before it.
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+#: the smallest sizes of the training A/B scripts' arguments
+SMALL = ("--batch-size", "16", "--steps", "2", "--rounds", "1", "--rows", "200")
+
+
+def run_script(tmp_path: Path, script: str, *args: str) -> subprocess.CompletedProcess:
+    """``benchmarks/SCRIPT ARGS`` at the smallest sizes, saving under ``tmp_path/results`` for
+    machine ``box-1``, with its own ``CTRBENCH_HOME``."""
+    env = {**os.environ, "CTRBENCH_HOME": str(tmp_path / "home")}
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args, "--results-dir",
+         str(tmp_path / "results"), "--machine", "box-1"],
+        capture_output=True, text=True, env=env, timeout=300)
+
+
+def saved_rows(tmp_path: Path, script: str) -> list[dict]:
+    """The rows of the one result ``run_script`` saved for ``script`` (its stem)."""
+    (saved,) = (tmp_path / "results" / "box-1").glob(f"*-{script}.json")
+    return json.loads(saved.read_text())["rows"]
 
 
 def _top_level_imports(path: Path) -> list[str]:
@@ -51,21 +75,10 @@ def test_step_breakdown_times_each_phase_of_the_trainers_step(tmp_path):
     """benchmarks/step_breakdown.py runs the trainer's step phase by phase and saves one row per
     trained model with every phase, the whole step and their sum (figures only, nothing
     asserted on their size); pop, which trains nothing, is skipped."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "CTRBENCH_HOME": str(tmp_path / "home")}
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "step_breakdown.py"), "--models", "lr,din,pop",
-         "--batch-size", "16", "--steps", "2", "--rounds", "1", "--rows", "200",
-         "--results-dir", str(tmp_path / "results"), "--machine", "box-1"],
-        capture_output=True, text=True, env=env, timeout=300)
+    done = run_script(tmp_path, "step_breakdown.py", "--models", "lr,din,pop", *SMALL)
     assert done.returncode == 0, done.stderr
     assert "sum of phases" in done.stdout and "pop: nothing to train" in done.stdout
-    (saved,) = (tmp_path / "results" / "box-1").glob("*-step_breakdown.json")
-    rows = json.loads(saved.read_text())["rows"]
+    rows = saved_rows(tmp_path, "step_breakdown")
     assert [r["model"] for r in rows] == ["lr", "din"]
     for row in rows:
         assert row["optimizer"] == "adam" and row["batch_size"] == 16
@@ -77,49 +90,26 @@ def test_step_breakdown_times_each_phase_of_the_trainers_step(tmp_path):
 def test_native_ab_times_each_kernel_on_and_off_and_restores_it(tmp_path):
     """benchmarks/native_ab.py saves one row per (model, kernel) with both step times and
     their ratio (figures only); an unknown kernel is refused by name."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "CTRBENCH_HOME": str(tmp_path / "home")}
-    script = str(BENCHMARKS / "native_ab.py")
-    done = subprocess.run(
-        [sys.executable, script, "--models", "din,mian", "--kernels", "dice,block", "--batch-size",
-         "16", "--steps", "2", "--rounds", "1", "--rows", "200",
-         "--results-dir", str(tmp_path / "results"), "--machine", "box-1"],
-        capture_output=True, text=True, env=env, timeout=300)
+    done = run_script(tmp_path, "native_ab.py", "--models", "din,mian", "--kernels",
+                      "dice,block", *SMALL)
     if "is not built here" in done.stderr:
         pytest.skip("no native kernels on this machine")
     assert done.returncode == 0, done.stderr
-    (saved,) = (tmp_path / "results" / "box-1").glob("*-native_ab.json")
-    rows = json.loads(saved.read_text())["rows"]
+    rows = saved_rows(tmp_path, "native_ab")
     assert [(r["model"], r["kernel"]) for r in rows] == [
         ("din", "dice"), ("din", "block"), ("mian", "dice"), ("mian", "block")]
     for row in rows:
         assert row["native_ms"] > 0 and row["torch_ms"] > 0 and row["speedup"] > 0
-    refused = subprocess.run([sys.executable, script, "--kernels", "dice,fast_gemm"],
-                             capture_output=True, text=True, env=env, timeout=300)
+    refused = run_script(tmp_path, "native_ab.py", "--kernels", "dice,fast_gemm")
     assert refused.returncode == 2 and "unknown kernel 'fast_gemm'" in refused.stderr
 
 
 def test_precision_ab_times_float32_and_bf16_in_one_process(tmp_path):
     """benchmarks/precision_ab.py saves one row per model with both precisions' step times and
     their ratio (figures only)."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "CTRBENCH_HOME": str(tmp_path / "home")}
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "precision_ab.py"), "--models", "lr,xdeepfm",
-         "--batch-size", "16", "--steps", "2", "--rounds", "1", "--rows", "200",
-         "--results-dir", str(tmp_path / "results"), "--machine", "box-1"],
-        capture_output=True, text=True, env=env, timeout=300)
+    done = run_script(tmp_path, "precision_ab.py", "--models", "lr,xdeepfm", *SMALL)
     assert done.returncode == 0, done.stderr
-    (saved,) = (tmp_path / "results" / "box-1").glob("*-precision_ab.json")
-    rows = json.loads(saved.read_text())["rows"]
+    rows = saved_rows(tmp_path, "precision_ab")
     assert [r["model"] for r in rows] == ["lr", "xdeepfm"]
     for row in rows:
         assert row["float32_ms"] > 0 and row["bf16_ms"] > 0 and row["speedup"] > 0
@@ -128,9 +118,6 @@ def test_precision_ab_times_float32_and_bf16_in_one_process(tmp_path):
 def test_attention_kernel_times_both_lane_layouts(tmp_path):
     """benchmarks/attention_kernel.py saves one row per batch size with both layouts' forward
     and backward times (figures only)."""
-    import json
-    import subprocess
-    import sys
 
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "attention_kernel.py"), "--batch-sizes", "8,16",
@@ -150,10 +137,7 @@ def test_load_ratios_busy_processes_stop_when_its_process_is_killed(tmp_path):
     """Killing load_ratio.py (SIGTERM, SIGKILL: no ``finally`` runs) used to leave its four
     spinning processes running for good, loading every later measurement on the machine; they
     now stop once their parent is gone."""
-    import os
     import signal
-    import subprocess
-    import sys
     import time
 
     parent = subprocess.Popen(
