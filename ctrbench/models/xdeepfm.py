@@ -20,10 +20,10 @@ from ctrbench.schema import Batch, Schema
 #: 64 rows stay in cache (CIN ~1.8x faster than one pass over 8,192 rows here)
 CIN_EVAL_ROWS = 64
 #: rows per CIN pass in training on the CPU: above it, the layers' outer products and their
-#: gradients (109 MB each at batch 1024 with the card's 13 fields) are larger than glibc serves
+#: gradients (109 MB each at batch 1024 with 13 fields, D = 16) are larger than glibc serves
 #: from its heap (32 MiB, ``ctrbench/allocator.py``), so every step mapped them afresh (53,000
 #: page faults a step) and read them from memory. In blocks of 128 rows (the card's batch: one
-#: product shape for oneDNN) batch 1024 trained 1.6x faster on one thread, 1.8x on two, with no
+#: product shape for oneDNN) batch 1024 trained 1.57x faster on one thread, 1.72x on two, with no
 #: faults; smaller blocks were slower at batch 128 (``docs/performance.md`` §3, twelfth round).
 #: Other devices run the CIN in one pass (a GPU pays per launch, not per cache miss).
 CIN_TRAIN_ROWS = 128

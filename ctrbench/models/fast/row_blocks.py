@@ -10,7 +10,7 @@ MIAN ~1.8x faster at 8,192 rows in blocks of 512 (the attention's ``[rows, heads
 tensors), DIEN ~1.5x at 8,192 rows in blocks of 1,024 (the recurrences' step tensors), DIN's
 attention unit ~7x for Dice in blocks of 4,096 valid steps; xDeepFM's CIN in blocks of 64 rows
 bounds the memory of its outer products (and ran ~1.8x faster at 8,192 rows). The CIN is
-row-wise in training too, and runs in blocks of 128 rows there on the CPU (batch 1024 1.6-1.8x
+row-wise in training too, and runs in blocks of 128 rows there on the CPU (batch 1024 1.6-1.7x
 faster: its outer products no longer mapped afresh each step).
 """
 
