@@ -113,6 +113,18 @@ def signal_exception(since: int, cause: BaseException | None = None) -> BaseExce
     return exc
 
 
+def raise_if_signalled(since: int) -> None:
+    """Raise the exception of a signal whose handler raised after ``since``
+    (:func:`signals_raised`) and yet did not stop the caller. Python runs a handler in whatever
+    frame is current, also inside a finalizer or a weakref callback that a garbage collection
+    started (SQLAlchemy's ``_collection_gced``, seen in a ``tune`` worker): there the exception
+    is printed ("Exception ignored in ...") and dropped, and training went on for ever. Call
+    it at a long loop's safe points (each training step)."""
+    exc = signal_exception(since)
+    if exc is not None:
+        raise exc
+
+
 def _raise_system_exit(signum: int, frame: object) -> None:
     note_signal(signum)
     raise SystemExit(128 + signum)

@@ -188,12 +188,14 @@ def test_signalled_worker_leaves_its_trial_queued_again(work, store_dir, signum,
     (work / "models" / "lr_long.toml").write_text(
         f'extends = "{MODEL}"\n[train]\nepochs = 100000\npatience = 100000\n[search]\n'
         '"train.patience" = { type = "int", low = 100000, high = 100000 }\n')
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    # a hung worker is sent SIGABRT, and faulthandler writes every thread's stack to its stderr
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     argv = [sys.executable, "-m", "ctrbench.cli", "tune", "--model", "lr_long", "--dataset",
             str(store_dir), "--epochs", "100000", "--pruner", "none", "--results", "res",
             "--study", "sig", "--trials", "2", "-q"]
-    worker = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    stderr = work / "worker.err"
+    with open(stderr, "wb") as err:
+        worker = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
     try:
         deadline = time.monotonic() + 120
         running = []
@@ -205,7 +207,14 @@ def test_signalled_worker_leaves_its_trial_queued_again(work, store_dir, signum,
                 time.sleep(0.05)
         assert running, "the worker never started a trial"
         worker.send_signal(signum)
-        assert worker.wait(timeout=60) == code
+        try:
+            status = worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.send_signal(signal.SIGABRT)
+            worker.wait(timeout=30)
+            pytest.fail("the worker had not exited 60 s after the signal; its stacks:\n"
+                        + stderr.read_text(errors="replace")[-6000:])
+        assert status == code, stderr.read_text(errors="replace")[-3000:]
     finally:
         worker.kill()
         worker.wait()

@@ -122,3 +122,44 @@ def test_tunes_signal_gate_counts_the_signal_it_raises():
     with pytest.raises(KeyboardInterrupt):
         gate._raise(signal.SIGINT, None)
     assert isinstance(errors.signal_exception(before), KeyboardInterrupt)
+
+
+class _Finalizer:
+    """Runs the SIGTERM handler from ``__del__``, as Python runs a handler inside a weakref
+    callback that a garbage collection started: the exception is printed and dropped."""
+
+    def __del__(self):
+        errors._raise_system_exit(signal.SIGTERM, None)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped one
+def test_a_signal_whose_exception_a_finalizer_dropped_still_stops_training(store, monkeypatch):
+    """A ``tune`` worker sent SIGTERM trained on for ever (CI at 576028c; a stack dump showed
+    its handler had run inside SQLAlchemy's ``_collection_gced``, "Exception ignored"): the
+    training loop now raises the signal's exception at its next step."""
+    import ctrbench.engine.train as train_mod
+    from ctrbench.cards import model_card_from_dict
+
+    card = model_card_from_dict({
+        "name": "tiny", "arch": "tiny_logistic", "params": {"embedding_dim": 4},
+        "train": {"lr": 0.05, "batch_size": 32, "eval_batch_size": 256, "epochs": 50,
+                  "patience": 50, "l2": 1e-4}})
+    steps_after: list[int] = []
+    original = train_mod.TrainStep.__call__
+
+    def step(self, batch, label):
+        if steps_after:
+            steps_after[0] += 1
+        elif self.steps_taken == 3:  # the fourth step: a finalizer runs the handler
+            steps_after.append(0)
+            _Finalizer()  # dropped at once: __del__ raises, Python prints and goes on
+        self.steps_taken += 1
+        return original(self, batch, label)
+
+    monkeypatch.setattr(train_mod.TrainStep, "steps_taken", 0, raising=False)
+    monkeypatch.setattr(train_mod.TrainStep, "__call__", step)
+    with pytest.raises(SystemExit) as caught:  # before: all 50 epochs trained, then returned
+        train_mod.train_and_evaluate(store, card, seed=0, device="cpu", progress=False)
+    assert caught.value.code == 128 + signal.SIGTERM
+    assert steps_after == [0]  # stopped before the next step

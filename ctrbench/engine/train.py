@@ -51,7 +51,7 @@ from ctrbench.engine.outcome import (
 from ctrbench.engine.splits import SplitTensors, model_inputs, predict
 from ctrbench.engine.threads import load_average, thread_budget
 from ctrbench.engine.untrained import fit_and_evaluate
-from ctrbench.errors import CardError, DataError
+from ctrbench.errors import CardError, DataError, raise_if_signalled, signals_raised
 from ctrbench.models import CTRModel, build_model, config_of, count_parameters
 from ctrbench.models.config import ModelConfig
 from ctrbench.models.fast.embedding_bank import FusedEmbedding
@@ -158,8 +158,12 @@ class TrainStep:
 
 def _train_epoch(step_fn: TrainStep, train: SplitTensors, cfg: TrainConfig, card: ModelCard,
                  epoch: int, n_epochs: int, generator: torch.Generator, show: bool,
-                 seed: int = 0) -> tuple[float, float]:
-    """One pass over the train split in a seeded order; returns (mean BCE, mean aux)."""
+                 seed: int = 0, signals_before: int | None = None) -> tuple[float, float]:
+    """One pass over the train split in a seeded order; returns (mean BCE, mean aux).
+    ``signals_before``: :func:`signals_raised` when training began; a signal raised since then
+    stops the pass at the next step even if its exception was dropped (raised inside a
+    finalizer)."""
+    since = signals_raised() if signals_before is None else signals_before
     step_fn.model.train()
     device = train.device
     perm = torch.randperm(train.rows, generator=generator).to(train.storage)
@@ -172,6 +176,7 @@ def _train_epoch(step_fn: TrainStep, train: SplitTensors, cfg: TrainConfig, card
               if show else contextlib.nullcontext())
     with bar_cm as bar:
         for step in range(n_steps):
+            raise_if_signalled(since)
             idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             batch, label = train.take(idx)
             loss, bce, aux = step_fn(batch, label)
@@ -228,6 +233,7 @@ def train_and_evaluate(
     ``DataError`` for a validation (or scored test) split with one class.
     """
     cfg = card.train
+    signals_before = signals_raised()  # a signal whose exception a finalizer dropped still stops
     dev = resolve_device(device)
     n_epochs = cfg.epochs if max_epochs is None else max(1, min(cfg.epochs, int(max_epochs)))
     generators = seed_everything(seed)
@@ -255,13 +261,15 @@ def train_and_evaluate(
             synchronize(dev)
             start = time.perf_counter()
             train_loss, aux_loss = _train_epoch(step_fn, train, cfg, card, epoch, n_epochs,
-                                                generators.torch, progress, seed)
+                                                generators.torch, progress, seed,
+                                                signals_before)
             synchronize(dev)
             train_seconds = time.perf_counter() - start
             train_load = load_average()
             start = time.perf_counter()
             scores = predict(model, valid, cfg.eval_batch_size, cfg.precision).numpy()
             eval_seconds = time.perf_counter() - start
+            raise_if_signalled(signals_before)
             if not np.isfinite(scores).all():
                 raise scores_not_finite(card, epoch)
             row = EpochRow(
@@ -294,6 +302,7 @@ def train_and_evaluate(
     if evaluate_test:
         del train
         score_test_split(model, data, dev, cfg, seed, inputs, outcome)
+    raise_if_signalled(signals_before)
     outcome.health = {
         "dead_relu": {"init": dead_at_init, "best": dead_at_best},
         **health_flags(rows, best_epoch, n_epochs, outcome.test.get("auc"),

@@ -54,6 +54,7 @@ from ctrbench.errors import (
     CardError,
     WriteError,
     install_termination_handler,
+    raise_if_signalled,
     signal_exception,
     signals_raised,
 )
@@ -359,6 +360,7 @@ def execute_one(spec: RunSpec, dataset: DatasetHandle, *, device: str = "auto",
             except WriteError as write_error:
                 where = f"the failed record could not be written: {write_error}"
             return RunResult(spec, "failed", record.error + (f" ({where})" if where else ""))
+        raise_if_signalled(signals_before)  # one a finalizer dropped: no record, as for others
         record.status = "finished"
         record.epochs = outcome.epochs
         record.best_epoch = outcome.best_epoch
