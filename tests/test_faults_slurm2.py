@@ -275,10 +275,16 @@ def _fake(bin_dir: Path, name: str, body: str) -> None:
     tool.chmod(0o755)
 
 
-def _late_job(sub: Path, bin_dir: Path, job: str = "555") -> None:
-    """squeue now lists ``job`` under the job name written in ``sub``'s script (task 0 pending)."""
+def _job_name(sub: Path) -> str:
+    """The job name written in submission ``sub``'s script."""
     [name] = [line.split("=", 1)[1] for line in (sub / "job.sh").read_text().splitlines()
               if line.startswith("#SBATCH --job-name=")]
+    return name
+
+
+def _late_job(sub: Path, bin_dir: Path, job: str = "555") -> None:
+    """squeue now lists ``job`` under the job name written in ``sub``'s script (task 0 pending)."""
+    name = _job_name(sub)
     _fake(bin_dir, "squeue", f'case "$*" in *--name={name}*) echo {job};; '
                              f'*--jobs*{job}*) echo "{job}|0|PENDING|(Priority)";; esac')
 
@@ -354,3 +360,57 @@ def test_an_unanswered_sbatch_is_not_submitted_twice_while_unsettled(synthetic, 
     held = slurm_runs.held_by_slurm(specs)
     assert [r.status for r in held.values()] == ["refused"]
     assert _submissions(results) == [sub]
+
+
+# --------------------------------------------------------------------------- 6. late tune jobs
+def _unanswered_tune(out_dir: Path, workers: int = 2) -> Path:
+    """``tune --executor slurm`` submitting ``workers`` workers to an sbatch that never
+    answers; returns the submission folder it kept."""
+    from ctrbench.tune import slurm_workers
+    from ctrbench.tune.study import TuneSettings
+
+    with pytest.raises(CtrbenchError, match="may have been submitted") as raised:
+        slurm_workers.submit_workers(
+            workers, model="lr", store=out_dir, study_name="lr@synthetic",
+            storage_url="journal:/shared/lr.log", heartbeat=0, settings=TuneSettings(),
+            signature={}, out_dir=out_dir, options=slurm.SlurmOptions())
+    assert "ctrbench tune" in raised.value.hint and "--name=" in raised.value.hint
+    [sub] = sorted((out_dir / "slurm").iterdir())
+    return sub
+
+
+def test_a_late_tune_worker_job_is_counted_by_the_next_tune(slow_sbatch, tmp_path):
+    """before: a worker job that sbatch submitted after ctrbench stopped waiting was in no list
+    (its job name was the study's, not unique, and nothing noted it), so the next `tune`
+    counted no live worker and submitted --workers more."""
+    from ctrbench.tune import slurm_workers
+
+    out_dir = tmp_path / "study"
+    sub = _unanswered_tune(out_dir)
+    _late_job(sub, tmp_path / "bin")  # squeue now lists job 555 (task 0 pending) by its name
+    live = slurm_workers.live_workers(out_dir)
+    assert live == {("555", 0): slurm.TaskState("PENDING", "(Priority)")}
+    assert json.loads((out_dir / "slurm-jobs.json").read_text()) == ["555"]  # noted by id
+
+
+@pytest.mark.parametrize("squeue", ["exit 0", "echo 'Unable to contact slurm controller' >&2; "
+                                               "exit 1"])
+def test_an_unlisted_tune_submission_counts_as_its_workers_until_the_grace_time(
+        slow_sbatch, tmp_path, monkeypatch, squeue):
+    """Slurm does not list the job yet, or cannot be asked: its two tasks count (the next
+    `tune` submits none in their place); past the grace time, one never listed is forgotten."""
+    from ctrbench.tune import slurm_workers
+
+    out_dir = tmp_path / "study"
+    sub = _unanswered_tune(out_dir)
+    _fake(tmp_path / "bin", "squeue", squeue)
+    live = slurm_workers.live_workers(out_dir)
+    name = _job_name(sub)
+    assert sorted(live) == [(name, 0), (name, 1)]
+    assert {s.state for s in live.values()} == {slurm_workers.UNCONFIRMED}
+    assert "workers: 0 pending, 0 running, 2 of a submission sbatch did not confirm" in \
+        slurm_workers.study_line(optuna.create_study(), live)
+    if squeue == "exit 0":
+        monkeypatch.setattr(slurm_workers, "UNCONFIRMED_GRACE_S", 0)
+        assert slurm_workers.live_workers(out_dir) == {}
+        assert json.loads((out_dir / "slurm-jobs.json").read_text()) == []

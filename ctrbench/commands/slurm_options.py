@@ -195,7 +195,7 @@ def tune_on_slurm(study, handle, *, workers: int, model: str, store: Path, stora
     with deferred_interrupt():
         live = slurm_workers.live_workers(out_dir)
         missing = 0 if done >= settings.n_trials else workers - len(live)
-        job_ids = sorted({job for job, _ in live})
+        job_ids = sorted({job for job, _ in live if job.isdigit()})  # not an unconfirmed name
         if missing > 0:
             job_ids.append(slurm_workers.submit_workers(
                 missing, model=model, store=store, study_name=study.study_name,
@@ -205,6 +205,8 @@ def tune_on_slurm(study, handle, *, workers: int, model: str, store: Path, stora
                              f"(logs in {out_dir / 'slurm'})")
     if live:
         progress.message(f"{len(live)} worker(s) already queued or running: not submitted again")
+    for job, why in sorted({(job, s.reason) for (job, _), s in live.items() if not job.isdigit()}):
+        progress.message(f"counted as workers: the tasks of job {job}: {why}")
     if job_ids and no_wait:
         click.echo(f"not waiting: {reattach_hint(job_ids)}", err=True)
         return None

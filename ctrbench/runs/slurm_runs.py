@@ -107,7 +107,8 @@ def write_marker(spec: RunSpec, data: dict[str, Any]) -> None:
         legacy.unlink(missing_ok=True)  # superseded: never read in place of the new one
 
 
-def _now() -> str:
+def now_iso() -> str:
+    """Now, in ISO UTC to the second."""
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -297,29 +298,22 @@ def new_submission_dir(results_root: Path) -> Path:
     return path
 
 
-def sbatch_submission(sub: Path, job_name: str, env: dict[str, str] | None = None,
-                      unconfirmed: Callable[[], None] | None = None) -> str:
+def sbatch_submission(sub: Path, job_name: str, *, unconfirmed: Callable[[], None],
+                      settles: str, env: dict[str, str] | None = None) -> str:
     """``sbatch`` the ``job.sh`` of submission directory ``sub``; writes ``sub/job_id`` and
     returns the job id. A refused submission leaves no directory behind; one that sbatch did
     not answer in time keeps it (the job may exist and its tasks need the manifest), calls
-    ``unconfirmed`` (which notes it for the next command) and says how to look for the job."""
+    ``unconfirmed`` (which notes it, by its unique ``job_name``, for the next command: what
+    that command does is ``settles``) and says how to look for the job."""
     try:
         job_id = slurm.submit(sub / "job.sh", env=env)
     except slurm.NoAnswer as exc:
-        if unconfirmed is not None:
-            unconfirmed()
-            hint = (f"`squeue --name={job_name}` lists it if it exists; the next "
-                    "`ctrbench run` of these runs looks for it by that name and waits for it, "
-                    "or submits them again if Slurm never got it. "
-                    "CTRBENCH_SLURM_TIMEOUT=<seconds> waits longer")
-        else:
-            hint = (f"look for it with `squeue -u $USER --name={job_name} -o '%i %V'` (one "
-                    f"submitted at {_now()[11:19]} UTC is this one): its tasks run as usual; "
-                    "`scancel` it before you run the command again, else its runs are "
-                    "submitted twice. CTRBENCH_SLURM_TIMEOUT=<seconds> waits longer")
+        unconfirmed()
         raise CtrbenchError(
             f"{exc.args[0]}: the job array may have been submitted all the same; its script, "
-            f"manifest and logs are kept in {sub}", hint=hint) from None
+            f"manifest and logs are kept in {sub}",
+            hint=(f"`squeue --name={job_name}` lists it if it exists; {settles}. "
+                  "CTRBENCH_SLURM_TIMEOUT=<seconds> waits longer")) from None
     except BaseException:  # refused: leave no submission directory behind
         shutil.rmtree(sub, ignore_errors=True)
         raise
@@ -347,10 +341,12 @@ def submit_runs(todo: Sequence[RunSpec], dataset: DatasetHandle, options: slurm.
     script.write_text(slurm.array_script(
         job_name=job_name, n_tasks=len(todo), log_dir=sub / "logs",
         chdir=Path.cwd(), command=task_command(manifest_file), options=options))
-    marker = {"job_name": job_name, "submission": str(sub), "submitted_at": _now(),
+    marker = {"job_name": job_name, "submission": str(sub), "submitted_at": now_iso(),
               "force": bool(force)}
-    job_id = sbatch_submission(sub, job_name,
-                               unconfirmed=lambda: _mark(todo, {**marker, "job_id": None}))
+    job_id = sbatch_submission(
+        sub, job_name, unconfirmed=lambda: _mark(todo, {**marker, "job_id": None}),
+        settles=("the next `ctrbench run` of these runs looks for it by that name and waits "
+                 "for it, or submits them again if Slurm never got it"))
     _mark(todo, {**marker, "job_id": job_id})
     return [Tracked(spec, job_id, index, "pending", submitted_at=marker["submitted_at"],
                     force=bool(force)) for index, spec in enumerate(todo)]
@@ -403,7 +399,7 @@ def resolve_unconfirmed(specs: Sequence[RunSpec]) -> dict[int, str]:
             if job_id is not None:
                 _confirm(group, sub, job_id)
                 continue
-            if _age_s(group[0][1]) >= UNCONFIRMED_GRACE_S:
+            if submission_age_s(group[0][1]) >= UNCONFIRMED_GRACE_S:
                 _forget(group, sub)
                 continue
             why = "Slurm does not list it (yet)"
@@ -421,7 +417,8 @@ def _read_job_id(sub: Path) -> str | None:
     return text if text.isdigit() else None
 
 
-def _age_s(marker: dict[str, Any]) -> float:
+def submission_age_s(marker: dict[str, Any]) -> float:
+    """Seconds since ``marker["submitted_at"]`` (ISO UTC; infinite when it has none)."""
     try:
         then = dt.datetime.fromisoformat(marker["submitted_at"])
     except (KeyError, TypeError, ValueError):

@@ -61,9 +61,9 @@ def run_task(manifest: dict[str, Any], index: int) -> int:
     from ctrbench.errors import CtrbenchError
     from ctrbench.runs import runner
     from ctrbench.runs.runner import NOT_DONE, record_failed
-    from ctrbench.runs.slurm_runs import _now
+    from ctrbench.runs.slurm_runs import now_iso
 
-    started = _now()
+    started = now_iso()
     job = f"{os.environ.get('SLURM_ARRAY_JOB_ID', '?')}_{index}"
     try:
         task = manifest["tasks"][index]

@@ -10,7 +10,11 @@ with a password reaches the tasks through the job's environment (``CTRBENCH_TUNE
 never through the script on disk.
 
 Re-running the command tops the workers up to N: tasks of earlier submissions that are still
-queued or running count (``<results>/tuning/<study>/slurm-jobs.json`` lists them).
+queued or running count (``<results>/tuning/<study>/slurm-jobs.json`` lists them). A submission
+that sbatch did not answer in time is listed by its job's unique name and task count: the next
+command finds its job by that name (then counts its tasks), counts it as its tasks while Slurm
+does not list it yet or cannot be asked, and forgets it ``UNCONFIRMED_GRACE_S`` after the
+sbatch if Slurm never listed it.
 """
 
 from __future__ import annotations
@@ -29,9 +33,12 @@ from optuna.trial import TrialState
 from ctrbench.errors import CtrbenchError
 from ctrbench.record import atomic_write_text
 from ctrbench.runs import slurm
+from ctrbench.runs.slurm_runs import now_iso, submission_age_s
 from ctrbench.tune.storage import JOURNAL_PREFIX, redact, safe_file_name
 
 STORAGE_ENV = "CTRBENCH_TUNE_STORAGE"
+UNCONFIRMED = "UNCONFIRMED"  # the state of a stand-in task of a submission sbatch did not confirm
+UNCONFIRMED_GRACE_S = 300.0  # a job not listed this long after its sbatch was never made
 
 
 def default_storage(results_root: Path, study_name: str) -> str:
@@ -55,14 +62,62 @@ def _jobs_file(out_dir: Path) -> Path:
     return Path(out_dir) / "slurm-jobs.json"
 
 
-def live_workers(out_dir: Path) -> dict[tuple[str, int], slurm.TaskState]:
-    """Tasks of earlier submissions for this study that are still queued or running."""
+def _read_jobs(out_dir: Path) -> list[Any]:
+    """The study's submissions: job ids, and ``{"name", "tasks", "submitted_at"}`` for one that
+    sbatch did not confirm."""
     try:
         jobs = json.loads(_jobs_file(out_dir).read_text())
     except (OSError, json.JSONDecodeError):
-        return {}
-    states = slurm.query(str(j) for j in jobs)
-    return {k: s for k, s in states.items() if s.active}
+        return []
+    return jobs if isinstance(jobs, list) else []
+
+
+def _note_job(out_dir: Path, entry: Any, replacing: Any = None) -> None:
+    """Add ``entry`` to the study's submissions, in place of ``replacing`` when given (None:
+    only remove ``replacing``)."""
+    jobs = [j for j in _read_jobs(out_dir) if j != replacing]
+    if entry is not None:
+        jobs.append(entry)
+    atomic_write_text(_jobs_file(out_dir), json.dumps(jobs) + "\n")
+
+
+def _settle_unconfirmed(out_dir: Path) -> tuple[list[str], dict[tuple[str, int], slurm.TaskState]]:
+    """The job ids of the study's submissions, with those sbatch did not confirm looked up by
+    name (found: noted by id; unlisted past the grace time: forgotten), and a stand-in task
+    for each task of a submission still unsettled (Slurm cannot be asked, or not listed yet):
+    it may run, so it counts as a worker."""
+    ids: list[str] = []
+    unsettled: dict[tuple[str, int], slurm.TaskState] = {}
+    for entry in _read_jobs(out_dir):
+        if not isinstance(entry, dict):
+            ids.append(str(entry))
+            continue
+        name = str(entry.get("name", ""))
+        try:
+            found = max(slurm.jobs_named(name), key=int, default=None)
+        except CtrbenchError as exc:
+            why = f"sbatch did not answer and Slurm cannot be asked ({exc.args[0]})"
+        else:
+            if found is not None:
+                _note_job(out_dir, found, replacing=entry)
+                ids.append(found)
+                continue
+            if submission_age_s(entry) >= UNCONFIRMED_GRACE_S:
+                _note_job(out_dir, None, replacing=entry)  # never made
+                continue
+            why = "sbatch did not answer; Slurm does not list it (yet)"
+        for index in range(int(entry.get("tasks", 1))):
+            unsettled[(name, index)] = slurm.TaskState(UNCONFIRMED, f"{why}; squeue --name={name}")
+    return ids, unsettled
+
+
+def live_workers(out_dir: Path) -> dict[tuple[str, int], slurm.TaskState]:
+    """Tasks of earlier submissions for this study that are still queued or running, and a
+    stand-in (state ``UNCONFIRMED``, keyed by the job's name) for each task of a submission
+    that sbatch did not confirm and Slurm does not list yet."""
+    ids, unsettled = _settle_unconfirmed(out_dir)
+    states = slurm.query(ids)
+    return {**{k: s for k, s in states.items() if s.active}, **unsettled}
 
 
 def submit_workers(n: int, *, model: str, store: Path, study_name: str, storage_url: str,
@@ -81,16 +136,18 @@ def submit_workers(n: int, *, model: str, store: Path, study_name: str, storage_
     atomic_write_text(manifest_file, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     from ctrbench.runs.slurm_runs import sbatch_submission, task_command
 
-    job_name = f"ctrbench-tune-{safe_file_name(study_name)}"
+    # unique (the submission's folder): the next command finds a job sbatch did not confirm
+    job_name = f"ctrbench-tune-{safe_file_name(study_name)}-{sub.name}"
     (sub / "job.sh").write_text(slurm.array_script(
         job_name=job_name, n_tasks=n, log_dir=sub / "logs", chdir=Path.cwd(), options=options,
         command=task_command(manifest_file, "tune", module="ctrbench.tune.slurm_task")))
-    job_id = sbatch_submission(sub, job_name, env={STORAGE_ENV: storage_url} if secret else None)
-    try:
-        jobs = json.loads(_jobs_file(out_dir).read_text())
-    except (OSError, json.JSONDecodeError):
-        jobs = []
-    atomic_write_text(_jobs_file(out_dir), json.dumps([*jobs, job_id]) + "\n")
+    unconfirmed = {"name": job_name, "tasks": n, "submitted_at": now_iso()}
+    job_id = sbatch_submission(
+        sub, job_name, env={STORAGE_ENV: storage_url} if secret else None,
+        unconfirmed=lambda: _note_job(out_dir, unconfirmed),
+        settles=(f"the next `ctrbench tune` of this study looks for it by that name and counts "
+                 f"its {n} worker(s), or submits them again if Slurm never got it"))
+    _note_job(out_dir, job_id)
     return job_id
 
 
@@ -99,10 +156,12 @@ def study_line(study: optuna.Study, workers: dict[tuple[str, int], slurm.TaskSta
     for trial in study.get_trials(deepcopy=False):
         counts[trial.state] += 1
     pending = sum(s.waiting for s in workers.values())
+    unconfirmed = sum(s.state == UNCONFIRMED for s in workers.values())
     return (f"study {study.study_name!r}: {counts[TrialState.COMPLETE]} complete, "
             f"{counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed, "
             f"{counts[TrialState.RUNNING]} running; workers: {pending} pending, "
-            f"{len(workers) - pending} running")
+            f"{len(workers) - pending - unconfirmed} running"
+            + (f", {unconfirmed} of a submission sbatch did not confirm" if unconfirmed else ""))
 
 
 def wait_workers(study: optuna.Study, out_dir: Path, *, interval: float,
