@@ -107,6 +107,31 @@ def test_a_stated_yyyymmdd_format_skips_a_later_number_as_unparseable(tmp_path,
         table(tmp_path, log)
 
 
+def test_yyyymmdd_dates_among_unix_seconds_are_refused_naming_a_line_of_each(tmp_path,
+                                                                             chunk_of_three):
+    """Before: with half or fewer of the first chunk's numbers YYYYMMDD dates, the column was
+    read as seconds and its dates silently became August 1970, exit 0. Now refused, in any
+    chunk, naming a line of each format; a declared unit reads as before."""
+    log = _log("1400000000", "1400000100", "1400000200", "1400000300", "20140523",
+               "1400000400")
+    with pytest.raises(DataError) as refused:
+        table(tmp_path, log)
+    message = str(refused.value)
+    assert "line 6 holds 20140523" in message and "1970-08-22" in message
+    assert "line 2 holds 1400000000" in message
+    assert 'time_unit = "s"' in refused.value.hint
+    inter, report = table(tmp_path, log, time_unit="s")  # declared: every number is seconds
+    assert report.bad == 0 and days(inter)[4] == "1970-08-22"
+
+
+def test_a_relative_clock_of_seconds_with_date_like_values_is_read_as_before(tmp_path,
+                                                                             chunk_of_three):
+    """Seconds since a log began (all below 10^9) may look like YYYYMMDD dates: not refused."""
+    log = _log("0", "86400", "19000101", "20140523", "20140601", "30000000")
+    inter, report = table(tmp_path, log)
+    assert report.bad == 0 and days(inter)[0] == "1970-01-01"
+
+
 # --------------------------------------------------------------------------- read summary
 def test_prepare_says_each_raw_file_read_summary_once(home, tmp_path):
     """Before: said while building (progress output), then in ``prepare``'s summary."""

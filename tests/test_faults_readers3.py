@@ -150,8 +150,11 @@ def test_yyyymmdd_with_an_explicit_format_or_unit_is_honoured(tmp_path, caplog):
 
 
 def test_unix_seconds_are_not_taken_for_yyyymmdd(tmp_path, caplog):
-    inter, _ = table(tmp_path, "u,i,t\nu1,i1,20140523\nu1,i2,1400000000\n")
-    assert inter["ts"].tolist() == [20140523, 1_400_000_000]  # not all dates: seconds
+    mixed = "u,i,t\nu1,i1,20140523\nu1,i2,1400000000\n"
+    with pytest.raises(DataError, match="mixes two formats"):  # seventeenth session: refused
+        table(tmp_path, mixed)
+    inter, _ = table(tmp_path, mixed, time_unit="s")  # declared seconds: read as such
+    assert inter["ts"].tolist() == [20140523, 1_400_000_000]
     inter, _ = table(tmp_path, "u,i,t\nu1,i1,20141332\nu1,i2,20140523\n")  # month 13
     assert inter["ts"].tolist()[0] == 20141332
     assert not [r for r in caplog.records if "YYYYMMDD" in r.getMessage()]

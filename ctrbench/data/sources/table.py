@@ -12,7 +12,8 @@ the card's directory, used in place) and maps their columns in ``[reader_params]
   UTC, naive times are taken as UTC). Integers of which more than half in the first chunk are
   valid YYYYMMDD dates (20140523; as unix seconds, 1970) are read as dates, with a warning,
   unless ``time_unit`` is set; a number anywhere in the file that is no such date is then a
-  DataError naming its line.
+  DataError naming its line. Read as seconds that the card does not declare, a file holding
+  both a YYYYMMDD date and a time from 2001 on (>= 10^9 s) is a DataError naming both lines.
 - source ``items`` (optional): ``item_col`` and ``category_col``; every other column is kept as a
   categorical item attribute. Without an items file, ``category_col`` is a column of the
   interactions table (an item's first category is used; a name found in neither is a
@@ -75,6 +76,10 @@ QUOTING = {"minimal": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE}
 DATE_GUESSES = 20  # distinct first dates a format is guessed from
 DATE_SAMPLE = 2_000  # distinct first dates the guesses are tried on
 YYYYMMDD_RANGE = (19_000_101, 21_001_231)  # integer times read as dates when all are dates
+#: unix seconds from September 2001 on: in a column of undeclared seconds that also holds
+#: YYYYMMDD dates (August 1970 as seconds), two formats are mixed (a relative clock of seconds
+#: since a log began stays below it for 31 years)
+MODERN_SECONDS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -367,6 +372,9 @@ class _TimeColumn:
         self.reading: TimeReading | None = None
         self._rival: np.ndarray | None = None  # this chunk's other reading while open
         self._open: list[tuple[pd.DataFrame, np.ndarray]] = []  # (frame, its other ts)
+        # undeclared seconds: the first YYYYMMDD date and the first modern time, (line, text)
+        self._first_date: tuple[int, str] | None = None
+        self._first_modern: tuple[int, str] | None = None
 
     def read(self, raw: pd.Series, present: np.ndarray, lines: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -377,6 +385,8 @@ class _TimeColumn:
         read = _seconds(raw, self.params, reading.numeric, reading.fmt)
         if reading.yyyymmdd:
             self._refuse_non_yyyymmdd(raw, read[0], lines)
+        elif reading.numeric and not self.params.time_unit:
+            self._refuse_mixed_seconds(raw, lines)
         self._rival = None
         return self._settle(raw, read) if reading.rival else read
 
@@ -406,6 +416,38 @@ class _TimeColumn:
                 hint='say what the times are: [reader_params] time_unit = "s" if they are unix '
                      'seconds, or time_format = "%Y%m%d" (times that are not such dates are '
                      "then skipped as unparseable)")
+
+    def _refuse_mixed_seconds(self, raw: pd.Series, lines: np.ndarray) -> None:
+        """Times read as unix seconds that the card does not declare (half or fewer of the
+        first chunk's numbers were YYYYMMDD dates): a file holding both a YYYYMMDD date and a
+        time from 2001 on mixes two formats, whose dates would silently be August 1970; a
+        DataError naming one line of each."""
+        numbers = _numbers(raw)[0].to_numpy(np.float64)
+        if self._first_modern is None:
+            modern = np.flatnonzero(numbers >= MODERN_SECONDS)
+            if len(modern):
+                self._first_modern = (int(lines[modern[0]]), str(_text(raw).iloc[modern[0]]))
+        if self._first_date is None:
+            candidates = np.flatnonzero((numbers >= YYYYMMDD_RANGE[0])
+                                        & (numbers <= YYYYMMDD_RANGE[1]))
+            if len(candidates):  # parsed only where a date can be
+                subset = raw.iloc[candidates]
+                dates = np.flatnonzero(~_not_yyyymmdd(
+                    subset, _parse_dates(_text(subset), "%Y%m%d")))
+                if len(dates):
+                    at = candidates[dates[0]]
+                    self._first_date = (int(lines[at]), str(_text(raw).iloc[at]))
+        if self._first_date is None or self._first_modern is None:
+            return
+        (date_line, date), (modern_line, modern) = self._first_date, self._first_modern
+        as_seconds = pd.Timestamp(float(date), unit="s").strftime("%Y-%m-%d")
+        raise DataError(
+            f"{self.file}: the time column {self.params.time_col!r} mixes two formats: line "
+            f"{date_line} holds {date}, a YYYYMMDD date (as unix seconds {as_seconds}), and "
+            f"line {modern_line} holds {modern}, unix seconds",
+            hint='say what the times are: [reader_params] time_unit = "s" reads every number '
+                 'as unix seconds, time_format = "%Y%m%d" every one as a date (the others are '
+                 "then skipped as unparseable); or fix the file")
 
     def keep(self, frame: pd.DataFrame, ok: np.ndarray) -> None:
         """Remember ``frame``'s other reading (its rows ``ok`` of the chunk) while open."""
