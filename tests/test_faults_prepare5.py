@@ -68,9 +68,9 @@ def test_a_day_first_date_in_the_first_chunk_past_the_sample_decides(tmp_path, c
                                                                       monkeypatch):
     """The order was guessed from the first distinct dates of the first chunk (DATE_SAMPLE):
     a date after them that reads day first only was skipped as unparseable."""
-    from ctrbench.data.sources import table as table_module
+    from ctrbench.data.sources import table_times
 
-    monkeypatch.setattr(table_module, "DATE_SAMPLE", 2)
+    monkeypatch.setattr(table_times, "DATE_SAMPLE", 2)
     inter, report = table(tmp_path, _log("01/02/2023", "03/04/2023", "13/01/2023"))
     assert report.bad == 0 and days(inter) == ["2023-02-01", "2023-04-03", "2023-01-13"]
     assert not _alike(caplog)

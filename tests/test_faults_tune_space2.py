@@ -70,6 +70,68 @@ def test_a_train_value_the_cards_params_take_is_not_refused(tmp_path, monkeypatc
     assert "train.optimizer" in [d.key for d in space]
 
 
+ACROSS_SECTIONS = f"""extends = "{MODEL}"
+[train]
+optimizer = "lazy_adam"
+[search]
+"params.sparse" = {{ type = "categorical", choices = [true] }}
+"train.optimizer" = {{ type = "categorical", choices = ["adam", "lazy_adam"] }}
+"""  # each section passes with the card's own other one; adam with sparse = true never builds
+
+
+def test_a_value_refused_only_with_the_other_sections_search_values_is_refused_up_front(
+        tmp_path, monkeypatch):
+    """Before: each section was checked with the card's own values of the other (sparse =
+    false; optimizer = lazy_adam), so "adam" passed, and the first trial sampling it (always
+    with sparse = true) stopped the study. Now both sections' points are checked together."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from ctrbench.cards import load_model_card
+    from ctrbench.errors import CardError
+    from ctrbench.tune.space import check_space_on_data
+
+    tune_workspace(tmp_path, monkeypatch, {MODEL: TEST_CARD, "lr_across": ACROSS_SECTIONS})
+    data = SimpleNamespace(schema=_schema(), meta={"dataset": "tiny"}, path=tmp_path)
+    with pytest.raises(CardError) as refused:
+        check_space_on_data(load_model_card("lr_across"), data)
+    message = str(refused.value)
+    assert "'train.optimizer': \"adam\" is refused" in message and "conflicts" in message
+
+
+PLAIN_TABLES = """arch = "tiny_logistic"
+[params]
+embedding_dim = 4
+[train]
+l2 = 1e-4
+[search]
+"train.l2_target" = { type = "categorical", choices = ["batch_embeddings", "din_frequency"] }
+"""  # tiny_logistic (tests/train_fixtures.py): a plugin architecture with plain nn.Embedding
+
+
+def test_din_frequency_on_a_plugin_architectures_plain_tables_is_refused_up_front(
+        tmp_path, monkeypatch):
+    """Before: the rule was checked when training started (TrainStep), so the space passed and
+    the first trial sampling din_frequency stopped the study. Now building the model checks
+    it, and so does the space check before any trial."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from ctrbench.cards import load_model_card
+    from ctrbench.errors import CardError
+    from ctrbench.tune.space import check_space_on_data
+
+    tune_workspace(tmp_path, monkeypatch, {MODEL: TEST_CARD, "plain": PLAIN_TABLES})
+    data = SimpleNamespace(schema=_schema(), meta={"dataset": "tiny"}, path=tmp_path)
+    with pytest.raises(CardError) as refused:
+        check_space_on_data(load_model_card("plain"), data)
+    message = str(refused.value)
+    assert "'train.l2_target': \"din_frequency\" is refused" in message
+    assert "EmbeddingBank" in message
+
+
 def test_no_architecture_can_meet_din_frequencys_banked_table_rule():
     """The trainer's other rule across [train] fields (l2_target = "din_frequency" with l2 > 0
     needs every embedding table in an EmbeddingBank, TrainStep) holds for the architecture of

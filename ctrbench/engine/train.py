@@ -72,7 +72,21 @@ CUDA_CHECK_EVERY = 50  # on CUDA, check the loss for NaN/inf every this many ste
 def build_for_training(card: ModelCard, schema: Schema) -> CTRModel:
     """Build ``card``'s model with ``sparse`` set from the optimizer (lazy_adam -> sparse) and
     initialise its dense layers by ``card.train.init`` (:mod:`ctrbench.models.init`)."""
-    return apply_init(build_model(card.arch, schema, training_config(card)), card.train.init)
+    model = apply_init(build_model(card.arch, schema, training_config(card)), card.train.init)
+    require_banked_tables(model, card.train)
+    return model
+
+
+def require_banked_tables(model: CTRModel, cfg: TrainConfig) -> None:
+    """``l2_target = "din_frequency"`` (with ``l2 > 0``) counts ``n_j`` per bank row, so every
+    embedding table must be in an EmbeddingBank: a CardError for a model (a plugin
+    architecture's plain ``nn.Embedding``) that has another; checked when the model is built,
+    so that ``tune`` refuses such a ``[search]`` value before any trial."""
+    if (cfg.l2_target == "din_frequency" and cfg.l2 > 0
+            and any(not isinstance(m, FusedEmbedding) for m in model.embedding_modules())):
+        raise CardError("train.l2_target = 'din_frequency' needs every embedding table "
+                        "in an EmbeddingBank (n_j is counted per bank row)",
+                        hint="use l2_target = 'batch_embeddings' for this architecture")
 
 
 def training_config(card: ModelCard) -> ModelConfig:
@@ -101,10 +115,7 @@ class TrainStep:
         if cfg.l2_target == "din_frequency" and cfg.l2 > 0:
             if train is None:
                 raise CardError("train.l2_target = 'din_frequency' needs the training split")
-            if any(not isinstance(m, FusedEmbedding) for m in model.embedding_modules()):
-                raise CardError("train.l2_target = 'din_frequency' needs every embedding table "
-                                "in an EmbeddingBank (n_j is counted per bank row)",
-                                hint="use l2_target = 'batch_embeddings' for this architecture")
+            require_banked_tables(model, cfg)
             scales = frequency_scales(row_frequencies(model, model.schema, train.inputs))
         self.optimizers = build_optimizers(model, cfg, scales)
         tables = penalised_tables(model, cfg)

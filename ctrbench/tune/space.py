@@ -18,11 +18,12 @@ option, an empty range) is a :class:`CardError`.
 Values are checked before any trial: each value by its parameter's rule, then every combination
 of the ``params.*`` dimensions' choices and range ends (up to :data:`MAX_CHECKED_POINTS`) by the
 architecture's config and, once the dataset is known, by building the model on its schema
-(:func:`check_space_on_data`); so is every combination of the ``train.*`` dimensions' with the
-card's ``[params]`` (``train.optimizer = "adam"`` against ``params.sparse = true``). A value
-refused at every point of the other dimensions of its section is one :class:`CardError` naming
-the key and the value; a refusal only some combinations meet (or only a combination across the
-two sections) is left to the trial that samples it, which stops the study (``tune.study``).
+(:func:`check_space_on_data`), there over both sections at once, so that a rule across them
+counts (``train.optimizer = "adam"`` against ``params.sparse = true``; each section with the
+card's own other one where the two together have too many points). A value refused at every
+point of the other dimensions is one :class:`CardError` naming the key and the value; a refusal
+only some combinations meet is left to the trial that samples it, which stops the study
+(``tune.study``).
 """
 
 from __future__ import annotations
@@ -276,10 +277,11 @@ def show(value: Any) -> str:
 
 
 def _config_refusal(card: ModelCard, config: type[ModelConfig]) -> Refusal:
-    """Why ``config`` refuses the card's params with a point's values (rules across fields)."""
+    """Why ``config`` refuses the card's params with a point's ``params.*`` values (rules
+    across fields)."""
     def refusal(point: dict[str, Any]) -> str | None:
         try:
-            config.from_params("params", {**card.params, **point})
+            config.from_params("params", {**card.params, **to_overrides(point).get("params", {})})
         except CardError as exc:
             return str(exc.args[0])
         return None
@@ -297,27 +299,28 @@ def _own_values(card: ModelCard, section: str) -> dict[str, Any]:
 
 
 def _check_points(card: ModelCard, space: list[Dimension], refusal: Refusal,
-                  where: str = "", section: str = "params") -> None:
-    """Refuse a value that ``refusal`` refuses at every combination of the other ``section``
-    dimensions' choices and range ends (the other section at the card's own values; while
+                  where: str = "", sections: tuple[str, ...] = ("params",)) -> bool:
+    """Refuse a value that ``refusal`` refuses at every combination of the other dimensions'
+    choices and range ends in ``sections`` (a section left out at the card's own values; while
     another value of its own dimension, or the card's own, would be taken), or a space none of
-    whose points is taken. ``refusal`` gets a point's ``section`` values by name."""
-    dims = [d for d in space if d.section == section]
+    whose points is taken. ``refusal`` gets a point's values by key (``params.heads``). Returns
+    False, checking nothing, where the points are more than :data:`MAX_CHECKED_POINTS`."""
+    dims = [d for d in space if d.section in sections]
     if math.prod(len(d.ends) for d in dims) > MAX_CHECKED_POINTS:
-        return  # too many combinations: the first trial that samples a refusal stops the study
-    own = _own_values(card, section)
+        return False  # too many combinations: the first trial that samples a refusal stops
+    own = {d.key: _own_values(card, d.section).get(d.name) for d in dims}
     cache: dict[tuple[int, ...], str | None] = {}
 
     def why(index: tuple[int, ...]) -> str | None:  # index -1: the card's own value
         if index not in cache:
-            cache[index] = refusal({d.name: own.get(d.name) if k < 0 else d.ends[k]
+            cache[index] = refusal({d.key: own[d.key] if k < 0 else d.ends[k]
                                     for d, k in zip(dims, index)})
         return cache[index]
 
     points = list(itertools.product(*(range(len(d.ends)) for d in dims)))
     taken = sum(why(p) is None for p in points)
     if taken == len(points):
-        return
+        return True
     for i, dim in enumerate(dims):
         refused = _refused_values(i, len(dim.ends), points, why)
         if refused:
@@ -328,7 +331,7 @@ def _check_points(card: ModelCard, space: list[Dimension], refusal: Refusal,
                             f"refused{where} with every value of the other dimensions: {first}",
                             hint=f"change the choices or range of {dim.key!r}; nothing was tuned")
     if taken:  # only combinations are refused: the trial that samples one stops
-        return
+        return True
     raise CardError(f"model card {card.name!r}: no point of its [search] space can be "
                     f"built{where}: {why(points[0])}",
                     hint="change the card's [search] table or the [params] it combines with; "
@@ -368,22 +371,25 @@ def check_space_on_data(card: ModelCard, data: PreparedData) -> list[Dimension]:
     """:func:`parse_search_space`, then every value checked by building the model on the
     dataset's schema (MIAN's ``heads`` must divide its behaviour width, DIEN's auxiliary loss
     needs negative histories, ``train.optimizer = "adam"`` a card without ``params.sparse =
-    true``), the ``params.*`` dimensions' points and the ``train.*`` ones each with the card's
-    own other section: a CardError naming the key and the value, before any trial."""
+    true``), on the points of both sections together (each section with the card's own other
+    one where together they are too many): a CardError naming the key and the value, before any
+    trial."""
     space = parse_search_space(card)
     schema = check_schema(data.schema)
     name = str(data.meta.get("dataset", data.path.name))
-    for section in SECTIONS:
-        _check_points(card, space, _build_refusal(card, schema, section),
-                      f" on dataset {name!r}", section)
+    where = f" on dataset {name!r}"
+    refusal = _build_refusal(card, schema)
+    if not _check_points(card, space, refusal, where, SECTIONS):  # too many points together
+        for section in SECTIONS:
+            _check_points(card, space, refusal, where, (section,))
     return space
 
 
-def _build_refusal(card: ModelCard, schema: Schema, section: str) -> Refusal:
-    """Why ``card``'s model cannot be built on ``schema`` with a point's ``section`` values
+def _build_refusal(card: ModelCard, schema: Schema) -> Refusal:
+    """Why ``card``'s model cannot be built on ``schema`` with a point's values
     (``train.optimizer`` against ``params.sparse``: a rule across the two sections)."""
     def refusal(point: dict[str, Any]) -> str | None:
-        return build_refusal(card.with_overrides({section: point}), schema)
+        return build_refusal(card.with_overrides(to_overrides(point)), schema)
     return refusal
 
 
